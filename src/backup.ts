@@ -1,0 +1,347 @@
+/**
+ * One backup run of one job: preflight the bucket, stream walk → tar → gzip →
+ * hash → SSE-C multipart upload, then record the version in the catalog.
+ *
+ * The catalog sees the run before anything is uploaded ("running"), and a
+ * backup row only once the server has named the version. Any failure or
+ * cancellation aborts the multipart upload (ObjectStore.upload's contract) and
+ * ends the run as failed or interrupted with its reason; nothing is ever
+ * deleted or overwritten.
+ */
+import { createHash } from "node:crypto";
+import { Transform, type TransformCallback } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { createGzip } from "node:zlib";
+import { type ArchiveWarning, createArchive, missingPaths } from "./archive.js";
+import type { Catalog } from "./catalog.js";
+import type { Config, JobConfig, TargetConfig } from "./config.js";
+import { CancelledError, describeError, RefusedError, StorageError } from "./errors.js";
+import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
+import type { Logger } from "./log.js";
+import { objectKey } from "./naming.js";
+import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
+
+export interface BackupProgress {
+  /** Archive bytes handed to the uploader so far (after compression). */
+  bytes: number;
+  /** File content bytes read so far. */
+  read: number;
+  files: number;
+}
+
+export interface BackupDeps {
+  config: Config;
+  catalog: Catalog;
+  target: Target;
+  targetConfig: TargetConfig;
+  log: Logger;
+  signal?: AbortSignal;
+  onProgress?: (p: Readonly<BackupProgress>) => void;
+  /** The clock; tests move it. */
+  now?: () => Date;
+}
+
+export interface BackupResult {
+  job: string;
+  runId: number;
+  status: "succeeded" | "failed" | "interrupted";
+  key: string;
+  backupId?: number;
+  versionId?: string;
+  /** Bytes stored (the archive as uploaded). */
+  bytes: number;
+  files: number;
+  warnings: number;
+  durationMs: number;
+  retainUntil?: Date;
+  error?: string;
+}
+
+/** Warnings logged one by one before they are only counted, so a tree of unreadable files cannot flood the log. */
+const LOGGED_WARNINGS = 100;
+
+export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<BackupResult> {
+  const { config, catalog, target, log } = deps;
+  const now = deps.now ?? (() => new Date());
+  const started = now();
+  const key = objectKey({
+    prefix: target.prefix,
+    host: config.host,
+    job: job.name,
+    at: started,
+    compression: job.compression,
+  });
+  const runId = catalog.startRun({ job: job.name, target: target.name, objectKey: key, startedAt: started });
+  const jlog = log.child({ job: job.name, runId });
+  const warnings: ArchiveWarning[] = [];
+  const progress: BackupProgress = { bytes: 0, read: 0, files: 0 };
+  const base = { job: job.name, runId, key };
+
+  try {
+    deps.signal?.throwIfAborted();
+    const missing = await missingPaths(job.paths);
+    if (missing.length) {
+      throw new RefusedError(`job ${job.name}: configured path ${missing.join(", ")} does not exist; nothing was uploaded`);
+    }
+    await preflight(target, deps.targetConfig);
+    deps.signal?.throwIfAborted();
+
+    jlog.info({ key, paths: job.paths }, "backup started");
+    const sseKey = deriveSseKey(config.masterKey.reveal(), target.bucket, key);
+    const archive = createArchive({
+      paths: job.paths,
+      exclude: [...job.exclude, ...catalogFiles(catalog.path)],
+      ...(deps.signal ? { signal: deps.signal } : {}),
+      onWarning: (w) => {
+        warnings.push(w);
+        if (warnings.length <= LOGGED_WARNINGS) jlog.warn({ path: w.path, code: w.code }, w.message);
+        else if (warnings.length === LOGGED_WARNINGS + 1) jlog.warn("more warnings; only counting them from now on");
+      },
+      onProgress: (p) => {
+        progress.files = p.files;
+        progress.read = p.bytes;
+      },
+    });
+    const hasher = new HashingCounter((n) => {
+      progress.bytes = n;
+      deps.onProgress?.(progress);
+    });
+    const stages = job.compression === "gzip" ? [createGzip({ level: 6 })] : [];
+    const onAbort = () => hasher.destroy(new CancelledError(`job ${job.name}: cancelled`));
+    deps.signal?.addEventListener("abort", onAbort, { once: true });
+
+    // Whichever stage fails first holds the real cause; the others fail because of it.
+    let firstError: unknown;
+    const note = (err: unknown): never => {
+      firstError ??= err;
+      throw err;
+    };
+    const piping = pipeline([archive.stream as NodeJS.ReadableStream, ...stages, hasher]).catch(note);
+    let uploadId: string | undefined;
+    const uploading = target.writer
+      .upload({
+        key,
+        body: hasher,
+        sseKey,
+        onUploadId: (id) => {
+          uploadId = id;
+          catalog.setUploadId(runId, id);
+        },
+      })
+      .catch((err: unknown) => {
+        firstError ??= err;
+        hasher.destroy(err instanceof Error ? err : new Error(String(err)));
+        throw err;
+      });
+    const [walk, , upload] = await Promise.allSettled([archive.done.catch(note), piping, uploading]);
+    deps.signal?.removeEventListener("abort", onAbort);
+    if (deps.signal?.aborted) throw new CancelledError(`job ${job.name}: cancelled`);
+    if (firstError !== undefined) throw firstError;
+    if (upload.status !== "fulfilled" || walk.status !== "fulfilled") throw new Error("unreachable");
+    const { versionId } = upload.value;
+    progress.files = walk.value.files;
+    jlog.debug({ versionId, uploadId }, "upload complete");
+
+    // What the server stored must be what was sent (a client or server that stores
+    // transfer framing inside the object would change its size).
+    const stored = await readBack(target, key, versionId, sseKey);
+    const sha256 = hasher.digest();
+    const sizeOk = stored.size === hasher.bytes;
+    const backupId = catalog.recordBackup({
+      runId,
+      job: job.name,
+      target: target.name,
+      bucket: target.bucket,
+      key,
+      versionId,
+      size: hasher.bytes,
+      sha256,
+      compression: job.compression,
+      sseKey,
+      keyDerivation: KEY_DERIVATION,
+      createdAt: started,
+      retentionMode: stored.retention?.mode ?? null,
+      retainUntil: stored.retention?.retainUntil ?? null,
+      status: sizeOk ? "ok" : "corrupt",
+      files: walk.value.files,
+    });
+    if (!sizeOk) {
+      throw new StorageError(
+        `job ${job.name}: s3://${target.bucket}/${key} version ${versionId} holds ${stored.size} bytes but ${hasher.bytes} were sent; the stored version is marked corrupt`,
+        { transient: false },
+      );
+    }
+    if (!stored.retention) {
+      throw new RefusedError(
+        `job ${job.name}: s3://${target.bucket}/${key} version ${versionId} was stored without an Object Lock retention; check the bucket's default retention`,
+      );
+    }
+    const durationMs = now().getTime() - started.getTime();
+    catalog.addWarnings(runId, warnings);
+    catalog.finishRun(runId, {
+      status: "succeeded",
+      bytes: hasher.bytes,
+      files: walk.value.files,
+      warnings: warnings.length,
+    });
+    jlog.info(
+      {
+        versionId,
+        bytes: hasher.bytes,
+        files: walk.value.files,
+        warnings: warnings.length,
+        durationMs,
+        sha256,
+        retentionMode: stored.retention.mode,
+        retainUntil: stored.retention.retainUntil.toISOString(),
+      },
+      "backup succeeded",
+    );
+    return {
+      ...base,
+      status: "succeeded",
+      backupId,
+      versionId,
+      bytes: hasher.bytes,
+      files: walk.value.files,
+      warnings: warnings.length,
+      durationMs,
+      retainUntil: stored.retention.retainUntil,
+    };
+  } catch (err) {
+    const cancelled = err instanceof CancelledError || deps.signal?.aborted === true;
+    const status = cancelled ? "interrupted" : "failed";
+    const error = cancelled ? `cancelled: ${describeError(deps.signal?.reason ?? err)}` : partsHint(describeError(err), deps.targetConfig);
+    catalog.addWarnings(runId, warnings);
+    catalog.finishRun(runId, {
+      status,
+      bytes: progress.bytes,
+      files: progress.files,
+      warnings: warnings.length,
+      error,
+    });
+    jlog.error({ status }, `backup ${status}: ${error}`);
+    return {
+      ...base,
+      status,
+      bytes: progress.bytes,
+      files: progress.files,
+      warnings: warnings.length,
+      durationMs: now().getTime() - started.getTime(),
+      error,
+    };
+  }
+}
+
+/**
+ * Refuses to upload into a bucket that would not protect the backup: versioning
+ * off, Object Lock off, no default retention, or a weaker one than configured.
+ */
+export async function preflight(target: Target, t: TargetConfig): Promise<BucketLockState> {
+  const state = await withReadFallback(target, (s) => s.lockState());
+  const where = `bucket ${t.bucket} (target ${t.name})`;
+  const nothing = "; nothing was uploaded";
+  if (!state.objectLock) {
+    throw new RefusedError(
+      `${where} does not have Object Lock enabled, so backups in it could be deleted or overwritten. Object Lock can only be enabled when a bucket is created: create a new bucket with Object Lock${nothing}`,
+    );
+  }
+  if (state.versioning !== "Enabled") {
+    throw new RefusedError(`${where} has versioning ${state.versioning.toLowerCase()}; Object Lock needs it enabled${nothing}`);
+  }
+  const d = state.defaultRetention;
+  if (!d) {
+    throw new RefusedError(
+      `${where} has Object Lock but no default retention, so new backups would not be locked; set a default retention of ${t.retention.mode} ${t.retention.days} days${nothing}`,
+    );
+  }
+  if (d.days < t.retention.days || (t.retention.mode === "COMPLIANCE" && d.mode !== "COMPLIANCE")) {
+    throw new RefusedError(
+      `${where} has a default retention of ${d.mode} ${d.days} days, weaker than the configured ${t.retention.mode} ${t.retention.days} days${nothing}`,
+    );
+  }
+  return state;
+}
+
+/**
+ * Reads with the reader credentials; falls back to the writer only where the
+ * reader is refused (a reader without bucket-level permissions).
+ */
+async function withReadFallback<T>(target: Target, fn: (s: ObjectStore) => Promise<T>): Promise<T> {
+  try {
+    return await fn(target.reader);
+  } catch (err) {
+    if (err instanceof StorageError && err.status === 403) return await fn(target.writer);
+    throw err;
+  }
+}
+
+/**
+ * Size and retention of the new version. Some providers answer a retention
+ * read with AccessDenied or NoSuchKey for a moment after an upload
+ * (shared/S3-PITFALLS.md 10), so retry those with backoff before giving up.
+ */
+async function readBack(
+  target: Target,
+  key: string,
+  versionId: string,
+  sseKey: Buffer,
+): Promise<{ size: number; retention: Retention | undefined }> {
+  let delay = 250;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const { size } = await withReadFallback(target, (s) => s.head(key, versionId, sseKey));
+      const retention = await withReadFallback(target, (s) => s.retention(key, versionId));
+      return { size, retention };
+    } catch (err) {
+      const retryable = err instanceof StorageError && (err.transient || err.status === 403 || err.status === 404);
+      if (!retryable || attempt >= 6) throw err;
+      await sleep(delay);
+      delay *= 2;
+    }
+  }
+}
+
+function partsHint(message: string, t: TargetConfig): string {
+  if (!/Exceeded \d+ parts/.test(message)) return message;
+  const maxGiB = ((t.partSizeMiB * 10_000) / 1024).toFixed(0);
+  return `the archive is larger than ${maxGiB} GiB, the most a multipart upload of ${t.partSizeMiB} MiB parts can hold (10,000 parts); raise targets.${t.name}.partSizeMiB`;
+}
+
+/** The catalog database and its companions: never archive the live files immutd is writing. */
+function catalogFiles(path: string): string[] {
+  const escape = (p: string) => p.replace(/[*?[\]{}()!+@\\]/g, "\\$&");
+  return ["", "-wal", "-shm", "-journal"].map((s) => escape(path + s));
+}
+
+/** Passes bytes through while counting them and hashing them with SHA-256: exactly what is uploaded. */
+export class HashingCounter extends Transform {
+  bytes = 0;
+  readonly #hash = createHash("sha256");
+  readonly #onBytes: ((n: number) => void) | undefined;
+  #digest: string | undefined;
+
+  constructor(onBytes?: (n: number) => void) {
+    super();
+    this.#onBytes = onBytes;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.#hash.update(chunk);
+    this.bytes += chunk.length;
+    this.#onBytes?.(this.bytes);
+    cb(null, chunk);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.#digest = this.#hash.digest("hex");
+    cb();
+  }
+
+  /** Hex SHA-256 of everything that passed; only after the stream ended. */
+  digest(): string {
+    if (this.#digest === undefined) throw new Error("digest() before the stream ended");
+    return this.#digest;
+  }
+}

@@ -1,0 +1,296 @@
+/**
+ * The local catalog (SQLite through better-sqlite3): every run attempt, and one
+ * row per stored backup version with its version ID, SHA-256 and SSE-C key.
+ *
+ * It holds key material, so the file (and its -wal/-shm companions, which SQLite
+ * creates with the database file's mode) is created 0600 in a directory that is
+ * not world-writable. WAL mode with synchronous=FULL: a backup row, once written,
+ * survives a crash or power loss. Migrations are keyed by PRAGMA user_version.
+ */
+import { chmodSync, closeSync, constants, mkdirSync, openSync, statSync } from "node:fs";
+import { dirname } from "node:path";
+import Database from "better-sqlite3";
+import type { Compression, RetentionMode } from "./config.js";
+import { ConfigError } from "./errors.js";
+
+export type RunStatus = "running" | "succeeded" | "failed" | "interrupted";
+export type BackupStatus = "ok" | "corrupt" | "missing" | "expired";
+
+export interface RunRow {
+  id: number;
+  job: string;
+  target: string;
+  objectKey: string | null;
+  uploadId: string | null;
+  startedAt: string;
+  finishedAt: string | null;
+  status: RunStatus;
+  bytes: number;
+  files: number;
+  warnings: number;
+  error: string | null;
+}
+
+export interface NewBackup {
+  runId: number;
+  job: string;
+  target: string;
+  bucket: string;
+  key: string;
+  versionId: string;
+  size: number;
+  sha256: string;
+  compression: Compression;
+  sseKey: Buffer;
+  keyDerivation: string;
+  createdAt: Date;
+  retentionMode: RetentionMode | null;
+  retainUntil: Date | null;
+  status: BackupStatus;
+  files: number;
+}
+
+/** A backup as shown to people and scripts: everything but the key. */
+export interface BackupRow {
+  id: number;
+  runId: number | null;
+  job: string;
+  target: string;
+  bucket: string;
+  key: string;
+  versionId: string;
+  size: number;
+  sha256: string;
+  compression: Compression;
+  createdAt: string;
+  retentionMode: RetentionMode | null;
+  retainUntil: string | null;
+  status: BackupStatus;
+  files: number;
+}
+
+/** Warnings stored per run; the count in runs.warnings is always complete. */
+export const MAX_STORED_WARNINGS = 1000;
+
+const MIGRATIONS: string[] = [
+  `
+  CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY,
+    job         TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    object_key  TEXT,
+    upload_id   TEXT,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    status      TEXT NOT NULL CHECK (status IN ('running','succeeded','failed','interrupted')),
+    bytes       INTEGER NOT NULL DEFAULT 0,
+    files       INTEGER NOT NULL DEFAULT 0,
+    warnings    INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    pid         INTEGER
+  );
+  CREATE INDEX runs_job_started ON runs (job, started_at);
+  CREATE TABLE run_warnings (
+    run_id  INTEGER NOT NULL REFERENCES runs (id),
+    path    TEXT NOT NULL,
+    message TEXT NOT NULL
+  );
+  CREATE INDEX run_warnings_run ON run_warnings (run_id);
+  CREATE TABLE backups (
+    id             INTEGER PRIMARY KEY,
+    run_id         INTEGER REFERENCES runs (id),
+    job            TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    bucket         TEXT NOT NULL,
+    object_key     TEXT NOT NULL,
+    version_id     TEXT NOT NULL,
+    size           INTEGER NOT NULL,
+    sha256         TEXT NOT NULL,
+    compression    TEXT NOT NULL CHECK (compression IN ('none','gzip')),
+    sse_key        BLOB NOT NULL,
+    key_derivation TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    retention_mode TEXT,
+    retain_until   TEXT,
+    status         TEXT NOT NULL CHECK (status IN ('ok','corrupt','missing','expired')),
+    files          INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (bucket, object_key, version_id)
+  );
+  CREATE INDEX backups_job_created ON backups (job, created_at);
+  `,
+];
+
+const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
+  size, sha256, compression, created_at AS createdAt, retention_mode AS retentionMode,
+  retain_until AS retainUntil, status, files`;
+
+export class Catalog {
+  readonly path: string;
+  readonly db: Database.Database;
+
+  private constructor(path: string, db: Database.Database) {
+    this.path = path;
+    this.db = db;
+  }
+
+  static open(path: string): Catalog {
+    prepareFile(path);
+    let db: Database.Database;
+    try {
+      db = new Database(path, { timeout: 10_000 });
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = FULL");
+      db.pragma("foreign_keys = ON");
+    } catch (err) {
+      throw new ConfigError(`cannot open catalog ${path}: ${(err as Error).message}`);
+    }
+    const catalog = new Catalog(path, db);
+    catalog.#migrate();
+    return catalog;
+  }
+
+  #migrate(): void {
+    const version = this.db.pragma("user_version", { simple: true }) as number;
+    if (version > MIGRATIONS.length) {
+      throw new ConfigError(
+        `catalog ${this.path} has schema version ${version}, newer than this immutd understands (${MIGRATIONS.length}); upgrade immutd`,
+      );
+    }
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v] as string);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  startRun(r: { job: string; target: string; objectKey: string; startedAt: Date }): number {
+    const info = this.db
+      .prepare(
+        `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES (?, ?, ?, ?, 'running', ?)`,
+      )
+      .run(r.job, r.target, r.objectKey, r.startedAt.toISOString(), process.pid);
+    return Number(info.lastInsertRowid);
+  }
+
+  setUploadId(runId: number, uploadId: string): void {
+    this.db.prepare(`UPDATE runs SET upload_id = ? WHERE id = ?`).run(uploadId, runId);
+  }
+
+  addWarnings(runId: number, warnings: readonly { path: string; message: string }[]): void {
+    if (warnings.length === 0) return;
+    const stored = this.db.prepare(`SELECT count(*) AS n FROM run_warnings WHERE run_id = ?`).get(runId) as {
+      n: number;
+    };
+    const room = Math.max(0, MAX_STORED_WARNINGS - stored.n);
+    const insert = this.db.prepare(`INSERT INTO run_warnings (run_id, path, message) VALUES (?, ?, ?)`);
+    this.db.transaction(() => {
+      for (const w of warnings.slice(0, room)) insert.run(runId, w.path, w.message);
+    })();
+  }
+
+  finishRun(
+    runId: number,
+    r: { status: Exclude<RunStatus, "running">; bytes: number; files: number; warnings: number; error?: string },
+  ): void {
+    this.db
+      .prepare(
+        `UPDATE runs SET status = ?, finished_at = ?, bytes = ?, files = ?, warnings = ?, error = ? WHERE id = ?`,
+      )
+      .run(r.status, new Date().toISOString(), r.bytes, r.files, r.warnings, r.error ?? null, runId);
+  }
+
+  recordBackup(b: NewBackup): number {
+    const info = this.db
+      .prepare(
+        `INSERT INTO backups (run_id, job, target, bucket, object_key, version_id, size, sha256, compression,
+           sse_key, key_derivation, created_at, retention_mode, retain_until, status, files)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        b.runId,
+        b.job,
+        b.target,
+        b.bucket,
+        b.key,
+        b.versionId,
+        b.size,
+        b.sha256,
+        b.compression,
+        b.sseKey,
+        b.keyDerivation,
+        b.createdAt.toISOString(),
+        b.retentionMode,
+        b.retainUntil?.toISOString() ?? null,
+        b.status,
+        b.files,
+      );
+    return Number(info.lastInsertRowid);
+  }
+
+  run(id: number): RunRow | undefined {
+    return this.db
+      .prepare(
+        `SELECT id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
+           finished_at AS finishedAt, status, bytes, files, warnings, error FROM runs WHERE id = ?`,
+      )
+      .get(id) as RunRow | undefined;
+  }
+
+  runWarnings(runId: number): { path: string; message: string }[] {
+    return this.db
+      .prepare(`SELECT path, message FROM run_warnings WHERE run_id = ? ORDER BY rowid`)
+      .all(runId) as { path: string; message: string }[];
+  }
+
+  listBackups(filter: { job?: string } = {}): BackupRow[] {
+    const where = filter.job !== undefined ? "WHERE job = ?" : "";
+    const args = filter.job !== undefined ? [filter.job] : [];
+    return this.db
+      .prepare(`SELECT ${BACKUP_COLUMNS} FROM backups ${where} ORDER BY created_at, id`)
+      .all(...args) as BackupRow[];
+  }
+
+  backup(id: number): BackupRow | undefined {
+    return this.db.prepare(`SELECT ${BACKUP_COLUMNS} FROM backups WHERE id = ?`).get(id) as BackupRow | undefined;
+  }
+
+  /** The SSE-C key of one backup: only for the code that sends it to the server. */
+  backupKey(id: number): Buffer | undefined {
+    const row = this.db.prepare(`SELECT sse_key AS k FROM backups WHERE id = ?`).get(id) as { k: Buffer } | undefined;
+    return row?.k;
+  }
+}
+
+/** Creates the catalog's directory and file private to this user, and tightens an existing file that is not. */
+function prepareFile(path: string): void {
+  const dir = dirname(path);
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const d = statSync(dir);
+    if (d.mode & 0o002 && !(d.mode & 0o1000)) {
+      throw new ConfigError(`catalog directory ${dir} is world-writable; the catalog holds encryption keys`);
+    }
+    try {
+      closeSync(openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+      try {
+        if (statSync(f).mode & 0o077) chmodSync(f, 0o600);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      }
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(
+      `cannot create catalog ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
+  }
+}

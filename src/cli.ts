@@ -1,0 +1,151 @@
+#!/usr/bin/env node
+/**
+ * The immutd command line. Each subcommand lives in src/commands/; this file
+ * wires them to commander and maps every error to its exit code in one place
+ * (errors.ts decides the codes).
+ */
+import { readFileSync } from "node:fs";
+import { Command, CommanderError, Option } from "commander";
+import { stringify } from "yaml";
+import { backupCommand, backupHelp } from "./commands/backup.js";
+import { type Context, type GlobalOptions, makeLogger, openContext } from "./commands/context.js";
+import { listCommand, listHelp } from "./commands/list.js";
+import { configPath, loadConfig, redactedView } from "./config.js";
+import { ExitCode, exitCodeFor, ImmutdError, describeError } from "./errors.js";
+import { generateMasterKeyFile } from "./keys.js";
+import { serializeError } from "./log.js";
+
+const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+  version: string;
+};
+
+const EXIT_CODES = `
+Exit codes:
+  0   success
+  1   unexpected error (a bug: please report it with the log)
+  2   usage error (unknown command, option or job)
+  3   one or more jobs failed
+  78  configuration error (the message names the file, line and key)
+
+Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
+A fully commented example is config.example.yaml in the package.
+`;
+
+function program(): Command {
+  const p = new Command("immutd")
+    .description(
+      "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",
+    )
+    .version(pkg.version, "-V, --version")
+    .option("-c, --config <file>", "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)")
+    .addOption(
+      new Option("--log-level <level>", "log level (default: $IMMUTD_LOG_LEVEL or info)").choices([
+        "trace",
+        "debug",
+        "info",
+        "warn",
+        "error",
+        "fatal",
+        "silent",
+      ]),
+    )
+    .addOption(
+      new Option("--log-format <format>", "log format (default: pretty on a terminal, json otherwise)").choices([
+        "json",
+        "pretty",
+      ]),
+    )
+    .addHelpText("after", EXIT_CODES)
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride();
+
+  const globals = () => p.opts<GlobalOptions>();
+  const withContext = async (fn: (ctx: Context) => Promise<void> | void) => {
+    const ctx = openContext(globals());
+    try {
+      await fn(ctx);
+    } finally {
+      ctx.close();
+    }
+  };
+
+  p.command("backup")
+    .description("run backup jobs now")
+    .argument("[jobs...]", "job names (default: all jobs)")
+    .addHelpText("after", backupHelp)
+    .action((jobs: string[]) => withContext((ctx) => backupCommand(ctx, jobs)));
+
+  p.command("list")
+    .description("list the backups recorded in the catalog")
+    .option("--job <name>", "only this job")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", listHelp)
+    .action((opts: { job?: string; json?: boolean }) => withContext((ctx) => listCommand(ctx, opts)));
+
+  const config = p.command("config").description("configuration tools");
+  config
+    .command("check")
+    .description("validate the configuration and print it resolved, with secrets redacted")
+    .addHelpText(
+      "after",
+      "\nReads every referenced secret file and ${ENV} variable, so it also proves they are readable.\nExit 0 if valid, 78 with one line per problem otherwise.\n",
+    )
+    .action(() => {
+      const file = configPath(globals().config);
+      const { config: cfg, warnings } = loadConfig(file);
+      const log = makeLogger(globals());
+      for (const w of warnings) log.warn(w);
+      process.stdout.write(`# ${file}: valid\n${stringify(redactedView(cfg))}`);
+    });
+
+  const key = p.command("key").description("master key tools");
+  key
+    .command("generate")
+    .description("write a new random master key (64 hex characters, mode 0600) to FILE")
+    .argument("<file>", "where to write it; an existing file is never overwritten")
+    .addHelpText(
+      "after",
+      "\nEvery backup's SSE-C key is derived from the master key. Keep a copy offline:\nwithout it (and without the catalog) backups cannot be decrypted.\n",
+    )
+    .action((file: string) => {
+      generateMasterKeyFile(file);
+      process.stderr.write(`wrote a new master key to ${file} (mode 0600); keep a copy somewhere safe and offline\n`);
+    });
+
+  return p;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  process.umask(0o077); // everything immutd creates (catalog, keys) is private to its user
+  // The SDK's multi-line Node 20 notice would break JSON log parsing; README states Node support.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
+  try {
+    await program().parseAsync(argv);
+    return ExitCode.ok;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.exitCode === 0) {
+        return ExitCode.ok;
+      }
+      return ExitCode.usage; // commander already printed the message
+    }
+    const code = exitCodeFor(err);
+    if (err instanceof ImmutdError) {
+      process.stderr.write(`immutd: ${err.message}\n`);
+    } else {
+      process.stderr.write(`immutd: unexpected error: ${describeError(err)}\n`);
+      process.stderr.write(`${JSON.stringify(serializeError(err))}\n`);
+    }
+    return code;
+  }
+}
+
+main(process.argv).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    process.stderr.write(`immutd: ${describeError(err)}\n`);
+    process.exitCode = ExitCode.unexpected;
+  },
+);

@@ -1,0 +1,45 @@
+/**
+ * What every command that reads the configuration shares: the loaded config,
+ * a logger, and the catalog, opened on first use and closed by the CLI.
+ */
+import { Catalog } from "../catalog.js";
+import { type Config, configPath, loadConfig } from "../config.js";
+import { createLogger, type LogFormat, type Logger } from "../log.js";
+
+export interface GlobalOptions {
+  config?: string;
+  logLevel?: string;
+  logFormat?: LogFormat;
+}
+
+export interface Context {
+  config: Config;
+  log: Logger;
+  catalog(): Catalog;
+  close(): void;
+}
+
+export function makeLogger(g: GlobalOptions, destination: NodeJS.WritableStream = process.stderr): Logger {
+  const tty = (destination as NodeJS.WriteStream).isTTY === true;
+  return createLogger({
+    level: g.logLevel ?? process.env.IMMUTD_LOG_LEVEL ?? "info",
+    format: g.logFormat ?? (tty ? "pretty" : "json"),
+    destination,
+  });
+}
+
+export function openContext(g: GlobalOptions): Context {
+  const log = makeLogger(g);
+  const { config, warnings } = loadConfig(configPath(g.config));
+  for (const w of warnings) log.warn(w);
+  let catalog: Catalog | undefined;
+  return {
+    config,
+    log,
+    catalog: () => {
+      catalog ??= Catalog.open(config.catalog);
+      return catalog;
+    },
+    close: () => catalog?.close(),
+  };
+}

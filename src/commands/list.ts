@@ -1,0 +1,40 @@
+import type { BackupRow } from "../catalog.js";
+import { formatBytes } from "../progress.js";
+import type { Context } from "./context.js";
+
+export const listHelp = `
+Lists the backups recorded in the catalog, oldest first. Key material is
+never shown. --json prints an array of objects with the fields
+id, job, target, bucket, key, versionId, size, sha256, compression,
+createdAt, retainUntil, retentionMode, status, files, runId.
+`;
+
+export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }): void {
+  const rows = ctx.catalog().listBackups(opts.job !== undefined ? { job: opts.job } : {});
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    return;
+  }
+  if (rows.length === 0) {
+    process.stdout.write(opts.job ? `no backups of job ${opts.job}\n` : "no backups yet\n");
+    return;
+  }
+  process.stdout.write(table(rows));
+}
+
+function table(rows: BackupRow[]): string {
+  const head = ["ID", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
+  const body = rows.map((r) => [
+    String(r.id),
+    r.job,
+    r.createdAt.slice(0, 19).replace("T", " "),
+    formatBytes(r.size),
+    r.retainUntil ? `${r.retainUntil.slice(0, 10)} ${r.retentionMode ?? ""}`.trim() : "-",
+    r.status,
+    r.key,
+    r.versionId,
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] ?? "").length)));
+  const fmt = (cells: string[]) => `${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  ").trimEnd()}\n`;
+  return fmt(head) + body.map(fmt).join("");
+}

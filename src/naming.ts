@@ -1,0 +1,40 @@
+/**
+ * Object keys of backups: `<prefix><host>/<job>/<UTC yyyy-mm-ddTHHMMSSZ>-<8 hex>.tar[.gz]`.
+ * Pure. The random suffix makes a key unique even for two runs in one second, so
+ * immutd never writes a second version under a key it has used.
+ */
+import { randomBytes } from "node:crypto";
+import type { Compression } from "./config.js";
+
+export function jobPrefix(prefix: string, host: string, job: string): string {
+  return `${prefix}${host}/${job}/`;
+}
+
+export function objectKey(opts: {
+  prefix: string;
+  host: string;
+  job: string;
+  at: Date;
+  compression: Compression;
+  random?: string;
+}): string {
+  const stamp = opts.at.toISOString().replace(/[-:]/g, "").replace(/\.\d{3}/, "");
+  // 20261125T065430Z -> 2026-11-25T065430Z: dashes in the date keep it readable, none in the time.
+  const readable = `${stamp.slice(0, 4)}-${stamp.slice(4, 6)}-${stamp.slice(6, 8)}${stamp.slice(8)}`;
+  const random = opts.random ?? randomBytes(4).toString("hex");
+  const ext = opts.compression === "gzip" ? ".tar.gz" : ".tar";
+  return `${jobPrefix(opts.prefix, opts.host, opts.job)}${readable}-${random}${ext}`;
+}
+
+const KEY_TAIL = /(\d{4})-(\d{2})-(\d{2})T(\d{2})(\d{2})(\d{2})Z-[0-9a-f]{8}\.tar(\.gz)?$/;
+
+/** Reads the creation time and compression back from a key immutd made; undefined for any other key. */
+export function parseObjectKey(key: string): { createdAt: Date; compression: Compression } | undefined {
+  const m = KEY_TAIL.exec(key);
+  if (!m) return undefined;
+  const [, y, mo, d, h, mi, s, gz] = m;
+  return {
+    createdAt: new Date(`${y}-${mo}-${d}T${h}:${mi}:${s}Z`),
+    compression: gz ? "gzip" : "none",
+  };
+}

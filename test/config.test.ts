@@ -1,0 +1,201 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { ConfigError } from "../src/errors.js";
+import { configPath, parseConfig, redactedView } from "../src/config.js";
+import { runCli } from "./support/cli.js";
+
+const dir = mkdtempSync(join(tmpdir(), "immutd-config-"));
+const keyFile = join(dir, "master.key");
+writeFileSync(keyFile, `${"ab".repeat(32)}\n`, { mode: 0o600 });
+const secretFile = join(dir, "writer-secret");
+writeFileSync(secretFile, "s3cr3t-from-file\n", { mode: 0o600 });
+
+function valid(extra = ""): string {
+  return `catalog: ${dir}/catalog.db
+masterKeyFile: ${keyFile}
+host: web-1
+targets:
+  offsite:
+    endpoint: https://s3.example.com
+    bucket: backups-web
+    prefix: web-1
+    retention: { mode: COMPLIANCE, days: 30 }
+    credentials:
+      writer: { accessKeyId: AKW, secretAccessKeyFile: ${secretFile} }
+      reader: { accessKeyId: AKR, secretAccessKey: "\${READER_SECRET}" }
+jobs:
+  - name: etc
+    target: offsite
+    schedule: "0 3 * * *"
+    paths: [/etc]
+    exclude: ["*.swp", "/etc/ssl/private/**"]
+${extra}`;
+}
+
+const env = { READER_SECRET: "reader-secret-value" };
+
+function problem(text: string, e: NodeJS.ProcessEnv = env): string {
+  try {
+    parseConfig(text, "/x/config.yaml", { env: e });
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `expected ConfigError, got ${err}`);
+    assert.equal(err.exitCode, 78);
+    return err.message;
+  }
+  assert.fail("config was accepted");
+}
+
+describe("config", () => {
+  it("resolves a valid config: defaults, ${ENV}, …File secrets, prefix slash", () => {
+    const { config } = parseConfig(valid(), "/x/config.yaml", { env });
+    const t = config.targets.offsite;
+    assert.ok(t);
+    assert.equal(t.prefix, "web-1/");
+    assert.equal(t.region, "us-east-1");
+    assert.equal(t.partSizeMiB, 16);
+    assert.equal(t.checksum, "md5");
+    assert.equal(t.credentials.writer.secretAccessKey.reveal(), "s3cr3t-from-file");
+    assert.equal(t.credentials.reader.secretAccessKey.reveal(), "reader-secret-value");
+    assert.equal(config.masterKey.reveal().toString("hex"), "ab".repeat(32));
+    assert.equal(config.jobs[0]?.compression, "gzip");
+    assert.equal(config.host, "web-1");
+  });
+
+  it("never shows a secret in its redacted view or in JSON", () => {
+    const { config } = parseConfig(valid(), "/x/config.yaml", { env });
+    const text = JSON.stringify(redactedView(config)) + JSON.stringify(config);
+    assert.ok(!text.includes("reader-secret-value"));
+    assert.ok(!text.includes("s3cr3t-from-file"));
+    assert.ok(!text.includes("ab".repeat(32)));
+    assert.match(text, /<redacted>/);
+  });
+
+  it("names file, line and key of an unknown key, with a suggestion", () => {
+    const msg = problem(valid().replace('schedule: "0 3', 'shedule: "0 3'));
+    assert.match(msg, /^\/x\/config\.yaml:16:5: jobs\[0\] \(etc\)\.shedule: unknown key \(did you mean "schedule"\?\)/m);
+  });
+
+  it("rejects a job whose target does not exist", () => {
+    assert.match(
+      problem(valid().replace("target: offsite", "target: offsight")),
+      /config\.yaml:15:13: jobs\[0\] \(etc\)\.target: target "offsight" is not defined under targets \(defined: offsite\)/,
+    );
+  });
+
+  it("rejects an invalid cron expression", () => {
+    assert.match(
+      problem(valid().replace('"0 3 * * *"', '"0 25 * * *"')),
+      /config\.yaml:16:15: jobs\[0\] \(etc\)\.schedule: invalid cron expression "0 25 \* \* \*"/,
+    );
+  });
+
+  it("reports a YAML syntax error with its line", () => {
+    assert.match(problem(valid().replace("paths: [/etc]", "paths: [/etc")), /config\.yaml:\d+:\d+: YAML syntax error/);
+  });
+
+  it("rejects a relative catalog path", () => {
+    assert.match(
+      problem(valid().replace(`catalog: ${dir}/catalog.db`, "catalog: catalog.db")),
+      /config\.yaml:1:10: catalog: must be an absolute path/,
+    );
+  });
+
+  it("rejects two jobs with one name", () => {
+    const dup = `  - name: etc\n    target: offsite\n    schedule: "@daily"\n    paths: [/srv]\n`;
+    assert.match(problem(valid(dup)), /jobs\[1\] \(etc\)\.name: duplicate job name "etc" \(also jobs\[0\]\)/);
+  });
+
+  it("rejects an unset environment variable, naming it", () => {
+    assert.match(problem(valid(), {}), /config\.yaml:12:\d+: environment variable READER_SECRET is not set/);
+  });
+
+  it("rejects plain http unless allowInsecureSseC", () => {
+    const http = valid().replace("https://s3.example.com", "http://127.0.0.1:8000");
+    assert.match(problem(http), /targets\.offsite\.endpoint: is plain http/);
+    const allowed = http.replace("prefix: web-1", "prefix: web-1\n    allowInsecureSseC: true");
+    assert.doesNotThrow(() => parseConfig(allowed, "/x/config.yaml", { env }));
+  });
+
+  it("rejects a missing or malformed master key", () => {
+    const bad = join(dir, "bad.key");
+    writeFileSync(bad, "too short\n", { mode: 0o600 });
+    assert.match(problem(valid().replace(keyFile, bad)), /masterKeyFile: the master key must be 32 bytes/);
+    assert.match(problem(valid().replace(keyFile, join(dir, "nope.key"))), /cannot read .*nope\.key: ENOENT/);
+  });
+
+  it("rejects a credential given both inline and as a file", () => {
+    const both = valid().replace(
+      `secretAccessKeyFile: ${secretFile}`,
+      `secretAccessKeyFile: ${secretFile}, secretAccessKey: x`,
+    );
+    assert.match(problem(both), /credentials\.writer: give either secretAccessKey or secretAccessKeyFile, not both/);
+  });
+
+  it("rejects a relative exclude pattern with a slash", () => {
+    assert.match(problem(valid().replace('"*.swp"', '"cache/**"')), /exclude: .*cache\/\*\*/);
+  });
+
+  it("picks the path from --config, then $IMMUTD_CONFIG, then the default", () => {
+    assert.equal(configPath("/a.yaml", { IMMUTD_CONFIG: "/b.yaml" }), "/a.yaml");
+    assert.equal(configPath(undefined, { IMMUTD_CONFIG: "/b.yaml" }), "/b.yaml");
+    assert.equal(configPath(undefined, {}), "/etc/immutd/config.yaml");
+  });
+});
+
+describe("immutd config check (CLI)", () => {
+  it("prints the resolved config with secrets redacted and exits 0", async () => {
+    const file = join(dir, "ok.yaml");
+    writeFileSync(file, valid());
+    const r = await runCli(["config", "check", "--config", file], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /prefix: web-1\//);
+    assert.match(r.stdout, /secretAccessKey: <redacted>/);
+    assert.ok(!r.stdout.includes("reader-secret-value") && !r.stderr.includes("reader-secret-value"));
+  });
+
+  it("exits 78 with the message for a bad config, via $IMMUTD_CONFIG", async () => {
+    const file = join(dir, "bad.yaml");
+    writeFileSync(file, valid().replace("target: offsite", "target: nowhere"));
+    const r = await runCli(["config", "check"], { env: { ...env, IMMUTD_CONFIG: file } });
+    assert.equal(r.code, 78);
+    assert.match(r.stderr, /bad\.yaml:15:13: jobs\[0\] \(etc\)\.target: target "nowhere" is not defined/);
+  });
+
+  it("exits 78 when the config file does not exist", async () => {
+    const r = await runCli(["config", "check", "--config", join(dir, "missing.yaml")]);
+    assert.equal(r.code, 78);
+    assert.match(r.stderr, /cannot read config file .*missing\.yaml: ENOENT/);
+  });
+});
+
+describe("immutd key generate (CLI)", () => {
+  it("writes 64 hex chars and a newline with mode 0600, and refuses to overwrite", async () => {
+    const file = join(dir, "new.key");
+    const r = await runCli(["key", "generate", file]);
+    assert.equal(r.code, 0, r.stderr);
+    const st = statSync(file);
+    assert.equal(st.mode & 0o777, 0o600);
+    const text = (await import("node:fs")).readFileSync(file, "utf8");
+    assert.match(text, /^[0-9a-f]{64}\n$/);
+    const again = await runCli(["key", "generate", file]);
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /refusing to overwrite/);
+    assert.equal((await import("node:fs")).readFileSync(file, "utf8"), text);
+  });
+});
+
+describe("CLI basics", () => {
+  it("--version and --help exit 0; an unknown command exits 2", async () => {
+    const v = await runCli(["--version"]);
+    assert.equal(v.code, 0);
+    assert.match(v.stdout, /^\d+\.\d+\.\d+/);
+    const h = await runCli(["backup", "--help"]);
+    assert.equal(h.code, 0);
+    assert.match(h.stdout, /Exit codes: 0 every job succeeded, 3/);
+    const u = await runCli(["frobnicate"]);
+    assert.equal(u.code, 2);
+  });
+});

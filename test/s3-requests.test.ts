@@ -1,0 +1,168 @@
+/**
+ * Request-level proof of the upload path (shared/S3-PITFALLS.md 1-4): SSE-C
+ * headers on CreateMultipartUpload and on every UploadPart, a checksum on every
+ * part, the abort after a failure, and no SSE-C key over plain http. A local
+ * server that ignores missing checksums would not show these, so the requests
+ * are recorded here before they leave the SDK.
+ */
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { Readable } from "node:stream";
+import { describe, it } from "node:test";
+import { HttpResponse, type HttpRequest } from "@smithy/protocol-http";
+import { RefusedError, StorageError } from "../src/errors.js";
+import { S3Store } from "../src/store/s3.js";
+import { targetConfig } from "./support/target.js";
+
+interface Seen {
+  method: string;
+  query: Record<string, unknown>;
+  headers: Record<string, string>;
+  body: Buffer | undefined;
+  protocol: string;
+}
+
+/** A fake S3 endpoint: answers the multipart calls and records every request. */
+function recorder(opts: { failPart?: number } = {}) {
+  const seen: Seen[] = [];
+  const handler = {
+    async handle(req: HttpRequest) {
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(req.headers)) headers[k.toLowerCase()] = v;
+      let body: Buffer | undefined;
+      if (req.body instanceof Uint8Array) body = Buffer.from(req.body);
+      else if (typeof req.body === "string") body = Buffer.from(req.body);
+      seen.push({ method: req.method, query: req.query as Record<string, unknown>, headers, body, protocol: req.protocol });
+      const q = req.query as Record<string, unknown>;
+      const xml = (s: string, extra: Record<string, string> = {}) =>
+        new HttpResponse({
+          statusCode: 200,
+          headers: { "content-type": "application/xml", ...extra },
+          body: Readable.from([Buffer.from(`<?xml version="1.0" encoding="UTF-8"?>${s}`)]),
+        });
+      const empty = (status: number, extra: Record<string, string> = {}) =>
+        new HttpResponse({ statusCode: status, headers: extra, body: Readable.from([]) });
+      if (req.method === "POST" && "uploads" in q) {
+        return { response: xml("<InitiateMultipartUploadResult><Bucket>bucket</Bucket><Key>k</Key><UploadId>U1</UploadId></InitiateMultipartUploadResult>") };
+      }
+      if (req.method === "PUT" && q.partNumber) {
+        if (Number(q.partNumber) === opts.failPart) {
+          return {
+            response: new HttpResponse({
+              statusCode: 403,
+              headers: { "content-type": "application/xml" },
+              body: Readable.from([Buffer.from("<Error><Code>AccessDenied</Code><Message>no</Message></Error>")]),
+            }),
+          };
+        }
+        return { response: empty(200, { etag: `"etag-${String(q.partNumber)}"` }) };
+      }
+      if (req.method === "POST" && q.uploadId) {
+        return {
+          response: xml("<CompleteMultipartUploadResult><Bucket>bucket</Bucket><Key>k</Key><ETag>\"x-3\"</ETag></CompleteMultipartUploadResult>", {
+            "x-amz-version-id": "V123",
+          }),
+        };
+      }
+      if (req.method === "DELETE" && q.uploadId) return { response: empty(204) };
+      if (req.method === "PUT") return { response: empty(200, { etag: '"e"', "x-amz-version-id": "V1" }) };
+      return { response: empty(404) };
+    },
+  };
+  return { seen, handler };
+}
+
+const MiB = 1024 * 1024;
+const sseKey = randomBytes(32);
+const keyB64 = sseKey.toString("base64");
+const keyMd5 = createHash("md5").update(sseKey).digest("base64");
+
+function body(size: number): Readable {
+  return Readable.from(
+    (function* () {
+      for (let left = size; left > 0; left -= MiB) yield randomBytes(Math.min(MiB, left));
+    })(),
+  );
+}
+
+describe("S3 upload requests", () => {
+  it("md5 mode: SSE-C headers on create and every part, a correct Content-MD5 on every part", async () => {
+    const { seen, handler } = recorder();
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, { requestHandler: handler });
+    const res = await store.upload({ key: "k", body: body(12 * MiB), sseKey });
+    assert.equal(res.versionId, "V123");
+    const create = seen.filter((s) => s.method === "POST" && "uploads" in s.query);
+    const parts = seen.filter((s) => s.method === "PUT" && s.query.partNumber);
+    assert.equal(create.length, 1);
+    assert.equal(parts.length, 3, "12 MiB in 5 MiB parts is three parts");
+    for (const s of [...create, ...parts]) {
+      assert.equal(s.headers["x-amz-server-side-encryption-customer-algorithm"], "AES256");
+      assert.equal(s.headers["x-amz-server-side-encryption-customer-key"], keyB64);
+      assert.equal(s.headers["x-amz-server-side-encryption-customer-key-md5"], keyMd5);
+    }
+    for (const p of parts) {
+      assert.ok(p.body, "part body is buffered, so its checksum is a header");
+      assert.equal(p.headers["content-md5"], createHash("md5").update(p.body).digest("base64"));
+      assert.ok(!p.headers["content-encoding"]?.includes("aws-chunked"), "no aws-chunked trailers");
+    }
+  });
+
+  it("crc32 mode: an x-amz-checksum-crc32 header on every part", async () => {
+    const { seen, handler } = recorder();
+    const tc = targetConfig({ checksum: "crc32" });
+    const store = new S3Store(tc, tc.credentials.writer, { requestHandler: handler });
+    await store.upload({ key: "k", body: body(11 * MiB), sseKey });
+    const parts = seen.filter((s) => s.method === "PUT" && s.query.partNumber);
+    assert.equal(parts.length, 3);
+    for (const p of parts) {
+      assert.match(p.headers["x-amz-checksum-crc32"] ?? "", /^[A-Za-z0-9+/]{6}==$/);
+      assert.equal(p.headers["x-amz-server-side-encryption-customer-key"], keyB64);
+    }
+  });
+
+  it("a small archive goes up as one PutObject, still with SSE-C and Content-MD5", async () => {
+    const { seen, handler } = recorder();
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, { requestHandler: handler });
+    const res = await store.upload({ key: "k", body: body(1000), sseKey });
+    assert.equal(res.versionId, "V1");
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0]?.headers["x-amz-server-side-encryption-customer-key"], keyB64);
+    assert.ok(seen[0]?.headers["content-md5"]);
+  });
+
+  it("a rejected part aborts the multipart upload before the upload fails", async () => {
+    const { seen, handler } = recorder({ failPart: 2 });
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, { requestHandler: handler });
+    await assert.rejects(store.upload({ key: "k", body: body(16 * MiB), sseKey }), StorageError);
+    assert.ok(seen.some((s) => s.method === "DELETE" && s.query.uploadId === "U1"), "AbortMultipartUpload sent");
+    assert.ok(!seen.some((s) => s.method === "POST" && s.query.uploadId), "never completed");
+  });
+
+  it("a body that fails mid-way aborts the multipart upload", async () => {
+    const { seen, handler } = recorder();
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, { requestHandler: handler });
+    const failing = Readable.from(
+      (function* () {
+        for (let i = 0; i < 12; i++) yield randomBytes(MiB);
+        throw new Error("disk went away");
+      })(),
+    );
+    await assert.rejects(store.upload({ key: "k", body: failing, sseKey }), /disk went away/);
+    assert.ok(seen.some((s) => s.method === "DELETE" && s.query.uploadId === "U1"));
+    assert.ok(!seen.some((s) => s.method === "POST" && s.query.uploadId));
+  });
+
+  it("refuses to send an SSE-C key over plain http unless allowed", async () => {
+    const { seen, handler } = recorder();
+    const tc = targetConfig({ endpoint: "http://127.0.0.1:1" });
+    const store = new S3Store(tc, tc.credentials.writer, { requestHandler: handler });
+    await assert.rejects(store.upload({ key: "k", body: body(1000), sseKey }), RefusedError);
+    await assert.rejects(store.head("k", "v", sseKey), RefusedError);
+    assert.equal(seen.filter((s) => s.headers["x-amz-server-side-encryption-customer-key"]).length, 0);
+
+    const allowed = targetConfig({ endpoint: "http://127.0.0.1:1", allowInsecureSseC: true });
+    const ok = new S3Store(allowed, allowed.credentials.writer, { requestHandler: handler });
+    await ok.upload({ key: "k", body: body(1000), sseKey });
+    assert.equal(seen.at(-1)?.protocol, "http:");
+  });
+});
