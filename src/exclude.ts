@@ -1,0 +1,99 @@
+/**
+ * Exclude patterns for the archive walk. Pure: no I/O, only strings in and a
+ * predicate out, so the config layer can validate patterns at load time and the
+ * archive walker can ask "is this entry excluded?" for every entry it finds.
+ *
+ * Pattern forms (globs in picomatch syntax; `*` and `?` also match dotfiles,
+ * `**` crosses directories, braces and character classes work):
+ *
+ * - Without "/": matched against the basename of every entry at any depth.
+ *   "*.swp" drops every swap file; "node_modules" drops every entry named
+ *   node_modules (and, being a directory, everything below it).
+ * - Starting with "/": matched against the whole absolute path.
+ *   "/var/log/*.gz" drops the .gz files directly in /var/log; "/srv/app/tmp"
+ *   drops that directory with everything in it.
+ * - A relative pattern containing "/" ("var/log/*.gz", "**\/cache") is
+ *   rejected: it is ambiguous (relative to what?) and a silent no-match would
+ *   make a typo invisible. Write "/**\/cache" to mean "at any depth".
+ * - A trailing "/" restricts the pattern to directories ("build/", "/srv/tmp/").
+ * - A leading "!" is rejected: negation in an exclude list reads as "exclude
+ *   everything else", which is never what a backup wants by accident.
+ *
+ * Decision for "DIR/**": it excludes everything *below* DIR but keeps the DIR
+ * entry itself, so the restored tree still has the (now empty) directory with
+ * its owner and mode. This is what rsync ("--exclude 'cache/**'") and restic
+ * users expect: "the contents are not worth backing up, the place is". To drop
+ * the directory too, write the pattern without "/**" ("/srv/app/cache").
+ */
+
+import picomatch from "picomatch";
+
+/**
+ * Returns true when the entry at `absPath` (an absolute, normalized path
+ * without trailing "/") must be left out of the archive. `isDir` tells whether
+ * the entry is a directory; an excluded directory is not descended into.
+ */
+export type ExcludeMatcher = (absPath: string, isDir: boolean) => boolean;
+
+interface Rule {
+  /** Tests the basename (basename rules) or the path without its leading "/". */
+  readonly test: (s: string) => boolean;
+  /** For "X/**" rules: matches X itself, which stays in the archive. */
+  readonly keepSelf: ((s: string) => boolean) | null;
+  readonly basename: boolean;
+  readonly dirOnly: boolean;
+}
+
+const GLOB_OPTIONS: picomatch.PicomatchOptions = { dot: true, windows: false };
+
+/**
+ * Compiles exclude patterns once. Throws an Error naming the offending pattern
+ * when one is invalid (the config layer reports it as a configuration error).
+ */
+export function compileExcludes(patterns: readonly string[]): ExcludeMatcher {
+  const rules = patterns.map(compileRule);
+  if (rules.length === 0) return () => false;
+  return (absPath, isDir) => {
+    let base: string | undefined;
+    const rel = absPath.startsWith("/") ? absPath.slice(1) : absPath;
+    for (const rule of rules) {
+      if (rule.dirOnly && !isDir) continue;
+      let subject: string;
+      if (rule.basename) {
+        base ??= rel.slice(rel.lastIndexOf("/") + 1);
+        subject = base;
+      } else {
+        subject = rel;
+      }
+      if (rule.test(subject) && !(rule.keepSelf?.(subject) ?? false)) return true;
+    }
+    return false;
+  };
+}
+
+function compileRule(pattern: string): Rule {
+  const quoted = JSON.stringify(pattern);
+  if (pattern.trim() === "") throw new Error("exclude pattern must not be empty");
+  if (pattern.startsWith("!")) {
+    throw new Error(`exclude pattern ${quoted}: negation ("!") is not supported`);
+  }
+  let body = pattern;
+  const dirOnly = body.length > 1 && body.endsWith("/");
+  if (dirOnly) body = body.slice(0, -1);
+
+  if (!body.includes("/")) {
+    return { test: picomatch(body, GLOB_OPTIONS), keepSelf: null, basename: true, dirOnly };
+  }
+  if (!body.startsWith("/")) {
+    throw new Error(
+      `exclude pattern ${quoted} contains "/" but is not absolute: use a bare name ` +
+        `such as "*.log" to match at any depth, or an absolute pattern such as "/${body}"`,
+    );
+  }
+  // Absolute paths are matched without their leading "/": picomatch's "/**/x"
+  // needs at least one directory before x, while "**/x" also matches "x".
+  const rel = body.replace(/^\/+/, "");
+  if (rel === "") throw new Error(`exclude pattern ${quoted} would exclude everything`);
+  const keepSelf = rel.endsWith("/**") ? picomatch(rel.slice(0, -3), GLOB_OPTIONS) : null;
+  return { test: picomatch(rel, GLOB_OPTIONS), keepSelf, basename: false, dirOnly };
+}
