@@ -72,7 +72,12 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
     at: started,
     compression: job.compression,
   });
-  const runId = catalog.startRun({ job: job.name, target: target.name, objectKey: key, startedAt: started });
+  const runId = catalog.startRun({
+    job: job.name,
+    target: target.name,
+    objectKey: key,
+    startedAt: started,
+  });
   const jlog = log.child({ job: job.name, runId });
   const warnings: ArchiveWarning[] = [];
   const progress: BackupProgress = { bytes: 0, read: 0, files: 0 };
@@ -82,7 +87,9 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
     deps.signal?.throwIfAborted();
     const missing = await missingPaths(job.paths);
     if (missing.length) {
-      throw new RefusedError(`job ${job.name}: configured path ${missing.join(", ")} does not exist; nothing was uploaded`);
+      throw new RefusedError(
+        `job ${job.name}: configured path ${missing.join(", ")} does not exist; nothing was uploaded`,
+      );
     }
     await preflight(target, deps.targetConfig);
     deps.signal?.throwIfAborted();
@@ -95,8 +102,10 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
       ...(deps.signal ? { signal: deps.signal } : {}),
       onWarning: (w) => {
         warnings.push(w);
-        if (warnings.length <= LOGGED_WARNINGS) jlog.warn({ path: w.path, code: w.code }, w.message);
-        else if (warnings.length === LOGGED_WARNINGS + 1) jlog.warn("more warnings; only counting them from now on");
+        if (warnings.length <= LOGGED_WARNINGS)
+          jlog.warn({ path: w.path, code: w.code }, w.message);
+        else if (warnings.length === LOGGED_WARNINGS + 1)
+          jlog.warn("more warnings; only counting them from now on");
       },
       onProgress: (p) => {
         progress.files = p.files;
@@ -117,7 +126,9 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
       firstError ??= err;
       throw err;
     };
-    const piping = pipeline([archive.stream as NodeJS.ReadableStream, ...stages, hasher]).catch(note);
+    const piping = pipeline([archive.stream as NodeJS.ReadableStream, ...stages, hasher]).catch(
+      note,
+    );
     let uploadId: string | undefined;
     const uploading = target.writer
       .upload({
@@ -134,11 +145,16 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
         hasher.destroy(err instanceof Error ? err : new Error(String(err)));
         throw err;
       });
-    const [walk, , upload] = await Promise.allSettled([archive.done.catch(note), piping, uploading]);
+    const [walk, , upload] = await Promise.allSettled([
+      archive.done.catch(note),
+      piping,
+      uploading,
+    ]);
     deps.signal?.removeEventListener("abort", onAbort);
     if (deps.signal?.aborted) throw new CancelledError(`job ${job.name}: cancelled`);
     if (firstError !== undefined) throw firstError;
-    if (upload.status !== "fulfilled" || walk.status !== "fulfilled") throw new Error("unreachable");
+    if (upload.status !== "fulfilled" || walk.status !== "fulfilled")
+      throw new Error("unreachable");
     const { versionId } = upload.value;
     progress.files = walk.value.files;
     jlog.debug({ versionId, uploadId }, "upload complete");
@@ -212,7 +228,9 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
   } catch (err) {
     const cancelled = err instanceof CancelledError || deps.signal?.aborted === true;
     const status = cancelled ? "interrupted" : "failed";
-    const error = cancelled ? `cancelled: ${describeError(deps.signal?.reason ?? err)}` : partsHint(describeError(err), deps.targetConfig);
+    const error = cancelled
+      ? `cancelled: ${describeError(deps.signal?.reason ?? err)}`
+      : partsHint(describeError(err), deps.targetConfig);
     catalog.addWarnings(runId, warnings);
     catalog.finishRun(runId, {
       status,
@@ -248,7 +266,9 @@ export async function preflight(target: Target, t: TargetConfig): Promise<Bucket
     );
   }
   if (state.versioning !== "Enabled") {
-    throw new RefusedError(`${where} has versioning ${state.versioning.toLowerCase()}; Object Lock needs it enabled${nothing}`);
+    throw new RefusedError(
+      `${where} has versioning ${state.versioning.toLowerCase()}; Object Lock needs it enabled${nothing}`,
+    );
   }
   const d = state.defaultRetention;
   if (!d) {
@@ -295,7 +315,8 @@ async function readBack(
       const retention = await withReadFallback(target, (s) => s.retention(key, versionId));
       return { size, retention };
     } catch (err) {
-      const retryable = err instanceof StorageError && (err.transient || err.status === 403 || err.status === 404);
+      const retryable =
+        err instanceof StorageError && (err.transient || err.status === 403 || err.status === 404);
       if (!retryable || attempt >= 6) throw err;
       await sleep(delay);
       delay *= 2;
@@ -311,8 +332,8 @@ function partsHint(message: string, t: TargetConfig): string {
 
 /** The catalog database and its companions: never archive the live files immutd is writing. */
 function catalogFiles(path: string): string[] {
-  const escape = (p: string) => p.replace(/[*?[\]{}()!+@\\]/g, "\\$&");
-  return ["", "-wal", "-shm", "-journal"].map((s) => escape(path + s));
+  const literal = (p: string) => p.replace(/[*?[\]{}()!+@\\]/g, "\\$&");
+  return ["", "-wal", "-shm", "-journal"].map((s) => literal(path + s));
 }
 
 /** Passes bytes through while counting them and hashing them with SHA-256: exactly what is uploaded. */

@@ -183,11 +183,15 @@ export class Catalog {
 
   addWarnings(runId: number, warnings: readonly { path: string; message: string }[]): void {
     if (warnings.length === 0) return;
-    const stored = this.db.prepare(`SELECT count(*) AS n FROM run_warnings WHERE run_id = ?`).get(runId) as {
+    const stored = this.db
+      .prepare(`SELECT count(*) AS n FROM run_warnings WHERE run_id = ?`)
+      .get(runId) as {
       n: number;
     };
     const room = Math.max(0, MAX_STORED_WARNINGS - stored.n);
-    const insert = this.db.prepare(`INSERT INTO run_warnings (run_id, path, message) VALUES (?, ?, ?)`);
+    const insert = this.db.prepare(
+      `INSERT INTO run_warnings (run_id, path, message) VALUES (?, ?, ?)`,
+    );
     this.db.transaction(() => {
       for (const w of warnings.slice(0, room)) insert.run(runId, w.path, w.message);
     })();
@@ -195,13 +199,27 @@ export class Catalog {
 
   finishRun(
     runId: number,
-    r: { status: Exclude<RunStatus, "running">; bytes: number; files: number; warnings: number; error?: string },
+    r: {
+      status: Exclude<RunStatus, "running">;
+      bytes: number;
+      files: number;
+      warnings: number;
+      error?: string;
+    },
   ): void {
     this.db
       .prepare(
         `UPDATE runs SET status = ?, finished_at = ?, bytes = ?, files = ?, warnings = ?, error = ? WHERE id = ?`,
       )
-      .run(r.status, new Date().toISOString(), r.bytes, r.files, r.warnings, r.error ?? null, runId);
+      .run(
+        r.status,
+        new Date().toISOString(),
+        r.bytes,
+        r.files,
+        r.warnings,
+        r.error ?? null,
+        runId,
+      );
   }
 
   recordBackup(b: NewBackup): number {
@@ -256,12 +274,16 @@ export class Catalog {
   }
 
   backup(id: number): BackupRow | undefined {
-    return this.db.prepare(`SELECT ${BACKUP_COLUMNS} FROM backups WHERE id = ?`).get(id) as BackupRow | undefined;
+    return this.db.prepare(`SELECT ${BACKUP_COLUMNS} FROM backups WHERE id = ?`).get(id) as
+      | BackupRow
+      | undefined;
   }
 
   /** The SSE-C key of one backup: only for the code that sends it to the server. */
   backupKey(id: number): Buffer | undefined {
-    const row = this.db.prepare(`SELECT sse_key AS k FROM backups WHERE id = ?`).get(id) as { k: Buffer } | undefined;
+    const row = this.db.prepare(`SELECT sse_key AS k FROM backups WHERE id = ?`).get(id) as
+      | { k: Buffer }
+      | undefined;
     return row?.k;
   }
 }
@@ -273,7 +295,9 @@ function prepareFile(path: string): void {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const d = statSync(dir);
     if (d.mode & 0o002 && !(d.mode & 0o1000)) {
-      throw new ConfigError(`catalog directory ${dir} is world-writable; the catalog holds encryption keys`);
+      throw new ConfigError(
+        `catalog directory ${dir} is world-writable; the catalog holds encryption keys`,
+      );
     }
     try {
       closeSync(openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600));

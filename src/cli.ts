@@ -11,7 +11,7 @@ import { backupCommand, backupHelp } from "./commands/backup.js";
 import { type Context, type GlobalOptions, makeLogger, openContext } from "./commands/context.js";
 import { listCommand, listHelp } from "./commands/list.js";
 import { configPath, loadConfig, redactedView } from "./config.js";
-import { ExitCode, exitCodeFor, ImmutdError, describeError } from "./errors.js";
+import { describeError, ExitCode, exitCodeFor, ImmutdError } from "./errors.js";
 import { generateMasterKeyFile } from "./keys.js";
 import { serializeError } from "./log.js";
 
@@ -37,7 +37,10 @@ function program(): Command {
       "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",
     )
     .version(pkg.version, "-V, --version")
-    .option("-c, --config <file>", "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)")
+    .option(
+      "-c, --config <file>",
+      "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)",
+    )
     .addOption(
       new Option("--log-level <level>", "log level (default: $IMMUTD_LOG_LEVEL or info)").choices([
         "trace",
@@ -50,10 +53,10 @@ function program(): Command {
       ]),
     )
     .addOption(
-      new Option("--log-format <format>", "log format (default: pretty on a terminal, json otherwise)").choices([
-        "json",
-        "pretty",
-      ]),
+      new Option(
+        "--log-format <format>",
+        "log format (default: pretty on a terminal, json otherwise)",
+      ).choices(["json", "pretty"]),
     )
     .addHelpText("after", EXIT_CODES)
     .showHelpAfterError("(run with --help for usage)")
@@ -80,7 +83,9 @@ function program(): Command {
     .option("--job <name>", "only this job")
     .option("--json", "machine-readable output")
     .addHelpText("after", listHelp)
-    .action((opts: { job?: string; json?: boolean }) => withContext((ctx) => listCommand(ctx, opts)));
+    .action((opts: { job?: string; json?: boolean }) =>
+      withContext((ctx) => listCommand(ctx, opts)),
+    );
 
   const config = p.command("config").description("configuration tools");
   config
@@ -88,7 +93,7 @@ function program(): Command {
     .description("validate the configuration and print it resolved, with secrets redacted")
     .addHelpText(
       "after",
-      "\nReads every referenced secret file and ${ENV} variable, so it also proves they are readable.\nExit 0 if valid, 78 with one line per problem otherwise.\n",
+      "\nReads every referenced secret file and environment variable, so it also proves they are readable.\nExit 0 if valid, 78 with one line per problem otherwise.\n",
     )
     .action(() => {
       const file = configPath(globals().config);
@@ -109,7 +114,9 @@ function program(): Command {
     )
     .action((file: string) => {
       generateMasterKeyFile(file);
-      process.stderr.write(`wrote a new master key to ${file} (mode 0600); keep a copy somewhere safe and offline\n`);
+      process.stderr.write(
+        `wrote a new master key to ${file} (mode 0600); keep a copy somewhere safe and offline\n`,
+      );
     });
 
   return p;
@@ -124,7 +131,11 @@ export async function main(argv: string[]): Promise<number> {
     return ExitCode.ok;
   } catch (err) {
     if (err instanceof CommanderError) {
-      if (err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.exitCode === 0) {
+      if (
+        err.code === "commander.helpDisplayed" ||
+        err.code === "commander.version" ||
+        err.exitCode === 0
+      ) {
         return ExitCode.ok;
       }
       return ExitCode.usage; // commander already printed the message

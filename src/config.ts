@@ -99,7 +99,10 @@ export interface Config {
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const nameSchema = z
   .string()
-  .regex(NAME, "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit");
+  .regex(
+    NAME,
+    "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit",
+  );
 const absolutePath = z.string().refine(isAbsolute, "must be an absolute path");
 
 /** A secret given inline or as `<key>File` pointing at a file that holds it. */
@@ -128,7 +131,10 @@ const targetSchema = z.strictObject({
     ),
   prefix: z
     .string()
-    .refine((s) => !s.startsWith("/") && !s.includes("//"), "must not start with '/' or contain '//'")
+    .refine(
+      (s) => !s.startsWith("/") && !s.includes("//"),
+      "must not start with '/' or contain '//'",
+    )
     .default(DEFAULTS.prefix),
   forcePathStyle: z.boolean().default(DEFAULTS.forcePathStyle),
   caFile: absolutePath.optional(),
@@ -335,12 +341,16 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
     try {
       const st = statSync(f);
       if (st.mode & 0o077) {
-        warnings.push(`${label}: ${f} is readable by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`);
+        warnings.push(
+          `${label}: ${f} is readable by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`,
+        );
       }
       return { value: readSecret(f), source: f };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-      throw new ConfigError(`${where(nodeOffset(doc, [...path, `${key}File`]))}: ${label}: cannot read ${f}: ${code}`);
+      throw new ConfigError(
+        `${where(nodeOffset(doc, [...path, `${key}File`]))}: ${label}: cannot read ${f}: ${code}`,
+      );
     }
   };
   const text1 = (b: Buffer) => b.toString("utf8").replace(/\r?\n$/, "");
@@ -436,7 +446,9 @@ function scalarFromEnv(value: string): unknown {
 
 function nodeOffset(doc: Document, path: (string | number)[]): number | undefined {
   for (let n = path.length; n >= 0; n--) {
-    const node = doc.getIn(path.slice(0, n), true) as { range?: [number, number, number] } | undefined;
+    const node = doc.getIn(path.slice(0, n), true) as
+      | { range?: [number, number, number] }
+      | undefined;
     if (node && typeof node === "object" && node.range) return node.range[0];
   }
   return undefined;
@@ -483,7 +495,11 @@ function suggest(key: string, path: (string | number)[]): string {
       best = k;
     }
   }
-  return best ? ` (did you mean "${best}"?)` : known.length ? ` (known keys: ${known.join(", ")})` : "";
+  return best
+    ? ` (did you mean "${best}"?)`
+    : known.length
+      ? ` (known keys: ${known.join(", ")})`
+      : "";
 }
 
 function keysAt(path: (string | number)[]): string[] {
@@ -512,7 +528,11 @@ function editDistance(a: string, b: string): number {
     dp[0] = i;
     for (let j = 1; j <= b.length; j++) {
       const tmp = dp[j] as number;
-      dp[j] = Math.min((dp[j] as number) + 1, (dp[j - 1] as number) + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      dp[j] = Math.min(
+        (dp[j] as number) + 1,
+        (dp[j - 1] as number) + 1,
+        prev + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
       prev = tmp;
     }
   }

@@ -7,7 +7,7 @@
  * This rule is part of the on-disk format: changing it orphans every backup.
  */
 import { hkdfSync, randomBytes } from "node:crypto";
-import { constants, openSync, closeSync, writeSync, fsyncSync } from "node:fs";
+import { closeSync, constants, fsyncSync, openSync, writeSync } from "node:fs";
 import { ConfigError, UsageError } from "./errors.js";
 
 export const MASTER_KEY_BYTES = 32;
@@ -40,11 +40,17 @@ export function deriveSseKey(masterKey: Buffer, bucket: string, objectKey: strin
 export function generateMasterKeyFile(path: string): void {
   let fd: number;
   try {
-    fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    fd = openSync(
+      path,
+      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+      0o600,
+    );
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "EEXIST") {
-      throw new UsageError(`refusing to overwrite ${path}: it exists (it may be the key to existing backups)`);
+      throw new UsageError(
+        `refusing to overwrite ${path}: it exists (it may be the key to existing backups)`,
+      );
     }
     throw new UsageError(`cannot create ${path}: ${code ?? (err as Error).message}`);
   }

@@ -77,14 +77,18 @@ function prettyStream(dest: NodeJS.WritableStream): Writable {
           continue;
         }
         const time = typeof rec.time === "string" ? rec.time.slice(11, 19) : "";
-        const level = String(rec.level ?? "").toUpperCase().padEnd(5);
+        const level = String(rec.level ?? "")
+          .toUpperCase()
+          .padEnd(5);
         const job = rec.job ? `[${rec.job}] ` : "";
         const extra = Object.entries(rec)
           .filter(([k]) => !SKIP.has(k))
           .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : String(v)}`)
           .join(" ");
         // \r and erase-line first: a progress line may be on screen.
-        dest.write(`\r\x1b[2K${time} ${level} ${job}${rec.msg ?? ""}${extra ? `  ${extra}` : ""}\n`);
+        dest.write(
+          `\r\x1b[2K${time} ${level} ${job}${rec.msg ?? ""}${extra ? `  ${extra}` : ""}\n`,
+        );
       }
       cb();
     },

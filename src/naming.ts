@@ -18,7 +18,10 @@ export function objectKey(opts: {
   compression: Compression;
   random?: string;
 }): string {
-  const stamp = opts.at.toISOString().replace(/[-:]/g, "").replace(/\.\d{3}/, "");
+  const stamp = opts.at
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d{3}/, "");
   // 20261125T065430Z -> 2026-11-25T065430Z: dashes in the date keep it readable, none in the time.
   const readable = `${stamp.slice(0, 4)}-${stamp.slice(4, 6)}-${stamp.slice(6, 8)}${stamp.slice(8)}`;
   const random = opts.random ?? randomBytes(4).toString("hex");
@@ -29,7 +32,9 @@ export function objectKey(opts: {
 const KEY_TAIL = /(\d{4})-(\d{2})-(\d{2})T(\d{2})(\d{2})(\d{2})Z-[0-9a-f]{8}\.tar(\.gz)?$/;
 
 /** Reads the creation time and compression back from a key immutd made; undefined for any other key. */
-export function parseObjectKey(key: string): { createdAt: Date; compression: Compression } | undefined {
+export function parseObjectKey(
+  key: string,
+): { createdAt: Date; compression: Compression } | undefined {
   const m = KEY_TAIL.exec(key);
   if (!m) return undefined;
   const [, y, mo, d, h, mi, s, gz] = m;

@@ -16,7 +16,11 @@ export class ProgressLine {
   #last = 0;
   #shown = false;
 
-  constructor(label: string, out: NodeJS.WriteStream = process.stderr, enabled = out.isTTY === true) {
+  constructor(
+    label: string,
+    out: NodeJS.WriteStream = process.stderr,
+    enabled = out.isTTY === true,
+  ) {
     this.#out = out;
     this.#label = label;
     this.#enabled = enabled;

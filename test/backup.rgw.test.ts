@@ -6,7 +6,14 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, lstatSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough, type Readable } from "node:stream";
@@ -19,7 +26,14 @@ import { deriveSseKey } from "../src/keys.js";
 import { createLogger } from "../src/log.js";
 import { Secret } from "../src/secret.js";
 import { openTarget } from "../src/store/s3.js";
-import { client, createLockedBucket, rgwTarget, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
+import {
+  client,
+  createLockedBucket,
+  rgwTarget,
+  type S3Env,
+  s3env,
+  uniqueBucket,
+} from "./support/s3env.js";
 
 const MiB = 1024 * 1024;
 
@@ -106,7 +120,10 @@ describe("backup against Ceph RGW", () => {
     const started = Date.now();
     const r = await backup(tc, job());
     assert.equal(r.status, "succeeded", r.error);
-    assert.ok(r.bytes > 3 * 5 * MiB, `archive of ${r.bytes} bytes spans more than three 5 MiB parts`);
+    assert.ok(
+      r.bytes > 3 * 5 * MiB,
+      `archive of ${r.bytes} bytes spans more than three 5 MiB parts`,
+    );
 
     // exactly one version under the key, in COMPLIANCE mode until ~ upload + 1 day
     const versions = await openTarget(tc).admin?.listVersions("");
@@ -119,13 +136,18 @@ describe("backup against Ceph RGW", () => {
     assert.equal(row.retentionMode, "COMPLIANCE");
     const until = Date.parse(row.retainUntil as string);
     const dayMs = 24 * 3600 * 1000;
-    assert.ok(Math.abs(until - (started + dayMs)) < 5 * 60 * 1000, `retain-until ${row.retainUntil} ≈ upload + 1 day`);
+    assert.ok(
+      Math.abs(until - (started + dayMs)) < 5 * 60 * 1000,
+      `retain-until ${row.retainUntil} ≈ upload + 1 day`,
+    );
     assert.equal(row.size, r.bytes);
     assert.match(r.key, /^testhost\/data\/\d{4}-\d{2}-\d{2}T\d{6}Z-[0-9a-f]{8}\.tar\.gz$/);
 
     const reader = client(env, env.reader);
     // without the key the server refuses to hand out the data
-    await assert.rejects(reader.send(new GetObjectCommand({ Bucket: bucket, Key: r.key, VersionId: r.versionId })));
+    await assert.rejects(
+      reader.send(new GetObjectCommand({ Bucket: bucket, Key: r.key, VersionId: r.versionId })),
+    );
     // with the derived key (master key + bucket + object key: no catalog needed) the bytes match
     const sseKey = deriveSseKey(masterKey, bucket, r.key);
     assert.deepEqual(catalog.backupKey(r.backupId as number), sseKey);
@@ -155,7 +177,12 @@ describe("backup against Ceph RGW", () => {
     ] as const) {
       await assert.rejects(
         client(env, cred).send(
-          new DeleteObjectCommand({ Bucket: bucket, Key: r.key, VersionId: r.versionId, BypassGovernanceRetention: true }),
+          new DeleteObjectCommand({
+            Bucket: bucket,
+            Key: r.key,
+            VersionId: r.versionId,
+            BypassGovernanceRetention: true,
+          }),
         ),
         (e: Error) => e.name === "AccessDenied",
         `${who} must not delete a locked version`,
@@ -207,7 +234,8 @@ describe("backup against Ceph RGW", () => {
       log,
       signal: controller.signal,
       onProgress: (p) => {
-        if (p.bytes > 11 * MiB && !controller.signal.aborted) controller.abort(new Error("test cancels"));
+        if (p.bytes > 11 * MiB && !controller.signal.aborted)
+          controller.abort(new Error("test cancels"));
       },
     });
     const r = await running;
@@ -222,9 +250,15 @@ describe("backup against Ceph RGW", () => {
   it("a configured path that does not exist fails the job with a clear message", async () => {
     const bucket = uniqueBucket("nopath");
     await createLockedBucket(env, bucket, 1);
-    const r = await backup(rgwTarget(env, bucket), job({ paths: [join(fixture, "data"), "/nonexistent/immutd"] }));
+    const r = await backup(
+      rgwTarget(env, bucket),
+      job({ paths: [join(fixture, "data"), "/nonexistent/immutd"] }),
+    );
     assert.equal(r.status, "failed");
-    assert.match(r.error ?? "", /job data: configured path \/nonexistent\/immutd does not exist; nothing was uploaded/);
+    assert.match(
+      r.error ?? "",
+      /job data: configured path \/nonexistent\/immutd does not exist; nothing was uploaded/,
+    );
   });
 
   it("sockets and FIFOs become warnings on the run, and the backup succeeds", async () => {

@@ -28,7 +28,11 @@ const masterKey = randomBytes(32);
 const log = createLogger({ level: "silent" });
 
 function setup(bucket: MemoryBucket, over: Partial<JobConfig> = {}) {
-  const tc = targetConfig({ name: "memory", bucket: bucket.name, retention: { mode: "COMPLIANCE", days: 1 } });
+  const tc = targetConfig({
+    name: "memory",
+    bucket: bucket.name,
+    retention: { mode: "COMPLIANCE", days: 1 },
+  });
   const job: JobConfig = {
     name: "tree",
     target: "memory",
@@ -65,7 +69,10 @@ describe("runBackup (memory store)", () => {
     assert.equal(row?.sha256, createHash("sha256").update(stored.data).digest("hex"));
     assert.equal(row?.size, stored.data.length);
     assert.equal(row?.retentionMode, "COMPLIANCE");
-    assert.deepEqual(s.catalog.backupKey(r.backupId as number), deriveSseKey(masterKey, bucket.name, r.key));
+    assert.deepEqual(
+      s.catalog.backupKey(r.backupId as number),
+      deriveSseKey(masterKey, bucket.name, r.key),
+    );
     const listing = execFileSync("tar", ["-tzf", "-"], { input: stored.data }).toString();
     assert.match(listing, /tree\/a\.txt/);
     assert.match(listing, /tree\/sub\/b\.bin/);
@@ -113,7 +120,9 @@ describe("runBackup (memory store)", () => {
     const s = setup(bucket, { paths: [work], compression: "none" });
     const r = await runBackup(s.job, { ...s, targetConfig: s.tc, log });
     assert.equal(r.status, "succeeded", r.error);
-    const listing = execFileSync("tar", ["-tf", "-"], { input: bucket.versions[0]?.data }).toString();
+    const listing = execFileSync("tar", ["-tf", "-"], {
+      input: bucket.versions[0]?.data,
+    }).toString();
     assert.ok(!listing.includes("selfcat.db"), listing);
     assert.match(listing, /tree\/a\.txt/);
   });

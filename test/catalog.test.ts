@@ -24,7 +24,12 @@ describe("catalog", () => {
 
   it("records runs and backups, lists without key material, keeps the key for restore", () => {
     const c = Catalog.open(join(dir, "c2.db"));
-    const runId = c.startRun({ job: "etc", target: "offsite", objectKey: "h/etc/k.tar", startedAt: new Date() });
+    const runId = c.startRun({
+      job: "etc",
+      target: "offsite",
+      objectKey: "h/etc/k.tar",
+      startedAt: new Date(),
+    });
     assert.equal(c.run(runId)?.status, "running");
     const sseKey = Buffer.alloc(32, 9);
     const id = c.recordBackup({
@@ -49,7 +54,9 @@ describe("catalog", () => {
     const rows = c.listBackups({ job: "etc" });
     assert.equal(rows.length, 1);
     assert.equal(rows[0]?.versionId, "v1");
-    assert.ok(!("sseKey" in (rows[0] ?? {})) && !JSON.stringify(rows).includes(sseKey.toString("base64")));
+    assert.ok(
+      !("sseKey" in (rows[0] ?? {})) && !JSON.stringify(rows).includes(sseKey.toString("base64")),
+    );
     assert.deepEqual(c.backupKey(id), sseKey);
     assert.equal(c.run(runId)?.status, "succeeded");
     assert.equal(c.listBackups({ job: "other" }).length, 0);
@@ -59,7 +66,10 @@ describe("catalog", () => {
   it("stores at most MAX_STORED_WARNINGS warnings per run but counts all", () => {
     const c = Catalog.open(join(dir, "c3.db"));
     const runId = c.startRun({ job: "j", target: "t", objectKey: "k", startedAt: new Date() });
-    const ws = Array.from({ length: MAX_STORED_WARNINGS + 5 }, (_, i) => ({ path: `/f${i}`, message: "m" }));
+    const ws = Array.from({ length: MAX_STORED_WARNINGS + 5 }, (_, i) => ({
+      path: `/f${i}`,
+      message: "m",
+    }));
     c.addWarnings(runId, ws);
     c.finishRun(runId, { status: "succeeded", bytes: 0, files: 0, warnings: ws.length });
     assert.equal(c.runWarnings(runId).length, MAX_STORED_WARNINGS);
@@ -72,6 +82,9 @@ describe("catalog", () => {
     const db = new Database(path);
     db.pragma("user_version = 99");
     db.close();
-    assert.throws(() => Catalog.open(path), (e: unknown) => e instanceof ConfigError && /schema version 99/.test(e.message));
+    assert.throws(
+      () => Catalog.open(path),
+      (e: unknown) => e instanceof ConfigError && /schema version 99/.test(e.message),
+    );
   });
 });

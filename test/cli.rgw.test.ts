@@ -13,7 +13,10 @@ import { createLockedBucket, type S3Env, s3env, uniqueBucket } from "./support/s
 
 const NOBODY = 65534;
 
-function configYaml(env: S3Env, o: { dir: string; bucket: string; paths: string[]; jobs?: string }): string {
+function configYaml(
+  env: S3Env,
+  o: { dir: string; bucket: string; paths: string[]; jobs?: string },
+): string {
   return `catalog: ${o.dir}/state/catalog.db
 masterKeyFile: ${o.dir}/master.key
 host: cli-test
@@ -74,7 +77,10 @@ describe("immutd backup / list (CLI, Ceph RGW)", () => {
     assert.equal(done.job, "files");
     assert.equal(done.retentionMode, "COMPLIANCE");
     assert.equal(done.files, 1, "b.skip is excluded");
-    assert.ok(!r.stderr.includes(env.writer.secretAccessKey) && !r.stderr.includes(env.reader.secretAccessKey));
+    assert.ok(
+      !r.stderr.includes(env.writer.secretAccessKey) &&
+        !r.stderr.includes(env.reader.secretAccessKey),
+    );
 
     const list = await runCli(["--config", cfg, "list", "--json"], { env: cliEnv });
     assert.equal(list.code, 0, list.stderr);
@@ -105,7 +111,7 @@ describe("immutd backup / list (CLI, Ceph RGW)", () => {
     const table = await runCli(["--config", cfg, "list", "--job", "files"], { env: cliEnv });
     assert.equal(table.code, 0);
     assert.match(table.stdout, /^ID\s+JOB\s+CREATED \(UTC\)/);
-    assert.match(table.stdout, new RegExp(`files .* COMPLIANCE\\s+ok\\s+cli-test/files/`));
+    assert.match(table.stdout, /files .* COMPLIANCE\s+ok\s+cli-test\/files\//);
   });
 
   it("exits 3 when a job fails and names it; exits 2 for an unknown job", async () => {

@@ -3,8 +3,8 @@ import { mkdtempSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { ConfigError } from "../src/errors.js";
 import { configPath, parseConfig, redactedView } from "../src/config.js";
+import { ConfigError } from "../src/errors.js";
 import { runCli } from "./support/cli.js";
 
 const dir = mkdtempSync(join(tmpdir(), "immutd-config-"));
@@ -49,7 +49,7 @@ function problem(text: string, e: NodeJS.ProcessEnv = env): string {
 }
 
 describe("config", () => {
-  it("resolves a valid config: defaults, ${ENV}, …File secrets, prefix slash", () => {
+  it("resolves a valid config: defaults, env references, …File secrets, prefix slash", () => {
     const { config } = parseConfig(valid(), "/x/config.yaml", { env });
     const t = config.targets.offsite;
     assert.ok(t);
@@ -75,7 +75,10 @@ describe("config", () => {
 
   it("names file, line and key of an unknown key, with a suggestion", () => {
     const msg = problem(valid().replace('schedule: "0 3', 'shedule: "0 3'));
-    assert.match(msg, /^\/x\/config\.yaml:16:5: jobs\[0\] \(etc\)\.shedule: unknown key \(did you mean "schedule"\?\)/m);
+    assert.match(
+      msg,
+      /^\/x\/config\.yaml:16:5: jobs\[0\] \(etc\)\.shedule: unknown key \(did you mean "schedule"\?\)/m,
+    );
   });
 
   it("rejects a job whose target does not exist", () => {
@@ -93,7 +96,10 @@ describe("config", () => {
   });
 
   it("reports a YAML syntax error with its line", () => {
-    assert.match(problem(valid().replace("paths: [/etc]", "paths: [/etc")), /config\.yaml:\d+:\d+: YAML syntax error/);
+    assert.match(
+      problem(valid().replace("paths: [/etc]", "paths: [/etc")),
+      /config\.yaml:\d+:\d+: YAML syntax error/,
+    );
   });
 
   it("rejects a relative catalog path", () => {
@@ -105,11 +111,17 @@ describe("config", () => {
 
   it("rejects two jobs with one name", () => {
     const dup = `  - name: etc\n    target: offsite\n    schedule: "@daily"\n    paths: [/srv]\n`;
-    assert.match(problem(valid(dup)), /jobs\[1\] \(etc\)\.name: duplicate job name "etc" \(also jobs\[0\]\)/);
+    assert.match(
+      problem(valid(dup)),
+      /jobs\[1\] \(etc\)\.name: duplicate job name "etc" \(also jobs\[0\]\)/,
+    );
   });
 
   it("rejects an unset environment variable, naming it", () => {
-    assert.match(problem(valid(), {}), /config\.yaml:12:\d+: environment variable READER_SECRET is not set/);
+    assert.match(
+      problem(valid(), {}),
+      /config\.yaml:12:\d+: environment variable READER_SECRET is not set/,
+    );
   });
 
   it("rejects plain http unless allowInsecureSseC", () => {
@@ -122,8 +134,14 @@ describe("config", () => {
   it("rejects a missing or malformed master key", () => {
     const bad = join(dir, "bad.key");
     writeFileSync(bad, "too short\n", { mode: 0o600 });
-    assert.match(problem(valid().replace(keyFile, bad)), /masterKeyFile: the master key must be 32 bytes/);
-    assert.match(problem(valid().replace(keyFile, join(dir, "nope.key"))), /cannot read .*nope\.key: ENOENT/);
+    assert.match(
+      problem(valid().replace(keyFile, bad)),
+      /masterKeyFile: the master key must be 32 bytes/,
+    );
+    assert.match(
+      problem(valid().replace(keyFile, join(dir, "nope.key"))),
+      /cannot read .*nope\.key: ENOENT/,
+    );
   });
 
   it("rejects a credential given both inline and as a file", () => {
@@ -131,7 +149,10 @@ describe("config", () => {
       `secretAccessKeyFile: ${secretFile}`,
       `secretAccessKeyFile: ${secretFile}, secretAccessKey: x`,
     );
-    assert.match(problem(both), /credentials\.writer: give either secretAccessKey or secretAccessKeyFile, not both/);
+    assert.match(
+      problem(both),
+      /credentials\.writer: give either secretAccessKey or secretAccessKeyFile, not both/,
+    );
   });
 
   it("rejects a relative exclude pattern with a slash", () => {
@@ -153,7 +174,9 @@ describe("immutd config check (CLI)", () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /prefix: web-1\//);
     assert.match(r.stdout, /secretAccessKey: <redacted>/);
-    assert.ok(!r.stdout.includes("reader-secret-value") && !r.stderr.includes("reader-secret-value"));
+    assert.ok(
+      !r.stdout.includes("reader-secret-value") && !r.stderr.includes("reader-secret-value"),
+    );
   });
 
   it("exits 78 with the message for a bad config, via $IMMUTD_CONFIG", async () => {
@@ -161,7 +184,10 @@ describe("immutd config check (CLI)", () => {
     writeFileSync(file, valid().replace("target: offsite", "target: nowhere"));
     const r = await runCli(["config", "check"], { env: { ...env, IMMUTD_CONFIG: file } });
     assert.equal(r.code, 78);
-    assert.match(r.stderr, /bad\.yaml:15:13: jobs\[0\] \(etc\)\.target: target "nowhere" is not defined/);
+    assert.match(
+      r.stderr,
+      /bad\.yaml:15:13: jobs\[0\] \(etc\)\.target: target "nowhere" is not defined/,
+    );
   });
 
   it("exits 78 when the config file does not exist", async () => {

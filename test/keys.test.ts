@@ -6,11 +6,15 @@ import { deriveSseKey, parseMasterKey } from "../src/keys.js";
 
 /** RFC 5869 HKDF written out from HMAC, independent of node's hkdfSync. */
 function hkdf(ikm: Buffer, salt: Buffer, info: Buffer, len: number): Buffer {
-  const prk = createHmac("sha256", salt.length ? salt : Buffer.alloc(32)).update(ikm).digest();
+  const prk = createHmac("sha256", salt.length ? salt : Buffer.alloc(32))
+    .update(ikm)
+    .digest();
   let t = Buffer.alloc(0);
   const out: Buffer[] = [];
   for (let i = 1; Buffer.concat(out).length < len; i++) {
-    t = createHmac("sha256", prk).update(Buffer.concat([t, info, Buffer.from([i])])).digest();
+    t = createHmac("sha256", prk)
+      .update(Buffer.concat([t, info, Buffer.from([i])]))
+      .digest();
     out.push(t);
   }
   return Buffer.concat(out).subarray(0, len);
@@ -20,9 +24,17 @@ describe("keys", () => {
   it("derives the SSE-C key by the documented HKDF rule", () => {
     const master = Buffer.alloc(32, 7);
     const key = "web-1/etc/2026-11-25T030000Z-0a1b2c3d.tar.gz";
-    const expected = hkdf(master, Buffer.alloc(0), Buffer.from(`immutd/sse-c/v1:backups-web/${key}`), 32);
+    const expected = hkdf(
+      master,
+      Buffer.alloc(0),
+      Buffer.from(`immutd/sse-c/v1:backups-web/${key}`),
+      32,
+    );
     assert.deepEqual(deriveSseKey(master, "backups-web", key), expected);
-    assert.notDeepEqual(deriveSseKey(master, "backups-web", key), deriveSseKey(master, "other-bucket", key));
+    assert.notDeepEqual(
+      deriveSseKey(master, "backups-web", key),
+      deriveSseKey(master, "other-bucket", key),
+    );
   });
 
   it("matches the RFC 5869 test case 3 (empty salt and info)", () => {

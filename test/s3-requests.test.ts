@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
-import { HttpResponse, type HttpRequest } from "@smithy/protocol-http";
+import { type HttpRequest, HttpResponse } from "@smithy/protocol-http";
 import { RefusedError, StorageError } from "../src/errors.js";
 import { S3Store } from "../src/store/s3.js";
 import { targetConfig } from "./support/target.js";
@@ -32,7 +32,13 @@ function recorder(opts: { failPart?: number } = {}) {
       let body: Buffer | undefined;
       if (req.body instanceof Uint8Array) body = Buffer.from(req.body);
       else if (typeof req.body === "string") body = Buffer.from(req.body);
-      seen.push({ method: req.method, query: req.query as Record<string, unknown>, headers, body, protocol: req.protocol });
+      seen.push({
+        method: req.method,
+        query: req.query as Record<string, unknown>,
+        headers,
+        body,
+        protocol: req.protocol,
+      });
       const q = req.query as Record<string, unknown>;
       const xml = (s: string, extra: Record<string, string> = {}) =>
         new HttpResponse({
@@ -43,7 +49,11 @@ function recorder(opts: { failPart?: number } = {}) {
       const empty = (status: number, extra: Record<string, string> = {}) =>
         new HttpResponse({ statusCode: status, headers: extra, body: Readable.from([]) });
       if (req.method === "POST" && "uploads" in q) {
-        return { response: xml("<InitiateMultipartUploadResult><Bucket>bucket</Bucket><Key>k</Key><UploadId>U1</UploadId></InitiateMultipartUploadResult>") };
+        return {
+          response: xml(
+            "<InitiateMultipartUploadResult><Bucket>bucket</Bucket><Key>k</Key><UploadId>U1</UploadId></InitiateMultipartUploadResult>",
+          ),
+        };
       }
       if (req.method === "PUT" && q.partNumber) {
         if (Number(q.partNumber) === opts.failPart) {
@@ -51,7 +61,9 @@ function recorder(opts: { failPart?: number } = {}) {
             response: new HttpResponse({
               statusCode: 403,
               headers: { "content-type": "application/xml" },
-              body: Readable.from([Buffer.from("<Error><Code>AccessDenied</Code><Message>no</Message></Error>")]),
+              body: Readable.from([
+                Buffer.from("<Error><Code>AccessDenied</Code><Message>no</Message></Error>"),
+              ]),
             }),
           };
         }
@@ -59,13 +71,17 @@ function recorder(opts: { failPart?: number } = {}) {
       }
       if (req.method === "POST" && q.uploadId) {
         return {
-          response: xml("<CompleteMultipartUploadResult><Bucket>bucket</Bucket><Key>k</Key><ETag>\"x-3\"</ETag></CompleteMultipartUploadResult>", {
-            "x-amz-version-id": "V123",
-          }),
+          response: xml(
+            '<CompleteMultipartUploadResult><Bucket>bucket</Bucket><Key>k</Key><ETag>"x-3"</ETag></CompleteMultipartUploadResult>',
+            {
+              "x-amz-version-id": "V123",
+            },
+          ),
         };
       }
       if (req.method === "DELETE" && q.uploadId) return { response: empty(204) };
-      if (req.method === "PUT") return { response: empty(200, { etag: '"e"', "x-amz-version-id": "V1" }) };
+      if (req.method === "PUT")
+        return { response: empty(200, { etag: '"e"', "x-amz-version-id": "V1" }) };
       return { response: empty(404) };
     },
   };
@@ -88,7 +104,9 @@ function body(size: number): Readable {
 describe("S3 upload requests", () => {
   it("md5 mode: SSE-C headers on create and every part, a correct Content-MD5 on every part", async () => {
     const { seen, handler } = recorder();
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, { requestHandler: handler });
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+      requestHandler: handler,
+    });
     const res = await store.upload({ key: "k", body: body(12 * MiB), sseKey });
     assert.equal(res.versionId, "V123");
     const create = seen.filter((s) => s.method === "POST" && "uploads" in s.query);
@@ -122,7 +140,9 @@ describe("S3 upload requests", () => {
 
   it("a small archive goes up as one PutObject, still with SSE-C and Content-MD5", async () => {
     const { seen, handler } = recorder();
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, { requestHandler: handler });
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+      requestHandler: handler,
+    });
     const res = await store.upload({ key: "k", body: body(1000), sseKey });
     assert.equal(res.versionId, "V1");
     assert.equal(seen.length, 1);
@@ -132,15 +152,22 @@ describe("S3 upload requests", () => {
 
   it("a rejected part aborts the multipart upload before the upload fails", async () => {
     const { seen, handler } = recorder({ failPart: 2 });
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, { requestHandler: handler });
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+      requestHandler: handler,
+    });
     await assert.rejects(store.upload({ key: "k", body: body(16 * MiB), sseKey }), StorageError);
-    assert.ok(seen.some((s) => s.method === "DELETE" && s.query.uploadId === "U1"), "AbortMultipartUpload sent");
+    assert.ok(
+      seen.some((s) => s.method === "DELETE" && s.query.uploadId === "U1"),
+      "AbortMultipartUpload sent",
+    );
     assert.ok(!seen.some((s) => s.method === "POST" && s.query.uploadId), "never completed");
   });
 
   it("a body that fails mid-way aborts the multipart upload", async () => {
     const { seen, handler } = recorder();
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, { requestHandler: handler });
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+      requestHandler: handler,
+    });
     const failing = Readable.from(
       (function* () {
         for (let i = 0; i < 12; i++) yield randomBytes(MiB);
@@ -158,7 +185,10 @@ describe("S3 upload requests", () => {
     const store = new S3Store(tc, tc.credentials.writer, { requestHandler: handler });
     await assert.rejects(store.upload({ key: "k", body: body(1000), sseKey }), RefusedError);
     await assert.rejects(store.head("k", "v", sseKey), RefusedError);
-    assert.equal(seen.filter((s) => s.headers["x-amz-server-side-encryption-customer-key"]).length, 0);
+    assert.equal(
+      seen.filter((s) => s.headers["x-amz-server-side-encryption-customer-key"]).length,
+      0,
+    );
 
     const allowed = targetConfig({ endpoint: "http://127.0.0.1:1", allowInsecureSseC: true });
     const ok = new S3Store(allowed, allowed.credentials.writer, { requestHandler: handler });

@@ -52,16 +52,26 @@ export function storeContract(name: string, h: Harness): void {
       const body = data(12 * MiB);
       const sseKey = randomBytes(32);
       const before = Date.now();
-      const { versionId } = await t.writer.upload({ key: "a/b.tar", body: Readable.from([body]), sseKey });
+      const { versionId } = await t.writer.upload({
+        key: "a/b.tar",
+        body: Readable.from([body]),
+        sseKey,
+      });
       assert.ok(versionId);
       assert.deepEqual(await t.reader.head("a/b.tar", versionId, sseKey), { size: body.length });
       const got = await readAll(await t.reader.get("a/b.tar", versionId, sseKey));
-      assert.equal(createHash("sha256").update(got).digest("hex"), createHash("sha256").update(body).digest("hex"));
+      assert.equal(
+        createHash("sha256").update(got).digest("hex"),
+        createHash("sha256").update(body).digest("hex"),
+      );
       await assert.rejects(t.reader.head("a/b.tar", versionId, randomBytes(32)), StorageError);
       const r = await t.reader.retention("a/b.tar", versionId);
       assert.equal(r?.mode, "COMPLIANCE");
       const expected = before + 86_400_000;
-      assert.ok(r && Math.abs(r.retainUntil.getTime() - expected) < 5 * 60_000, `retain-until ${r?.retainUntil.toISOString()}`);
+      assert.ok(
+        r && Math.abs(r.retainUntil.getTime() - expected) < 5 * 60_000,
+        `retain-until ${r?.retainUntil.toISOString()}`,
+      );
       const versions = await t.reader.listVersions("a/");
       assert.deepEqual(
         versions.map((v) => [v.key, v.versionId, v.size, v.deleteMarker]),
@@ -71,9 +81,16 @@ export function storeContract(name: string, h: Harness): void {
 
     it("refuses to delete a locked version for every credential", async () => {
       const t = await h.lockedTarget();
-      const { versionId } = await t.writer.upload({ key: "k.tar", body: Readable.from([data(1000)]), sseKey: randomBytes(32) });
+      const { versionId } = await t.writer.upload({
+        key: "k.tar",
+        body: Readable.from([data(1000)]),
+        sseKey: randomBytes(32),
+      });
       for (const role of ["writer", "reader", "admin"] as const) {
-        await assert.rejects(h.deleteVersion(t, role, "k.tar", versionId), `${role} deleted a locked version`);
+        await assert.rejects(
+          h.deleteVersion(t, role, "k.tar", versionId),
+          `${role} deleted a locked version`,
+        );
       }
       assert.equal((await t.reader.listVersions("")).length, 1);
     });
@@ -82,10 +99,17 @@ export function storeContract(name: string, h: Harness): void {
       const t = await h.lockedTarget();
       const sseKey = randomBytes(32);
       const body = data(2000);
-      const { versionId } = await t.writer.upload({ key: "p.tar", body: Readable.from([body]), sseKey });
+      const { versionId } = await t.writer.upload({
+        key: "p.tar",
+        body: Readable.from([body]),
+        sseKey,
+      });
       await h.deleteMarker(t, "p.tar");
       const versions = await t.reader.listVersions("");
-      assert.ok(versions.some((v) => v.deleteMarker && v.isLatest), "the delete marker is now latest");
+      assert.ok(
+        versions.some((v) => v.deleteMarker && v.isLatest),
+        "the delete marker is now latest",
+      );
       assert.deepEqual(await readAll(await t.reader.get("p.tar", versionId, sseKey)), body);
     });
 
@@ -97,7 +121,10 @@ export function storeContract(name: string, h: Harness): void {
           throw new Error("source failed");
         })(),
       );
-      await assert.rejects(t.writer.upload({ key: "f.tar", body: failing, sseKey: randomBytes(32) }), /source failed/);
+      await assert.rejects(
+        t.writer.upload({ key: "f.tar", body: failing, sseKey: randomBytes(32) }),
+        /source failed/,
+      );
       assert.deepEqual(await t.reader.listUploads(""), []);
       assert.deepEqual(await t.reader.listVersions(""), []);
     });
@@ -105,7 +132,11 @@ export function storeContract(name: string, h: Harness): void {
     it("the reader cannot write", async () => {
       const t = await h.lockedTarget();
       await assert.rejects(
-        t.reader.upload({ key: "r.tar", body: Readable.from([data(100)]), sseKey: randomBytes(32) }),
+        t.reader.upload({
+          key: "r.tar",
+          body: Readable.from([data(100)]),
+          sseKey: randomBytes(32),
+        }),
         (e: unknown) => e instanceof StorageError && e.status === 403,
       );
     });

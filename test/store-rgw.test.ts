@@ -1,7 +1,7 @@
 import { DeleteObjectCommand } from "@aws-sdk/client-s3";
 import { openTarget } from "../src/store/s3.js";
-import { client, createLockedBucket, rgwTarget, s3env } from "./support/s3env.js";
 import { storeContract } from "./store-contract.js";
+import { client, createLockedBucket, rgwTarget, s3env } from "./support/s3env.js";
 
 const env = s3env();
 const creds = { writer: env.writer, reader: env.reader, admin: env.main };
@@ -19,7 +19,12 @@ storeContract("Ceph RGW", {
   },
   async deleteVersion(t, role, key, versionId) {
     await client(env, creds[role]).send(
-      new DeleteObjectCommand({ Bucket: t.bucket, Key: key, VersionId: versionId, BypassGovernanceRetention: true }),
+      new DeleteObjectCommand({
+        Bucket: t.bucket,
+        Key: key,
+        VersionId: versionId,
+        BypassGovernanceRetention: true,
+      }),
     );
   },
   async deleteMarker(t, key) {

@@ -1,4 +1,4 @@
-import { runBackup, type BackupResult } from "../backup.js";
+import { type BackupResult, runBackup } from "../backup.js";
 import type { JobConfig } from "../config.js";
 import { CancelledError, JobsFailedError, UsageError } from "../errors.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
@@ -70,7 +70,8 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     for (const t of targets.values()) {
-      for (const s of [t.writer, t.reader, t.admin]) (s as { client?: { destroy(): void } })?.client?.destroy();
+      for (const s of [t.writer, t.reader, t.admin])
+        (s as { client?: { destroy(): void } })?.client?.destroy();
     }
   }
   const failed = results.filter((r) => r.status !== "succeeded");

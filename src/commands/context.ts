@@ -19,7 +19,10 @@ export interface Context {
   close(): void;
 }
 
-export function makeLogger(g: GlobalOptions, destination: NodeJS.WritableStream = process.stderr): Logger {
+export function makeLogger(
+  g: GlobalOptions,
+  destination: NodeJS.WritableStream = process.stderr,
+): Logger {
   const tty = (destination as NodeJS.WriteStream).isTTY === true;
   return createLogger({
     level: g.logLevel ?? process.env.IMMUTD_LOG_LEVEL ?? "info",

@@ -34,7 +34,17 @@ interface StoredVersion {
 const PERMS: Record<Role, ReadonlySet<string>> = {
   writer: new Set(["upload", "abort", "deleteMarker"]),
   reader: new Set(["lockState", "head", "retention", "get", "listVersions", "listUploads"]),
-  admin: new Set(["lockState", "head", "retention", "get", "listVersions", "listUploads", "upload", "abort", "deleteMarker"]),
+  admin: new Set([
+    "lockState",
+    "head",
+    "retention",
+    "get",
+    "listVersions",
+    "listUploads",
+    "upload",
+    "abort",
+    "deleteMarker",
+  ]),
 };
 
 export class MemoryBucket {
@@ -54,7 +64,9 @@ export class MemoryBucket {
     this.name = name;
     this.objectLock = opts.objectLock ?? true;
     this.versioning = this.objectLock ? "Enabled" : "Off";
-    this.defaultRetention = this.objectLock ? (opts.defaultRetention ?? { mode: "COMPLIANCE", days: 1 }) : undefined;
+    this.defaultRetention = this.objectLock
+      ? (opts.defaultRetention ?? { mode: "COMPLIANCE", days: 1 })
+      : undefined;
   }
 
   store(role: Role): MemoryStore {
@@ -149,25 +161,35 @@ export class MemoryStore implements ObjectStore {
       data: Buffer.concat(chunks),
       keyHash: hashKey(req.sseKey),
       created,
-      retention: d ? { mode: d.mode, retainUntil: new Date(created.getTime() + d.days * 86_400_000) } : undefined,
+      retention: d
+        ? { mode: d.mode, retainUntil: new Date(created.getTime() + d.days * 86_400_000) }
+        : undefined,
       deleteMarker: false,
     });
     return { versionId };
   }
 
   #find(key: string, versionId: string, sseKey: Buffer | undefined): StoredVersion {
-    const v = this.#b.versions.find((x) => x.key === key && x.versionId === versionId && !x.deleteMarker);
+    const v = this.#b.versions.find(
+      (x) => x.key === key && x.versionId === versionId && !x.deleteMarker,
+    );
     if (!v) {
-      throw new StorageError(`cannot read s3://${this.bucket}/${key} version ${versionId}: NoSuchVersion, HTTP 404`, {
-        transient: false,
-        status: 404,
-      });
+      throw new StorageError(
+        `cannot read s3://${this.bucket}/${key} version ${versionId}: NoSuchVersion, HTTP 404`,
+        {
+          transient: false,
+          status: 404,
+        },
+      );
     }
     if (sseKey !== undefined && v.keyHash !== hashKey(sseKey)) {
-      throw new StorageError(`cannot read s3://${this.bucket}/${key}: the SSE-C key does not match, HTTP 403`, {
-        transient: false,
-        status: 403,
-      });
+      throw new StorageError(
+        `cannot read s3://${this.bucket}/${key}: the SSE-C key does not match, HTTP 403`,
+        {
+          transient: false,
+          status: 403,
+        },
+      );
     }
     return v;
   }

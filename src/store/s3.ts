@@ -8,12 +8,13 @@
  */
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { Agent as HttpsAgent } from "node:https";
 import { Agent as HttpAgent } from "node:http";
-import { rootCertificates } from "node:tls";
+import { Agent as HttpsAgent } from "node:https";
 import type { Readable } from "node:stream";
+import { rootCertificates } from "node:tls";
 import {
   AbortMultipartUploadCommand,
+  type ChecksumAlgorithm,
   GetBucketVersioningCommand,
   GetObjectCommand,
   GetObjectLockConfigurationCommand,
@@ -23,7 +24,6 @@ import {
   ListObjectVersionsCommand,
   S3Client,
   type S3ClientConfig,
-  type ChecksumAlgorithm,
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
@@ -170,7 +170,12 @@ export class S3Store implements ObjectStore {
   async head(key: string, versionId: string, sseKey: Buffer): Promise<{ size: number }> {
     const res = await this.#call("read", key, () =>
       this.client.send(
-        new HeadObjectCommand({ Bucket: this.bucket, Key: key, VersionId: versionId, ...sseParams(sseKey) }),
+        new HeadObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          VersionId: versionId,
+          ...sseParams(sseKey),
+        }),
       ),
     );
     return { size: res.ContentLength ?? 0 };
@@ -190,10 +195,20 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async get(key: string, versionId: string, sseKey: Buffer, signal?: AbortSignal): Promise<Readable> {
+  async get(
+    key: string,
+    versionId: string,
+    sseKey: Buffer,
+    signal?: AbortSignal,
+  ): Promise<Readable> {
     const res = await this.#call("download", key, () =>
       this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: key, VersionId: versionId, ...sseParams(sseKey) }),
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          VersionId: versionId,
+          ...sseParams(sseKey),
+        }),
         signal ? { abortSignal: signal } : {},
       ),
     );
@@ -259,7 +274,8 @@ export class S3Store implements ObjectStore {
         ),
       );
       for (const u of res.Uploads ?? []) {
-        if (u.Key && u.UploadId) out.push({ key: u.Key, uploadId: u.UploadId, initiated: u.Initiated });
+        if (u.Key && u.UploadId)
+          out.push({ key: u.Key, uploadId: u.UploadId, initiated: u.Initiated });
       }
       if (!res.IsTruncated) return out;
       keyMarker = res.NextKeyMarker;
@@ -341,7 +357,11 @@ function httpHandler(t: TargetConfig): NodeHttpHandler {
 function installGuards(client: S3Client, t: TargetConfig): void {
   client.middlewareStack.add(
     (next, context) => async (args) => {
-      const req = args.request as { protocol?: string; headers?: Record<string, string>; body?: unknown };
+      const req = args.request as {
+        protocol?: string;
+        headers?: Record<string, string>;
+        body?: unknown;
+      };
       if (req.headers && SSE_KEY_HEADER in lower(req.headers)) {
         if (req.protocol === "http:" && !t.allowInsecureSseC) {
           throw new RefusedError(
@@ -349,7 +369,12 @@ function installGuards(client: S3Client, t: TargetConfig): void {
           );
         }
       }
-      if (t.checksum === "md5" && req.headers && req.body instanceof Uint8Array && req.body.length > 0) {
+      if (
+        t.checksum === "md5" &&
+        req.headers &&
+        req.body instanceof Uint8Array &&
+        req.body.length > 0
+      ) {
         if (!("content-md5" in lower(req.headers))) {
           req.headers["content-md5"] = createHash("md5").update(req.body).digest("base64");
         }
@@ -371,7 +396,8 @@ function errorName(err: unknown): string | undefined {
 }
 
 function httpStatus(err: unknown): number | undefined {
-  return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+  return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata
+    ?.httpStatusCode;
 }
 
 function isTransient(err: unknown): boolean {
@@ -380,7 +406,9 @@ function isTransient(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return (
     errorName(err) === "TimeoutError" ||
-    ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EAI_AGAIN"].includes(code ?? "")
+    ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EAI_AGAIN"].includes(
+      code ?? "",
+    )
   );
 }
 
@@ -389,9 +417,14 @@ export function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   const status = httpStatus(err);
   const code = (err as NodeJS.ErrnoException).code;
-  const parts = [err.name !== "Error" ? err.name : undefined, status ? `HTTP ${status}` : undefined, code]
+  const parts = [
+    err.name !== "Error" ? err.name : undefined,
+    status ? `HTTP ${status}` : undefined,
+    code,
+  ]
     .filter(Boolean)
     .join(", ");
-  const msg = err.message && err.message !== err.name && err.message !== "UnknownError" ? err.message : "";
+  const msg =
+    err.message && err.message !== err.name && err.message !== "UnknownError" ? err.message : "";
   return [parts, msg].filter(Boolean).join(": ") || "unknown error";
 }

@@ -3,8 +3,9 @@
  * call s3env(); when the server is not there they FAIL (never skip), because a
  * green run without the real server proves nothing about Object Lock.
  */
-import { randomBytes } from "node:crypto";
+
 import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { Agent } from "node:https";
 import { fileURLToPath } from "node:url";
@@ -52,7 +53,9 @@ export function client(env: S3Env, cred: Cred): S3Client {
     forcePathStyle: true,
     credentials: cred,
     requestChecksumCalculation: "WHEN_REQUIRED",
-    requestHandler: new NodeHttpHandler({ httpsAgent: new Agent({ ca: readFileSync(env.caFile, "utf8") }) }),
+    requestHandler: new NodeHttpHandler({
+      httpsAgent: new Agent({ ca: readFileSync(env.caFile, "utf8") }),
+    }),
   });
 }
 
@@ -61,7 +64,12 @@ export function uniqueBucket(label = "t"): string {
 }
 
 /** A bucket as the tutorial makes it: Object Lock (so versioning) and a COMPLIANCE default retention. */
-export async function createLockedBucket(env: S3Env, bucket: string, days = 1, lock = true): Promise<void> {
+export async function createLockedBucket(
+  env: S3Env,
+  bucket: string,
+  days = 1,
+  lock = true,
+): Promise<void> {
   const admin = client(env, env.main);
   await admin.send(new CreateBucketCommand({ Bucket: bucket, ObjectLockEnabledForBucket: lock }));
   if (lock) {
@@ -78,8 +86,15 @@ export async function createLockedBucket(env: S3Env, bucket: string, days = 1, l
   admin.destroy();
 }
 
-export function rgwTarget(env: S3Env, bucket: string, over: Partial<TargetConfig> = {}): TargetConfig {
-  const cred = (c: Cred) => ({ accessKeyId: c.accessKeyId, secretAccessKey: new Secret(c.secretAccessKey) });
+export function rgwTarget(
+  env: S3Env,
+  bucket: string,
+  over: Partial<TargetConfig> = {},
+): TargetConfig {
+  const cred = (c: Cred) => ({
+    accessKeyId: c.accessKeyId,
+    secretAccessKey: new Secret(c.secretAccessKey),
+  });
   return {
     name: "rgw",
     endpoint: env.endpoint,
@@ -99,8 +114,25 @@ export function rgwTarget(env: S3Env, bucket: string, over: Partial<TargetConfig
 }
 
 /** The storage administrator removing a version behind S3's back (a provider losing data). */
-export function adminRemoveVersion(env: S3Env, bucket: string, key: string, versionId: string): void {
-  execFileSync("radosgw-admin", ["-c", env.cephConf, "object", "rm", `--bucket=${bucket}`, `--object=${key}`, `--object-version=${versionId}`], {
-    stdio: "pipe",
-  });
+export function adminRemoveVersion(
+  env: S3Env,
+  bucket: string,
+  key: string,
+  versionId: string,
+): void {
+  execFileSync(
+    "radosgw-admin",
+    [
+      "-c",
+      env.cephConf,
+      "object",
+      "rm",
+      `--bucket=${bucket}`,
+      `--object=${key}`,
+      `--object-version=${versionId}`,
+    ],
+    {
+      stdio: "pipe",
+    },
+  );
 }
