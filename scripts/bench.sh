@@ -7,6 +7,7 @@
 #   - peak RSS <= partSizeMiB x (queueSize + 1) + 200 MiB, whatever the data size
 # Usage: bash scripts/bench.sh [SIZE_MB (default 500)] [RUNS (default 3)]
 set -euo pipefail
+export AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true # README states Node support
 cd "$(dirname "$0")/.."
 size_mb=${1:-500}
 runs=${2:-3}

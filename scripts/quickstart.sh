@@ -4,6 +4,7 @@
 # tutorial's users, creates a locked bucket, writes a config and a master key
 # under .quickstart/, backs up this repository's src/ and lists the result.
 set -euo pipefail
+export AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true # README states Node support
 cd "$(dirname "$0")/.."
 repo=$PWD
 

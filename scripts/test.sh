@@ -3,6 +3,7 @@
 # (scripts/s3-test-server.sh), run every test against it, stop it.
 # The real-server tests fail (never skip) when the server is missing.
 set -euo pipefail
+export AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true # README states Node support
 cd "$(dirname "$0")/.."
 
 npm run --silent build

@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough, type Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { DeleteObjectCommand, GetObjectCommand } from "@aws-sdk/client-s3";
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import { runBackup } from "../src/backup.js";
 import { Catalog } from "../src/catalog.js";
 import type { Config, JobConfig, TargetConfig } from "../src/config.js";
@@ -203,6 +203,18 @@ describe("backup against Ceph RGW", () => {
       assert.ok(!logs.includes(secret), "a secret reached the log");
     }
     assert.match(logs, /"msg":"backup succeeded"/);
+  });
+
+  it("the server verifies the Content-MD5 immutd sends with every part", async () => {
+    // If RGW ignored the header, md5 mode would protect nothing: prove a wrong one is refused.
+    const bucket = uniqueBucket("md5");
+    await createLockedBucket(env, bucket, 1);
+    const body = randomBytes(1000);
+    const wrong = createHash("md5").update("something else").digest("base64");
+    await assert.rejects(
+      client(env, env.writer).send(new PutObjectCommand({ Bucket: bucket, Key: "x", Body: body, ContentMD5: wrong })),
+      (e: Error) => e.name === "BadDigest",
+    );
   });
 
   it("refuses a bucket without Object Lock and uploads nothing", async () => {
