@@ -122,6 +122,16 @@ describe("S3 upload requests", () => {
       assert.ok(p.body, "part body is buffered, so its checksum is a header");
       assert.equal(p.headers["content-md5"], createHash("md5").update(p.body).digest("base64"));
       assert.ok(!p.headers["content-encoding"]?.includes("aws-chunked"), "no aws-chunked trailers");
+      assert.equal(
+        p.headers["x-amz-content-sha256"],
+        "UNSIGNED-PAYLOAD",
+        "over TLS, no second SHA-256 pass",
+      );
+      assert.match(
+        p.headers.authorization ?? "",
+        /SignedHeaders=[^,]*content-md5/,
+        "Content-MD5 is signed",
+      );
     }
   });
 

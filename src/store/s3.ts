@@ -353,7 +353,10 @@ function httpHandler(t: TargetConfig): NodeHttpHandler {
   });
 }
 
-/** The two request-level guards: no SSE-C key over plain http; Content-MD5 on every body in md5 mode. */
+/**
+ * The request-level guards: no SSE-C key over plain http (checked last, just
+ * before sending); Content-MD5 on every body in md5 mode (added before signing).
+ */
 function installGuards(client: S3Client, t: TargetConfig): void {
   client.middlewareStack.add(
     (next, context) => async (args) => {
@@ -369,19 +372,32 @@ function installGuards(client: S3Client, t: TargetConfig): void {
           );
         }
       }
-      if (
-        t.checksum === "md5" &&
-        req.headers &&
-        req.body instanceof Uint8Array &&
-        req.body.length > 0
-      ) {
-        if (!("content-md5" in lower(req.headers))) {
+      return next(args);
+    },
+    { step: "finalizeRequest", name: "immutdSseGuard", priority: "low" },
+  );
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      const req = args.request as {
+        protocol?: string;
+        headers?: Record<string, string>;
+        body?: unknown;
+      };
+      if (req.headers && req.body instanceof Uint8Array && req.body.length > 0) {
+        const present = lower(req.headers);
+        if (t.checksum === "md5" && !("content-md5" in present)) {
           req.headers["content-md5"] = createHash("md5").update(req.body).digest("base64");
+        }
+        // Over TLS the part is already protected in transit and its checksum is
+        // verified by the server, so SigV4 need not hash the payload a second time
+        // (a full SHA-256 pass over every byte on the hot path). Over http it must.
+        if (req.protocol === "https:" && !("x-amz-content-sha256" in present)) {
+          req.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD";
         }
       }
       return next(args);
     },
-    { step: "finalizeRequest", name: "immutdGuards", priority: "low" },
+    { step: "build", name: "immutdPartIntegrity", priority: "low" },
   );
 }
 
