@@ -212,7 +212,9 @@ describe("backup against Ceph RGW", () => {
     const body = randomBytes(1000);
     const wrong = createHash("md5").update("something else").digest("base64");
     await assert.rejects(
-      client(env, env.writer).send(new PutObjectCommand({ Bucket: bucket, Key: "x", Body: body, ContentMD5: wrong })),
+      client(env, env.writer).send(
+        new PutObjectCommand({ Bucket: bucket, Key: "x", Body: body, ContentMD5: wrong }),
+      ),
       (e: Error) => e.name === "BadDigest",
     );
   });
