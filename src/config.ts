@@ -41,6 +41,9 @@ export const DEFAULTS = {
   checksum: "md5",
   exclude: [] as string[],
   compression: "gzip",
+  lifecycleGraceDays: 7,
+  keepLatestLocked: true,
+  verifyConcurrency: 4,
 } as const;
 
 export type RetentionMode = "COMPLIANCE" | "GOVERNANCE";
@@ -72,6 +75,17 @@ export interface TargetConfig {
   partSizeMiB: number;
   queueSize: number;
   checksum: ChecksumMode;
+  /** Days after the retention period before `immutd init`'s lifecycle rule expires noncurrent versions. */
+  lifecycleGraceDays: number;
+}
+
+export interface VerifyConfig {
+  /** When the daemon runs `verify` (cron); unset: not scheduled. */
+  schedule?: string;
+  /** When the daemon runs `verify --deep`, and how many newest backups per job it downloads. */
+  deep?: { schedule: string; sample: number };
+  /** Parallel HEAD/GetObjectRetention requests. */
+  concurrency: number;
 }
 
 export interface JobConfig {
@@ -93,6 +107,9 @@ export interface Config {
   host: string;
   targets: Record<string, TargetConfig>;
   jobs: JobConfig[];
+  verify: VerifyConfig;
+  /** Extend each job's newest good backup so it stays locked at least the retention period ahead of now. */
+  keepLatestLocked: boolean;
 }
 
 /** Names that end up in object keys: keep them to a portable character set. */
@@ -153,21 +170,24 @@ const targetSchema = z.strictObject({
   partSizeMiB: z.number().int().min(5).max(5120).default(DEFAULTS.partSizeMiB),
   queueSize: z.number().int().min(1).max(64).default(DEFAULTS.queueSize),
   checksum: z.enum(["md5", "crc32", "crc32c", "sha1", "sha256"]).default(DEFAULTS.checksum),
+  lifecycleGraceDays: z.number().int().min(0).max(3650).default(DEFAULTS.lifecycleGraceDays),
+});
+
+const cronSchema = z.string().superRefine((expr, ctx) => {
+  try {
+    new Cron(expr, { paused: true });
+  } catch (err) {
+    ctx.addIssue({
+      code: "custom",
+      message: `invalid cron expression "${expr}": ${(err as Error).message.replace(/^CronPattern: /, "")}`,
+    });
+  }
 });
 
 const jobSchema = z.strictObject({
   name: nameSchema,
   target: z.string().min(1),
-  schedule: z.string().superRefine((expr, ctx) => {
-    try {
-      new Cron(expr, { paused: true });
-    } catch (err) {
-      ctx.addIssue({
-        code: "custom",
-        message: `invalid cron expression "${expr}": ${(err as Error).message.replace(/^CronPattern: /, "")}`,
-      });
-    }
-  }),
+  schedule: cronSchema,
   paths: z.array(absolutePath).min(1, "must list at least one path"),
   exclude: z
     .array(z.string().min(1))
@@ -191,6 +211,19 @@ const configSchema = z
       message: "must define at least one target",
     }),
     jobs: z.array(jobSchema).min(1, "must define at least one job"),
+    verify: z
+      .strictObject({
+        schedule: cronSchema.optional(),
+        deep: z
+          .strictObject({
+            schedule: cronSchema,
+            sample: z.number().int().min(1).max(1000).default(1),
+          })
+          .optional(),
+        concurrency: z.number().int().min(1).max(64).default(DEFAULTS.verifyConcurrency),
+      })
+      .default({ concurrency: DEFAULTS.verifyConcurrency }),
+    keepLatestLocked: z.boolean().default(DEFAULTS.keepLatestLocked),
   })
   .superRefine((cfg, ctx) => {
     const seen = new Map<string, number>();
@@ -385,6 +418,7 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       partSizeMiB: t.partSizeMiB,
       queueSize: t.queueSize,
       checksum: t.checksum,
+      lifecycleGraceDays: t.lifecycleGraceDays,
     };
   }
 
@@ -406,6 +440,12 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       host: cfg.host ?? hostname().split(".")[0] ?? "localhost",
       targets,
       jobs: cfg.jobs.map((j) => ({ ...j })),
+      verify: {
+        concurrency: cfg.verify.concurrency,
+        ...(cfg.verify.schedule !== undefined ? { schedule: cfg.verify.schedule } : {}),
+        ...(cfg.verify.deep !== undefined ? { deep: cfg.verify.deep } : {}),
+      },
+      keepLatestLocked: cfg.keepLatestLocked,
     },
     warnings,
   };

@@ -85,6 +85,8 @@ describe("backup against Ceph RGW", () => {
     host: "testhost",
     targets: { [tc.name]: tc },
     jobs: [job],
+    verify: { concurrency: 4 },
+    keepLatestLocked: true,
   });
   const job = (over: Partial<JobConfig> = {}): JobConfig => ({
     name: "data",

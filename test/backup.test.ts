@@ -51,6 +51,8 @@ function setup(bucket: MemoryBucket, over: Partial<JobConfig> = {}) {
     host: "h",
     targets: { memory: tc },
     jobs: [job],
+    verify: { concurrency: 4 },
+    keepLatestLocked: true,
   };
   return { tc, job, catalog, config, target: bucket.target("memory") };
 }

@@ -109,6 +109,7 @@ export function rgwTarget(
     partSizeMiB: 5,
     queueSize: 2,
     checksum: "md5",
+    lifecycleGraceDays: 7,
     ...over,
   };
 }

@@ -17,6 +17,7 @@ export function targetConfig(over: Partial<TargetConfig> = {}): TargetConfig {
     partSizeMiB: 5,
     queueSize: 2,
     checksum: "md5",
+    lifecycleGraceDays: 7,
     ...over,
   };
 }
