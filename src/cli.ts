@@ -10,6 +10,7 @@ import { stringify } from "yaml";
 import { backupCommand, backupHelp } from "./commands/backup.js";
 import { type Context, type GlobalOptions, makeLogger, openContext } from "./commands/context.js";
 import { listCommand, listHelp } from "./commands/list.js";
+import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./commands/restore.js";
 import { configPath, loadConfig, redactedView } from "./config.js";
 import { describeError, ExitCode, exitCodeFor, ImmutdError } from "./errors.js";
 import { generateMasterKeyFile } from "./keys.js";
@@ -24,7 +25,7 @@ Exit codes:
   0   success
   1   unexpected error (a bug: please report it with the log)
   2   usage error (unknown command, option or job)
-  3   one or more jobs failed
+  3   one or more jobs failed, or a restore failed or is incomplete
   78  configuration error (the message names the file, line and key)
 
 Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
@@ -85,6 +86,32 @@ function program(): Command {
     .addHelpText("after", listHelp)
     .action((opts: { job?: string; json?: boolean }) =>
       withContext((ctx) => listCommand(ctx, opts)),
+    );
+
+  p.command("restore")
+    .description("restore a backup of JOB into a directory, to stdout, or list it")
+    .argument("<job>", "the job whose backup to restore")
+    .option("--to <dir>", "extract into DIR")
+    .option("--stdout", "write the decrypted archive (as stored) to stdout")
+    .option("--list", "list the archive's entries")
+    .option("--at <time>", "newest backup created at or before TIME (ISO-8601)")
+    .option("--id <n>", "the backup with this catalog id")
+    .option("--version-id <v>", "the backup with this S3 version ID")
+    .option(
+      "--include <pattern>",
+      "only paths matching PATTERN (repeatable; a directory includes its contents)",
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option("--overwrite", "allow a non-empty DIR and replace files in it")
+    .option("--devices", "create device nodes and FIFOs (root only)")
+    .option(
+      "--from-bucket",
+      "without the catalog: find versions in the bucket, derive keys from the master key",
+    )
+    .option("--host <name>", "with --from-bucket: the host name the backups were made under")
+    .addHelpText("after", restoreHelp)
+    .action((job: string, opts: RestoreCliOptions) =>
+      withContext((ctx) => restoreCommand(ctx, job, opts)),
     );
 
   const config = p.command("config").description("configuration tools");

@@ -1,0 +1,280 @@
+/**
+ * Restore: choose one backup version (from the catalog, or from the bucket
+ * listing when the catalog is gone), then stream GetObject (SSE-C, by version
+ * ID — never "latest") → SHA-256 and size check → gunzip → safe extraction,
+ * listing, or raw output. No temporary copy; memory stays bounded.
+ *
+ * Integrity is known only when the stream ends, so a mismatch is reported
+ * after the files were written: the error says the restore is incomplete and
+ * leaves what was written in place for the operator to judge.
+ */
+import { pipeline } from "node:stream/promises";
+import { createGunzip } from "node:zlib";
+import { HashingCounter } from "./backup.js";
+import type { Catalog } from "./catalog.js";
+import type { Compression, Config, JobConfig } from "./config.js";
+import { ImmutdError, StorageError, UsageError } from "./errors.js";
+import {
+  type ExtractResult,
+  type ExtractWarning,
+  extractTar,
+  listTar,
+  type TarEntryInfo,
+} from "./extract.js";
+import { deriveSseKey } from "./keys.js";
+import { jobPrefix, parseObjectKey } from "./naming.js";
+import type { ObjectStore, Target } from "./store/store.js";
+
+export const RESTORE_EXIT_CODE = 3;
+
+/** The restore did not complete: integrity failed, the stream broke, or entries were refused. */
+export class RestoreError extends ImmutdError {
+  override readonly exitCode = RESTORE_EXIT_CODE;
+}
+
+/** One version to restore, with what is known to check it against. */
+export interface RestoreSource {
+  job: string;
+  bucket: string;
+  key: string;
+  versionId: string;
+  compression: Compression;
+  sseKey: Buffer;
+  createdAt: Date;
+  /** Expected size and SHA-256 when known (from the catalog); the bucket listing only knows the size. */
+  size?: number;
+  sha256?: string;
+  /** Catalog id, when it came from the catalog. */
+  id?: number;
+}
+
+export interface Selector {
+  at?: Date;
+  id?: number;
+  versionId?: string;
+}
+
+/** Parses --at: an ISO-8601 date or date-time; a bare date means the end of that day (UTC). */
+export function parseAt(text: string): Date {
+  const dateOnly = /^\d{4}-\d{2}-\d{2}$/.test(text);
+  const d = new Date(dateOnly ? `${text}T23:59:59.999Z` : text);
+  if (!/^\d{4}-\d{2}-\d{2}/.test(text) || Number.isNaN(d.getTime())) {
+    throw new UsageError(
+      `--at ${text}: not an ISO-8601 time (e.g. 2026-11-25 or 2026-11-25T03:00:00Z)`,
+    );
+  }
+  return d;
+}
+
+/** Picks the backup to restore from the catalog: newest good one, or the one the selector names. */
+export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector): RestoreSource {
+  const rows = catalog.listBackups({ job });
+  let row = undefined as (typeof rows)[number] | undefined;
+  if (sel.id !== undefined) {
+    row = catalog.backup(sel.id);
+    if (!row) throw new UsageError(`no backup with id ${sel.id} in the catalog (see immutd list)`);
+    if (row.job !== job)
+      throw new UsageError(`backup ${sel.id} belongs to job ${row.job}, not ${job}`);
+  } else if (sel.versionId !== undefined) {
+    row = rows.find((r) => r.versionId === sel.versionId);
+    if (!row)
+      throw new UsageError(
+        `job ${job} has no backup with version ID ${sel.versionId} in the catalog`,
+      );
+  } else {
+    const good = rows.filter(
+      (r) => r.status === "ok" && (!sel.at || Date.parse(r.createdAt) <= sel.at.getTime()),
+    );
+    row = good.at(-1);
+    if (!row) {
+      throw new UsageError(
+        sel.at
+          ? `job ${job} has no good backup created at or before ${sel.at.toISOString()}`
+          : `job ${job} has no good backup in the catalog (try --from-bucket if the catalog was lost)`,
+      );
+    }
+  }
+  const sseKey = catalog.backupKey(row.id);
+  if (!sseKey) throw new UsageError(`backup ${row.id} has no key in the catalog`);
+  return {
+    id: row.id,
+    job: row.job,
+    bucket: row.bucket,
+    key: row.key,
+    versionId: row.versionId,
+    compression: row.compression,
+    sseKey,
+    createdAt: new Date(row.createdAt),
+    size: row.size,
+    sha256: row.sha256,
+  };
+}
+
+/**
+ * Without the catalog: lists the job's versions under its prefix and derives
+ * the key from the master key. Delete markers and versions whose key immutd
+ * did not make are ignored; a newer version or delete marker on a key does not
+ * hide an older version, because each version is addressed by its own ID.
+ */
+export async function selectFromBucket(
+  reader: ObjectStore,
+  config: Config,
+  target: Target,
+  job: JobConfig,
+  host: string,
+  sel: Selector,
+): Promise<RestoreSource> {
+  if (sel.id !== undefined)
+    throw new UsageError("--id names a catalog entry; with --from-bucket use --at or --version-id");
+  const prefix = jobPrefix(target.prefix, host, job.name);
+  const versions = (await reader.listVersions(prefix))
+    .filter((v) => !v.deleteMarker)
+    .map((v) => ({ v, parsed: parseObjectKey(v.key) }))
+    .filter((x) => x.parsed !== undefined && x.v.key.slice(prefix.length).indexOf("/") < 0);
+  let pick: (typeof versions)[number] | undefined;
+  if (sel.versionId !== undefined) {
+    pick = versions.find((x) => x.v.versionId === sel.versionId);
+    if (!pick)
+      throw new UsageError(`no version ${sel.versionId} under s3://${target.bucket}/${prefix}`);
+  } else {
+    const created = (x: (typeof versions)[number]) => x.parsed?.createdAt.getTime() ?? 0;
+    const eligible = versions.filter((x) => !sel.at || created(x) <= sel.at.getTime());
+    eligible.sort(
+      (a, b) => created(a) - created(b) || a.v.lastModified.getTime() - b.v.lastModified.getTime(),
+    );
+    pick = eligible.at(-1);
+    if (!pick) {
+      throw new UsageError(
+        `no backup of job ${job.name} under s3://${target.bucket}/${prefix}${sel.at ? ` created at or before ${sel.at.toISOString()}` : ""} (is host "${host}" right? see --host)`,
+      );
+    }
+  }
+  return {
+    job: job.name,
+    bucket: target.bucket,
+    key: pick.v.key,
+    versionId: pick.v.versionId,
+    compression: pick.parsed?.compression ?? "none",
+    sseKey: deriveSseKey(config.masterKey.reveal(), target.bucket, pick.v.key),
+    createdAt: pick.parsed?.createdAt ?? pick.v.lastModified,
+    size: pick.v.size,
+  };
+}
+
+export type RestoreMode =
+  | { kind: "extract"; dest: string; overwrite: boolean; devices: boolean; owners?: boolean }
+  | { kind: "list"; onEntry: (e: TarEntryInfo) => void }
+  | { kind: "raw"; out: NodeJS.WritableStream };
+
+export interface RestoreOptions {
+  include?: readonly string[];
+  signal?: AbortSignal;
+  onWarning?: (w: ExtractWarning) => void;
+  onProgress?: (p: { bytes: number; files: number }) => void;
+}
+
+export interface RestoreSummary {
+  source: RestoreSource;
+  /** Archive bytes downloaded. */
+  bytes: number;
+  sha256: string;
+  result?: ExtractResult;
+  listed?: number;
+  durationMs: number;
+}
+
+export async function restore(
+  reader: ObjectStore,
+  src: RestoreSource,
+  mode: RestoreMode,
+  opts: RestoreOptions = {},
+): Promise<RestoreSummary> {
+  const started = Date.now();
+  const where = `s3://${src.bucket}/${src.key} version ${src.versionId}`;
+  let body: NodeJS.ReadableStream;
+  try {
+    body = await reader.get(src.key, src.versionId, src.sseKey, opts.signal);
+  } catch (err) {
+    if (err instanceof StorageError && (err.status === 400 || err.status === 403)) {
+      throw new RestoreError(
+        `cannot read ${where}: the server refused the SSE-C key (${err.status}). With --from-bucket this means the master key is not the one the backup was made with; otherwise the catalog's key is wrong.`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
+  let files = 0;
+  const hasher = new HashingCounter((n) => opts.onProgress?.({ bytes: n, files }));
+  const tarStages = src.compression === "gzip" ? [createGunzip()] : [];
+
+  let result: ExtractResult | undefined;
+  let listed: number | undefined;
+  let failure: unknown;
+  try {
+    if (mode.kind === "raw") {
+      await pipeline([body, hasher, mode.out]);
+    } else {
+      // The tar reader consumes its input to the very end, so the hash covers every byte.
+      const tar = tarStages[0] ?? hasher;
+      const piping = pipeline([body, hasher, ...tarStages]).catch((e: unknown) => {
+        failure ??= e;
+      });
+      if (mode.kind === "list") {
+        listed = await listTar(tar, mode.onEntry, opts.include);
+      } else {
+        result = await extractTar(tar, {
+          dest: mode.dest,
+          overwrite: mode.overwrite,
+          devices: mode.devices,
+          ...(mode.owners !== undefined ? { owners: mode.owners } : {}),
+          ...(opts.include ? { include: opts.include } : {}),
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+          onProgress: (p) => {
+            files = p.files;
+          },
+        });
+      }
+      await piping;
+    }
+  } catch (err) {
+    failure ??= err;
+  }
+  const incomplete =
+    mode.kind === "extract"
+      ? " The restore is incomplete: files already written were left in place."
+      : "";
+  if (failure !== undefined) {
+    if (opts.signal?.aborted) throw opts.signal.reason;
+    throw new RestoreError(
+      `restore of ${where} failed: ${(failure as Error).message ?? String(failure)}.${incomplete}`,
+      {
+        cause: failure,
+      },
+    );
+  }
+  if (src.size !== undefined && hasher.bytes !== src.size) {
+    throw new RestoreError(
+      `${where}: received ${hasher.bytes} bytes, but the backup has ${src.size}; the download was truncated.${incomplete}`,
+    );
+  }
+  const sha256 = hasher.digest();
+  if (src.sha256 !== undefined && sha256 !== src.sha256) {
+    throw new RestoreError(
+      `${where}: SHA-256 ${sha256} differs from the catalog's ${src.sha256}: the data is not what was backed up.${incomplete}`,
+    );
+  }
+  if (result && result.refused > 0) {
+    throw new RestoreError(
+      `${where}: ${result.refused} archive entr${result.refused === 1 ? "y was" : "ies were"} refused as unsafe (absolute paths, '..' or paths through symlinks; see the warnings) and not written. Everything else was restored.`,
+    );
+  }
+  return {
+    source: src,
+    bytes: hasher.bytes,
+    sha256,
+    ...(result ? { result } : {}),
+    ...(listed !== undefined ? { listed } : {}),
+    durationMs: Date.now() - started,
+  };
+}
