@@ -55,6 +55,12 @@ export interface ArchiveOptions {
   onWarning?: (w: ArchiveWarning) => void;
   /** Called after each entry with a fresh snapshot; keep it cheap. */
   onProgress?: (p: Readonly<ArchiveProgress>) => void;
+  /**
+   * Files archived first under a name of the caller's choosing instead of their
+   * path (command outputs spooled by the job runner). A missing or unreadable
+   * one fails the archive: unlike a file of the tree, it is required content.
+   */
+  extraFiles?: readonly { name: string; path: string }[];
 }
 
 export interface ArchiveResult extends ArchiveProgress {
@@ -240,6 +246,17 @@ class Archiver {
   private async run(): Promise<ArchiveResult> {
     try {
       await Promise.resolve(); // let the constructor finish before the walk starts
+      for (const extra of this.opts.extraFiles ?? []) {
+        const opened = await openForRead(extra.path);
+        if (opened.kind !== "open") {
+          throw new Error(`cannot read ${extra.path} for archive entry ${extra.name}`);
+        }
+        try {
+          await this.streamFile(extra.path, extra.name, opened.fh, opened.before, null);
+        } finally {
+          await opened.fh.close().catch(ignore);
+        }
+      }
       const tops = [...this.tops].sort(byteOrder);
       for (const top of tops) await this.visit(top, true, await this.track(this.prepare(top)));
       this.checkStop();

@@ -41,6 +41,13 @@ export const DEFAULTS = {
   checksum: "md5",
   exclude: [] as string[],
   compression: "gzip",
+  catchUp: true,
+  jitter: 0,
+  hookTimeoutSeconds: 300,
+  maxConcurrentJobs: 1,
+  notifyEvents: ["success", "failure"] as NotifyEvent[],
+  notifyFormat: "json",
+  notifyTimeoutSeconds: 10,
   lifecycleGraceDays: 7,
   keepLatestLocked: true,
   verifyConcurrency: 4,
@@ -88,13 +95,46 @@ export interface VerifyConfig {
   concurrency: number;
 }
 
+export type NotifyEvent = "start" | "success" | "failure";
+
+export interface NotifyConfig {
+  url: string;
+  events: NotifyEvent[];
+  /** json: POST a JSON object; text: POST one human line (ntfy style); ping: POST with no body (Healthchecks style). */
+  format: "json" | "text" | "ping";
+  timeoutSeconds: number;
+}
+
+export interface HooksConfig {
+  before?: string;
+  after?: string;
+  onFailure?: string;
+  timeoutSeconds: number;
+}
+
+export interface CommandSource {
+  /** File name of the output in the archive, under immutd-commands/. */
+  name: string;
+  run: string;
+  timeoutSeconds?: number;
+}
+
 export interface JobConfig {
   name: string;
   target: string;
   schedule: string;
+  /** IANA time zone for schedule; default the machine's. */
+  timezone?: string;
+  /** Run once at daemon start if a scheduled run was missed. */
+  catchUp: boolean;
+  /** Start up to this many seconds late, at random, to spread load. */
+  jitter: number;
   paths: string[];
   exclude: string[];
   compression: Compression;
+  hooks?: HooksConfig;
+  commands: CommandSource[];
+  notify: NotifyConfig[];
 }
 
 export interface Config {
@@ -108,6 +148,12 @@ export interface Config {
   targets: Record<string, TargetConfig>;
   jobs: JobConfig[];
   verify: VerifyConfig;
+  /** Jobs the daemon runs at the same time. */
+  maxConcurrentJobs: number;
+  /** The daemon's /healthz and /metrics endpoint, if any. */
+  http?: { listen: string };
+  /** Webhooks for every job (each job may add its own). */
+  notify: NotifyConfig[];
   /** Extend each job's newest good backup so it stays locked at least the retention period ahead of now. */
   keepLatestLocked: boolean;
 }
@@ -184,11 +230,35 @@ const cronSchema = z.string().superRefine((expr, ctx) => {
   }
 });
 
+const notifySchema = z.strictObject({
+  url: z
+    .string()
+    .refine((u) => /^https?:\/\/[^/\s]+/.test(u), "must be an http:// or https:// URL"),
+  events: z
+    .array(z.enum(["start", "success", "failure"]))
+    .min(1)
+    .default([...DEFAULTS.notifyEvents]),
+  format: z.enum(["json", "text", "ping"]).default(DEFAULTS.notifyFormat),
+  timeoutSeconds: z.number().int().min(1).max(300).default(DEFAULTS.notifyTimeoutSeconds),
+});
+
+const timezoneSchema = z.string().refine((tz) => {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}, "is not a known IANA time zone (e.g. Europe/Berlin, UTC)");
+
 const jobSchema = z.strictObject({
   name: nameSchema,
   target: z.string().min(1),
   schedule: cronSchema,
-  paths: z.array(absolutePath).min(1, "must list at least one path"),
+  timezone: timezoneSchema.optional(),
+  catchUp: z.boolean().default(DEFAULTS.catchUp),
+  jitter: z.number().int().min(0).max(86_400).default(DEFAULTS.jitter),
+  paths: z.array(absolutePath).default([]),
   exclude: z
     .array(z.string().min(1))
     .default([])
@@ -200,6 +270,29 @@ const jobSchema = z.strictObject({
       }
     }),
   compression: z.enum(["none", "gzip"]).default(DEFAULTS.compression),
+  hooks: z
+    .strictObject({
+      before: z.string().min(1).optional(),
+      after: z.string().min(1).optional(),
+      onFailure: z.string().min(1).optional(),
+      timeoutSeconds: z.number().int().min(1).max(86_400).default(DEFAULTS.hookTimeoutSeconds),
+    })
+    .optional(),
+  commands: z
+    .array(
+      z.strictObject({
+        name: z
+          .string()
+          .regex(
+            /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/,
+            "must be a file name (letters, digits, '.', '_', '-')",
+          ),
+        run: z.string().min(1),
+        timeoutSeconds: z.number().int().min(1).optional(),
+      }),
+    )
+    .default([]),
+  notify: z.array(notifySchema).default([]),
 });
 
 const configSchema = z
@@ -224,6 +317,18 @@ const configSchema = z
       })
       .default({ concurrency: DEFAULTS.verifyConcurrency }),
     keepLatestLocked: z.boolean().default(DEFAULTS.keepLatestLocked),
+    maxConcurrentJobs: z.number().int().min(1).max(64).default(DEFAULTS.maxConcurrentJobs),
+    http: z
+      .strictObject({
+        listen: z
+          .string()
+          .regex(
+            /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/,
+            "must be HOST:PORT (e.g. 127.0.0.1:9180)",
+          ),
+      })
+      .optional(),
+    notify: z.array(notifySchema).default([]),
   })
   .superRefine((cfg, ctx) => {
     const seen = new Map<string, number>();
@@ -236,6 +341,24 @@ const configSchema = z
           message: `duplicate job name "${job.name}" (also jobs[${first}])`,
         });
       } else seen.set(job.name, i);
+      if (job.paths.length === 0 && job.commands.length === 0) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["jobs", i, "paths"],
+          message: "must list at least one path (or give commands)",
+        });
+      }
+      const names = new Set<string>();
+      job.commands.forEach((c, k) => {
+        if (names.has(c.name)) {
+          ctx.addIssue({
+            code: "custom",
+            path: ["jobs", i, "commands", k, "name"],
+            message: `duplicate command name "${c.name}"`,
+          });
+        }
+        names.add(c.name);
+      });
       if (!(job.target in cfg.targets)) {
         const known = Object.keys(cfg.targets).join(", ");
         ctx.addIssue({
@@ -439,7 +562,18 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       masterKeySource: mk.source,
       host: cfg.host ?? hostname().split(".")[0] ?? "localhost",
       targets,
-      jobs: cfg.jobs.map((j) => ({ ...j })),
+      jobs: cfg.jobs.map((j) => {
+        const { hooks, timezone, ...rest } = j;
+        return {
+          ...rest,
+          ...(timezone !== undefined ? { timezone } : {}),
+          ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
+          commands: j.commands.map((c) => definedOnly(c)),
+        };
+      }),
+      maxConcurrentJobs: cfg.maxConcurrentJobs,
+      ...(cfg.http !== undefined ? { http: cfg.http } : {}),
+      notify: cfg.notify,
       verify: {
         concurrency: cfg.verify.concurrency,
         ...(cfg.verify.schedule !== undefined ? { schedule: cfg.verify.schedule } : {}),
@@ -477,6 +611,13 @@ function substituteEnv(
       node.value = whole ? scalarFromEnv(replaced) : replaced;
     },
   });
+}
+
+/** Drops keys whose value is undefined (zod leaves them; exactOptionalPropertyTypes does not accept them). */
+function definedOnly<T extends object>(o: T): { [K in keyof T]: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as {
+    [K in keyof T]: Exclude<T[K], undefined>;
+  };
 }
 
 /** true/false and small integers become YAML booleans and numbers; everything else (keys, hex) stays a string. */

@@ -34,6 +34,7 @@ import {
   s3env,
   uniqueBucket,
 } from "./support/s3env.js";
+import { fullConfig, jobConfig } from "./support/target.js";
 
 const MiB = 1024 * 1024;
 
@@ -77,26 +78,22 @@ describe("backup against Ceph RGW", () => {
   const masterKey = randomBytes(32);
   let catalog: Catalog;
 
-  const config = (tc: TargetConfig, job: JobConfig): Config => ({
-    file: "test",
-    catalog: join(work, "catalog.db"),
-    masterKey: new Secret(masterKey),
-    masterKeySource: "test",
-    host: "testhost",
-    targets: { [tc.name]: tc },
-    jobs: [job],
-    verify: { concurrency: 4 },
-    keepLatestLocked: true,
-  });
-  const job = (over: Partial<JobConfig> = {}): JobConfig => ({
-    name: "data",
-    target: "rgw",
-    schedule: "0 3 * * *",
-    paths: [join(fixture, "data")],
-    exclude: [],
-    compression: "gzip",
-    ...over,
-  });
+  const config = (tc: TargetConfig, job: JobConfig): Config =>
+    fullConfig({
+      catalog: join(work, "catalog.db"),
+      masterKey: new Secret(masterKey),
+      targets: { [tc.name]: tc },
+      jobs: [job],
+    });
+  const job = (over: Partial<JobConfig> = {}): JobConfig =>
+    jobConfig({
+      name: "data",
+      target: "rgw",
+      paths: [join(fixture, "data")],
+      exclude: [],
+      compression: "gzip",
+      ...over,
+    });
   const backup = (tc: TargetConfig, j: JobConfig, signal?: AbortSignal) =>
     runBackup(j, {
       config: config(tc, j),

@@ -12,12 +12,12 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { runBackup } from "../src/backup.js";
 import { Catalog } from "../src/catalog.js";
-import type { Config, JobConfig } from "../src/config.js";
+import type { JobConfig } from "../src/config.js";
 import { deriveSseKey } from "../src/keys.js";
 import { createLogger } from "../src/log.js";
 import { Secret } from "../src/secret.js";
 import { MemoryBucket } from "../src/store/memory.js";
-import { targetConfig } from "./support/target.js";
+import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
 
 const work = mkdtempSync(join(tmpdir(), "immutd-backup-"));
 const tree = join(work, "tree");
@@ -33,27 +33,15 @@ function setup(bucket: MemoryBucket, over: Partial<JobConfig> = {}) {
     bucket: bucket.name,
     retention: { mode: "COMPLIANCE", days: 1 },
   });
-  const job: JobConfig = {
-    name: "tree",
-    target: "memory",
-    schedule: "@daily",
-    paths: [tree],
-    exclude: [],
-    compression: "gzip",
-    ...over,
-  };
+  const job = jobConfig({ name: "tree", target: "memory", paths: [tree], ...over });
   const catalog = Catalog.open(join(work, `${bucket.name}.db`));
-  const config: Config = {
-    file: "test",
+  const config = fullConfig({
     catalog: catalog.path,
     masterKey: new Secret(masterKey),
-    masterKeySource: "test",
     host: "h",
     targets: { memory: tc },
     jobs: [job],
-    verify: { concurrency: 4 },
-    keepLatestLocked: true,
-  };
+  });
   return { tc, job, catalog, config, target: bucket.target("memory") };
 }
 

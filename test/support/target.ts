@@ -1,4 +1,4 @@
-import type { TargetConfig } from "../../src/config.js";
+import type { Config, JobConfig, TargetConfig } from "../../src/config.js";
 import { Secret } from "../../src/secret.js";
 
 /** A target config as loadConfig would resolve it, for tests that skip the YAML. */
@@ -18,6 +18,39 @@ export function targetConfig(over: Partial<TargetConfig> = {}): TargetConfig {
     queueSize: 2,
     checksum: "md5",
     lifecycleGraceDays: 7,
+    ...over,
+  };
+}
+
+/** A job as loadConfig would resolve it. */
+export function jobConfig(
+  over: Partial<JobConfig> & Pick<JobConfig, "name" | "target">,
+): JobConfig {
+  return {
+    schedule: "0 3 * * *",
+    catchUp: true,
+    jitter: 0,
+    paths: [],
+    exclude: [],
+    compression: "gzip",
+    commands: [],
+    notify: [],
+    ...over,
+  };
+}
+
+/** A whole resolved config around the given targets and jobs. */
+export function fullConfig(
+  over: Partial<Config> & Pick<Config, "catalog" | "targets" | "jobs" | "masterKey">,
+): Config {
+  return {
+    file: "test",
+    masterKeySource: "test",
+    host: "testhost",
+    verify: { concurrency: 4 },
+    keepLatestLocked: true,
+    maxConcurrentJobs: 1,
+    notify: [],
     ...over,
   };
 }
