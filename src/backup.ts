@@ -17,6 +17,7 @@ import { type ArchiveWarning, createArchive, missingPaths } from "./archive.js";
 import type { Catalog } from "./catalog.js";
 import type { Config, JobConfig, TargetConfig } from "./config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "./errors.js";
+import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
 import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
 import type { Logger } from "./log.js";
 import { objectKey } from "./naming.js";
@@ -61,7 +62,43 @@ export interface BackupResult {
 /** Warnings logged one by one before they are only counted, so a tree of unreadable files cannot flood the log. */
 const LOGGED_WARNINGS = 100;
 
+/**
+ * Runs one job: the backup, with the job's hooks around it. `before` runs after
+ * the preflight and its failure fails the run with nothing uploaded; `after`
+ * (every outcome) and `onFailure` run once the run is recorded, and their own
+ * failure is logged but does not change the run's result.
+ * Throws LockHeldError (and records nothing) if the job is already running.
+ */
 export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<BackupResult> {
+  const result = await attempt(job, deps);
+  const hooks = job.hooks;
+  if (!hooks) return result;
+  const env: HookEnv = {
+    IMMUTD_JOB: job.name,
+    IMMUTD_RUN_ID: String(result.runId),
+    IMMUTD_KEY: result.key,
+    IMMUTD_STATUS: result.status,
+    ...(result.versionId ? { IMMUTD_VERSION_ID: result.versionId } : {}),
+    ...(result.error ? { IMMUTD_ERROR: result.error } : {}),
+  };
+  const jlog = deps.log.child({ job: job.name, runId: result.runId });
+  const after: [string, string | undefined][] = [
+    ["onFailure", result.status === "succeeded" ? undefined : hooks.onFailure],
+    ["after", hooks.after],
+  ];
+  for (const [name, cmd] of after) {
+    if (!cmd) continue;
+    try {
+      await runHook(name, cmd, env, hooks.timeoutSeconds);
+      jlog.info(`${name} hook succeeded`);
+    } catch (err) {
+      jlog.error(`${describeError(err)} (the run's result stands)`);
+    }
+  }
+  return result;
+}
+
+async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> {
   const { config, catalog, target, log } = deps;
   const now = deps.now ?? (() => new Date());
   const started = now();
@@ -82,6 +119,7 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
   const warnings: ArchiveWarning[] = [];
   const progress: BackupProgress = { bytes: 0, read: 0, files: 0 };
   const base = { job: job.name, runId, key };
+  let spooled: Spooled | undefined;
 
   try {
     deps.signal?.throwIfAborted();
@@ -93,12 +131,33 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
     }
     await preflight(target, deps.targetConfig);
     deps.signal?.throwIfAborted();
+    const hookEnv: HookEnv = {
+      IMMUTD_JOB: job.name,
+      IMMUTD_RUN_ID: String(runId),
+      IMMUTD_KEY: key,
+    };
+    if (job.hooks?.before) {
+      await runHook("before", job.hooks.before, hookEnv, job.hooks.timeoutSeconds, deps.signal);
+      jlog.info("before hook succeeded");
+    }
+    if (job.commands.length) {
+      spooled = await spoolCommands(job.name, job.commands, hookEnv, deps.signal);
+    }
 
-    jlog.info({ key, paths: job.paths }, "backup started");
+    jlog.info(
+      { key, paths: job.paths, commands: job.commands.map((c) => c.name) },
+      "backup started",
+    );
     const sseKey = deriveSseKey(config.masterKey.reveal(), target.bucket, key);
     const archive = createArchive({
       paths: job.paths,
-      exclude: [...job.exclude, ...catalogFiles(catalog.path)],
+      ...(spooled ? { extraFiles: spooled.files } : {}),
+      // Never archive the live catalog, nor the spooled outputs a second time under their path.
+      exclude: [
+        ...job.exclude,
+        ...catalogFiles(catalog.path),
+        ...(spooled?.files ?? []).map((f) => literalPattern(f.path)),
+      ],
       ...(deps.signal ? { signal: deps.signal } : {}),
       onWarning: (w) => {
         warnings.push(w);
@@ -249,6 +308,8 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
       durationMs: now().getTime() - started.getTime(),
       error,
     };
+  } finally {
+    await spooled?.cleanup();
   }
 }
 
@@ -332,8 +393,12 @@ function partsHint(message: string, t: TargetConfig): string {
 
 /** The catalog database and its companions: never archive the live files immutd is writing. */
 function catalogFiles(path: string): string[] {
-  const literal = (p: string) => p.replace(/[*?[\]{}()!+@\\]/g, "\\$&");
-  return ["", "-wal", "-shm", "-journal"].map((s) => literal(path + s));
+  return ["", "-wal", "-shm", "-journal"].map((s) => literalPattern(path + s));
+}
+
+/** An exclude pattern that matches exactly this absolute path. */
+function literalPattern(path: string): string {
+  return path.replace(/[*?[\]{}()!+@\\]/g, "\\$&");
 }
 
 /** Passes bytes through while counting them and hashing them with SHA-256: exactly what is uploaded. */

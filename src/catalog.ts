@@ -11,7 +11,7 @@ import { chmodSync, closeSync, constants, mkdirSync, openSync, statSync } from "
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import type { Compression, RetentionMode } from "./config.js";
-import { ConfigError } from "./errors.js";
+import { ConfigError, LockHeldError } from "./errors.js";
 
 export type RunStatus = "running" | "succeeded" | "failed" | "interrupted";
 export type BackupStatus = "ok" | "corrupt" | "missing" | "expired";
@@ -168,13 +168,84 @@ export class Catalog {
     this.db.close();
   }
 
+  /**
+   * Records a run as started, and is the job's lock: a job that another live
+   * process is running (a daemon, or `immutd backup`) cannot start twice. A
+   * run left "running" by a process that is gone (a crash) is marked
+   * interrupted here. Checked and written in one IMMEDIATE transaction.
+   */
   startRun(r: { job: string; target: string; objectKey: string; startedAt: Date }): number {
-    const info = this.db
+    return this.db
+      .transaction(() => {
+        const open = this.db
+          .prepare(`SELECT id, pid FROM runs WHERE job = ? AND status = 'running'`)
+          .all(r.job) as { id: number; pid: number | null }[];
+        for (const run of open) {
+          if (run.pid !== null && run.pid !== process.pid && processAlive(run.pid)) {
+            throw new LockHeldError(
+              `job ${r.job} is already running (run ${run.id}, pid ${run.pid}); not starting it twice`,
+            );
+          }
+          if (run.pid !== process.pid)
+            this.#interrupt(run.id, "the process running it ended without finishing it");
+        }
+        const info = this.db
+          .prepare(
+            `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES (?, ?, ?, ?, 'running', ?)`,
+          )
+          .run(r.job, r.target, r.objectKey, r.startedAt.toISOString(), process.pid);
+        return Number(info.lastInsertRowid);
+      })
+      .immediate();
+  }
+
+  /** Runs left "running" by processes that no longer exist (crash, kill -9, power loss). */
+  abandonedRuns(): RunRow[] {
+    const rows = this.db
       .prepare(
-        `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES (?, ?, ?, ?, 'running', ?)`,
+        `SELECT id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
+           finished_at AS finishedAt, status, bytes, files, warnings, error, pid FROM runs WHERE status = 'running'`,
       )
-      .run(r.job, r.target, r.objectKey, r.startedAt.toISOString(), process.pid);
-    return Number(info.lastInsertRowid);
+      .all() as (RunRow & { pid: number | null })[];
+    return rows.filter((r) => r.pid === null || (r.pid !== process.pid && !processAlive(r.pid)));
+  }
+
+  markInterrupted(runId: number, reason: string): void {
+    this.#interrupt(runId, reason);
+  }
+
+  #interrupt(runId: number, reason: string): void {
+    this.db
+      .prepare(
+        `UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ? AND status = 'running'`,
+      )
+      .run(new Date().toISOString(), reason, runId);
+  }
+
+  /** Each job's latest run and latest successful run, for status and catch-up. */
+  jobSummary(job: string): { lastRun: RunRow | undefined; lastSuccess: RunRow | undefined } {
+    const cols = `id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
+      finished_at AS finishedAt, status, bytes, files, warnings, error`;
+    const lastRun = this.db
+      .prepare(`SELECT ${cols} FROM runs WHERE job = ? ORDER BY started_at DESC, id DESC LIMIT 1`)
+      .get(job) as RunRow | undefined;
+    const lastSuccess = this.db
+      .prepare(
+        `SELECT ${cols} FROM runs WHERE job = ? AND status = 'succeeded' ORDER BY started_at DESC, id DESC LIMIT 1`,
+      )
+      .get(job) as RunRow | undefined;
+    return { lastRun, lastSuccess };
+  }
+
+  /** Whether the catalog can be written now (for /healthz). */
+  writable(): boolean {
+    try {
+      this.db.prepare(`UPDATE runs SET id = id WHERE 0`).run();
+      this.db.pragma("quick_check(1)");
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   setUploadId(runId: number, uploadId: string): void {
@@ -285,6 +356,16 @@ export class Catalog {
       | { k: Buffer }
       | undefined;
     return row?.k;
+  }
+}
+
+/** True if a process with this pid exists (EPERM: it exists but belongs to another user). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 

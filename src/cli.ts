@@ -11,6 +11,8 @@ import { backupCommand, backupHelp } from "./commands/backup.js";
 import { type Context, type GlobalOptions, makeLogger, openContext } from "./commands/context.js";
 import { listCommand, listHelp } from "./commands/list.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./commands/restore.js";
+import { runCommand, runHelp } from "./commands/run.js";
+import { statusCommand, statusHelp } from "./commands/status.js";
 import { configPath, loadConfig, redactedView } from "./config.js";
 import { describeError, ExitCode, exitCodeFor, ImmutdError } from "./errors.js";
 import { generateMasterKeyFile } from "./keys.js";
@@ -26,6 +28,7 @@ Exit codes:
   1   unexpected error (a bug: please report it with the log)
   2   usage error (unknown command, option or job)
   3   one or more jobs failed, or a restore failed or is incomplete
+  75  another immutd holds the lock (a daemon on this catalog, or the job is running)
   78  configuration error (the message names the file, line and key)
 
 Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
@@ -78,6 +81,17 @@ function program(): Command {
     .argument("[jobs...]", "job names (default: all jobs)")
     .addHelpText("after", backupHelp)
     .action((jobs: string[]) => withContext((ctx) => backupCommand(ctx, jobs)));
+
+  p.command("run")
+    .description("run the scheduling daemon (what systemd and containers start)")
+    .addHelpText("after", runHelp)
+    .action(() => runCommand(globals()));
+
+  p.command("status")
+    .description("each job's last run, last success and next run")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", statusHelp)
+    .action((opts: { json?: boolean }) => withContext((ctx) => statusCommand(ctx, opts)));
 
   p.command("list")
     .description("list the backups recorded in the catalog")

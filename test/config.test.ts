@@ -225,3 +225,62 @@ describe("CLI basics", () => {
     assert.equal(u.code, 2);
   });
 });
+
+describe("config.example.yaml", () => {
+  it("is valid and documents every key the schema knows", async () => {
+    const { readFileSync } = await import("node:fs");
+    const text = readFileSync(new URL("../../config.example.yaml", import.meta.url), "utf8");
+    const { config } = parseConfig(text, "config.example.yaml", {
+      env: {
+        IMMUTD_WRITER_ACCESS_KEY_ID: "w",
+        IMMUTD_READER_ACCESS_KEY_ID: "r",
+        IMMUTD_READER_SECRET_ACCESS_KEY: "s",
+      },
+      readSecretFile: (p) =>
+        p.endsWith("master.key") ? Buffer.from(`${"ab".repeat(32)}\n`) : Buffer.from("secret\n"),
+    });
+    assert.deepEqual(
+      config.jobs.map((j) => j.name),
+      ["etc", "db"],
+    );
+    // every key of the schema appears in the example (commented or not)
+    for (const key of [
+      "catalog",
+      "masterKeyFile",
+      "masterKey",
+      "host",
+      "endpoint",
+      "region",
+      "bucket",
+      "prefix",
+      "forcePathStyle",
+      "caFile",
+      "allowInsecureSseC",
+      "retention",
+      "partSizeMiB",
+      "queueSize",
+      "checksum",
+      "lifecycleGraceDays",
+      "credentials",
+      "writer",
+      "reader",
+      "admin",
+      "maxConcurrentJobs",
+      "http",
+      "notify",
+      "verify",
+      "keepLatestLocked",
+      "schedule",
+      "timezone",
+      "catchUp",
+      "jitter",
+      "paths",
+      "exclude",
+      "compression",
+      "hooks",
+      "commands",
+    ]) {
+      assert.match(text, new RegExp(`\\b${key}:`), `config.example.yaml mentions ${key}`);
+    }
+  });
+});

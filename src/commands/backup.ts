@@ -1,6 +1,6 @@
 import { type BackupResult, runBackup } from "../backup.js";
 import type { JobConfig } from "../config.js";
-import { CancelledError, JobsFailedError, UsageError } from "../errors.js";
+import { CancelledError, JobsFailedError, LockHeldError, UsageError } from "../errors.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
 import { openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
@@ -16,8 +16,12 @@ log lines are written. Ctrl-C (SIGINT) or SIGTERM cancels: the multipart
 upload is aborted and the run is recorded as interrupted; a second signal
 exits at once.
 
+A job that is already running (in the daemon, or another immutd backup) is
+not started twice.
+
 Exit codes: 0 every job succeeded, 3 at least one failed or was cancelled,
-2 unknown job name, 78 configuration error.
+75 a job was already running (and none failed), 2 unknown job name,
+78 configuration error.
 
 Examples:
   immutd backup               # all jobs
@@ -42,6 +46,7 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
 
   const targets = new Map<string, Target>();
   const results: BackupResult[] = [];
+  const locked: string[] = [];
   try {
     for (const job of jobs) {
       if (controller.signal.aborted) break;
@@ -53,15 +58,24 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
         targets.set(tc.name, target);
       }
       const progress = new ProgressLine(job.name);
-      const result = await runBackup(job, {
-        config: ctx.config,
-        catalog: ctx.catalog(),
-        target,
-        targetConfig: tc,
-        log: ctx.log,
-        signal: controller.signal,
-        onProgress: (p) => progress.update(p),
-      });
+      let result: BackupResult;
+      try {
+        result = await runBackup(job, {
+          config: ctx.config,
+          catalog: ctx.catalog(),
+          target,
+          targetConfig: tc,
+          log: ctx.log,
+          signal: controller.signal,
+          onProgress: (p) => progress.update(p),
+        });
+      } catch (err) {
+        progress.clear();
+        if (!(err instanceof LockHeldError)) throw err;
+        ctx.log.error({ job: job.name }, err.message);
+        locked.push(job.name);
+        continue;
+      }
       progress.clear();
       results.push(result);
       if (process.stderr.isTTY) process.stderr.write(`${summary(result, tc.bucket)}\n`);
@@ -75,11 +89,17 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
     }
   }
   const failed = results.filter((r) => r.status !== "succeeded");
-  const skipped = jobs.length - results.length;
+  const skipped = jobs.length - results.length - locked.length;
+  if (locked.length && !failed.length && !skipped) {
+    throw new LockHeldError(`job(s) ${locked.join(", ")} already running elsewhere; not started`);
+  }
   if (failed.length || skipped) {
-    const names = failed.map((r) => `${r.job} (${r.status})`);
+    const names = [
+      ...failed.map((r) => `${r.job} (${r.status})`),
+      ...locked.map((n) => `${n} (already running)`),
+    ];
     throw new JobsFailedError(
-      `${failed.length + skipped} of ${jobs.length} job(s) did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}`,
+      `${failed.length + skipped + locked.length} of ${jobs.length} job(s) did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}`,
     );
   }
 }

@@ -59,3 +59,79 @@ export function logRecords(text: string): Record<string, unknown>[] {
   }
   return out;
 }
+
+/** A long-running `immutd run` whose NDJSON log lines tests can wait for (no sleeping). */
+export class DaemonProcess {
+  readonly child: import("node:child_process").ChildProcess;
+  readonly records: Record<string, unknown>[] = [];
+  stderr = "";
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  #waiters: {
+    pred: (r: Record<string, unknown>) => boolean;
+    resolve: (r: Record<string, unknown>) => void;
+  }[] = [];
+
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
+    this.child = spawn(process.execPath, [CLI, ...args, "run"], {
+      env: { ...process.env, IMMUTD_CONFIG: "", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let buf = "";
+    this.child.stdout?.on("data", (d: Buffer) => {
+      buf += d.toString();
+      let i = buf.indexOf("\n");
+      while (i >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        i = buf.indexOf("\n");
+        try {
+          const rec = JSON.parse(line) as Record<string, unknown>;
+          this.records.push(rec);
+          this.#waiters = this.#waiters.filter((w) => {
+            if (!w.pred(rec)) return true;
+            w.resolve(rec);
+            return false;
+          });
+        } catch {
+          // not a log line
+        }
+      }
+    });
+    this.child.stderr?.on("data", (d: Buffer) => {
+      this.stderr += d.toString();
+    });
+    this.exited = new Promise((resolve) =>
+      this.child.on("close", (code, signal) => resolve({ code, signal })),
+    );
+  }
+
+  /** Resolves with the first log record (past or future) matching pred; rejects after timeoutMs. */
+  waitFor(
+    pred: (r: Record<string, unknown>) => boolean,
+    timeoutMs = 60_000,
+    what = "log record",
+  ): Promise<Record<string, unknown>> {
+    const seen = this.records.find(pred);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new Error(
+            `timed out waiting for ${what}; log so far:\n${this.records.map((r) => JSON.stringify(r)).join("\n")}\n${this.stderr}`,
+          ),
+        );
+      }, timeoutMs);
+      this.#waiters.push({
+        pred,
+        resolve: (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+      });
+    });
+  }
+
+  count(pred: (r: Record<string, unknown>) => boolean): number {
+    return this.records.filter(pred).length;
+  }
+}

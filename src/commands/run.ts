@@ -1,0 +1,61 @@
+import { configPath, loadConfig } from "../config.js";
+import { Daemon } from "../daemon.js";
+import type { GlobalOptions } from "./context.js";
+import { makeLogger } from "./context.js";
+
+export const runHelp = `
+Runs the scheduling daemon: each job on its schedule (cron, in its timezone),
+never overlapping itself, at most maxConcurrentJobs at once. At start it marks
+runs a crash left "running" as interrupted, aborts the multipart uploads they
+left behind, and runs once every job whose last scheduled run was missed
+(catchUp, default true). One daemon per catalog: a second exits with 75.
+
+Logs are JSON lines on stdout (journald and Docker collect them).
+
+Signals:
+  SIGTERM, SIGINT  stop scheduling, cancel running backups (their uploads are
+                   aborted, the runs recorded as interrupted), exit; a second
+                   signal exits at once
+  SIGHUP           reload the config; an invalid one is logged and ignored
+
+With http.listen set: GET /healthz (200 while the scheduler is alive and the
+catalog writable, else 503) and GET /metrics (Prometheus).
+
+Exit codes: 0 stopped by a signal, 75 another daemon holds the catalog,
+78 configuration error.
+`;
+
+export async function runCommand(g: GlobalOptions): Promise<void> {
+  const log = makeLogger(g, process.stdout);
+  const file = configPath(g.config);
+  const { config, warnings } = loadConfig(file);
+  for (const w of warnings) log.warn(w);
+  const daemon = new Daemon({ configFile: file, config, log });
+  await daemon.start();
+
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const onStop = (sig: NodeJS.Signals) => {
+      if (stopping) {
+        log.error(`second ${sig}: exiting now`);
+        process.exit(130);
+      }
+      stopping = true;
+      // Watchdog: if a graceful stop hangs (a stuck request), exit anyway.
+      setTimeout(() => {
+        log.error("shutdown took too long; exiting");
+        process.exit(1);
+      }, 45_000).unref();
+      daemon.stop(`received ${sig}`).then(resolve, (err) => {
+        log.error({ err }, "error while stopping");
+        resolve();
+      });
+    };
+    process.on("SIGTERM", onStop);
+    process.on("SIGINT", onStop);
+    process.on("SIGHUP", () => {
+      log.info("SIGHUP: reloading the config");
+      daemon.reload();
+    });
+  });
+}

@@ -1,0 +1,54 @@
+import { nextRun } from "../schedule.js";
+import type { Context } from "./context.js";
+
+export const statusHelp = `
+Shows each job's last run (when, result, error), its last success and its
+next scheduled run, from the catalog and the config. --json for scripts.
+`;
+
+export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
+  const catalog = ctx.catalog();
+  const now = new Date();
+  const rows = ctx.config.jobs.map((job) => {
+    const { lastRun, lastSuccess } = catalog.jobSummary(job.name);
+    return {
+      job: job.name,
+      schedule: job.schedule,
+      lastRun: lastRun
+        ? {
+            id: lastRun.id,
+            startedAt: lastRun.startedAt,
+            status: lastRun.status,
+            error: lastRun.error,
+          }
+        : null,
+      lastSuccess: lastSuccess?.startedAt ?? null,
+      nextRun: nextRun(job, now)?.toISOString() ?? null,
+    };
+  });
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    return;
+  }
+  const head = ["JOB", "LAST RUN (UTC)", "RESULT", "LAST SUCCESS (UTC)", "NEXT RUN (UTC)"];
+  const t = (s: string | null | undefined) => (s ? s.slice(0, 19).replace("T", " ") : "never");
+  const body = rows.map((r) => [
+    r.job,
+    t(r.lastRun?.startedAt),
+    r.lastRun ? r.lastRun.status : "-",
+    t(r.lastSuccess),
+    r.nextRun ? t(r.nextRun) : "never (schedule does not fire)",
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] ?? "").length)));
+  const fmt = (cells: string[]) =>
+    `${cells
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join("  ")
+      .trimEnd()}\n`;
+  process.stdout.write(fmt(head) + body.map(fmt).join(""));
+  for (const r of rows) {
+    if (r.lastRun?.error && r.lastRun.status !== "succeeded") {
+      process.stdout.write(`\n${r.job}: last run ${r.lastRun.status}: ${r.lastRun.error}\n`);
+    }
+  }
+}

@@ -1,0 +1,400 @@
+/**
+ * `immutd run`: the long-running scheduler. It runs each job on its cron
+ * schedule (never overlapping itself, at most maxConcurrentJobs at once),
+ * catches up on runs missed while it was down, recovers what a crash left
+ * behind, and keeps going through any one job's failure.
+ *
+ * Lifecycle: start() takes the daemon lock (one per catalog), opens the
+ * catalog, recovers, serves /healthz and /metrics, schedules. stop() stops
+ * scheduling, cancels running jobs (their multipart uploads are aborted and the
+ * runs recorded as interrupted) and waits for them a bounded time. reload()
+ * swaps in a new config, keeping the old one if the new one is invalid.
+ */
+import type { Server } from "node:http";
+import { Cron } from "croner";
+import { runBackup } from "./backup.js";
+import { Catalog } from "./catalog.js";
+import { type Config, type JobConfig, loadConfig } from "./config.js";
+import { CancelledError, describeError, LockHeldError } from "./errors.js";
+import { startHttp } from "./http.js";
+import { acquireLock, type Lock } from "./lockfile.js";
+import type { Logger } from "./log.js";
+import { Metrics } from "./metrics.js";
+import { jobPrefix } from "./naming.js";
+import { Notifier } from "./notify.js";
+import { missedRun, nextRun } from "./schedule.js";
+import { openTarget } from "./store/s3.js";
+import type { Target } from "./store/store.js";
+
+export interface DaemonOptions {
+  configFile: string;
+  config: Config;
+  log: Logger;
+  /** How long stop() waits for cancelled jobs to record themselves. */
+  shutdownTimeoutMs?: number;
+  /** Replaces S3 targets (tests). */
+  openTarget?: (t: Config["targets"][string]) => Target;
+}
+
+interface JobState {
+  cron?: Cron;
+  queued: boolean;
+  running?: AbortController | undefined;
+}
+
+export class Daemon {
+  #config: Config;
+  readonly #file: string;
+  readonly #log: Logger;
+  readonly #open: NonNullable<DaemonOptions["openTarget"]>;
+  readonly #shutdownMs: number;
+  readonly #metrics = new Metrics();
+  readonly #notifier: Notifier;
+  readonly #states = new Map<string, JobState>();
+  readonly #targets = new Map<string, Target>();
+  readonly #queue: string[] = [];
+  readonly #runs = new Set<Promise<void>>();
+  #catalog: Catalog | undefined;
+  #lock: Lock | undefined;
+  #http: Server | undefined;
+  #active = 0;
+  #stopping = false;
+  #heartbeat = Date.now();
+  #tick: NodeJS.Timeout | undefined;
+
+  constructor(opts: DaemonOptions) {
+    this.#config = opts.config;
+    this.#file = opts.configFile;
+    this.#log = opts.log;
+    this.#open = opts.openTarget ?? openTarget;
+    this.#shutdownMs = opts.shutdownTimeoutMs ?? 30_000;
+    this.#notifier = new Notifier(opts.log);
+  }
+
+  get metrics(): Metrics {
+    return this.#metrics;
+  }
+
+  async start(): Promise<void> {
+    const cfg = this.#config;
+    this.#lock = acquireLock(
+      `${cfg.catalog}.daemon.lock`,
+      `an immutd daemon for catalog ${cfg.catalog}`,
+    );
+    try {
+      this.#catalog = Catalog.open(cfg.catalog);
+      await this.#recover();
+      if (cfg.http) {
+        this.#http = await startHttp(cfg.http.listen, this.#metrics, () => this.health());
+        this.#log.info({ listen: cfg.http.listen }, "serving /healthz and /metrics");
+      }
+      this.#tick = setInterval(() => {
+        this.#heartbeat = Date.now();
+      }, 1000);
+      this.#schedule();
+      this.#catchUp();
+      this.#log.info(
+        { jobs: cfg.jobs.map((j) => j.name), maxConcurrentJobs: cfg.maxConcurrentJobs },
+        "immutd daemon started",
+      );
+    } catch (err) {
+      this.#catalog?.close();
+      this.#lock.release();
+      throw err;
+    }
+  }
+
+  health(): { ok: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    if (this.#stopping) reasons.push("shutting down");
+    if (Date.now() - this.#heartbeat > 10_000) reasons.push("scheduler stalled");
+    if (!this.#catalog?.writable()) reasons.push("catalog not writable");
+    return { ok: reasons.length === 0, reasons };
+  }
+
+  /** Queues a job now (as its schedule would). Skipped while it runs or waits. */
+  trigger(name: string, why: string): void {
+    if (this.#stopping) return;
+    const st = this.#states.get(name);
+    if (!st) return;
+    if (st.running || st.queued) {
+      this.#log.warn({ job: name }, `${why}: the previous run is still going; this one is skipped`);
+      return;
+    }
+    st.queued = true;
+    this.#queue.push(name);
+    this.#pump();
+  }
+
+  #pump(): void {
+    while (!this.#stopping && this.#active < this.#config.maxConcurrentJobs && this.#queue.length) {
+      const name = this.#queue.shift() as string;
+      const st = this.#states.get(name);
+      if (!st) continue;
+      st.queued = false;
+      this.#active++;
+      const p = this.#run(name, st).finally(() => {
+        this.#active--;
+        this.#runs.delete(p);
+        this.#pump();
+      });
+      this.#runs.add(p);
+    }
+  }
+
+  async #run(name: string, st: JobState): Promise<void> {
+    const cfg = this.#config;
+    const job = cfg.jobs.find((j) => j.name === name);
+    const tc = job ? cfg.targets[job.target] : undefined;
+    if (!job || !tc || !this.#catalog) return;
+    const controller = new AbortController();
+    st.running = controller;
+    this.#metrics.running(name, true);
+    try {
+      if (job.jitter > 0) await sleep(Math.random() * job.jitter * 1000, controller.signal);
+      const target = this.#target(tc.name);
+      const startedAt = new Date();
+      const notify = [...cfg.notify, ...job.notify];
+      this.#notifier.send(notify, {
+        event: "start",
+        job: name,
+        host: cfg.host,
+        status: "running",
+        time: startedAt.toISOString(),
+      });
+      const r = await runBackup(job, {
+        config: cfg,
+        catalog: this.#catalog,
+        target,
+        targetConfig: tc,
+        log: this.#log,
+        signal: controller.signal,
+      });
+      this.#metrics.finished(r, startedAt);
+      this.#notifier.send(notify, {
+        event: r.status === "succeeded" ? "success" : "failure",
+        job: name,
+        host: cfg.host,
+        status: r.status,
+        runId: r.runId,
+        key: r.key,
+        bytes: r.bytes,
+        files: r.files,
+        warnings: r.warnings,
+        durationMs: r.durationMs,
+        ...(r.versionId ? { versionId: r.versionId } : {}),
+        ...(r.error ? { error: r.error } : {}),
+        time: new Date().toISOString(),
+      });
+    } catch (err) {
+      if (err instanceof LockHeldError) this.#log.warn({ job: name }, `${err.message}; skipped`);
+      else if (!(err instanceof CancelledError)) {
+        // runBackup records its own failures; anything here is a bug or the catalog failing (disk full).
+        this.#log.error({ job: name, err }, `job ${name} could not run: ${describeError(err)}`);
+        this.#notifier.send([...cfg.notify, ...job.notify], {
+          event: "failure",
+          job: name,
+          host: cfg.host,
+          status: "failed",
+          error: `could not run: ${describeError(err)}`,
+          time: new Date().toISOString(),
+        });
+      }
+    } finally {
+      st.running = undefined;
+      this.#metrics.running(name, false);
+      this.#updateNext(job);
+    }
+  }
+
+  #target(name: string): Target {
+    let t = this.#targets.get(name);
+    if (!t) {
+      const tc = this.#config.targets[name];
+      if (!tc) throw new Error(`unknown target ${name}`);
+      t = this.#open(tc);
+      this.#targets.set(name, t);
+    }
+    return t;
+  }
+
+  #schedule(): void {
+    const now = new Date();
+    for (const job of this.#config.jobs) {
+      const st = this.#states.get(job.name) ?? { queued: false };
+      this.#states.set(job.name, st);
+      st.cron?.stop();
+      st.cron = new Cron(
+        job.schedule,
+        { ...(job.timezone ? { timezone: job.timezone } : {}) },
+        () => this.trigger(job.name, "schedule"),
+      );
+      const next = nextRun(job, now);
+      if (next === null) {
+        this.#log.warn(
+          { job: job.name, schedule: job.schedule },
+          `job ${job.name}: schedule "${job.schedule}" will never fire`,
+        );
+      }
+      this.#metrics.next(job.name, next);
+      const last = this.#catalog?.jobSummary(job.name).lastSuccess;
+      if (last) this.#metrics.lastSuccess(job.name, new Date(last.startedAt));
+    }
+    for (const [name, st] of this.#states) {
+      if (!this.#config.jobs.some((j) => j.name === name)) {
+        st.cron?.stop();
+        if (!st.running) this.#states.delete(name);
+      }
+    }
+  }
+
+  #updateNext(job: JobConfig): void {
+    this.#metrics.next(job.name, nextRun(job, new Date()));
+  }
+
+  /** A job whose last success is older than its last scheduled time (or that never ran) runs once now. */
+  #catchUp(): void {
+    const now = new Date();
+    for (const job of this.#config.jobs) {
+      if (!job.catchUp) continue;
+      const last = this.#catalog?.jobSummary(job.name).lastSuccess;
+      if (missedRun(job, last ? new Date(last.startedAt) : undefined, now)) {
+        this.#log.info(
+          { job: job.name, lastSuccess: last?.startedAt ?? null },
+          "catching up on a missed run",
+        );
+        this.trigger(job.name, "catch-up");
+      }
+    }
+  }
+
+  /**
+   * After a crash: runs left "running" by a dead process are marked
+   * interrupted, and the multipart uploads they left are aborted so no storage
+   * is billed for parts that will never complete. Uploads of runs that a live
+   * process (an `immutd backup`) is still doing are left alone.
+   */
+  async #recover(): Promise<void> {
+    const catalog = this.#catalog as Catalog;
+    const abandoned = catalog.abandonedRuns();
+    for (const run of abandoned) {
+      catalog.markInterrupted(
+        run.id,
+        "immutd stopped without finishing this run (crash, kill or power loss)",
+      );
+      this.#log.warn(
+        { job: run.job, runId: run.id },
+        "marked a run left running by a previous process as interrupted",
+      );
+    }
+    const live = new Set(
+      catalog.db
+        .prepare(`SELECT object_key AS k FROM runs WHERE status = 'running'`)
+        .all()
+        .map((r) => (r as { k: string }).k),
+    );
+    for (const [name, tc] of Object.entries(this.#config.targets)) {
+      const jobs = this.#config.jobs.filter((j) => j.target === name);
+      if (jobs.length === 0) continue;
+      const target = this.#target(name);
+      for (const job of jobs) {
+        const prefix = jobPrefix(tc.prefix, this.#config.host, job.name);
+        try {
+          const uploads = await target.reader.listUploads(prefix);
+          for (const u of uploads) {
+            if (live.has(u.key)) continue;
+            await target.writer.abortUpload(u.key, u.uploadId);
+            this.#log.warn(
+              { job: job.name, key: u.key, uploadId: u.uploadId },
+              "aborted an incomplete multipart upload left by an interrupted run",
+            );
+          }
+        } catch (err) {
+          this.#log.warn(
+            { job: job.name },
+            `could not check for leftover multipart uploads under ${prefix}: ${describeError(err)}`,
+          );
+        }
+      }
+    }
+  }
+
+  /** Reads the config file again; an invalid one is logged and the running config kept. */
+  reload(): boolean {
+    let next: Config;
+    try {
+      const { config, warnings } = loadConfig(this.#file);
+      for (const w of warnings) this.#log.warn(w);
+      next = config;
+    } catch (err) {
+      this.#log.error(`config reload failed, keeping the running config: ${describeError(err)}`);
+      return false;
+    }
+    if (next.catalog !== this.#config.catalog) {
+      this.#log.error(
+        "config reload: the catalog path cannot change while running; restart immutd. Keeping the running config",
+      );
+      return false;
+    }
+    this.#config = next;
+    this.#targets.clear(); // new credentials or endpoints take effect for the next runs
+    this.#schedule();
+    this.#log.info({ jobs: next.jobs.map((j) => j.name) }, "config reloaded");
+    return true;
+  }
+
+  /** Stops scheduling, cancels running jobs and waits for them (at most the shutdown timeout). */
+  async stop(reason: string): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    this.#metrics.down();
+    this.#log.info({ reason, running: this.#runs.size }, "stopping");
+    for (const st of this.#states.values()) {
+      st.cron?.stop();
+      st.queued = false;
+      st.running?.abort(new CancelledError(reason));
+    }
+    this.#queue.length = 0;
+    const all = Promise.allSettled([...this.#runs]);
+    const deadline = new AbortController();
+    const timedOut = await Promise.race([
+      all.then(() => false),
+      sleep(this.#shutdownMs, deadline.signal).then(
+        () => true,
+        () => false,
+      ),
+    ]);
+    deadline.abort(); // clears the timer, which would otherwise keep the process alive
+    if (timedOut)
+      this.#log.error(`jobs did not stop within ${this.#shutdownMs / 1000} s; exiting anyway`);
+    await this.#notifier.flush(5000);
+    if (this.#tick) clearInterval(this.#tick);
+    await new Promise<void>((r) => (this.#http ? this.#http.close(() => r()) : r()));
+    this.#http?.closeAllConnections?.();
+    for (const t of this.#targets.values()) {
+      for (const s of [t.writer, t.reader, t.admin])
+        (s as { client?: { destroy(): void } })?.client?.destroy();
+    }
+    if (!timedOut) this.#catalog?.close();
+    this.#lock?.release();
+    this.#log.info("stopped");
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

@@ -1,0 +1,85 @@
+/**
+ * Prometheus metrics of the daemon (prom-client): per job the last success,
+ * last run's status, duration, bytes, files and warnings, the next scheduled
+ * time and whether it is running now.
+ */
+import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
+import type { BackupResult } from "./backup.js";
+
+const STATUSES = ["succeeded", "failed", "interrupted"] as const;
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly #lastSuccess = this.#gauge(
+    "immutd_job_last_success_timestamp_seconds",
+    "Unix time the job's last successful backup started",
+  );
+  readonly #lastStatus = new Gauge({
+    name: "immutd_job_last_run_status",
+    help: "1 for the status of the job's last finished run, 0 for the others",
+    labelNames: ["job", "status"],
+    registers: [this.registry],
+  });
+  readonly #duration = this.#gauge(
+    "immutd_job_last_run_duration_seconds",
+    "Duration of the job's last run",
+  );
+  readonly #bytes = this.#gauge(
+    "immutd_job_last_run_bytes",
+    "Bytes uploaded by the job's last run",
+  );
+  readonly #files = this.#gauge(
+    "immutd_job_last_run_files",
+    "Files archived by the job's last run",
+  );
+  readonly #warnings = this.#gauge(
+    "immutd_job_last_run_warnings",
+    "Warnings of the job's last run",
+  );
+  readonly #next = this.#gauge(
+    "immutd_job_next_run_timestamp_seconds",
+    "Unix time of the job's next scheduled run",
+  );
+  readonly #running = this.#gauge("immutd_job_running", "1 while the job runs");
+  readonly #up = new Gauge({
+    name: "immutd_up",
+    help: "1 while the scheduler is alive",
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: "immutd_process_" });
+    this.#up.set(1);
+  }
+
+  #gauge(name: string, help: string): Gauge<"job"> {
+    return new Gauge({ name, help, labelNames: ["job"], registers: [this.registry] });
+  }
+
+  lastSuccess(job: string, at: Date): void {
+    this.#lastSuccess.set({ job }, at.getTime() / 1000);
+  }
+
+  running(job: string, yes: boolean): void {
+    this.#running.set({ job }, yes ? 1 : 0);
+  }
+
+  next(job: string, at: Date | null): void {
+    if (at) this.#next.set({ job }, at.getTime() / 1000);
+    else this.#next.remove({ job });
+  }
+
+  finished(r: BackupResult, startedAt: Date): void {
+    const job = r.job;
+    for (const s of STATUSES) this.#lastStatus.set({ job, status: s }, r.status === s ? 1 : 0);
+    this.#duration.set({ job }, r.durationMs / 1000);
+    this.#bytes.set({ job }, r.bytes);
+    this.#files.set({ job }, r.files);
+    this.#warnings.set({ job }, r.warnings);
+    if (r.status === "succeeded") this.lastSuccess(job, startedAt);
+  }
+
+  down(): void {
+    this.#up.set(0);
+  }
+}

@@ -1,0 +1,331 @@
+/**
+ * `immutd run` as systemd or a container starts it, against the real Ceph RGW:
+ * scheduling without overlap, SIGTERM and kill -9 in the middle of an upload,
+ * one daemon per catalog, hooks, command sources, /healthz, /metrics and webhooks.
+ * Tests wait for the daemon's log records instead of sleeping.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { before, describe, it } from "node:test";
+import Database from "better-sqlite3";
+import { openTarget } from "../src/store/s3.js";
+import { DaemonProcess, logRecords, runCli } from "./support/cli.js";
+import { createLockedBucket, rgwTarget, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  const { port } = srv.address() as AddressInfo;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
+
+interface Env {
+  dir: string;
+  cfg: string;
+  bucket: string;
+  catalog: string;
+}
+
+describe("immutd run (daemon, Ceph RGW)", () => {
+  let env: S3Env;
+  let cliEnv: NodeJS.ProcessEnv;
+  before(() => {
+    env = s3env();
+    cliEnv = { TEST_READER_SECRET: env.reader.secretAccessKey };
+  });
+
+  async function setup(label: string, jobs: string, top = ""): Promise<Env> {
+    const dir = mkdtempSync(join(tmpdir(), `immutd-daemon-${label}-`));
+    const bucket = uniqueBucket(label);
+    await createLockedBucket(env, bucket, 1);
+    writeFileSync(join(dir, "master.key"), `${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
+    mkdirSync(join(dir, "small"));
+    writeFileSync(join(dir, "small", "a.txt"), "alpha\n");
+    const cfg = join(dir, "config.yaml");
+    writeFileSync(
+      cfg,
+      `catalog: ${dir}/catalog.db
+masterKeyFile: ${dir}/master.key
+host: daemon-test
+${top}
+targets:
+  local:
+    endpoint: ${env.endpoint}
+    bucket: ${bucket}
+    forcePathStyle: true
+    caFile: ${env.caFile}
+    retention: { mode: COMPLIANCE, days: 1 }
+    partSizeMiB: 5
+    queueSize: 2
+    credentials:
+      writer: { accessKeyId: ${env.writer.accessKeyId}, secretAccessKey: ${env.writer.secretAccessKey} }
+      reader: { accessKeyId: ${env.reader.accessKeyId}, secretAccessKey: "\${TEST_READER_SECRET}" }
+jobs:
+${jobs.replaceAll("DIR", dir)}`,
+    );
+    return { dir, cfg, bucket, catalog: join(dir, "catalog.db") };
+  }
+
+  function runs(e: Env, job: string) {
+    const db = new Database(e.catalog, { readonly: true });
+    const rows = db
+      .prepare(
+        "SELECT id, status, started_at AS s, finished_at AS f, error FROM runs WHERE job = ? ORDER BY id",
+      )
+      .all(job) as {
+      id: number;
+      status: string;
+      s: string;
+      f: string | null;
+      error: string | null;
+    }[];
+    db.close();
+    return rows;
+  }
+
+  async function uploadsLeft(e: Env): Promise<number> {
+    const t = openTarget(rgwTarget(env, e.bucket));
+    return (await t.admin?.listUploads(""))?.length ?? -1;
+  }
+
+  /** A 3 GiB sparse file: cheap to read, slow enough to upload that a signal lands mid-way. */
+  function bigFile(dir: string): void {
+    mkdirSync(join(dir, "big"));
+    const fd = openSync(join(dir, "big", "sparse.bin"), "w");
+    ftruncateSync(fd, 3 * 1024 ** 3);
+    closeSync(fd);
+  }
+
+  it("runs a job every two seconds without overlap, serves /healthz and /metrics, notifies, reloads, and is the only daemon", async () => {
+    const hits: Record<string, unknown>[] = [];
+    const receiver = createServer((req, res) => {
+      let body = "";
+      req.on("data", (d: Buffer) => {
+        body += d.toString();
+      });
+      req.on("end", () => {
+        hits.push(JSON.parse(body) as Record<string, unknown>);
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", () => r()));
+    const hookPort = (receiver.address() as AddressInfo).port;
+    const httpPort = await freePort();
+    const e = await setup(
+      "tick",
+      `  - name: tick
+    target: local
+    schedule: "*/2 * * * * *"
+    paths: [DIR/small]
+    notify: [{ url: "http://127.0.0.1:${hookPort}/hook", events: [start, success] }]
+`,
+      `http: { listen: "127.0.0.1:${httpPort}" }`,
+    );
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv);
+    try {
+      await d.waitFor((r) => r.msg === "immutd daemon started", 30_000, "daemon start");
+      for (let n = 1; n <= 3; n++) {
+        await d.waitFor(
+          () => d.count((r) => r.msg === "backup succeeded") >= n,
+          30_000,
+          `backup ${n}`,
+        );
+      }
+      const health = await fetch(`http://127.0.0.1:${httpPort}/healthz`);
+      assert.equal(health.status, 200);
+      const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+      assert.match(metrics, /immutd_job_last_success_timestamp_seconds\{job="tick"\} \d+/);
+      assert.match(metrics, /immutd_job_last_run_status\{job="tick",status="succeeded"\} 1/);
+      assert.match(metrics, /immutd_job_next_run_timestamp_seconds\{job="tick"\} \d+/);
+
+      // a second daemon on the same catalog refuses to start
+      const second = await runCli(["--config", e.cfg, "run"], { env: cliEnv, timeoutMs: 30_000 });
+      assert.equal(second.code, 75, second.stderr);
+      assert.match(second.stderr, /already running \(pid \d+/);
+
+      // an invalid config on SIGHUP is logged and the old one kept
+      writeFileSync(`${e.cfg}.good`, "");
+      const { readFileSync, copyFileSync } = await import("node:fs");
+      copyFileSync(e.cfg, `${e.cfg}.good`);
+      writeFileSync(e.cfg, readFileSync(e.cfg, "utf8").replace("schedule:", "shedule:"));
+      d.child.kill("SIGHUP");
+      await d.waitFor(
+        (r) => String(r.msg).startsWith("config reload failed, keeping the running config"),
+        10_000,
+      );
+      const before = d.count((r) => r.msg === "backup succeeded");
+      await d.waitFor(
+        () => d.count((r) => r.msg === "backup succeeded") > before,
+        30_000,
+        "a backup after the failed reload",
+      );
+      copyFileSync(`${e.cfg}.good`, e.cfg);
+
+      d.child.kill("SIGTERM");
+      const exit = await d.exited;
+      assert.equal(exit.code, 0, d.stderr);
+    } finally {
+      d.child.kill("SIGKILL");
+      receiver.close();
+    }
+    const rows = runs(e, "tick");
+    assert.ok(rows.filter((r) => r.status === "succeeded").length >= 3);
+    for (let i = 1; i < rows.length; i++) {
+      const prev = rows[i - 1];
+      const cur = rows[i];
+      assert.ok(
+        prev?.f && cur && prev.f <= cur.s,
+        `run ${cur?.id} started before run ${prev?.id} finished`,
+      );
+    }
+    const events = hits.filter((h) => h.job === "tick").map((h) => h.event);
+    assert.ok(
+      events.includes("start") && events.includes("success"),
+      `webhook saw ${events.join(",")}`,
+    );
+    const success = hits.find((h) => h.event === "success");
+    assert.equal(success?.status, "succeeded");
+    assert.match(String(success?.versionId), /.+/);
+  });
+
+  it("SIGTERM during a large upload exits promptly, leaves no multipart upload, records the run interrupted", async () => {
+    const e = await setup(
+      "term",
+      `  - name: big
+    target: local
+    schedule: "0 0 1 1 *"
+    compression: none
+    paths: [DIR/big]
+`,
+    );
+    bigFile(e.dir);
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv); // catch-up starts the never-run job at once
+    try {
+      await d.waitFor((r) => r.msg === "backup started", 30_000, "backup start");
+      await new Promise((r) => setTimeout(r, 1500)); // let some parts go up
+      // while the daemon runs the job, a manual backup of it is refused with 75
+      const manual = await runCli(["--config", e.cfg, "backup", "big"], { env: cliEnv });
+      assert.equal(manual.code, 75, manual.stderr);
+      const t0 = Date.now();
+      d.child.kill("SIGTERM");
+      const exit = await d.exited;
+      assert.equal(exit.code, 0, d.stderr);
+      assert.ok(
+        Date.now() - t0 < 20_000,
+        `stopped in ${Date.now() - t0} ms:\n${d.records.map((r) => JSON.stringify(r)).join("\n")}`,
+      );
+    } finally {
+      d.child.kill("SIGKILL");
+    }
+    const rows = runs(e, "big");
+    assert.equal(rows.at(-1)?.status, "interrupted");
+    assert.equal(await uploadsLeft(e), 0);
+  });
+
+  it("after kill -9 mid-upload, the next start aborts the leftover upload and marks the run interrupted", async () => {
+    const e = await setup(
+      "kill",
+      `  - name: big
+    target: local
+    schedule: "0 0 1 1 *"
+    compression: none
+    paths: [DIR/big]
+`,
+    );
+    bigFile(e.dir);
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv);
+    await d.waitFor((r) => r.msg === "backup started", 30_000, "backup start");
+    const t = openTarget(rgwTarget(env, e.bucket));
+    for (let i = 0; i < 100 && ((await t.admin?.listUploads(""))?.length ?? 0) === 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    d.child.kill("SIGKILL");
+    await d.exited;
+    assert.equal(await uploadsLeft(e), 1, "kill -9 left the multipart upload behind");
+    assert.equal(runs(e, "big").at(-1)?.status, "running");
+
+    // restart with catch-up off, so recovery is all it does
+    const { readFileSync } = await import("node:fs");
+    writeFileSync(
+      e.cfg,
+      readFileSync(e.cfg, "utf8").replace(
+        "compression: none",
+        "compression: none\n    catchUp: false",
+      ),
+    );
+    const again = new DaemonProcess(["--config", e.cfg], cliEnv);
+    try {
+      await again.waitFor((r) => r.msg === "immutd daemon started", 30_000, "restart");
+      assert.ok(
+        again.records.some(
+          (r) => r.msg === "aborted an incomplete multipart upload left by an interrupted run",
+        ),
+      );
+      again.child.kill("SIGTERM");
+      assert.equal((await again.exited).code, 0);
+    } finally {
+      again.child.kill("SIGKILL");
+    }
+    assert.equal(await uploadsLeft(e), 0);
+    const last = runs(e, "big").at(-1);
+    assert.equal(last?.status, "interrupted");
+    assert.match(last?.error ?? "", /stopped without finishing/);
+  });
+
+  it("a failing before hook uploads nothing; command output is archived; after hooks see the result", async () => {
+    const e = await setup(
+      "hooks",
+      `  - name: guarded
+    target: local
+    schedule: "@daily"
+    paths: [DIR/small]
+    hooks: { before: "echo refusing >&2; exit 3" }
+  - name: dump
+    target: local
+    schedule: "@daily"
+    commands: [{ name: db.sql, run: "echo 'CREATE TABLE t;'" }]
+    hooks: { after: "echo \\"$IMMUTD_JOB $IMMUTD_STATUS $IMMUTD_VERSION_ID\\" > DIR/after.txt" }
+  - name: baddump
+    target: local
+    schedule: "@daily"
+    commands: [{ name: db.sql, run: "echo partial; exit 2" }]
+`,
+    );
+    const r = await runCli(["--config", e.cfg, "backup"], { env: cliEnv });
+    assert.equal(r.code, 3, r.stderr);
+    const guarded = runs(e, "guarded").at(-1);
+    assert.equal(guarded?.status, "failed");
+    assert.match(guarded?.error ?? "", /before hook exited with 3: refusing/);
+    const bad = runs(e, "baddump").at(-1);
+    assert.equal(bad?.status, "failed");
+    assert.match(bad?.error ?? "", /command db\.sql exited with 2/);
+    const t = openTarget(rgwTarget(env, e.bucket));
+    const versions = (await t.admin?.listVersions("")) ?? [];
+    assert.deepEqual(
+      versions.map((v) => v.key.split("/")[1]),
+      ["dump"],
+      "only the good job stored anything",
+    );
+    const { readFileSync } = await import("node:fs");
+    const done = logRecords(r.stderr).find((l) => l.msg === "backup succeeded" && l.job === "dump");
+    assert.equal(
+      readFileSync(join(e.dir, "after.txt"), "utf8").trim(),
+      `dump succeeded ${String(done?.versionId)}`,
+    );
+    const list = await runCli(["--config", e.cfg, "restore", "dump", "--list"], { env: cliEnv });
+    assert.equal(list.code, 0, list.stderr);
+    assert.match(list.stdout, / 16 .* immutd-commands\/db\.sql/);
+
+    const status = await runCli(["--config", e.cfg, "status", "--json"], { env: cliEnv });
+    assert.equal(status.code, 0, status.stderr);
+    const st = JSON.parse(status.stdout) as { job: string; lastRun: { status: string } | null }[];
+    assert.equal(st.find((s) => s.job === "guarded")?.lastRun?.status, "failed");
+    assert.equal(st.find((s) => s.job === "dump")?.lastRun?.status, "succeeded");
+  });
+});
