@@ -46,15 +46,10 @@ function program(): Command {
       "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)",
     )
     .addOption(
-      new Option("--log-level <level>", "log level (default: $IMMUTD_LOG_LEVEL or info)").choices([
-        "trace",
-        "debug",
-        "info",
-        "warn",
-        "error",
-        "fatal",
-        "silent",
-      ]),
+      new Option(
+        "--log-level <level>",
+        "log level (default: $IMMUTD_LOG_LEVEL, else warn at a terminal and info otherwise)",
+      ).choices(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
     )
     .addOption(
       new Option(

@@ -24,8 +24,11 @@ export function makeLogger(
   destination: NodeJS.WritableStream = process.stderr,
 ): Logger {
   const tty = (destination as NodeJS.WriteStream).isTTY === true;
+  // At a terminal the one-off commands print their own progress and summary,
+  // so routine info lines would only repeat them; warnings and errors still show.
+  const quietDefault = tty && destination === process.stderr ? "warn" : "info";
   return createLogger({
-    level: g.logLevel ?? process.env.IMMUTD_LOG_LEVEL ?? "info",
+    level: g.logLevel ?? process.env.IMMUTD_LOG_LEVEL ?? quietDefault,
     format: g.logFormat ?? (tty ? "pretty" : "json"),
     destination,
   });
