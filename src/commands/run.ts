@@ -31,31 +31,51 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
   const { config, warnings } = loadConfig(file);
   for (const w of warnings) log.warn(w);
   const daemon = new Daemon({ configFile: file, config, log });
-  await daemon.start();
 
-  await new Promise<void>((resolve) => {
-    let stopping = false;
-    const onStop = (sig: NodeJS.Signals) => {
-      if (stopping) {
-        log.error(`second ${sig}: exiting now`);
-        process.exit(130);
-      }
-      stopping = true;
-      // Watchdog: if a graceful stop hangs (a stuck request), exit anyway.
-      setTimeout(() => {
-        log.error("shutdown took too long; exiting");
-        process.exit(1);
-      }, 45_000).unref();
-      daemon.stop(`received ${sig}`).then(resolve, (err) => {
-        log.error({ err }, "error while stopping");
-        resolve();
-      });
-    };
-    process.on("SIGTERM", onStop);
-    process.on("SIGINT", onStop);
-    process.on("SIGHUP", () => {
-      log.info("SIGHUP: reloading the config");
-      daemon.reload();
+  // Handlers go in before start(), so a signal during startup (or right after
+  // the "started" line) stops the daemon cleanly instead of killing it.
+  let stopping: Promise<void> | undefined;
+  let started = false;
+  let requested: NodeJS.Signals | undefined;
+  const stop = (sig: NodeJS.Signals): Promise<void> => {
+    // Watchdog: if a graceful stop hangs (a stuck request), exit anyway.
+    setTimeout(() => {
+      log.error("shutdown took too long; exiting");
+      process.exit(1);
+    }, 45_000).unref();
+    stopping = daemon.stop(`received ${sig}`).catch((err: unknown) => {
+      log.error({ err }, "error while stopping");
     });
+    return stopping;
+  };
+  let done: () => void = () => {};
+  const finished = new Promise<void>((resolve) => {
+    done = resolve;
   });
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (stopping || requested) {
+      log.error(`second ${sig}: exiting now`);
+      process.exit(130);
+    }
+    if (!started) {
+      requested = sig;
+      return;
+    }
+    stop(sig).then(done);
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  process.on("SIGHUP", () => {
+    if (!started) return;
+    log.info("SIGHUP: reloading the config");
+    daemon.reload();
+  });
+
+  await daemon.start();
+  started = true;
+  if (requested) {
+    await stop(requested);
+    return;
+  }
+  await finished;
 }
