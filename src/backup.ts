@@ -14,6 +14,7 @@ import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createGzip } from "node:zlib";
 import { type ArchiveWarning, createArchive, missingPaths } from "./archive.js";
+import { lockProblems } from "./bucket-check.js";
 import type { Catalog } from "./catalog.js";
 import type { Config, JobConfig, TargetConfig } from "./config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "./errors.js";
@@ -319,29 +320,9 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
  */
 export async function preflight(target: Target, t: TargetConfig): Promise<BucketLockState> {
   const state = await withReadFallback(target, (s) => s.lockState());
-  const where = `bucket ${t.bucket} (target ${t.name})`;
-  const nothing = "; nothing was uploaded";
-  if (!state.objectLock) {
-    throw new RefusedError(
-      `${where} does not have Object Lock enabled, so backups in it could be deleted or overwritten. Object Lock can only be enabled when a bucket is created: create a new bucket with Object Lock${nothing}`,
-    );
-  }
-  if (state.versioning !== "Enabled") {
-    throw new RefusedError(
-      `${where} has versioning ${state.versioning.toLowerCase()}; Object Lock needs it enabled${nothing}`,
-    );
-  }
-  const d = state.defaultRetention;
-  if (!d) {
-    throw new RefusedError(
-      `${where} has Object Lock but no default retention, so new backups would not be locked; set a default retention of ${t.retention.mode} ${t.retention.days} days${nothing}`,
-    );
-  }
-  if (d.days < t.retention.days || (t.retention.mode === "COMPLIANCE" && d.mode !== "COMPLIANCE")) {
-    throw new RefusedError(
-      `${where} has a default retention of ${d.mode} ${d.days} days, weaker than the configured ${t.retention.mode} ${t.retention.days} days${nothing}`,
-    );
-  }
+  // The same checks as verify and doctor (src/bucket-check.ts); the first problem is the refusal.
+  const [problem] = lockProblems(state, t);
+  if (problem) throw new RefusedError(`${problem.message}; nothing was uploaded`);
   return state;
 }
 

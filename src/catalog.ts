@@ -118,6 +118,29 @@ const MIGRATIONS: string[] = [
   );
   CREATE INDEX backups_job_created ON backups (job, created_at);
   `,
+  // 2: verification (immutd verify) and lock extension (keepLatestLocked).
+  `
+  CREATE TABLE lock_extensions (
+    id               INTEGER PRIMARY KEY,
+    backup_id        INTEGER NOT NULL REFERENCES backups (id),
+    old_retain_until TEXT,
+    new_retain_until TEXT NOT NULL,
+    mode             TEXT NOT NULL CHECK (mode IN ('COMPLIANCE','GOVERNANCE')),
+    extended_at      TEXT NOT NULL
+  );
+  CREATE INDEX lock_extensions_backup ON lock_extensions (backup_id, extended_at);
+  CREATE TABLE verify_runs (
+    id          INTEGER PRIMARY KEY,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    deep        INTEGER NOT NULL,
+    job         TEXT,
+    checked     INTEGER NOT NULL,
+    findings    INTEGER NOT NULL,
+    report      TEXT NOT NULL
+  );
+  CREATE INDEX verify_runs_started ON verify_runs (started_at);
+  `,
 ];
 
 const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
@@ -357,6 +380,136 @@ export class Catalog {
       | undefined;
     return row?.k;
   }
+
+  // Verification and lock extension (src/verify.ts). Statuses only move as
+  // verify observes the server: ok -> missing/corrupt/expired, missing -> ok if
+  // the version is back; nothing here deletes a row.
+
+  setBackupStatus(id: number, status: BackupStatus): void {
+    this.db.prepare(`UPDATE backups SET status = ? WHERE id = ?`).run(status, id);
+  }
+
+  /** Marks good backups whose retain-until is at or before `now` as expired; returns them as they were. */
+  markExpired(now: Date, job?: string): BackupRow[] {
+    return this.db.transaction(() => {
+      const rows = this.db
+        .prepare(
+          `SELECT ${BACKUP_COLUMNS} FROM backups
+           WHERE status = 'ok' AND retain_until IS NOT NULL AND retain_until <= ? ${job !== undefined ? "AND job = ?" : ""}
+           ORDER BY created_at, id`,
+        )
+        .all(now.toISOString(), ...(job !== undefined ? [job] : [])) as BackupRow[];
+      const mark = this.db.prepare(`UPDATE backups SET status = 'expired' WHERE id = ?`);
+      for (const r of rows) mark.run(r.id);
+      return rows;
+    })();
+  }
+
+  /** Adopts a later retain-until the server reports (a retention someone else extended). Never moves it earlier. */
+  adoptRetainUntil(id: number, retainUntil: Date, mode: RetentionMode): void {
+    this.db
+      .prepare(
+        `UPDATE backups SET retain_until = ?, retention_mode = ?
+         WHERE id = ? AND (retain_until IS NULL OR retain_until < ?)`,
+      )
+      .run(retainUntil.toISOString(), mode, id, retainUntil.toISOString());
+  }
+
+  /** Records one lock extension made by immutd and the backup's new retain-until, together. */
+  recordLockExtension(e: {
+    backupId: number;
+    from: Date | null;
+    to: Date;
+    mode: RetentionMode;
+    at: Date;
+  }): void {
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT INTO lock_extensions (backup_id, old_retain_until, new_retain_until, mode, extended_at)
+           VALUES (?, ?, ?, ?, ?)`,
+        )
+        .run(
+          e.backupId,
+          e.from?.toISOString() ?? null,
+          e.to.toISOString(),
+          e.mode,
+          e.at.toISOString(),
+        );
+      this.adoptRetainUntil(e.backupId, e.to, e.mode);
+    })();
+  }
+
+  lockExtensions(backupId?: number): LockExtensionRow[] {
+    return this.db
+      .prepare(
+        `SELECT id, backup_id AS backupId, old_retain_until AS oldRetainUntil,
+           new_retain_until AS newRetainUntil, mode, extended_at AS extendedAt
+         FROM lock_extensions ${backupId !== undefined ? "WHERE backup_id = ?" : ""} ORDER BY extended_at, id`,
+      )
+      .all(...(backupId !== undefined ? [backupId] : [])) as LockExtensionRow[];
+  }
+
+  recordVerifyRun(r: {
+    startedAt: Date;
+    finishedAt: Date;
+    deep: boolean;
+    job: string | null;
+    checked: number;
+    findings: number;
+    report: unknown;
+  }): number {
+    const info = this.db
+      .prepare(
+        `INSERT INTO verify_runs (started_at, finished_at, deep, job, checked, findings, report)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        r.startedAt.toISOString(),
+        r.finishedAt.toISOString(),
+        r.deep ? 1 : 0,
+        r.job,
+        r.checked,
+        r.findings,
+        JSON.stringify(r.report),
+      );
+    return Number(info.lastInsertRowid);
+  }
+
+  /** The latest verify run (of the deep kind, if asked), with its report parsed. */
+  lastVerifyRun(opts: { deep?: boolean } = {}): VerifyRunRow | undefined {
+    const row = this.db
+      .prepare(
+        `SELECT id, started_at AS startedAt, finished_at AS finishedAt, deep, job, checked, findings, report
+         FROM verify_runs ${opts.deep ? "WHERE deep = 1" : ""} ORDER BY started_at DESC, id DESC LIMIT 1`,
+      )
+      .get() as
+      | (Omit<VerifyRunRow, "deep" | "report"> & { deep: number; report: string })
+      | undefined;
+    return row
+      ? { ...row, deep: row.deep === 1, report: JSON.parse(row.report) as unknown }
+      : undefined;
+  }
+}
+
+export interface LockExtensionRow {
+  id: number;
+  backupId: number;
+  oldRetainUntil: string | null;
+  newRetainUntil: string;
+  mode: RetentionMode;
+  extendedAt: string;
+}
+
+export interface VerifyRunRow {
+  id: number;
+  startedAt: string;
+  finishedAt: string;
+  deep: boolean;
+  job: string | null;
+  checked: number;
+  findings: number;
+  report: unknown;
 }
 
 /** True if a process with this pid exists (EPERM: it exists but belongs to another user). */

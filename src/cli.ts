@@ -9,10 +9,13 @@ import { Command, CommanderError, Option } from "commander";
 import { stringify } from "yaml";
 import { backupCommand, backupHelp } from "./commands/backup.js";
 import { type Context, type GlobalOptions, makeLogger, openContext } from "./commands/context.js";
+import { doctorCommand, doctorHelp } from "./commands/doctor.js";
+import { initCommand, initHelp } from "./commands/init.js";
 import { listCommand, listHelp } from "./commands/list.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./commands/restore.js";
 import { runCommand, runHelp } from "./commands/run.js";
 import { statusCommand, statusHelp } from "./commands/status.js";
+import { verifyCommand, verifyHelp } from "./commands/verify.js";
 import { configPath, loadConfig, redactedView } from "./config.js";
 import { describeError, ExitCode, exitCodeFor, ImmutdError } from "./errors.js";
 import { generateMasterKeyFile } from "./keys.js";
@@ -28,6 +31,7 @@ Exit codes:
   1   unexpected error (a bug: please report it with the log)
   2   usage error (unknown command, option or job)
   3   one or more jobs failed, or a restore failed or is incomplete
+  4   verify found problems, doctor has a FAIL, or init left something it cannot fix
   75  another immutd holds the lock (a daemon on this catalog, or the job is running)
   78  configuration error (the message names the file, line and key)
 
@@ -121,6 +125,35 @@ function program(): Command {
     .addHelpText("after", restoreHelp)
     .action((job: string, opts: RestoreCliOptions) =>
       withContext((ctx) => restoreCommand(ctx, job, opts)),
+    );
+
+  // Immutability assurance: init, verify, doctor (src/init.ts, src/verify.ts, src/doctor.ts).
+  p.command("init")
+    .description("create or tighten a target's bucket: Object Lock, default retention, lifecycle")
+    .argument("[target]", "target name (default: every target)")
+    .option("--dry-run", "show what would change, change nothing")
+    .addHelpText("after", initHelp)
+    .action((target: string | undefined, opts: { dryRun?: boolean }) =>
+      withContext((ctx) => initCommand(ctx, target, opts)),
+    );
+
+  p.command("verify")
+    .description("prove that every backup is still there, locked and readable; exit 4 on findings")
+    .option("--job <name>", "only this job's backups")
+    .option("--deep", "also download the newest backup of each job and check its SHA-256")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", verifyHelp)
+    .action((opts: { job?: string; deep?: boolean; json?: boolean }) =>
+      withContext((ctx) => verifyCommand(ctx, opts)),
+    );
+
+  p.command("doctor")
+    .description("check endpoint, clock, bucket and credentials with a canary; exit 4 on FAIL")
+    .argument("[target]", "target name (default: every target)")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", doctorHelp)
+    .action((target: string | undefined, opts: { json?: boolean }) =>
+      withContext((ctx) => doctorCommand(ctx, target, opts)),
     );
 
   const config = p.command("config").description("configuration tools");

@@ -73,6 +73,14 @@ export class JobsFailedError extends ImmutdError {
   override readonly exitCode = ExitCode.jobsFailed;
 }
 
+/**
+ * `verify`, `doctor` or `init` found that backups or the bucket are not as
+ * protected as configured; each problem was reported on its own line.
+ */
+export class VerifyFindingsError extends ImmutdError {
+  override readonly exitCode = ExitCode.verifyFindings;
+}
+
 export function exitCodeFor(err: unknown): number {
   return err instanceof ImmutdError ? err.exitCode : ExitCode.unexpected;
 }

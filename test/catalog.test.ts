@@ -18,7 +18,7 @@ describe("catalog", () => {
     assert.equal(statSync(`${path}-wal`).mode & 0o777, 0o600);
     assert.equal(statSync(join(dir, "sub")).mode & 0o777, 0o700);
     assert.equal(c.db.pragma("journal_mode", { simple: true }), "wal");
-    assert.equal(c.db.pragma("user_version", { simple: true }), 1);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 2);
     c.close();
   });
 

@@ -8,7 +8,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
 import { StorageError } from "../src/errors.js";
-import type { Target } from "../src/store/store.js";
+import type { LifecycleRule, Target } from "../src/store/store.js";
 
 export type Role = "writer" | "reader" | "admin";
 
@@ -21,7 +21,22 @@ export interface Harness {
   deleteVersion(t: Target, role: Role, key: string, versionId: string): Promise<void>;
   /** Writes a delete marker on key with the writer's credentials, as an attacker could. */
   deleteMarker(t: Target, key: string): Promise<void>;
+  /** A target whose bucket does not exist yet. */
+  missingTarget(): Promise<Target>;
+  /** The bucket policy README recommends: the writer and reader may not change the Object Lock configuration. */
+  denyLockConfig(t: Target): Promise<void>;
 }
+
+const DAY = 86_400_000;
+
+/** A rule without the server's native form, for comparing. */
+function plain(r: LifecycleRule): Omit<LifecycleRule, "native"> {
+  const { native: _native, ...rest } = r;
+  return rest;
+}
+
+const refused = (status: number) => (e: unknown) =>
+  e instanceof StorageError && e.status === status;
 
 const MiB = 1024 * 1024;
 
@@ -38,7 +53,9 @@ async function readAll(s: Readable): Promise<Buffer> {
 export function storeContract(name: string, h: Harness): void {
   describe(`ObjectStore contract: ${name}`, () => {
     it("reports the bucket's lock state", async () => {
-      const locked = await (await h.lockedTarget()).reader.lockState();
+      const lockedTarget = await h.lockedTarget();
+      const locked = await lockedTarget.reader.lockState();
+      assert.deepEqual(await lockedTarget.writer.lockState(), locked, "the writer may read it too");
       assert.equal(locked.objectLock, true);
       assert.equal(locked.versioning, "Enabled");
       assert.deepEqual(locked.defaultRetention, { mode: "COMPLIANCE", days: 1 });
@@ -127,6 +144,202 @@ export function storeContract(name: string, h: Harness): void {
       );
       assert.deepEqual(await t.reader.listUploads(""), []);
       assert.deepEqual(await t.reader.listVersions(""), []);
+    });
+
+    it("creates a bucket with Object Lock and sets its default retention in days or years", async () => {
+      const t = await h.missingTarget();
+      const admin = t.admin as NonNullable<Target["admin"]>;
+      assert.equal(await t.reader.bucketExists(), false);
+      await assert.rejects(t.reader.lockState(), refused(404));
+      await admin.createBucket();
+      assert.equal(await t.reader.bucketExists(), true);
+      assert.deepEqual(await t.reader.lockState(), { versioning: "Enabled", objectLock: true });
+      await admin.putDefaultRetention({ mode: "GOVERNANCE", days: 2 });
+      assert.deepEqual((await t.reader.lockState()).defaultRetention, {
+        mode: "GOVERNANCE",
+        days: 2,
+      });
+      await admin.putDefaultRetention({ mode: "COMPLIANCE", years: 1 });
+      assert.deepEqual((await t.reader.lockState()).defaultRetention, {
+        mode: "COMPLIANCE",
+        days: 365,
+        years: 1,
+      });
+    });
+
+    it("refuses a default retention on a bucket without Object Lock", async () => {
+      const t = await h.plainTarget();
+      await assert.rejects(
+        (t.admin as NonNullable<Target["admin"]>).putDefaultRetention({
+          mode: "COMPLIANCE",
+          days: 1,
+        }),
+        refused(409),
+      );
+    });
+
+    it("lets the writer and reader change the Object Lock configuration unless a bucket policy denies it", async () => {
+      const t = await h.lockedTarget();
+      const same = { mode: "COMPLIANCE" as const, days: 1 };
+      await t.writer.putDefaultRetention(same);
+      await t.reader.putDefaultRetention(same);
+      await h.denyLockConfig(t);
+      await assert.rejects(t.writer.putDefaultRetention(same), refused(403));
+      await assert.rejects(t.reader.putDefaultRetention(same), refused(403));
+      await (t.admin as NonNullable<Target["admin"]>).putDefaultRetention({
+        mode: "COMPLIANCE",
+        days: 2,
+      });
+      assert.deepEqual((await t.reader.lockState()).defaultRetention, {
+        mode: "COMPLIANCE",
+        days: 2,
+      });
+    });
+
+    it("sets lifecycle rules (admin only) and keeps rules it does not manage when rewriting", async () => {
+      const t = await h.lockedTarget();
+      const admin = t.admin as NonNullable<Target["admin"]>;
+      assert.deepEqual(await admin.lifecycle(), []);
+      const foreign: LifecycleRule = {
+        id: "theirs",
+        enabled: false,
+        prefix: "other/",
+        expirationDays: 400,
+      };
+      await admin.putLifecycle([foreign]);
+      const read = await admin.lifecycle();
+      assert.deepEqual(read.map(plain), [foreign]);
+      const ours: LifecycleRule[] = [
+        { id: "immutd-noncurrent-versions", enabled: true, prefix: "", noncurrentDays: 37 },
+        {
+          id: "immutd-expired-delete-markers",
+          enabled: true,
+          prefix: "",
+          expiredObjectDeleteMarker: true,
+        },
+        {
+          id: "immutd-abort-incomplete-uploads",
+          enabled: true,
+          prefix: "",
+          abortIncompleteDays: 1,
+        },
+      ];
+      await admin.putLifecycle([...read, ...ours]);
+      const byId = (rules: LifecycleRule[]) =>
+        rules.map(plain).sort((a, b) => a.id.localeCompare(b.id));
+      assert.deepEqual(byId(await admin.lifecycle()), byId([foreign, ...ours]));
+      await assert.rejects(t.reader.lifecycle(), refused(403));
+      await assert.rejects(t.writer.lifecycle(), refused(403));
+      await assert.rejects(t.writer.putLifecycle(ours), refused(403));
+      await assert.rejects(
+        admin.putLifecycle([
+          {
+            id: "bad",
+            enabled: true,
+            prefix: "",
+            expirationDays: 3,
+            expiredObjectDeleteMarker: true,
+          },
+        ]),
+        refused(400),
+      );
+    });
+
+    it("extends a version's retention with the writer; nobody shortens it; the reader cannot", async () => {
+      const t = await h.lockedTarget();
+      const { versionId } = await t.writer.upload({
+        key: "x.tar",
+        body: Readable.from([data(100)]),
+        sseKey: randomBytes(32),
+      });
+      const before = await t.reader.retention("x.tar", versionId);
+      assert.ok(before);
+      const later = new Date(before.retainUntil.getTime() + DAY);
+      await t.writer.extendRetention("x.tar", versionId, {
+        mode: "COMPLIANCE",
+        retainUntil: later,
+      });
+      assert.deepEqual(await t.reader.retention("x.tar", versionId), {
+        mode: "COMPLIANCE",
+        retainUntil: later,
+      });
+      for (const s of [t.writer, t.admin as NonNullable<Target["admin"]>]) {
+        await assert.rejects(
+          s.extendRetention("x.tar", versionId, {
+            mode: "COMPLIANCE",
+            retainUntil: before.retainUntil,
+          }),
+          refused(403),
+        );
+        await assert.rejects(
+          s.extendRetention("x.tar", versionId, { mode: "GOVERNANCE", retainUntil: later }),
+          refused(403),
+        );
+      }
+      await assert.rejects(
+        t.reader.extendRetention("x.tar", versionId, {
+          mode: "COMPLIANCE",
+          retainUntil: new Date(later.getTime() + DAY),
+        }),
+        refused(403),
+      );
+      assert.deepEqual(await t.reader.retention("x.tar", versionId), {
+        mode: "COMPLIANCE",
+        retainUntil: later,
+      });
+    });
+
+    it("doctor's canary: locked shorter than the default, readable by the reader only, deletable by nobody", async () => {
+      const t = await h.lockedTarget();
+      const key = "host/.immutd-doctor/canary-1";
+      const sseKey = randomBytes(32);
+      const body = data(64);
+      const retainUntil = new Date(Date.now() + 3_600_000);
+      const { versionId } = await t.writer.putCanary({ key, body, sseKey, retainUntil });
+      const r = await t.reader.retention(key, versionId);
+      assert.equal(r?.mode, "COMPLIANCE");
+      assert.ok(r && Math.abs(r.retainUntil.getTime() - retainUntil.getTime()) < 1000);
+      assert.deepEqual(await readAll(await t.reader.get(key, versionId, sseKey)), body);
+      await assert.rejects(t.writer.head(key, versionId, sseKey), refused(403));
+      await assert.rejects(t.writer.get(key, versionId, sseKey), refused(403));
+      for (const s of [t.writer, t.reader, t.admin as NonNullable<Target["admin"]>]) {
+        await assert.rejects(s.deleteCanary(key, versionId), refused(403));
+      }
+      await assert.rejects(
+        t.reader.putCanary({ key: "host/.immutd-doctor/r", body, sseKey, retainUntil }),
+        refused(403),
+      );
+      await assert.rejects(
+        t.writer.putCanary({
+          key: "host/.immutd-doctor/bad",
+          body,
+          sseKey,
+          retainUntil,
+          corruptChecksum: true,
+        }),
+        refused(400),
+      );
+      await assert.rejects(
+        t.writer.putCanary({ key: "host/job/x.tar", body, sseKey, retainUntil }),
+        /not a \.immutd-doctor/,
+      );
+      await assert.rejects(
+        (t.admin as NonNullable<Target["admin"]>).deleteCanary("k.tar", versionId),
+        /not a \.immutd-doctor/,
+      );
+      assert.deepEqual(
+        (await t.reader.listVersions("")).map((v) => [v.key, v.versionId]),
+        [[key, versionId]],
+      );
+    });
+
+    it("answers an endpoint probe over TLS with its clock", async () => {
+      const t = await h.lockedTarget();
+      const p = await t.reader.probeEndpoint();
+      assert.equal(p.protocol, "https:");
+      assert.ok(p.status > 0 && p.status < 500, `status ${p.status}`);
+      assert.ok(p.tls, "TLS version");
+      assert.ok(p.date && Math.abs(p.date.getTime() - p.localMidpoint.getTime()) < 60_000);
     });
 
     it("the reader cannot write", async () => {

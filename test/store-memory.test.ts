@@ -21,4 +21,14 @@ storeContract("memory", {
   async deleteMarker(t, key) {
     (t.writer as MemoryStore).putDeleteMarker(key);
   },
+  async missingTarget() {
+    const b = new MemoryBucket(`mem-${n++}`, { exists: false });
+    buckets.set(b.name, b);
+    return b.target();
+  },
+  async denyLockConfig(t) {
+    const b = buckets.get(t.bucket) as MemoryBucket;
+    b.denyLockConfig.add("writer");
+    b.denyLockConfig.add("reader");
+  },
 });

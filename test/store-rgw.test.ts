@@ -1,6 +1,7 @@
 import { DeleteObjectCommand } from "@aws-sdk/client-s3";
 import { openTarget } from "../src/store/s3.js";
 import { storeContract } from "./store-contract.js";
+import { denySubusersLockConfig } from "./support/rgw-admin.js";
 import { client, createLockedBucket, rgwTarget, s3env } from "./support/s3env.js";
 
 const env = s3env();
@@ -29,5 +30,11 @@ storeContract("Ceph RGW", {
   },
   async deleteMarker(t, key) {
     await client(env, env.writer).send(new DeleteObjectCommand({ Bucket: t.bucket, Key: key }));
+  },
+  async missingTarget() {
+    return openTarget(rgwTarget(env, `immutd-m-${Math.random().toString(16).slice(2, 10)}`));
+  },
+  async denyLockConfig(t) {
+    await denySubusersLockConfig(env, t.bucket);
   },
 });

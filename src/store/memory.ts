@@ -4,19 +4,30 @@
  * subusers do (write-only creator, read-only restorer, full main user). The
  * same contract suite (test/store-contract.ts) runs against it and against the
  * real server, so it cannot quietly promise more than S3 does.
+ *
+ * Ceph RGW 16's subusers can do two things beyond their access level, and the
+ * fake does them too: both may change the bucket's Object Lock configuration
+ * (unless a bucket policy denies it: `denyLockConfig`), and the write-only one
+ * may set a version's retention (which keepLatestLocked relies on). Neither may
+ * read the lifecycle configuration.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import type { RetentionMode } from "../config.js";
 import { StorageError } from "../errors.js";
-import type {
-  BucketLockState,
-  ObjectStore,
-  PendingUpload,
-  Retention,
-  Target,
-  UploadRequest,
-  VersionEntry,
+import {
+  assertCanaryKey,
+  type BucketLockState,
+  type CanaryRequest,
+  type DefaultRetention,
+  type EndpointProbe,
+  type LifecycleRule,
+  type ObjectStore,
+  type PendingUpload,
+  type Retention,
+  type Target,
+  type UploadRequest,
+  type VersionEntry,
 } from "./store.js";
 
 export type Role = "writer" | "reader" | "admin";
@@ -32,8 +43,25 @@ interface StoredVersion {
 }
 
 const PERMS: Record<Role, ReadonlySet<string>> = {
-  writer: new Set(["upload", "abort", "deleteMarker"]),
-  reader: new Set(["lockState", "head", "retention", "get", "listVersions", "listUploads"]),
+  writer: new Set([
+    "lockState",
+    "upload",
+    "abort",
+    "deleteMarker",
+    "delete",
+    "extendRetention",
+    "putDefaultRetention",
+  ]),
+  reader: new Set([
+    "lockState",
+    "head",
+    "retention",
+    "get",
+    "listVersions",
+    "listUploads",
+    "bucketExists",
+    "putDefaultRetention",
+  ]),
   admin: new Set([
     "lockState",
     "head",
@@ -44,14 +72,28 @@ const PERMS: Record<Role, ReadonlySet<string>> = {
     "upload",
     "abort",
     "deleteMarker",
+    "delete",
+    "extendRetention",
+    "putDefaultRetention",
+    "bucketExists",
+    "createBucket",
+    "lifecycle",
+    "putLifecycle",
   ]),
 };
 
 export class MemoryBucket {
   readonly name: string;
+  /** False until createBucket(), for a bucket constructed with exists: false. */
+  exists: boolean;
   objectLock: boolean;
   versioning: BucketLockState["versioning"];
-  defaultRetention: { mode: RetentionMode; days: number } | undefined;
+  defaultRetention: DefaultRetention | undefined;
+  lifecycle: LifecycleRule[] = [];
+  /** Roles a bucket policy denies PutObjectLockConfiguration (Ceph lets subusers do it otherwise). */
+  denyLockConfig = new Set<Role>();
+  /** Accept wrong checksums, like a server that does not verify them. */
+  ignoresChecksums = false;
   readonly versions: StoredVersion[] = [];
   readonly uploads = new Map<string, { key: string; initiated: Date }>();
   /** The clock; tests move it to expire retention. */
@@ -59,14 +101,20 @@ export class MemoryBucket {
 
   constructor(
     name: string,
-    opts: { objectLock?: boolean; defaultRetention?: { mode: RetentionMode; days: number } } = {},
+    opts: {
+      objectLock?: boolean;
+      defaultRetention?: { mode: RetentionMode; days: number } | null;
+      exists?: boolean;
+    } = {},
   ) {
     this.name = name;
-    this.objectLock = opts.objectLock ?? true;
+    this.exists = opts.exists ?? true;
+    this.objectLock = this.exists && (opts.objectLock ?? true);
     this.versioning = this.objectLock ? "Enabled" : "Off";
-    this.defaultRetention = this.objectLock
-      ? (opts.defaultRetention ?? { mode: "COMPLIANCE", days: 1 })
-      : undefined;
+    this.defaultRetention =
+      this.objectLock && opts.defaultRetention !== null
+        ? (opts.defaultRetention ?? { mode: "COMPLIANCE", days: 1 })
+        : undefined;
   }
 
   store(role: Role): MemoryStore {
@@ -120,6 +168,12 @@ export class MemoryStore implements ObjectStore {
   }
 
   #allow(op: string, key?: string): void {
+    if (!this.#b.exists && op !== "createBucket" && op !== "bucketExists") {
+      throw new StorageError(`cannot ${op} bucket ${this.bucket}: NoSuchBucket, HTTP 404`, {
+        transient: false,
+        status: 404,
+      });
+    }
     if (!PERMS[this.#role].has(op)) {
       throw new StorageError(
         `cannot ${op} ${key === undefined ? `bucket ${this.bucket}` : `s3://${this.bucket}/${key}`}: AccessDenied, HTTP 403`,
@@ -236,6 +290,144 @@ export class MemoryStore implements ObjectStore {
   async abortUpload(key: string, uploadId: string): Promise<void> {
     this.#allow("abort", key);
     this.#b.uploads.delete(uploadId);
+  }
+
+  async bucketExists(): Promise<boolean> {
+    this.#allow("bucketExists");
+    return this.#b.exists;
+  }
+
+  async createBucket(): Promise<void> {
+    this.#allow("createBucket");
+    const b = this.#b;
+    if (b.exists) return; // Ceph answers 200 to its owner; AWS too outside us-east-1's legacy
+    b.exists = true;
+    b.objectLock = true;
+    b.versioning = "Enabled";
+    b.defaultRetention = undefined;
+  }
+
+  async putDefaultRetention(r: {
+    mode: RetentionMode;
+    days?: number;
+    years?: number;
+  }): Promise<void> {
+    this.#allow("putDefaultRetention");
+    if (this.#b.denyLockConfig.has(this.#role)) {
+      throw new StorageError(
+        `cannot set the default retention of bucket ${this.bucket}: AccessDenied, HTTP 403`,
+        {
+          transient: false,
+          status: 403,
+        },
+      );
+    }
+    if (!this.#b.objectLock) {
+      throw new StorageError(
+        `cannot set the default retention of bucket ${this.bucket}: InvalidBucketState, HTTP 409`,
+        { transient: false, status: 409 },
+      );
+    }
+    this.#b.defaultRetention =
+      r.years !== undefined
+        ? { mode: r.mode, days: r.years * 365, years: r.years }
+        : { mode: r.mode, days: r.days ?? 0 };
+  }
+
+  async lifecycle(): Promise<LifecycleRule[]> {
+    this.#allow("lifecycle");
+    return this.#b.lifecycle.map((r) => ({ ...r, native: { ...r, native: undefined } }));
+  }
+
+  async putLifecycle(rules: readonly LifecycleRule[]): Promise<void> {
+    this.#allow("putLifecycle");
+    if (rules.length === 0) throw new Error("putLifecycle: no rules");
+    for (const r of rules) {
+      const rule = (r.native as LifecycleRule | undefined) ?? r;
+      if (rule.expiredObjectDeleteMarker && (rule.expirationDays ?? rule.expirationDate)) {
+        throw new StorageError(
+          `cannot set the lifecycle configuration of bucket ${this.bucket}: MalformedXML, HTTP 400`,
+          { transient: false, status: 400 },
+        );
+      }
+    }
+    this.#b.lifecycle = rules.map((r) => {
+      const { native, ...rest } = r;
+      return native !== undefined ? { ...(native as LifecycleRule) } : rest;
+    });
+  }
+
+  async extendRetention(key: string, versionId: string, r: Retention): Promise<void> {
+    this.#allow("extendRetention", key);
+    const v = this.#find(key, versionId, undefined);
+    const cur = v.retention;
+    const now = this.#b.now();
+    if (cur && cur.retainUntil > now) {
+      if (cur.mode !== r.mode || r.retainUntil < cur.retainUntil) {
+        throw new StorageError(
+          `cannot extend the retention of s3://${this.bucket}/${key}: AccessDenied (would shorten or change the mode of a ${cur.mode} retention), HTTP 403`,
+          { transient: false, status: 403 },
+        );
+      }
+    }
+    if (r.retainUntil <= now) {
+      throw new StorageError(
+        `cannot extend the retention of s3://${this.bucket}/${key}: InvalidArgument (date in the past), HTTP 400`,
+        { transient: false, status: 400 },
+      );
+    }
+    v.retention = { mode: r.mode, retainUntil: new Date(r.retainUntil) };
+  }
+
+  async putCanary(req: CanaryRequest): Promise<{ versionId: string }> {
+    assertCanaryKey(req.key);
+    this.#allow("upload", req.key);
+    const fail = (what: string, status: number) =>
+      new StorageError(
+        `cannot write the canary s3://${this.bucket}/${req.key}: ${what}, HTTP ${status}`,
+        {
+          transient: false,
+          status,
+        },
+      );
+    if (req.corruptChecksum && !this.#b.ignoresChecksums) throw fail("BadDigest", 400);
+    if (req.retainUntil <= this.#b.now()) throw fail("InvalidArgument", 400);
+    if (req.sseKey !== undefined && req.sseKey.length !== 32)
+      throw new Error("SSE-C key must be 32 bytes");
+    const versionId = randomBytes(12).toString("hex");
+    this.#b.versions.push({
+      key: req.key,
+      versionId,
+      data: Buffer.from(req.body),
+      keyHash: req.sseKey ? hashKey(req.sseKey) : undefined,
+      created: this.#b.now(),
+      retention: this.#b.objectLock
+        ? { mode: "COMPLIANCE", retainUntil: new Date(req.retainUntil) }
+        : undefined,
+      deleteMarker: false,
+    });
+    return { versionId };
+  }
+
+  async deleteCanary(key: string, versionId: string): Promise<void> {
+    assertCanaryKey(key);
+    this.#allow("delete", key);
+    this.#b.deleteVersion(key, versionId);
+  }
+
+  async probeEndpoint(): Promise<EndpointProbe> {
+    const local = new Date();
+    // An HTTP Date header has whole seconds.
+    const server = new Date(Math.floor(this.#b.now().getTime() / 1000) * 1000);
+    return {
+      url: "https://memory.invalid/",
+      protocol: "https:",
+      status: 200,
+      date: server,
+      localMidpoint: local,
+      rttMs: 0,
+      tls: "TLSv1.3",
+    };
   }
 
   /** A delete marker on top of key (what an attacker with write access can add). */

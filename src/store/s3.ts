@@ -8,42 +8,67 @@
  */
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { Agent as HttpAgent } from "node:http";
-import { Agent as HttpsAgent } from "node:https";
+import { Agent as HttpAgent, request as httpRequest } from "node:http";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import type { Readable } from "node:stream";
-import { rootCertificates } from "node:tls";
+import { rootCertificates, type TLSSocket } from "node:tls";
 import {
   AbortMultipartUploadCommand,
   type ChecksumAlgorithm,
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  GetBucketLifecycleConfigurationCommand,
   GetBucketVersioningCommand,
   GetObjectCommand,
   GetObjectLockConfigurationCommand,
   GetObjectRetentionCommand,
+  HeadBucketCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectVersionsCommand,
+  PutBucketLifecycleConfigurationCommand,
+  PutObjectCommand,
+  PutObjectLockConfigurationCommand,
+  PutObjectRetentionCommand,
   S3Client,
   type S3ClientConfig,
+  type LifecycleRule as SdkLifecycleRule,
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config.js";
 import { ConfigError, RefusedError, StorageError } from "../errors.js";
-import type {
-  BucketLockState,
-  ObjectStore,
-  PendingUpload,
-  Retention,
-  Target,
-  UploadRequest,
-  VersionEntry,
+import {
+  assertCanaryKey,
+  type BucketLockState,
+  type CanaryRequest,
+  type EndpointProbe,
+  type LifecycleRule,
+  type ObjectStore,
+  type PendingUpload,
+  type Retention,
+  type Target,
+  type UploadRequest,
+  type VersionEntry,
 } from "./store.js";
 
 const SSE_KEY_HEADER = "x-amz-server-side-encryption-customer-key";
+/**
+ * Bucket and retention settings carry Content-MD5 whatever the target's
+ * checksum mode: AWS requires a checksum on them, and Content-MD5 is the one
+ * every server verifies (Ceph RGW 16 ignores x-amz-checksum-*).
+ */
+const MD5_ALWAYS = new Set([
+  "PutObjectLockConfigurationCommand",
+  "PutBucketLifecycleConfigurationCommand",
+  "PutObjectRetentionCommand",
+]);
 
 export interface S3StoreOptions {
   /** Replaces the HTTP layer (unit tests record requests with it). */
   requestHandler?: S3ClientConfig["requestHandler"];
+  /** Requests the caller runs at once besides uploads (verify.concurrency), so that sockets do not queue them. */
+  parallel?: number;
 }
 
 export function openTarget(t: TargetConfig, opts: S3StoreOptions = {}): Target {
@@ -79,7 +104,7 @@ export class S3Store implements ObjectStore {
       requestChecksumCalculation: target.checksum === "md5" ? "WHEN_REQUIRED" : "WHEN_SUPPORTED",
       responseChecksumValidation: "WHEN_REQUIRED",
       maxAttempts: 4,
-      requestHandler: opts.requestHandler ?? httpHandler(target),
+      requestHandler: opts.requestHandler ?? httpHandler(target, opts.parallel ?? 0),
     });
     installGuards(this.client, target);
   }
@@ -101,6 +126,7 @@ export class S3Store implements ObjectStore {
         defaultRetention = {
           mode: d.Mode as RetentionMode,
           days: d.Days ?? (d.Years ?? 0) * 365,
+          ...(d.Days ? {} : { years: d.Years as number }),
         };
       }
     } catch (err) {
@@ -294,6 +320,168 @@ export class S3Store implements ObjectStore {
     }
   }
 
+  async bucketExists(): Promise<boolean> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+      return true;
+    } catch (err) {
+      if (httpStatus(err) === 404) return false;
+      throw this.#wrap(err, "look up", undefined);
+    }
+  }
+
+  async createBucket(): Promise<void> {
+    const region = this.#target.region;
+    await this.#call("create", undefined, () =>
+      this.client.send(
+        new CreateBucketCommand({
+          Bucket: this.bucket,
+          ObjectLockEnabledForBucket: true,
+          // us-east-1 is the one region that must not be named here.
+          ...(region !== "us-east-1"
+            ? { CreateBucketConfiguration: { LocationConstraint: region as never } }
+            : {}),
+        }),
+      ),
+    );
+  }
+
+  async putDefaultRetention(r: {
+    mode: RetentionMode;
+    days?: number;
+    years?: number;
+  }): Promise<void> {
+    const period = r.years !== undefined ? { Years: r.years } : { Days: r.days };
+    await this.#call("set the default retention of", undefined, () =>
+      this.client.send(
+        new PutObjectLockConfigurationCommand({
+          Bucket: this.bucket,
+          ObjectLockConfiguration: {
+            ObjectLockEnabled: "Enabled",
+            Rule: { DefaultRetention: { Mode: r.mode, ...period } },
+          },
+        }),
+      ),
+    );
+  }
+
+  async lifecycle(): Promise<LifecycleRule[]> {
+    try {
+      const res = await this.client.send(
+        new GetBucketLifecycleConfigurationCommand({ Bucket: this.bucket }),
+      );
+      return (res.Rules ?? []).map(fromSdkRule);
+    } catch (err) {
+      if (errorName(err) === "NoSuchLifecycleConfiguration") return [];
+      throw this.#wrap(err, "read the lifecycle configuration of", undefined);
+    }
+  }
+
+  async putLifecycle(rules: readonly LifecycleRule[]): Promise<void> {
+    if (rules.length === 0)
+      throw new Error("putLifecycle: no rules (immutd never removes a lifecycle configuration)");
+    await this.#call("set the lifecycle configuration of", undefined, () =>
+      this.client.send(
+        new PutBucketLifecycleConfigurationCommand({
+          Bucket: this.bucket,
+          LifecycleConfiguration: { Rules: rules.map(toSdkRule) },
+        }),
+      ),
+    );
+  }
+
+  async extendRetention(key: string, versionId: string, r: Retention): Promise<void> {
+    await this.#call("extend the retention of", key, () =>
+      this.client.send(
+        new PutObjectRetentionCommand({
+          Bucket: this.bucket,
+          Key: key,
+          VersionId: versionId,
+          Retention: { Mode: r.mode, RetainUntilDate: r.retainUntil },
+        }),
+      ),
+    );
+  }
+
+  async putCanary(req: CanaryRequest): Promise<{ versionId: string }> {
+    assertCanaryKey(req.key);
+    const res = await this.#call("write the canary", req.key, () =>
+      this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: req.key,
+          Body: req.body,
+          ContentType: "application/octet-stream",
+          ObjectLockMode: "COMPLIANCE",
+          ObjectLockRetainUntilDate: req.retainUntil,
+          ...(req.sseKey ? sseParams(req.sseKey) : {}),
+          ...(req.corruptChecksum
+            ? wrongChecksum(this.#target.checksum, req.body)
+            : checksumParam(this.#target.checksum)),
+        }),
+      ),
+    );
+    if (!res.VersionId) {
+      throw new StorageError(
+        `s3://${this.bucket}/${req.key} was stored without a version ID: the bucket does not keep versions`,
+        { transient: false },
+      );
+    }
+    return { versionId: res.VersionId };
+  }
+
+  async deleteCanary(key: string, versionId: string): Promise<void> {
+    assertCanaryKey(key);
+    await this.#call("delete", key, () =>
+      this.client.send(
+        new DeleteObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          VersionId: versionId,
+          BypassGovernanceRetention: true,
+        }),
+      ),
+    );
+  }
+
+  probeEndpoint(): Promise<EndpointProbe> {
+    const t = this.#target;
+    const url = new URL(`${t.endpoint}/`);
+    const https = url.protocol === "https:";
+    const ca = https ? extraCa(t) : undefined;
+    return new Promise((resolve, reject) => {
+      const started = Date.now();
+      const opts = { method: "GET", timeout: 10_000, ...(ca ? { ca } : {}) };
+      const req = (https ? httpsRequest : httpRequest)(url, opts, (res) => {
+        const ended = Date.now();
+        const tls = https ? (res.socket as TLSSocket).getProtocol?.() : undefined;
+        res.resume();
+        const date = res.headers.date ? new Date(res.headers.date) : undefined;
+        resolve({
+          url: url.toString(),
+          protocol: https ? "https:" : "http:",
+          status: res.statusCode ?? 0,
+          ...(date && !Number.isNaN(date.getTime()) ? { date } : {}),
+          localMidpoint: new Date((started + ended) / 2),
+          rttMs: ended - started,
+          ...(tls ? { tls } : {}),
+        });
+      });
+      req.on("timeout", () =>
+        req.destroy(Object.assign(new Error("no answer within 10 s"), { code: "ETIMEDOUT" })),
+      );
+      req.on("error", (err) =>
+        reject(
+          new StorageError(`cannot reach ${url} (target ${t.name}): ${describe(err)}`, {
+            transient: isTransient(err),
+            cause: err,
+          }),
+        ),
+      );
+      req.end();
+    });
+  }
+
   async #call<T>(what: string, key: string | undefined, fn: () => Promise<T>): Promise<T> {
     try {
       return await fn();
@@ -333,18 +521,93 @@ function checksumParam(mode: ChecksumMode): { ChecksumAlgorithm?: ChecksumAlgori
   }
 }
 
-function httpHandler(t: TargetConfig): NodeHttpHandler {
-  let ca: string[] | undefined;
-  if (t.caFile) {
-    try {
-      ca = [...rootCertificates, readFileSync(t.caFile, "utf8")];
-    } catch (err) {
-      throw new ConfigError(
-        `targets.${t.name}.caFile: cannot read ${t.caFile}: ${(err as NodeJS.ErrnoException).code ?? describe(err)}`,
-      );
-    }
+/** The system's CAs plus the target's caFile, or undefined for the system's alone. */
+function extraCa(t: TargetConfig): string[] | undefined {
+  if (!t.caFile) return undefined;
+  try {
+    return [...rootCertificates, readFileSync(t.caFile, "utf8")];
+  } catch (err) {
+    throw new ConfigError(
+      `targets.${t.name}.caFile: cannot read ${t.caFile}: ${(err as NodeJS.ErrnoException).code ?? describe(err)}`,
+    );
   }
-  const sockets = t.queueSize + 4;
+}
+
+/** A checksum header that does not match body, in the target's checksum mode (doctor's probe). */
+function wrongChecksum(
+  mode: ChecksumMode,
+  body: Buffer,
+): {
+  ContentMD5?: string;
+  ChecksumCRC32?: string;
+  ChecksumCRC32C?: string;
+  ChecksumSHA1?: string;
+  ChecksumSHA256?: string;
+} {
+  const other = Buffer.concat([body, Buffer.from("x")]);
+  const digest = (alg: string, n: number) =>
+    createHash(alg).update(other).digest().subarray(0, n).toString("base64");
+  switch (mode) {
+    case "md5":
+      return { ContentMD5: digest("md5", 16) };
+    case "crc32":
+      return { ChecksumCRC32: digest("sha256", 4) };
+    case "crc32c":
+      return { ChecksumCRC32C: digest("sha256", 4) };
+    case "sha1":
+      return { ChecksumSHA1: digest("sha1", 20) };
+    case "sha256":
+      return { ChecksumSHA256: digest("sha256", 32) };
+  }
+}
+
+function fromSdkRule(r: SdkLifecycleRule): LifecycleRule {
+  // Old servers (Ceph RGW 16) answer with the rule-level Prefix instead of a Filter.
+  const legacyPrefix = (r as { Prefix?: string }).Prefix;
+  const prefix = r.Filter?.Prefix ?? r.Filter?.And?.Prefix ?? legacyPrefix ?? "";
+  const e = r.Expiration;
+  return {
+    id: r.ID ?? "",
+    enabled: r.Status === "Enabled",
+    prefix,
+    ...(e?.Days !== undefined ? { expirationDays: e.Days } : {}),
+    ...(e?.Date !== undefined ? { expirationDate: new Date(e.Date) } : {}),
+    ...(e?.ExpiredObjectDeleteMarker ? { expiredObjectDeleteMarker: true } : {}),
+    ...(r.NoncurrentVersionExpiration?.NoncurrentDays !== undefined
+      ? { noncurrentDays: r.NoncurrentVersionExpiration.NoncurrentDays }
+      : {}),
+    ...(r.AbortIncompleteMultipartUpload?.DaysAfterInitiation !== undefined
+      ? { abortIncompleteDays: r.AbortIncompleteMultipartUpload.DaysAfterInitiation }
+      : {}),
+    native: r,
+  };
+}
+
+function toSdkRule(r: LifecycleRule): SdkLifecycleRule {
+  if (r.native !== undefined) return r.native as SdkLifecycleRule;
+  // Sent as given: a combination the server does not accept is for it to refuse.
+  const expiration = {
+    ...(r.expirationDays !== undefined ? { Days: r.expirationDays } : {}),
+    ...(r.expirationDate !== undefined ? { Date: r.expirationDate } : {}),
+    ...(r.expiredObjectDeleteMarker ? { ExpiredObjectDeleteMarker: true } : {}),
+  };
+  return {
+    ID: r.id,
+    Status: r.enabled ? "Enabled" : "Disabled",
+    Filter: { Prefix: r.prefix },
+    ...(Object.keys(expiration).length ? { Expiration: expiration } : {}),
+    ...(r.noncurrentDays !== undefined
+      ? { NoncurrentVersionExpiration: { NoncurrentDays: r.noncurrentDays } }
+      : {}),
+    ...(r.abortIncompleteDays !== undefined
+      ? { AbortIncompleteMultipartUpload: { DaysAfterInitiation: r.abortIncompleteDays } }
+      : {}),
+  };
+}
+
+function httpHandler(t: TargetConfig, parallel: number): NodeHttpHandler {
+  const ca = extraCa(t);
+  const sockets = Math.max(t.queueSize, parallel) + 4;
   return new NodeHttpHandler({
     httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: sockets, ...(ca ? { ca } : {}) }),
     httpAgent: new HttpAgent({ keepAlive: true, maxSockets: sockets }),
@@ -377,7 +640,7 @@ function installGuards(client: S3Client, t: TargetConfig): void {
     { step: "finalizeRequest", name: "immutdSseGuard", priority: "low" },
   );
   client.middlewareStack.add(
-    (next) => async (args) => {
+    (next, context) => async (args) => {
       const req = args.request as {
         protocol?: string;
         headers?: Record<string, string>;
@@ -385,7 +648,8 @@ function installGuards(client: S3Client, t: TargetConfig): void {
       };
       if (req.headers && req.body instanceof Uint8Array && req.body.length > 0) {
         const present = lower(req.headers);
-        if (t.checksum === "md5" && !("content-md5" in present)) {
+        const md5 = t.checksum === "md5" || MD5_ALWAYS.has(context.commandName ?? "");
+        if (md5 && !("content-md5" in present)) {
           req.headers["content-md5"] = createHash("md5").update(req.body).digest("base64");
         }
         // Over TLS the part is already protected in transit and its checksum is

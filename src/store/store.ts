@@ -5,9 +5,13 @@
  * tests). test/store-contract.ts runs one suite against both, so whatever the
  * fake promises is also proven on a real server.
  *
- * There is deliberately no delete and no overwrite here: immutd never removes
- * or replaces a backup. Every read names a version ID; "latest" is never trusted
- * (a delete marker or a newer version can be written by an attacker).
+ * There is deliberately no delete and no overwrite of backups here: immutd
+ * never removes or replaces a backup. Every read names a version ID; "latest" is
+ * never trusted (a delete marker or a newer version can be written by an
+ * attacker). The one write that is not a backup is `immutd doctor`'s canary: a
+ * tiny object under a `.immutd-doctor/` folder, locked for one day, whose
+ * deletion doctor attempts to prove that the lock holds. The canary methods
+ * refuse every other key (assertCanaryKey).
  */
 import type { Readable } from "node:stream";
 import type { RetentionMode } from "../config.js";
@@ -15,8 +19,79 @@ import type { RetentionMode } from "../config.js";
 export interface BucketLockState {
   versioning: "Enabled" | "Suspended" | "Off";
   objectLock: boolean;
-  /** The bucket's default retention, if any, normalised to days. */
-  defaultRetention?: { mode: RetentionMode; days: number };
+  /**
+   * The bucket's default retention, if any, normalised to days (a year counts
+   * 365). `years` is set when the server holds it in years, so that writing it
+   * back (doctor's permission probe) changes nothing.
+   */
+  defaultRetention?: DefaultRetention;
+}
+
+export interface DefaultRetention {
+  mode: RetentionMode;
+  days: number;
+  years?: number;
+}
+
+/**
+ * One lifecycle rule, reduced to what immutd reasons about. `native` keeps the
+ * rule exactly as the server returned it: rewriting a bucket's lifecycle
+ * (PutBucketLifecycleConfiguration replaces every rule) sends rules immutd does
+ * not manage back unchanged.
+ */
+export interface LifecycleRule {
+  id: string;
+  enabled: boolean;
+  /** The key prefix the rule is limited to ("" for the whole bucket); a tag or size filter is not represented, so checks treat such a rule as applying to every key under the prefix. */
+  prefix: string;
+  /** Current versions: expire (in a versioned bucket: get a delete marker) this many days after creation, or on a date. */
+  expirationDays?: number;
+  expirationDate?: Date;
+  /** Remove delete markers that no longer have any version behind them. */
+  expiredObjectDeleteMarker?: boolean;
+  /** Noncurrent versions are removed this many days after they became noncurrent (never while locked). */
+  noncurrentDays?: number;
+  /** Multipart uploads still incomplete this many days after they started are aborted. */
+  abortIncompleteDays?: number;
+  native?: unknown;
+}
+
+/** Folder name of doctor's canary objects: `<prefix><host>/.immutd-doctor/…`. Job names cannot start with ".", so it never collides with a job's backups. */
+export const CANARY_DIR = ".immutd-doctor";
+
+/** Throws unless key is a doctor canary key: the guard that keeps the canary methods away from backups. */
+export function assertCanaryKey(key: string): void {
+  const parts = key.split("/");
+  if (parts.length < 2 || parts.at(-2) !== CANARY_DIR || !parts.at(-1)) {
+    throw new Error(`refusing a canary operation on ${key}: not a ${CANARY_DIR}/ key`);
+  }
+}
+
+export interface CanaryRequest {
+  /** Must pass assertCanaryKey. */
+  key: string;
+  body: Buffer;
+  /** SSE-C key; omitted only to tell "SSE-C refused" apart from "cannot write". */
+  sseKey?: Buffer;
+  /** Explicit COMPLIANCE retention for this version (shorter than the bucket default is allowed). */
+  retainUntil: Date;
+  /** Send a checksum that does not match the body: a server that verifies checksums must refuse it. */
+  corruptChecksum?: boolean;
+}
+
+export interface EndpointProbe {
+  /** The URL the probe went to (the endpoint; no credentials). */
+  url: string;
+  protocol: "https:" | "http:";
+  /** HTTP status of an anonymous GET of the endpoint. */
+  status: number;
+  /** The server's Date header, if it sent one. */
+  date?: Date;
+  /** Local time halfway through the request, to compare with date. */
+  localMidpoint: Date;
+  rttMs: number;
+  /** Negotiated TLS version, for https. */
+  tls?: string;
 }
 
 export interface UploadRequest {
@@ -72,6 +147,32 @@ export interface ObjectStore {
   listUploads(prefix: string): Promise<PendingUpload[]>;
   /** Idempotent: aborting an upload that no longer exists succeeds. */
   abortUpload(key: string, uploadId: string): Promise<void>;
+
+  /** Whether the bucket exists (HeadBucket). Throws StorageError when the answer is neither yes nor no (403: someone else's bucket, or no permission). */
+  bucketExists(): Promise<boolean>;
+  /**
+   * Creates the bucket with Object Lock enabled (which turns versioning on).
+   * Object Lock can only be enabled here, never later.
+   */
+  createBucket(): Promise<void>;
+  /** Sets the bucket's default retention (PutObjectLockConfiguration); give days or years. */
+  putDefaultRetention(r: { mode: RetentionMode; days?: number; years?: number }): Promise<void>;
+  /** The bucket's lifecycle rules; [] when it has none. */
+  lifecycle(): Promise<LifecycleRule[]>;
+  /** Replaces the bucket's lifecycle configuration with these rules (rules with `native` are sent as they are). */
+  putLifecycle(rules: readonly LifecycleRule[]): Promise<void>;
+  /**
+   * Sets a version's retention (PutObjectRetention). Only ever used to extend:
+   * the server refuses to shorten a COMPLIANCE retention or to change its mode,
+   * and so does the fake.
+   */
+  extendRetention(key: string, versionId: string, r: Retention): Promise<void>;
+  /** Writes doctor's canary (one small PutObject with a checksum). Refuses any key that is not a canary key. */
+  putCanary(req: CanaryRequest): Promise<{ versionId: string }>;
+  /** Attempts to delete one version of a canary (with BypassGovernanceRetention); resolves if it was deleted, rejects if refused. Refuses any key that is not a canary key. */
+  deleteCanary(key: string, versionId: string): Promise<void>;
+  /** An anonymous GET of the endpoint: reachability, TLS and the server's clock. */
+  probeEndpoint(): Promise<EndpointProbe>;
 }
 
 /** The stores of one configured target, one per credential role. */

@@ -1,0 +1,61 @@
+/**
+ * Opening a config's targets for the commands that work on several at once
+ * (init, verify, doctor), and closing their connections afterwards.
+ */
+import type { Config, TargetConfig } from "../config.js";
+import { UsageError } from "../errors.js";
+import { openTarget } from "../store/s3.js";
+import type { Target } from "../store/store.js";
+
+/** The named target, or all of them; an unknown name is a usage error. */
+export function selectTargets(config: Config, name: string | undefined): TargetConfig[] {
+  const all = Object.values(config.targets);
+  if (name === undefined) return all;
+  const t = config.targets[name];
+  if (!t) {
+    throw new UsageError(
+      `unknown target ${name}; configured targets: ${all.map((x) => x.name).join(", ")}`,
+    );
+  }
+  return [t];
+}
+
+export interface OpenTargets {
+  targets: Record<string, Target>;
+  close(): void;
+}
+
+/** `parallel`: requests run at once besides uploads (verify.concurrency). */
+export function openTargets(list: readonly TargetConfig[], parallel = 0): OpenTargets {
+  const targets: Record<string, Target> = {};
+  for (const tc of list) targets[tc.name] = openTarget(tc, { parallel });
+  return {
+    targets,
+    close() {
+      for (const t of Object.values(targets)) {
+        for (const s of [t.writer, t.reader, t.admin])
+          (s as { client?: { destroy(): void } } | undefined)?.client?.destroy();
+      }
+    },
+  };
+}
+
+/** Ctrl-C / SIGTERM abort the signal; a second one exits at once. Returns the remover. */
+export function cancelOnSignals(
+  controller: AbortController,
+  onFirst: (sig: string) => void,
+): () => void {
+  let count = 0;
+  const handler = (sig: NodeJS.Signals) => {
+    count++;
+    if (count > 1) process.exit(130);
+    onFirst(sig);
+    controller.abort(new Error(`received ${sig}`));
+  };
+  process.on("SIGINT", handler);
+  process.on("SIGTERM", handler);
+  return () => {
+    process.off("SIGINT", handler);
+    process.off("SIGTERM", handler);
+  };
+}

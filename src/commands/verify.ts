@@ -1,0 +1,110 @@
+import { CancelledError, VerifyFindingsError } from "../errors.js";
+import { formatDuration } from "../progress.js";
+import { runVerify, type VerifyReport } from "../verify.js";
+import { selectJobs } from "./backup.js";
+import type { Context } from "./context.js";
+import { cancelOnSignals, openTargets } from "./targets.js";
+
+export const verifyHelp = `
+Proves that the backups in the catalog are still protected, with the reader
+credentials:
+  - each bucket: Object Lock and versioning on, a default retention of at least
+    the configured mode and days, no lifecycle rule that expires current
+    versions inside the retention (read with the reader, else admin; Ceph RGW
+    subusers cannot read lifecycle rules, which is then noted, not a finding)
+  - every backup whose retain-until is in the future: its recorded version
+    still exists, has the recorded size, opens with its SSE-C key, is locked in
+    COMPLIANCE mode (or what was recorded/configured, if stricter), and its
+    retain-until is not earlier than recorded (verify.concurrency at a time)
+  - --deep: also downloads the newest backup of each job (verify.deep.sample
+    of them, default 1), checks its SHA-256 against the catalog and that the
+    archive reads to its end
+Backups past their retain-until are marked expired. A missing version is
+marked missing (and reported on every run until its retain-until passes); a
+deep-check mismatch marks the backup corrupt.
+
+With keepLatestLocked (the default), each job's newest good backup is then
+kept locked at least the retention period ahead of now: when it is less, it
+is extended to the retention period plus one day (so at most once a day),
+with the writer credential (it needs s3:PutObjectRetention). Extending only:
+never shorter, and the version's mode is kept. A newest backup whose lock ran
+out while immutd was stopped is locked again if it still exists. Each
+extension is recorded in the catalog.
+
+Each finding is one line naming the job, object key, version and what is
+wrong; --json prints the whole report (findings, notes, extensions).
+
+Exit codes: 0 no findings, 4 any finding, 2 unknown job, 78 configuration
+error. Ctrl-C cancels.
+
+Examples:
+  immutd verify
+  immutd verify --job etc --deep
+  immutd verify --json | jq '.findings[]'
+`;
+
+export async function verifyCommand(
+  ctx: Context,
+  opts: { job?: string; deep?: boolean; json?: boolean },
+): Promise<void> {
+  if (opts.job !== undefined) selectJobs(ctx.config.jobs, [opts.job]);
+  const open = openTargets(Object.values(ctx.config.targets), ctx.config.verify.concurrency);
+  const controller = new AbortController();
+  const removeSignals = cancelOnSignals(controller, (sig) =>
+    ctx.log.warn(`${sig} received: cancelling; send it again to exit at once`),
+  );
+  let report: VerifyReport;
+  try {
+    report = await runVerify({
+      config: ctx.config,
+      catalog: ctx.catalog(),
+      targets: open.targets,
+      log: ctx.log,
+      signal: controller.signal,
+      ...(opts.job !== undefined ? { job: opts.job } : {}),
+      ...(opts.deep ? { deep: true } : {}),
+    });
+  } catch (err) {
+    if (controller.signal.aborted) throw new CancelledError("verify cancelled");
+    throw err;
+  } finally {
+    removeSignals();
+    open.close();
+  }
+  process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : render(report));
+  if (report.findings.length) {
+    throw new VerifyFindingsError(`verify found ${report.findings.length} problem(s)`);
+  }
+}
+
+function render(r: VerifyReport): string {
+  const lines: string[] = [];
+  for (const f of r.findings) {
+    const where = f.key ? `${f.job ?? "-"}  ${f.key}  ${f.versionId ?? "-"}` : `target ${f.target}`;
+    lines.push(`FINDING  ${f.kind}  ${where}\n  ${f.message}`);
+  }
+  for (const n of r.notes) lines.push(`NOTE  ${n}`);
+  for (const e of r.extensions.filter((x) => x.action === "extended")) {
+    lines.push(`LOCK  ${e.job}  ${e.key}: ${e.message}`);
+  }
+  for (const d of r.deepChecked.filter((x) => x.ok)) {
+    lines.push(
+      `DEEP  ${d.job}  ${d.key}: SHA-256 matches, ${d.entries} archive entries read to the end`,
+    );
+  }
+  const parts = [
+    `${r.checked} backup(s) checked`,
+    `${r.targets.length} bucket(s)`,
+    ...(r.expired ? [`${r.expired} marked expired`] : []),
+    ...(r.deep ? [`${r.deepChecked.length} downloaded`] : []),
+    ...(r.extensions.length
+      ? [`${r.extensions.filter((e) => e.action === "extended").length} lock(s) extended`]
+      : []),
+  ];
+  lines.push(
+    `${parts.join(", ")} in ${formatDuration(r.durationMs)}: ${
+      r.findings.length ? `${r.findings.length} finding(s)` : "no findings"
+    }`,
+  );
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,645 @@
+/**
+ * `immutd doctor`: the preflight a new user runs first. Each check is one line,
+ * OK, WARN or FAIL, with what to do. FAIL means a promise of immutd would not
+ * hold or immutd could not work (exit code 4); WARN means a credential can do
+ * more than its role needs, or something could not be proven.
+ *
+ * The credential checks use a canary, as the tutorial's step 4 does by hand:
+ * the writer uploads a tiny SSE-C object under `<prefix><host>/.immutd-doctor/`
+ * with an explicit COMPLIANCE retention of one day (the shortest), and doctor
+ * then tries to read it with each credential and to delete it with each. It is
+ * the one object immutd writes that is not a backup; it stays (locked) for a
+ * day, restore and verify ignore it, and lifecycle removes it as any other
+ * object once its lock has passed (or it stays, like a backup, if no rule does).
+ * Two probes may leave one more canary each, only where the server failed
+ * them: an upload with a wrong checksum that the server accepted, and an upload
+ * by the reader that the server allowed.
+ *
+ * The other write: to learn whether the writer and reader may change the
+ * bucket's Object Lock configuration (Ceph RGW lets subusers do it), doctor
+ * writes the bucket's current default retention back unchanged with each.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import {
+  describeRetention,
+  lifecycleProblems,
+  lockProblems,
+  missingLifecycle,
+} from "./bucket-check.js";
+import type { Config, TargetConfig } from "./config.js";
+import { describeError, StorageError } from "./errors.js";
+import type { Logger } from "./log.js";
+import { retry } from "./retry.js";
+import {
+  type BucketLockState,
+  CANARY_DIR,
+  type EndpointProbe,
+  type LifecycleRule,
+  type ObjectStore,
+  type Target,
+} from "./store/store.js";
+import { readLifecycle, readLockState } from "./verify.js";
+
+export type CheckStatus = "OK" | "WARN" | "FAIL" | "SKIP";
+
+export interface Check {
+  target: string;
+  /** Short name, e.g. "endpoint", "delete (writer)". */
+  name: string;
+  status: CheckStatus;
+  message: string;
+  /** What to do (WARN and FAIL). */
+  fix?: string;
+}
+
+export interface DoctorReport {
+  target: string;
+  bucket: string;
+  checks: Check[];
+  /** The canary doctor left behind, if it wrote one. */
+  canary?: { key: string; versionId: string; retainUntil: string };
+}
+
+export interface DoctorDeps {
+  config: Config;
+  targetConfig: TargetConfig;
+  target: Target;
+  log: Logger;
+  /** The clock; tests move it. */
+  now?: () => Date;
+}
+
+const DAY_MS = 86_400_000;
+/** S3 refuses signatures more than 15 minutes off. */
+const SKEW_FAIL_MS = 15 * 60_000;
+const SKEW_WARN_MS = 30_000;
+const RETRY = { attempts: 3, lagAttempts: 3, baseMs: 250 };
+
+type Outcome<T = void> = { ok: true; value: T } | { ok: false; error: unknown };
+
+async function attempt<T>(fn: () => Promise<T>): Promise<Outcome<T>> {
+  try {
+    return { ok: true, value: await fn() };
+  } catch (error) {
+    return { ok: false, error };
+  }
+}
+
+function statusOf(err: unknown): number | undefined {
+  return err instanceof StorageError ? err.status : undefined;
+}
+
+/** Pure: the endpoint line. */
+export function judgeEndpoint(
+  probe: Outcome<EndpointProbe>,
+  t: TargetConfig,
+): Omit<Check, "target"> {
+  if (!probe.ok) {
+    return {
+      name: "endpoint",
+      status: "FAIL",
+      message: `${t.endpoint} cannot be reached: ${describeError(probe.error)}`,
+      fix: `check targets.${t.name}.endpoint, the network, and (for a private CA) targets.${t.name}.caFile`,
+    };
+  }
+  const p = probe.value;
+  if (p.protocol === "http:") {
+    return {
+      name: "endpoint",
+      status: t.allowInsecureSseC ? "WARN" : "FAIL",
+      message: `${p.url} is plain http: SSE-C keys and credentials' requests cross the network readable`,
+      fix: "use the https endpoint (allowInsecureSseC is for a local test server only)",
+    };
+  }
+  if (p.status >= 500) {
+    return {
+      name: "endpoint",
+      status: "WARN",
+      message: `${p.url} answers over ${p.tls ?? "TLS"} but with HTTP ${p.status}`,
+      fix: "the server reports an error; check it, then run doctor again",
+    };
+  }
+  return {
+    name: "endpoint",
+    status: "OK",
+    message: `${p.url} answers over ${p.tls ?? "TLS"} with a verified certificate in ${p.rttMs} ms`,
+  };
+}
+
+/** Pure: the clock line from the server's Date header. */
+export function judgeClock(probe: EndpointProbe): Omit<Check, "target"> {
+  if (!probe.date) {
+    return {
+      name: "clock",
+      status: "WARN",
+      message: "the server sent no Date header, so clock skew cannot be measured",
+      fix: "keep this machine's clock synchronised (NTP): retention dates and request signatures depend on it",
+    };
+  }
+  const skew = probe.date.getTime() - probe.localMidpoint.getTime();
+  const abs = Math.abs(skew);
+  const text = `${(abs / 1000).toFixed(abs < 10_000 ? 1 : 0)} s ${skew >= 0 ? "behind" : "ahead of"} the server`;
+  if (abs > SKEW_FAIL_MS) {
+    return {
+      name: "clock",
+      status: "FAIL",
+      message: `this machine's clock is ${text}: S3 refuses requests signed more than 15 minutes off`,
+      fix: "synchronise the clock (NTP: systemd-timesyncd, chrony)",
+    };
+  }
+  if (abs > SKEW_WARN_MS) {
+    return {
+      name: "clock",
+      status: "WARN",
+      message: `this machine's clock is ${text}`,
+      fix: "synchronise the clock (NTP); retention dates immutd computes depend on it",
+    };
+  }
+  return {
+    name: "clock",
+    status: "OK",
+    message: `within ${SKEW_WARN_MS / 1000} s of the server's (${text})`,
+  };
+}
+
+/** Pure: the bucket lines, from the same checks verify makes. */
+export function judgeBucket(
+  state: BucketLockState,
+  rules: readonly LifecycleRule[] | undefined,
+  t: TargetConfig,
+  hasAdmin: boolean,
+  lifecycleError?: string,
+): Omit<Check, "target">[] {
+  const problems = lockProblems(state, t);
+  const out: Omit<Check, "target">[] = [];
+  const lockIssue = problems.filter(
+    (p) => p.kind === "object-lock-disabled" || p.kind === "versioning-disabled",
+  );
+  out.push(
+    lockIssue.length
+      ? {
+          name: "object lock",
+          status: "FAIL",
+          message: lockIssue.map((p) => p.message).join("; "),
+          fix: lockIssue.map((p) => p.fix).join("; "),
+        }
+      : {
+          name: "object lock",
+          status: "OK",
+          message: `enabled on bucket ${t.bucket}, with versioning`,
+        },
+  );
+  if (!state.objectLock) return out;
+  const retention = problems.filter(
+    (p) => p.kind === "no-default-retention" || p.kind === "default-retention-weak",
+  );
+  const d = state.defaultRetention;
+  out.push(
+    retention.length
+      ? {
+          name: "default retention",
+          status: "FAIL",
+          message: retention.map((p) => p.message).join("; "),
+          fix: retention.map((p) => p.fix).join("; "),
+        }
+      : {
+          name: "default retention",
+          status: "OK",
+          message: `${d ? describeRetention(d) : "none"} (configured: ${describeRetention(t.retention)})`,
+        },
+  );
+  if (lifecycleError !== undefined) {
+    out.push({
+      name: "lifecycle",
+      status: "WARN",
+      message: `not checked: reading the lifecycle rules failed: ${lifecycleError}`,
+      fix: "run doctor again; if it persists, check the endpoint and credentials",
+    });
+    return out;
+  }
+  if (rules === undefined) {
+    out.push({
+      name: "lifecycle",
+      status: "WARN",
+      message:
+        "not checked: neither the reader nor an admin credential may read the lifecycle rules",
+      fix: hasAdmin
+        ? "give the admin credential s3:GetLifecycleConfiguration"
+        : `configure targets.${t.name}.credentials.admin (the bucket owner) so that doctor and verify can read them`,
+    });
+    return out;
+  }
+  const bad = lifecycleProblems(rules, t);
+  const missing = missingLifecycle(rules, t);
+  if (bad.length) {
+    out.push({
+      name: "lifecycle",
+      status: "FAIL",
+      message: bad.map((p) => p.message).join("; "),
+      fix: bad.map((p) => p.fix).join("; "),
+    });
+  } else if (missing.length) {
+    out.push({
+      name: "lifecycle",
+      status: "WARN",
+      message: `immutd's cleanup rules are missing or disabled: ${missing.join(", ")}`,
+      fix: `run \`immutd init ${t.name}\` to add them (old versions, delete markers and aborted uploads would otherwise stay)`,
+    });
+  } else {
+    out.push({
+      name: "lifecycle",
+      status: "OK",
+      message: "immutd's cleanup rules are set; no rule expires backups inside the retention",
+    });
+  }
+  return out;
+}
+
+function checksumHeader(t: TargetConfig): string {
+  return t.checksum === "md5" ? "Content-MD5" : `x-amz-checksum-${t.checksum}`;
+}
+
+/** Why a request was refused, in a few words (never credentials: errors carry none). */
+function refusal(err: unknown): string {
+  const m = describeError(err);
+  if (/object lock/i.test(m)) return "forbidden by Object Lock";
+  const status = statusOf(err);
+  if (/AccessDenied/.test(m) || status === 403) return "access denied";
+  return m;
+}
+
+export function canaryKey(t: TargetConfig, host: string, at: Date, tag = ""): string {
+  const stamp = at
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d{3}/, "");
+  return `${t.prefix}${host}/${CANARY_DIR}/canary-${stamp}-${randomBytes(4).toString("hex")}${tag}`;
+}
+
+export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
+  const { config, target, log } = deps;
+  const t = deps.targetConfig;
+  const now = deps.now ?? (() => new Date());
+  const checks: Check[] = [];
+  const add = (c: Omit<Check, "target">) => {
+    const check = { target: t.name, ...c };
+    checks.push(check);
+    const level = c.status === "FAIL" ? "error" : c.status === "WARN" ? "warn" : "debug";
+    log[level]({ target: t.name, check: c.name, status: c.status }, c.message);
+  };
+  const skip = (names: string[], why: string) => {
+    for (const name of names) add({ name, status: "SKIP", message: why });
+  };
+  const report: DoctorReport = { target: t.name, bucket: t.bucket, checks };
+
+  // 1. Reachability, TLS and the clock.
+  const probe = await attempt(() => target.reader.probeEndpoint());
+  add(judgeEndpoint(probe, t));
+  if (!probe.ok) {
+    skip(["everything else"], "the endpoint cannot be reached");
+    return report;
+  }
+  add(judgeClock(probe.value));
+
+  // 2. The bucket, as verify checks it.
+  const state = await attempt(() => readLockState(target));
+  if (!state.ok) {
+    const missing = statusOf(state.error) === 404;
+    add({
+      name: "bucket",
+      status: "FAIL",
+      message: missing
+        ? `bucket ${t.bucket} does not exist`
+        : `cannot read the settings of bucket ${t.bucket}: ${describeError(state.error)}`,
+      fix: missing
+        ? `create it with \`immutd init ${t.name}\``
+        : `check targets.${t.name}.bucket and the reader credential`,
+    });
+    skip(["credentials"], "the bucket cannot be read");
+    return report;
+  }
+  const rules = await attempt(() => readLifecycle(target));
+  for (const c of judgeBucket(
+    state.value,
+    rules.ok ? rules.value : undefined,
+    t,
+    target.admin !== undefined,
+    rules.ok ? undefined : describeError(rules.error),
+  ))
+    add(c);
+  if (!state.value.objectLock) {
+    skip(["credentials"], "without Object Lock there is nothing to prove with a canary");
+    return report;
+  }
+
+  // 3. The canary: SSE-C and checksums on a real upload by the writer.
+  const started = now();
+  const retainUntil = new Date(started.getTime() + DAY_MS);
+  const key = canaryKey(t, config.host, started);
+  const body = Buffer.from(
+    `immutd doctor canary: proves the lock holds; locked until ${retainUntil.toISOString()}, safe to ignore\n`,
+  );
+  const sseKey = randomBytes(32);
+  let versionId: string | undefined;
+  let encrypted = true;
+  const put = await attempt(() => target.writer.putCanary({ key, body, sseKey, retainUntil }));
+  if (put.ok) {
+    versionId = put.value.versionId;
+    add({
+      name: "writer upload",
+      status: "OK",
+      message: `the writer uploaded the canary s3://${t.bucket}/${key}`,
+    });
+  } else {
+    // Tell "SSE-C refused" (AWS blocks it on new buckets since April 2026) from "cannot write at all".
+    const plainKey = `${key}-unencrypted`;
+    const plain = await attempt(() =>
+      target.writer.putCanary({ key: plainKey, body, retainUntil }),
+    );
+    if (plain.ok) {
+      versionId = plain.value.versionId;
+      encrypted = false;
+      add({
+        name: "writer upload",
+        status: "OK",
+        message: `the writer uploaded an unencrypted canary s3://${t.bucket}/${plainKey}`,
+      });
+      add({
+        name: "sse-c",
+        status: "FAIL",
+        message: `the server refused an SSE-C upload that it accepted unencrypted: ${describeError(put.error)}`,
+        fix: "allow SSE-C on the bucket: on AWS, remove SSE-C from the bucket's blocked encryption types (PutBucketEncryption), which new buckets have since April 2026",
+      });
+    } else {
+      add({
+        name: "writer upload",
+        status: "FAIL",
+        message: `the writer cannot upload: ${describeError(put.error)}`,
+        fix: `give targets.${t.name}.credentials.writer permission to write (s3:PutObject, s3:PutObjectRetention), e.g. a Ceph subuser with --access=write`,
+      });
+      skip(["credentials"], "there is no canary to test them with");
+      return report;
+    }
+  }
+  const canaryKeyUsed = encrypted ? key : `${key}-unencrypted`;
+  const vid = versionId as string;
+  report.canary = { key: canaryKeyUsed, versionId: vid, retainUntil: retainUntil.toISOString() };
+
+  if (encrypted) {
+    const wrong = await attempt(() => target.reader.head(key, vid, randomBytes(32)));
+    add(
+      wrong.ok
+        ? {
+            name: "sse-c",
+            status: "FAIL",
+            message:
+              "the server returned the canary for a wrong SSE-C key: it does not encrypt with the key immutd sends",
+            fix: "do not use this server for backups until it honours SSE-C",
+          }
+        : {
+            name: "sse-c",
+            status: "OK",
+            message: "the server accepts SSE-C uploads and refuses reads with a wrong key",
+          },
+    );
+  }
+
+  const bad = await attempt(() =>
+    target.writer.putCanary({
+      key: canaryKey(t, config.host, started, "-checksum"),
+      body,
+      ...(encrypted ? { sseKey } : {}),
+      retainUntil,
+      corruptChecksum: true,
+    }),
+  );
+  const header = checksumHeader(t);
+  if (bad.ok) {
+    add({
+      name: "checksum",
+      status: "WARN",
+      message: `the server stored an upload whose ${header} did not match: it does not verify that header, so a part corrupted on the way would be stored`,
+      fix:
+        t.checksum === "md5"
+          ? "run `immutd verify --deep` regularly (it compares SHA-256 with the catalog)"
+          : `set targets.${t.name}.checksum: md5 (Ceph RGW 16, for one, ignores x-amz-checksum-* headers)`,
+    });
+  } else if (statusOf(bad.error) === 400) {
+    add({
+      name: "checksum",
+      status: "OK",
+      message: `the server verifies ${header}: it refused an upload whose checksum did not match`,
+    });
+  } else {
+    add({
+      name: "checksum",
+      status: "WARN",
+      message: `could not test whether the server verifies ${header}: ${describeError(bad.error)}`,
+      fix: "run doctor again; if it persists, run `immutd verify --deep` regularly",
+    });
+  }
+
+  // 4. The canary is locked as asked (COMPLIANCE, one day).
+  const ret = await attempt(() => retry(() => target.reader.retention(canaryKeyUsed, vid), RETRY));
+  if (!ret.ok) {
+    add({
+      name: "canary lock",
+      status: "FAIL",
+      message: `the reader cannot read the canary's retention: ${describeError(ret.error)}`,
+      fix: "the reader needs s3:GetObjectRetention: verify checks every backup's lock with it",
+    });
+  } else if (ret.value?.mode !== "COMPLIANCE") {
+    add({
+      name: "canary lock",
+      status: "FAIL",
+      message: ret.value
+        ? `the canary is locked in ${ret.value.mode} mode, not the COMPLIANCE it was uploaded with`
+        : "the canary has no retention although it was uploaded with one: the server does not lock objects",
+      fix: "do not use this server for backups: it does not enforce Object Lock",
+    });
+  } else {
+    add({
+      name: "canary lock",
+      status: "OK",
+      message: `COMPLIANCE until ${ret.value.retainUntil.toISOString()}`,
+    });
+  }
+
+  // 5. Each credential does what its role needs, and not more.
+  if (encrypted) {
+    const read = await attempt(async () => {
+      const s = await target.reader.get(key, vid, sseKey);
+      const chunks: Buffer[] = [];
+      for await (const c of s) chunks.push(Buffer.from(c as Buffer));
+      return Buffer.concat(chunks);
+    });
+    add(
+      read.ok &&
+        createHash("sha256").update(read.value).digest("hex") ===
+          createHash("sha256").update(body).digest("hex")
+        ? {
+            name: "reader read",
+            status: "OK",
+            message: "the reader can read the canary back with its key",
+          }
+        : {
+            name: "reader read",
+            status: "FAIL",
+            message: read.ok
+              ? "the reader read the canary back, but the bytes differ from what was uploaded"
+              : `the reader cannot read the canary: ${describeError(read.error)}`,
+            fix: "the reader needs s3:GetObject and s3:GetObjectVersion (e.g. a Ceph subuser with --access=read): restore and verify use it",
+          },
+    );
+    const writerRead = await attempt(() =>
+      target.writer.get(key, vid, sseKey).then((s) => s.resume()),
+    );
+    add(
+      writerRead.ok
+        ? {
+            name: "writer read",
+            status: "WARN",
+            message: "the writer can read backups back; it only needs to write them",
+            fix: "use a write-only credential for the writer (a Ceph subuser with --access=write, or README's AWS policy): the writer's key lives on the machine an attacker takes first",
+          }
+        : {
+            name: "writer read",
+            status: "OK",
+            message: `the writer cannot read backups back (${refusal(writerRead.error)})`,
+          },
+    );
+  } else {
+    skip(["reader read", "writer read"], "needs an SSE-C canary");
+  }
+
+  const readerPut = await attempt(() =>
+    target.reader.putCanary({
+      key: canaryKey(t, config.host, started, "-reader"),
+      body,
+      ...(encrypted ? { sseKey } : {}),
+      retainUntil,
+    }),
+  );
+  add(
+    readerPut.ok
+      ? {
+          name: "reader write",
+          status: "WARN",
+          message: "the reader can write (it uploaded a second canary); it only needs to read",
+          fix: "use a read-only credential for the reader (a Ceph subuser with --access=read, or README's AWS policy)",
+        }
+      : {
+          name: "reader write",
+          status: "OK",
+          message: `the reader cannot write (${refusal(readerPut.error)})`,
+        },
+  );
+
+  if (config.keepLatestLocked) {
+    const later = {
+      mode: "COMPLIANCE" as const,
+      retainUntil: new Date(retainUntil.getTime() + 60_000),
+    };
+    const ext = await attempt(() =>
+      retry(() => target.writer.extendRetention(canaryKeyUsed, vid, later), RETRY),
+    );
+    if (ext.ok) {
+      add({
+        name: "lock extension",
+        status: "OK",
+        message: "the writer can extend a lock (keepLatestLocked)",
+      });
+    } else {
+      const admin = target.admin;
+      const viaAdmin = admin
+        ? await attempt(() => admin.extendRetention(canaryKeyUsed, vid, later))
+        : undefined;
+      add(
+        viaAdmin?.ok
+          ? {
+              name: "lock extension",
+              status: "WARN",
+              message: `only the admin credential can extend locks (the writer: ${refusal(ext.error)}), so keepLatestLocked needs admin on this machine`,
+              fix: "give the writer s3:PutObjectRetention, and remove admin from this machine's config",
+            }
+          : {
+              name: "lock extension",
+              status: "FAIL",
+              message: `keepLatestLocked cannot extend locks: the writer was refused (${describeError(ext.error)})`,
+              fix: "give the writer s3:PutObjectRetention (Ceph subusers with --access=write have it), or set keepLatestLocked: false",
+            },
+      );
+    }
+  } else {
+    add({ name: "lock extension", status: "SKIP", message: "keepLatestLocked is off" });
+  }
+
+  // 6. Who may change the bucket's Object Lock configuration: written back unchanged.
+  const d = state.value.defaultRetention;
+  if (d) {
+    for (const [role, store] of [
+      ["writer", target.writer],
+      ["reader", target.reader],
+    ] as [string, ObjectStore][]) {
+      const same =
+        d.years !== undefined ? { mode: d.mode, years: d.years } : { mode: d.mode, days: d.days };
+      const change = await attempt(() => store.putDefaultRetention(same));
+      add(
+        change.ok
+          ? {
+              name: `lock config (${role})`,
+              status: "WARN",
+              message: `the ${role} credential can change the bucket's default retention (doctor wrote it back unchanged); a stolen key could remove it for future backups, which backup and verify would then refuse and report`,
+              fix: `deny it s3:PutBucketObjectLockConfiguration (Ceph RGW lets subusers do this: add README's bucket policy)`,
+            }
+          : {
+              name: `lock config (${role})`,
+              status: "OK",
+              message: `the ${role} cannot change the bucket's Object Lock configuration (${refusal(change.error)})`,
+            },
+      );
+    }
+    const again = await attempt(() => readLockState(target));
+    if (again.ok && JSON.stringify(again.value.defaultRetention) !== JSON.stringify(d)) {
+      add({
+        name: "lock config",
+        status: "FAIL",
+        message: `the bucket's default retention changed while doctor ran: ${describeRetention(d)} → ${again.value.defaultRetention ? describeRetention(again.value.defaultRetention) : "none"}`,
+        fix: `find out who changes it, and run \`immutd init ${t.name}\``,
+      });
+    }
+  }
+
+  // 7. Nobody can delete a locked version: the tutorial's step 4.
+  // In the tutorial's order: restorer, creator, main user.
+  const roles: [string, ObjectStore][] = [
+    ["reader", target.reader],
+    ["writer", target.writer],
+    ...(target.admin ? ([["admin", target.admin]] as [string, ObjectStore][]) : []),
+  ];
+  let deleted = false;
+  for (const [role, store] of roles) {
+    if (deleted) {
+      add({ name: `delete (${role})`, status: "SKIP", message: "the canary is already gone" });
+      continue;
+    }
+    const del = await attempt(() => store.deleteCanary(canaryKeyUsed, vid));
+    if (del.ok) {
+      deleted = true;
+      delete report.canary;
+      add({
+        name: `delete (${role})`,
+        status: "FAIL",
+        message: `the ${role} deleted a locked version (the canary): this bucket does not protect backups`,
+        fix: "use a server and bucket that enforce Object Lock in COMPLIANCE mode",
+      });
+    } else {
+      add({
+        name: `delete (${role})`,
+        status: "OK",
+        message: `cannot delete a locked version (${refusal(del.error)})`,
+      });
+    }
+  }
+  return report;
+}

@@ -1,0 +1,767 @@
+/**
+ * Continuous proof that backups are still protected: `immutd verify`, and the
+ * daemon's scheduled verification.
+ *
+ * A run checks, with the reader credentials:
+ * - each target's bucket, with the same checks as a backup's preflight
+ *   (src/bucket-check.ts), plus its lifecycle rules where a credential may read them;
+ * - every catalog backup still inside its retention: its recorded version
+ *   exists, has the recorded size, opens with its SSE-C key, is locked at
+ *   least as strictly as recorded and configured, and not shorter than recorded;
+ * - with `deep`, the newest backups of each job: downloaded, SHA-256 compared
+ *   with the catalog, and the archive read to its end.
+ * Backups past their retain-until are marked expired. Every problem is a
+ * Finding naming the job, object key and version; nothing is ever deleted.
+ *
+ * With keepLatestLocked, each job's newest good backup is then extended
+ * (extendLatestLocks) so that it stays locked the retention period ahead of
+ * now even if backups stop. The daemon can call extendLatestLocks on its own.
+ *
+ * Statuses move only as the server is observed: ok -> missing, corrupt or
+ * expired; missing -> ok when the version is readable again.
+ */
+import { Writable } from "node:stream";
+import { lifecycleProblems, lockProblems, lockTarget, stricterMode } from "./bucket-check.js";
+import type { BackupRow, Catalog } from "./catalog.js";
+import type { Config, RetentionMode, TargetConfig } from "./config.js";
+import { CancelledError, describeError, StorageError } from "./errors.js";
+import type { Logger } from "./log.js";
+import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
+import { retry } from "./retry.js";
+import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
+
+export type FindingKind =
+  /** The bucket: from src/bucket-check.ts. */
+  | "object-lock-disabled"
+  | "versioning-disabled"
+  | "no-default-retention"
+  | "default-retention-weak"
+  | "lifecycle-expires-current"
+  /** The bucket's settings could not be read at all. */
+  | "bucket-unreadable"
+  /** The recorded version is gone before its retain-until. */
+  | "missing"
+  /** The version's size differs from the catalog's. */
+  | "size-mismatch"
+  /** The server refuses to read the version with its SSE-C key. */
+  | "unreadable"
+  /** The version has no retention. */
+  | "not-locked"
+  /** GOVERNANCE where COMPLIANCE was recorded or configured. */
+  | "mode-weak"
+  /** retain-until earlier than recorded. */
+  | "retention-shortened"
+  /** Deep: the downloaded bytes do not match the catalog's SHA-256 or size. */
+  | "checksum-mismatch"
+  /** Deep: the bytes match, but the archive cannot be read to its end. */
+  | "archive-unreadable"
+  /** The check itself failed (network, permissions): nothing is known about the backup. */
+  | "check-failed"
+  /** keepLatestLocked could not extend the newest backup's retention. */
+  | "lock-extension-failed";
+
+export interface Finding {
+  kind: FindingKind;
+  target: string;
+  bucket: string;
+  /** null for findings about the bucket. */
+  job: string | null;
+  key: string | null;
+  versionId: string | null;
+  backupId: number | null;
+  /** What is wrong, in one line. */
+  message: string;
+}
+
+export interface DeepResult {
+  job: string;
+  backupId: number;
+  key: string;
+  versionId: string;
+  ok: boolean;
+  bytes: number;
+  entries: number;
+  durationMs: number;
+}
+
+export interface LockExtension {
+  job: string;
+  target: string;
+  backupId: number;
+  key: string;
+  versionId: string;
+  /** extended: the retention was moved forward; unchanged: it already reached far enough. */
+  action: "extended" | "unchanged" | "failed";
+  /** The server's retain-until before, and after (ISO-8601). */
+  from: string | null;
+  to: string | null;
+  message: string;
+}
+
+export interface VerifyReport {
+  startedAt: string;
+  finishedAt: string;
+  durationMs: number;
+  deep: boolean;
+  job: string | null;
+  targets: { name: string; bucket: string; lifecycleChecked: boolean }[];
+  /** Backups checked against the server. */
+  checked: number;
+  /** Backups marked expired by this run. */
+  expired: number;
+  deepChecked: DeepResult[];
+  extensions: LockExtension[];
+  findings: Finding[];
+  /** What could not be checked, and why. */
+  notes: string[];
+}
+
+export interface VerifyDeps {
+  config: Config;
+  catalog: Catalog;
+  /** Opened targets by name (openTarget): readers verify, writers extend locks. */
+  targets: Readonly<Record<string, Target>>;
+  log: Logger;
+  deep?: boolean;
+  /** Only this job's backups. */
+  job?: string;
+  /** Deep: how many newest good backups of each job to download (default: config.verify.deep.sample, else 1). */
+  sample?: number;
+  signal?: AbortSignal;
+  /** The clock; tests move it. */
+  now?: () => Date;
+}
+
+/** How much later than recorded a server's retain-until may be read before it counts as changed (servers round). */
+const TOLERANCE_MS = 1000;
+const RETRY = { attempts: 4, lagAttempts: 2, baseMs: 250 };
+/** Bucket settings: a 403 there is a permission, not a lag. */
+const RETRY_BUCKET = { attempts: 4, baseMs: 250 };
+
+export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
+  const { config, catalog, log } = deps;
+  const now = deps.now ?? (() => new Date());
+  const started = now();
+  const at = started;
+  const findings: Finding[] = [];
+  const notes: string[] = [];
+  const report = (f: Finding) => {
+    findings.push(f);
+    log.error(
+      { kind: f.kind, target: f.target, job: f.job, key: f.key, versionId: f.versionId },
+      f.message,
+    );
+  };
+  const jobFilter = deps.job !== undefined ? { job: deps.job } : {};
+
+  // Targets: those of the configured jobs and those the catalog's backups are in.
+  const rows = catalog.listBackups(jobFilter);
+  const jobs = config.jobs.filter((j) => deps.job === undefined || j.name === deps.job);
+  const targetNames = new Set([...jobs.map((j) => j.target), ...rows.map((r) => r.target)]);
+  const targetsChecked: VerifyReport["targets"] = [];
+  for (const name of targetNames) {
+    const tc = config.targets[name];
+    const target = deps.targets[name];
+    if (!tc || !target) {
+      notes.push(
+        `target ${name} is no longer configured: its backups in the catalog were not checked`,
+      );
+      continue;
+    }
+    deps.signal?.throwIfAborted();
+    const lifecycleChecked = await checkBucket(tc, target, report, notes);
+    targetsChecked.push({ name, bucket: tc.bucket, lifecycleChecked });
+  }
+
+  const expired = catalog.markExpired(at, deps.job);
+  for (const r of expired) {
+    log.info(
+      { job: r.job, key: r.key, versionId: r.versionId, retainUntil: r.retainUntil },
+      "backup is past its retain-until: marked expired",
+    );
+  }
+
+  // A target's stores address its current bucket: backups recorded in a bucket the
+  // target no longer names cannot be checked through it (and are not "missing").
+  const reachable = (r: BackupRow) =>
+    config.targets[r.target]?.bucket === r.bucket && deps.targets[r.target] !== undefined;
+  const live = (r: BackupRow) =>
+    (r.status === "ok" || r.status === "missing") &&
+    (r.retainUntil === null || Date.parse(r.retainUntil) > at.getTime());
+  const due = rows.filter((r) => live(r) && reachable(r));
+  const elsewhere = new Set(
+    rows
+      .filter((r) => live(r) && !reachable(r) && config.targets[r.target])
+      .map((r) => `${r.bucket} (target ${r.target})`),
+  );
+  for (const b of elsewhere) {
+    notes.push(`backups in bucket ${b} were not checked: the target now names another bucket`);
+  }
+  await mapLimit(due, config.verify.concurrency, deps.signal, async (row) => {
+    const tc = config.targets[row.target] as TargetConfig;
+    const target = deps.targets[row.target] as Target;
+    for (const f of await checkBackup(row, tc, target.reader, catalog, log, deps.signal)) report(f);
+  });
+
+  const deepChecked: DeepResult[] = [];
+  if (deps.deep) {
+    const sample = deps.sample ?? config.verify.deep?.sample ?? 1;
+    for (const job of jobs) {
+      const good = catalog
+        .listBackups({ job: job.name })
+        .filter((r) => r.status === "ok" && reachable(r));
+      if (good.length === 0) {
+        notes.push(`job ${job.name} has no good backup to check deeply`);
+        continue;
+      }
+      for (const row of good.slice(-sample).reverse()) {
+        const target = deps.targets[row.target];
+        if (!target) continue;
+        deps.signal?.throwIfAborted();
+        const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
+        deepChecked.push(result);
+        if (finding) report(finding);
+      }
+    }
+  }
+
+  const extensions = config.keepLatestLocked
+    ? await extendLatestLocks({
+        config,
+        catalog,
+        targets: deps.targets,
+        log,
+        ...(deps.job !== undefined ? { job: deps.job } : {}),
+        ...(deps.signal ? { signal: deps.signal } : {}),
+        now,
+      })
+    : [];
+  for (const e of extensions) {
+    if (e.action !== "failed") continue;
+    const tc = config.targets[e.target];
+    report({
+      kind: "lock-extension-failed",
+      target: e.target,
+      bucket: tc?.bucket ?? "",
+      job: e.job,
+      key: e.key,
+      versionId: e.versionId,
+      backupId: e.backupId,
+      message: e.message,
+    });
+  }
+
+  const finished = now();
+  const result: VerifyReport = {
+    startedAt: started.toISOString(),
+    finishedAt: finished.toISOString(),
+    durationMs: finished.getTime() - started.getTime(),
+    deep: deps.deep === true,
+    job: deps.job ?? null,
+    targets: targetsChecked,
+    checked: due.length,
+    expired: expired.length,
+    deepChecked,
+    extensions,
+    findings,
+    notes,
+  };
+  catalog.recordVerifyRun({
+    startedAt: started,
+    finishedAt: finished,
+    deep: result.deep,
+    job: result.job,
+    checked: result.checked,
+    findings: findings.length,
+    report: { findings, notes, expired: result.expired, extensions },
+  });
+  for (const n of notes) log.warn(n);
+  log.info(
+    {
+      checked: result.checked,
+      findings: findings.length,
+      expired: result.expired,
+      deep: deepChecked.length,
+      extended: extensions.filter((e) => e.action === "extended").length,
+      durationMs: result.durationMs,
+    },
+    findings.length ? `verify found ${findings.length} problem(s)` : "verify found no problems",
+  );
+  return result;
+}
+
+/** Bucket settings and lifecycle; returns whether the lifecycle could be read. */
+async function checkBucket(
+  tc: TargetConfig,
+  target: Target,
+  report: (f: Finding) => void,
+  notes: string[],
+): Promise<boolean> {
+  const base = {
+    target: tc.name,
+    bucket: tc.bucket,
+    job: null,
+    key: null,
+    versionId: null,
+    backupId: null,
+  };
+  let state: BucketLockState;
+  try {
+    state = await readLockState(target);
+  } catch (err) {
+    report({
+      ...base,
+      kind: "bucket-unreadable",
+      message: `cannot read the settings of bucket ${tc.bucket} (target ${tc.name}): ${describeError(err)}`,
+    });
+    return false;
+  }
+  for (const p of lockProblems(state, tc))
+    report({ ...base, kind: p.kind, message: `${p.message}; ${p.fix}` });
+  const rules = await readLifecycle(target);
+  if (rules === undefined) {
+    notes.push(
+      `the lifecycle rules of bucket ${tc.bucket} (target ${tc.name}) were not checked: neither the reader nor an admin credential may read them${target.admin ? "" : " (no admin credential is configured)"}`,
+    );
+    return false;
+  }
+  for (const p of lifecycleProblems(rules, tc))
+    report({ ...base, kind: p.kind, message: `${p.message}; ${p.fix}` });
+  return true;
+}
+
+/**
+ * The bucket's lock settings with the reader, else the writer (some readers
+ * have no bucket-level permissions): the same fallback as a backup's preflight.
+ */
+export async function readLockState(target: Target): Promise<BucketLockState> {
+  try {
+    return await retry(() => target.reader.lockState(), RETRY_BUCKET);
+  } catch (err) {
+    if (err instanceof StorageError && err.status === 403) return await target.writer.lockState();
+    throw err;
+  }
+}
+
+/** The lifecycle rules with the reader, else admin; undefined if no credential may read them (Ceph RGW subusers cannot). */
+export async function readLifecycle(target: Target) {
+  for (const s of [target.reader, target.admin]) {
+    if (!s) continue;
+    try {
+      return await retry(() => s.lifecycle(), RETRY_BUCKET);
+    } catch (err) {
+      if (!(err instanceof StorageError && err.status === 403)) throw err;
+    }
+  }
+  return undefined;
+}
+
+/** What the server showed for one backup; `error` when HEAD failed. */
+export interface Observed {
+  size?: number;
+  retention?: Retention | undefined;
+  error?: { status: number | undefined; message: string };
+  retentionError?: string;
+}
+
+/**
+ * Pure: the findings for one backup given what the server showed, and the
+ * status the catalog should then hold.
+ */
+export function judgeBackup(
+  row: BackupRow,
+  seen: Observed,
+  tc: TargetConfig,
+): { findings: { kind: FindingKind; message: string }[]; status: "ok" | "missing" | undefined } {
+  const what = `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId}`;
+  const until = row.retainUntil ? ` (recorded as locked until ${row.retainUntil})` : "";
+  if (seen.error) {
+    const e = seen.error;
+    if (e.status === 404) {
+      return {
+        findings: [{ kind: "missing", message: `${what} no longer exists on the server${until}` }],
+        status: "missing",
+      };
+    }
+    if (e.status === 400 || e.status === 403) {
+      return {
+        findings: [
+          {
+            kind: "unreadable",
+            message: `${what}: the server refuses to read it with its SSE-C key or this credential (HTTP ${e.status}): ${e.message}`,
+          },
+        ],
+        status: undefined,
+      };
+    }
+    return {
+      findings: [{ kind: "check-failed", message: `${what}: could not be checked: ${e.message}` }],
+      status: undefined,
+    };
+  }
+  const out: { kind: FindingKind; message: string }[] = [];
+  if (seen.size !== row.size) {
+    out.push({
+      kind: "size-mismatch",
+      message: `${what} holds ${seen.size} bytes, the catalog recorded ${row.size}`,
+    });
+  }
+  if (seen.retentionError !== undefined) {
+    out.push({
+      kind: "check-failed",
+      message: `${what}: cannot read its retention: ${seen.retentionError}`,
+    });
+  } else if (!seen.retention) {
+    out.push({
+      kind: "not-locked",
+      message: `${what} has no Object Lock retention: it can be deleted`,
+    });
+  } else {
+    const r = seen.retention;
+    const required: RetentionMode = stricterMode(
+      row.retentionMode ?? tc.retention.mode,
+      tc.retention.mode,
+    );
+    if (required === "COMPLIANCE" && r.mode !== "COMPLIANCE") {
+      out.push({
+        kind: "mode-weak",
+        message: `${what} is locked in ${r.mode} mode, not COMPLIANCE: users with the bypass permission can delete it`,
+      });
+    }
+    if (row.retainUntil && r.retainUntil.getTime() < Date.parse(row.retainUntil) - TOLERANCE_MS) {
+      out.push({
+        kind: "retention-shortened",
+        message: `${what} is locked until ${r.retainUntil.toISOString()}, earlier than the recorded ${row.retainUntil}`,
+      });
+    }
+  }
+  return { findings: out, status: "ok" };
+}
+
+async function checkBackup(
+  row: BackupRow,
+  tc: TargetConfig,
+  reader: ObjectStore,
+  catalog: Catalog,
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<Finding[]> {
+  const sseKey = catalog.backupKey(row.id) as Buffer;
+  const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+  const seen: Observed = {};
+  try {
+    seen.size = (await retry(() => reader.head(row.key, row.versionId, sseKey), opts)).size;
+    try {
+      seen.retention = await retry(() => reader.retention(row.key, row.versionId), opts);
+    } catch (err) {
+      seen.retentionError = describeError(err);
+    }
+  } catch (err) {
+    if (signal?.aborted) throw new CancelledError("verify cancelled");
+    seen.error = {
+      status: err instanceof StorageError ? err.status : undefined,
+      message: describeError(err),
+    };
+  }
+  const { findings, status } = judgeBackup(row, seen, tc);
+  if (status !== undefined && status !== row.status) {
+    catalog.setBackupStatus(row.id, status);
+    if (status === "ok") {
+      log.warn(
+        { job: row.job, key: row.key, versionId: row.versionId },
+        "a backup recorded as missing is readable again",
+      );
+    }
+  }
+  const r = seen.retention;
+  if (
+    r &&
+    row.retainUntil &&
+    r.retainUntil.getTime() > Date.parse(row.retainUntil) + TOLERANCE_MS
+  ) {
+    catalog.adoptRetainUntil(row.id, r.retainUntil, r.mode);
+  }
+  return findings.map((f) => ({
+    ...f,
+    target: tc.name,
+    bucket: row.bucket,
+    job: row.job,
+    key: row.key,
+    versionId: row.versionId,
+    backupId: row.id,
+  }));
+}
+
+/**
+ * Downloads one backup and reads its archive to the end (restore's list mode),
+ * then compares size and SHA-256 with the catalog. A mismatch, or an archive
+ * that does not read although its bytes match, marks the backup corrupt.
+ */
+async function deepCheck(
+  row: BackupRow,
+  reader: ObjectStore,
+  catalog: Catalog,
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<{ result: DeepResult; finding?: Finding }> {
+  const src = selectFromCatalog(catalog, row.job, { id: row.id });
+  // Compared here rather than inside restore, to tell a changed object from an unreadable archive.
+  const { size: _size, sha256: _sha, ...unchecked } = src;
+  const started = Date.now();
+  let entries = 0;
+  const what = `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId}`;
+  const base = {
+    target: row.target,
+    bucket: row.bucket,
+    job: row.job,
+    key: row.key,
+    versionId: row.versionId,
+    backupId: row.id,
+  };
+  const result = (ok: boolean, bytes: number): DeepResult => ({
+    job: row.job,
+    backupId: row.id,
+    key: row.key,
+    versionId: row.versionId,
+    ok,
+    bytes,
+    entries,
+    durationMs: Date.now() - started,
+  });
+  const mismatch = (bytes: number, sha256: string): Finding | undefined =>
+    bytes !== row.size || sha256 !== row.sha256
+      ? {
+          ...base,
+          kind: "checksum-mismatch",
+          message: `${what}: downloaded ${bytes} bytes with SHA-256 ${sha256}, the catalog recorded ${row.size} bytes with ${row.sha256}; marked corrupt`,
+        }
+      : undefined;
+  try {
+    const s = await restore(
+      reader,
+      unchecked as RestoreSource,
+      { kind: "list", onEntry: () => entries++ },
+      signal ? { signal } : {},
+    );
+    const bad = mismatch(s.bytes, s.sha256);
+    if (bad) {
+      catalog.setBackupStatus(row.id, "corrupt");
+      return { result: result(false, s.bytes), finding: bad };
+    }
+    log.info(
+      { job: row.job, key: row.key, versionId: row.versionId, bytes: s.bytes, entries },
+      "deep check passed: SHA-256 matches and the archive reads to the end",
+    );
+    return { result: result(true, s.bytes) };
+  } catch (err) {
+    if (signal?.aborted) throw new CancelledError("verify cancelled");
+    // The archive did not read: hash the raw bytes to tell corruption from a bad download.
+    const listError = describeError(err);
+    try {
+      const raw = await restore(
+        reader,
+        unchecked as RestoreSource,
+        { kind: "raw", out: sink() },
+        signal ? { signal } : {},
+      );
+      const bad = mismatch(raw.bytes, raw.sha256);
+      catalog.setBackupStatus(row.id, "corrupt");
+      return {
+        result: result(false, raw.bytes),
+        finding: bad ?? {
+          ...base,
+          kind: "archive-unreadable",
+          message: `${what}: its bytes match the catalog, but the archive does not read to the end (${listError}); marked corrupt`,
+        },
+      };
+    } catch (rawErr) {
+      if (signal?.aborted) throw new CancelledError("verify cancelled");
+      return {
+        result: result(false, 0),
+        finding: {
+          ...base,
+          kind: "check-failed",
+          message: `${what}: download failed: ${describeError(rawErr)}`,
+        },
+      };
+    }
+  }
+}
+
+function sink(): Writable {
+  return new Writable({
+    write(_chunk, _enc, cb) {
+      cb();
+    },
+  });
+}
+
+export interface ExtendDeps {
+  config: Config;
+  catalog: Catalog;
+  targets: Readonly<Record<string, Target>>;
+  log: Logger;
+  /** Only this job. */
+  job?: string;
+  signal?: AbortSignal;
+  /** The clock; tests move it. */
+  now?: () => Date;
+}
+
+/**
+ * keepLatestLocked: when the retain-until of a configured job's newest good
+ * backup is earlier than now + the target's retention days, moves it to that
+ * plus one day (so a frequent verify extends at most once a day).
+ * A newest backup whose lock already ran out (immutd was stopped too long) is
+ * locked again if it still exists.
+ * Never shortens (it compares with what the server reports first, and the
+ * server refuses anyway), keeps the version's mode, and records every
+ * extension in the catalog. Uses the writer credential (Ceph RGW lets its
+ * write-only subuser set retention; on AWS it needs s3:PutObjectRetention),
+ * falling back to admin if the writer is refused.
+ */
+export async function extendLatestLocks(deps: ExtendDeps): Promise<LockExtension[]> {
+  const { config, catalog, log } = deps;
+  const now = deps.now ?? (() => new Date());
+  const out: LockExtension[] = [];
+  for (const job of config.jobs) {
+    if (deps.job !== undefined && job.name !== deps.job) continue;
+    deps.signal?.throwIfAborted();
+    // An expired newest backup still counts: if it still exists, locking it again is the point.
+    const row = catalog
+      .listBackups({ job: job.name })
+      .filter((r) => r.status === "ok" || r.status === "expired")
+      .at(-1);
+    if (!row) continue;
+    const tc = config.targets[row.target];
+    const target = deps.targets[row.target];
+    if (!tc || !target || tc.bucket !== row.bucket) continue;
+    const e = await extendOne(row, tc, target, catalog, now(), deps.signal);
+    out.push(e);
+    const fields = { job: e.job, key: e.key, versionId: e.versionId, from: e.from, to: e.to };
+    if (e.action === "extended") log.info(fields, e.message);
+    else if (e.action === "failed") log.error(fields, e.message);
+    else log.debug(fields, e.message);
+  }
+  return out;
+}
+
+async function extendOne(
+  row: BackupRow,
+  tc: TargetConfig,
+  target: Target,
+  catalog: Catalog,
+  now: Date,
+  signal: AbortSignal | undefined,
+): Promise<LockExtension> {
+  const base = {
+    job: row.job,
+    target: tc.name,
+    backupId: row.id,
+    key: row.key,
+    versionId: row.versionId,
+  };
+  const what = `s3://${row.bucket}/${row.key} version ${row.versionId}`;
+  const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+  const { needed, extendTo: wanted } = lockTarget(now, tc.retention.days);
+  let current: Retention | undefined;
+  try {
+    current = await retry(() => target.reader.retention(row.key, row.versionId), opts);
+  } catch (err) {
+    return {
+      ...base,
+      action: "failed",
+      from: null,
+      to: null,
+      message: `cannot read the retention of ${what} to extend it: ${describeError(err)}`,
+    };
+  }
+  const from = current?.retainUntil.toISOString() ?? null;
+  if (current && current.retainUntil.getTime() >= needed.getTime()) {
+    catalog.adoptRetainUntil(row.id, current.retainUntil, current.mode);
+    return {
+      ...base,
+      action: "unchanged",
+      from,
+      to: from,
+      message: `newest backup already locked until ${from}, at least ${tc.retention.days} days ahead`,
+    };
+  }
+  // Keep the version's mode: servers refuse to change it (GOVERNANCE to COMPLIANCE needs the bypass permission).
+  const mode = current?.mode ?? tc.retention.mode;
+  const setters = [target.writer, ...(target.admin ? [target.admin] : [])];
+  let lastError: unknown;
+  for (const s of setters) {
+    try {
+      await retry(() => s.extendRetention(row.key, row.versionId, { mode, retainUntil: wanted }), {
+        ...opts,
+        lagAttempts: 3,
+      });
+      lastError = undefined;
+      break;
+    } catch (err) {
+      lastError = err;
+      if (!(err instanceof StorageError && err.status === 403)) break;
+    }
+  }
+  if (lastError !== undefined) {
+    return {
+      ...base,
+      action: "failed",
+      from,
+      to: null,
+      message: `cannot extend the retention of ${what} from ${from ?? "none"} to ${wanted.toISOString()}: ${describeError(lastError)}`,
+    };
+  }
+  // Read back: some providers show a new retention only after a moment.
+  let after: Retention | undefined;
+  for (let i = 0; i < 4; i++) {
+    after = await retry(() => target.reader.retention(row.key, row.versionId), opts).catch(
+      () => undefined,
+    );
+    if (after && after.retainUntil.getTime() >= wanted.getTime() - TOLERANCE_MS) break;
+    await new Promise((r) => setTimeout(r, 250 * 2 ** i));
+  }
+  if (!after || after.retainUntil.getTime() < wanted.getTime() - TOLERANCE_MS) {
+    return {
+      ...base,
+      action: "failed",
+      from,
+      to: after?.retainUntil.toISOString() ?? null,
+      message: `the server accepted extending ${what} to ${wanted.toISOString()} but reports ${after?.retainUntil.toISOString() ?? "no retention"}`,
+    };
+  }
+  catalog.recordLockExtension({
+    backupId: row.id,
+    from: current?.retainUntil ?? null,
+    to: after.retainUntil,
+    mode: after.mode,
+    at: now,
+  });
+  if (row.status === "expired") catalog.setBackupStatus(row.id, "ok");
+  return {
+    ...base,
+    action: "extended",
+    from,
+    to: after.retainUntil.toISOString(),
+    message: `newest backup's lock extended from ${from ?? "none"} to ${after.retainUntil.toISOString()}`,
+  };
+}
+
+/** Runs fn over items with at most `limit` at a time; stops starting new ones once the signal is aborted. */
+async function mapLimit<T>(
+  items: readonly T[],
+  limit: number,
+  signal: AbortSignal | undefined,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      if (signal?.aborted) throw new CancelledError("verify cancelled");
+      const item = items[next++] as T;
+      await fn(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}

@@ -1,0 +1,83 @@
+/**
+ * A config file for the init/verify/doctor CLI tests against the test RGW,
+ * with the credentials each test chooses (the tutorial's subusers, or the main
+ * user in a role it should not have).
+ */
+import { randomBytes } from "node:crypto";
+import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Cred, S3Env } from "./s3env.js";
+
+export interface TestConfig {
+  dir: string;
+  file: string;
+  data: string;
+  /** Every secret in the config, to assert none reaches the output. */
+  secrets: string[];
+}
+
+export function writeConfig(
+  env: S3Env,
+  o: {
+    bucket: string;
+    days?: number;
+    writer?: Cred;
+    reader?: Cred;
+    admin?: Cred | null;
+    keepLatestLocked?: boolean;
+    prefix?: string;
+  },
+): TestConfig {
+  const dir = mkdtempSync(join(tmpdir(), "immutd-assure-"));
+  chmodSync(dir, 0o700);
+  const masterKey = randomBytes(32).toString("hex");
+  writeFileSync(join(dir, "master.key"), `${masterKey}\n`, { mode: 0o600 });
+  const data = join(dir, "data");
+  mkdirSync(data);
+  writeFileSync(join(data, "a.txt"), "alpha\n".repeat(50));
+  writeFileSync(join(data, "b.bin"), randomBytes(100_000));
+  const writer = o.writer ?? env.writer;
+  const reader = o.reader ?? env.reader;
+  const admin = o.admin === undefined ? env.main : o.admin;
+  const cred = (c: Cred) =>
+    `{ accessKeyId: ${c.accessKeyId}, secretAccessKey: "${c.secretAccessKey}" }`;
+  const file = join(dir, "config.yaml");
+  writeFileSync(
+    file,
+    `catalog: ${dir}/state/catalog.db
+masterKeyFile: ${dir}/master.key
+host: assure
+keepLatestLocked: ${o.keepLatestLocked ?? true}
+targets:
+  local:
+    endpoint: ${env.endpoint}
+    bucket: ${o.bucket}
+    forcePathStyle: true
+    caFile: ${env.caFile}
+    prefix: "${o.prefix ?? ""}"
+    retention: { mode: COMPLIANCE, days: ${o.days ?? 1} }
+    partSizeMiB: 5
+    credentials:
+      writer: ${cred(writer)}
+      reader: ${cred(reader)}
+${admin ? `      admin: ${cred(admin)}\n` : ""}jobs:
+  - name: files
+    target: local
+    schedule: "0 3 * * *"
+    paths: [${data}]
+`,
+    { mode: 0o600 },
+  );
+  return {
+    dir,
+    file,
+    data,
+    secrets: [
+      masterKey,
+      writer.secretAccessKey,
+      reader.secretAccessKey,
+      ...(admin ? [admin.secretAccessKey] : []),
+    ],
+  };
+}
