@@ -263,6 +263,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
     });
     jlog.info(
       {
+        key,
         versionId,
         bytes: hasher.bytes,
         files: walk.value.files,

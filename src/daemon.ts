@@ -25,6 +25,7 @@ import { Notifier } from "./notify.js";
 import { missedRun, nextRun } from "./schedule.js";
 import { openTarget } from "./store/s3.js";
 import type { Target } from "./store/store.js";
+import { runVerify } from "./verify.js";
 
 export interface DaemonOptions {
   configFile: string;
@@ -61,6 +62,9 @@ export class Daemon {
   #stopping = false;
   #heartbeat = Date.now();
   #tick: NodeJS.Timeout | undefined;
+  readonly #verifyCrons: Cron[] = [];
+  #verifying: Promise<void> | undefined;
+  readonly #verifyAbort = new AbortController();
 
   constructor(opts: DaemonOptions) {
     this.#config = opts.config;
@@ -240,6 +244,14 @@ export class Daemon {
       const last = this.#catalog?.jobSummary(job.name).lastSuccess;
       if (last) this.#metrics.lastSuccess(job.name, new Date(last.startedAt));
     }
+    for (const c of this.#verifyCrons.splice(0)) c.stop();
+    const v = this.#config.verify;
+    if (v.schedule) {
+      this.#verifyCrons.push(new Cron(v.schedule, () => this.verifyNow(false)));
+    }
+    if (v.deep) {
+      this.#verifyCrons.push(new Cron(v.deep.schedule, () => this.verifyNow(true)));
+    }
     for (const [name, st] of this.#states) {
       if (!this.#config.jobs.some((j) => j.name === name)) {
         st.cron?.stop();
@@ -319,6 +331,67 @@ export class Daemon {
     }
   }
 
+  /**
+   * Runs `immutd verify` (deep or not) unless one is already running; findings
+   * go to the log, to /metrics and to the failure webhooks. Never throws.
+   */
+  verifyNow(deep: boolean): Promise<void> {
+    if (this.#stopping || !this.#catalog) return Promise.resolve();
+    if (this.#verifying) {
+      this.#log.warn(
+        { deep },
+        "verify: the previous verification is still running; this one is skipped",
+      );
+      return this.#verifying;
+    }
+    const cfg = this.#config;
+    const catalog = this.#catalog;
+    const run = async () => {
+      const targets: Record<string, Target> = {};
+      for (const name of Object.keys(cfg.targets)) targets[name] = this.#target(name);
+      try {
+        const report = await runVerify({
+          config: cfg,
+          catalog,
+          targets,
+          log: this.#log,
+          deep,
+          signal: this.#verifyAbort.signal,
+        });
+        this.#metrics.verified(report.findings, deep, new Date(report.finishedAt));
+        for (const f of report.findings) {
+          const job = f.job ? cfg.jobs.find((j) => j.name === f.job) : undefined;
+          this.#notifier.send([...cfg.notify, ...(job?.notify ?? [])], {
+            event: "failure",
+            job: f.job ?? `target ${f.target}`,
+            host: cfg.host,
+            status: "failed",
+            ...(f.key ? { key: f.key } : {}),
+            ...(f.versionId ? { versionId: f.versionId } : {}),
+            error: `verify: ${f.kind}: ${f.message}`,
+            time: new Date().toISOString(),
+          });
+        }
+        this.#log.info(
+          {
+            deep,
+            checked: report.checked,
+            findings: report.findings.length,
+            extensions: report.extensions.length,
+          },
+          report.findings.length ? "verification found problems" : "verification passed",
+        );
+      } catch (err) {
+        if (!this.#stopping)
+          this.#log.error({ deep }, `verification could not run: ${describeError(err)}`);
+      }
+    };
+    this.#verifying = run().finally(() => {
+      this.#verifying = undefined;
+    });
+    return this.#verifying;
+  }
+
   /** Reads the config file again; an invalid one is logged and the running config kept. */
   reload(): boolean {
     let next: Config;
@@ -355,7 +428,9 @@ export class Daemon {
       st.running?.abort(new CancelledError(reason));
     }
     this.#queue.length = 0;
-    const all = Promise.allSettled([...this.#runs]);
+    for (const c of this.#verifyCrons) c.stop();
+    this.#verifyAbort.abort(new CancelledError(reason));
+    const all = Promise.allSettled([...this.#runs, ...(this.#verifying ? [this.#verifying] : [])]);
     const deadline = new AbortController();
     const timedOut = await Promise.race([
       all.then(() => false),

@@ -41,6 +41,18 @@ export class Metrics {
     "Unix time of the job's next scheduled run",
   );
   readonly #running = this.#gauge("immutd_job_running", "1 while the job runs");
+  readonly #findings = new Gauge({
+    name: "immutd_verify_findings",
+    help: "Findings of the last verification, by kind (0 when it passed)",
+    labelNames: ["kind"],
+    registers: [this.registry],
+  });
+  readonly #verifiedAt = new Gauge({
+    name: "immutd_verify_last_run_timestamp_seconds",
+    help: "Unix time the last verification finished",
+    labelNames: ["deep"],
+    registers: [this.registry],
+  });
   readonly #up = new Gauge({
     name: "immutd_up",
     help: "1 while the scheduler is alive",
@@ -77,6 +89,15 @@ export class Metrics {
     this.#files.set({ job }, r.files);
     this.#warnings.set({ job }, r.warnings);
     if (r.status === "succeeded") this.lastSuccess(job, startedAt);
+  }
+
+  verified(findings: readonly { kind: string }[], deep: boolean, at: Date): void {
+    this.#findings.reset();
+    const counts = new Map<string, number>();
+    for (const f of findings) counts.set(f.kind, (counts.get(f.kind) ?? 0) + 1);
+    if (counts.size === 0) this.#findings.set({ kind: "none" }, 0);
+    for (const [kind, n] of counts) this.#findings.set({ kind }, n);
+    this.#verifiedAt.set({ deep: String(deep) }, at.getTime() / 1000);
   }
 
   down(): void {

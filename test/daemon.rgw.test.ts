@@ -15,7 +15,14 @@ import { before, describe, it } from "node:test";
 import Database from "better-sqlite3";
 import { openTarget } from "../src/store/s3.js";
 import { DaemonProcess, logRecords, runCli } from "./support/cli.js";
-import { createLockedBucket, rgwTarget, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
+import {
+  adminRemoveVersion,
+  createLockedBucket,
+  rgwTarget,
+  type S3Env,
+  s3env,
+  uniqueBucket,
+} from "./support/s3env.js";
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -327,5 +334,65 @@ ${jobs.replaceAll("DIR", dir)}`,
     const st = JSON.parse(status.stdout) as { job: string; lastRun: { status: string } | null }[];
     assert.equal(st.find((s) => s.job === "guarded")?.lastRun?.status, "failed");
     assert.equal(st.find((s) => s.job === "dump")?.lastRun?.status, "succeeded");
+  });
+  it("scheduled verification reports a vanished backup in the log, /metrics and a failure webhook", async () => {
+    const hits: Record<string, unknown>[] = [];
+    const receiver = createServer((req, res) => {
+      let body = "";
+      req.on("data", (d: Buffer) => {
+        body += d.toString();
+      });
+      req.on("end", () => {
+        hits.push(JSON.parse(body) as Record<string, unknown>);
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", () => r()));
+    const hookPort = (receiver.address() as AddressInfo).port;
+    const httpPort = await freePort();
+    const e = await setup(
+      "verify",
+      `  - name: once
+    target: local
+    schedule: "0 0 1 1 *"
+    paths: [DIR/small]
+`,
+      `http: { listen: "127.0.0.1:${httpPort}" }
+verify: { schedule: "*/2 * * * * *" }
+notify: [{ url: "http://127.0.0.1:${hookPort}/hook", events: [failure] }]`,
+    );
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv);
+    try {
+      const done = await d.waitFor(
+        (r) => r.msg === "backup succeeded",
+        30_000,
+        "the catch-up backup",
+      );
+      await d.waitFor((r) => r.msg === "verification passed", 30_000, "a clean verification");
+      adminRemoveVersion(env, e.bucket, String(done.key), String(done.versionId));
+      await d.waitFor(
+        (r) => r.msg === "verification found problems",
+        30_000,
+        "a verification with findings",
+      );
+      const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+      assert.match(metrics, /immutd_verify_findings\{kind="missing"\} 1/);
+      for (
+        let i = 0;
+        i < 50 && !hits.some((h) => String(h.error).startsWith("verify: missing"));
+        i++
+      ) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const hit = hits.find((h) => String(h.error).startsWith("verify: missing"));
+      assert.ok(hit, `webhook saw ${JSON.stringify(hits)}`);
+      assert.equal(hit.job, "once");
+      assert.equal(hit.versionId, done.versionId);
+      d.child.kill("SIGTERM");
+      assert.equal((await d.exited).code, 0, d.stderr);
+    } finally {
+      d.child.kill("SIGKILL");
+      receiver.close();
+    }
   });
 });
