@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine to a first immutable backup:
 # installs what is missing, starts a throwaway local Ceph RGW with the
-# tutorial's users, creates a locked bucket, writes a config and a master key
-# under .quickstart/, backs up this repository's src/ and lists the result.
+# tutorial's users, writes a config and a master key under .quickstart/,
+# creates the locked bucket with `immutd init`, backs up this repository's
+# src/, lists the result and verifies it.
 set -euo pipefail
 export AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true # README states Node support
 cd "$(dirname "$0")/.."
@@ -27,7 +28,6 @@ mkdir -p "$qs"
 chmod 700 "$qs"
 [ -f "$qs/master.key" ] || node dist/src/cli.js key generate "$qs/master.key"
 bucket=immutd-quickstart
-IMMUTD_TEST_S3_ENV="$env_json" node dist/test/support/make-bucket.js "$bucket" 1
 
 cat > "$qs/config.yaml" <<YAML
 catalog: $qs/catalog.db
@@ -42,6 +42,7 @@ targets:
     credentials:
       writer: { accessKeyId: $(val e.writer.accessKeyId), secretAccessKey: $(val e.writer.secretAccessKey) }
       reader: { accessKeyId: $(val e.reader.accessKeyId), secretAccessKey: $(val e.reader.secretAccessKey) }
+      admin: { accessKeyId: $(val e.main.accessKeyId), secretAccessKey: $(val e.main.secretAccessKey) }
 jobs:
   - name: sample
     target: local
@@ -49,9 +50,13 @@ jobs:
     paths: [$repo/src]
 YAML
 
+echo "== immutd init (bucket with Object Lock, COMPLIANCE default retention, lifecycle rules)"
+node dist/src/cli.js --config "$qs/config.yaml" init
 echo "== immutd backup"
 node dist/src/cli.js --config "$qs/config.yaml" backup
 echo "== immutd list"
 node dist/src/cli.js --config "$qs/config.yaml" list
+echo "== immutd verify"
+node dist/src/cli.js --config "$qs/config.yaml" verify
 echo
 echo "Config: $qs/config.yaml   Stop the server: bash scripts/s3-test-server.sh stop"
