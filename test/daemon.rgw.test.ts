@@ -32,6 +32,23 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+/** A local webhook endpoint that keeps every JSON body it is sent. */
+async function webhookReceiver() {
+  const hits: Record<string, unknown>[] = [];
+  const receiver = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d: Buffer) => {
+      body += d.toString();
+    });
+    req.on("end", () => {
+      hits.push(JSON.parse(body) as Record<string, unknown>);
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", () => r()));
+  return { hits, receiver, port: (receiver.address() as AddressInfo).port };
+}
+
 interface Env {
   dir: string;
   cfg: string;
@@ -110,19 +127,7 @@ ${jobs.replaceAll("DIR", dir)}`,
   }
 
   it("runs a job every two seconds without overlap, serves /healthz and /metrics, notifies, reloads, and is the only daemon", async () => {
-    const hits: Record<string, unknown>[] = [];
-    const receiver = createServer((req, res) => {
-      let body = "";
-      req.on("data", (d: Buffer) => {
-        body += d.toString();
-      });
-      req.on("end", () => {
-        hits.push(JSON.parse(body) as Record<string, unknown>);
-        res.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", () => r()));
-    const hookPort = (receiver.address() as AddressInfo).port;
+    const { hits, receiver, port: hookPort } = await webhookReceiver();
     const httpPort = await freePort();
     const e = await setup(
       "tick",
@@ -336,19 +341,7 @@ ${jobs.replaceAll("DIR", dir)}`,
     assert.equal(st.find((s) => s.job === "dump")?.lastRun?.status, "succeeded");
   });
   it("scheduled verification reports a vanished backup in the log, /metrics and a failure webhook", async () => {
-    const hits: Record<string, unknown>[] = [];
-    const receiver = createServer((req, res) => {
-      let body = "";
-      req.on("data", (d: Buffer) => {
-        body += d.toString();
-      });
-      req.on("end", () => {
-        hits.push(JSON.parse(body) as Record<string, unknown>);
-        res.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", () => r()));
-    const hookPort = (receiver.address() as AddressInfo).port;
+    const { hits, receiver, port: hookPort } = await webhookReceiver();
     const httpPort = await freePort();
     const e = await setup(
       "verify",

@@ -1,5 +1,5 @@
 import type { BackupRow } from "../catalog.js";
-import { formatBytes } from "../progress.js";
+import { formatBytes, formatTable } from "../progress.js";
 import type { Context } from "./context.js";
 
 export const listHelp = `
@@ -34,11 +34,5 @@ function table(rows: BackupRow[]): string {
     r.key,
     r.versionId,
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] ?? "").length)));
-  const fmt = (cells: string[]) =>
-    `${cells
-      .map((c, i) => c.padEnd(widths[i] ?? 0))
-      .join("  ")
-      .trimEnd()}\n`;
-  return fmt(head) + body.map(fmt).join("");
+  return formatTable(head, body);
 }

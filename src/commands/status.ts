@@ -1,3 +1,4 @@
+import { formatTable } from "../progress.js";
 import { nextRun } from "../schedule.js";
 import type { Context } from "./context.js";
 
@@ -39,13 +40,7 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
     t(r.lastSuccess),
     r.nextRun ? t(r.nextRun) : "never (schedule does not fire)",
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] ?? "").length)));
-  const fmt = (cells: string[]) =>
-    `${cells
-      .map((c, i) => c.padEnd(widths[i] ?? 0))
-      .join("  ")
-      .trimEnd()}\n`;
-  process.stdout.write(fmt(head) + body.map(fmt).join(""));
+  process.stdout.write(formatTable(head, body));
   for (const r of rows) {
     if (r.lastRun?.error && r.lastRun.status !== "succeeded") {
       process.stdout.write(`\n${r.job}: last run ${r.lastRun.status}: ${r.lastRun.error}\n`);
