@@ -20,7 +20,16 @@
  *   rejects (with signal.reason on abort).
  */
 
-import { type BigIntStats, type Dirent, constants as fsConstants } from "node:fs";
+import {
+  type BigIntStats,
+  closeSync,
+  type Dirent,
+  constants as fsConstants,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readSync,
+} from "node:fs";
 import { type FileHandle, lstat, open, readdir, readlink } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
@@ -361,25 +370,41 @@ class Archiver {
   private async prepare(abs: string): Promise<Prepared> {
     if (this.stop.signal.aborted)
       return { st: null, statError: this.stop.signal.reason, loaded: null };
+    // lstat and small-file reads are synchronous. On a tree of small files the
+    // walk is bound by per-call overhead, and a promise-based fs call costs
+    // about ten times its system call (measured: 25,600 files of 4 KiB took
+    // 2.4 s async, 0.4 s sync). The price: a hung network file system blocks
+    // the whole process during such a call, not only the walk; large files
+    // are still read asynchronously.
     let st: BigIntStats;
     try {
-      st = await lstat(abs, { bigint: true });
+      st = lstatSync(abs, { bigint: true });
     } catch (err) {
       return { st: null, statError: err, loaded: null };
     }
     // Files with more links may become link entries: read them at their turn, if at all.
     const small = st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);
-    const loaded = small ? await this.load(abs) : null;
+    const loaded = small ? this.load(abs) : null;
     return { st, statError: null, loaded };
   }
 
-  private async load(abs: string): Promise<Loaded> {
+  private load(abs: string): Loaded {
     if (this.stop.signal.aborted)
       return { kind: "error", stage: "open", err: this.stop.signal.reason };
-    const opened = await openForRead(abs);
-    if (opened.kind !== "open") return opened;
-    const { fh, before } = opened;
+    let fd: number;
     try {
+      fd = openSync(abs, OPEN_FLAGS);
+    } catch (err) {
+      return { kind: "error", stage: "open", err };
+    }
+    try {
+      let before: BigIntStats;
+      try {
+        before = fstatSync(fd, { bigint: true });
+      } catch (err) {
+        return { kind: "error", stage: "fstat", err };
+      }
+      if (!before.isFile()) return { kind: "not-file", before };
       const size = Number(before.size);
       if (size > SMALL_FILE) return { kind: "too-big" }; // grew since lstat: stream it
       const buf = Buffer.allocUnsafe(size);
@@ -387,7 +412,7 @@ class Archiver {
       let readError: unknown = null;
       while (got < size) {
         try {
-          const n = (await fh.read(buf, got, size - got, got)).bytesRead;
+          const n = readSync(fd, buf, got, size - got, got);
           if (n === 0) break;
           got += n;
         } catch (err) {
@@ -395,10 +420,21 @@ class Archiver {
           break;
         }
       }
-      const after = readError === null && got === size ? await statOrNull(fh) : null;
+      let after: BigIntStats | null = null;
+      if (readError === null && got === size) {
+        try {
+          after = fstatSync(fd, { bigint: true });
+        } catch {
+          after = null;
+        }
+      }
       return { kind: "read", before, data: buf.subarray(0, got), readError, after };
     } finally {
-      await fh.close().catch(ignore);
+      try {
+        closeSync(fd);
+      } catch {
+        // nothing to do: the fd is gone either way
+      }
     }
   }
 
