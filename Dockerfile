@@ -1,0 +1,72 @@
+# syntax=docker/dockerfile:1
+# The immutd image. Default command: `immutd run` (the daemon). Any other
+# immutd command is given as arguments, e.g.
+#   docker run --rm ... immutd restore JOB --to /restore
+# README "Container and sidecar" has a compose file and the volumes to mount.
+# test/container.rgw.test.ts replays this file's build and run steps outside a
+# container (no container engine runs where the tests run); keep the build
+# stage's RUN lines free of absolute paths so that the replay stays exact.
+
+ARG NODE_VERSION=24
+
+FROM node:${NODE_VERSION}-trixie-slim AS build
+# better-sqlite3 is compiled from source against this image's Node and its
+# headers (/usr/local/include/node): no prebuilt addon, no header download.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+ENV npm_config_build_from_source=true \
+    npm_config_nodedir=/usr/local \
+    npm_config_strict_allow_scripts=true
+COPY package.json package-lock.json ./
+# better-sqlite3's install script is the one npm must run: npm versions that
+# ask for approval of install scripts read it from the project's .npmrc, and
+# with strict-allow-scripts fail instead of skipping a script not approved.
+RUN printf 'allow-scripts=better-sqlite3\n' > .npmrc \
+ && npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src ./src
+# Compile, drop the dev dependencies, and drop better-sqlite3's sources and
+# object files (only build/Release/better_sqlite3.node is loaded).
+RUN npm run build \
+ && npm prune --omit=dev --no-audit --no-fund \
+ && mv node_modules/better-sqlite3/build/Release/better_sqlite3.node . \
+ && rm -rf node_modules/better-sqlite3/build node_modules/better-sqlite3/deps \
+      node_modules/better-sqlite3/src \
+ && mkdir -p node_modules/better-sqlite3/build/Release \
+ && mv better_sqlite3.node node_modules/better-sqlite3/build/Release/ \
+ && chmod 0755 dist/src/cli.js
+
+FROM node:${NODE_VERSION}-trixie-slim
+# tini is PID 1: it passes SIGTERM on to immutd and reaps the processes that
+# hooks and command sources leave behind. immutd runs as uid/gid 10001.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 immutd \
+ && useradd --system --uid 10001 --gid immutd --home-dir /var/lib/immutd \
+      --no-create-home --shell /usr/sbin/nologin immutd \
+ && install -d -o immutd -g immutd -m 0700 /var/lib/immutd \
+ && install -d -m 0755 /etc/immutd \
+ && ln -s /opt/immutd/dist/src/cli.js /usr/local/bin/immutd
+COPY --from=build /build/package.json /opt/immutd/package.json
+COPY --from=build /build/node_modules /opt/immutd/node_modules
+COPY --from=build /build/dist/src /opt/immutd/dist/src
+COPY config.example.yaml README.md /opt/immutd/
+
+# Config: /etc/immutd/config.yaml (mount it read-only). Secrets: files (…File
+# keys, e.g. /run/secrets/NAME) or ${ENV} references. The catalog lives on the
+# /var/lib/immutd volume; mount the data to back up read-only.
+ENV NODE_ENV=production \
+    IMMUTD_CONFIG=/etc/immutd/config.yaml \
+    IMMUTD_HEALTHCHECK_URL=http://127.0.0.1:9180/healthz
+VOLUME ["/var/lib/immutd"]
+USER 10001:10001
+# The health check needs `http: { listen: "127.0.0.1:9180" }` in the config
+# (or another address, with IMMUTD_HEALTHCHECK_URL set to match).
+EXPOSE 9180
+HEALTHCHECK --interval=60s --timeout=10s --start-period=30s --retries=3 \
+  CMD ["node", "-e", "fetch(process.env.IMMUTD_HEALTHCHECK_URL).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+ENTRYPOINT ["/usr/bin/tini", "--", "immutd"]
+CMD ["run"]
