@@ -7,35 +7,28 @@
 # container (no container engine runs where the tests run); keep the build
 # stage's RUN lines free of absolute paths so that the replay stays exact.
 
+# Node.js 24 LTS (supported until April 2028). 22 and 26 work too, e.g.
+# --build-arg NODE_VERSION=26; README "Node.js support" says why these.
 ARG NODE_VERSION=24
 
 FROM node:${NODE_VERSION}-trixie-slim AS build
-# better-sqlite3 is compiled from source against this image's Node and its
-# headers (/usr/local/include/node): no prebuilt addon, no header download.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 make g++ \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
-ENV npm_config_build_from_source=true \
-    npm_config_nodedir=/usr/local \
-    npm_config_strict_allow_scripts=true
 COPY package.json package-lock.json ./
-# better-sqlite3's install script is the one npm must run: npm versions that
-# ask for approval of install scripts read it from the project's .npmrc, and
-# with strict-allow-scripts fail instead of skipping a script not approved.
-RUN printf 'allow-scripts=better-sqlite3\n' > .npmrc \
- && npm ci --no-audit --no-fund
+# better-sqlite3 ships prebuilt Node-API binaries (Linux x64 and arm64), so
+# nothing is compiled; --ignore-scripts skips its node-gyp step, which would
+# only find that binary (and needs python3, which this image lacks).
+RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY tsconfig.json ./
 COPY src ./src
-# Compile, drop the dev dependencies, and drop better-sqlite3's sources and
-# object files (only build/Release/better_sqlite3.node is loaded).
+# Compile, drop the dev dependencies, keep only this platform's SQLite binary
+# (no sources, no other platforms' binaries), and prove that it loads: a
+# platform without a prebuilt binary fails here, not at the first backup.
 RUN npm run build \
- && npm prune --omit=dev --no-audit --no-fund \
- && mv node_modules/better-sqlite3/build/Release/better_sqlite3.node . \
- && rm -rf node_modules/better-sqlite3/build node_modules/better-sqlite3/deps \
-      node_modules/better-sqlite3/src \
- && mkdir -p node_modules/better-sqlite3/build/Release \
- && mv better_sqlite3.node node_modules/better-sqlite3/build/Release/ \
+ && npm prune --omit=dev --no-audit --no-fund --ignore-scripts \
+ && rm -rf node_modules/better-sqlite3/deps node_modules/better-sqlite3/src \
+ && find node_modules/better-sqlite3/prebuilds -type f \
+      ! -name "linux-$(node -p process.arch).node" -delete \
+ && node -e "new (require('better-sqlite3'))(':memory:').close()" \
  && chmod 0755 dist/src/cli.js
 
 FROM node:${NODE_VERSION}-trixie-slim

@@ -10,7 +10,6 @@
 #     1.5 GB with the default 16 MiB x 4, so memory does not grow with the data)
 # Usage: bash scripts/bench.sh [SIZE_MB (default 500)] [RUNS (default 3)]
 set -euo pipefail
-export AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true # README states Node support
 cd "$(dirname "$0")/.."
 size_mb=${1:-500}
 runs=${2:-3}
@@ -18,6 +17,8 @@ part=16
 queue=4
 
 npm run --silent build
+. scripts/node.sh
+immutd_use_supported_node
 work=$(mktemp -d /tmp/immutd-bench.XXXXXX)
 s3dir="$work/s3"
 cleanup() { bash scripts/s3-test-server.sh stop "$s3dir" >/dev/null 2>&1 || true; rm -rf "$work"; }

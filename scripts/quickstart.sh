@@ -5,18 +5,22 @@
 # creates the locked bucket with `immutd init`, backs up this repository's
 # src/, lists the result and verifies it.
 set -euo pipefail
-export AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true # README states Node support
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-if ! command -v radosgw >/dev/null 2>&1; then
-  echo "== installing Ceph (radosgw) from Debian for the local S3 server"
+pkgs=()
+command -v radosgw >/dev/null 2>&1 || pkgs+=(ceph-mon ceph-osd ceph-mgr radosgw ceph-common)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm) # Debian's npm only fetches a supported Node.js below
+if [ "${#pkgs[@]}" -gt 0 ]; then
+  echo "== installing from Debian: ${pkgs[*]} (Ceph is the local S3 server)"
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq ceph-mon ceph-osd ceph-mgr radosgw ceph-common >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi
 [ -d node_modules ] || npm ci --no-audit --no-fund
 npm run --silent build
+. scripts/node.sh
+immutd_use_supported_node # Node.js 24 into .node/ if the one on PATH is too old
 
 echo "== starting the local S3 server (Ceph RGW over https on 127.0.0.1)"
 bash scripts/s3-test-server.sh start "$repo/.s3-test"
@@ -50,13 +54,21 @@ jobs:
     paths: [$repo/src]
 YAML
 
+# .quickstart/immutd: this checkout's immutd with the Node.js chosen above and this config.
+cat > "$qs/immutd" <<SH
+#!/bin/sh
+IMMUTD_CONFIG="\${IMMUTD_CONFIG:-$qs/config.yaml}" exec "$(command -v node)" "$repo/dist/src/cli.js" "\$@"
+SH
+chmod 0755 "$qs/immutd"
+
 echo "== immutd init (bucket with Object Lock, COMPLIANCE default retention, lifecycle rules)"
-node dist/src/cli.js --config "$qs/config.yaml" init
+"$qs/immutd" init
 echo "== immutd backup"
-node dist/src/cli.js --config "$qs/config.yaml" backup
+"$qs/immutd" backup
 echo "== immutd list"
-node dist/src/cli.js --config "$qs/config.yaml" list
+"$qs/immutd" list
 echo "== immutd verify"
-node dist/src/cli.js --config "$qs/config.yaml" verify
+"$qs/immutd" verify
 echo
-echo "Config: $qs/config.yaml   Stop the server: bash scripts/s3-test-server.sh stop"
+echo "Try: .quickstart/immutd --help   Config: $qs/config.yaml"
+echo "Stop the local S3 server: bash scripts/s3-test-server.sh stop"

@@ -3,11 +3,12 @@
 # (scripts/s3-test-server.sh), run every test against it, stop it.
 # The real-server tests fail (never skip) when the server is missing.
 set -euo pipefail
-export AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true # README states Node support
 cd "$(dirname "$0")/.."
 
 npm run --silent build
 npx biome check .
+. scripts/node.sh
+immutd_use_supported_node # before anything runs immutd
 
 own_server=0
 if [ -z "${IMMUTD_TEST_S3_ENV:-}" ]; then
@@ -19,7 +20,6 @@ fi
 stop() { [ "$own_server" = 1 ] && bash scripts/s3-test-server.sh stop "$IMMUTD_S3_DIR" >/dev/null 2>&1 || true; }
 trap stop EXIT
 
-# Node 20 takes no glob here: list the compiled test files ourselves.
 mapfile -t files < <(find dist/test -maxdepth 1 -name '*.test.js' | sort)
 if [ "$#" -gt 0 ]; then files=("$@"); fi
 node --test --test-reporter=spec "${files[@]}"

@@ -1,0 +1,220 @@
+/**
+ * The immutd command line. Each subcommand lives in src/commands/; this file
+ * wires them to commander and maps every error to its exit code in one place
+ * (errors.ts decides the codes). src/cli.ts is the executable: it checks the
+ * Node.js version before this module (and the SDK) is loaded.
+ */
+import { readFileSync } from "node:fs";
+import { Command, CommanderError, Option } from "commander";
+import { stringify } from "yaml";
+import { backupCommand, backupHelp } from "./commands/backup.js";
+import { type Context, type GlobalOptions, makeLogger, openContext } from "./commands/context.js";
+import { doctorCommand, doctorHelp } from "./commands/doctor.js";
+import { initCommand, initHelp } from "./commands/init.js";
+import { listCommand, listHelp } from "./commands/list.js";
+import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./commands/restore.js";
+import { runCommand, runHelp } from "./commands/run.js";
+import { statusCommand, statusHelp } from "./commands/status.js";
+import { verifyCommand, verifyHelp } from "./commands/verify.js";
+import { configPath, loadConfig, redactedView } from "./config.js";
+import { describeError, ExitCode, exitCodeFor, ImmutdError } from "./errors.js";
+import { generateMasterKeyFile } from "./keys.js";
+import { serializeError } from "./log.js";
+
+const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+  version: string;
+};
+
+const EXIT_CODES = `
+Exit codes:
+  0   success
+  1   unexpected error (a bug: please report it with the log)
+  2   usage error (unknown command, option or job)
+  3   one or more jobs failed, or a restore failed or is incomplete
+  4   verify found problems, doctor has a FAIL, or init left something it cannot fix
+  75  another immutd holds the lock (a daemon on this catalog, or the job is running)
+  78  configuration error (the message names the file, line and key), or a
+      Node.js older than immutd supports
+
+Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
+A fully commented example is config.example.yaml in the package.
+`;
+
+function program(): Command {
+  const p = new Command("immutd")
+    .description(
+      "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",
+    )
+    .version(pkg.version, "-V, --version")
+    .option(
+      "-c, --config <file>",
+      "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)",
+    )
+    .addOption(
+      new Option(
+        "--log-level <level>",
+        "log level (default: $IMMUTD_LOG_LEVEL, else warn at a terminal and info otherwise)",
+      ).choices(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
+    )
+    .addOption(
+      new Option(
+        "--log-format <format>",
+        "log format (default: pretty on a terminal, json otherwise)",
+      ).choices(["json", "pretty"]),
+    )
+    .addHelpText("after", EXIT_CODES)
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride();
+
+  const globals = () => p.opts<GlobalOptions>();
+  const withContext = async (fn: (ctx: Context) => Promise<void> | void) => {
+    const ctx = openContext(globals());
+    try {
+      await fn(ctx);
+    } finally {
+      ctx.close();
+    }
+  };
+
+  p.command("backup")
+    .description("run backup jobs now")
+    .argument("[jobs...]", "job names (default: all jobs)")
+    .addHelpText("after", backupHelp)
+    .action((jobs: string[]) => withContext((ctx) => backupCommand(ctx, jobs)));
+
+  p.command("run")
+    .description("run the scheduling daemon (what systemd and containers start)")
+    .addHelpText("after", runHelp)
+    .action(() => runCommand(globals()));
+
+  p.command("status")
+    .description("each job's last run, last success and next run")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", statusHelp)
+    .action((opts: { json?: boolean }) => withContext((ctx) => statusCommand(ctx, opts)));
+
+  p.command("list")
+    .description("list the backups recorded in the catalog")
+    .option("--job <name>", "only this job")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", listHelp)
+    .action((opts: { job?: string; json?: boolean }) =>
+      withContext((ctx) => listCommand(ctx, opts)),
+    );
+
+  p.command("restore")
+    .description("restore a backup of JOB into a directory, to stdout, or list it")
+    .argument("<job>", "the job whose backup to restore")
+    .option("--to <dir>", "extract into DIR")
+    .option("--stdout", "write the decrypted archive (as stored) to stdout")
+    .option("--list", "list the archive's entries")
+    .option("--at <time>", "newest backup created at or before TIME (ISO-8601)")
+    .option("--id <n>", "the backup with this catalog id")
+    .option("--version-id <v>", "the backup with this S3 version ID")
+    .option(
+      "--include <pattern>",
+      "only paths matching PATTERN (repeatable; a directory includes its contents)",
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option("--overwrite", "allow a non-empty DIR and replace files in it")
+    .option("--devices", "create device nodes and FIFOs (root only)")
+    .option(
+      "--from-bucket",
+      "without the catalog: find versions in the bucket, derive keys from the master key",
+    )
+    .option("--host <name>", "with --from-bucket: the host name the backups were made under")
+    .addHelpText("after", restoreHelp)
+    .action((job: string, opts: RestoreCliOptions) =>
+      withContext((ctx) => restoreCommand(ctx, job, opts)),
+    );
+
+  // Immutability assurance: init, verify, doctor (src/init.ts, src/verify.ts, src/doctor.ts).
+  p.command("init")
+    .description("create or tighten a target's bucket: Object Lock, default retention, lifecycle")
+    .argument("[target]", "target name (default: every target)")
+    .option("--dry-run", "show what would change, change nothing")
+    .addHelpText("after", initHelp)
+    .action((target: string | undefined, opts: { dryRun?: boolean }) =>
+      withContext((ctx) => initCommand(ctx, target, opts)),
+    );
+
+  p.command("verify")
+    .description("prove that every backup is still there, locked and readable; exit 4 on findings")
+    .option("--job <name>", "only this job's backups")
+    .option("--deep", "also download the newest backup of each job and check its SHA-256")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", verifyHelp)
+    .action((opts: { job?: string; deep?: boolean; json?: boolean }) =>
+      withContext((ctx) => verifyCommand(ctx, opts)),
+    );
+
+  p.command("doctor")
+    .description("check endpoint, clock, bucket and credentials with a canary; exit 4 on FAIL")
+    .argument("[target]", "target name (default: every target)")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", doctorHelp)
+    .action((target: string | undefined, opts: { json?: boolean }) =>
+      withContext((ctx) => doctorCommand(ctx, target, opts)),
+    );
+
+  const config = p.command("config").description("configuration tools");
+  config
+    .command("check")
+    .description("validate the configuration and print it resolved, with secrets redacted")
+    .addHelpText(
+      "after",
+      "\nReads every referenced secret file and environment variable, so it also proves they are readable.\nExit 0 if valid, 78 with one line per problem otherwise.\n",
+    )
+    .action(() => {
+      const file = configPath(globals().config);
+      const { config: cfg, warnings } = loadConfig(file);
+      const log = makeLogger(globals());
+      for (const w of warnings) log.warn(w);
+      process.stdout.write(`# ${file}: valid\n${stringify(redactedView(cfg))}`);
+    });
+
+  const key = p.command("key").description("master key tools");
+  key
+    .command("generate")
+    .description("write a new random master key (64 hex characters, mode 0600) to FILE")
+    .argument("<file>", "where to write it; an existing file is never overwritten")
+    .addHelpText(
+      "after",
+      "\nEvery backup's SSE-C key is derived from the master key. Keep a copy offline:\nwithout it (and without the catalog) backups cannot be decrypted.\n",
+    )
+    .action((file: string) => {
+      generateMasterKeyFile(file);
+      process.stderr.write(
+        `wrote a new master key to ${file} (mode 0600); keep a copy somewhere safe and offline\n`,
+      );
+    });
+
+  return p;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  process.umask(0o077); // everything immutd creates (catalog, keys) is private to its user
+  try {
+    await program().parseAsync(argv);
+    return ExitCode.ok;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (
+        err.code === "commander.helpDisplayed" ||
+        err.code === "commander.version" ||
+        err.exitCode === 0
+      ) {
+        return ExitCode.ok;
+      }
+      return ExitCode.usage; // commander already printed the message
+    }
+    const code = exitCodeFor(err);
+    if (err instanceof ImmutdError) {
+      process.stderr.write(`immutd: ${err.message}\n`);
+    } else {
+      process.stderr.write(`immutd: unexpected error: ${describeError(err)}\n`);
+      process.stderr.write(`${JSON.stringify(serializeError(err))}\n`);
+    }
+    return code;
+  }
+}

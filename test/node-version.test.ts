@@ -1,0 +1,68 @@
+/**
+ * The Node.js version check: the engines ranges, the verdict for versions at
+ * and around their edges, and the executable's refusal (exit 78) on an older
+ * Node.js when the machine has one.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, realpathSync } from "node:fs";
+import { describe, it } from "node:test";
+import { nodeSupport, packageEngines, parseEngines } from "../src/node-version.js";
+import { CLI } from "./support/cli.js";
+
+const ENGINES = "^22.14.0 || ^24.0.0 || ^26.0.0";
+
+describe("node-version", () => {
+  it("parses engines as one ^X.Y.Z range per release line, and rejects anything else", () => {
+    assert.deepEqual(parseEngines(ENGINES), [
+      [22, 14, 0],
+      [24, 0, 0],
+      [26, 0, 0],
+    ]);
+    assert.throws(() => parseEngines(">=22"), /">=22" is not a \^X\.Y\.Z range/);
+    assert.throws(() => parseEngines("^22.14.0 | ^24.0.0"), /not a \^X\.Y\.Z range/);
+    // package.json's own engines has that form
+    assert.ok(parseEngines(packageEngines()).length >= 2);
+  });
+
+  it("supports the ranges, refuses what is older, and calls the rest untested", () => {
+    const verdict = (v: string) => nodeSupport(v, ENGINES).verdict;
+    for (const v of ["v22.14.0", "22.23.3", "24.0.0", "v24.21.0", "26.10.0"]) {
+      assert.equal(verdict(v), "supported", v);
+    }
+    for (const v of ["v22.13.1", "22.0.0", "20.20.2", "18.19.0", "v0.10.48"]) {
+      assert.equal(verdict(v), "too-old", v);
+    }
+    for (const v of ["23.11.0", "25.0.0", "27.0.0", "28.1.0"])
+      assert.equal(verdict(v), "untested", v);
+    assert.equal(nodeSupport("24.1.0", ENGINES).supported, "22.14 or a newer 22.x, 24 or 26");
+    assert.throws(() => nodeSupport("lts", ENGINES), /not a Node\.js version: lts/);
+  });
+
+  it("the Node.js running the tests is supported", () => {
+    assert.equal(nodeSupport(process.versions.node).verdict, "supported", process.version);
+  });
+
+  it("immutd refuses an older Node.js with exit 78 and one clear line", (t) => {
+    // An older Node.js is on this machine when Debian's nodejs (18 or 20) is installed.
+    const older = ["/usr/bin/node", "/usr/local/bin/node"].find(
+      (p) => existsSync(p) && realpathSync(p) !== realpathSync(process.execPath),
+    );
+    const version = older
+      ? spawnSync(older, ["--version"], { encoding: "utf8" }).stdout.trim()
+      : "";
+    if (!older || nodeSupport(version).verdict !== "too-old") {
+      t.skip(
+        `no Node.js older than immutd supports on this machine (${older ?? "none"} ${version})`,
+      );
+      return;
+    }
+    const r = spawnSync(older, [CLI, "--version"], { encoding: "utf8" });
+    assert.equal(r.status, 78, r.stderr);
+    assert.equal(r.stdout, "");
+    assert.equal(
+      r.stderr,
+      `immutd: Node.js ${version} is too old: immutd runs on Node.js ${nodeSupport(version).supported} (README: "Node.js support")\n`,
+    );
+  });
+});
