@@ -7,7 +7,7 @@
  * test/config.test.ts and, as installed from the package, test/package.test.ts.)
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -219,5 +219,29 @@ describe("Node.js versions", () => {
     const section = /^## Node\.js support\n([\s\S]*?)(?=^## )/m.exec(readme)?.[1] ?? "";
     assert.match(section, new RegExp(`\\b${oldest[0]}\\.${oldest[1]}\\b`));
     for (const m of majors) assert.match(section, new RegExp(`\\b${m}\\b`), `mentions Node ${m}`);
+  });
+});
+
+describe("README's links", () => {
+  it("every #anchor names a heading (GitHub's slugs), every relative link a file", () => {
+    const slug = (h: string) =>
+      h
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N}\s_-]/gu, "")
+        .trim()
+        .replace(/\s/g, "-");
+    const headings = new Set(
+      readme
+        .split("\n")
+        .filter((l) => /^#{1,6} /.test(l))
+        .map((l) => slug(l.replace(/^#+ /, ""))),
+    );
+    const links = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1] ?? "");
+    const anchors = links.filter((l) => l.startsWith("#"));
+    assert.ok(anchors.length >= 15, `README links its sections (${anchors.length})`);
+    for (const a of anchors) assert.ok(headings.has(a.slice(1)), `README: no heading for ${a}`);
+    for (const l of links.filter((l) => !/^(#|https?:)/.test(l))) {
+      assert.ok(existsSync(join(REPO, l.split("#")[0] ?? "")), `README links ${l}: no such file`);
+    }
   });
 });
