@@ -10,6 +10,13 @@ npx biome check .
 . scripts/node.sh
 immutd_use_supported_node # before anything runs immutd
 
+# Some tests run immutd as other users (nobody; the image's uid 10001): as root,
+# make sure they can reach the build (a parent directory made with mktemp -d is 0700).
+if [ "$(id -u)" = 0 ] && ! setpriv --reuid=65534 --regid=65534 --clear-groups test -r "$PWD/dist/src/cli.js"; then
+  echo "test.sh: user nobody cannot read $PWD/dist/src/cli.js: give every directory above it o+x (chmod o+x DIR)" >&2
+  exit 1
+fi
+
 own_server=0
 if [ -z "${IMMUTD_TEST_S3_ENV:-}" ]; then
   export IMMUTD_S3_DIR="${IMMUTD_S3_DIR:-$PWD/.s3-test}"
