@@ -16,8 +16,9 @@ runs=${2:-3}
 part=16
 queue=4
 
-npm run --silent build
 . scripts/node.sh
+immutd_install_deps
+npm run --silent build
 immutd_use_supported_node
 work=$(mktemp -d /tmp/immutd-bench.XXXXXX)
 s3dir="$work/s3"

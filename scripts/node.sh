@@ -7,6 +7,17 @@
 # into .node/ and put first on PATH for the rest of the script.
 # .ci/run uses immutd_install_node to fetch each Node.js version it tests.
 
+# Installs the npm packages if they are missing. --ignore-scripts: the one
+# install script, better-sqlite3's implicit `node-gyp rebuild`, only finds its
+# prebuilt binary and does nothing, but it first downloads Node's headers from
+# nodejs.org, which fails offline. On an older Node.js npm warns about
+# "engines"; immutd_use_supported_node fetches a supported one after the build.
+immutd_install_deps() {
+  [ -d node_modules ] && return 0
+  echo "== installing the npm packages" >&2
+  npm ci --no-audit --no-fund --ignore-scripts
+}
+
 # Installs node@$1 under $2 and prints the directory with bin/node.
 immutd_install_node() {
   local version=$1 dir=$2 home

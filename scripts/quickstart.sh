@@ -17,9 +17,9 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi
-[ -d node_modules ] || npm ci --no-audit --no-fund
-npm run --silent build
 . scripts/node.sh
+immutd_install_deps
+npm run --silent build
 immutd_use_supported_node # Node.js 24 into .node/ if the one on PATH is too old
 
 echo "== starting the local S3 server (Ceph RGW over https on 127.0.0.1)"

@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+. scripts/node.sh
+immutd_install_deps
 npm run --silent build
 npx biome check .
-. scripts/node.sh
 immutd_use_supported_node # before anything runs immutd
 
 # Some tests run immutd as other users (nobody; the image's uid 10001): as root,
