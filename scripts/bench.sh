@@ -9,6 +9,7 @@
 #     Buffers only at its next GC; measured: 303 MiB for 300 MB and 320 MiB for
 #     1.5 GB with the default 16 MiB x 4, so memory does not grow with the data)
 # Usage: bash scripts/bench.sh [SIZE_MB (default 500)] [RUNS (default 3)]
+#   IMMUTD_BENCH_COMPRESSIONS="none" runs only those (default "none gzip").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-500}
@@ -71,7 +72,7 @@ done
 calc() { awk "BEGIN { print $1 }"; }
 limit_mib=$((3 * part * (queue + 1) + 150))
 fail=0
-for comp in none gzip; do
+for comp in ${IMMUTD_BENCH_COMPRESSIONS:-none gzip}; do
   results=()
   for r in $(seq "$runs"); do
     /usr/bin/time -f "%e %M" -o "$work/time" node dist/src/cli.js --config "$work/$comp.yaml" --log-level warn backup >/dev/null 2>"$work/err" \

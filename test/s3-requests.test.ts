@@ -19,24 +19,37 @@ interface Seen {
   query: Record<string, unknown>;
   headers: Record<string, string>;
   body: Buffer | undefined;
+  /** The sizes of the pieces a streamed body arrived in (none for a Buffer body). */
+  writes: number[];
   protocol: string;
 }
 
 /** A fake S3 endpoint: answers the multipart calls and records every request. */
-function recorder(opts: { failPart?: number } = {}) {
+function recorder(opts: { failPart?: number; failOnce?: number } = {}) {
   const seen: Seen[] = [];
+  let failedOnce = false;
   const handler = {
     async handle(req: HttpRequest) {
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(req.headers)) headers[k.toLowerCase()] = v;
       let body: Buffer | undefined;
+      const writes: number[] = [];
       if (req.body instanceof Uint8Array) body = Buffer.from(req.body);
       else if (typeof req.body === "string") body = Buffer.from(req.body);
+      else if (req.body instanceof Readable) {
+        const chunks: Buffer[] = [];
+        for await (const c of req.body as AsyncIterable<Buffer>) {
+          chunks.push(c);
+          writes.push(c.length);
+        }
+        body = Buffer.concat(chunks);
+      }
       seen.push({
         method: req.method,
         query: req.query as Record<string, unknown>,
         headers,
         body,
+        writes,
         protocol: req.protocol,
       });
       const q = req.query as Record<string, unknown>;
@@ -56,6 +69,10 @@ function recorder(opts: { failPart?: number } = {}) {
         };
       }
       if (req.method === "PUT" && q.partNumber) {
+        if (Number(q.partNumber) === opts.failOnce && !failedOnce) {
+          failedOnce = true;
+          return { response: empty(500) };
+        }
         if (Number(q.partNumber) === opts.failPart) {
           return {
             response: new HttpResponse({
@@ -93,10 +110,14 @@ const sseKey = randomBytes(32);
 const keyB64 = sseKey.toString("base64");
 const keyMd5 = createHash("md5").update(sseKey).digest("base64");
 
-function body(size: number): Readable {
+function body(size: number, sent: Buffer[] = []): Readable {
   return Readable.from(
     (function* () {
-      for (let left = size; left > 0; left -= MiB) yield randomBytes(Math.min(MiB, left));
+      for (let left = size; left > 0; left -= MiB) {
+        const chunk = randomBytes(Math.min(MiB, left));
+        sent.push(chunk);
+        yield chunk;
+      }
     })(),
   );
 }
@@ -133,6 +154,33 @@ describe("S3 upload requests", () => {
         "Content-MD5 is signed",
       );
     }
+  });
+
+  it("a part goes to the socket in 1 MiB slices, and again in full after a 500", async () => {
+    const { seen, handler } = recorder({ failOnce: 2 });
+    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+      requestHandler: handler,
+    });
+    const sent: Buffer[] = [];
+    const res = await store.upload({ key: "k", body: body(12 * MiB, sent), sseKey });
+    assert.equal(res.versionId, "V123");
+    const parts = seen.filter((s) => s.method === "PUT" && s.query.partNumber);
+    assert.deepEqual(
+      parts.map((p) => Number(p.query.partNumber)).sort(),
+      [1, 2, 2, 3],
+      "part 2 was retried once",
+    );
+    for (const p of parts) {
+      assert.ok(p.body && p.writes.length > 1, "a part body is streamed, not one Buffer");
+      assert.ok(Math.max(...p.writes) <= MiB, `slices of at most 1 MiB: ${p.writes}`);
+      assert.equal(p.headers["content-length"], String(p.body.length));
+      assert.equal(p.headers["content-md5"], createHash("md5").update(p.body).digest("base64"));
+    }
+    const [first, retried] = parts.filter((p) => Number(p.query.partNumber) === 2);
+    assert.ok(first?.body && retried?.body?.equals(first.body), "the retry sent the same bytes");
+    const byNumber = new Map(parts.map((p) => [Number(p.query.partNumber), p.body]));
+    const uploaded = Buffer.concat([1, 2, 3].map((n) => byNumber.get(n) ?? Buffer.alloc(0)));
+    assert.ok(uploaded.equals(Buffer.concat(sent)), "the parts are the archive, in order");
   });
 
   it("crc32 mode: an x-amz-checksum-crc32 header on every part", async () => {

@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Agent as HttpAgent, request as httpRequest } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import { rootCertificates, type TLSSocket } from "node:tls";
 import {
   AbortMultipartUploadCommand,
@@ -640,6 +640,22 @@ function installGuards(client: S3Client, t: TargetConfig): void {
     { step: "finalizeRequest", name: "immutdSseGuard", priority: "low" },
   );
   client.middlewareStack.add(
+    (next) => async (args) => {
+      const req = args.request as { body?: unknown };
+      const body = req.body;
+      if (!(body instanceof Uint8Array) || body.length <= BODY_SLICE) return next(args);
+      // A fresh stream per attempt (this runs after the retry middleware), and
+      // the Buffer back on the request afterwards for the next attempt.
+      req.body = Readable.from(slices(body), { objectMode: false });
+      try {
+        return await next(args);
+      } finally {
+        req.body = body;
+      }
+    },
+    { step: "finalizeRequest", name: "immutdSlicedBody", priority: "low" },
+  );
+  client.middlewareStack.add(
     (next, context) => async (args) => {
       const req = args.request as {
         protocol?: string;
@@ -663,6 +679,23 @@ function installGuards(client: S3Client, t: TargetConfig): void {
     },
     { step: "build", name: "immutdPartIntegrity", priority: "low" },
   );
+}
+
+/**
+ * A part's body goes to the socket in slices of this size (views, no copy).
+ * Written as one Buffer, the TLS socket takes the whole part at once: it is
+ * copied into one allocation with the request head and encrypted in one go,
+ * so every part in flight costs about two more part-sized native buffers.
+ * Measured with `npm run bench` on Node 24 (16 MiB x 4): peak RSS 404-460 MiB
+ * with whole-part writes, 331-369 MiB with 1 MiB slices, at the same speed.
+ * The slices are made per attempt: this middleware runs after the retry one.
+ */
+const BODY_SLICE = 1024 * 1024;
+
+function* slices(body: Uint8Array): Generator<Buffer> {
+  for (let off = 0; off < body.length; off += BODY_SLICE) {
+    yield Buffer.from(body.buffer, body.byteOffset + off, Math.min(BODY_SLICE, body.length - off));
+  }
 }
 
 function lower(h: Record<string, string>): Record<string, string> {
