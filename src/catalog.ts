@@ -147,6 +147,14 @@ const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS 
   size, sha256, compression, created_at AS createdAt, retention_mode AS retentionMode,
   retain_until AS retainUntil, status, files`;
 
+/**
+ * The runs this process started, as "catalog path#run id". A run is only
+ * ours if it is in here: its recorded pid equal to ours is not enough, since
+ * a new container (tini as PID 1, immutd as PID 7 on every start) or a
+ * rebooted host hands the same pid to the next immutd.
+ */
+const startedHere = new Set<string>();
+
 export class Catalog {
   readonly path: string;
   readonly db: Database.Database;
@@ -204,25 +212,31 @@ export class Catalog {
           .prepare(`SELECT id, pid FROM runs WHERE job = ? AND status = 'running'`)
           .all(r.job) as { id: number; pid: number | null }[];
         for (const run of open) {
+          if (this.#ours(run.id)) continue;
           if (run.pid !== null && run.pid !== process.pid && processAlive(run.pid)) {
             throw new LockHeldError(
               `job ${r.job} is already running (run ${run.id}, pid ${run.pid}); not starting it twice`,
             );
           }
-          if (run.pid !== process.pid)
-            this.#interrupt(run.id, "the process running it ended without finishing it");
+          this.#interrupt(run.id, "the process running it ended without finishing it");
         }
         const info = this.db
           .prepare(
             `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES (?, ?, ?, ?, 'running', ?)`,
           )
           .run(r.job, r.target, r.objectKey, r.startedAt.toISOString(), process.pid);
-        return Number(info.lastInsertRowid);
+        const id = Number(info.lastInsertRowid);
+        startedHere.add(`${this.path}#${id}`);
+        return id;
       })
       .immediate();
   }
 
-  /** Runs left "running" by processes that no longer exist (crash, kill -9, power loss). */
+  /**
+   * Runs left "running" by processes that no longer exist (crash, kill -9,
+   * power loss): not started by this process, and recorded with no pid, a
+   * pid that is gone, or our own pid (reused after a restart).
+   */
   abandonedRuns(): RunRow[] {
     const rows = this.db
       .prepare(
@@ -230,7 +244,13 @@ export class Catalog {
            finished_at AS finishedAt, status, bytes, files, warnings, error, pid FROM runs WHERE status = 'running'`,
       )
       .all() as (RunRow & { pid: number | null })[];
-    return rows.filter((r) => r.pid === null || (r.pid !== process.pid && !processAlive(r.pid)));
+    return rows.filter(
+      (r) => !this.#ours(r.id) && (r.pid === null || r.pid === process.pid || !processAlive(r.pid)),
+    );
+  }
+
+  #ours(runId: number): boolean {
+    return startedHere.has(`${this.path}#${runId}`);
   }
 
   markInterrupted(runId: number, reason: string): void {

@@ -77,6 +77,35 @@ describe("catalog", () => {
     c.close();
   });
 
+  it("a run recorded with this pid by an earlier process is abandoned, not ours (pid reuse)", () => {
+    const path = join(dir, "pid-reuse.db");
+    // An earlier immutd with the same pid (a container's PID 7) left a run "running".
+    const raw = new Database(path);
+    const before = Catalog.open(path);
+    before.close();
+    raw
+      .prepare(
+        `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES ('j', 't', 'old', ?, 'running', ?)`,
+      )
+      .run(new Date(0).toISOString(), process.pid);
+    raw.close();
+    const c = Catalog.open(path);
+    assert.deepEqual(
+      c.abandonedRuns().map((r) => r.objectKey),
+      ["old"],
+      "the daemon's start-up recovery sees it",
+    );
+    // A run this process starts is never abandoned, and starting one ends the stale one.
+    const mine = c.startRun({ job: "j", target: "t", objectKey: "new", startedAt: new Date() });
+    assert.deepEqual(c.abandonedRuns(), []);
+    const runs = c.db.prepare("SELECT id, object_key AS k, status FROM runs ORDER BY id").all();
+    assert.deepEqual(runs, [
+      { id: 1, k: "old", status: "interrupted" },
+      { id: mine, k: "new", status: "running" },
+    ]);
+    c.close();
+  });
+
   it("refuses a catalog from a newer immutd", () => {
     const path = join(dir, "future.db");
     const db = new Database(path);
