@@ -112,6 +112,13 @@ describe("immutd backup / list (CLI, Ceph RGW)", () => {
     assert.equal(table.code, 0);
     assert.match(table.stdout, /^ID\s+JOB\s+CREATED \(UTC\)/);
     assert.match(table.stdout, /files .* COMPLIANCE\s+ok\s+cli-test\/files\//);
+
+    const typo = await runCli(["--config", cfg, "list", "--job", "flies"], { env: cliEnv });
+    assert.equal(typo.code, 2, typo.stderr);
+    assert.match(
+      typo.stderr,
+      /unknown job flies: not configured and not in the catalog; configured jobs: files/,
+    );
   });
 
   it("exits 3 when a job fails and names it; exits 2 for an unknown job", async () => {

@@ -1,4 +1,5 @@
 import type { BackupRow } from "../catalog.js";
+import { UsageError } from "../errors.js";
 import { formatBytes, formatTable } from "../progress.js";
 import type { Context } from "./context.js";
 
@@ -11,6 +12,14 @@ createdAt, retainUntil, retentionMode, status, files, runId.
 
 export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }): void {
   const rows = ctx.catalog().listBackups(opts.job !== undefined ? { job: opts.job } : {});
+  // A job no longer in the config still lists its backups; a name that is
+  // neither configured nor in the catalog is a typo (exit 2, not an empty list).
+  const job = opts.job;
+  if (job !== undefined && rows.length === 0 && !ctx.config.jobs.some((j) => j.name === job)) {
+    throw new UsageError(
+      `unknown job ${job}: not configured and not in the catalog; configured jobs: ${ctx.config.jobs.map((j) => j.name).join(", ")}`,
+    );
+  }
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
     return;
