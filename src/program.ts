@@ -28,7 +28,8 @@ const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.ur
 const EXIT_CODES = `
 Exit codes:
   0   success
-  1   unexpected error (a bug: please report it with the log)
+  1   an error outside a backup job (S3 failed or refused a request, a safety
+      check refused, a restore was cancelled); "unexpected error" is a bug
   2   usage error (unknown command, option or job)
   3   one or more jobs failed, or a restore failed or is incomplete
   4   verify found problems, doctor has a FAIL, or init left something it cannot fix

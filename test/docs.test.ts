@@ -161,6 +161,7 @@ describe("README's container section", () => {
     );
     assert.equal(config.catalog, "/var/lib/immutd/catalog.db");
     assert.ok(config.http, "the HEALTHCHECK needs http.listen");
+    assert.ok(config.verify.schedule, "keepLatestLocked only runs when the daemon verifies");
     assert.match(read("Dockerfile"), new RegExp(`http://${config.http.listen}/healthz`));
     // a container's hostname changes with every new container: object keys need a fixed host
     assert.match(configs[0]?.text ?? "", /^host: \S+/m);
