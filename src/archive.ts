@@ -35,6 +35,7 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import { type Header, type Pack, pack as tarPack } from "tar-stream";
 import { compileExcludes, type ExcludeMatcher } from "./exclude.js";
+import { fileKind } from "./file-kind.js";
 
 export interface ArchiveWarning {
   /** Absolute path of the entry concerned. */
@@ -303,7 +304,8 @@ class Archiver {
     if (st.isDirectory()) await this.directory(abs, name, st);
     else if (st.isFile()) await this.file(abs, name, st, prepared.loaded);
     else if (st.isSymbolicLink()) await this.symlink(abs, name, st);
-    else this.warn(abs, `${kindOf(st)} skipped: only files, directories and symlinks are archived`);
+    else
+      this.warn(abs, `${fileKind(st)} skipped: only files, directories and symlinks are archived`);
   }
 
   private async directory(abs: string, name: string, st: BigIntStats): Promise<void> {
@@ -612,7 +614,7 @@ class Archiver {
 
   private reportOpenFailure(abs: string, failure: OpenFailure): void {
     if (failure.kind === "not-file") {
-      const kind = kindOf(failure.before);
+      const kind = fileKind(failure.before);
       this.warn(abs, `file was replaced by a ${kind} while being archived, skipped`);
     } else if (failure.stage === "fstat") {
       this.warnErr(abs, failure.err, "cannot stat open file, skipped");
@@ -806,16 +808,6 @@ function headerFor(
  * already ended the archive through `fail`; unlistened, the error would crash.
  */
 function ignore(): void {}
-
-function kindOf(st: BigIntStats): string {
-  if (st.isFIFO()) return "FIFO";
-  if (st.isSocket()) return "socket";
-  if (st.isBlockDevice()) return "block device";
-  if (st.isCharacterDevice()) return "character device";
-  if (st.isDirectory()) return "directory";
-  if (st.isSymbolicLink()) return "symlink";
-  return "special file";
-}
 
 function byteOrder(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));

@@ -21,6 +21,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import {
+  type BucketProblem,
   describeRetention,
   lifecycleProblems,
   lockProblems,
@@ -177,12 +178,7 @@ export function judgeBucket(
   );
   out.push(
     lockIssue.length
-      ? {
-          name: "object lock",
-          status: "FAIL",
-          message: lockIssue.map((p) => p.message).join("; "),
-          fix: lockIssue.map((p) => p.fix).join("; "),
-        }
+      ? failed("object lock", lockIssue)
       : {
           name: "object lock",
           status: "OK",
@@ -196,12 +192,7 @@ export function judgeBucket(
   const d = state.defaultRetention;
   out.push(
     retention.length
-      ? {
-          name: "default retention",
-          status: "FAIL",
-          message: retention.map((p) => p.message).join("; "),
-          fix: retention.map((p) => p.fix).join("; "),
-        }
+      ? failed("default retention", retention)
       : {
           name: "default retention",
           status: "OK",
@@ -232,12 +223,7 @@ export function judgeBucket(
   const bad = lifecycleProblems(rules, t);
   const missing = missingLifecycle(rules, t);
   if (bad.length) {
-    out.push({
-      name: "lifecycle",
-      status: "FAIL",
-      message: bad.map((p) => p.message).join("; "),
-      fix: bad.map((p) => p.fix).join("; "),
-    });
+    out.push(failed("lifecycle", bad));
   } else if (missing.length) {
     out.push({
       name: "lifecycle",
@@ -253,6 +239,16 @@ export function judgeBucket(
     });
   }
   return out;
+}
+
+/** One FAIL line for problems found by the checks verify shares: their messages and fixes. */
+function failed(name: string, problems: readonly BucketProblem[]): Omit<Check, "target"> {
+  return {
+    name,
+    status: "FAIL",
+    message: problems.map((p) => p.message).join("; "),
+    fix: problems.map((p) => p.fix).join("; "),
+  };
 }
 
 function checksumHeader(t: TargetConfig): string {

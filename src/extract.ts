@@ -49,6 +49,7 @@ import { promisify } from "node:util";
 import picomatch from "picomatch";
 import { type Header, extract as tarExtract } from "tar-stream";
 import { ImmutdError, UsageError } from "./errors.js";
+import { fileKind } from "./file-kind.js";
 
 export interface ExtractWarning {
   /** The entry's name as stored in the archive. */
@@ -665,7 +666,7 @@ class Extractor {
     if (!tst.isFile()) {
       return this.refuse(
         raw,
-        `hard link target "${target.rel}" is a ${kindOf(tst)}, not a regular file`,
+        `hard link target "${target.rel}" is a ${fileKind(tst)}, not a regular file`,
       );
     }
     if (!this.created.has(tst)) {
@@ -750,7 +751,7 @@ class Extractor {
         this.safeDirs.add(dir);
         continue;
       }
-      const kind = st.isSymbolicLink() ? "a symlink" : `a ${kindOf(st)}`;
+      const kind = st.isSymbolicLink() ? "a symlink" : `a ${fileKind(st)}`;
       this.refuse(raw, `parent "${dir}" is ${kind}, not a directory: refusing to write through it`);
       return null;
     }
@@ -787,7 +788,7 @@ class Extractor {
       return false;
     }
     if (!this.overwrite && !this.created.has(st)) {
-      this.skip(raw, `a ${kindOf(st)} already exists at this path (overwrite is off), skipped`);
+      this.skip(raw, `a ${fileKind(st)} already exists at this path (overwrite is off), skipped`);
       return false;
     }
     await unlink(abs);
@@ -1044,17 +1045,6 @@ function destroyInput(input: NodeJS.ReadableStream, reason: unknown): void {
   if (typeof destroy !== "function") return;
   if (input.listenerCount("error") > 0) destroy.call(input, reason as Error);
   else destroy.call(input);
-}
-
-function kindOf(st: Stats): string {
-  if (st.isFile()) return "regular file";
-  if (st.isDirectory()) return "directory";
-  if (st.isSymbolicLink()) return "symlink";
-  if (st.isFIFO()) return "FIFO";
-  if (st.isSocket()) return "socket";
-  if (st.isBlockDevice()) return "block device";
-  if (st.isCharacterDevice()) return "character device";
-  return "special file";
 }
 
 function kindName(kind: Kind | "directory"): string {
