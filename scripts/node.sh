@@ -18,13 +18,19 @@ immutd_install_deps() {
   npm ci --no-audit --no-fund --ignore-scripts
 }
 
+# Prints the directory with bin/node of the `node` package installed under $1, if any.
+immutd_node_home() {
+  local home
+  home=$(find "$1/node_modules/node/node_modules" -maxdepth 1 -name 'node-linux-*' -print -quit 2>/dev/null || true)
+  [ -n "$home" ] && [ -x "$home/bin/node" ] && echo "$home"
+}
+
 # Installs node@$1 under $2 and prints the directory with bin/node.
 immutd_install_node() {
   local version=$1 dir=$2 home
   npm install --prefix "$dir" --no-save --no-package-lock --no-audit --no-fund \
     --loglevel=error "node@$version" >&2
-  home=$(find "$dir/node_modules/node/node_modules" -maxdepth 1 -name 'node-linux-*' -print -quit)
-  if [ -z "$home" ] || [ ! -x "$home/bin/node" ]; then
+  if ! home=$(immutd_node_home "$dir"); then
     echo "node@$version from the npm registry has no bin/node under $dir" >&2
     return 1
   fi
@@ -35,8 +41,7 @@ immutd_use_supported_node() {
   local why home dir want=${IMMUTD_NODE:-24}
   if why=$(node dist/src/node-version.js 2>&1); then return 0; fi
   dir="$PWD/.node/$want"
-  home=$(find "$dir/node_modules/node/node_modules" -maxdepth 1 -name 'node-linux-*' -print -quit 2>/dev/null || true)
-  if [ -z "$home" ] || [ ! -x "$home/bin/node" ]; then
+  if ! home=$(immutd_node_home "$dir"); then
     echo "== $why: fetching Node.js $want from the npm registry into .node/" >&2
     mkdir -p "$dir"
     chmod 0755 "$PWD/.node" "$dir" # tests run node as other users too
