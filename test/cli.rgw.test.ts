@@ -9,7 +9,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { logRecords, runCli } from "./support/cli.js";
-import { createLockedBucket, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
+import {
+  createLockedBucket,
+  type S3Env,
+  s3env,
+  targetYaml,
+  uniqueBucket,
+} from "./support/s3env.js";
 
 const NOBODY = 65534;
 
@@ -21,17 +27,12 @@ function configYaml(
 masterKeyFile: ${o.dir}/master.key
 host: cli-test
 targets:
-  local:
-    endpoint: ${env.endpoint}
-    bucket: ${o.bucket}
-    forcePathStyle: true
-    caFile: ${env.caFile}
-    retention: { mode: COMPLIANCE, days: 1 }
-    partSizeMiB: 5
-    credentials:
-      writer: { accessKeyId: ${env.writer.accessKeyId}, secretAccessKeyFile: ${o.dir}/writer.secret }
-      reader: { accessKeyId: ${env.reader.accessKeyId}, secretAccessKey: "\${TEST_READER_SECRET}" }
-jobs:
+${targetYaml(env, {
+  bucket: o.bucket,
+  extra: ["partSizeMiB: 5"],
+  writer: `{ accessKeyId: ${env.writer.accessKeyId}, secretAccessKeyFile: ${o.dir}/writer.secret }`,
+  reader: `{ accessKeyId: ${env.reader.accessKeyId}, secretAccessKey: "\${TEST_READER_SECRET}" }`,
+})}jobs:
   - name: files
     target: local
     schedule: "*/5 * * * *"

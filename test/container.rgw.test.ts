@@ -33,7 +33,7 @@ import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { createLockedBucket, s3env, uniqueBucket } from "./support/s3env.js";
+import { createLockedBucket, s3env, targetYaml, uniqueBucket } from "./support/s3env.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 
@@ -280,16 +280,12 @@ masterKeyFile: ${inImage("/run/secrets/master.key")}
 host: app-1
 http: { listen: "127.0.0.1:${port}" }
 targets:
-  offsite:
-    endpoint: ${s3.endpoint}
-    bucket: ${bucket}
-    forcePathStyle: true
-    caFile: ${s3.caFile}
-    retention: { mode: COMPLIANCE, days: 1 }
-    credentials:
-      writer: { accessKeyId: ${s3.writer.accessKeyId}, secretAccessKeyFile: ${inImage("/run/secrets/writer")} }
-      reader: { accessKeyId: ${s3.reader.accessKeyId}, secretAccessKeyFile: ${inImage("/run/secrets/reader")} }
-jobs:
+${targetYaml(s3, {
+  bucket,
+  name: "offsite",
+  writer: `{ accessKeyId: ${s3.writer.accessKeyId}, secretAccessKeyFile: ${inImage("/run/secrets/writer")} }`,
+  reader: `{ accessKeyId: ${s3.reader.accessKeyId}, secretAccessKeyFile: ${inImage("/run/secrets/reader")} }`,
+})}jobs:
   - name: app
     target: offsite
     schedule: "0 3 * * *"

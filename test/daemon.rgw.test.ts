@@ -21,6 +21,7 @@ import {
   rgwTarget,
   type S3Env,
   s3env,
+  targetYaml,
   uniqueBucket,
 } from "./support/s3env.js";
 
@@ -79,18 +80,11 @@ masterKeyFile: ${dir}/master.key
 host: daemon-test
 ${top}
 targets:
-  local:
-    endpoint: ${env.endpoint}
-    bucket: ${bucket}
-    forcePathStyle: true
-    caFile: ${env.caFile}
-    retention: { mode: COMPLIANCE, days: 1 }
-    partSizeMiB: 5
-    queueSize: 2
-    credentials:
-      writer: { accessKeyId: ${env.writer.accessKeyId}, secretAccessKey: ${env.writer.secretAccessKey} }
-      reader: { accessKeyId: ${env.reader.accessKeyId}, secretAccessKey: "\${TEST_READER_SECRET}" }
-jobs:
+${targetYaml(env, {
+  bucket,
+  extra: ["partSizeMiB: 5", "queueSize: 2"],
+  reader: `{ accessKeyId: ${env.reader.accessKeyId}, secretAccessKey: "\${TEST_READER_SECRET}" }`,
+})}jobs:
 ${jobs.replaceAll("DIR", dir)}`,
     );
     return { dir, cfg, bucket, catalog: join(dir, "catalog.db") };

@@ -29,7 +29,14 @@ import Database from "better-sqlite3";
 import { pack } from "tar-stream";
 import { deriveSseKey } from "../src/keys.js";
 import { logRecords, runCli } from "./support/cli.js";
-import { client, createLockedBucket, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
+import {
+  client,
+  createLockedBucket,
+  type S3Env,
+  s3env,
+  targetYaml,
+  uniqueBucket,
+} from "./support/s3env.js";
 
 interface Setup {
   dir: string;
@@ -83,16 +90,10 @@ describe("immutd restore (CLI, Ceph RGW)", () => {
 masterKeyFile: ${dir}/master.key
 host: restore-test
 targets:
-  local:
-    endpoint: ${env.endpoint}
-    bucket: ${bucket}
-    forcePathStyle: true
-    caFile: ${env.caFile}
-    retention: { mode: COMPLIANCE, days: 1 }
-    credentials:
-      writer: { accessKeyId: ${env.writer.accessKeyId}, secretAccessKey: ${env.writer.secretAccessKey} }
-      reader: { accessKeyId: ${env.reader.accessKeyId}, secretAccessKey: "\${TEST_READER_SECRET}" }
-jobs:
+${targetYaml(env, {
+  bucket,
+  reader: `{ accessKeyId: ${env.reader.accessKeyId}, secretAccessKey: "\${TEST_READER_SECRET}" }`,
+})}jobs:
   - name: data
     target: local
     schedule: "@daily"

@@ -16,7 +16,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { CLI, logRecords } from "./support/cli.js";
-import { createLockedBucket, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
+import {
+  createLockedBucket,
+  type S3Env,
+  s3env,
+  targetYaml,
+  uniqueBucket,
+} from "./support/s3env.js";
 
 const UID = 61234; // no such user: the unit's DynamicUser-free "immutd" stand-in
 
@@ -109,16 +115,12 @@ describe("immutd.service's user and capability (setpriv, Ceph RGW)", () => {
 masterKeyFile: \${CREDENTIALS_DIRECTORY}/master.key
 host: unit-test
 targets:
-  offsite:
-    endpoint: ${env.endpoint}
-    bucket: ${bucket}
-    forcePathStyle: true
-    caFile: ${env.caFile}
-    retention: { mode: COMPLIANCE, days: 1 }
-    credentials:
-      writer: { accessKeyId: ${env.writer.accessKeyId}, secretAccessKeyFile: "\${CREDENTIALS_DIRECTORY}/writer" }
-      reader: { accessKeyId: ${env.reader.accessKeyId}, secretAccessKeyFile: "\${CREDENTIALS_DIRECTORY}/reader" }
-jobs:
+${targetYaml(env, {
+  bucket,
+  name: "offsite",
+  writer: `{ accessKeyId: ${env.writer.accessKeyId}, secretAccessKeyFile: "\${CREDENTIALS_DIRECTORY}/writer" }`,
+  reader: `{ accessKeyId: ${env.reader.accessKeyId}, secretAccessKeyFile: "\${CREDENTIALS_DIRECTORY}/reader" }`,
+})}jobs:
   - name: data
     target: offsite
     schedule: "0 3 * * *"

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Cred, S3Env } from "./s3env.js";
+import { type Cred, credYaml, type S3Env, targetYaml } from "./s3env.js";
 
 export interface TestConfig {
   dir: string;
@@ -40,8 +40,6 @@ export function writeConfig(
   const writer = o.writer ?? env.writer;
   const reader = o.reader ?? env.reader;
   const admin = o.admin === undefined ? env.main : o.admin;
-  const cred = (c: Cred) =>
-    `{ accessKeyId: ${c.accessKeyId}, secretAccessKey: "${c.secretAccessKey}" }`;
   const file = join(dir, "config.yaml");
   writeFileSync(
     file,
@@ -50,18 +48,14 @@ masterKeyFile: ${dir}/master.key
 host: assure
 keepLatestLocked: ${o.keepLatestLocked ?? true}
 targets:
-  local:
-    endpoint: ${env.endpoint}
-    bucket: ${o.bucket}
-    forcePathStyle: true
-    caFile: ${env.caFile}
-    prefix: "${o.prefix ?? ""}"
-    retention: { mode: COMPLIANCE, days: ${o.days ?? 1} }
-    partSizeMiB: 5
-    credentials:
-      writer: ${cred(writer)}
-      reader: ${cred(reader)}
-${admin ? `      admin: ${cred(admin)}\n` : ""}jobs:
+${targetYaml(env, {
+  bucket: o.bucket,
+  days: o.days ?? 1,
+  extra: [`prefix: "${o.prefix ?? ""}"`, "partSizeMiB: 5"],
+  writer: credYaml(writer),
+  reader: credYaml(reader),
+  ...(admin ? { admin: credYaml(admin) } : {}),
+})}jobs:
   - name: files
     target: local
     schedule: "0 3 * * *"

@@ -137,3 +137,42 @@ export function adminRemoveVersion(
     },
   );
 }
+
+/** A credential as a YAML flow mapping with its secret inline. */
+export function credYaml(c: Cred): string {
+  return `{ accessKeyId: ${c.accessKeyId}, secretAccessKey: "${c.secretAccessKey}" }`;
+}
+
+/**
+ * The `targets:` entry for a locked bucket on the test RGW (COMPLIANCE), as
+ * the config tests write it. Credentials are YAML flow mappings (default: the
+ * server's writer and reader with their secrets inline; tests that prove a
+ * secret form pass their own); `extra` holds more target keys, one per line.
+ */
+export function targetYaml(
+  env: S3Env,
+  o: {
+    bucket: string;
+    name?: string;
+    days?: number;
+    extra?: string[];
+    writer?: string;
+    reader?: string;
+    admin?: string;
+  },
+): string {
+  const lines = [
+    `  ${o.name ?? "local"}:`,
+    `    endpoint: ${env.endpoint}`,
+    `    bucket: ${o.bucket}`,
+    "    forcePathStyle: true",
+    `    caFile: ${env.caFile}`,
+    `    retention: { mode: COMPLIANCE, days: ${o.days ?? 1} }`,
+    ...(o.extra ?? []).map((l) => `    ${l}`),
+    "    credentials:",
+    `      writer: ${o.writer ?? credYaml(env.writer)}`,
+    `      reader: ${o.reader ?? credYaml(env.reader)}`,
+    ...(o.admin ? [`      admin: ${o.admin}`] : []),
+  ];
+  return `${lines.join("\n")}\n`;
+}
