@@ -14,7 +14,15 @@ import type { Compression, RetentionMode } from "./config.js";
 import { ConfigError, LockHeldError } from "./errors.js";
 
 export type RunStatus = "running" | "succeeded" | "failed" | "interrupted";
-export type BackupStatus = "ok" | "corrupt" | "missing" | "expired";
+/**
+ * ok: stored, size checked, locked as configured. corrupt: the stored bytes are
+ * not what was sent. missing: the version is gone. expired: its lock has ended.
+ * unlocked: the version exists but its retention could not be set or read back
+ * as configured (it is recorded so that it is never forgotten, and verify keeps
+ * reporting it). unverified: found by crash recovery at a run's key; size and
+ * retention come from the server, the SHA-256 is unknown until `verify --deep`.
+ */
+export type BackupStatus = "ok" | "corrupt" | "missing" | "expired" | "unlocked" | "unverified";
 
 export interface RunRow {
   id: number;
@@ -39,7 +47,8 @@ export interface NewBackup {
   key: string;
   versionId: string;
   size: number;
-  sha256: string;
+  /** null only for a backup found by crash recovery ("unverified") until verify --deep settles it. */
+  sha256: string | null;
   compression: Compression;
   sseKey: Buffer;
   keyDerivation: string;
@@ -60,7 +69,7 @@ export interface BackupRow {
   key: string;
   versionId: string;
   size: number;
-  sha256: string;
+  sha256: string | null;
   compression: Compression;
   createdAt: string;
   retentionMode: RetentionMode | null;
@@ -141,6 +150,38 @@ const MIGRATIONS: string[] = [
   );
   CREATE INDEX verify_runs_started ON verify_runs (started_at);
   `,
+  // 3: backups that could not be locked as configured ("unlocked") and backups
+  // found by crash recovery whose SHA-256 is not known yet ("unverified", sha256
+  // NULL). SQLite cannot change a CHECK in place: the table is rebuilt (with
+  // foreign keys off, see #migrate) and every row kept.
+  `
+  CREATE TABLE backups_v3 (
+    id             INTEGER PRIMARY KEY,
+    run_id         INTEGER REFERENCES runs (id),
+    job            TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    bucket         TEXT NOT NULL,
+    object_key     TEXT NOT NULL,
+    version_id     TEXT NOT NULL,
+    size           INTEGER NOT NULL,
+    sha256         TEXT,
+    compression    TEXT NOT NULL CHECK (compression IN ('none','gzip')),
+    sse_key        BLOB NOT NULL,
+    key_derivation TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    retention_mode TEXT,
+    retain_until   TEXT,
+    status         TEXT NOT NULL CHECK (status IN ('ok','corrupt','missing','expired','unlocked','unverified')),
+    files          INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (bucket, object_key, version_id),
+    CHECK (sha256 IS NOT NULL OR status IN ('unverified','corrupt','missing','expired','unlocked'))
+  );
+  INSERT INTO backups_v3 SELECT id, run_id, job, target, bucket, object_key, version_id, size, sha256,
+    compression, sse_key, key_derivation, created_at, retention_mode, retain_until, status, files FROM backups;
+  DROP TABLE backups;
+  ALTER TABLE backups_v3 RENAME TO backups;
+  CREATE INDEX backups_job_created ON backups (job, created_at);
+  `,
 ];
 
 const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
@@ -187,11 +228,23 @@ export class Catalog {
         `catalog ${this.path} has schema version ${version}, newer than this immutd understands (${MIGRATIONS.length}); upgrade immutd`,
       );
     }
-    for (let v = version; v < MIGRATIONS.length; v++) {
-      this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[v] as string);
-        this.db.pragma(`user_version = ${v + 1}`);
-      })();
+    if (version === MIGRATIONS.length) return;
+    // A table rebuild (migration 3) must not cascade or check references while
+    // the old table is dropped; the check runs once it is complete. The pragma
+    // has no effect inside a transaction, so it is switched around them.
+    this.db.pragma("foreign_keys = OFF");
+    try {
+      for (let v = version; v < MIGRATIONS.length; v++) {
+        this.db.transaction(() => {
+          this.db.exec(MIGRATIONS[v] as string);
+          const broken = this.db.pragma("foreign_key_check") as unknown[];
+          if (broken.length)
+            throw new Error(`migration ${v + 1} left ${broken.length} broken references`);
+          this.db.pragma(`user_version = ${v + 1}`);
+        })();
+      }
+    } finally {
+      this.db.pragma("foreign_keys = ON");
     }
   }
 

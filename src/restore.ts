@@ -106,7 +106,7 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
     sseKey,
     createdAt: new Date(row.createdAt),
     size: row.size,
-    sha256: row.sha256,
+    ...(row.sha256 !== null ? { sha256: row.sha256 } : {}),
   };
 }
 

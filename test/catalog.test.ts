@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, statSync } from "node:fs";
+import { copyFileSync, mkdtempSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -10,6 +10,33 @@ import { ConfigError } from "../src/errors.js";
 const dir = mkdtempSync(join(tmpdir(), "immutd-catalog-"));
 
 describe("catalog", () => {
+  it("migrates a catalog made by immutd 0.1.0 (schema 2) keeping every row, key and lock extension", () => {
+    // test/fixtures/catalog-0.1.0.db was written by 0.1.0's Catalog: one run, one
+    // backup, one lock extension that references the backup.
+    const path = join(dir, "old.db");
+    copyFileSync(new URL("../../test/fixtures/catalog-0.1.0.db", import.meta.url), path);
+    const c = Catalog.open(path);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 3);
+    const [b] = c.listBackups();
+    assert.equal(b?.versionId, "v1");
+    assert.equal(b?.sha256, "a".repeat(64));
+    assert.equal(b?.status, "ok");
+    assert.deepEqual(c.backupKey(b?.id ?? 0), Buffer.alloc(32, 7));
+    const ext = c.db.prepare("SELECT backup_id AS id FROM lock_extensions").all() as {
+      id: number;
+    }[];
+    assert.deepEqual(ext, [{ id: b?.id }]);
+    assert.deepEqual(c.db.pragma("foreign_key_check"), []);
+    assert.equal(c.db.pragma("foreign_keys", { simple: true }), 1);
+    // The new statuses are accepted, and a NULL SHA-256 only with one of them.
+    c.setBackupStatus(b?.id ?? 0, "unverified");
+    assert.throws(
+      () => c.db.prepare("UPDATE backups SET sha256 = NULL, status = 'ok'").run(),
+      /CHECK/,
+    );
+    c.close();
+  });
+
   it("is created 0600 (with its WAL files) in a new 0700 directory, in WAL mode", () => {
     const path = join(dir, "sub", "catalog.db");
     const c = Catalog.open(path);
@@ -18,7 +45,7 @@ describe("catalog", () => {
     assert.equal(statSync(`${path}-wal`).mode & 0o777, 0o600);
     assert.equal(statSync(join(dir, "sub")).mode & 0o777, 0o700);
     assert.equal(c.db.pragma("journal_mode", { simple: true }), "wal");
-    assert.equal(c.db.pragma("user_version", { simple: true }), 2);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 3);
     c.close();
   });
 
