@@ -9,6 +9,8 @@
  * deleted or overwritten.
  */
 import { createHash } from "node:crypto";
+import { realpathSync } from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { Transform, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -156,7 +158,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       // Never archive the live catalog, nor the spooled outputs a second time under their path.
       exclude: [
         ...job.exclude,
-        ...catalogFiles(catalog.path),
+        ...catalogFiles(catalog.path, job.paths),
         ...(spooled?.files ?? []).map((f) => literalPattern(f.path)),
       ],
       ...(deps.signal ? { signal: deps.signal } : {}),
@@ -373,9 +375,39 @@ function partsHint(message: string, t: TargetConfig): string {
   return `the archive is larger than ${maxGiB} GiB, the most a multipart upload of ${t.partSizeMiB} MiB parts can hold (10,000 parts); raise targets.${t.name}.partSizeMiB`;
 }
 
-/** The catalog database and its companions: never archive the live files immutd is writing. */
-function catalogFiles(path: string): string[] {
-  return ["", "-wal", "-shm", "-journal"].map((s) => literalPattern(path + s));
+/**
+ * The catalog database and its companions: never archive the live files immutd
+ * is writing (they hold every SSE-C key). The walk may meet them under another
+ * name than the configured one: the catalog path can lead through symlinks
+ * (SQLite puts -wal and -shm beside the real file), and so can a job's path.
+ * The walk never follows a symlink below a job path, so an entry's walked
+ * path is the job path plus its real path's remainder below the job path's
+ * real path: each job path gets that name excluded too.
+ */
+function catalogFiles(path: string, jobPaths: readonly string[]): string[] {
+  const real = realPath(path);
+  const names = new Set([path, real]);
+  for (const p of jobPaths) {
+    const rel = relative(realPath(p), real);
+    if (rel !== "" && rel !== ".." && !rel.startsWith("../") && !isAbsolute(rel))
+      names.add(join(resolve(p), rel));
+  }
+  return [...names].flatMap((n) =>
+    ["", "-wal", "-shm", "-journal"].map((s) => literalPattern(n + s)),
+  );
+}
+
+/** The path with every symlink resolved; a missing last component is kept as it is. */
+function realPath(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    try {
+      return join(realpathSync(dirname(p)), basename(p));
+    } catch {
+      return resolve(p);
+    }
+  }
 }
 
 /** An exclude pattern that matches exactly this absolute path. */

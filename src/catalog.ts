@@ -4,14 +4,37 @@
  *
  * It holds key material, so the file (and its -wal/-shm companions, which SQLite
  * creates with the database file's mode) is created 0600 in a directory that is
- * not world-writable. WAL mode with synchronous=FULL: a backup row, once written,
- * survives a crash or power loss. Migrations are keyed by PRAGMA user_version.
+ * not world-writable. immutd never changes the mode of a file or directory it
+ * did not create: an existing catalog readable by others is a warning naming
+ * the chmod that fixes it. WAL mode with synchronous=FULL: a backup row, once
+ * written, survives a crash or power loss. Migrations are keyed by PRAGMA
+ * user_version.
+ *
+ * A catalog that cannot be used (a directory, a special file, a file on /proc,
+ * a damaged database, a full disk, an I/O error) is a CatalogError naming the
+ * file and what to do, from any query: see guard(). A catalog that exists but
+ * cannot be written (a read-only mount, a copy on a restore machine) is opened
+ * as an in-memory copy that refuses writes, so list, status and restore work
+ * and commands that record say why they cannot.
  */
-import { chmodSync, closeSync, constants, mkdirSync, openSync, statSync } from "node:fs";
-import { dirname } from "node:path";
+import {
+  accessSync,
+  closeSync,
+  constants,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  type Stats,
+  statfsSync,
+  statSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import type { Compression, RetentionMode } from "./config.js";
-import { ConfigError, LockHeldError } from "./errors.js";
+import { CatalogError, ConfigError, describeError, LockHeldError } from "./errors.js";
+import { fileKind } from "./file-kind.js";
 
 export type RunStatus = "running" | "succeeded" | "failed" | "interrupted";
 /**
@@ -199,25 +222,64 @@ const startedHere = new Set<string>();
 export class Catalog {
   readonly path: string;
   readonly db: Database.Database;
+  /** Why the catalog cannot be written (it was opened as a read-only copy); undefined when it can. */
+  readonly readOnly: string | undefined;
+  /** Problems worth a log line that do not stop immutd (an existing catalog readable by others). */
+  readonly warnings: readonly string[];
 
-  private constructor(path: string, db: Database.Database) {
+  private constructor(
+    path: string,
+    db: Database.Database,
+    prepared: { readOnly: string | undefined; warnings: string[] },
+  ) {
     this.path = path;
     this.db = db;
+    this.readOnly = prepared.readOnly;
+    this.warnings = prepared.warnings;
+    guard(db, (err) => catalogFailure(path, err, this.readOnly));
   }
 
+  /**
+   * Opens (creating if missing) the catalog at `path`. Throws CatalogError
+   * (exit 78) for a catalog that cannot be used, naming it; never changes
+   * the mode of anything it did not create.
+   */
   static open(path: string): Catalog {
-    prepareFile(path);
-    let db: Database.Database;
+    const prepared = prepareCatalog(path);
+    let db: Database.Database | undefined;
     try {
-      db = new Database(path, { timeout: 10_000 });
-      db.pragma("journal_mode = WAL");
-      db.pragma("synchronous = FULL");
+      if (prepared.readOnly === undefined) {
+        db = new Database(path, { timeout: 10_000 });
+        db.pragma("journal_mode = WAL");
+        db.pragma("synchronous = FULL");
+      } else {
+        db = readOnlyCopy(path, prepared.readOnly);
+      }
       db.pragma("foreign_keys = ON");
+      // A damaged catalog is found here, in one clear line, and not by
+      // whichever query first reads the damaged page. The catalog is small: a
+      // full quick_check costs milliseconds.
+      const check = String(db.pragma("quick_check", { simple: true }));
+      if (check !== "ok") {
+        const first = check.split("\n").find((l) => l !== "" && !l.startsWith("***"));
+        throw new CatalogError(damaged(path, first ?? check));
+      }
     } catch (err) {
-      throw new ConfigError(`cannot open catalog ${path}: ${(err as Error).message}`);
+      db?.close();
+      const failure = catalogFailure(path, err, prepared.readOnly);
+      if (failure instanceof CatalogError || failure instanceof LockHeldError) throw failure;
+      throw new CatalogError(`cannot open catalog ${path}: ${describeError(err)}`, { cause: err });
     }
-    const catalog = new Catalog(path, db);
-    catalog.#migrate();
+    const catalog = new Catalog(path, db, prepared);
+    try {
+      catalog.#migrate();
+      // The copy of a read-only catalog is migrated in memory, then frozen:
+      // writes fail (SQLITE_READONLY) instead of vanishing with the copy.
+      if (prepared.readOnly !== undefined) db.pragma("query_only = ON");
+    } catch (err) {
+      db.close();
+      throw err;
+    }
     return catalog;
   }
 
@@ -359,9 +421,15 @@ export class Catalog {
     const insert = this.db.prepare(
       `INSERT INTO run_warnings (run_id, path, message) VALUES (?, ?, ?)`,
     );
-    this.db.transaction(() => {
-      for (const w of warnings.slice(0, room)) insert.run(runId, w.path, w.message);
-    })();
+    try {
+      this.db.transaction(() => {
+        for (const w of warnings.slice(0, room)) insert.run(runId, w.path, w.message);
+      })();
+    } catch (err) {
+      // On a full disk the details are given up so that finishRun, which
+      // records the outcome and the complete count, still gets the room.
+      if (sqliteCode(err) !== "SQLITE_FULL") throw err;
+    }
   }
 
   finishRun(
@@ -374,22 +442,57 @@ export class Catalog {
       error?: string;
     },
   ): void {
-    this.db
-      .prepare(
-        `UPDATE runs SET status = ?, finished_at = ?, bytes = ?, files = ?, warnings = ?, error = ? WHERE id = ?`,
-      )
-      .run(
-        r.status,
-        new Date().toISOString(),
-        r.bytes,
-        r.files,
-        r.warnings,
-        r.error ?? null,
-        runId,
-      );
+    const record = () =>
+      this.db
+        .prepare(
+          `UPDATE runs SET status = ?, finished_at = ?, bytes = ?, files = ?, warnings = ?, error = ? WHERE id = ?`,
+        )
+        .run(
+          r.status,
+          new Date().toISOString(),
+          r.bytes,
+          r.files,
+          r.warnings,
+          r.error ?? null,
+          runId,
+        );
+    try {
+      record();
+    } catch (err) {
+      if (sqliteCode(err) !== "SQLITE_FULL") throw err;
+      // A run's outcome is worth one more try on a full disk: a TRUNCATE
+      // checkpoint copies the WAL into the database file (which already has
+      // those pages) and hands the WAL's blocks back, usually room enough for
+      // this one-page update.
+      try {
+        this.db.pragma("wal_checkpoint(TRUNCATE)");
+        record();
+      } catch {
+        const unrecorded = `it shows as running until the next backup of the job, verify or daemon start marks it interrupted`;
+        // When the run failed because the catalog is full, its error already says so.
+        throw new CatalogError(
+          r.error?.startsWith(`catalog ${this.path}: `)
+            ? `${r.error}; nor could run ${runId} be recorded as ${r.status}: ${unrecorded}`
+            : `${describeError(err)}: run ${runId} ended ${r.status}${r.error ? ` (${r.error})` : ""} but the catalog could not record that; ${unrecorded}`,
+          { cause: err },
+        );
+      }
+    }
   }
 
   recordBackup(b: NewBackup): number {
+    try {
+      return this.#insertBackup(b);
+    } catch (err) {
+      if (!(err instanceof CatalogError)) throw err;
+      throw new CatalogError(
+        `${err.message}; job ${b.job}'s backup s3://${b.bucket}/${b.key} version ${b.versionId} is in the bucket but not in the catalog`,
+        { cause: err.cause },
+      );
+    }
+  }
+
+  #insertBackup(b: NewBackup): number {
     const info = this.db
       .prepare(
         `INSERT INTO backups (run_id, job, target, bucket, object_key, version_id, size, sha256, compression,
@@ -595,33 +698,264 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** Creates the catalog's directory and file private to this user, and tightens an existing file that is not. */
-function prepareFile(path: string): void {
+/**
+ * Filesystems whose files are not storage (statfs f_type, linux/magic.h). A
+ * catalog there is refused before SQLite touches it: a /proc file can spin
+ * SQLite's reads and locks without end.
+ */
+const PSEUDO_FILESYSTEMS = new Map<number, string>([
+  [0x9fa0, "proc"],
+  [0x62656572, "sysfs"],
+  [0x1cd1, "devpts"],
+  [0x27e0eb, "cgroup"],
+  [0x63677270, "cgroup2"],
+  [0x64626720, "debugfs"],
+  [0x74726163, "tracefs"],
+  [0x73636673, "securityfs"],
+  [0x62656570, "configfs"],
+  [0x6165676c, "pstore"],
+  [0xcafe4a11, "bpf"],
+  [0xde5e81e4, "efivarfs"],
+  [0x42494e4d, "binfmt_misc"],
+  [0x65735543, "fusectl"],
+]);
+
+/**
+ * Checks the catalog's path and creates what is missing: the directory
+ * (0700, with its missing parents) and an empty file (0600). Never changes the
+ * mode of what exists. Returns why the catalog cannot be written (undefined if
+ * it can) and warnings; with `write`, a catalog that cannot be written is an
+ * error (the daemon, which takes a lock file beside it first).
+ */
+export function prepareCatalog(
+  path: string,
+  opts: { write?: boolean } = {},
+): { readOnly: string | undefined; warnings: string[] } {
   const dir = dirname(path);
-  try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const d = statSync(dir);
-    if (d.mode & 0o002 && !(d.mode & 0o1000)) {
-      throw new ConfigError(
-        `catalog directory ${dir} is world-writable; the catalog holds encryption keys`,
+  const code = (err: unknown) => (err as NodeJS.ErrnoException).code ?? describeError(err);
+  let st = statOrMissing(path, (err) => {
+    if (code(err) === "ENOTDIR")
+      return `catalog ${path}: ${nearestNonDirectory(dir)} is not a directory`;
+    return `cannot reach catalog ${path}: ${code(err)}`;
+  });
+  if (!st) {
+    const link = lstatOrMissing(path);
+    if (link?.isSymbolicLink()) {
+      throw new CatalogError(
+        `catalog ${path} is a symlink to ${readlinkSync(path)}, which does not exist`,
       );
     }
+  } else if (st.isDirectory()) {
+    throw new CatalogError(
+      `catalog ${path} is a directory; catalog: names the database file, e.g. ${join(path, "catalog.db")}`,
+    );
+  } else if (!st.isFile()) {
+    throw new CatalogError(
+      `catalog ${path} is a ${fileKind(st)}; it must be a regular file (a SQLite database) or not exist yet`,
+    );
+  }
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new CatalogError(`cannot create catalog directory ${dir}: ${code(err)}`, { cause: err });
+  }
+  const d = statSync(dir);
+  if (d.mode & 0o002 && !(d.mode & 0o1000)) {
+    throw new CatalogError(
+      `catalog directory ${dir} is world-writable; the catalog holds encryption keys`,
+    );
+  }
+  const fs = PSEUDO_FILESYSTEMS.get(Number(statfsSync(dir).type));
+  if (fs) {
+    throw new CatalogError(
+      `catalog ${path} is on a ${fs} filesystem, which cannot hold a database; put it on a disk, e.g. /var/lib/immutd/catalog.db`,
+    );
+  }
+  if (!st) {
     try {
       closeSync(openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      if (code(err) !== "EEXIST")
+        throw new CatalogError(`cannot create catalog ${path}: ${code(err)}`, { cause: err });
     }
-    for (const f of [path, `${path}-wal`, `${path}-shm`]) {
-      try {
-        if (statSync(f).mode & 0o077) chmodSync(f, 0o600);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      }
-    }
+    st = statSync(path);
+  }
+  try {
+    accessSync(path, constants.R_OK);
   } catch (err) {
-    if (err instanceof ConfigError) throw err;
-    throw new ConfigError(
-      `cannot create catalog ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    throw new CatalogError(
+      `cannot read catalog ${path}: ${code(err)}; run immutd as its owner (uid ${st.uid})`,
+      { cause: err },
     );
   }
+  const readOnly = [
+    [path, `${path} is not writable`],
+    [dir, `its directory ${dir} is not writable`],
+  ]
+    .map(([p, what]) => {
+      try {
+        accessSync(p as string, constants.W_OK);
+        return undefined;
+      } catch (err) {
+        return `${what}: ${code(err)}`;
+      }
+    })
+    .find((r) => r !== undefined);
+  if (readOnly !== undefined && opts.write) {
+    throw new CatalogError(`catalog ${path} cannot be written (${readOnly})`);
+  }
+  const warnings: string[] = [];
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+    const fst = f === path ? st : statOrMissing(f, () => undefined);
+    if (fst && fst.mode & 0o077) {
+      warnings.push(
+        `catalog file ${f} has mode ${(fst.mode & 0o777).toString(8).padStart(4, "0")}, open to other users, and holds encryption keys; immutd leaves modes it did not set alone: chmod 600 ${f}`,
+      );
+    }
+  }
+  return { readOnly, warnings };
+}
+
+/** stat(2), undefined for a path that does not exist; any other failure is a CatalogError with `why`'s message. */
+function statOrMissing(path: string, why: (err: unknown) => string | undefined): Stats | undefined {
+  try {
+    return statSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    const message = why(err);
+    if (message === undefined) return undefined;
+    throw new CatalogError(message, { cause: err });
+  }
+}
+
+function lstatOrMissing(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The first component of `dir` that exists but is not a directory (for ENOTDIR). */
+function nearestNonDirectory(dir: string): string {
+  for (let d = dir; d !== dirname(d); d = dirname(d)) {
+    const st = lstatOrMissing(d);
+    if (st && !st.isDirectory()) return d;
+  }
+  return dir;
+}
+
+/**
+ * A read-only catalog as an in-memory copy. SQLite cannot open a WAL database
+ * read-only without creating -shm beside it; the copy needs nothing from the
+ * directory. The header is switched to rollback mode (bytes 18-19), which an
+ * in-memory database needs. Changes still in a -wal file would be missing
+ * from the copy, so such a catalog is refused, saying what to do.
+ */
+function readOnlyCopy(path: string, why: string): Database.Database {
+  const wal = statOrMissing(`${path}-wal`, () => undefined);
+  if (wal && wal.size > 0) {
+    throw new CatalogError(
+      `catalog ${path} cannot be written (${why}) and its last changes are still in ${path}-wal, which SQLite only merges with write access: copy ${dirname(path)} somewhere writable and point catalog: there`,
+    );
+  }
+  const image = readFileSync(path);
+  if (image.length >= 20 && image.subarray(0, 16).toString("latin1") === "SQLite format 3\0") {
+    image[18] = 1;
+    image[19] = 1;
+  }
+  return new Database(image);
+}
+
+/** The SQLite result code behind a failure (also when a CatalogError wraps it). */
+function sqliteCode(err: unknown): string | undefined {
+  const e = err instanceof CatalogError ? err.cause : err;
+  return e instanceof Database.SqliteError ? e.code : undefined;
+}
+
+function damaged(path: string, detail: string): string {
+  return `catalog ${path} is damaged (SQLite: ${detail}). immutd cannot rebuild it yet: restore it from a copy, or move it aside (a new, empty one is then created) and restore backups with immutd restore JOB --from-bucket, which does not need the catalog`;
+}
+
+/**
+ * What a SQLite failure on the catalog means for the operator, as a
+ * CatalogError (LockHeldError for a catalog another process keeps locked).
+ * Errors that are not SQLite's, and SQLite errors that are bugs of immutd
+ * (constraints, SQL errors), are returned unchanged.
+ */
+function catalogFailure(path: string, err: unknown, readOnly: string | undefined): unknown {
+  if (!(err instanceof Database.SqliteError)) return err;
+  const primary = /^SQLITE_[A-Z]+/.exec(err.code)?.[0];
+  const opts = { cause: err };
+  switch (primary) {
+    case "SQLITE_CORRUPT":
+    case "SQLITE_NOTADB":
+      return new CatalogError(damaged(path, err.message), opts);
+    case "SQLITE_FULL":
+      return new CatalogError(
+        `catalog ${path}: the disk is full (SQLite: ${err.message}); free space on the filesystem of ${dirname(path)}`,
+        opts,
+      );
+    case "SQLITE_READONLY":
+      return new CatalogError(
+        `catalog ${path} is read-only${readOnly ? ` (${readOnly})` : ""}: list, status and restore can read it, but this command records to it; run it where the catalog is writable`,
+        opts,
+      );
+    case "SQLITE_BUSY":
+    case "SQLITE_LOCKED":
+      return new LockHeldError(
+        `catalog ${path} stayed locked by another process for 10 s (SQLite: ${err.message}); try again`,
+        opts,
+      );
+    case "SQLITE_IOERR":
+    case "SQLITE_CANTOPEN":
+    case "SQLITE_PERM":
+    case "SQLITE_NOLFS":
+    case "SQLITE_PROTOCOL":
+      return new CatalogError(
+        `catalog ${path}: ${err.message} (${err.code}); check the disk, the file's permissions and the kernel log`,
+        opts,
+      );
+    default:
+      return err;
+  }
+}
+
+/**
+ * Routes every SQLite failure of this connection through `explain`, whatever
+ * the query: the methods of Catalog, and any added later, get one clear error
+ * naming the catalog. better-sqlite3 throws from prepare, from a statement's
+ * run/get/all/iterate, from transactions (COMMIT: a full disk), pragma and exec.
+ */
+function guard(db: Database.Database, explain: (err: unknown) => unknown): void {
+  const wrap =
+    <A extends unknown[], R>(fn: (...args: A) => R) =>
+    (...args: A): R => {
+      try {
+        return fn(...args);
+      } catch (err) {
+        throw explain(err);
+      }
+    };
+  const prepare = db.prepare.bind(db);
+  db.prepare = ((source: string) => {
+    const stmt = wrap(prepare)(source);
+    stmt.run = wrap(stmt.run.bind(stmt));
+    stmt.get = wrap(stmt.get.bind(stmt));
+    stmt.all = wrap(stmt.all.bind(stmt));
+    stmt.iterate = wrap(stmt.iterate.bind(stmt));
+    return stmt;
+  }) as typeof db.prepare;
+  const transaction = db.transaction.bind(db);
+  db.transaction = ((fn: (...args: unknown[]) => unknown) => {
+    const t = transaction(fn);
+    return Object.assign(wrap(t), {
+      default: wrap(t.default),
+      deferred: wrap(t.deferred),
+      immediate: wrap(t.immediate),
+      exclusive: wrap(t.exclusive),
+    });
+  }) as typeof db.transaction;
+  db.pragma = wrap(db.pragma.bind(db)) as typeof db.pragma;
+  db.exec = wrap(db.exec.bind(db));
 }

@@ -13,7 +13,7 @@
 import type { Server } from "node:http";
 import { Cron } from "croner";
 import { runBackup } from "./backup.js";
-import { Catalog } from "./catalog.js";
+import { Catalog, prepareCatalog } from "./catalog.js";
 import { type Config, type JobConfig, loadConfig } from "./config.js";
 import { CancelledError, describeError, LockHeldError } from "./errors.js";
 import { startHttp } from "./http.js";
@@ -81,12 +81,15 @@ export class Daemon {
 
   async start(): Promise<void> {
     const cfg = this.#config;
+    // The lock file goes beside the catalog: its path must be usable and writable first.
+    prepareCatalog(cfg.catalog, { write: true });
     this.#lock = acquireLock(
       `${cfg.catalog}.daemon.lock`,
       `an immutd daemon for catalog ${cfg.catalog}`,
     );
     try {
       this.#catalog = Catalog.open(cfg.catalog);
+      for (const w of this.#catalog.warnings) this.#log.warn(w);
       await this.#recover();
       if (cfg.http) {
         this.#http = await startHttp(cfg.http.listen, this.#metrics, () => this.health());

@@ -13,6 +13,12 @@ export const ExitCode = {
   usage: 2,
   jobsFailed: 3,
   verifyFindings: 4,
+  /**
+   * Every job succeeded, but at least one with warnings (files that vanished,
+   * changed or could not be read were left out): restic's "incomplete
+   * snapshot", which it numbers 3; our 3 is "a job failed".
+   */
+  warnings: 5,
   lockHeld: 75,
   config: 78,
 } as const;
@@ -32,6 +38,16 @@ export class UsageError extends ImmutdError {
 
 /** The configuration file (or a file or variable it points to) is wrong. */
 export class ConfigError extends ImmutdError {
+  override readonly exitCode = ExitCode.config;
+}
+
+/**
+ * The catalog cannot be used: it is a directory or special file, damaged,
+ * read-only for a command that records, on a full disk, or failing I/O. The
+ * message names the file and what to do. Exit 78, like a configuration error:
+ * restarting (systemd) cannot fix it.
+ */
+export class CatalogError extends ImmutdError {
   override readonly exitCode = ExitCode.config;
 }
 
@@ -71,6 +87,11 @@ export class CancelledError extends ImmutdError {
 /** One or more jobs of a multi-job command failed; each was reported on its own. */
 export class JobsFailedError extends ImmutdError {
   override readonly exitCode = ExitCode.jobsFailed;
+}
+
+/** Every job of `immutd backup` succeeded, but some left files out (each was logged as a warning). */
+export class WarningsError extends ImmutdError {
+  override readonly exitCode = ExitCode.warnings;
 }
 
 /**

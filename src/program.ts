@@ -33,9 +33,11 @@ Exit codes:
   2   usage error (unknown command, option or job)
   3   one or more jobs failed, or a restore failed or is incomplete
   4   verify found problems, doctor has a FAIL, or init left something it cannot fix
+  5   backup: every job succeeded, but some with warnings (files left out)
   75  another immutd holds the lock (a daemon on this catalog, or the job is running)
-  78  configuration error (the message names the file, line and key), or a
-      Node.js older than immutd supports
+  78  configuration error (the message names the file, line and key), a
+      catalog that cannot be used (a directory, damaged, read-only for a
+      command that records, a full disk), or a Node.js older than immutd supports
 
 Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
 A fully commented example is config.example.yaml in the package.

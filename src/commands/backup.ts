@@ -1,6 +1,12 @@
 import { type BackupResult, runBackup } from "../backup.js";
 import type { JobConfig } from "../config.js";
-import { CancelledError, JobsFailedError, LockHeldError, UsageError } from "../errors.js";
+import {
+  CancelledError,
+  JobsFailedError,
+  LockHeldError,
+  UsageError,
+  WarningsError,
+} from "../errors.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
 import { openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
@@ -19,9 +25,12 @@ exits at once.
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice.
 
-Exit codes: 0 every job succeeded, 3 at least one failed or was cancelled,
+Exit codes: 0 every job succeeded without warnings, 5 every job succeeded
+but some with warnings (files that vanished, changed or could not be read
+were left out; each is logged), 3 at least one failed or was cancelled,
 75 a job was already running (and none failed), 2 unknown job name,
-78 configuration error.
+78 configuration error or a catalog that cannot be used (named, with what
+to do).
 
 Examples:
   immutd backup               # all jobs
@@ -100,6 +109,13 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
     ];
     throw new JobsFailedError(
       `${failed.length + skipped + locked.length} of ${jobs.length} job(s) did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}`,
+    );
+  }
+  // Exit 5, not 0: a script must see that files were left out of a backup.
+  const warned = results.filter((r) => r.warnings > 0);
+  if (warned.length) {
+    throw new WarningsError(
+      `${warned.length} of ${jobs.length} job(s) succeeded with warnings (files left out, see the log or the run's warnings): ${warned.map((r) => `${r.job} (${r.warnings} warning${r.warnings === 1 ? "" : "s"}, run ${r.runId})`).join(", ")}`,
     );
   }
 }

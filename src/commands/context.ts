@@ -1,6 +1,8 @@
 /**
  * What every command that reads the configuration shares: the loaded config,
- * a logger, and the catalog, opened on first use and closed by the CLI.
+ * a logger, and the catalog, opened on first use and closed by the CLI. A
+ * command that never asks for the catalog (restore --from-bucket) works
+ * whatever state the catalog is in: missing, damaged or unreadable.
  */
 import { Catalog } from "../catalog.js";
 import { type Config, configPath, loadConfig } from "../config.js";
@@ -43,7 +45,15 @@ export function openContext(g: GlobalOptions): Context {
     config,
     log,
     catalog: () => {
-      catalog ??= Catalog.open(config.catalog);
+      if (!catalog) {
+        catalog = Catalog.open(config.catalog);
+        for (const w of catalog.warnings) log.warn(w);
+        if (catalog.readOnly !== undefined) {
+          log.warn(
+            `catalog ${catalog.path} cannot be written (${catalog.readOnly}): reading it as it is; commands that record runs refuse`,
+          );
+        }
+      }
       return catalog;
     },
     close: () => catalog?.close(),

@@ -3,8 +3,9 @@ import { nextRun } from "../schedule.js";
 import type { Context } from "./context.js";
 
 export const statusHelp = `
-Shows each job's last run (when, result, error), its last success and its
-next scheduled run, from the catalog and the config. --json for scripts.
+Shows each job's last run (when, result with its count of warnings, error),
+its last success and its next scheduled run, from the catalog and the config.
+--json for scripts. A read-only catalog (a mounted copy) is shown as it is.
 `;
 
 export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
@@ -20,6 +21,7 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
             id: lastRun.id,
             startedAt: lastRun.startedAt,
             status: lastRun.status,
+            warnings: lastRun.warnings,
             error: lastRun.error,
           }
         : null,
@@ -36,7 +38,9 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
   const body = rows.map((r) => [
     r.job,
     t(r.lastRun?.startedAt),
-    r.lastRun ? r.lastRun.status : "-",
+    r.lastRun
+      ? `${r.lastRun.status}${r.lastRun.warnings ? ` (${r.lastRun.warnings} warning${r.lastRun.warnings === 1 ? "" : "s"})` : ""}`
+      : "-",
     t(r.lastSuccess),
     r.nextRun ? t(r.nextRun) : "never (schedule does not fire)",
   ]);
