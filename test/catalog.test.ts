@@ -1,13 +1,51 @@
 import assert from "node:assert/strict";
-import { copyFileSync, mkdtempSync, statSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
 import { Catalog, MAX_STORED_WARNINGS } from "../src/catalog.js";
-import { ConfigError } from "../src/errors.js";
+import { CatalogError, ConfigError } from "../src/errors.js";
 
 const dir = mkdtempSync(join(tmpdir(), "immutd-catalog-"));
+const isRoot = process.getuid?.() === 0;
+
+const backup = (runId: number, versionId: string) => ({
+  runId,
+  job: "etc",
+  target: "offsite",
+  bucket: "b",
+  key: "h/etc/k.tar",
+  versionId,
+  size: 10,
+  sha256: "00",
+  compression: "none" as const,
+  sseKey: Buffer.alloc(32, 9),
+  keyDerivation: "x",
+  createdAt: new Date("2026-01-01T00:00:00Z"),
+  retentionMode: "COMPLIANCE" as const,
+  retainUntil: new Date("2026-01-31T00:00:00Z"),
+  status: "ok" as const,
+  files: 3,
+});
+
+/** A tiny tmpfs of our own (root only), unmounted when the test ends. */
+function smallDisk(t: { after(fn: () => void): void }, kib: number): string {
+  const mnt = mkdtempSync(join(tmpdir(), "immutd-full-"));
+  execFileSync("mount", ["-t", "tmpfs", "-o", `size=${kib}k,mode=0700`, "tmpfs", mnt]);
+  t.after(() => execFileSync("umount", ["-l", mnt]));
+  return mnt;
+}
+
+/** Fills the filesystem of `dir` to the last byte. */
+function fill(dir: string): void {
+  try {
+    execFileSync("dd", ["if=/dev/zero", `of=${join(dir, "fill")}`, "bs=1024"], { stdio: "ignore" });
+  } catch {
+    // dd ends with "No space left on device": that is the point
+  }
+}
 
 describe("catalog", () => {
   it("migrates a catalog made by immutd 0.1.0 (schema 2) keeping every row, key and lock extension", () => {
@@ -130,6 +168,146 @@ describe("catalog", () => {
       { id: 1, k: "old", status: "interrupted" },
       { id: mine, k: "new", status: "running" },
     ]);
+    c.close();
+  });
+
+  it("leaves the mode of an existing catalog alone and warns with the chmod that fixes it", () => {
+    const sub = join(dir, "wide");
+    mkdirSync(sub, { mode: 0o750 });
+    chmodSync(sub, 0o750);
+    const path = join(sub, "catalog.db");
+    Catalog.open(path).close();
+    chmodSync(path, 0o644);
+    const c = Catalog.open(path);
+    assert.equal(statSync(path).mode & 0o777, 0o644);
+    assert.equal(statSync(sub).mode & 0o777, 0o750);
+    assert.equal(c.warnings.length, 1);
+    assert.match(c.warnings[0] ?? "", new RegExp(`${path} has mode 0644.*chmod 600 ${path}$`));
+    c.close();
+  });
+
+  it("a catalog path that is a directory is a CatalogError, and the directory keeps its mode", () => {
+    const shared = join(dir, "shared");
+    mkdirSync(shared);
+    chmodSync(shared, 0o1777);
+    assert.throws(
+      () => Catalog.open(shared),
+      (e: unknown) =>
+        e instanceof CatalogError && e.exitCode === 78 && /is a directory/.test(e.message),
+    );
+    assert.equal(statSync(shared).mode & 0o7777, 0o1777);
+  });
+
+  it("a read-only catalog is read from a copy; every write names the catalog and why (exit 78)", {
+    skip: !isRoot && "needs root for a read-only bind mount",
+  }, (t) => {
+    const src = join(dir, "rw");
+    const path = join(src, "catalog.db");
+    const c = Catalog.open(path);
+    const runId = c.startRun({
+      job: "etc",
+      target: "offsite",
+      objectKey: "k",
+      startedAt: new Date(),
+    });
+    c.recordBackup(backup(runId, "v1"));
+    c.close();
+    const ro = mkdtempSync(join(tmpdir(), "immutd-ro-"));
+    execFileSync("mount", ["--bind", "-o", "ro", src, ro]);
+    t.after(() => execFileSync("umount", ["-l", ro]));
+
+    const r = Catalog.open(join(ro, "catalog.db"));
+    assert.match(r.readOnly ?? "", /is not writable: EROFS/);
+    assert.deepEqual(
+      r.listBackups().map((b) => b.versionId),
+      ["v1"],
+    );
+    assert.deepEqual(r.backupKey(1), Buffer.alloc(32, 9));
+    for (const write of [
+      () => r.startRun({ job: "etc", target: "offsite", objectKey: "k2", startedAt: new Date() }),
+      () => r.setBackupStatus(1, "missing"),
+      () => r.db.exec("DELETE FROM backups"),
+    ]) {
+      assert.throws(write, (e: unknown) => {
+        assert.ok(e instanceof CatalogError, String(e));
+        assert.equal(e.exitCode, 78);
+        assert.match(e.message, new RegExp(`catalog ${ro}/catalog.db is read-only \\(.*EROFS\\)`));
+        return true;
+      });
+    }
+    assert.equal(r.listBackups()[0]?.status, "ok");
+    r.close();
+  });
+
+  it("on a full disk a run's failure is still recorded; the backup it could not record is named", {
+    skip: !isRoot && "needs root to mount a small tmpfs",
+  }, (t) => {
+    const mnt = smallDisk(t, 256);
+    const path = join(mnt, "catalog.db");
+    Catalog.open(path).close(); // an existing catalog: its WAL merged into the file
+    const c = Catalog.open(path);
+    const runId = c.startRun({
+      job: "etc",
+      target: "offsite",
+      objectKey: "k",
+      startedAt: new Date(),
+    });
+    fill(mnt);
+    let error = "";
+    assert.throws(
+      () => c.recordBackup(backup(runId, "v-unrecorded")),
+      (e: unknown) => {
+        assert.ok(e instanceof CatalogError, String(e));
+        error = e.message;
+        return true;
+      },
+    );
+    assert.match(error, new RegExp(`^catalog ${path}: the disk is full`));
+    assert.match(
+      error,
+      /s3:\/\/b\/h\/etc\/k\.tar version v-unrecorded is in the bucket but not in the catalog/,
+    );
+    c.addWarnings(
+      runId,
+      Array.from({ length: 500 }, (_, i) => ({ path: `/f${i}`, message: "x".repeat(200) })),
+    );
+    c.finishRun(runId, { status: "failed", bytes: 0, files: 0, warnings: 500, error });
+    c.close();
+    const after = Catalog.open(path);
+    assert.equal(after.run(runId)?.status, "failed");
+    assert.equal(after.run(runId)?.error, error);
+    assert.equal(after.run(runId)?.warnings, 500);
+    after.close();
+  });
+
+  it("on a full disk where nothing can be written, the error says the run could not be recorded", {
+    skip: !isRoot && "needs root to mount a small tmpfs",
+  }, (t) => {
+    const mnt = smallDisk(t, 256);
+    // A new catalog: its schema is still in the WAL, so no checkpoint can make room.
+    const c = Catalog.open(join(mnt, "catalog.db"));
+    const runId = c.startRun({
+      job: "etc",
+      target: "offsite",
+      objectKey: "k",
+      startedAt: new Date(),
+    });
+    fill(mnt);
+    assert.throws(
+      () =>
+        c.finishRun(runId, {
+          status: "failed",
+          bytes: 0,
+          files: 0,
+          warnings: 0,
+          error: "S3 said no",
+        }),
+      (e: unknown) =>
+        e instanceof CatalogError &&
+        new RegExp(
+          `^catalog ${mnt}/catalog.db: the disk is full .*: run ${runId} ended failed \\(S3 said no\\) but the catalog could not record that; it shows as running until`,
+        ).test(e.message),
+    );
     c.close();
   });
 
