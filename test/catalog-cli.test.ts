@@ -130,7 +130,7 @@ describe("catalog paths and states (CLI)", () => {
     ];
     for (const [catalog, re] of cases) {
       const { cfg } = catalog === fifoSetup.path ? fifoSetup : setup(() => catalog);
-      for (const args of [["status"], ["backup"]]) {
+      for (const args of [["status"], ["backup"], ["run"]]) {
         const r = await runCli(["--config", cfg, ...args], { timeoutMs: 20_000 });
         assertOneLine78(r, re, `${catalog} ${args}`);
       }

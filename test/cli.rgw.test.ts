@@ -138,7 +138,7 @@ describe("immutd backup / list (CLI, Ceph RGW)", () => {
     assert.match(unknown.stderr, /unknown job nosuchjob; configured jobs: files, broken/);
   });
 
-  it("an unreadable file is a warning, not a failed backup", async (t) => {
+  it("an unreadable file is a warning: the backup succeeds with exit 5, and status shows the warning", async (t) => {
     const bucket = uniqueBucket("cliperm");
     await createLockedBucket(env, bucket, 1);
     // As root every file is readable, so run immutd as nobody where we can.
@@ -156,10 +156,26 @@ describe("immutd backup / list (CLI, Ceph RGW)", () => {
       env: cliEnv,
       ...(asNobody ? { uid: NOBODY, gid: NOBODY } : {}),
     });
-    assert.equal(r.code, 0, r.stderr);
+    // 5, not 0: a script must see that a file was left out (restic's "incomplete snapshot").
+    assert.equal(r.code, 5, r.stderr);
     const warn = logRecords(r.stderr).find((l) => l.level === "warn" && l.path === secret);
     assert.ok(warn, `a warning names ${secret}:\n${r.stderr}`);
     const done = logRecords(r.stderr).find((l) => l.msg === "backup succeeded");
     assert.equal(done?.warnings, 1);
+    assert.match(
+      r.stderr,
+      /^immutd: 1 of 1 job\(s\) succeeded with warnings \(files left out, see the log or the run's warnings\): files \(1 warning, run 1\)$/m,
+    );
+    const asUser = asNobody ? { uid: NOBODY, gid: NOBODY } : {};
+    const status = await runCli(["--config", cfg, "status"], { env: cliEnv, ...asUser });
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, /^files\s+\S+ \S+\s+succeeded \(1 warning\)/m);
+
+    // A failed job outranks warnings: exit 3.
+    const broken = `  - name: broken\n    target: local\n    schedule: "@daily"\n    paths: [/nonexistent/immutd-test]\n`;
+    writeFileSync(cfg, configYaml(env, { dir, bucket, paths: [data], jobs: broken }));
+    const both = await runCli(["--config", cfg, "backup"], { env: cliEnv, ...asUser });
+    assert.equal(both.code, 3, both.stderr);
+    assert.match(both.stderr, /1 of 2 job\(s\) did not succeed: broken \(failed\)/);
   });
 });
