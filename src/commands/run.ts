@@ -22,7 +22,8 @@ With http.listen set: GET /healthz (200 while the scheduler is alive and the
 catalog writable, else 503) and GET /metrics (Prometheus).
 
 Exit codes: 0 stopped by a signal, 75 another daemon holds the catalog,
-78 configuration error.
+78 configuration error or a catalog that cannot be used (a directory,
+damaged, not writable, on a full disk; the message names it).
 `;
 
 export async function runCommand(g: GlobalOptions): Promise<void> {
