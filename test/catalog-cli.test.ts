@@ -80,7 +80,7 @@ function assertOneLine78(
   assert.doesNotMatch(r.stderr, /unexpected error|SqliteError|\n\s+at /, what);
 }
 
-/** A catalog with one run and one backup, then damaged the way a bad disk does: every page but the header's garbled. */
+/** A catalog with one run, then damaged the way a bad disk does: every page but the header's garbled. */
 function damagedCatalog(path: string): void {
   const c = Catalog.open(path);
   const runId = c.startRun({

@@ -30,6 +30,10 @@ const backup = (runId: number, versionId: string) => ({
   files: 3,
 });
 
+/** Starts a run of job etc, as a backup does first. */
+const startRun = (c: Catalog) =>
+  c.startRun({ job: "etc", target: "offsite", objectKey: "k", startedAt: new Date() });
+
 /** A tiny tmpfs of our own (root only), unmounted when the test ends. */
 function smallDisk(t: { after(fn: () => void): void }, kib: number): string {
   const mnt = mkdtempSync(join(tmpdir(), "immutd-full-"));
@@ -204,12 +208,7 @@ describe("catalog", () => {
     const src = join(dir, "rw");
     const path = join(src, "catalog.db");
     const c = Catalog.open(path);
-    const runId = c.startRun({
-      job: "etc",
-      target: "offsite",
-      objectKey: "k",
-      startedAt: new Date(),
-    });
+    const runId = startRun(c);
     c.recordBackup(backup(runId, "v1"));
     c.close();
     const ro = mkdtempSync(join(tmpdir(), "immutd-ro-"));
@@ -246,12 +245,7 @@ describe("catalog", () => {
     const path = join(mnt, "catalog.db");
     Catalog.open(path).close(); // an existing catalog: its WAL merged into the file
     const c = Catalog.open(path);
-    const runId = c.startRun({
-      job: "etc",
-      target: "offsite",
-      objectKey: "k",
-      startedAt: new Date(),
-    });
+    const runId = startRun(c);
     fill(mnt);
     let error = "";
     assert.throws(
@@ -286,12 +280,7 @@ describe("catalog", () => {
     const mnt = smallDisk(t, 256);
     // A new catalog: its schema is still in the WAL, so no checkpoint can make room.
     const c = Catalog.open(join(mnt, "catalog.db"));
-    const runId = c.startRun({
-      job: "etc",
-      target: "offsite",
-      objectKey: "k",
-      startedAt: new Date(),
-    });
+    const runId = startRun(c);
     fill(mnt);
     assert.throws(
       () =>

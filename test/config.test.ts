@@ -220,7 +220,10 @@ describe("CLI basics", () => {
     assert.match(v.stdout, /^\d+\.\d+\.\d+/);
     const h = await runCli(["backup", "--help"]);
     assert.equal(h.code, 0);
-    assert.match(h.stdout, /Exit codes: 0 every job succeeded without warnings, 5 every job succeeded/);
+    assert.match(
+      h.stdout,
+      /Exit codes: 0 every job succeeded without warnings, 5 every job succeeded/,
+    );
     const u = await runCli(["frobnicate"]);
     assert.equal(u.code, 2);
   });
