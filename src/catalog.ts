@@ -788,19 +788,16 @@ export function prepareCatalog(
       { cause: err },
     );
   }
-  const readOnly = [
-    [path, `${path} is not writable`],
-    [dir, `its directory ${dir} is not writable`],
-  ]
-    .map(([p, what]) => {
-      try {
-        accessSync(p as string, constants.W_OK);
-        return undefined;
-      } catch (err) {
-        return `${what}: ${code(err)}`;
-      }
-    })
-    .find((r) => r !== undefined);
+  // SQLite writes the database file and creates -wal, -shm and -journal beside it.
+  const notWritable = (p: string, what: string): string | undefined => {
+    try {
+      accessSync(p, constants.W_OK);
+      return undefined;
+    } catch (err) {
+      return `${what} is not writable: ${code(err)}`;
+    }
+  };
+  const readOnly = notWritable(path, path) ?? notWritable(dir, `its directory ${dir}`);
   if (readOnly !== undefined && opts.write) {
     throw new CatalogError(`catalog ${path} cannot be written (${readOnly})`);
   }
