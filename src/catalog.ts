@@ -257,8 +257,9 @@ export class Catalog {
       }
       db.pragma("foreign_keys = ON");
       // A damaged catalog is found here, in one clear line, and not by
-      // whichever query first reads the damaged page. The catalog is small: a
-      // full quick_check costs milliseconds.
+      // whichever query first reads the damaged page. It reads the whole
+      // file: 0.3-0.4 s for 100,000 backups (47 MiB) here, far less for the
+      // few thousand a catalog usually holds.
       const check = String(db.pragma("quick_check", { simple: true }));
       if (check !== "ok") {
         const first = check.split("\n").find((l) => l !== "" && !l.startsWith("***"));
