@@ -22,7 +22,7 @@ import {
   type TarEntryInfo,
 } from "./extract.js";
 import { deriveSseKey } from "./keys.js";
-import { jobPrefix, parseObjectKey } from "./naming.js";
+import { isDatedInFuture, jobPrefix, parseObjectKey } from "./naming.js";
 import type { ObjectStore, Target } from "./store/store.js";
 
 export const RESTORE_EXIT_CODE = 3;
@@ -110,11 +110,21 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
   };
 }
 
+export interface FromBucketOptions {
+  /** The current time (tests move it); default the system clock. */
+  now?: Date;
+  /** One line per version left out for looking planted (see selectFromBucket). */
+  onWarning?: (message: string) => void;
+}
+
 /**
  * Without the catalog: lists the job's versions under its prefix and derives
  * the key from the master key. Delete markers and versions whose key immutd
  * did not make are ignored; a newer version or delete marker on a key does not
  * hide an older version, because each version is addressed by its own ID.
+ * Keys dated after now (beyond the allowed clock skew) cannot be immutd's own
+ * and would otherwise always win as "newest": they are skipped with a warning,
+ * unless --version-id names one of their versions explicitly.
  */
 export async function selectFromBucket(
   reader: ObjectStore,
@@ -123,6 +133,7 @@ export async function selectFromBucket(
   job: JobConfig,
   host: string,
   sel: Selector,
+  opts: FromBucketOptions = {},
 ): Promise<RestoreSource> {
   if (sel.id !== undefined)
     throw new UsageError("--id names a catalog entry; with --from-bucket use --at or --version-id");
@@ -138,7 +149,15 @@ export async function selectFromBucket(
       throw new UsageError(`no version ${sel.versionId} under s3://${target.bucket}/${prefix}`);
   } else {
     const created = (x: (typeof versions)[number]) => x.parsed?.createdAt.getTime() ?? 0;
-    const eligible = versions.filter((x) => !sel.at || created(x) <= sel.at.getTime());
+    const now = opts.now ?? new Date();
+    const plausible = versions.filter((x) => {
+      if (x.parsed === undefined || !isDatedInFuture(x.parsed.createdAt, now)) return true;
+      opts.onWarning?.(
+        `s3://${target.bucket}/${x.v.key} version ${x.v.versionId} skipped: its key is dated ${x.parsed.createdAt.toISOString()}, after now (${now.toISOString()}); immutd never dates a key in the future, so someone with write access planted it`,
+      );
+      return false;
+    });
+    const eligible = plausible.filter((x) => !sel.at || created(x) <= sel.at.getTime());
     eligible.sort(
       (a, b) => created(a) - created(b) || a.v.lastModified.getTime() - b.v.lastModified.getTime(),
     );

@@ -220,6 +220,29 @@ ${targetYaml(env, {
     }
   });
 
+  it("--from-bucket skips a key dated 2099 that a writer planted, with a warning naming it", async () => {
+    const s = await setup("future");
+    writeFileSync(join(s.data, "file.txt"), "the real newest\n");
+    const done = await backup(s);
+    // The writer credential can put any key under the job prefix; it does not
+    // know the master key, so the planted body is not even a readable archive.
+    const planted = "restore-test/data/2099-01-01T000000Z-deadbeef.tar";
+    await client(env, env.writer).send(
+      new PutObjectCommand({ Bucket: s.bucket, Key: planted, Body: "not an archive" }),
+    );
+    const to = join(s.dir, "future");
+    const r = await cli(s, "restore", "data", "--from-bucket", "--to", to);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(readFileSync(join(to, s.data.slice(1), "file.txt"), "utf8"), "the real newest\n");
+    const warned = logRecords(r.stderr).filter((l) => l.level === "warn");
+    assert.ok(
+      warned.some((l) => String(l.msg).includes(planted) && /dated 2099-01-01/.test(String(l.msg))),
+      r.stderr,
+    );
+    const started = logRecords(r.stderr).find((l) => l.msg === "restore started");
+    assert.equal(started?.key, done.key);
+  });
+
   it("--include restores only the matching file", async () => {
     const s = await setup("inc");
     mkdirSync(join(s.data, "a"));

@@ -97,6 +97,7 @@ export async function restoreCommand(
           job,
           o.host ?? ctx.config.host,
           sel,
+          { onWarning: (message) => ctx.log.warn({ job: job.name }, message) },
         )
       : selectFromCatalog(ctx.catalog(), job.name, sel);
     if (src.bucket !== tc.bucket) {
