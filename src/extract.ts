@@ -93,9 +93,21 @@ export interface ExtractOptions {
 export interface ExtractResult extends ExtractProgress {
   /** Entries refused as unsafe (see the module comment); each also got a warning. */
   refused: number;
-  /** Selected entries not extracted for other reasons (already exists, device, I/O error). */
+  /**
+   * Selected entries not extracted for other reasons (already exists, a
+   * directory in the way, device, name too long, I/O error). Like `refused`,
+   * each makes the restore incomplete.
+   */
   skipped: number;
   warnings: number;
+  /** Include patterns that selected no entry at all, as given ("not found in archive"). */
+  unmatched: string[];
+}
+
+export interface ListResult {
+  listed: number;
+  /** As ExtractResult.unmatched. */
+  unmatched: string[];
 }
 
 export interface TarEntryInfo {
@@ -148,9 +160,9 @@ export async function extractTar(
       throw signal.reason;
     }
     let root: string;
-    let include: ((name: string) => boolean) | null;
+    let include: Includes | null;
     try {
-      include = opts.include === undefined ? null : compileIncludes(opts.include);
+      include = opts.include === undefined ? null : new Includes(opts.include);
       root = await resolveDest(opts.dest);
     } catch (err) {
       destroyInput(tar, err);
@@ -164,26 +176,26 @@ export async function extractTar(
 
 /**
  * Calls `onEntry` for every entry of the tar stream (selected by `include`, if
- * given) and resolves with how many were listed. Rejects like extractTar on a
- * truncated or corrupt stream.
+ * given) and resolves with how many were listed and which include patterns
+ * selected nothing. Rejects like extractTar on a truncated or corrupt stream.
  */
 export async function listTar(
   tar: NodeJS.ReadableStream,
   onEntry: (e: TarEntryInfo) => void,
   include?: readonly string[],
-): Promise<number> {
-  const selected = include === undefined ? null : compileIncludes(include);
-  let count = 0;
+): Promise<ListResult> {
+  const selected = include === undefined ? null : new Includes(include);
+  let listed = 0;
   const reader = new TarReader(tar, new AbortController());
   await reader.run(async (h) => {
     if (selected !== null) {
       const norm = normaliseName(h.name);
-      if (!norm.ok || !selected(norm.rel)) return;
+      if (!norm.ok || !selected.selects(norm.rel, true)) return;
     }
     onEntry(entryInfo(h));
-    count++;
+    listed++;
   });
-  return count;
+  return { listed, unmatched: selected?.unmatched() ?? [] };
 }
 
 /**
@@ -196,36 +208,78 @@ export async function listTar(
  * negation ("!"), which in an include list would read as "everything else".
  */
 export function compileIncludes(patterns: readonly string[]): (name: string) => boolean {
-  const cleaned: string[] = [];
-  for (const pattern of patterns) {
-    if (pattern.trim() === "") throw new UsageError("include pattern must not be empty");
-    if (pattern.startsWith("!")) {
-      throw new UsageError(
-        `include pattern ${JSON.stringify(pattern)}: negation ("!") is not supported`,
-      );
+  const includes = new Includes(patterns);
+  return (name) => includes.selects(name, false);
+}
+
+/** One include pattern; `used` once it selected an entry. */
+interface IncludeRule {
+  readonly pattern: string;
+  /** Null for a pattern that selects everything ("/"). */
+  readonly isMatch: ((rel: string) => boolean) | null;
+  used: boolean;
+}
+
+/** Include patterns (see compileIncludes) that also remember which of them selected something. */
+class Includes {
+  private readonly rules: IncludeRule[] = [];
+  /** Rules that have not selected anything yet: only these are tested one by one. */
+  private pending: IncludeRule[];
+  /** All patterns at once, for the common case where every rule was used already. */
+  private readonly any: ((rel: string) => boolean) | null;
+
+  constructor(patterns: readonly string[]) {
+    const bodies: string[] = [];
+    let all = patterns.length === 0;
+    for (const pattern of patterns) {
+      if (pattern.trim() === "") throw new UsageError("include pattern must not be empty");
+      if (pattern.startsWith("!")) {
+        throw new UsageError(
+          `include pattern ${JSON.stringify(pattern)}: negation ("!") is not supported`,
+        );
+      }
+      const body = pattern
+        .replace(/\/{2,}/g, "/")
+        .replace(/^\/+/, "")
+        .replace(/^(\.\/)+/, "")
+        .replace(/\/+$/, "");
+      if (body === "") all = true;
+      else bodies.push(body);
+      const isMatch = body === "" ? null : picomatch(body, GLOB_OPTIONS);
+      this.rules.push({ pattern, isMatch, used: false });
     }
-    const body = pattern
-      .replace(/\/{2,}/g, "/")
-      .replace(/^\/+/, "")
-      .replace(/^(\.\/)+/, "")
-      .replace(/\/+$/, "");
-    if (body === "") return () => true;
-    cleaned.push(body);
+    this.pending = [...this.rules];
+    this.any = all ? null : picomatch(bodies, GLOB_OPTIONS);
   }
-  if (cleaned.length === 0) return () => true;
-  const isMatch = picomatch(cleaned, GLOB_OPTIONS);
-  return (name) => {
+
+  /** True when `name` is selected; with `mark`, the patterns that select it count as used. */
+  selects(name: string, mark: boolean): boolean {
     const rel = name
       .replace(/\/{2,}/g, "/")
       .replace(/^(\.\/)+/, "")
       .replace(/\/+$/, "");
-    if (rel === "") return false;
-    if (isMatch(rel)) return true;
-    for (let i = rel.indexOf("/"); i !== -1; i = rel.indexOf("/", i + 1)) {
-      if (isMatch(rel.slice(0, i))) return true;
+    if (mark && this.pending.length > 0) {
+      for (const rule of this.pending) if (ruleSelects(rule.isMatch, rel)) rule.used = true;
+      this.pending = this.pending.filter((r) => !r.used);
     }
-    return false;
-  };
+    return ruleSelects(this.any, rel);
+  }
+
+  /** The patterns that selected no entry so far, in the order given. */
+  unmatched(): string[] {
+    return this.rules.filter((r) => !r.used).map((r) => r.pattern);
+  }
+}
+
+/** A pattern selects a name it matches and everything below a directory it matches. */
+function ruleSelects(isMatch: ((rel: string) => boolean) | null, rel: string): boolean {
+  if (isMatch === null) return true;
+  if (rel === "") return false;
+  if (isMatch(rel)) return true;
+  for (let i = rel.indexOf("/"); i !== -1; i = rel.indexOf("/", i + 1)) {
+    if (isMatch(rel.slice(0, i))) return true;
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------
@@ -451,7 +505,7 @@ class Extractor {
     tar: NodeJS.ReadableStream,
     private readonly opts: ExtractOptions,
     private readonly root: string,
-    private readonly include: ((name: string) => boolean) | null,
+    private readonly include: Includes | null,
     private readonly stop: AbortController,
   ) {
     this.owners = opts.owners ?? this.isRoot;
@@ -471,6 +525,7 @@ class Extractor {
       refused: this.refused,
       skipped: this.skipped,
       warnings: this.warnings,
+      unmatched: this.include?.unmatched() ?? [],
     };
   }
 
@@ -481,14 +536,15 @@ class Extractor {
     if (!norm.ok) return this.refuse(raw, norm.reason);
     const rel = norm.rel;
     if (rel === "") {
+      // Not a loss (tar -C dir . writes one): not counted as skipped.
       if (h.type === "directory")
-        return this.skip(
+        return this.warn(
           raw,
           "entry for the archive root skipped: the destination keeps its own attributes",
         );
       return this.refuse(raw, "name refers to the destination directory itself");
     }
-    if (this.include !== null && !this.include(rel)) return;
+    if (this.include !== null && !this.include.selects(rel, true)) return;
     try {
       switch (h.type) {
         case "file":
@@ -655,7 +711,7 @@ class Extractor {
       const why = target.ok ? "names the destination itself" : target.reason;
       return this.refuse(raw, `unsafe hard link target ${JSON.stringify(linkname)} (${why})`);
     }
-    if (this.include !== null && !this.include(target.rel)) {
+    if (this.include !== null && !this.include.selects(target.rel, false)) {
       const what = `hard link target "${target.rel}" is not selected by the include patterns; its content is stored only under that name: include it too`;
       return this.skip(raw, what);
     }

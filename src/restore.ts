@@ -18,6 +18,7 @@ import {
   type ExtractResult,
   type ExtractWarning,
   extractTar,
+  type ListResult,
   listTar,
   type TarEntryInfo,
 } from "./extract.js";
@@ -227,7 +228,7 @@ export async function restore(
   const tarStages = src.compression === "gzip" ? [createGunzip()] : [];
 
   let result: ExtractResult | undefined;
-  let listed: number | undefined;
+  let listing: ListResult | undefined;
   let failure: unknown;
   try {
     if (mode.kind === "raw") {
@@ -239,7 +240,7 @@ export async function restore(
         failure ??= e;
       });
       if (mode.kind === "list") {
-        listed = await listTar(tar, mode.onEntry, opts.include);
+        listing = await listTar(tar, mode.onEntry, opts.include);
       } else {
         result = await extractTar(tar, {
           dest: mode.dest,
@@ -283,17 +284,45 @@ export async function restore(
       `${where}: SHA-256 ${sha256} differs from the catalog's ${src.sha256}: the data is not what was backed up.${incomplete}`,
     );
   }
-  if (result && result.refused > 0) {
-    throw new RestoreError(
-      `${where}: ${result.refused} archive entr${result.refused === 1 ? "y was" : "ies were"} refused as unsafe (absolute paths, '..' or paths through symlinks; see the warnings) and not written. Everything else was restored.`,
-    );
+  const missing = incompleteness(result, listing);
+  if (missing.length > 0) {
+    const rest = mode.kind === "extract" ? " Everything else was restored." : "";
+    throw new RestoreError(`${where}: ${missing.join("; ")}.${rest}`);
   }
   return {
     source: src,
     bytes: hasher.bytes,
     sha256,
     ...(result ? { result } : {}),
-    ...(listed !== undefined ? { listed } : {}),
+    ...(listing !== undefined ? { listed: listing.listed } : {}),
     durationMs: Date.now() - started,
   };
+}
+
+/**
+ * Why a restore that read its whole stream is still incomplete: entries refused
+ * as unsafe, entries that could not be written, include patterns that matched
+ * nothing (tar's "Not found in archive"). Empty when nothing is missing.
+ */
+function incompleteness(result?: ExtractResult, listing?: ListResult): string[] {
+  const missing: string[] = [];
+  const entries = (n: number) => `${n} archive entr${n === 1 ? "y was" : "ies were"}`;
+  if (result && result.refused > 0) {
+    missing.push(
+      `${entries(result.refused)} refused as unsafe (absolute paths, '..' or paths through symlinks; see the warnings) and not written`,
+    );
+  }
+  if (result && result.skipped > 0) {
+    missing.push(
+      `${entries(result.skipped)} not restored (see the warnings: e.g. a directory in the way, a name too long below DIR, an I/O error)`,
+    );
+  }
+  const unmatched = result?.unmatched ?? listing?.unmatched ?? [];
+  if (unmatched.length > 0) {
+    const quoted = unmatched.map((p) => JSON.stringify(p)).join(", ");
+    missing.push(
+      `include pattern${unmatched.length === 1 ? "" : "s"} ${quoted} matched nothing: not found in archive`,
+    );
+  }
+  return missing;
 }

@@ -235,6 +235,7 @@ describe("extractTar round trip", () => {
       refused: 0,
       skipped: 0,
       warnings: 0,
+      unmatched: [],
     });
     assert.ok(progress.length > files, "progress reported per entry and during the big file");
     assert.equal(progress.at(-1), result.bytes);
@@ -312,6 +313,7 @@ describe("extractTar round trip", () => {
       bytes: 1,
       refused: 0,
       skipped: 0,
+      unmatched: [],
       warnings: 0,
     });
     const tool = fs.statSync(path.join(dest, "ro/sub/tool"));
@@ -561,6 +563,20 @@ describe("extractTar include", () => {
     assert.throws(() => compileIncludes(["!srv"]), UsageError);
   });
 
+  it("reports each include pattern that selected no entry, as given", async () => {
+    const dest = tmpDir("inc-none");
+    const { result } = await extract(await packTar(entries), {
+      dest,
+      include: ["/etc/hosts", "/etc/nope", "/srv/*.gz", "/"],
+    });
+    assert.deepEqual(result.unmatched, ["/etc/nope", "/srv/*.gz"]);
+    const all = await extract(await packTar(entries), {
+      dest: tmpDir("inc-all"),
+      include: ["/etc", "/srv/"],
+    });
+    assert.deepEqual(all.result.unmatched, []);
+  });
+
   it("skips a hard link whose target was not selected, saying why", async () => {
     const tar = await packTar([
       { header: { name: "a/first" }, content: "data" },
@@ -614,6 +630,32 @@ describe("extractTar over existing files", () => {
     assert.equal(fs.readFileSync(path.join(dest, "dir/file.txt"), "utf8"), "archived\n");
     assert.equal(fs.readFileSync(target, "utf8"), "outside, must stay\n");
     assert.equal(fs.statSync(target).mode & 0o7777, 0o644);
+  });
+
+  it("counts a symlink where a directory already is, and a name too long for DIR, as skipped", async () => {
+    const dest = tmpDir("exist-dir-link");
+    const tar = await packTar([
+      { header: { name: "dir/", type: "directory" } },
+      { header: { name: "dir", type: "symlink", linkname: "/etc" } },
+      { header: { name: `long/${"n".repeat(300)}` }, content: "too long" },
+      { header: { name: "ok.txt" }, content: "fine" },
+    ]);
+    const { result, warnings } = await extract(tar, { dest });
+    assert.equal(result.skipped, 2, JSON.stringify(warnings));
+    assert.equal(result.files, 1);
+    assert.equal(fs.lstatSync(path.join(dest, "dir")).isDirectory(), true);
+    assert.match(about(warnings, "dir")[0]?.message ?? "", /a directory exists at this path/);
+    assert.match(warnings.at(-1)?.message ?? "", /name too long/i);
+  });
+
+  it("does not count the archive root entry (tar -C dir .) as skipped", async () => {
+    const tar = await packTar([
+      { header: { name: "./", type: "directory" } },
+      { header: { name: "./a.txt" }, content: "a" },
+    ]);
+    const { result } = await extract(tar, { dest: tmpDir("root-entry") });
+    assert.equal(result.skipped, 0);
+    assert.equal(result.files, 1);
   });
 
   it("never replaces an existing directory with a file", async () => {
@@ -771,7 +813,7 @@ describe("listTar", () => {
     ]);
     const all: TarEntryInfo[] = [];
     const n = await listTar(streamOf(tar), (e) => all.push(e));
-    assert.equal(n, 5);
+    assert.deepEqual(n, { listed: 5, unmatched: [] });
     assert.deepEqual(
       all.map((e) => [e.name, e.type, e.size, e.linkname ?? null]),
       [
@@ -788,8 +830,13 @@ describe("listTar", () => {
     assert.equal(all[1]?.mtime.getTime(), BASE_MTIME * 1000);
 
     const some: string[] = [];
-    assert.equal(await listTar(streamOf(tar), (e) => some.push(e.name), ["/srv"]), 4);
+    assert.deepEqual(await listTar(streamOf(tar), (e) => some.push(e.name), ["/srv"]), {
+      listed: 4,
+      unmatched: [],
+    });
     assert.deepEqual(some, ["srv/", "srv/a.txt", "srv/l", "srv/h"]);
+    const none = await listTar(streamOf(tar), () => {}, ["/srv/a.txt", "/nope", "*.gz"]);
+    assert.deepEqual(none, { listed: 1, unmatched: ["/nope", "*.gz"] });
 
     await assert.rejects(
       listTar(streamOf(tar.subarray(0, 1500)), () => {}),

@@ -103,6 +103,27 @@ ${targetYaml(env, {
     return { dir, cfg, data, bucket, masterKey };
   }
 
+  /**
+   * Puts the finished `p` under the job's prefix as a backup that
+   * `--from-bucket` finds, encrypted with the key derived from the master key
+   * (an attacker who also holds the master key, or a foreign tar).
+   */
+  async function plantArchive(s: Setup, p: ReturnType<typeof pack>): Promise<void> {
+    p.finalize();
+    const chunks: Buffer[] = [];
+    for await (const c of p) chunks.push(c as Buffer);
+    const key = "restore-test/data/2026-01-01T000000Z-deadbeef.tar";
+    await client(env, env.writer).send(
+      new PutObjectCommand({
+        Bucket: s.bucket,
+        Key: key,
+        Body: Buffer.concat(chunks),
+        SSECustomerAlgorithm: "AES256",
+        SSECustomerKey: deriveSseKey(s.masterKey, s.bucket, key).toString("base64"),
+      }),
+    );
+  }
+
   const cli = (s: Setup, ...args: string[]) =>
     runCli(["--config", s.cfg, ...args], { env: cliEnv });
   async function backup(s: Setup): Promise<Record<string, unknown>> {
@@ -256,6 +277,48 @@ ${targetYaml(env, {
     assert.ok(!existsSync(join(to, s.data.slice(1), "other.txt")));
   });
 
+  it("entries that cannot be written make the restore exit 3 as incomplete", async () => {
+    const s = await setup("incomplete");
+    const p = pack();
+    p.entry({ name: "dir/", type: "directory" });
+    p.entry({ name: "dir", type: "symlink", linkname: "/etc" }); // a directory is in the way
+    p.entry({ name: `long/${"n".repeat(300)}` }, "component over NAME_MAX\n");
+    p.entry({ name: "safe.txt" }, "fine\n");
+    await plantArchive(s, p);
+    const to = join(s.dir, "incomplete");
+    const r = await cli(s, "restore", "data", "--from-bucket", "--to", to);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stderr, /2 archive entries were not restored/);
+    assert.equal(readFileSync(join(to, "safe.txt"), "utf8"), "fine\n");
+  });
+
+  it("an --include that matches nothing is exit 3 naming the pattern, after the whole stream", async () => {
+    const s = await setup("inc-none");
+    writeFileSync(join(s.data, "here.txt"), "yes\n");
+    await backup(s);
+    const missing = `${s.data}/not-there.txt`;
+    const to = join(s.dir, "inc-none");
+    const r = await cli(
+      s,
+      "restore",
+      "data",
+      "--to",
+      to,
+      "--include",
+      `${s.data}/here.txt`,
+      "--include",
+      missing,
+    );
+    assert.equal(r.code, 3, r.stderr);
+    assert.ok(r.stderr.includes(`include pattern "${missing}" matched nothing`), r.stderr);
+    assert.equal(readFileSync(join(to, s.data.slice(1), "here.txt"), "utf8"), "yes\n");
+    const ls = await cli(s, "restore", "data", "--list", "--include", missing);
+    assert.equal(ls.code, 3, ls.stderr);
+    assert.match(ls.stderr, /not found in archive/);
+    const raw = await cli(s, "restore", "data", "--stdout", "--include", missing);
+    assert.equal(raw.code, 2, raw.stderr);
+  });
+
   it("a hostile archive planted in the bucket writes nothing outside DIR", async () => {
     const s = await setup("evil");
     const outside = mkdtempSync(join(tmpdir(), "immutd-outside-"));
@@ -267,19 +330,7 @@ ${targetYaml(env, {
     p.entry({ name: "a/../../escape2.txt" }, "dotdot\n");
     p.entry({ name: "link", type: "symlink", linkname: outside });
     p.entry({ name: "link/through-symlink.txt" }, "through\n");
-    p.finalize();
-    const chunks: Buffer[] = [];
-    for await (const c of p) chunks.push(c as Buffer);
-    const key = "restore-test/data/2026-01-01T000000Z-deadbeef.tar";
-    await client(env, env.writer).send(
-      new PutObjectCommand({
-        Bucket: s.bucket,
-        Key: key,
-        Body: Buffer.concat(chunks),
-        SSECustomerAlgorithm: "AES256",
-        SSECustomerKey: deriveSseKey(s.masterKey, s.bucket, key).toString("base64"),
-      }),
-    );
+    await plantArchive(s, p);
     const parent = mkdtempSync(join(tmpdir(), "immutd-evil-"));
     const to = join(parent, "dest");
     const r = await cli(s, "restore", "data", "--from-bucket", "--to", to);
