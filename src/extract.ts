@@ -9,6 +9,12 @@
  *   verbatim) and hard links, with modes, mtimes and (as root) owners.
  *   Directories are created 0700 while their contents are written and get
  *   their archived mode and mtime at the end, deepest first.
+ * - Names are bytes: every name and link target is restored byte-exact, UTF-8
+ *   or not (tar-stream's reader is taught to keep raw pax values, see
+ *   src/pax.ts; ustar and GNU long-name fields are read as raw bytes), and
+ *   handed to node:fs as Buffers. All checks below work on those bytes ("/" is
+ *   0x2f, "." 0x2e), so no decoding can turn a name into "../" or lose a NUL.
+ *   Warnings and listings show names in displayName form, globs see matchForm.
  * - Never writes outside `dest`. An entry is refused (counted, warned about,
  *   its data consumed, extraction goes on) when its name is empty, absolute,
  *   contains NUL or a ".." component; when a hard link points to such a name,
@@ -47,12 +53,14 @@ import {
 import path from "node:path";
 import { promisify } from "node:util";
 import picomatch from "picomatch";
-import { type Header, extract as tarExtract } from "tar-stream";
+import { type Extract, type Header, extract as tarExtract } from "tar-stream";
 import { ImmutdError, UsageError } from "./errors.js";
 import { fileKind } from "./file-kind.js";
+import { byteStringFrom, displayName, fsPath, matchForm, textOf } from "./file-names.js";
+import { paxPathsAsByteStrings } from "./pax.js";
 
 export interface ExtractWarning {
-  /** The entry's name as stored in the archive. */
+  /** The entry's name as stored in the archive, printable (see displayName in src/file-names.ts). */
   path: string;
   message: string;
 }
@@ -111,7 +119,7 @@ export interface ListResult {
 }
 
 export interface TarEntryInfo {
-  /** As stored in the archive (not normalised). */
+  /** As stored in the archive (not normalised), printable as `tar -t` prints it (displayName). */
   name: string;
   /** tar-stream's type name ("file", "directory", "symlink", "link", ...), "unknown" otherwise. */
   type: string;
@@ -199,8 +207,9 @@ export async function listTar(
 }
 
 /**
- * Compiles restore include patterns into a predicate over archive entry names.
- * Pure. Patterns are picomatch globs (dot files included); a leading "/" is
+ * Compiles restore include patterns into a predicate over archive entry names
+ * (byte strings, see src/file-names.ts; a name that is not UTF-8 is matched in
+ * its matchForm, so "caf*" selects Latin-1 "caf\xe9"). Pure. Patterns are picomatch globs (dot files included); a leading "/" is
  * ignored, since users think in absolute paths ("/etc/hosts" selects entry
  * "etc/hosts"), as is a trailing "/". A pattern that matches a directory also
  * selects everything below it ("srv/app" selects "srv/app/x/y"). No patterns
@@ -254,7 +263,7 @@ class Includes {
 
   /** True when `name` is selected; with `mark`, the patterns that select it count as used. */
   selects(name: string, mark: boolean): boolean {
-    const rel = name
+    const rel = matchForm(name)
       .replace(/\/{2,}/g, "/")
       .replace(/^(\.\/)+/, "")
       .replace(/\/+$/, "");
@@ -338,7 +347,7 @@ class EntryData {
  * stream cut at an entry boundary as complete).
  */
 class TarReader {
-  private readonly ex = tarExtract();
+  private readonly ex = byteNameExtract();
   /** Bytes received, and the last END_MARKER of them. */
   private total = 0;
   private tail = Buffer.alloc(0);
@@ -449,7 +458,9 @@ class TarReader {
       this.tail.every((b) => b === 0);
     if (marked) return;
     const after =
-      this.current === null ? "before the first entry" : `after entry "${this.current}"`;
+      this.current === null
+        ? "before the first entry"
+        : `after entry "${displayName(this.current)}"`;
     throw new ImmutdError(
       `unexpected end of archive: the stream ended ${after} at byte ${this.total} without the end-of-archive blocks (truncated download or archive?)`,
     );
@@ -459,7 +470,7 @@ class TarReader {
   streamFailure(err: unknown): unknown {
     if (this.stop.signal.aborted) return this.stop.signal.reason;
     const msg = err instanceof Error ? err.message : String(err);
-    const where = this.current === null ? "" : ` in or after entry "${this.current}"`;
+    const where = this.current === null ? "" : ` in or after entry "${displayName(this.current)}"`;
     if (msg === "Unexpected end of data") {
       return new ImmutdError(
         `unexpected end of archive: the stream ended${where} at byte ${this.total}, in the middle of an entry or header (truncated download or archive?)`,
@@ -573,7 +584,9 @@ class Extractor {
       const code = errCode(err);
       if (code === undefined || !ERRNO_CODE.test(code) || FATAL_CODES.has(code)) {
         if (code === undefined || err instanceof ImmutdError) throw err;
-        throw new ImmutdError(`cannot restore "${raw}": ${describe(err)}`, { cause: err });
+        throw new ImmutdError(`cannot restore "${displayName(raw)}": ${describe(err)}`, {
+          cause: err,
+        });
       }
       this.skip(raw, `not restored: ${describe(err)}`);
     }
@@ -605,7 +618,7 @@ class Extractor {
     } finally {
       if (fh !== null) await fh.close().catch(() => {});
       // A file cut off half-way must not look restored.
-      if (!complete) await unlink(abs).catch(() => {});
+      if (!complete) await unlink(fsPath(abs)).catch(() => {});
     }
     this.progress.files++;
   }
@@ -646,12 +659,12 @@ class Extractor {
   /** Opens a new file at `abs`, replacing what is there when allowed; null when skipped. */
   private async createFile(raw: string, abs: string): Promise<FileHandle | null> {
     try {
-      return await open(abs, CREATE_FLAGS, 0o600);
+      return await open(fsPath(abs), CREATE_FLAGS, 0o600);
     } catch (err) {
       if (errCode(err) !== "EEXIST") throw err;
     }
     if (!(await this.clearWay(raw, abs, "file"))) return null;
-    return await open(abs, CREATE_FLAGS, 0o600);
+    return await open(fsPath(abs), CREATE_FLAGS, 0o600);
   }
 
   private async directory(raw: string, rel: string, h: RawHeader): Promise<void> {
@@ -686,17 +699,17 @@ class Extractor {
     const abs = await this.parents(raw, rel, true);
     if (abs === null) return;
     try {
-      await symlink(target, abs);
+      await symlink(fsPath(target), fsPath(abs));
     } catch (err) {
       if (errCode(err) !== "EEXIST") throw err;
       if (!(await this.clearWay(raw, abs, "symlink"))) return;
-      await symlink(target, abs);
+      await symlink(fsPath(target), fsPath(abs));
     }
-    this.created.add(await lstat(abs));
-    await this.chownEntry(raw, h, (uid, gid) => lchown(abs, uid, gid));
+    this.created.add(await lstat(fsPath(abs)));
+    await this.chownEntry(raw, h, (uid, gid) => lchown(fsPath(abs), uid, gid));
     const mtime = entryMtime(h);
     if (mtime !== null)
-      await this.attr(raw, "mtime", () => lutimes(abs, new Date(), timeArg(mtime)));
+      await this.attr(raw, "mtime", () => lutimes(fsPath(abs), new Date(), timeArg(mtime)));
     this.progress.symlinks++;
   }
 
@@ -709,36 +722,37 @@ class Extractor {
     const target = normaliseName(linkname);
     if (!target.ok || target.rel === "") {
       const why = target.ok ? "names the destination itself" : target.reason;
-      return this.refuse(raw, `unsafe hard link target ${JSON.stringify(linkname)} (${why})`);
+      return this.refuse(raw, `unsafe hard link target "${displayName(linkname)}" (${why})`);
     }
+    const shown = displayName(target.rel);
     if (this.include !== null && !this.include.selects(target.rel, false)) {
-      const what = `hard link target "${target.rel}" is not selected by the include patterns; its content is stored only under that name: include it too`;
+      const what = `hard link target "${shown}" is not selected by the include patterns; its content is stored only under that name: include it too`;
       return this.skip(raw, what);
     }
     const targetAbs = await this.parents(raw, target.rel, false);
     if (targetAbs === null) return;
     const tst = await lstatOrNull(targetAbs);
-    if (tst === null) return this.refuse(raw, `hard link target "${target.rel}" was not extracted`);
+    if (tst === null) return this.refuse(raw, `hard link target "${shown}" was not extracted`);
     if (!tst.isFile()) {
       return this.refuse(
         raw,
-        `hard link target "${target.rel}" is a ${fileKind(tst)}, not a regular file`,
+        `hard link target "${shown}" is a ${fileKind(tst)}, not a regular file`,
       );
     }
     if (!this.created.has(tst)) {
-      return this.refuse(raw, `hard link target "${target.rel}" was not extracted by this restore`);
+      return this.refuse(raw, `hard link target "${shown}" was not extracted by this restore`);
     }
     const abs = await this.parents(raw, rel, true);
     if (abs === null) return;
     try {
-      await link(targetAbs, abs);
+      await link(fsPath(targetAbs), fsPath(abs));
     } catch (err) {
       if (errCode(err) !== "EEXIST") throw err;
       const st = await lstatOrNull(abs);
       const same = st !== null && st.dev === tst.dev && st.ino === tst.ino;
       if (!same) {
         if (!(await this.clearWay(raw, abs, "link", st ?? undefined))) return;
-        await link(targetAbs, abs);
+        await link(fsPath(targetAbs), fsPath(abs));
       }
     }
     this.progress.files++;
@@ -756,18 +770,21 @@ class Extractor {
     if (!this.isRoot) return this.skip(raw, `${what} skipped: creating it needs root`);
     const abs = await this.parents(raw, rel, true);
     if (abs === null) return;
+    // mknod(1) and mkfifo(1) take the path as an argument, which Node passes as UTF-8.
+    const absText = textOf(abs);
+    if (absText === null) return this.skip(raw, `${what} not created: its path is not valid UTF-8`);
     const existing = await lstatOrNull(abs);
     if (existing !== null && !(await this.clearWay(raw, abs, "special", existing))) return;
     // The owner is set afterwards, so the setuid/setgid bits are never kept here.
     const mode = ((validMode(h.mode) ?? 0o600) & 0o1777).toString(8);
     try {
       if (h.type === "fifo") {
-        await execFileAsync("mkfifo", ["-m", mode, abs]);
+        await execFileAsync("mkfifo", ["-m", mode, absText]);
       } else {
         const type = h.type === "block-device" ? "b" : "c";
         const major = String(h.devmajor ?? 0);
         const minor = String(h.devminor ?? 0);
-        await execFileAsync("mknod", ["-m", mode, abs, type, major, minor]);
+        await execFileAsync("mknod", ["-m", mode, absText, type, major, minor]);
       }
     } catch (err) {
       const stderr = (err as { stderr?: unknown }).stderr;
@@ -775,11 +792,11 @@ class Extractor {
         typeof stderr === "string" && stderr.trim() !== "" ? stderr.trim() : describe(err);
       return this.skip(raw, `${what} not created: ${detail}`);
     }
-    this.created.add(await lstat(abs));
-    await this.chownEntry(raw, h, (uid, gid) => lchown(abs, uid, gid));
+    this.created.add(await lstat(fsPath(abs)));
+    await this.chownEntry(raw, h, (uid, gid) => lchown(fsPath(abs), uid, gid));
     const mtime = entryMtime(h);
     if (mtime !== null)
-      await this.attr(raw, "mtime", () => lutimes(abs, new Date(), timeArg(mtime)));
+      await this.attr(raw, "mtime", () => lutimes(fsPath(abs), new Date(), timeArg(mtime)));
     this.progress.files++;
   }
 
@@ -797,7 +814,7 @@ class Extractor {
       const st = await lstatOrNull(abs);
       if (st === null) {
         if (!create) {
-          this.refuse(raw, `parent "${dir}" does not exist`);
+          this.refuse(raw, `parent "${displayName(dir)}" does not exist`);
           return null;
         }
         await this.makeDir(dir, abs, null);
@@ -808,14 +825,15 @@ class Extractor {
         continue;
       }
       const kind = st.isSymbolicLink() ? "a symlink" : `a ${fileKind(st)}`;
-      this.refuse(raw, `parent "${dir}" is ${kind}, not a directory: refusing to write through it`);
+      const why = `parent "${displayName(dir)}" is ${kind}, not a directory: refusing to write through it`;
+      this.refuse(raw, why);
       return null;
     }
     return path.join(this.root, rel);
   }
 
   private async makeDir(rel: string, abs: string, meta: DirMeta | null): Promise<void> {
-    await mkdir(abs, 0o700);
+    await mkdir(fsPath(abs), 0o700);
     this.safeDirs.add(rel);
     this.pendingDirs.set(
       rel,
@@ -847,7 +865,7 @@ class Extractor {
       this.skip(raw, `a ${fileKind(st)} already exists at this path (overwrite is off), skipped`);
       return false;
     }
-    await unlink(abs);
+    await unlink(fsPath(abs));
     return true;
   }
 
@@ -902,7 +920,7 @@ class Extractor {
     for (const { rel, meta } of dirs) {
       let fh: FileHandle;
       try {
-        fh = await open(path.join(this.root, rel), DIR_FLAGS);
+        fh = await open(fsPath(path.join(this.root, rel)), DIR_FLAGS);
       } catch (err) {
         this.warn(`${rel}/`, `cannot set directory attributes: ${describe(err)}`);
         continue;
@@ -935,9 +953,9 @@ class Extractor {
     this.warn(raw, message);
   }
 
-  private warn(p: string, message: string): void {
+  private warn(name: string, message: string): void {
     this.warnings++;
-    this.opts.onWarning?.({ path: p, message });
+    this.opts.onWarning?.({ path: displayName(name), message });
   }
 
   private reportProgress(): void {
@@ -989,6 +1007,34 @@ function normaliseName(raw: string): Normalised {
   return { ok: true, rel: parts.join("/") };
 }
 
+/**
+ * tar-stream's extractor, handing out every name and link target as a byte
+ * string (src/file-names.ts): ustar and GNU long-name fields through its
+ * `filenameEncoding` option, pax `path`/`linkpath` values by rewriting each
+ * pax header before its own decoder (which knows only UTF-8) reads it. The
+ * hook is tar-stream v3's internal `_decodeLongHeader`, called with the
+ * header's data once the whole of it is buffered; if a tar-stream release
+ * renames it, this throws at once instead of silently mangling names (and
+ * the byte-name tests in test/extract.test.ts fail).
+ */
+function byteNameExtract(): Extract {
+  const ex = tarExtract({ filenameEncoding: "latin1" } as Parameters<typeof tarExtract>[0]);
+  const inner = ex as unknown as {
+    _header: { type?: unknown } | null;
+    _decodeLongHeader: ((buf: Buffer) => void) | undefined;
+  };
+  const decode = inner._decodeLongHeader;
+  if (typeof decode !== "function") {
+    throw new Error("tar-stream has no _decodeLongHeader: names that are not UTF-8 cannot be read");
+  }
+  inner._decodeLongHeader = function (this: typeof inner, buf: Buffer) {
+    const type = this._header?.type;
+    const pax = type === "pax-header" || type === "pax-global-header";
+    decode.call(this, pax ? paxPathsAsByteStrings(buf) : buf);
+  };
+  return ex;
+}
+
 async function resolveDest(dest: string): Promise<string> {
   if (!path.isAbsolute(dest)) {
     throw new UsageError(
@@ -997,16 +1043,16 @@ async function resolveDest(dest: string): Promise<string> {
   }
   let root: string;
   try {
-    root = await realpath(dest);
+    root = byteStringFrom(await realpath(dest, { encoding: "buffer" }));
   } catch (err) {
     throw new UsageError(`restore destination ${dest} is not usable: ${describe(err)}`, {
       cause: err,
     });
   }
-  const st = await lstat(root);
+  const st = await lstat(fsPath(root));
   if (!st.isDirectory()) throw new UsageError(`restore destination ${dest} is not a directory`);
   try {
-    await access(root, fsConstants.W_OK | fsConstants.X_OK);
+    await access(fsPath(root), fsConstants.W_OK | fsConstants.X_OK);
   } catch (err) {
     throw new UsageError(`restore destination ${dest} is not writable: ${describe(err)}`, {
       cause: err,
@@ -1031,7 +1077,7 @@ async function writeAll(fh: FileHandle, bufs: Buffer[], size: number): Promise<v
 function entryInfo(h: RawHeader): TarEntryInfo {
   const mtime = entryMtime(h);
   const info: TarEntryInfo = {
-    name: h.name,
+    name: displayName(h.name),
     type: h.type ?? "unknown",
     size: h.size,
     mode: validMode(h.mode) ?? 0,
@@ -1040,7 +1086,7 @@ function entryInfo(h: RawHeader): TarEntryInfo {
     gid: entryId(h.gid, h.pax?.gid) ?? -1,
   };
   if (h.linkname !== null && h.linkname !== undefined && h.linkname !== "")
-    info.linkname = h.linkname;
+    info.linkname = displayName(h.linkname);
   return info;
 }
 
@@ -1084,7 +1130,7 @@ function depthOf(rel: string): number {
 
 async function lstatOrNull(p: string): Promise<Stats | null> {
   try {
-    return await lstat(p);
+    return await lstat(fsPath(p));
   } catch (err) {
     if (errCode(err) === "ENOENT") return null;
     throw err;

@@ -10,6 +10,7 @@ import { after, describe, it } from "node:test";
 import { type Header, pack } from "tar-stream";
 import { createArchive } from "../src/archive.js";
 import { ImmutdError, UsageError } from "../src/errors.js";
+import { displayName } from "../src/file-names.js";
 import {
   compileIncludes,
   type ExtractOptions,
@@ -118,9 +119,9 @@ async function extract(
   return { result, warnings };
 }
 
-/** The warnings about one entry, for messages in assertion failures. */
+/** The warnings about one entry (named as in the archive), for messages in assertion failures. */
 function about(warnings: ExtractWarning[], name: string): ExtractWarning[] {
-  return warnings.filter((w) => w.path === name);
+  return warnings.filter((w) => w.path === displayName(name));
 }
 
 describe("extractTar round trip", () => {
