@@ -11,6 +11,8 @@ import { type Header, pack } from "tar-stream";
 import { createArchive } from "../src/archive.js";
 import { ImmutdError, UsageError } from "../src/errors.js";
 import { displayName } from "../src/file-names.js";
+import { paxHeader, paxRecord } from "../src/pax.js";
+import { BYTE_NAMES, byteTree, bytesOf, makeByteNamesTree } from "./support/byte-names.js";
 import {
   compileIncludes,
   type ExtractOptions,
@@ -36,10 +38,18 @@ function tmpDir(label: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `immutd-extract-${label}-`));
   cleanups.push(() => {
     // Read-only directories left by a test must not stop the cleanup.
-    for (const p of walk(dir)) if (p.st.isDirectory()) fs.chmodSync(p.abs, 0o700);
+    writableDirs(Buffer.from(dir));
     fs.rmSync(dir, { recursive: true, force: true });
   });
   return dir;
+}
+
+/** chmod 0700 of every directory below `abs`, through Buffer paths (names may not be UTF-8). */
+function writableDirs(abs: Buffer): void {
+  if (!fs.lstatSync(abs).isDirectory()) return;
+  fs.chmodSync(abs, 0o700);
+  for (const n of fs.readdirSync(abs, { encoding: "buffer" }))
+    writableDirs(Buffer.concat([abs, Buffer.from("/"), n]));
 }
 
 function* walk(abs: string, rel = ""): Generator<{ abs: string; rel: string; st: fs.Stats }> {
@@ -85,6 +95,8 @@ function streamOf(tar: Buffer, size = 7919): Readable {
 interface PackEntry {
   header: Partial<Header> & { name: string; pax?: Record<string, string> };
   content?: string | Buffer;
+  /** Raw pax records (src/pax.ts) written in a pax header just before the entry. */
+  rawPax?: Buffer;
 }
 
 /** A hand-made tar (tar-stream's pack), for archives immutd itself would never write. */
@@ -94,9 +106,11 @@ async function packTar(entries: PackEntry[]): Promise<Buffer> {
   const collected = (async () => {
     for await (const chunk of p) out.push(chunk as Buffer);
   })();
-  for (const { header, content } of entries) {
+  for (const { header, content, rawPax } of entries) {
     const body = content === undefined ? undefined : Buffer.from(content);
     const h = { mtime: new Date(BASE_MTIME * 1000), ...header } as Parameters<typeof p.entry>[0];
+    if (rawPax !== undefined)
+      p.push(paxHeader(rawPax, { mode: 0o644, uid: 0, gid: 0, mtime: BASE_MTIME }));
     if (body !== undefined) h.size = body.length;
     await new Promise<void>((resolve, reject) => {
       const cb = (err?: Error | null) => (err ? reject(err) : resolve());
@@ -800,6 +814,120 @@ describe("extractTar on damaged streams", () => {
       extractTar(streamOf(tar), { dest, signal: pre.signal }),
       (err) => err === reason,
     );
+  });
+});
+
+/** A raw pax path (and linkpath) record set: bytes given as byte strings. */
+function rawPath(name: string, linkname?: string): Buffer {
+  const records = [paxRecord("path", bytesOf(name))];
+  if (linkname !== undefined) records.push(paxRecord("linkpath", bytesOf(linkname)));
+  return Buffer.concat(records);
+}
+
+describe("extractTar: names that are not UTF-8", () => {
+  /** The byte-names fixture, without its top directory's own entry (the destination keeps its attributes). */
+  function fixture(): { src: string; want: Map<string, string> } {
+    const src = tmpDir("bytes-src");
+    makeByteNamesTree(src);
+    const want = byteTree(src);
+    want.delete("");
+    return { src, want };
+  }
+  const restored = (dest: string) => {
+    const got = byteTree(dest);
+    got.delete("");
+    return got;
+  };
+
+  for (const format of ["gnu", "posix"]) {
+    it(`restores a GNU tar --format=${format} archive byte-exact`, async () => {
+      const { src, want } = fixture();
+      const tar = execFileSync("tar", [`--format=${format}`, "-cf", "-", "-C", src, "."]);
+      const dest = tmpDir(`bytes-${format}`);
+      const { result, warnings } = await extract(tar, { dest });
+      assert.equal(result.refused + result.skipped, 0, JSON.stringify(warnings));
+      const got = restored(dest);
+      if (format === "gnu") {
+        // Not about names: GNU format stores a time before 1970 in base-256,
+        // which tar-stream 3 decodes one second off (one's complement).
+        for (const m of [got, want])
+          m.set(
+            BYTE_NAMES.pre1970,
+            m.get(BYTE_NAMES.pre1970)?.replace(/ -86(400|399) /, " T ") ?? "",
+          );
+      }
+      assert.deepEqual(got, want);
+    });
+  }
+
+  it("restores immutd's own archive byte-exact, and lists names as GNU tar -t prints them", async () => {
+    const { src, want } = fixture();
+    const a = createArchive({ paths: [src] });
+    const chunks: Buffer[] = [];
+    for await (const c of a.stream) chunks.push(c as Buffer);
+    const tar = Buffer.concat(chunks);
+    const dest = tmpDir("bytes-own");
+    const { result, warnings } = await extract(tar, { dest });
+    assert.equal(result.refused + result.skipped, 0, JSON.stringify(warnings));
+    assert.deepEqual(restored(path.join(dest, src.slice(1))), want);
+
+    const names: string[] = [];
+    await listTar(streamOf(tar), (e) => names.push(e.name));
+    const gnu = execFileSync("tar", ["--quoting-style=escape", "-tf", "-"], {
+      input: tar,
+      env: { ...process.env, LC_ALL: "C.UTF-8" },
+      stdio: ["pipe", "pipe", "ignore"],
+    });
+    assert.deepEqual(names, gnu.toString("utf8").split("\n").slice(0, -1));
+  });
+
+  it("selects such names with include patterns in their Latin-1 form", async () => {
+    const { src } = fixture();
+    const tar = execFileSync("tar", ["-cf", "-", "-C", src, "."]);
+    const dest = tmpDir("bytes-include");
+    const { result } = await extract(tar, { dest, include: ["ÿ", "/dérÿ/x*", "new?line"] });
+    assert.deepEqual(result.unmatched, []);
+    assert.deepEqual(
+      [...restored(dest).keys()],
+      ["d\xe9r\xff/", `d\xe9r\xff/${"x".repeat(120)}\xfe`, "new\nline", "\xff"],
+    );
+  });
+
+  it("cannot be made to escape dest by raw bytes: NUL is refused, no encoding of '..' is one", async () => {
+    const base = tmpDir("bytes-hostile");
+    const dest = path.join(base, "dest");
+    fs.mkdirSync(dest);
+    const ustar = (name: string, type: Header["type"] = "file") => ({ name, type });
+    const tar = await packTar([
+      // A NUL byte cuts a C string: "a" + NUL + "/../../nul-escape" must not become "a".
+      { header: ustar("stand-in-1"), rawPax: rawPath("a\0/../../nul-escape"), content: "x" },
+      { header: ustar("stand-in-2"), rawPax: rawPath("\xff/../../dotdot-escape"), content: "x" },
+      // Overlong UTF-8 for "." (0xc0 0xae) and fullwidth ．(U+FF0E) are only bytes to Linux.
+      { header: ustar("stand-in-3"), rawPax: rawPath("\xc0\xae\xc0\xae/overlong"), content: "x" },
+      {
+        header: ustar("stand-in-4"),
+        rawPax: rawPath(Buffer.from("．．/fullwidth", "utf8").toString("latin1")),
+        content: "x",
+      },
+      { header: ustar("stand-in-5", "link"), rawPax: rawPath("hl", "../\xff") },
+      { header: ustar("stand-in-6", "symlink"), rawPax: rawPath("sl", "nul\0target") },
+      { header: ustar("stand-in-7", "directory"), rawPax: rawPath("dir\0/") },
+    ]);
+    const { result, warnings } = await extract(tar, { dest });
+    assert.equal(result.refused, 5, JSON.stringify(warnings));
+    assert.deepEqual(
+      warnings.map((w) => w.path),
+      ["a\\000/../../nul-escape", "\\377/../../dotdot-escape", "hl", "sl", "dir\\000/"],
+    );
+    assert.deepEqual(fs.readdirSync(base), ["dest"]);
+    assert.deepEqual(
+      fs
+        .readdirSync(dest, { encoding: "buffer" })
+        .map((n) => n.toString("latin1"))
+        .sort(),
+      ["\xc0\xae\xc0\xae", Buffer.from("．．", "utf8").toString("latin1")].sort(),
+    );
+    assert.ok(!exists(path.join(base, "nul-escape")) && !exists(path.join(base, "dotdot-escape")));
   });
 });
 
