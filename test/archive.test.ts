@@ -16,7 +16,7 @@ import {
   createArchive,
   missingPaths,
 } from "../src/archive.js";
-import { byteTree, bytesOf, makeByteNamesTree } from "./support/byte-names.js";
+import { bytesOf, byteTree, makeByteNamesTree } from "./support/byte-names.js";
 
 const MiB = 1024 * 1024;
 const BASE_MTIME = 1_600_000_000; // 2020-09-13

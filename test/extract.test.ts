@@ -10,9 +10,6 @@ import { after, describe, it } from "node:test";
 import { type Header, pack } from "tar-stream";
 import { createArchive } from "../src/archive.js";
 import { ImmutdError, UsageError } from "../src/errors.js";
-import { displayName } from "../src/file-names.js";
-import { paxHeader, paxRecord } from "../src/pax.js";
-import { BYTE_NAMES, byteTree, bytesOf, makeByteNamesTree } from "./support/byte-names.js";
 import {
   compileIncludes,
   type ExtractOptions,
@@ -22,6 +19,9 @@ import {
   listTar,
   type TarEntryInfo,
 } from "../src/extract.js";
+import { displayName } from "../src/file-names.js";
+import { paxHeader, paxRecord } from "../src/pax.js";
+import { BYTE_NAMES, bytesOf, byteTree, makeByteNamesTree } from "./support/byte-names.js";
 
 const MiB = 1024 * 1024;
 const BASE_MTIME = 1_500_000_000; // 2017-07-14
