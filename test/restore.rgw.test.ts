@@ -28,6 +28,7 @@ import { DeleteObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
 import { pack } from "tar-stream";
 import { deriveSseKey } from "../src/keys.js";
+import { byteTree, makeByteNamesTree } from "./support/byte-names.js";
 import { logRecords, runCli } from "./support/cli.js";
 import {
   client,
@@ -163,6 +164,38 @@ ${targetYaml(env, {
     const again = await cli(s, "restore", "data", "--to", to);
     assert.equal(again.code, 2);
     assert.match(again.stderr, /is not empty .* --overwrite/);
+  });
+
+  it("backs up and restores names that are not UTF-8 byte-exact (0xff, Latin-1, newline)", async () => {
+    const s = await setup("bytes");
+    makeByteNamesTree(s.data);
+    const b = await cli(s, "backup");
+    assert.equal(b.code, 0, b.stderr);
+    const warned = logRecords(b.stderr).filter((l) => l.level === "warn");
+    assert.deepEqual(warned, [], "no name was skipped");
+
+    const to = join(s.dir, "bytes");
+    const r = await cli(s, "restore", "data", "--to", to);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(byteTree(join(to, s.data.slice(1))), byteTree(s.data));
+
+    const ls = await cli(s, "restore", "data", "--list");
+    assert.equal(ls.code, 0, ls.stderr);
+    for (const shown of [
+      "/caf\\351\n",
+      "/new\\nline\n",
+      "/d\\351r\\377/\n",
+      "/utf8-link -> \\377\\376-target\n",
+    ])
+      assert.ok(ls.stdout.includes(shown), `${shown} in ${ls.stdout}`);
+
+    // An include typed as text selects the Latin-1 directory "d\xe9r\xff".
+    const part = join(s.dir, "part");
+    const inc = await cli(s, "restore", "data", "--to", part, "--include", `${s.data}/dérÿ`);
+    assert.equal(inc.code, 0, inc.stderr);
+    const got = [...byteTree(join(part, s.data.slice(1))).keys()];
+    const long = `d\xe9r\xff/${"x".repeat(120)}\xfe`;
+    assert.deepEqual(got, ["", "d\xe9r\xff/", "d\xe9r\xff/to-caf\xe9", long]);
   });
 
   it("--at picks the right one of three backups; --list and --stdout work", async () => {
