@@ -32,6 +32,11 @@ when the backup was made on a machine with another host name. Keys dated
 more than 10 minutes in the future were planted (immutd names keys at run
 start): they are skipped with a warning unless --version-id names one.
 
+File names are restored byte-exact, UTF-8 or not; --list and warnings show
+them as tar -t does (caf\\351, new\\nline). An --include pattern matches a
+name that is not UTF-8 with each byte read as Latin-1 ("caf?" or "café"
+selects caf\\xe9).
+
 --include PATTERN (repeatable, with --to or --list) selects paths; a
 pattern that matches nothing is an error (tar: "Not found in archive"),
 reported after the whole archive was read.
@@ -203,7 +208,7 @@ export async function restoreCommand(
       );
       if (process.stderr.isTTY) {
         const what = r
-          ? `${r.files.toLocaleString("en-US")} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${formatBytes(r.bytes)} into ${dest}${r.skipped ? ` (${r.skipped} skipped, see warnings)` : ""}`
+          ? `${r.files.toLocaleString("en-US")} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${formatBytes(r.bytes)} into ${dest}`
           : s.listed !== undefined
             ? `${s.listed} entries listed`
             : `${formatBytes(s.bytes)} written to stdout`;
