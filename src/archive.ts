@@ -9,6 +9,12 @@
  *   configured paths and what lies below them are archived, not their parents.
  *   Directory contents are emitted in byte order of their names, so the same
  *   tree always gives the same archive.
+ * - Names are bytes, as Linux has them: any name the kernel gives is archived
+ *   byte-exact, UTF-8 or not (a newline, 0xff, Latin-1 "caf\xe9"). Valid UTF-8
+ *   names and link targets are written exactly as tar-stream always wrote
+ *   them; others get a raw-byte pax header (see src/pax.ts), as GNU tar
+ *   --format=posix writes them. Excludes see such names in matchForm (see
+ *   src/file-names.ts), warnings in displayName.
  * - Regular files, directories, symlinks (never followed) and hard links (the
  *   second and later names of one inode become "link" entries) are archived.
  *   Sockets, FIFOs and devices are skipped with a warning.
@@ -36,9 +42,18 @@ import { Readable } from "node:stream";
 import { type Header, type Pack, pack as tarPack } from "tar-stream";
 import { compileExcludes, type ExcludeMatcher } from "./exclude.js";
 import { fileKind } from "./file-kind.js";
+import {
+  byteStringFrom,
+  byteStringOf,
+  displayName,
+  fsPath,
+  matchForm,
+  textOf,
+} from "./file-names.js";
+import { paxHeader, paxRecord } from "./pax.js";
 
 export interface ArchiveWarning {
-  /** Absolute path of the entry concerned. */
+  /** Absolute path of the entry concerned, printable (displayName: "caf\351" for Latin-1 bytes). */
   path: string;
   message: string;
   /** The errno code ("EACCES", "ENOENT", ...) when the warning comes from a system call. */
@@ -109,10 +124,13 @@ const USTAR_MAX_SIZE = 0o77777777777;
 /** tar-stream encodes mtime with `| 0`, so only this range survives its ustar header. */
 const MAX_HEADER_MTIME = 2 ** 31 - 1;
 const NS_PER_S = 1_000_000_000n;
-/** Names and link targets must be UTF-8: tar-stream writes them (and pax requires them) as UTF-8. */
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+/** The ustar name and linkname fields hold this many bytes. */
+const USTAR_NAME = 100;
 
-/** `pax` records go into a pax extended header that tar-stream writes before the entry. */
+/**
+ * `pax` records go into a pax extended header that tar-stream writes before
+ * the entry. `name` and `linkname` are byte strings (see src/file-names.ts).
+ */
 type EntryHeader = Partial<Header> & { name: string; pax?: Record<string, string> };
 type Sink = ReturnType<Pack["entry"]>;
 
@@ -201,7 +219,7 @@ class Archiver {
     private readonly opts: ArchiveOptions,
     private readonly excluded: ExcludeMatcher,
   ) {
-    this.tops = new Set(opts.paths.map((p) => path.resolve(p)));
+    this.tops = new Set(opts.paths.map((p) => byteStringOf(path.resolve(p))));
 
     // tar-stream's pack is a streamx stream; callers get a plain Node Readable
     // so pipeline(), finished() and destroy semantics are the ones they know.
@@ -257,12 +275,14 @@ class Archiver {
     try {
       await Promise.resolve(); // let the constructor finish before the walk starts
       for (const extra of this.opts.extraFiles ?? []) {
-        const opened = await openForRead(extra.path);
+        const abs = byteStringOf(extra.path);
+        const opened = await openForRead(abs);
         if (opened.kind !== "open") {
           throw new Error(`cannot read ${extra.path} for archive entry ${extra.name}`);
         }
         try {
-          await this.streamFile(extra.path, extra.name, opened.fh, opened.before, null);
+          const name = byteStringOf(extra.name);
+          await this.streamFile(abs, name, opened.fh, opened.before, null);
         } finally {
           await opened.fh.close().catch(ignore);
         }
@@ -317,7 +337,7 @@ class Archiver {
     }
     let entries: Dirent<Buffer>[];
     try {
-      entries = await readdir(abs, { withFileTypes: true, encoding: "buffer" });
+      entries = await readdir(fsPath(abs), { withFileTypes: true, encoding: "buffer" });
     } catch (err) {
       const gone = errCode(err) === "ENOENT";
       const what = gone
@@ -330,16 +350,10 @@ class Archiver {
     const prefix = abs === "/" ? "/" : `${abs}/`;
     const children: { abs: string; isDir: boolean }[] = [];
     for (const entry of entries) {
-      let child: string;
-      try {
-        child = prefix + utf8.decode(entry.name);
-      } catch {
-        this.warn(prefix + entry.name.toString("utf8"), "name is not valid UTF-8, skipped");
-        continue;
-      }
+      const child = prefix + byteStringFrom(entry.name);
       // Another configured path is archived in its own turn. Exclusion is
       // decided on readdir's file type, so an excluded entry costs no system call.
-      if (this.tops.has(child) || this.excluded(child, entry.isDirectory())) continue;
+      if (this.tops.has(child) || this.excluded(matchForm(child), entry.isDirectory())) continue;
       children.push({ abs: child, isDir: entry.isDirectory() });
     }
 
@@ -380,7 +394,7 @@ class Archiver {
     // are still read asynchronously.
     let st: BigIntStats;
     try {
-      st = lstatSync(abs, { bigint: true });
+      st = lstatSync(fsPath(abs), { bigint: true });
     } catch (err) {
       return { st: null, statError: err, loaded: null };
     }
@@ -395,7 +409,7 @@ class Archiver {
       return { kind: "error", stage: "open", err: this.stop.signal.reason };
     let fd: number;
     try {
-      fd = openSync(abs, OPEN_FLAGS);
+      fd = openSync(fsPath(abs), OPEN_FLAGS);
     } catch (err) {
       return { kind: "error", stage: "open", err };
     }
@@ -450,20 +464,13 @@ class Archiver {
   }
 
   private async symlink(abs: string, name: string, st: BigIntStats): Promise<void> {
-    let raw: Buffer;
+    let target: string;
     try {
-      raw = await readlink(abs, { encoding: "buffer" });
+      target = byteStringFrom(await readlink(fsPath(abs), { encoding: "buffer" }));
     } catch (err) {
       const gone = errCode(err) === "ENOENT";
       const what = gone ? "symlink vanished before it could be archived" : "cannot read symlink";
       this.warnErr(abs, err, what);
-      return;
-    }
-    let target: string;
-    try {
-      target = utf8.decode(raw);
-    } catch {
-      this.warn(abs, "symlink target is not valid UTF-8, skipped");
       return;
     }
     await this.addVoid(headerFor(name, "symlink", st, 0, target));
@@ -562,7 +569,7 @@ class Archiver {
     const size = Number(before.size);
     await this.room();
     const finished = this.entryFinished();
-    const sink = this.pack.entry(headerFor(name, "file", before, size), finished.callback);
+    const sink = this.entry(headerFor(name, "file", before, size), finished.callback);
     sink.on("error", ignore);
     if (linkKey !== null) this.links.set(linkKey, name);
     return { sink, finished: finished.promise, size };
@@ -634,8 +641,44 @@ class Archiver {
   private async addVoid(header: EntryHeader): Promise<void> {
     await this.room();
     const finished = this.entryFinished();
-    this.pack.entry(header, finished.callback).on("error", ignore);
+    this.entry(header, finished.callback).on("error", ignore);
     await this.stoppable(finished.promise);
+  }
+
+  /**
+   * Starts an entry in the pack. A name and link target that are valid UTF-8
+   * go to tar-stream as text, as they always did. Otherwise the raw-byte pax
+   * header (src/pax.ts) is pushed into the pack first, and tar-stream writes
+   * the entry under an ASCII stand-in name that fits plain ustar, so it adds
+   * no pax header of its own (whose `path` would override ours). Pushing
+   * directly is in order because the walk adds one entry at a time and waits
+   * for it to finish: no other entry's bytes can be pending in the pack.
+   */
+  private entry(header: EntryHeader, callback: (err?: Error | null) => void): Sink {
+    const name = textOf(header.name);
+    const linkname = header.linkname === undefined ? null : textOf(header.linkname);
+    if (name !== null && (header.linkname === undefined || linkname !== null)) {
+      const text: EntryHeader = { ...header, name };
+      if (linkname !== null) text.linkname = linkname;
+      return this.pack.entry(text, callback);
+    }
+    const records = [paxRecord("path", fsPath(header.name))];
+    if (header.linkname !== undefined) records.push(paxRecord("linkpath", fsPath(header.linkname)));
+    for (const [key, value] of Object.entries(header.pax ?? {}))
+      records.push(paxRecord(key, Buffer.from(value, "utf8")));
+    const mtime = header.mtime ?? new Date(0);
+    this.pack.push(
+      paxHeader(Buffer.concat(records), {
+        mode: header.mode ?? 0,
+        uid: header.uid ?? 0,
+        gid: header.gid ?? 0,
+        mtime: Math.floor(mtime.getTime() / 1000),
+      }),
+    );
+    const { pax: _records, ...plain } = header;
+    const standIn: EntryHeader = { ...plain, name: asciiStandIn(header.name) };
+    if (header.linkname !== undefined) standIn.linkname = asciiStandIn(header.linkname);
+    return this.pack.entry(standIn, callback);
   }
 
   /**
@@ -722,8 +765,9 @@ class Archiver {
     this.opts.onProgress?.({ ...this.progress });
   }
 
-  private warn(p: string, message: string, code?: string): void {
+  private warn(abs: string, message: string, code?: string): void {
     this.warnings++;
+    const p = displayName(abs);
     this.opts.onWarning?.(code === undefined ? { path: p, message } : { path: p, message, code });
   }
 
@@ -742,7 +786,7 @@ async function openForRead(
 ): Promise<{ kind: "open"; fh: FileHandle; before: BigIntStats } | OpenFailure> {
   let fh: FileHandle;
   try {
-    fh = await open(abs, OPEN_FLAGS);
+    fh = await open(fsPath(abs), OPEN_FLAGS);
   } catch (err) {
     return { kind: "error", stage: "open", err };
   }
@@ -810,7 +854,15 @@ function headerFor(
 function ignore(): void {}
 
 function byteOrder(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+  return Buffer.compare(fsPath(a), fsPath(b));
+}
+
+/**
+ * What a reader that ignores pax headers sees for a name that is not UTF-8:
+ * printable ASCII, every other byte as "_", cut to the ustar field.
+ */
+function asciiStandIn(name: string): string {
+  return name.replace(/[^\x20-\x7e]/g, "_").slice(0, USTAR_NAME);
 }
 
 function errCode(err: unknown): string | undefined {

@@ -18,6 +18,10 @@
  * - A trailing "/" restricts the pattern to directories ("build/", "/srv/tmp/").
  * - A leading "!" is rejected: negation in an exclude list reads as "exclude
  *   everything else", which is never what a backup wants by accident.
+ * - Names are matched as text. A name component that is not valid UTF-8
+ *   reaches the matcher in matchForm (src/file-names.ts): each byte as the
+ *   Latin-1 character of that value, so "caf?" and "café" match the bytes
+ *   caf\xe9 and "*ÿ" a name ending in 0xff.
  *
  * Decision for "DIR/**": it excludes everything *below* DIR but keeps the DIR
  * entry itself, so the restored tree still has the (now empty) directory with

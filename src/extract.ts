@@ -9,6 +9,12 @@
  *   verbatim) and hard links, with modes, mtimes and (as root) owners.
  *   Directories are created 0700 while their contents are written and get
  *   their archived mode and mtime at the end, deepest first.
+ * - Names are bytes: every name and link target is restored byte-exact, UTF-8
+ *   or not (tar-stream's reader is taught to keep raw pax values, see
+ *   src/pax.ts; ustar and GNU long-name fields are read as raw bytes), and
+ *   handed to node:fs as Buffers. All checks below work on those bytes ("/" is
+ *   0x2f, "." 0x2e), so no decoding can turn a name into "../" or lose a NUL.
+ *   Warnings and listings show names in displayName form, globs see matchForm.
  * - Never writes outside `dest`. An entry is refused (counted, warned about,
  *   its data consumed, extraction goes on) when its name is empty, absolute,
  *   contains NUL or a ".." component; when a hard link points to such a name,
@@ -47,12 +53,14 @@ import {
 import path from "node:path";
 import { promisify } from "node:util";
 import picomatch from "picomatch";
-import { type Header, extract as tarExtract } from "tar-stream";
+import { type Extract, type Header, extract as tarExtract } from "tar-stream";
 import { ImmutdError, UsageError } from "./errors.js";
 import { fileKind } from "./file-kind.js";
+import { byteStringFrom, displayName, fsPath, matchForm, textOf } from "./file-names.js";
+import { paxPathsAsByteStrings } from "./pax.js";
 
 export interface ExtractWarning {
-  /** The entry's name as stored in the archive. */
+  /** The entry's name as stored in the archive, printable (see displayName in src/file-names.ts). */
   path: string;
   message: string;
 }
@@ -93,13 +101,25 @@ export interface ExtractOptions {
 export interface ExtractResult extends ExtractProgress {
   /** Entries refused as unsafe (see the module comment); each also got a warning. */
   refused: number;
-  /** Selected entries not extracted for other reasons (already exists, device, I/O error). */
+  /**
+   * Selected entries not extracted for other reasons (already exists, a
+   * directory in the way, device, name too long, I/O error). Like `refused`,
+   * each makes the restore incomplete.
+   */
   skipped: number;
   warnings: number;
+  /** Include patterns that selected no entry at all, as given ("not found in archive"). */
+  unmatched: string[];
+}
+
+export interface ListResult {
+  listed: number;
+  /** As ExtractResult.unmatched. */
+  unmatched: string[];
 }
 
 export interface TarEntryInfo {
-  /** As stored in the archive (not normalised). */
+  /** As stored in the archive (not normalised), printable as `tar -t` prints it (displayName). */
   name: string;
   /** tar-stream's type name ("file", "directory", "symlink", "link", ...), "unknown" otherwise. */
   type: string;
@@ -148,9 +168,9 @@ export async function extractTar(
       throw signal.reason;
     }
     let root: string;
-    let include: ((name: string) => boolean) | null;
+    let include: Includes | null;
     try {
-      include = opts.include === undefined ? null : compileIncludes(opts.include);
+      include = opts.include === undefined ? null : new Includes(opts.include);
       root = await resolveDest(opts.dest);
     } catch (err) {
       destroyInput(tar, err);
@@ -164,31 +184,32 @@ export async function extractTar(
 
 /**
  * Calls `onEntry` for every entry of the tar stream (selected by `include`, if
- * given) and resolves with how many were listed. Rejects like extractTar on a
- * truncated or corrupt stream.
+ * given) and resolves with how many were listed and which include patterns
+ * selected nothing. Rejects like extractTar on a truncated or corrupt stream.
  */
 export async function listTar(
   tar: NodeJS.ReadableStream,
   onEntry: (e: TarEntryInfo) => void,
   include?: readonly string[],
-): Promise<number> {
-  const selected = include === undefined ? null : compileIncludes(include);
-  let count = 0;
+): Promise<ListResult> {
+  const selected = include === undefined ? null : new Includes(include);
+  let listed = 0;
   const reader = new TarReader(tar, new AbortController());
   await reader.run(async (h) => {
     if (selected !== null) {
       const norm = normaliseName(h.name);
-      if (!norm.ok || !selected(norm.rel)) return;
+      if (!norm.ok || !selected.selects(norm.rel, true)) return;
     }
     onEntry(entryInfo(h));
-    count++;
+    listed++;
   });
-  return count;
+  return { listed, unmatched: selected?.unmatched() ?? [] };
 }
 
 /**
- * Compiles restore include patterns into a predicate over archive entry names.
- * Pure. Patterns are picomatch globs (dot files included); a leading "/" is
+ * Compiles restore include patterns into a predicate over archive entry names
+ * (byte strings, see src/file-names.ts; a name that is not UTF-8 is matched in
+ * its matchForm, so "caf*" selects Latin-1 "caf\xe9"). Pure. Patterns are picomatch globs (dot files included); a leading "/" is
  * ignored, since users think in absolute paths ("/etc/hosts" selects entry
  * "etc/hosts"), as is a trailing "/". A pattern that matches a directory also
  * selects everything below it ("srv/app" selects "srv/app/x/y"). No patterns
@@ -196,36 +217,78 @@ export async function listTar(
  * negation ("!"), which in an include list would read as "everything else".
  */
 export function compileIncludes(patterns: readonly string[]): (name: string) => boolean {
-  const cleaned: string[] = [];
-  for (const pattern of patterns) {
-    if (pattern.trim() === "") throw new UsageError("include pattern must not be empty");
-    if (pattern.startsWith("!")) {
-      throw new UsageError(
-        `include pattern ${JSON.stringify(pattern)}: negation ("!") is not supported`,
-      );
+  const includes = new Includes(patterns);
+  return (name) => includes.selects(name, false);
+}
+
+/** One include pattern; `used` once it selected an entry. */
+interface IncludeRule {
+  readonly pattern: string;
+  /** Null for a pattern that selects everything ("/"). */
+  readonly isMatch: ((rel: string) => boolean) | null;
+  used: boolean;
+}
+
+/** Include patterns (see compileIncludes) that also remember which of them selected something. */
+class Includes {
+  private readonly rules: IncludeRule[] = [];
+  /** Rules that have not selected anything yet: only these are tested one by one. */
+  private pending: IncludeRule[];
+  /** All patterns at once, for the common case where every rule was used already. */
+  private readonly any: ((rel: string) => boolean) | null;
+
+  constructor(patterns: readonly string[]) {
+    const bodies: string[] = [];
+    let all = patterns.length === 0;
+    for (const pattern of patterns) {
+      if (pattern.trim() === "") throw new UsageError("include pattern must not be empty");
+      if (pattern.startsWith("!")) {
+        throw new UsageError(
+          `include pattern ${JSON.stringify(pattern)}: negation ("!") is not supported`,
+        );
+      }
+      const body = pattern
+        .replace(/\/{2,}/g, "/")
+        .replace(/^\/+/, "")
+        .replace(/^(\.\/)+/, "")
+        .replace(/\/+$/, "");
+      if (body === "") all = true;
+      else bodies.push(body);
+      const isMatch = body === "" ? null : picomatch(body, GLOB_OPTIONS);
+      this.rules.push({ pattern, isMatch, used: false });
     }
-    const body = pattern
-      .replace(/\/{2,}/g, "/")
-      .replace(/^\/+/, "")
-      .replace(/^(\.\/)+/, "")
-      .replace(/\/+$/, "");
-    if (body === "") return () => true;
-    cleaned.push(body);
+    this.pending = [...this.rules];
+    this.any = all ? null : picomatch(bodies, GLOB_OPTIONS);
   }
-  if (cleaned.length === 0) return () => true;
-  const isMatch = picomatch(cleaned, GLOB_OPTIONS);
-  return (name) => {
-    const rel = name
+
+  /** True when `name` is selected; with `mark`, the patterns that select it count as used. */
+  selects(name: string, mark: boolean): boolean {
+    const rel = matchForm(name)
       .replace(/\/{2,}/g, "/")
       .replace(/^(\.\/)+/, "")
       .replace(/\/+$/, "");
-    if (rel === "") return false;
-    if (isMatch(rel)) return true;
-    for (let i = rel.indexOf("/"); i !== -1; i = rel.indexOf("/", i + 1)) {
-      if (isMatch(rel.slice(0, i))) return true;
+    if (mark && this.pending.length > 0) {
+      for (const rule of this.pending) if (ruleSelects(rule.isMatch, rel)) rule.used = true;
+      this.pending = this.pending.filter((r) => !r.used);
     }
-    return false;
-  };
+    return ruleSelects(this.any, rel);
+  }
+
+  /** The patterns that selected no entry so far, in the order given. */
+  unmatched(): string[] {
+    return this.rules.filter((r) => !r.used).map((r) => r.pattern);
+  }
+}
+
+/** A pattern selects a name it matches and everything below a directory it matches. */
+function ruleSelects(isMatch: ((rel: string) => boolean) | null, rel: string): boolean {
+  if (isMatch === null) return true;
+  if (rel === "") return false;
+  if (isMatch(rel)) return true;
+  for (let i = rel.indexOf("/"); i !== -1; i = rel.indexOf("/", i + 1)) {
+    if (isMatch(rel.slice(0, i))) return true;
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------
@@ -284,7 +347,7 @@ class EntryData {
  * stream cut at an entry boundary as complete).
  */
 class TarReader {
-  private readonly ex = tarExtract();
+  private readonly ex = byteNameExtract();
   /** Bytes received, and the last END_MARKER of them. */
   private total = 0;
   private tail = Buffer.alloc(0);
@@ -395,7 +458,9 @@ class TarReader {
       this.tail.every((b) => b === 0);
     if (marked) return;
     const after =
-      this.current === null ? "before the first entry" : `after entry "${this.current}"`;
+      this.current === null
+        ? "before the first entry"
+        : `after entry "${displayName(this.current)}"`;
     throw new ImmutdError(
       `unexpected end of archive: the stream ended ${after} at byte ${this.total} without the end-of-archive blocks (truncated download or archive?)`,
     );
@@ -405,7 +470,7 @@ class TarReader {
   streamFailure(err: unknown): unknown {
     if (this.stop.signal.aborted) return this.stop.signal.reason;
     const msg = err instanceof Error ? err.message : String(err);
-    const where = this.current === null ? "" : ` in or after entry "${this.current}"`;
+    const where = this.current === null ? "" : ` in or after entry "${displayName(this.current)}"`;
     if (msg === "Unexpected end of data") {
       return new ImmutdError(
         `unexpected end of archive: the stream ended${where} at byte ${this.total}, in the middle of an entry or header (truncated download or archive?)`,
@@ -451,7 +516,7 @@ class Extractor {
     tar: NodeJS.ReadableStream,
     private readonly opts: ExtractOptions,
     private readonly root: string,
-    private readonly include: ((name: string) => boolean) | null,
+    private readonly include: Includes | null,
     private readonly stop: AbortController,
   ) {
     this.owners = opts.owners ?? this.isRoot;
@@ -471,6 +536,7 @@ class Extractor {
       refused: this.refused,
       skipped: this.skipped,
       warnings: this.warnings,
+      unmatched: this.include?.unmatched() ?? [],
     };
   }
 
@@ -481,14 +547,15 @@ class Extractor {
     if (!norm.ok) return this.refuse(raw, norm.reason);
     const rel = norm.rel;
     if (rel === "") {
+      // Not a loss (tar -C dir . writes one): not counted as skipped.
       if (h.type === "directory")
-        return this.skip(
+        return this.warn(
           raw,
           "entry for the archive root skipped: the destination keeps its own attributes",
         );
       return this.refuse(raw, "name refers to the destination directory itself");
     }
-    if (this.include !== null && !this.include(rel)) return;
+    if (this.include !== null && !this.include.selects(rel, true)) return;
     try {
       switch (h.type) {
         case "file":
@@ -517,7 +584,9 @@ class Extractor {
       const code = errCode(err);
       if (code === undefined || !ERRNO_CODE.test(code) || FATAL_CODES.has(code)) {
         if (code === undefined || err instanceof ImmutdError) throw err;
-        throw new ImmutdError(`cannot restore "${raw}": ${describe(err)}`, { cause: err });
+        throw new ImmutdError(`cannot restore "${displayName(raw)}": ${describe(err)}`, {
+          cause: err,
+        });
       }
       this.skip(raw, `not restored: ${describe(err)}`);
     }
@@ -549,7 +618,7 @@ class Extractor {
     } finally {
       if (fh !== null) await fh.close().catch(() => {});
       // A file cut off half-way must not look restored.
-      if (!complete) await unlink(abs).catch(() => {});
+      if (!complete) await unlink(fsPath(abs)).catch(() => {});
     }
     this.progress.files++;
   }
@@ -590,12 +659,12 @@ class Extractor {
   /** Opens a new file at `abs`, replacing what is there when allowed; null when skipped. */
   private async createFile(raw: string, abs: string): Promise<FileHandle | null> {
     try {
-      return await open(abs, CREATE_FLAGS, 0o600);
+      return await open(fsPath(abs), CREATE_FLAGS, 0o600);
     } catch (err) {
       if (errCode(err) !== "EEXIST") throw err;
     }
     if (!(await this.clearWay(raw, abs, "file"))) return null;
-    return await open(abs, CREATE_FLAGS, 0o600);
+    return await open(fsPath(abs), CREATE_FLAGS, 0o600);
   }
 
   private async directory(raw: string, rel: string, h: RawHeader): Promise<void> {
@@ -630,17 +699,17 @@ class Extractor {
     const abs = await this.parents(raw, rel, true);
     if (abs === null) return;
     try {
-      await symlink(target, abs);
+      await symlink(fsPath(target), fsPath(abs));
     } catch (err) {
       if (errCode(err) !== "EEXIST") throw err;
       if (!(await this.clearWay(raw, abs, "symlink"))) return;
-      await symlink(target, abs);
+      await symlink(fsPath(target), fsPath(abs));
     }
-    this.created.add(await lstat(abs));
-    await this.chownEntry(raw, h, (uid, gid) => lchown(abs, uid, gid));
+    this.created.add(await lstat(fsPath(abs)));
+    await this.chownEntry(raw, h, (uid, gid) => lchown(fsPath(abs), uid, gid));
     const mtime = entryMtime(h);
     if (mtime !== null)
-      await this.attr(raw, "mtime", () => lutimes(abs, new Date(), timeArg(mtime)));
+      await this.attr(raw, "mtime", () => lutimes(fsPath(abs), new Date(), timeArg(mtime)));
     this.progress.symlinks++;
   }
 
@@ -653,36 +722,37 @@ class Extractor {
     const target = normaliseName(linkname);
     if (!target.ok || target.rel === "") {
       const why = target.ok ? "names the destination itself" : target.reason;
-      return this.refuse(raw, `unsafe hard link target ${JSON.stringify(linkname)} (${why})`);
+      return this.refuse(raw, `unsafe hard link target "${displayName(linkname)}" (${why})`);
     }
-    if (this.include !== null && !this.include(target.rel)) {
-      const what = `hard link target "${target.rel}" is not selected by the include patterns; its content is stored only under that name: include it too`;
+    const shown = displayName(target.rel);
+    if (this.include !== null && !this.include.selects(target.rel, false)) {
+      const what = `hard link target "${shown}" is not selected by the include patterns; its content is stored only under that name: include it too`;
       return this.skip(raw, what);
     }
     const targetAbs = await this.parents(raw, target.rel, false);
     if (targetAbs === null) return;
     const tst = await lstatOrNull(targetAbs);
-    if (tst === null) return this.refuse(raw, `hard link target "${target.rel}" was not extracted`);
+    if (tst === null) return this.refuse(raw, `hard link target "${shown}" was not extracted`);
     if (!tst.isFile()) {
       return this.refuse(
         raw,
-        `hard link target "${target.rel}" is a ${fileKind(tst)}, not a regular file`,
+        `hard link target "${shown}" is a ${fileKind(tst)}, not a regular file`,
       );
     }
     if (!this.created.has(tst)) {
-      return this.refuse(raw, `hard link target "${target.rel}" was not extracted by this restore`);
+      return this.refuse(raw, `hard link target "${shown}" was not extracted by this restore`);
     }
     const abs = await this.parents(raw, rel, true);
     if (abs === null) return;
     try {
-      await link(targetAbs, abs);
+      await link(fsPath(targetAbs), fsPath(abs));
     } catch (err) {
       if (errCode(err) !== "EEXIST") throw err;
       const st = await lstatOrNull(abs);
       const same = st !== null && st.dev === tst.dev && st.ino === tst.ino;
       if (!same) {
         if (!(await this.clearWay(raw, abs, "link", st ?? undefined))) return;
-        await link(targetAbs, abs);
+        await link(fsPath(targetAbs), fsPath(abs));
       }
     }
     this.progress.files++;
@@ -700,18 +770,21 @@ class Extractor {
     if (!this.isRoot) return this.skip(raw, `${what} skipped: creating it needs root`);
     const abs = await this.parents(raw, rel, true);
     if (abs === null) return;
+    // mknod(1) and mkfifo(1) take the path as an argument, which Node passes as UTF-8.
+    const absText = textOf(abs);
+    if (absText === null) return this.skip(raw, `${what} not created: its path is not valid UTF-8`);
     const existing = await lstatOrNull(abs);
     if (existing !== null && !(await this.clearWay(raw, abs, "special", existing))) return;
     // The owner is set afterwards, so the setuid/setgid bits are never kept here.
     const mode = ((validMode(h.mode) ?? 0o600) & 0o1777).toString(8);
     try {
       if (h.type === "fifo") {
-        await execFileAsync("mkfifo", ["-m", mode, abs]);
+        await execFileAsync("mkfifo", ["-m", mode, absText]);
       } else {
         const type = h.type === "block-device" ? "b" : "c";
         const major = String(h.devmajor ?? 0);
         const minor = String(h.devminor ?? 0);
-        await execFileAsync("mknod", ["-m", mode, abs, type, major, minor]);
+        await execFileAsync("mknod", ["-m", mode, absText, type, major, minor]);
       }
     } catch (err) {
       const stderr = (err as { stderr?: unknown }).stderr;
@@ -719,11 +792,11 @@ class Extractor {
         typeof stderr === "string" && stderr.trim() !== "" ? stderr.trim() : describe(err);
       return this.skip(raw, `${what} not created: ${detail}`);
     }
-    this.created.add(await lstat(abs));
-    await this.chownEntry(raw, h, (uid, gid) => lchown(abs, uid, gid));
+    this.created.add(await lstat(fsPath(abs)));
+    await this.chownEntry(raw, h, (uid, gid) => lchown(fsPath(abs), uid, gid));
     const mtime = entryMtime(h);
     if (mtime !== null)
-      await this.attr(raw, "mtime", () => lutimes(abs, new Date(), timeArg(mtime)));
+      await this.attr(raw, "mtime", () => lutimes(fsPath(abs), new Date(), timeArg(mtime)));
     this.progress.files++;
   }
 
@@ -741,7 +814,7 @@ class Extractor {
       const st = await lstatOrNull(abs);
       if (st === null) {
         if (!create) {
-          this.refuse(raw, `parent "${dir}" does not exist`);
+          this.refuse(raw, `parent "${displayName(dir)}" does not exist`);
           return null;
         }
         await this.makeDir(dir, abs, null);
@@ -752,14 +825,15 @@ class Extractor {
         continue;
       }
       const kind = st.isSymbolicLink() ? "a symlink" : `a ${fileKind(st)}`;
-      this.refuse(raw, `parent "${dir}" is ${kind}, not a directory: refusing to write through it`);
+      const why = `parent "${displayName(dir)}" is ${kind}, not a directory: refusing to write through it`;
+      this.refuse(raw, why);
       return null;
     }
     return path.join(this.root, rel);
   }
 
   private async makeDir(rel: string, abs: string, meta: DirMeta | null): Promise<void> {
-    await mkdir(abs, 0o700);
+    await mkdir(fsPath(abs), 0o700);
     this.safeDirs.add(rel);
     this.pendingDirs.set(
       rel,
@@ -791,7 +865,7 @@ class Extractor {
       this.skip(raw, `a ${fileKind(st)} already exists at this path (overwrite is off), skipped`);
       return false;
     }
-    await unlink(abs);
+    await unlink(fsPath(abs));
     return true;
   }
 
@@ -846,7 +920,7 @@ class Extractor {
     for (const { rel, meta } of dirs) {
       let fh: FileHandle;
       try {
-        fh = await open(path.join(this.root, rel), DIR_FLAGS);
+        fh = await open(fsPath(path.join(this.root, rel)), DIR_FLAGS);
       } catch (err) {
         this.warn(`${rel}/`, `cannot set directory attributes: ${describe(err)}`);
         continue;
@@ -879,9 +953,9 @@ class Extractor {
     this.warn(raw, message);
   }
 
-  private warn(p: string, message: string): void {
+  private warn(name: string, message: string): void {
     this.warnings++;
-    this.opts.onWarning?.({ path: p, message });
+    this.opts.onWarning?.({ path: displayName(name), message });
   }
 
   private reportProgress(): void {
@@ -933,6 +1007,34 @@ function normaliseName(raw: string): Normalised {
   return { ok: true, rel: parts.join("/") };
 }
 
+/**
+ * tar-stream's extractor, handing out every name and link target as a byte
+ * string (src/file-names.ts): ustar and GNU long-name fields through its
+ * `filenameEncoding` option, pax `path`/`linkpath` values by rewriting each
+ * pax header before its own decoder (which knows only UTF-8) reads it. The
+ * hook is tar-stream v3's internal `_decodeLongHeader`, called with the
+ * header's data once the whole of it is buffered; if a tar-stream release
+ * renames it, this throws at once instead of silently mangling names (and
+ * the byte-name tests in test/extract.test.ts fail).
+ */
+function byteNameExtract(): Extract {
+  const ex = tarExtract({ filenameEncoding: "latin1" } as Parameters<typeof tarExtract>[0]);
+  const inner = ex as unknown as {
+    _header: { type?: unknown } | null;
+    _decodeLongHeader: ((buf: Buffer) => void) | undefined;
+  };
+  const decode = inner._decodeLongHeader;
+  if (typeof decode !== "function") {
+    throw new Error("tar-stream has no _decodeLongHeader: names that are not UTF-8 cannot be read");
+  }
+  inner._decodeLongHeader = function (this: typeof inner, buf: Buffer) {
+    const type = this._header?.type;
+    const pax = type === "pax-header" || type === "pax-global-header";
+    decode.call(this, pax ? paxPathsAsByteStrings(buf) : buf);
+  };
+  return ex;
+}
+
 async function resolveDest(dest: string): Promise<string> {
   if (!path.isAbsolute(dest)) {
     throw new UsageError(
@@ -941,16 +1043,16 @@ async function resolveDest(dest: string): Promise<string> {
   }
   let root: string;
   try {
-    root = await realpath(dest);
+    root = byteStringFrom(await realpath(dest, { encoding: "buffer" }));
   } catch (err) {
     throw new UsageError(`restore destination ${dest} is not usable: ${describe(err)}`, {
       cause: err,
     });
   }
-  const st = await lstat(root);
+  const st = await lstat(fsPath(root));
   if (!st.isDirectory()) throw new UsageError(`restore destination ${dest} is not a directory`);
   try {
-    await access(root, fsConstants.W_OK | fsConstants.X_OK);
+    await access(fsPath(root), fsConstants.W_OK | fsConstants.X_OK);
   } catch (err) {
     throw new UsageError(`restore destination ${dest} is not writable: ${describe(err)}`, {
       cause: err,
@@ -975,7 +1077,7 @@ async function writeAll(fh: FileHandle, bufs: Buffer[], size: number): Promise<v
 function entryInfo(h: RawHeader): TarEntryInfo {
   const mtime = entryMtime(h);
   const info: TarEntryInfo = {
-    name: h.name,
+    name: displayName(h.name),
     type: h.type ?? "unknown",
     size: h.size,
     mode: validMode(h.mode) ?? 0,
@@ -984,7 +1086,7 @@ function entryInfo(h: RawHeader): TarEntryInfo {
     gid: entryId(h.gid, h.pax?.gid) ?? -1,
   };
   if (h.linkname !== null && h.linkname !== undefined && h.linkname !== "")
-    info.linkname = h.linkname;
+    info.linkname = displayName(h.linkname);
   return info;
 }
 
@@ -1028,7 +1130,7 @@ function depthOf(rel: string): number {
 
 async function lstatOrNull(p: string): Promise<Stats | null> {
   try {
-    return await lstat(p);
+    return await lstat(fsPath(p));
   } catch (err) {
     if (errCode(err) === "ENOENT") return null;
     throw err;

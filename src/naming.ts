@@ -43,3 +43,20 @@ export function parseObjectKey(
     compression: gz ? "gzip" : "none",
   };
 }
+
+/**
+ * How far a key's date may lie ahead of this machine's clock before the key is
+ * taken for a planted one: the clocks of the backed-up host and of the host
+ * restoring may disagree by this much (NTP keeps them far closer).
+ */
+export const KEY_CLOCK_SKEW_MS = 10 * 60 * 1000;
+
+/**
+ * True when a key claims a creation time after `now` (plus KEY_CLOCK_SKEW_MS).
+ * immutd names a key when the run starts, so no backup of its own can be dated
+ * in the future; such a key was written by someone else with write access,
+ * typically to be picked as "newest" by a catalog-free restore.
+ */
+export function isDatedInFuture(createdAt: Date, now: Date): boolean {
+  return createdAt.getTime() > now.getTime() + KEY_CLOCK_SKEW_MS;
+}

@@ -18,11 +18,12 @@ import {
   type ExtractResult,
   type ExtractWarning,
   extractTar,
+  type ListResult,
   listTar,
   type TarEntryInfo,
 } from "./extract.js";
 import { deriveSseKey } from "./keys.js";
-import { jobPrefix, parseObjectKey } from "./naming.js";
+import { isDatedInFuture, jobPrefix, parseObjectKey } from "./naming.js";
 import type { ObjectStore, Target } from "./store/store.js";
 
 export const RESTORE_EXIT_CODE = 3;
@@ -110,11 +111,21 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
   };
 }
 
+export interface FromBucketOptions {
+  /** The current time (tests move it); default the system clock. */
+  now?: Date;
+  /** One line per version left out for looking planted (see selectFromBucket). */
+  onWarning?: (message: string) => void;
+}
+
 /**
  * Without the catalog: lists the job's versions under its prefix and derives
  * the key from the master key. Delete markers and versions whose key immutd
  * did not make are ignored; a newer version or delete marker on a key does not
  * hide an older version, because each version is addressed by its own ID.
+ * Keys dated after now (beyond the allowed clock skew) cannot be immutd's own
+ * and would otherwise always win as "newest": they are skipped with a warning,
+ * unless --version-id names one of their versions explicitly.
  */
 export async function selectFromBucket(
   reader: ObjectStore,
@@ -123,6 +134,7 @@ export async function selectFromBucket(
   job: JobConfig,
   host: string,
   sel: Selector,
+  opts: FromBucketOptions = {},
 ): Promise<RestoreSource> {
   if (sel.id !== undefined)
     throw new UsageError("--id names a catalog entry; with --from-bucket use --at or --version-id");
@@ -138,7 +150,15 @@ export async function selectFromBucket(
       throw new UsageError(`no version ${sel.versionId} under s3://${target.bucket}/${prefix}`);
   } else {
     const created = (x: (typeof versions)[number]) => x.parsed?.createdAt.getTime() ?? 0;
-    const eligible = versions.filter((x) => !sel.at || created(x) <= sel.at.getTime());
+    const now = opts.now ?? new Date();
+    const plausible = versions.filter((x) => {
+      if (x.parsed === undefined || !isDatedInFuture(x.parsed.createdAt, now)) return true;
+      opts.onWarning?.(
+        `s3://${target.bucket}/${x.v.key} version ${x.v.versionId} skipped: its key is dated ${x.parsed.createdAt.toISOString()}, after now (${now.toISOString()}); immutd never dates a key in the future, so someone with write access planted it`,
+      );
+      return false;
+    });
+    const eligible = plausible.filter((x) => !sel.at || created(x) <= sel.at.getTime());
     eligible.sort(
       (a, b) => created(a) - created(b) || a.v.lastModified.getTime() - b.v.lastModified.getTime(),
     );
@@ -208,7 +228,7 @@ export async function restore(
   const tarStages = src.compression === "gzip" ? [createGunzip()] : [];
 
   let result: ExtractResult | undefined;
-  let listed: number | undefined;
+  let listing: ListResult | undefined;
   let failure: unknown;
   try {
     if (mode.kind === "raw") {
@@ -220,7 +240,7 @@ export async function restore(
         failure ??= e;
       });
       if (mode.kind === "list") {
-        listed = await listTar(tar, mode.onEntry, opts.include);
+        listing = await listTar(tar, mode.onEntry, opts.include);
       } else {
         result = await extractTar(tar, {
           dest: mode.dest,
@@ -264,17 +284,45 @@ export async function restore(
       `${where}: SHA-256 ${sha256} differs from the catalog's ${src.sha256}: the data is not what was backed up.${incomplete}`,
     );
   }
-  if (result && result.refused > 0) {
-    throw new RestoreError(
-      `${where}: ${result.refused} archive entr${result.refused === 1 ? "y was" : "ies were"} refused as unsafe (absolute paths, '..' or paths through symlinks; see the warnings) and not written. Everything else was restored.`,
-    );
+  const missing = incompleteness(result, listing);
+  if (missing.length > 0) {
+    const rest = mode.kind === "extract" ? " Everything else was restored." : "";
+    throw new RestoreError(`${where}: ${missing.join("; ")}.${rest}`);
   }
   return {
     source: src,
     bytes: hasher.bytes,
     sha256,
     ...(result ? { result } : {}),
-    ...(listed !== undefined ? { listed } : {}),
+    ...(listing !== undefined ? { listed: listing.listed } : {}),
     durationMs: Date.now() - started,
   };
+}
+
+/**
+ * Why a restore that read its whole stream is still incomplete: entries refused
+ * as unsafe, entries that could not be written, include patterns that matched
+ * nothing (tar's "Not found in archive"). Empty when nothing is missing.
+ */
+function incompleteness(result?: ExtractResult, listing?: ListResult): string[] {
+  const missing: string[] = [];
+  const entries = (n: number) => `${n} archive entr${n === 1 ? "y was" : "ies were"}`;
+  if (result && result.refused > 0) {
+    missing.push(
+      `${entries(result.refused)} refused as unsafe (absolute paths, '..' or paths through symlinks; see the warnings) and not written`,
+    );
+  }
+  if (result && result.skipped > 0) {
+    missing.push(
+      `${entries(result.skipped)} not restored (see the warnings: e.g. a directory in the way, a name too long below DIR, an I/O error)`,
+    );
+  }
+  const unmatched = result?.unmatched ?? listing?.unmatched ?? [];
+  if (unmatched.length > 0) {
+    const quoted = unmatched.map((p) => JSON.stringify(p)).join(", ");
+    missing.push(
+      `include pattern${unmatched.length === 1 ? "" : "s"} ${quoted} matched nothing: not found in archive`,
+    );
+  }
+  return missing;
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
@@ -16,6 +16,7 @@ import {
   createArchive,
   missingPaths,
 } from "../src/archive.js";
+import { bytesOf, byteTree, makeByteNamesTree } from "./support/byte-names.js";
 
 const MiB = 1024 * 1024;
 const BASE_MTIME = 1_600_000_000; // 2020-09-13
@@ -311,6 +312,70 @@ describe("createArchive: a tree with every kind of entry", () => {
         .map((f) => f.name)
         .sort(),
     );
+  });
+});
+
+/** `tar ARGS` with `input` on stdin, in a UTF-8 locale; fails the test on a warning. */
+function gnuTar(args: string[], input: Buffer): Buffer {
+  const r = spawnSync("tar", args, { input, env: { ...process.env, LC_ALL: "C.UTF-8" } });
+  assert.equal(r.status, 0, r.stderr.toString());
+  // GNU tar says so of every time before 1970, such as the fixture's pax mtime.
+  const stderr = r.stderr
+    .toString()
+    .split("\n")
+    .filter((l) => l !== "" && !/implausibly old time stamp/.test(l));
+  assert.deepEqual(stderr, [], "GNU tar printed no other warning");
+  return r.stdout;
+}
+
+describe("createArchive: names that are not UTF-8", () => {
+  it("archives them byte-exact: GNU tar lists and extracts every name and link target as bytes", async () => {
+    const top = path.join(tmpDir("bytes"), "src");
+    fs.mkdirSync(top);
+    makeByteNamesTree(top);
+    const { tar, warnings, result } = await archive({ paths: [top] });
+    assert.deepEqual(warnings, []);
+    assert.deepEqual([result.files, result.dirs, result.symlinks, result.warnings], [7, 2, 2, 0]);
+
+    // Names compared as bytes, in archive order (a newline in a name is just a byte here).
+    const listed = gnuTar(["--quoting-style=literal", "-tf", "-"], tar);
+    const want = [...byteTree(top).keys()].map((rel) => bytesOf(`${top.slice(1)}/${rel}\n`));
+    assert.equal(listed.toString("hex"), Buffer.concat(want).toString("hex"));
+
+    const out = tmpDir("bytes-gnu-x");
+    gnuTar(["-xf", "-", "-C", out], tar);
+    assert.deepEqual(byteTree(path.join(out, top.slice(1))), byteTree(top));
+  });
+
+  it("writes valid UTF-8 names exactly as before: text in a pax path, no raw record", async () => {
+    const top = path.join(tmpDir("bytes-utf8"), "src");
+    fs.mkdirSync(top);
+    makeByteNamesTree(top);
+    const { tar } = await archive({ paths: [top] });
+    const utf8 = Buffer.from(`path=${top.slice(1)}/Grüße\n`, "utf8");
+    assert.ok(tar.includes(utf8), "the UTF-8 name is in a pax path record, as UTF-8");
+    const entries = await parseTar(tar);
+    const gruss = entries.find((e) => e.name.endsWith("Gr\u00fc\u00dfe"));
+    assert.equal(gruss?.name, `${top.slice(1)}/Grüße`, "tar-stream reads it back as the same text");
+    assert.ok(!tar.includes(Buffer.from("Gr__e")), "no ASCII stand-in for a UTF-8 name");
+  });
+
+  it("excludes see a component that is not UTF-8 as Latin-1 characters", async () => {
+    const top = path.join(tmpDir("bytes-exclude"), "src");
+    fs.mkdirSync(top);
+    makeByteNamesTree(top);
+    const { tar, warnings } = await archive({
+      paths: [top],
+      exclude: ["caf?", `${top}/dérÿ`, "*ÿ", "Grüße"],
+    });
+    assert.deepEqual(warnings, []);
+    const listed = gnuTar(["--quoting-style=escape", "-tf", "-"], tar).toString("utf8");
+    const names = listed
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => l.slice(top.length - 1));
+    // hard\351 is now the first name of the inode: a file, no longer a link entry.
+    assert.deepEqual(names, ["/", "/hard\\351", "/new\\nline", "/old\\351", "/utf8-link"]);
   });
 });
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { objectKey, parseObjectKey } from "../src/naming.js";
+import { isDatedInFuture, KEY_CLOCK_SKEW_MS, objectKey, parseObjectKey } from "../src/naming.js";
 
 describe("object keys", () => {
   const at = new Date("2026-11-25T03:04:05.678Z");
@@ -31,5 +31,15 @@ describe("object keys", () => {
       compression: "gzip",
     });
     assert.equal(parseObjectKey("h/j/notes.txt"), undefined);
+  });
+
+  it("a key dated beyond now plus the clock skew counts as planted, up to it does not", () => {
+    const now = new Date("2026-12-01T12:00:00Z");
+    const at = (ms: number) => new Date(now.getTime() + ms);
+    assert.equal(isDatedInFuture(at(-86_400_000), now), false);
+    assert.equal(isDatedInFuture(at(KEY_CLOCK_SKEW_MS), now), false);
+    assert.equal(isDatedInFuture(at(KEY_CLOCK_SKEW_MS + 1000), now), true);
+    const planted = parseObjectKey("h/j/2099-01-01T000000Z-deadbeef.tar");
+    assert.ok(planted && isDatedInFuture(planted.createdAt, now));
   });
 });

@@ -28,6 +28,7 @@ import { DeleteObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
 import { pack } from "tar-stream";
 import { deriveSseKey } from "../src/keys.js";
+import { byteTree, makeByteNamesTree } from "./support/byte-names.js";
 import { logRecords, runCli } from "./support/cli.js";
 import {
   client,
@@ -103,6 +104,27 @@ ${targetYaml(env, {
     return { dir, cfg, data, bucket, masterKey };
   }
 
+  /**
+   * Puts the finished `p` under the job's prefix as a backup that
+   * `--from-bucket` finds, encrypted with the key derived from the master key
+   * (an attacker who also holds the master key, or a foreign tar).
+   */
+  async function plantArchive(s: Setup, p: ReturnType<typeof pack>): Promise<void> {
+    p.finalize();
+    const chunks: Buffer[] = [];
+    for await (const c of p) chunks.push(c as Buffer);
+    const key = "restore-test/data/2026-01-01T000000Z-deadbeef.tar";
+    await client(env, env.writer).send(
+      new PutObjectCommand({
+        Bucket: s.bucket,
+        Key: key,
+        Body: Buffer.concat(chunks),
+        SSECustomerAlgorithm: "AES256",
+        SSECustomerKey: deriveSseKey(s.masterKey, s.bucket, key).toString("base64"),
+      }),
+    );
+  }
+
   const cli = (s: Setup, ...args: string[]) =>
     runCli(["--config", s.cfg, ...args], { env: cliEnv });
   async function backup(s: Setup): Promise<Record<string, unknown>> {
@@ -142,6 +164,38 @@ ${targetYaml(env, {
     const again = await cli(s, "restore", "data", "--to", to);
     assert.equal(again.code, 2);
     assert.match(again.stderr, /is not empty .* --overwrite/);
+  });
+
+  it("backs up and restores names that are not UTF-8 byte-exact (0xff, Latin-1, newline)", async () => {
+    const s = await setup("bytes");
+    makeByteNamesTree(s.data);
+    const b = await cli(s, "backup");
+    assert.equal(b.code, 0, b.stderr);
+    const warned = logRecords(b.stderr).filter((l) => l.level === "warn");
+    assert.deepEqual(warned, [], "no name was skipped");
+
+    const to = join(s.dir, "bytes");
+    const r = await cli(s, "restore", "data", "--to", to);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(byteTree(join(to, s.data.slice(1))), byteTree(s.data));
+
+    const ls = await cli(s, "restore", "data", "--list");
+    assert.equal(ls.code, 0, ls.stderr);
+    for (const shown of [
+      "/caf\\351\n",
+      "/new\\nline\n",
+      "/d\\351r\\377/\n",
+      "/utf8-link -> \\377\\376-target\n",
+    ])
+      assert.ok(ls.stdout.includes(shown), `${shown} in ${ls.stdout}`);
+
+    // An include typed as text selects the Latin-1 directory "d\xe9r\xff".
+    const part = join(s.dir, "part");
+    const inc = await cli(s, "restore", "data", "--to", part, "--include", `${s.data}/dérÿ`);
+    assert.equal(inc.code, 0, inc.stderr);
+    const got = [...byteTree(join(part, s.data.slice(1))).keys()];
+    const long = `d\xe9r\xff/${"x".repeat(120)}\xfe`;
+    assert.deepEqual(got, ["", "d\xe9r\xff/", "d\xe9r\xff/to-caf\xe9", long]);
   });
 
   it("--at picks the right one of three backups; --list and --stdout work", async () => {
@@ -220,6 +274,29 @@ ${targetYaml(env, {
     }
   });
 
+  it("--from-bucket skips a key dated 2099 that a writer planted, with a warning naming it", async () => {
+    const s = await setup("future");
+    writeFileSync(join(s.data, "file.txt"), "the real newest\n");
+    const done = await backup(s);
+    // The writer credential can put any key under the job prefix; it does not
+    // know the master key, so the planted body is not even a readable archive.
+    const planted = "restore-test/data/2099-01-01T000000Z-deadbeef.tar";
+    await client(env, env.writer).send(
+      new PutObjectCommand({ Bucket: s.bucket, Key: planted, Body: "not an archive" }),
+    );
+    const to = join(s.dir, "future");
+    const r = await cli(s, "restore", "data", "--from-bucket", "--to", to);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(readFileSync(join(to, s.data.slice(1), "file.txt"), "utf8"), "the real newest\n");
+    const warned = logRecords(r.stderr).filter((l) => l.level === "warn");
+    assert.ok(
+      warned.some((l) => String(l.msg).includes(planted) && /dated 2099-01-01/.test(String(l.msg))),
+      r.stderr,
+    );
+    const started = logRecords(r.stderr).find((l) => l.msg === "restore started");
+    assert.equal(started?.key, done.key);
+  });
+
   it("--include restores only the matching file", async () => {
     const s = await setup("inc");
     mkdirSync(join(s.data, "a"));
@@ -233,6 +310,48 @@ ${targetYaml(env, {
     assert.ok(!existsSync(join(to, s.data.slice(1), "other.txt")));
   });
 
+  it("entries that cannot be written make the restore exit 3 as incomplete", async () => {
+    const s = await setup("incomplete");
+    const p = pack();
+    p.entry({ name: "dir/", type: "directory" });
+    p.entry({ name: "dir", type: "symlink", linkname: "/etc" }); // a directory is in the way
+    p.entry({ name: `long/${"n".repeat(300)}` }, "component over NAME_MAX\n");
+    p.entry({ name: "safe.txt" }, "fine\n");
+    await plantArchive(s, p);
+    const to = join(s.dir, "incomplete");
+    const r = await cli(s, "restore", "data", "--from-bucket", "--to", to);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stderr, /2 archive entries were not restored/);
+    assert.equal(readFileSync(join(to, "safe.txt"), "utf8"), "fine\n");
+  });
+
+  it("an --include that matches nothing is exit 3 naming the pattern, after the whole stream", async () => {
+    const s = await setup("inc-none");
+    writeFileSync(join(s.data, "here.txt"), "yes\n");
+    await backup(s);
+    const missing = `${s.data}/not-there.txt`;
+    const to = join(s.dir, "inc-none");
+    const r = await cli(
+      s,
+      "restore",
+      "data",
+      "--to",
+      to,
+      "--include",
+      `${s.data}/here.txt`,
+      "--include",
+      missing,
+    );
+    assert.equal(r.code, 3, r.stderr);
+    assert.ok(r.stderr.includes(`include pattern "${missing}" matched nothing`), r.stderr);
+    assert.equal(readFileSync(join(to, s.data.slice(1), "here.txt"), "utf8"), "yes\n");
+    const ls = await cli(s, "restore", "data", "--list", "--include", missing);
+    assert.equal(ls.code, 3, ls.stderr);
+    assert.match(ls.stderr, /not found in archive/);
+    const raw = await cli(s, "restore", "data", "--stdout", "--include", missing);
+    assert.equal(raw.code, 2, raw.stderr);
+  });
+
   it("a hostile archive planted in the bucket writes nothing outside DIR", async () => {
     const s = await setup("evil");
     const outside = mkdtempSync(join(tmpdir(), "immutd-outside-"));
@@ -244,19 +363,7 @@ ${targetYaml(env, {
     p.entry({ name: "a/../../escape2.txt" }, "dotdot\n");
     p.entry({ name: "link", type: "symlink", linkname: outside });
     p.entry({ name: "link/through-symlink.txt" }, "through\n");
-    p.finalize();
-    const chunks: Buffer[] = [];
-    for await (const c of p) chunks.push(c as Buffer);
-    const key = "restore-test/data/2026-01-01T000000Z-deadbeef.tar";
-    await client(env, env.writer).send(
-      new PutObjectCommand({
-        Bucket: s.bucket,
-        Key: key,
-        Body: Buffer.concat(chunks),
-        SSECustomerAlgorithm: "AES256",
-        SSECustomerKey: deriveSseKey(s.masterKey, s.bucket, key).toString("base64"),
-      }),
-    );
+    await plantArchive(s, p);
     const parent = mkdtempSync(join(tmpdir(), "immutd-evil-"));
     const to = join(parent, "dest");
     const r = await cli(s, "restore", "data", "--from-bucket", "--to", to);

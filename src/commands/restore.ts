@@ -28,7 +28,18 @@ change what is restored. The SHA-256 and size are checked against the catalog.
 Without the catalog (a lost server: only the config and the master key are
 left), --from-bucket lists the job's versions in the bucket with the reader
 credentials and derives each backup's key from the master key. Use --host
-when the backup was made on a machine with another host name.
+when the backup was made on a machine with another host name. Keys dated
+more than 10 minutes in the future were planted (immutd names keys at run
+start): they are skipped with a warning unless --version-id names one.
+
+File names are restored byte-exact, UTF-8 or not; --list and warnings show
+them as tar -t does (caf\\351, new\\nline). An --include pattern matches a
+name that is not UTF-8 with each byte read as Latin-1 ("caf?" or "café"
+selects caf\\xe9).
+
+--include PATTERN (repeatable, with --to or --list) selects paths; a
+pattern that matches nothing is an error (tar: "Not found in archive"),
+reported after the whole archive was read.
 
 Exactly one of:
   --to DIR    extract into DIR (created if missing; must be empty unless
@@ -39,7 +50,8 @@ Exactly one of:
 
 Exit codes: 0 restored, 2 usage (no such job or backup), 3 the restore failed
 or is incomplete (integrity mismatch, truncated download, wrong key, refused
-entries), 78 configuration error.
+entries, entries that could not be written, an --include that matched
+nothing), 78 configuration error.
 
 Examples:
   immutd restore etc --to /srv/restore/etc
@@ -72,6 +84,8 @@ export async function restoreCommand(
   const selectors = [o.at, o.id, o.versionId].filter((x) => x !== undefined).length;
   if (selectors > 1) throw new UsageError("give at most one of --at, --id and --version-id");
   if (o.host !== undefined && !o.fromBucket) throw new UsageError("--host goes with --from-bucket");
+  if (o.include?.length && o.stdout === true)
+    throw new UsageError("--include goes with --to or --list; --stdout writes the whole archive");
   if (o.devices && process.getuid?.() !== 0) throw new UsageError("--devices needs root");
   const [job] = selectJobs(ctx.config.jobs, [jobName]);
   if (!job) throw new UsageError(`unknown job ${jobName}`);
@@ -97,6 +111,7 @@ export async function restoreCommand(
           job,
           o.host ?? ctx.config.host,
           sel,
+          { onWarning: (message) => ctx.log.warn({ job: job.name }, message) },
         )
       : selectFromCatalog(ctx.catalog(), job.name, sel);
     if (src.bucket !== tc.bucket) {
@@ -193,7 +208,7 @@ export async function restoreCommand(
       );
       if (process.stderr.isTTY) {
         const what = r
-          ? `${r.files.toLocaleString("en-US")} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${formatBytes(r.bytes)} into ${dest}${r.skipped ? ` (${r.skipped} skipped, see warnings)` : ""}`
+          ? `${r.files.toLocaleString("en-US")} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${formatBytes(r.bytes)} into ${dest}`
           : s.listed !== undefined
             ? `${s.listed} entries listed`
             : `${formatBytes(s.bytes)} written to stdout`;
