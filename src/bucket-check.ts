@@ -383,3 +383,57 @@ export function lockTarget(now: Date, days: number): { needed: Date; extendTo: D
     extendTo: new Date(now.getTime() + (days + 1) * DAY_MS),
   };
 }
+
+/** How much earlier than asked a server's retain-until may read (servers round dates). */
+export const RETAIN_TOLERANCE_MS = 1000;
+
+/**
+ * The lock a backup must have: the configured mode, until `from` plus the
+ * configured days. For a new backup `from` is the moment its upload completed;
+ * for one in the catalog, its creation time (its configured period).
+ */
+export function configuredLock(
+  from: Date,
+  r: { mode: RetentionMode; days: number },
+): { mode: RetentionMode; retainUntil: Date } {
+  return { mode: r.mode, retainUntil: new Date(from.getTime() + r.days * DAY_MS) };
+}
+
+/**
+ * Pure: how a version's retention falls short of `wanted`, in a few words, or
+ * undefined if it is at least as strict (mode) and at least as long.
+ */
+export function lockShortfall(
+  actual: { mode: RetentionMode; retainUntil: Date } | undefined,
+  wanted: { mode: RetentionMode; retainUntil: Date },
+): string | undefined {
+  if (!actual) return "it has no retention";
+  const weak = wanted.mode === "COMPLIANCE" && actual.mode !== "COMPLIANCE";
+  const short = actual.retainUntil.getTime() < wanted.retainUntil.getTime() - RETAIN_TOLERANCE_MS;
+  if (!weak && !short) return undefined;
+  return `it is locked ${actual.mode} until ${actual.retainUntil.toISOString()}, not ${wanted.mode} until ${wanted.retainUntil.toISOString()}`;
+}
+
+/**
+ * Pure: the PutObjectRetention that makes `actual` meet `wanted` without
+ * weakening anything: the stricter mode and the later date. `upgradeGovernance`
+ * when a live GOVERNANCE lock must become COMPLIANCE (servers want the bypass
+ * header for that). Undefined when nothing needs to change.
+ */
+export function lockRequest(
+  actual: { mode: RetentionMode; retainUntil: Date } | undefined,
+  wanted: { mode: RetentionMode; retainUntil: Date },
+  now: Date,
+):
+  | { retention: { mode: RetentionMode; retainUntil: Date }; upgradeGovernance: boolean }
+  | undefined {
+  if (lockShortfall(actual, wanted) === undefined) return undefined;
+  const live = actual !== undefined && actual.retainUntil.getTime() > now.getTime();
+  if (!live) return { retention: { ...wanted }, upgradeGovernance: false };
+  const mode = stricterMode(actual.mode, wanted.mode);
+  const until = Math.max(actual.retainUntil.getTime(), wanted.retainUntil.getTime());
+  return {
+    retention: { mode, retainUntil: new Date(until) },
+    upgradeGovernance: actual.mode === "GOVERNANCE" && mode === "COMPLIANCE",
+  };
+}

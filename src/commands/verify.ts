@@ -83,6 +83,11 @@ function render(r: VerifyReport): string {
     const where = f.key ? `${f.job ?? "-"}  ${f.key}  ${f.versionId ?? "-"}` : `target ${f.target}`;
     lines.push(`FINDING  ${f.kind}  ${where}\n  ${f.message}`);
   }
+  for (const w of r.warnings) {
+    lines.push(
+      `WARNING  ${w.kind}  ${w.job ?? "-"}  ${w.key ?? "-"}  ${w.versionId ?? "-"}\n  ${w.message}`,
+    );
+  }
   for (const n of r.notes) lines.push(`NOTE  ${n}`);
   for (const e of r.extensions.filter((x) => x.action === "extended")) {
     lines.push(`LOCK  ${e.job}  ${e.key}: ${e.message}`);
@@ -96,6 +101,7 @@ function render(r: VerifyReport): string {
     `${r.checked} backup(s) checked`,
     `${r.targets.length} bucket(s)`,
     ...(r.expired ? [`${r.expired} marked expired`] : []),
+    ...(r.warnings.length ? [`${r.warnings.length} warning(s)`] : []),
     ...(r.deep ? [`${r.deepChecked.length} downloaded`] : []),
     ...(r.extensions.length
       ? [`${r.extensions.filter((e) => e.action === "extended").length} lock(s) extended`]

@@ -164,9 +164,20 @@ export interface ObjectStore {
   /**
    * Sets a version's retention (PutObjectRetention). Only ever used to extend:
    * the server refuses to shorten a COMPLIANCE retention or to change its mode,
-   * and so does the fake.
+   * and so does the fake. A version without retention (or whose retention has
+   * passed) can be given any. `upgradeGovernance` raises a GOVERNANCE version to
+   * COMPLIANCE: servers take any change of a GOVERNANCE retention only with
+   * BypassGovernanceRetention, which this sends; the caller must ask for
+   * COMPLIANCE and a retain-until no earlier than the current one, so the bypass
+   * can only make the lock stricter. A credential without the bypass permission
+   * is refused (403), as for any change it may not make.
    */
-  extendRetention(key: string, versionId: string, r: Retention): Promise<void>;
+  extendRetention(
+    key: string,
+    versionId: string,
+    r: Retention,
+    opts?: { upgradeGovernance?: boolean },
+  ): Promise<void>;
   /** Writes doctor's canary (one small PutObject with a checksum). Refuses any key that is not a canary key. */
   putCanary(req: CanaryRequest): Promise<{ versionId: string }>;
   /** Attempts to delete one version of a canary (with BypassGovernanceRetention); resolves if it was deleted, rejects if refused. Refuses any key that is not a canary key. */
