@@ -215,9 +215,11 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     ((r.status === "ok" || r.status === "missing" || r.status === "unlocked") &&
       (r.retainUntil === null || Date.parse(r.retainUntil) > at.getTime() || inPeriod(r))) ||
     (r.status === "expired" && inPeriod(r));
-  const due = rows.filter((r) => live(r) && reachable(r));
+  // Read again: markExpired has just changed statuses.
+  const current = catalog.listBackups(jobFilter);
+  const due = current.filter((r) => live(r) && reachable(r));
   const elsewhere = new Set(
-    rows
+    current
       .filter((r) => live(r) && !reachable(r) && config.targets[r.target])
       .map((r) => `${r.bucket} (target ${r.target})`),
   );

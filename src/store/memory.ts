@@ -94,6 +94,8 @@ export class MemoryBucket {
   denyLockConfig = new Set<Role>();
   /** Roles refused PutObjectRetention (a provider or policy that does not allow it). */
   refuseRetention = new Set<Role>();
+  /** PutObjectRetention calls answered AccessDenied before one is taken, as some providers do right after an upload. */
+  retentionLag = 0;
   /** Accept wrong checksums, like a server that does not verify them. */
   ignoresChecksums = false;
   readonly versions: StoredVersion[] = [];
@@ -366,7 +368,8 @@ export class MemoryStore implements ObjectStore {
     opts: { upgradeGovernance?: boolean } = {},
   ): Promise<void> {
     this.#allow("extendRetention", key);
-    if (this.#b.refuseRetention.has(this.#role)) {
+    if (this.#b.retentionLag > 0 || this.#b.refuseRetention.has(this.#role)) {
+      if (this.#b.retentionLag > 0) this.#b.retentionLag--;
       throw new StorageError(
         `cannot extend the retention of s3://${this.bucket}/${key}: AccessDenied, HTTP 403`,
         { transient: false, status: 403 },
