@@ -27,6 +27,8 @@ export function writeConfig(
     admin?: Cred | null;
     keepLatestLocked?: boolean;
     prefix?: string;
+    /** More keys of the job, one YAML line each at the job's indentation. */
+    job?: string[];
   },
 ): TestConfig {
   const dir = mkdtempSync(join(tmpdir(), "immutd-assure-"));
@@ -60,7 +62,7 @@ ${targetYaml(env, {
     target: local
     schedule: "0 3 * * *"
     paths: [${data}]
-`,
+${(o.job ?? []).map((l) => `    ${l}\n`).join("")}`,
     { mode: 0o600 },
   );
   return {
