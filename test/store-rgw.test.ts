@@ -1,6 +1,7 @@
 import { DeleteObjectCommand } from "@aws-sdk/client-s3";
 import { openTarget } from "../src/store/s3.js";
 import { storeContract } from "./store-contract.js";
+import { setDefaultRetention } from "./support/lock-config.js";
 import { denySubusersLockConfig } from "./support/rgw-admin.js";
 import { client, createLockedBucket, rgwTarget, s3env } from "./support/s3env.js";
 
@@ -36,5 +37,8 @@ storeContract("Ceph RGW", {
   },
   async denyLockConfig(t) {
     await denySubusersLockConfig(env, t.bucket);
+  },
+  async removeDefaultRetention(t) {
+    await setDefaultRetention(env, t.bucket, undefined);
   },
 });
