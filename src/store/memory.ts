@@ -92,6 +92,8 @@ export class MemoryBucket {
   lifecycle: LifecycleRule[] = [];
   /** Roles a bucket policy denies PutObjectLockConfiguration (Ceph lets subusers do it otherwise). */
   denyLockConfig = new Set<Role>();
+  /** Roles a bucket policy denies s3:DeleteObject (README's policy for Ceph subusers): no delete markers. */
+  denyDelete = new Set<Role>();
   /** Roles refused PutObjectRetention (a provider or policy that does not allow it). */
   refuseRetention = new Set<Role>();
   /** PutObjectRetention calls answered AccessDenied before one is taken, as some providers do right after an upload. */
@@ -434,6 +436,11 @@ export class MemoryStore implements ObjectStore {
     this.#b.deleteVersion(key, versionId);
   }
 
+  async hideCanary(key: string): Promise<void> {
+    assertCanaryKey(key);
+    this.putDeleteMarker(key);
+  }
+
   async probeEndpoint(): Promise<EndpointProbe> {
     const local = new Date();
     // An HTTP Date header has whole seconds.
@@ -452,6 +459,12 @@ export class MemoryStore implements ObjectStore {
   /** A delete marker on top of key (what an attacker with write access can add). */
   putDeleteMarker(key: string): void {
     this.#allow("deleteMarker", key);
+    if (this.#b.denyDelete.has(this.#role)) {
+      throw new StorageError(`cannot delete s3://${this.bucket}/${key}: AccessDenied, HTTP 403`, {
+        transient: false,
+        status: 403,
+      });
+    }
     this.#b.versions.push({
       key,
       versionId: randomBytes(12).toString("hex"),

@@ -459,6 +459,13 @@ export class S3Store implements ObjectStore {
     );
   }
 
+  async hideCanary(key: string): Promise<void> {
+    assertCanaryKey(key);
+    await this.#call("put a delete marker on", key, () =>
+      this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })),
+    );
+  }
+
   probeEndpoint(): Promise<EndpointProbe> {
     const t = this.#target;
     const url = new URL(`${t.endpoint}/`);
