@@ -123,7 +123,11 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
   const jlog = log.child({ job: job.name, runId });
   const warnings: ArchiveWarning[] = [];
   const progress: BackupProgress = { bytes: 0, read: 0, files: 0 };
-  const base = { job: job.name, runId, key };
+  const base: Pick<BackupResult, "job" | "runId" | "key" | "backupId" | "versionId"> = {
+    job: job.name,
+    runId,
+    key,
+  };
   let spooled: Spooled | undefined;
 
   try {
@@ -245,6 +249,9 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       status: "unlocked",
       files: walk.value.files,
     });
+    // A run that fails from here on still names its version (hooks get IMMUTD_VERSION_ID).
+    base.backupId = backupId;
+    base.versionId = versionId;
     // The lock is set explicitly, whatever the bucket default gave the version
     // (src/lock.ts). Not cancellable: once the version exists, locking it is the point.
     const completed = now();
@@ -253,7 +260,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       now: completed,
       attempts: LOCK_ATTEMPTS,
     });
-    catalog.setBackupLock(backupId, lock.after, lock.problem ? "unlocked" : "ok");
+    catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
     // What the server stored must be what was sent (a client or server that stores
     // transfer framing inside the object would change its size).
     let size: number;

@@ -128,7 +128,9 @@ describe("the lock of a new backup (memory store)", () => {
       ),
     );
     assert.equal(s.catalog.run(r.runId)?.status, "failed");
+    assert.equal(r.versionId, v.versionId, "the failed run still names its version");
     const [row] = s.catalog.listBackups();
+    assert.equal(row?.id, r.backupId);
     assert.equal(row?.versionId, v.versionId, "the version is never forgotten");
     assert.equal(row?.status, "unlocked");
     assert.equal(
