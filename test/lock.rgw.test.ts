@@ -17,7 +17,7 @@ import {
   GetObjectRetentionCommand,
   type S3Client,
 } from "@aws-sdk/client-s3";
-import { type TestConfig, writeConfig } from "./support/assurance.js";
+import { listBackups, type TestConfig, writeConfig } from "./support/assurance.js";
 import { logRecords, runCli } from "./support/cli.js";
 import { lockConfigHook, setDefaultRetention } from "./support/lock-config.js";
 import { denySubusersRetention, removeBucketPolicy } from "./support/rgw-admin.js";
@@ -50,10 +50,13 @@ describe("the lock of each backup (CLI, Ceph RGW)", () => {
   after(() => main?.destroy());
 
   const cli = (cfg: TestConfig, ...args: string[]) => runCli(["--config", cfg.file, ...args]);
-  async function list(cfg: TestConfig): Promise<Row[]> {
-    const r = await cli(cfg, "list", "--json");
-    assert.equal(r.code, 0, r.stderr);
-    return JSON.parse(r.stdout) as Row[];
+  const list = (cfg: TestConfig) => listBackups<Row>(cfg);
+  /** `verify --json` with the exit code it must have, and its findings as [kind, key, version]. */
+  async function verifyJson(cfg: TestConfig, code: number) {
+    const r = await cli(cfg, "verify", "--json");
+    assert.equal(r.code, code, r.stderr);
+    const report = JSON.parse(r.stdout) as Report;
+    return { report, findings: report.findings.map((f) => [f.kind, f.key, f.versionId]) };
   }
   async function retention(bucket: string, row: Row) {
     const res = await main.send(
@@ -136,13 +139,8 @@ describe("the lock of each backup (CLI, Ceph RGW)", () => {
 
     // The bucket is fixed; the version is still short and verify cannot lock it yet.
     await setDefaultRetention(env, bucket, { mode: "COMPLIANCE", days: 3 });
-    const first = await cli(cfg, "verify", "--json");
-    assert.equal(first.code, 4, first.stderr);
-    const report = JSON.parse(first.stdout) as Report;
-    assert.deepEqual(
-      report.findings.map((f) => [f.kind, f.key, f.versionId]),
-      [["retention-short", row.key, row.versionId]],
-    );
+    const { report, findings } = await verifyJson(cfg, 4);
+    assert.deepEqual(findings, [["retention-short", row.key, row.versionId]]);
     assert.match(report.findings[0]?.message ?? "", /locking it for its configured period failed/);
 
     await removeBucketPolicy(env, bucket);
@@ -176,13 +174,8 @@ describe("the lock of each backup (CLI, Ceph RGW)", () => {
     const [older, newer] = (await list(cfg)) as [Row, Row];
     assert.equal(newer.status, "ok");
 
-    const r = await cli(cfg, "verify", "--json");
-    assert.equal(r.code, 4, r.stderr);
-    const report = JSON.parse(r.stdout) as Report;
-    assert.deepEqual(
-      report.findings.map((f) => [f.kind, f.key, f.versionId]),
-      [["retention-short", older.key, older.versionId]],
-    );
+    const { report, findings } = await verifyJson(cfg, 4);
+    assert.deepEqual(findings, [["retention-short", older.key, older.versionId]]);
     assert.match(report.findings[0]?.message ?? "", /short of its configured 3 days/);
     const locked = await retention(bucket, older);
     assert.ok(Math.abs(locked.until - (Date.parse(older.createdAt) + 3 * DAY)) < 2000);
@@ -212,9 +205,9 @@ describe("the lock of each backup (CLI, Ceph RGW)", () => {
     );
     assert.match(r.stdout, /hid its latest version.*still there and restorable/);
     assert.match(r.stdout, /1 warning\(s\)/);
-    const json = JSON.parse((await cli(cfg, "verify", "--json")).stdout) as Report;
+    const { report } = await verifyJson(cfg, 0);
     assert.deepEqual(
-      json.warnings.map((w) => [w.kind, w.versionId]),
+      report.warnings.map((w) => [w.kind, w.versionId]),
       [["delete-marker", row.versionId]],
     );
   });
