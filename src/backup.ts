@@ -13,7 +13,7 @@ import { Transform, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGzip } from "node:zlib";
 import { type ArchiveWarning, createArchive, missingPaths } from "./archive.js";
-import { configuredLock, describeRetention, lockProblems } from "./bucket-check.js";
+import { configuredLock, describeRetention, LOCK_SLACK_MS, lockProblems } from "./bucket-check.js";
 import type { Catalog } from "./catalog.js";
 import type { Config, JobConfig, TargetConfig } from "./config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "./errors.js";
@@ -259,6 +259,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
     const lock = await lockAtLeast(target, key, versionId, wanted, {
       now: completed,
       attempts: LOCK_ATTEMPTS,
+      slackMs: LOCK_SLACK_MS,
     });
     catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
     // What the server stored must be what was sent (a client or server that stores

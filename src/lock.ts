@@ -41,6 +41,8 @@ export interface LockOptions {
   signal?: AbortSignal;
   /** The retention already read, to save a request. */
   before?: Retention | undefined;
+  /** How much shorter than `wanted` an existing retention may be and still do (LOCK_SLACK_MS; default: rounding only). */
+  slackMs?: number;
 }
 
 /** Makes key@versionId locked at least as strictly and as long as `wanted`. Never throws for a refusal: it reports it. */
@@ -68,7 +70,7 @@ export async function lockAtLeast(
       problem: `cannot read its retention: ${describeError(err)}`,
     };
   }
-  const req = lockRequest(before, wanted, o.now);
+  const req = lockRequest(before, wanted, o.now, o.slackMs);
   if (!req) return { before, after: before, changed: false };
   const asked = `${req.retention.mode} until ${req.retention.retainUntil.toISOString()}`;
   try {
@@ -112,7 +114,7 @@ export async function lockAtLeast(
       problem: `the server accepted ${asked}, but reading it back failed: ${describeError(readError)}`,
     };
   }
-  const short = lockShortfall(after, wanted);
+  const short = lockShortfall(after, wanted, o.slackMs);
   return {
     before,
     after,

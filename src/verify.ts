@@ -23,6 +23,7 @@
 import { Writable } from "node:stream";
 import {
   configuredLock,
+  LOCK_SLACK_MS,
   lifecycleProblems,
   lockProblems,
   lockTarget,
@@ -493,7 +494,7 @@ export function judgeBackup(
         message: `${what} is locked until ${r.retainUntil.toISOString()}, earlier than the recorded ${row.retainUntil}`,
       });
     }
-    if (r.retainUntil.getTime() < required.retainUntil.getTime() - TOLERANCE_MS) {
+    if (r.retainUntil.getTime() < required.retainUntil.getTime() - LOCK_SLACK_MS) {
       out.push({
         kind: "retention-short",
         message: `${what} is locked until ${r.retainUntil.toISOString()}, short of its configured ${tc.retention.days} days (until ${required.retainUntil.toISOString()}): it can be deleted early`,
@@ -540,6 +541,7 @@ async function checkBackup(
     const wanted = requiredLock(row, tc);
     const lock = await lockAtLeast(target, row.key, row.versionId, wanted, {
       now,
+      slackMs: LOCK_SLACK_MS,
       before: seen.retention,
       ...(signal ? { signal } : {}),
     });

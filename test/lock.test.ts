@@ -184,6 +184,22 @@ describe("the lock of a new backup (memory store)", () => {
     assert.equal(s.bucket.versions[0]?.retention?.mode, "COMPLIANCE");
   });
 
+  it("a server clock a little behind is not a short lock; far behind, it is", async () => {
+    const s = setup();
+    s.bucket.refuseRetention = new Set(["writer", "admin"]);
+    // The default counts from the server's clock: 2 minutes behind ours, within the slack.
+    s.bucket.now = () => new Date(s.clock.t - 120_000);
+    const near = await s.backup();
+    assert.equal(near.status, "succeeded", near.error);
+    assert.deepEqual((await s.verify()).findings, []);
+    // 10 minutes behind: the lock really is short of upload + 3 days.
+    s.bucket.now = () => new Date(s.clock.t - 600_000);
+    s.clock.t += 3_600_000;
+    const far = await s.backup();
+    assert.equal(far.status, "failed");
+    assert.match(far.error ?? "", /could not be locked/);
+  });
+
   it("a bucket default longer than configured is kept: nothing is shortened or rewritten", async () => {
     const s = setup();
     s.bucket.defaultRetention = { mode: "COMPLIANCE", days: 30 };
