@@ -13,18 +13,19 @@ import { realpathSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { Transform, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { setTimeout as sleep } from "node:timers/promises";
 import { createGzip } from "node:zlib";
 import { type ArchiveWarning, createArchive, missingPaths } from "./archive.js";
-import { lockProblems } from "./bucket-check.js";
+import { configuredLock, describeRetention, LOCK_SLACK_MS, lockProblems } from "./bucket-check.js";
 import type { Catalog } from "./catalog.js";
 import type { Config, JobConfig, TargetConfig } from "./config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "./errors.js";
 import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
 import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
+import { lockAtLeast } from "./lock.js";
 import type { Logger } from "./log.js";
 import { objectKey } from "./naming.js";
-import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
+import { retry } from "./retry.js";
+import type { BucketLockState, ObjectStore, Target } from "./store/store.js";
 
 export interface BackupProgress {
   /** Archive bytes handed to the uploader so far (after compression). */
@@ -61,6 +62,9 @@ export interface BackupResult {
   retainUntil?: Date;
   error?: string;
 }
+
+/** Attempts of each retention call right after an upload, where providers may lag (250 ms doubling: ~8 s). */
+const LOCK_ATTEMPTS = 6;
 
 /** Warnings logged one by one before they are only counted, so a tree of unreadable files cannot flood the log. */
 const LOGGED_WARNINGS = 100;
@@ -121,7 +125,11 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
   const jlog = log.child({ job: job.name, runId });
   const warnings: ArchiveWarning[] = [];
   const progress: BackupProgress = { bytes: 0, read: 0, files: 0 };
-  const base = { job: job.name, runId, key };
+  const base: Pick<BackupResult, "job" | "runId" | "key" | "backupId" | "versionId"> = {
+    job: job.name,
+    runId,
+    key,
+  };
   let spooled: Spooled | undefined;
 
   try {
@@ -221,11 +229,10 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
     progress.files = walk.value.files;
     jlog.debug({ versionId, uploadId }, "upload complete");
 
-    // What the server stored must be what was sent (a client or server that stores
-    // transfer framing inside the object would change its size).
-    const stored = await readBack(target, key, versionId, sseKey);
     const sha256 = hasher.digest();
-    const sizeOk = stored.size === hasher.bytes;
+    const what = `job ${job.name}: s3://${target.bucket}/${key} version ${versionId}`;
+    // Recorded before anything else is asked of the server, so that the version is
+    // never forgotten: "unlocked" until its lock is read back as configured.
     const backupId = catalog.recordBackup({
       runId,
       job: job.name,
@@ -239,22 +246,61 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       sseKey,
       keyDerivation: KEY_DERIVATION,
       createdAt: started,
-      retentionMode: stored.retention?.mode ?? null,
-      retainUntil: stored.retention?.retainUntil ?? null,
-      status: sizeOk ? "ok" : "corrupt",
+      retentionMode: null,
+      retainUntil: null,
+      status: "unlocked",
       files: walk.value.files,
     });
-    if (!sizeOk) {
+    // A run that fails from here on still names its version (hooks get IMMUTD_VERSION_ID).
+    base.backupId = backupId;
+    base.versionId = versionId;
+    // The lock is set explicitly, whatever the bucket default gave the version
+    // (src/lock.ts). Not cancellable: once the version exists, locking it is the point.
+    const completed = now();
+    const wanted = configuredLock(completed, deps.targetConfig.retention);
+    const lock = await lockAtLeast(target, key, versionId, wanted, {
+      now: completed,
+      attempts: LOCK_ATTEMPTS,
+      slackMs: LOCK_SLACK_MS,
+    });
+    catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
+    // What the server stored must be what was sent (a client or server that stores
+    // transfer framing inside the object would change its size).
+    let size: number;
+    try {
+      size = await storedSize(target, key, versionId, sseKey);
+    } catch (err) {
+      if (err instanceof StorageError && err.status === 404)
+        catalog.setBackupStatus(backupId, "missing");
       throw new StorageError(
-        `job ${job.name}: s3://${target.bucket}/${key} version ${versionId} holds ${stored.size} bytes but ${hasher.bytes} were sent; the stored version is marked corrupt`,
+        `${what}: its size could not be read back (${describeError(err)}); recorded as backup ${backupId}, which \`immutd verify\` checks`,
+        { transient: false, cause: err },
+      );
+    }
+    if (size !== hasher.bytes) {
+      catalog.setBackupStatus(backupId, "corrupt");
+      throw new StorageError(
+        `${what} holds ${size} bytes but ${hasher.bytes} were sent; the stored version is marked corrupt`,
         { transient: false },
       );
     }
-    if (!stored.retention) {
+    if (lock.problem || !lock.after) {
       throw new RefusedError(
-        `job ${job.name}: s3://${target.bucket}/${key} version ${versionId} was stored without an Object Lock retention; check the bucket's default retention`,
+        `${what} could not be locked ${describeRetention(deps.targetConfig.retention)} (until ${wanted.retainUntil.toISOString()}): ${lock.problem ?? "it has no retention"}; it is recorded as unlocked (backup ${backupId}) and \`immutd verify\` reports it until it is`,
       );
     }
+    if (lock.changed) {
+      jlog.warn(
+        {
+          versionId,
+          from: lock.before ? `${lock.before.mode} ${lock.before.retainUntil.toISOString()}` : null,
+          retentionMode: lock.after.mode,
+          retainUntil: lock.after.retainUntil.toISOString(),
+        },
+        "the bucket default gave the new version less than the configured lock: set it explicitly",
+      );
+    }
+    const retention = lock.after;
     const durationMs = now().getTime() - started.getTime();
     catalog.addWarnings(runId, warnings);
     catalog.finishRun(runId, {
@@ -272,8 +318,8 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
         warnings: warnings.length,
         durationMs,
         sha256,
-        retentionMode: stored.retention.mode,
-        retainUntil: stored.retention.retainUntil.toISOString(),
+        retentionMode: retention.mode,
+        retainUntil: retention.retainUntil.toISOString(),
       },
       "backup succeeded",
     );
@@ -286,7 +332,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       files: walk.value.files,
       warnings: warnings.length,
       durationMs,
-      retainUntil: stored.retention.retainUntil,
+      retainUntil: retention.retainUntil,
     };
   } catch (err) {
     const cancelled = err instanceof CancelledError || deps.signal?.aborted === true;
@@ -343,30 +389,20 @@ async function withReadFallback<T>(target: Target, fn: (s: ObjectStore) => Promi
 }
 
 /**
- * Size and retention of the new version. Some providers answer a retention
- * read with AccessDenied or NoSuchKey for a moment after an upload
- * (shared/S3-PITFALLS.md 10), so retry those with backoff before giving up.
+ * The stored size of the new version. Some providers answer AccessDenied or
+ * NoSuchKey for a moment after an upload, so those are retried with backoff.
  */
-async function readBack(
+async function storedSize(
   target: Target,
   key: string,
   versionId: string,
   sseKey: Buffer,
-): Promise<{ size: number; retention: Retention | undefined }> {
-  let delay = 250;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      const { size } = await withReadFallback(target, (s) => s.head(key, versionId, sseKey));
-      const retention = await withReadFallback(target, (s) => s.retention(key, versionId));
-      return { size, retention };
-    } catch (err) {
-      const retryable =
-        err instanceof StorageError && (err.transient || err.status === 403 || err.status === 404);
-      if (!retryable || attempt >= 6) throw err;
-      await sleep(delay);
-      delay *= 2;
-    }
-  }
+): Promise<number> {
+  const { size } = await retry(
+    () => withReadFallback(target, (s) => s.head(key, versionId, sseKey)),
+    { attempts: LOCK_ATTEMPTS, lagAttempts: LOCK_ATTEMPTS, baseMs: 250 },
+  );
+  return size;
 }
 
 function partsHint(message: string, t: TargetConfig): string {

@@ -383,3 +383,69 @@ export function lockTarget(now: Date, days: number): { needed: Date; extendTo: D
     extendTo: new Date(now.getTime() + (days + 1) * DAY_MS),
   };
 }
+
+/** How much earlier than asked a server's retain-until may read (servers round dates). */
+export const RETAIN_TOLERANCE_MS = 1000;
+
+/**
+ * How much shorter than its configured period a backup's lock may be and still
+ * count as configured. A bucket default counts from the server's clock, the
+ * configured period from this machine's, and the two differ (doctor warns past
+ * 30 s and fails past 15 minutes); without the slack, every backup of a machine
+ * whose clock is a few seconds ahead would be set again and reported.
+ */
+export const LOCK_SLACK_MS = 5 * 60_000;
+
+/**
+ * The lock a backup must have: the configured mode, until `from` plus the
+ * configured days. For a new backup `from` is the moment its upload completed;
+ * for one in the catalog, its creation time (its configured period).
+ */
+export function configuredLock(
+  from: Date,
+  r: { mode: RetentionMode; days: number },
+): { mode: RetentionMode; retainUntil: Date } {
+  return { mode: r.mode, retainUntil: new Date(from.getTime() + r.days * DAY_MS) };
+}
+
+/**
+ * Pure: how a version's retention falls short of `wanted`, in a few words, or
+ * undefined if it is at least as strict (mode) and at least as long (less
+ * `slackMs`).
+ */
+export function lockShortfall(
+  actual: { mode: RetentionMode; retainUntil: Date } | undefined,
+  wanted: { mode: RetentionMode; retainUntil: Date },
+  slackMs = RETAIN_TOLERANCE_MS,
+): string | undefined {
+  if (!actual) return "it has no retention";
+  const weak = wanted.mode === "COMPLIANCE" && actual.mode !== "COMPLIANCE";
+  const short = actual.retainUntil.getTime() < wanted.retainUntil.getTime() - slackMs;
+  if (!weak && !short) return undefined;
+  return `it is locked ${actual.mode} until ${actual.retainUntil.toISOString()}, not ${wanted.mode} until ${wanted.retainUntil.toISOString()}`;
+}
+
+/**
+ * Pure: the PutObjectRetention that makes `actual` meet `wanted` without
+ * weakening anything: the stricter mode and the later date. `upgradeGovernance`
+ * when a live GOVERNANCE lock must become COMPLIANCE (servers want the bypass
+ * header for that). Undefined when nothing needs to change.
+ */
+export function lockRequest(
+  actual: { mode: RetentionMode; retainUntil: Date } | undefined,
+  wanted: { mode: RetentionMode; retainUntil: Date },
+  now: Date,
+  slackMs = RETAIN_TOLERANCE_MS,
+):
+  | { retention: { mode: RetentionMode; retainUntil: Date }; upgradeGovernance: boolean }
+  | undefined {
+  if (lockShortfall(actual, wanted, slackMs) === undefined) return undefined;
+  const live = actual !== undefined && actual.retainUntil.getTime() > now.getTime();
+  if (!live) return { retention: { ...wanted }, upgradeGovernance: false };
+  const mode = stricterMode(actual.mode, wanted.mode);
+  const until = Math.max(actual.retainUntil.getTime(), wanted.retainUntil.getTime());
+  return {
+    retention: { mode, retainUntil: new Date(until) },
+    upgradeGovernance: actual.mode === "GOVERNANCE" && mode === "COMPLIANCE",
+  };
+}

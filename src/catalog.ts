@@ -566,6 +566,21 @@ export class Catalog {
     this.db.prepare(`UPDATE backups SET status = ? WHERE id = ?`).run(status, id);
   }
 
+  /**
+   * Records the retention a new backup's lock ended with, and whether it is as
+   * configured ("ok") or not ("unlocked"): the backup run's last word on its
+   * own row, read back from the server.
+   */
+  setBackupLock(
+    id: number,
+    lock: { mode: RetentionMode; retainUntil: Date } | undefined,
+    status: "ok" | "unlocked",
+  ): void {
+    this.db
+      .prepare(`UPDATE backups SET retention_mode = ?, retain_until = ?, status = ? WHERE id = ?`)
+      .run(lock?.mode ?? null, lock?.retainUntil.toISOString() ?? null, status, id);
+  }
+
   /** Marks good backups whose retain-until is at or before `now` as expired; returns them as they were. */
   markExpired(now: Date, job?: string): BackupRow[] {
     return this.db.transaction(() => {

@@ -7,10 +7,13 @@
  * The credential checks use a canary, as the tutorial's step 4 does by hand:
  * the writer uploads a tiny SSE-C object under `<prefix><host>/.immutd-doctor/`
  * with an explicit COMPLIANCE retention of one day (the shortest), and doctor
- * then tries to read it with each credential and to delete it with each. It is
- * the one object immutd writes that is not a backup; it stays (locked) for a
- * day, restore and verify ignore it, and lifecycle removes it as any other
- * object once its lock has passed (or it stays, like a backup, if no rule does).
+ * then tries to read it with each credential and to delete it with each, and
+ * has the writer put a delete marker on it (Object Lock allows that to anyone
+ * who may write; doctor warns if the writer may). It is the one object immutd
+ * writes that is not a backup; it is locked for a day, restore and verify ignore
+ * it. Behind the delete marker it is a noncurrent version, which immutd's
+ * lifecycle rule removes once its lock has passed; where the writer may not put
+ * the marker, the canary stays a current version, like a backup.
  * Two probes may leave one more canary each, only where the server failed
  * them: an upload with a wrong checksum that the server accepted, and an upload
  * by the reader that the server allowed.
@@ -531,43 +534,41 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
         },
   );
 
-  if (config.keepLatestLocked) {
-    const later = {
-      mode: "COMPLIANCE" as const,
-      retainUntil: new Date(retainUntil.getTime() + 60_000),
-    };
-    const ext = await attempt(() =>
-      retry(() => target.writer.extendRetention(canaryKeyUsed, vid, later), RETRY),
-    );
-    if (ext.ok) {
-      add({
-        name: "lock extension",
-        status: "OK",
-        message: "the writer can extend a lock (keepLatestLocked)",
-      });
-    } else {
-      const admin = target.admin;
-      const viaAdmin = admin
-        ? await attempt(() => admin.extendRetention(canaryKeyUsed, vid, later))
-        : undefined;
-      add(
-        viaAdmin?.ok
-          ? {
-              name: "lock extension",
-              status: "WARN",
-              message: `only the admin credential can extend locks (the writer: ${refusal(ext.error)}), so keepLatestLocked needs admin on this machine`,
-              fix: "give the writer s3:PutObjectRetention, and remove admin from this machine's config",
-            }
-          : {
-              name: "lock extension",
-              status: "FAIL",
-              message: `keepLatestLocked cannot extend locks: the writer was refused (${describeError(ext.error)})`,
-              fix: "give the writer s3:PutObjectRetention (Ceph subusers with --access=write have it), or set keepLatestLocked: false",
-            },
-      );
-    }
+  // Every backup needs this when the bucket default gives it less than configured
+  // (src/lock.ts), and keepLatestLocked needs it to extend locks.
+  const later = {
+    mode: "COMPLIANCE" as const,
+    retainUntil: new Date(retainUntil.getTime() + 60_000),
+  };
+  const ext = await attempt(() =>
+    retry(() => target.writer.extendRetention(canaryKeyUsed, vid, later), RETRY),
+  );
+  if (ext.ok) {
+    add({
+      name: "lock extension",
+      status: "OK",
+      message: `the writer can set and extend a version's lock (each backup's explicit lock${config.keepLatestLocked ? ", keepLatestLocked" : ""})`,
+    });
   } else {
-    add({ name: "lock extension", status: "SKIP", message: "keepLatestLocked is off" });
+    const admin = target.admin;
+    const viaAdmin = admin
+      ? await attempt(() => admin.extendRetention(canaryKeyUsed, vid, later))
+      : undefined;
+    add(
+      viaAdmin?.ok
+        ? {
+            name: "lock extension",
+            status: "WARN",
+            message: `only the admin credential can set or extend locks (the writer: ${refusal(ext.error)}), so backups and keepLatestLocked need admin on this machine`,
+            fix: "give the writer s3:PutObjectRetention, and remove admin from this machine's config",
+          }
+        : {
+            name: "lock extension",
+            status: "FAIL",
+            message: `the writer cannot set a version's lock (${describeError(ext.error)}): a backup that the bucket default locks for less than configured would fail and stay unlocked${config.keepLatestLocked ? ", and keepLatestLocked cannot extend locks" : ""}`,
+            fix: "give the writer s3:PutObjectRetention (Ceph subusers with --access=write have it)",
+          },
+    );
   }
 
   // 6. Who may change the bucket's Object Lock configuration: written back unchanged.
@@ -585,7 +586,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
           ? {
               name: `lock config (${role})`,
               status: "WARN",
-              message: `the ${role} credential can change the bucket's default retention (doctor wrote it back unchanged); a stolen key could remove it for future backups, which backup and verify would then refuse and report`,
+              message: `the ${role} credential can change the bucket's default retention (doctor wrote it back unchanged); a stolen key could weaken or remove it: backup's preflight refuses such a bucket, each backup sets and reads back its own lock, and verify reports the bucket`,
               fix: `deny it s3:PutBucketObjectLockConfiguration (Ceph RGW lets subusers do this: add README's bucket policy)`,
             }
           : {
@@ -636,6 +637,30 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
         message: `cannot delete a locked version (${refusal(del.error)})`,
       });
     }
+  }
+
+  // 8. Hiding is not deleting: Object Lock lets anyone with write access put a
+  // delete marker on a key. The locked version stays, restorable by its version
+  // ID; verify warns about markers on backup keys. On the canary the marker is
+  // also its way out: noncurrent, it falls to immutd's lifecycle rule once its
+  // lock has passed.
+  if (!deleted) {
+    const hide = await attempt(() => target.writer.hideCanary(canaryKeyUsed));
+    add(
+      hide.ok
+        ? {
+            name: "delete marker (writer)",
+            status: "WARN",
+            message:
+              "the writer can put a delete marker on a key (it did on the canary): a stolen key can hide the latest version of backups; they stay locked and restorable by version ID, and verify warns about such markers",
+            fix: "deny the writer s3:DeleteObject (README's bucket policy for Ceph subusers; README's AWS writer policy does not grant it)",
+          }
+        : {
+            name: "delete marker (writer)",
+            status: "OK",
+            message: `the writer cannot put delete markers (${refusal(hide.error)})`,
+          },
+    );
   }
   return report;
 }

@@ -21,10 +21,19 @@
  * expired; missing -> ok when the version is readable again.
  */
 import { Writable } from "node:stream";
-import { lifecycleProblems, lockProblems, lockTarget, stricterMode } from "./bucket-check.js";
+import {
+  configuredLock,
+  LOCK_SLACK_MS,
+  lifecycleProblems,
+  lockProblems,
+  lockTarget,
+  RETAIN_TOLERANCE_MS,
+  stricterMode,
+} from "./bucket-check.js";
 import type { BackupRow, Catalog } from "./catalog.js";
-import type { Config, RetentionMode, TargetConfig } from "./config.js";
+import type { Config, TargetConfig } from "./config.js";
 import { CancelledError, describeError, StorageError } from "./errors.js";
+import { lockAtLeast } from "./lock.js";
 import type { Logger } from "./log.js";
 import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
 import { retry } from "./retry.js";
@@ -51,6 +60,8 @@ export type FindingKind =
   | "mode-weak"
   /** retain-until earlier than recorded. */
   | "retention-shortened"
+  /** retain-until earlier than the backup's configured period (created + retention days). */
+  | "retention-short"
   /** Deep: the downloaded bytes do not match the catalog's SHA-256 or size. */
   | "checksum-mismatch"
   /** Deep: the bytes match, but the archive cannot be read to its end. */
@@ -58,7 +69,13 @@ export type FindingKind =
   /** The check itself failed (network, permissions): nothing is known about the backup. */
   | "check-failed"
   /** keepLatestLocked could not extend the newest backup's retention. */
-  | "lock-extension-failed";
+  | "lock-extension-failed"
+  /**
+   * A warning, not a finding: a delete marker is the latest version of a
+   * backup's key. Someone with write access hid it; the pinned version is still
+   * there and restorable.
+   */
+  | "delete-marker";
 
 export interface Finding {
   kind: FindingKind;
@@ -112,6 +129,8 @@ export interface VerifyReport {
   deepChecked: DeepResult[];
   extensions: LockExtension[];
   findings: Finding[];
+  /** What deserves attention but endangers no backup (delete markers); they do not change the exit code. */
+  warnings: Finding[];
   /** What could not be checked, and why. */
   notes: string[];
 }
@@ -132,8 +151,8 @@ export interface VerifyDeps {
   now?: () => Date;
 }
 
-/** How much later than recorded a server's retain-until may be read before it counts as changed (servers round). */
-const TOLERANCE_MS = 1000;
+/** How far a server's retain-until may be off what was recorded or asked before it counts as changed (servers round). */
+const TOLERANCE_MS = RETAIN_TOLERANCE_MS;
 const RETRY = { attempts: 4, lagAttempts: 2, baseMs: 250 };
 /** Bucket settings: a 403 there is a permission, not a lag. */
 const RETRY_BUCKET = { attempts: 4, baseMs: 250 };
@@ -144,6 +163,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   const started = now();
   const at = started;
   const findings: Finding[] = [];
+  const warnings: Finding[] = [];
   const notes: string[] = [];
   const report = (f: Finding) => {
     findings.push(f);
@@ -185,12 +205,22 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   // target no longer names cannot be checked through it (and are not "missing").
   const reachable = (r: BackupRow) =>
     config.targets[r.target]?.bucket === r.bucket && deps.targets[r.target] !== undefined;
+  // Checked while locked, and while inside its configured period whatever its lock
+  // says: a backup whose lock was shorter than configured (and may already have
+  // run out) is reported, not marked expired and forgotten.
+  const inPeriod = (r: BackupRow) => {
+    const tc = config.targets[r.target];
+    return tc !== undefined && configuredEnd(r, tc) > at.getTime();
+  };
   const live = (r: BackupRow) =>
-    (r.status === "ok" || r.status === "missing") &&
-    (r.retainUntil === null || Date.parse(r.retainUntil) > at.getTime());
-  const due = rows.filter((r) => live(r) && reachable(r));
+    ((r.status === "ok" || r.status === "missing" || r.status === "unlocked") &&
+      (r.retainUntil === null || Date.parse(r.retainUntil) > at.getTime() || inPeriod(r))) ||
+    (r.status === "expired" && inPeriod(r));
+  // Read again: markExpired has just changed statuses.
+  const current = catalog.listBackups(jobFilter);
+  const due = current.filter((r) => live(r) && reachable(r));
   const elsewhere = new Set(
-    rows
+    current
       .filter((r) => live(r) && !reachable(r) && config.targets[r.target])
       .map((r) => `${r.bucket} (target ${r.target})`),
   );
@@ -200,8 +230,15 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   await mapLimit(due, config.verify.concurrency, deps.signal, async (row) => {
     const tc = config.targets[row.target] as TargetConfig;
     const target = deps.targets[row.target] as Target;
-    for (const f of await checkBackup(row, tc, target.reader, catalog, log, deps.signal)) report(f);
+    for (const f of await checkBackup(row, tc, target, catalog, log, at, deps.signal)) report(f);
   });
+  for (const w of await hiddenBackups(due, config, deps.targets, notes)) {
+    warnings.push(w);
+    log.warn(
+      { kind: w.kind, target: w.target, job: w.job, key: w.key, versionId: w.versionId },
+      w.message,
+    );
+  }
 
   const deepChecked: DeepResult[] = [];
   if (deps.deep) {
@@ -264,6 +301,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     deepChecked,
     extensions,
     findings,
+    warnings,
     notes,
   };
   catalog.recordVerifyRun({
@@ -273,7 +311,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     job: result.job,
     checked: result.checked,
     findings: findings.length,
-    report: { findings, notes, expired: result.expired, extensions },
+    report: { findings, warnings, notes, expired: result.expired, extensions },
   });
   for (const n of notes) log.warn(n);
   log.info(
@@ -282,6 +320,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
       findings: findings.length,
       expired: result.expired,
       deep: deepChecked.length,
+      warnings: warnings.length,
       extended: extensions.filter((e) => e.action === "extended").length,
       durationMs: result.durationMs,
     },
@@ -364,15 +403,39 @@ export interface Observed {
   retentionError?: string;
 }
 
+/** End of a backup's configured period: created + the target's retention days (ms). */
+export function configuredEnd(row: BackupRow, tc: TargetConfig): number {
+  return configuredLock(new Date(row.createdAt), tc.retention).retainUntil.getTime();
+}
+
+/** The lock a catalog backup must have: its configured period, in the stricter of the recorded and configured modes. */
+function requiredLock(row: BackupRow, tc: TargetConfig): Retention {
+  return {
+    mode: stricterMode(row.retentionMode ?? tc.retention.mode, tc.retention.mode),
+    retainUntil: new Date(configuredEnd(row, tc)),
+  };
+}
+
+/** Findings that mean the version is not locked as configured: verify locks it (extendRetention) and the catalog says "unlocked" until it is. */
+const LOCK_KINDS: ReadonlySet<FindingKind> = new Set([
+  "not-locked",
+  "mode-weak",
+  "retention-short",
+]);
+
 /**
  * Pure: the findings for one backup given what the server showed, and the
- * status the catalog should then hold.
+ * status the catalog should then hold: "unlocked" while its lock falls short
+ * of the configured mode or period (whatever newer backups exist).
  */
 export function judgeBackup(
   row: BackupRow,
   seen: Observed,
   tc: TargetConfig,
-): { findings: { kind: FindingKind; message: string }[]; status: "ok" | "missing" | undefined } {
+): {
+  findings: { kind: FindingKind; message: string }[];
+  status: "ok" | "missing" | "unlocked" | undefined;
+} {
   const what = `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId}`;
   const until = row.retainUntil ? ` (recorded as locked until ${row.retainUntil})` : "";
   if (seen.error) {
@@ -418,11 +481,8 @@ export function judgeBackup(
     });
   } else {
     const r = seen.retention;
-    const required: RetentionMode = stricterMode(
-      row.retentionMode ?? tc.retention.mode,
-      tc.retention.mode,
-    );
-    if (required === "COMPLIANCE" && r.mode !== "COMPLIANCE") {
+    const required = requiredLock(row, tc);
+    if (required.mode === "COMPLIANCE" && r.mode !== "COMPLIANCE") {
       out.push({
         kind: "mode-weak",
         message: `${what} is locked in ${r.mode} mode, not COMPLIANCE: users with the bypass permission can delete it`,
@@ -434,18 +494,29 @@ export function judgeBackup(
         message: `${what} is locked until ${r.retainUntil.toISOString()}, earlier than the recorded ${row.retainUntil}`,
       });
     }
+    if (r.retainUntil.getTime() < required.retainUntil.getTime() - LOCK_SLACK_MS) {
+      out.push({
+        kind: "retention-short",
+        message: `${what} is locked until ${r.retainUntil.toISOString()}, short of its configured ${tc.retention.days} days (until ${required.retainUntil.toISOString()}): it can be deleted early`,
+      });
+    }
   }
-  return { findings: out, status: "ok" };
+  // A retention that could not be read says nothing about the lock: only a missing version is back.
+  if (seen.retentionError !== undefined)
+    return { findings: out, status: row.status === "missing" ? "ok" : undefined };
+  return { findings: out, status: out.some((f) => LOCK_KINDS.has(f.kind)) ? "unlocked" : "ok" };
 }
 
 async function checkBackup(
   row: BackupRow,
   tc: TargetConfig,
-  reader: ObjectStore,
+  target: Target,
   catalog: Catalog,
   log: Logger,
+  now: Date,
   signal: AbortSignal | undefined,
 ): Promise<Finding[]> {
+  const reader = target.reader;
   const sseKey = catalog.backupKey(row.id) as Buffer;
   const opts = { ...RETRY, ...(signal ? { signal } : {}) };
   const seen: Observed = {};
@@ -463,10 +534,37 @@ async function checkBackup(
       message: describeError(err),
     };
   }
-  const { findings, status } = judgeBackup(row, seen, tc);
+  const judged = judgeBackup(row, seen, tc);
+  let { findings, status } = judged;
+  if (status === "unlocked" && configuredEnd(row, tc) > now.getTime()) {
+    // Lock it for its configured period now (extend-only), and say so in each finding.
+    const wanted = requiredLock(row, tc);
+    const lock = await lockAtLeast(target, row.key, row.versionId, wanted, {
+      now,
+      slackMs: LOCK_SLACK_MS,
+      before: seen.retention,
+      ...(signal ? { signal } : {}),
+    });
+    if (lock.changed && lock.after) {
+      catalog.recordLockExtension({
+        backupId: row.id,
+        from: seen.retention?.retainUntil ?? null,
+        to: lock.after.retainUntil,
+        mode: lock.after.mode,
+        at: now,
+      });
+    }
+    const outcome = lock.problem
+      ? `; locking it for its configured period failed: ${lock.problem}`
+      : `; verify locked it ${lock.after?.mode} until ${lock.after?.retainUntil.toISOString()}`;
+    if (!lock.problem) status = "ok";
+    findings = findings.map((f) =>
+      LOCK_KINDS.has(f.kind) ? { ...f, message: f.message + outcome } : f,
+    );
+  }
   if (status !== undefined && status !== row.status) {
     catalog.setBackupStatus(row.id, status);
-    if (status === "ok") {
+    if (status === "ok" && row.status === "missing") {
       log.warn(
         { job: row.job, key: row.key, versionId: row.versionId },
         "a backup recorded as missing is readable again",
@@ -588,6 +686,50 @@ async function deepCheck(
   }
 }
 
+/**
+ * Warnings for checked backups whose key's latest version is a delete marker:
+ * Object Lock does not stop anyone with write access from adding one, so it
+ * hides the backup from tools that look at "latest", while the pinned version
+ * stays locked and restorable. One listing per target (under its prefix), with
+ * the reader; a listing that fails is a note.
+ */
+async function hiddenBackups(
+  rows: readonly BackupRow[],
+  config: Config,
+  targets: Readonly<Record<string, Target>>,
+  notes: string[],
+): Promise<Finding[]> {
+  const out: Finding[] = [];
+  for (const name of new Set(rows.map((r) => r.target))) {
+    const tc = config.targets[name] as TargetConfig;
+    const target = targets[name] as Target;
+    let hidden: Set<string>;
+    try {
+      const versions = await retry(() => target.reader.listVersions(tc.prefix), RETRY_BUCKET);
+      hidden = new Set(versions.filter((v) => v.deleteMarker && v.isLatest).map((v) => v.key));
+    } catch (err) {
+      notes.push(
+        `delete markers in bucket ${tc.bucket} (target ${name}) were not checked: listing its versions failed: ${describeError(err)}`,
+      );
+      continue;
+    }
+    for (const r of rows) {
+      if (r.target !== name || !hidden.has(r.key)) continue;
+      out.push({
+        kind: "delete-marker",
+        target: name,
+        bucket: r.bucket,
+        job: r.job,
+        key: r.key,
+        versionId: r.versionId,
+        backupId: r.id,
+        message: `job ${r.job}: s3://${r.bucket}/${r.key} has a delete marker on top: someone with write access (the writer credential, or a lifecycle rule) hid its latest version; version ${r.versionId} is still there and restorable by its version ID`,
+      });
+    }
+  }
+  return out;
+}
+
 function sink(): Writable {
   return new Writable({
     write(_chunk, _enc, cb) {
@@ -687,48 +829,24 @@ async function extendOne(
       message: `newest backup already locked until ${from}, at least ${tc.retention.days} days ahead`,
     };
   }
-  // Keep the version's mode: servers refuse to change it (GOVERNANCE to COMPLIANCE needs the bypass permission).
+  // Keep the version's mode here: a weak mode is judgeBackup's finding, and its
+  // repair (checkBackup) is where the raise to COMPLIANCE is tried.
   const mode = current?.mode ?? tc.retention.mode;
-  const setters = [target.writer, ...(target.admin ? [target.admin] : [])];
-  let lastError: unknown;
-  for (const s of setters) {
-    try {
-      await retry(() => s.extendRetention(row.key, row.versionId, { mode, retainUntil: wanted }), {
-        ...opts,
-        lagAttempts: 3,
-      });
-      lastError = undefined;
-      break;
-    } catch (err) {
-      lastError = err;
-      if (!(err instanceof StorageError && err.status === 403)) break;
-    }
-  }
-  if (lastError !== undefined) {
-    return {
-      ...base,
-      action: "failed",
-      from,
-      to: null,
-      message: `cannot extend the retention of ${what} from ${from ?? "none"} to ${wanted.toISOString()}: ${describeError(lastError)}`,
-    };
-  }
-  // Read back: some providers show a new retention only after a moment.
-  let after: Retention | undefined;
-  for (let i = 0; i < 4; i++) {
-    after = await retry(() => target.reader.retention(row.key, row.versionId), opts).catch(
-      () => undefined,
-    );
-    if (after && after.retainUntil.getTime() >= wanted.getTime() - TOLERANCE_MS) break;
-    await new Promise((r) => setTimeout(r, 250 * 2 ** i));
-  }
-  if (!after || after.retainUntil.getTime() < wanted.getTime() - TOLERANCE_MS) {
+  const lock = await lockAtLeast(
+    target,
+    row.key,
+    row.versionId,
+    { mode, retainUntil: wanted },
+    { now, before: current, ...(signal ? { signal } : {}) },
+  );
+  const after = lock.after;
+  if (lock.problem || !after) {
     return {
       ...base,
       action: "failed",
       from,
       to: after?.retainUntil.toISOString() ?? null,
-      message: `the server accepted extending ${what} to ${wanted.toISOString()} but reports ${after?.retainUntil.toISOString() ?? "no retention"}`,
+      message: `cannot extend the retention of ${what} from ${from ?? "none"} to ${wanted.toISOString()}: ${lock.problem ?? "it has no retention"}`,
     };
   }
   catalog.recordLockExtension({

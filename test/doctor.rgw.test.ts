@@ -14,7 +14,7 @@ import {
 import type { DoctorReport } from "../src/doctor.js";
 import { writeConfig } from "./support/assurance.js";
 import { runCli } from "./support/cli.js";
-import { denySubusersLockConfig } from "./support/rgw-admin.js";
+import { applyReadmePolicy } from "./support/rgw-admin.js";
 import { client, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
 
 describe("immutd doctor (CLI, Ceph RGW)", () => {
@@ -31,7 +31,7 @@ describe("immutd doctor (CLI, Ceph RGW)", () => {
     const bucket = uniqueBucket("doc");
     const init = await runCli(["--config", writeConfig(env, { bucket, prefix }).file, "init"]);
     assert.equal(init.code, 0, init.stderr + init.stdout);
-    if (policy) await denySubusersLockConfig(env, bucket);
+    if (policy) await applyReadmePolicy(env, bucket);
     return bucket;
   }
   async function doctor(cfgFile: string) {
@@ -48,7 +48,7 @@ describe("immutd doctor (CLI, Ceph RGW)", () => {
     assert.equal(r.code, 0, r.stderr + r.stdout);
     const notOk = report.checks.filter((c) => c.status !== "OK");
     assert.deepEqual(notOk, [], JSON.stringify(notOk, null, 1));
-    assert.equal(report.checks.length, 18);
+    assert.equal(report.checks.length, 19);
     for (const secret of cfg.secrets) {
       assert.ok(
         !r.stdout.includes(secret) && !r.stderr.includes(secret),
@@ -61,6 +61,7 @@ describe("immutd doctor (CLI, Ceph RGW)", () => {
       (versions.Versions ?? []).map((v) => [v.Key, v.VersionId]),
       [[report.canary?.key, report.canary?.versionId]],
     );
+    assert.deepEqual(versions.DeleteMarkers ?? [], [], "the policy kept the writer from hiding it");
     assert.match(
       report.canary?.key ?? "",
       /^srv\/assure\/\.immutd-doctor\/canary-\d{8}T\d{6}Z-[0-9a-f]{8}$/,
@@ -83,14 +84,22 @@ describe("immutd doctor (CLI, Ceph RGW)", () => {
       text.stdout,
       /^ {2}OK {4}delete \(writer\) +cannot delete a locked version \(forbidden by Object Lock\)$/m,
     );
-    assert.match(text.stdout, /18 OK, 0 WARN, 0 FAIL/);
+    assert.match(text.stdout, /19 OK, 0 WARN, 0 FAIL/);
   });
 
-  it("warns that Ceph subusers may change the bucket's Object Lock configuration without the bucket policy", async () => {
-    const { r, status } = await doctor(writeConfig(env, { bucket: await bucketFor(false) }).file);
+  it("warns that Ceph subusers may change the bucket's Object Lock configuration and put delete markers without the bucket policy", async () => {
+    const bucket = await bucketFor(false);
+    const { r, report, status } = await doctor(writeConfig(env, { bucket }).file);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(status("lock config (writer)"), "WARN");
     assert.equal(status("lock config (reader)"), "WARN");
+    // The write subuser may put delete markers: doctor says so, and left one on its canary.
+    assert.equal(status("delete marker (writer)"), "WARN");
+    const versions = await main.send(new ListObjectVersionsCommand({ Bucket: bucket }));
+    assert.deepEqual(
+      (versions.DeleteMarkers ?? []).map((m) => [m.Key, m.IsLatest]),
+      [[report.canary?.key, true]],
+    );
   });
 
   it("warns when the writer credential is the main user", async () => {

@@ -26,8 +26,10 @@ async function doctor(
   const bucket = new MemoryBucket(`d${n++}`, { exists: false });
   const tc = targetConfig({ name: "mem", bucket: bucket.name, prefix: "p/", ...over });
   await runInit({ target: bucket.target("mem", "p/"), targetConfig: tc, log });
+  // README's bucket policy for Ceph subusers.
   bucket.denyLockConfig.add("writer");
   bucket.denyLockConfig.add("reader");
+  bucket.denyDelete.add("writer");
   const base = bucket.target("mem", "p/");
   const target = setup(bucket, base) ?? base;
   const config = fullConfig({
@@ -69,6 +71,7 @@ describe("runDoctor (memory store)", () => {
         "delete (reader)",
         "delete (writer)",
         "delete (admin)",
+        "delete marker (writer)",
       ],
     );
     assert.equal(bucket.versions.length, 1, "only the canary");
@@ -102,6 +105,36 @@ describe("runDoctor (memory store)", () => {
       bucket.defaultRetention,
       { mode: "COMPLIANCE", days: 1 },
       "written back unchanged",
+    );
+  });
+
+  it("warns when the writer may put delete markers, and leaves one on the canary only then", async () => {
+    const { status, report, bucket } = await doctor((b) => {
+      b.denyDelete.clear();
+      return undefined;
+    });
+    assert.equal(status("delete marker (writer)"), "WARN");
+    assert.match(
+      report.checks.find((c) => c.name === "delete marker (writer)")?.message ?? "",
+      /hide the latest version of backups; they stay locked and restorable by version ID, and verify warns/,
+    );
+    const canary = report.canary?.key;
+    assert.deepEqual(
+      bucket.versions.filter((v) => v.key === canary).map((v) => v.deleteMarker),
+      [false, true],
+      "the canary, then the marker on top",
+    );
+  });
+
+  it("fails when the writer cannot set a version's lock: every backup may need it", async () => {
+    const { status, report } = await doctor((b) => {
+      b.refuseRetention = new Set(["writer", "admin"]);
+      return undefined;
+    });
+    assert.equal(status("lock extension"), "FAIL");
+    assert.match(
+      report.checks.find((c) => c.name === "lock extension")?.message ?? "",
+      /cannot set a version's lock .*would fail and stay unlocked/,
     );
   });
 

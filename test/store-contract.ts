@@ -25,6 +25,8 @@ export interface Harness {
   missingTarget(): Promise<Target>;
   /** The bucket policy README recommends: the writer and reader may not change the Object Lock configuration. */
   denyLockConfig(t: Target): Promise<void>;
+  /** The bucket's default retention removed (Object Lock stays on), as the main user can. */
+  removeDefaultRetention(t: Target): Promise<void>;
 }
 
 const DAY = 86_400_000;
@@ -287,6 +289,56 @@ export function storeContract(name: string, h: Harness): void {
         mode: "COMPLIANCE",
         retainUntil: later,
       });
+    });
+
+    it("a version uploaded without a default retention reads as unlocked, and the writer can lock it", async () => {
+      const t = await h.lockedTarget();
+      const admin = t.admin as NonNullable<Target["admin"]>;
+      // Ceph RGW 16 answers ObjectLockConfigurationNotFoundError here, AWS NoSuchObjectLockConfiguration.
+      await h.removeDefaultRetention(t);
+      const { versionId } = await t.writer.upload({
+        key: "u.tar",
+        body: Readable.from([data(100)]),
+        sseKey: randomBytes(32),
+      });
+      assert.equal(await t.reader.retention("u.tar", versionId), undefined);
+      const until = new Date(Date.now() + DAY);
+      await t.writer.extendRetention("u.tar", versionId, {
+        mode: "COMPLIANCE",
+        retainUntil: until,
+      });
+      assert.deepEqual(await admin.retention("u.tar", versionId), {
+        mode: "COMPLIANCE",
+        retainUntil: until,
+      });
+    });
+
+    it("a GOVERNANCE version becomes COMPLIANCE only with upgradeGovernance, never shorter", async () => {
+      const t = await h.lockedTarget();
+      const admin = t.admin as NonNullable<Target["admin"]>;
+      await admin.putDefaultRetention({ mode: "GOVERNANCE", days: 1 });
+      const { versionId } = await t.writer.upload({
+        key: "g.tar",
+        body: Readable.from([data(100)]),
+        sseKey: randomBytes(32),
+      });
+      const before = await t.reader.retention("g.tar", versionId);
+      assert.equal(before?.mode, "GOVERNANCE");
+      const later = new Date((before?.retainUntil.getTime() ?? 0) + DAY);
+      const compliance = { mode: "COMPLIANCE" as const, retainUntil: later };
+      await assert.rejects(t.writer.extendRetention("g.tar", versionId, compliance), refused(403));
+      await t.writer.extendRetention("g.tar", versionId, compliance, { upgradeGovernance: true });
+      assert.deepEqual(await t.reader.retention("g.tar", versionId), compliance);
+      // Now COMPLIANCE: the flag does not help to shorten it.
+      await assert.rejects(
+        t.writer.extendRetention(
+          "g.tar",
+          versionId,
+          { mode: "COMPLIANCE", retainUntil: before?.retainUntil as Date },
+          { upgradeGovernance: true },
+        ),
+        refused(403),
+      );
     });
 
     it("doctor's canary: locked shorter than the default, readable by the reader only, deletable by nobody", async () => {

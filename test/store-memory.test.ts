@@ -31,4 +31,7 @@ storeContract("memory", {
     b.denyLockConfig.add("writer");
     b.denyLockConfig.add("reader");
   },
+  async removeDefaultRetention(t) {
+    (buckets.get(t.bucket) as MemoryBucket).defaultRetention = undefined;
+  },
 });

@@ -1,7 +1,8 @@
 import { DeleteObjectCommand } from "@aws-sdk/client-s3";
 import { openTarget } from "../src/store/s3.js";
 import { storeContract } from "./store-contract.js";
-import { denySubusersLockConfig } from "./support/rgw-admin.js";
+import { setDefaultRetention } from "./support/lock-config.js";
+import { applyReadmePolicy } from "./support/rgw-admin.js";
 import { client, createLockedBucket, rgwTarget, s3env } from "./support/s3env.js";
 
 const env = s3env();
@@ -35,6 +36,9 @@ storeContract("Ceph RGW", {
     return openTarget(rgwTarget(env, `immutd-m-${Math.random().toString(16).slice(2, 10)}`));
   },
   async denyLockConfig(t) {
-    await denySubusersLockConfig(env, t.bucket);
+    await applyReadmePolicy(env, t.bucket);
+  },
+  async removeDefaultRetention(t) {
+    await setDefaultRetention(env, t.bucket, undefined);
   },
 });

@@ -19,7 +19,7 @@ import { deriveSseKey } from "../src/keys.js";
 import { createLogger } from "../src/log.js";
 import { openTarget } from "../src/store/s3.js";
 import { extendLatestLocks } from "../src/verify.js";
-import { type TestConfig, writeConfig } from "./support/assurance.js";
+import { listBackups, type TestConfig, writeConfig } from "./support/assurance.js";
 import { logRecords, runCli } from "./support/cli.js";
 import {
   adminRemoveVersion,
@@ -61,11 +61,7 @@ describe("immutd verify (CLI, Ceph RGW)", () => {
     }
     return { bucket, cfg, rows: await list(cfg) };
   }
-  async function list(cfg: TestConfig): Promise<Row[]> {
-    const r = await runCli(["--config", cfg.file, "list", "--json"]);
-    assert.equal(r.code, 0, r.stderr);
-    return JSON.parse(r.stdout) as Row[];
-  }
+  const list = (cfg: TestConfig) => listBackups<Row>(cfg);
   const verify = (cfg: TestConfig, ...args: string[]) =>
     runCli(["--config", cfg.file, "verify", ...args]);
 

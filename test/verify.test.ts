@@ -126,7 +126,7 @@ describe("runVerify (memory store)", () => {
     assert.match(r.notes.join("\n"), /lifecycle rules of bucket .* were not checked/);
   });
 
-  it("reports size, mode and shortened retention drift", async () => {
+  it("reports size, mode and shortened retention drift, and locks the weakened versions again", async () => {
     const s = await setup(3, {}, false);
     const rows = s.catalog.listBackups();
     const version = (i: number) => {
@@ -142,7 +142,20 @@ describe("runVerify (memory store)", () => {
       ["size-mismatch", rows[0]?.versionId],
       ["mode-weak", rows[1]?.versionId],
       ["retention-shortened", rows[2]?.versionId],
+      ["retention-short", rows[2]?.versionId],
     ]);
+    // verify locked both for their configured period: only the size is left to report.
+    assert.deepEqual(version(1).retention.mode, "COMPLIANCE");
+    assert.equal(
+      version(2).retention.retainUntil.getTime(),
+      Date.parse(rows[2]?.createdAt ?? "") + 7 * DAY,
+    );
+    const again = (await s.verify()).findings.map((f) => [f.kind, f.versionId]);
+    assert.deepEqual(again, [["size-mismatch", rows[0]?.versionId]]);
+    assert.deepEqual(
+      s.catalog.listBackups().map((r) => r.status),
+      ["ok", "ok", "ok"],
+    );
   });
 
   it("deep: a changed byte is a checksum mismatch and marks the backup corrupt", async () => {

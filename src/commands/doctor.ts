@@ -17,10 +17,17 @@ one line per check, OK, WARN or FAIL, with what to do:
   canary lock         the canary is locked in COMPLIANCE mode
   reader read         the reader can read it back; writer read: the writer cannot
   reader write        the reader cannot write
-  lock extension      the writer can extend a lock (keepLatestLocked)
+  lock extension      the writer can set and extend a version's lock (each
+                      backup sets its own when the bucket default gives less
+                      than configured; keepLatestLocked extends)
   lock config         the writer and reader cannot change the bucket's default
                       retention (written back unchanged to find out)
   delete (role)       no credential can delete the locked canary
+  delete marker (writer)
+                      whether the writer can put a delete marker on a key
+                      (Object Lock allows it): WARN if it can, since a stolen
+                      key could hide backups' latest versions (they stay locked
+                      and restorable; verify warns about such markers)
 
 The canary is a tiny SSE-C object <prefix><host>/.immutd-doctor/canary-<time>-<hex>,
 locked in COMPLIANCE mode for 1 day (the shortest), that stays until then;
@@ -28,7 +35,9 @@ restore and verify ignore it. It is the one object immutd writes that is not
 a backup. Only where the server fails a check can one more appear: an upload
 with a wrong checksum that it accepted (…-checksum), or one the reader was
 allowed to make (…-reader). The lock config check writes the bucket's current
-default retention back unchanged.
+default retention back unchanged. Where the writer may put a delete marker, one
+is left on the canary, which lets immutd's lifecycle rule remove the canary
+once its lock has passed; otherwise it stays, like a backup.
 
 Exit codes: 0 no FAIL (WARNs allowed), 4 any FAIL, 2 unknown target, 78
 configuration error.

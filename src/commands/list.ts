@@ -4,8 +4,17 @@ import { formatBytes, formatTable } from "../progress.js";
 import type { Context } from "./context.js";
 
 export const listHelp = `
-Lists the backups recorded in the catalog, oldest first. Key material is
-never shown. --json prints an array of objects with the fields
+Lists the backups recorded in the catalog, oldest first, with the lock the
+server last reported (LOCKED UNTIL, mode) and the status:
+  ok          stored, size checked, locked as configured
+  unlocked    the version exists but is not locked as configured (its lock
+              could not be set or read back, or verify found it short or
+              weak); verify reports it and locks it when the server lets it
+  corrupt     the stored bytes are not what was sent
+  missing     the version is gone
+  expired     its lock has ended
+  unverified  found by crash recovery; verify --deep settles it
+Key material is never shown. --json prints an array of objects with the fields
 id, job, target, bucket, key, versionId, size, sha256, compression,
 createdAt, retainUntil, retentionMode, status, files, runId.
 `;

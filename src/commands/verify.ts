@@ -12,16 +12,26 @@ credentials:
     the configured mode and days, no lifecycle rule that expires current
     versions inside the retention (read with the reader, else admin; Ceph RGW
     subusers cannot read lifecycle rules, which is then noted, not a finding)
-  - every backup whose retain-until is in the future: its recorded version
-    still exists, has the recorded size, opens with its SSE-C key, is locked in
-    COMPLIANCE mode (or what was recorded/configured, if stricter), and its
-    retain-until is not earlier than recorded (verify.concurrency at a time)
+  - every backup whose retain-until is in the future or whose configured
+    period (created + retention days) has not ended, whatever newer backups
+    exist: its recorded version still exists, has the recorded size, opens
+    with its SSE-C key, is locked in COMPLIANCE mode (or what was
+    recorded/configured, if stricter), and its retain-until is not earlier
+    than recorded nor than its configured period (verify.concurrency at a time)
   - --deep: also downloads the newest backup of each job (verify.deep.sample
     of them, default 1), checks its SHA-256 against the catalog and that the
     archive reads to its end
 Backups past their retain-until are marked expired. A missing version is
 marked missing (and reported on every run until its retain-until passes); a
-deep-check mismatch marks the backup corrupt.
+deep-check mismatch marks the backup corrupt. A backup not locked as
+configured (not-locked, mode-weak, retention-short) is marked unlocked and
+locked for its configured period with the writer (PutObjectRetention, extend
+only); the finding says whether that worked, and the backup is ok again once
+it did.
+
+A delete marker on top of a backup's key is a WARNING, not a finding (exit
+code unchanged): someone with write access hid the latest version; the
+recorded version is still locked and restorable by its version ID.
 
 With keepLatestLocked (the default), each job's newest good backup is then
 kept locked at least the retention period ahead of now: when it is less, it
@@ -32,7 +42,7 @@ out while immutd was stopped is locked again if it still exists. Each
 extension is recorded in the catalog.
 
 Each finding is one line naming the job, object key, version and what is
-wrong; --json prints the whole report (findings, notes, extensions).
+wrong; --json prints the whole report (findings, warnings, notes, extensions).
 
 Exit codes: 0 no findings, 4 any finding, 2 unknown job, 78 configuration
 error. Ctrl-C cancels.
@@ -83,6 +93,11 @@ function render(r: VerifyReport): string {
     const where = f.key ? `${f.job ?? "-"}  ${f.key}  ${f.versionId ?? "-"}` : `target ${f.target}`;
     lines.push(`FINDING  ${f.kind}  ${where}\n  ${f.message}`);
   }
+  for (const w of r.warnings) {
+    lines.push(
+      `WARNING  ${w.kind}  ${w.job ?? "-"}  ${w.key ?? "-"}  ${w.versionId ?? "-"}\n  ${w.message}`,
+    );
+  }
   for (const n of r.notes) lines.push(`NOTE  ${n}`);
   for (const e of r.extensions.filter((x) => x.action === "extended")) {
     lines.push(`LOCK  ${e.job}  ${e.key}: ${e.message}`);
@@ -96,6 +111,7 @@ function render(r: VerifyReport): string {
     `${r.checked} backup(s) checked`,
     `${r.targets.length} bucket(s)`,
     ...(r.expired ? [`${r.expired} marked expired`] : []),
+    ...(r.warnings.length ? [`${r.warnings.length} warning(s)`] : []),
     ...(r.deep ? [`${r.deepChecked.length} downloaded`] : []),
     ...(r.extensions.length
       ? [`${r.extensions.filter((e) => e.action === "extended").length} lock(s) extended`]

@@ -92,6 +92,12 @@ export class MemoryBucket {
   lifecycle: LifecycleRule[] = [];
   /** Roles a bucket policy denies PutObjectLockConfiguration (Ceph lets subusers do it otherwise). */
   denyLockConfig = new Set<Role>();
+  /** Roles a bucket policy denies s3:DeleteObject (README's policy for Ceph subusers): no delete markers. */
+  denyDelete = new Set<Role>();
+  /** Roles refused PutObjectRetention (a provider or policy that does not allow it). */
+  refuseRetention = new Set<Role>();
+  /** PutObjectRetention calls answered AccessDenied before one is taken, as some providers do right after an upload. */
+  retentionLag = 0;
   /** Accept wrong checksums, like a server that does not verify them. */
   ignoresChecksums = false;
   readonly versions: StoredVersion[] = [];
@@ -357,13 +363,28 @@ export class MemoryStore implements ObjectStore {
     });
   }
 
-  async extendRetention(key: string, versionId: string, r: Retention): Promise<void> {
+  async extendRetention(
+    key: string,
+    versionId: string,
+    r: Retention,
+    opts: { upgradeGovernance?: boolean } = {},
+  ): Promise<void> {
     this.#allow("extendRetention", key);
+    if (this.#b.retentionLag > 0 || this.#b.refuseRetention.has(this.#role)) {
+      if (this.#b.retentionLag > 0) this.#b.retentionLag--;
+      throw new StorageError(
+        `cannot extend the retention of s3://${this.bucket}/${key}: AccessDenied, HTTP 403`,
+        { transient: false, status: 403 },
+      );
+    }
     const v = this.#find(key, versionId, undefined);
     const cur = v.retention;
     const now = this.#b.now();
     if (cur && cur.retainUntil > now) {
-      if (cur.mode !== r.mode || r.retainUntil < cur.retainUntil) {
+      // As Ceph RGW 16: a GOVERNANCE retention changes only with the bypass (the write subuser has it).
+      const upgrade =
+        opts.upgradeGovernance === true && cur.mode === "GOVERNANCE" && r.mode === "COMPLIANCE";
+      if ((cur.mode !== r.mode && !upgrade) || r.retainUntil < cur.retainUntil) {
         throw new StorageError(
           `cannot extend the retention of s3://${this.bucket}/${key}: AccessDenied (would shorten or change the mode of a ${cur.mode} retention), HTTP 403`,
           { transient: false, status: 403 },
@@ -415,6 +436,11 @@ export class MemoryStore implements ObjectStore {
     this.#b.deleteVersion(key, versionId);
   }
 
+  async hideCanary(key: string): Promise<void> {
+    assertCanaryKey(key);
+    this.putDeleteMarker(key);
+  }
+
   async probeEndpoint(): Promise<EndpointProbe> {
     const local = new Date();
     // An HTTP Date header has whole seconds.
@@ -433,6 +459,12 @@ export class MemoryStore implements ObjectStore {
   /** A delete marker on top of key (what an attacker with write access can add). */
   putDeleteMarker(key: string): void {
     this.#allow("deleteMarker", key);
+    if (this.#b.denyDelete.has(this.#role)) {
+      throw new StorageError(`cannot delete s3://${this.bucket}/${key}: AccessDenied, HTTP 403`, {
+        transient: false,
+        status: 403,
+      });
+    }
     this.#b.versions.push({
       key,
       versionId: randomBytes(12).toString("hex"),

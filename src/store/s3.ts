@@ -216,7 +216,14 @@ export class S3Store implements ObjectStore {
       if (!r?.Mode || !r.RetainUntilDate) return undefined;
       return { mode: r.Mode as RetentionMode, retainUntil: new Date(r.RetainUntilDate) };
     } catch (err) {
-      if (errorName(err) === "NoSuchObjectLockConfiguration") return undefined;
+      // AWS names a version without retention NoSuchObjectLockConfiguration; Ceph RGW 16
+      // ObjectLockConfigurationNotFoundError (404 both): no retention, not a missing version.
+      const name = errorName(err);
+      if (
+        name === "NoSuchObjectLockConfiguration" ||
+        name === "ObjectLockConfigurationNotFoundError"
+      )
+        return undefined;
       throw this.#wrap(err, "read the retention of", key);
     }
   }
@@ -390,7 +397,14 @@ export class S3Store implements ObjectStore {
     );
   }
 
-  async extendRetention(key: string, versionId: string, r: Retention): Promise<void> {
+  async extendRetention(
+    key: string,
+    versionId: string,
+    r: Retention,
+    opts: { upgradeGovernance?: boolean } = {},
+  ): Promise<void> {
+    // The bypass only where the contract allows it: to COMPLIANCE, never to shorten.
+    const bypass = opts.upgradeGovernance === true && r.mode === "COMPLIANCE";
     await this.#call("extend the retention of", key, () =>
       this.client.send(
         new PutObjectRetentionCommand({
@@ -398,6 +412,7 @@ export class S3Store implements ObjectStore {
           Key: key,
           VersionId: versionId,
           Retention: { Mode: r.mode, RetainUntilDate: r.retainUntil },
+          ...(bypass ? { BypassGovernanceRetention: true } : {}),
         }),
       ),
     );
@@ -441,6 +456,13 @@ export class S3Store implements ObjectStore {
           BypassGovernanceRetention: true,
         }),
       ),
+    );
+  }
+
+  async hideCanary(key: string): Promise<void> {
+    assertCanaryKey(key);
+    await this.#call("put a delete marker on", key, () =>
+      this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })),
     );
   }
 

@@ -10,8 +10,9 @@
  * never trusted (a delete marker or a newer version can be written by an
  * attacker). The one write that is not a backup is `immutd doctor`'s canary: a
  * tiny object under a `.immutd-doctor/` folder, locked for one day, whose
- * deletion doctor attempts to prove that the lock holds. The canary methods
- * refuse every other key (assertCanaryKey).
+ * deletion doctor attempts to prove that the lock holds, and on which it tries
+ * to put a delete marker. The canary methods refuse every other key
+ * (assertCanaryKey).
  */
 import type { Readable } from "node:stream";
 import type { RetentionMode } from "../config.js";
@@ -164,13 +165,30 @@ export interface ObjectStore {
   /**
    * Sets a version's retention (PutObjectRetention). Only ever used to extend:
    * the server refuses to shorten a COMPLIANCE retention or to change its mode,
-   * and so does the fake.
+   * and so does the fake. A version without retention (or whose retention has
+   * passed) can be given any. `upgradeGovernance` raises a GOVERNANCE version to
+   * COMPLIANCE: servers take any change of a GOVERNANCE retention only with
+   * BypassGovernanceRetention, which this sends; the caller must ask for
+   * COMPLIANCE and a retain-until no earlier than the current one, so the bypass
+   * can only make the lock stricter. A credential without the bypass permission
+   * is refused (403), as for any change it may not make.
    */
-  extendRetention(key: string, versionId: string, r: Retention): Promise<void>;
+  extendRetention(
+    key: string,
+    versionId: string,
+    r: Retention,
+    opts?: { upgradeGovernance?: boolean },
+  ): Promise<void>;
   /** Writes doctor's canary (one small PutObject with a checksum). Refuses any key that is not a canary key. */
   putCanary(req: CanaryRequest): Promise<{ versionId: string }>;
   /** Attempts to delete one version of a canary (with BypassGovernanceRetention); resolves if it was deleted, rejects if refused. Refuses any key that is not a canary key. */
   deleteCanary(key: string, versionId: string): Promise<void>;
+  /**
+   * Puts a delete marker on a canary (DeleteObject without a version ID), as
+   * anyone with write access can on any key: Object Lock does not stop it.
+   * Resolves if the marker was written. Refuses any key that is not a canary key.
+   */
+  hideCanary(key: string): Promise<void>;
   /** An anonymous GET of the endpoint: reachability, TLS and the server's clock. */
   probeEndpoint(): Promise<EndpointProbe>;
 }

@@ -3,10 +3,13 @@
  * with the credentials each test chooses (the tutorial's subusers, or the main
  * user in a role it should not have).
  */
+
+import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { runCli } from "./cli.js";
 import { type Cred, credYaml, type S3Env, targetYaml } from "./s3env.js";
 
 export interface TestConfig {
@@ -27,6 +30,8 @@ export function writeConfig(
     admin?: Cred | null;
     keepLatestLocked?: boolean;
     prefix?: string;
+    /** More keys of the job, one YAML line each at the job's indentation. */
+    job?: string[];
   },
 ): TestConfig {
   const dir = mkdtempSync(join(tmpdir(), "immutd-assure-"));
@@ -60,7 +65,7 @@ ${targetYaml(env, {
     target: local
     schedule: "0 3 * * *"
     paths: [${data}]
-`,
+${(o.job ?? []).map((l) => `    ${l}\n`).join("")}`,
     { mode: 0o600 },
   );
   return {
@@ -74,4 +79,11 @@ ${targetYaml(env, {
       ...(admin ? [admin.secretAccessKey] : []),
     ],
   };
+}
+
+/** `immutd list --json` of the config's catalog (it must exit 0). */
+export async function listBackups<T>(cfg: TestConfig): Promise<T[]> {
+  const r = await runCli(["--config", cfg.file, "list", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as T[];
 }
