@@ -58,7 +58,9 @@ export type FindingKind =
   /** The check itself failed (network, permissions): nothing is known about the backup. */
   | "check-failed"
   /** keepLatestLocked could not extend the newest backup's retention. */
-  | "lock-extension-failed";
+  | "lock-extension-failed"
+  /** Recorded by crash recovery with its SHA-256 unknown: only --deep settles it. */
+  | "unverified";
 
 export interface Finding {
   kind: FindingKind;
@@ -186,7 +188,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   const reachable = (r: BackupRow) =>
     config.targets[r.target]?.bucket === r.bucket && deps.targets[r.target] !== undefined;
   const live = (r: BackupRow) =>
-    (r.status === "ok" || r.status === "missing") &&
+    (r.status === "ok" || r.status === "missing" || r.status === "unverified") &&
     (r.retainUntil === null || Date.parse(r.retainUntil) > at.getTime());
   const due = rows.filter((r) => live(r) && reachable(r));
   const elsewhere = new Set(
@@ -201,10 +203,32 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     const tc = config.targets[row.target] as TargetConfig;
     const target = deps.targets[row.target] as Target;
     for (const f of await checkBackup(row, tc, target.reader, catalog, log, deps.signal)) report(f);
+    // A deep run settles it below; otherwise it stays a finding until one does.
+    if (row.status === "unverified" && !deps.deep) {
+      report({
+        kind: "unverified",
+        target: tc.name,
+        bucket: row.bucket,
+        job: row.job,
+        key: row.key,
+        versionId: row.versionId,
+        backupId: row.id,
+        message: `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId} was found by crash recovery and its SHA-256 is unknown; run immutd verify --deep --job ${row.job} to settle it`,
+      });
+    }
   });
 
   const deepChecked: DeepResult[] = [];
   if (deps.deep) {
+    // Every backup crash recovery found is downloaded, whatever the sample.
+    for (const row of rows.filter((r) => r.status === "unverified" && reachable(r))) {
+      const target = deps.targets[row.target];
+      if (!target) continue;
+      deps.signal?.throwIfAborted();
+      const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
+      deepChecked.push(result);
+      if (finding) report(finding);
+    }
     const sample = deps.sample ?? config.verify.deep?.sample ?? 1;
     for (const job of jobs) {
       const good = catalog
@@ -216,7 +240,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
       }
       for (const row of good.slice(-sample).reverse()) {
         const target = deps.targets[row.target];
-        if (!target) continue;
+        if (!target || deepChecked.some((d) => d.backupId === row.id)) continue;
         deps.signal?.throwIfAborted();
         const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
         deepChecked.push(result);
@@ -464,7 +488,8 @@ async function checkBackup(
     };
   }
   const { findings, status } = judgeBackup(row, seen, tc);
-  if (status !== undefined && status !== row.status) {
+  // An unverified backup's status is settled by the deep check alone.
+  if (status !== undefined && status !== row.status && row.status !== "unverified") {
     catalog.setBackupStatus(row.id, status);
     if (status === "ok") {
       log.warn(
@@ -528,14 +553,19 @@ async function deepCheck(
     entries,
     durationMs: Date.now() - started,
   });
+  // An unverified backup (sha256 null) can only be held to its size, its key and a readable archive.
   const mismatch = (bytes: number, sha256: string): Finding | undefined =>
-    bytes !== row.size || sha256 !== row.sha256
+    bytes !== row.size || (row.sha256 !== null && sha256 !== row.sha256)
       ? {
           ...base,
           kind: "checksum-mismatch",
           message: `${what}: downloaded ${bytes} bytes with SHA-256 ${sha256}, the catalog recorded ${row.size} bytes with ${row.sha256}; marked corrupt`,
         }
       : undefined;
+  if (row.sha256 === null) {
+    const refused = await foreignVersion(row, reader, catalog, signal);
+    if (refused) return { result: result(false, 0), finding: { ...base, ...refused } };
+  }
   try {
     const s = await restore(
       reader,
@@ -547,6 +577,14 @@ async function deepCheck(
     if (bad) {
       catalog.setBackupStatus(row.id, "corrupt");
       return { result: result(false, s.bytes), finding: bad };
+    }
+    if (row.sha256 === null) {
+      catalog.settleUnverified(row.id, s.sha256);
+      log.warn(
+        { job: row.job, key: row.key, versionId: row.versionId, bytes: s.bytes, sha256: s.sha256 },
+        "a backup found by crash recovery decrypts, has its size and reads to the end: recorded its SHA-256, now ok",
+      );
+      return { result: result(true, s.bytes) };
     }
     log.info(
       { job: row.job, key: row.key, versionId: row.versionId, bytes: s.bytes, entries },
@@ -586,6 +624,42 @@ async function deepCheck(
       };
     }
   }
+}
+
+/**
+ * For a backup crash recovery found: a version that does not open with the key
+ * immutd derives for its key, or is not SSE-C encrypted at all (Ceph RGW then
+ * serves it in plain), was not written by immutd: marked corrupt. undefined if
+ * it is encrypted with that key, or if the check itself failed (it stays unverified).
+ */
+async function foreignVersion(
+  row: BackupRow,
+  reader: ObjectStore,
+  catalog: Catalog,
+  signal: AbortSignal | undefined,
+): Promise<{ kind: FindingKind; message: string } | undefined> {
+  const what = `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId}`;
+  const sseKey = catalog.backupKey(row.id) as Buffer;
+  let encrypted: boolean;
+  try {
+    const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+    encrypted = (await retry(() => reader.head(row.key, row.versionId, sseKey), opts)).encrypted;
+  } catch (err) {
+    if (signal?.aborted) throw new CancelledError("verify cancelled");
+    if (!(err instanceof StorageError && err.status === 400)) {
+      return {
+        kind: "check-failed",
+        message: `${what}: could not be checked: ${describeError(err)}`,
+      };
+    }
+    encrypted = false;
+  }
+  if (encrypted) return undefined;
+  catalog.setBackupStatus(row.id, "corrupt");
+  return {
+    kind: "unreadable",
+    message: `${what} was found by crash recovery but is not encrypted with the key immutd derives for it: immutd did not write it; marked corrupt`,
+  };
 }
 
 function sink(): Writable {

@@ -1,7 +1,14 @@
 import { type BackupResult, runBackup } from "../backup.js";
 import type { JobConfig } from "../config.js";
-import { CancelledError, JobsFailedError, LockHeldError, UsageError } from "../errors.js";
+import {
+  CancelledError,
+  describeError,
+  JobsFailedError,
+  LockHeldError,
+  UsageError,
+} from "../errors.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
+import { reconcile } from "../recovery.js";
 import { openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
 import type { Context } from "./context.js";
@@ -45,25 +52,41 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
   process.on("SIGTERM", onSignal);
 
   const targets = new Map<string, Target>();
+  const target = (name: string): Target => {
+    let t = targets.get(name);
+    if (!t) {
+      const tc = ctx.config.targets[name];
+      if (!tc) throw new UsageError(`unknown target ${name}`);
+      t = openTarget(tc);
+      targets.set(name, t);
+    }
+    return t;
+  };
   const results: BackupResult[] = [];
   const locked: string[] = [];
   try {
+    // Without a daemon (cron), this is where a crashed run of these jobs is recovered.
+    await reconcile({
+      config: ctx.config,
+      catalog: ctx.catalog(),
+      log: ctx.log,
+      target,
+      jobs: jobs.map((j) => j.name),
+      signal: controller.signal,
+    }).catch((err: unknown) => {
+      if (!controller.signal.aborted) ctx.log.warn(`crash recovery failed: ${describeError(err)}`);
+    });
     for (const job of jobs) {
       if (controller.signal.aborted) break;
       const tc = ctx.config.targets[job.target];
       if (!tc) throw new UsageError(`job ${job.name}: unknown target ${job.target}`);
-      let target = targets.get(tc.name);
-      if (!target) {
-        target = openTarget(tc);
-        targets.set(tc.name, target);
-      }
       const progress = new ProgressLine(job.name);
       let result: BackupResult;
       try {
         result = await runBackup(job, {
           config: ctx.config,
           catalog: ctx.catalog(),
-          target,
+          target: target(tc.name),
           targetConfig: tc,
           log: ctx.log,
           signal: controller.signal,

@@ -1,5 +1,7 @@
-import { CancelledError, VerifyFindingsError } from "../errors.js";
+import { CancelledError, describeError, VerifyFindingsError } from "../errors.js";
 import { formatDuration } from "../progress.js";
+import { reconcile } from "../recovery.js";
+import type { Target } from "../store/store.js";
 import { runVerify, type VerifyReport } from "../verify.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
@@ -55,6 +57,17 @@ export async function verifyCommand(
   );
   let report: VerifyReport;
   try {
+    // Without a daemon (cron), this is where a crashed run is recovered; verify then checks what it found.
+    await reconcile({
+      config: ctx.config,
+      catalog: ctx.catalog(),
+      log: ctx.log,
+      target: (name) => open.targets[name] as Target,
+      ...(opts.job !== undefined ? { jobs: [opts.job] } : {}),
+      signal: controller.signal,
+    }).catch((err: unknown) => {
+      if (!controller.signal.aborted) ctx.log.warn(`crash recovery failed: ${describeError(err)}`);
+    });
     report = await runVerify({
       config: ctx.config,
       catalog: ctx.catalog(),
