@@ -305,25 +305,26 @@ ${jobs.replaceAll("DIR", dir)}`,
       ["--config", e.cfg],
       holdEnv([{ command: "ListMultipartUploadsCommand", when: "before", gate: daemonGate }]),
     );
+    let manual: Awaited<ReturnType<typeof heldBackup>> | undefined;
     try {
       await until("the daemon's recovery held", () =>
         d.stderr.includes(`${HOLD_MARK} ListMultipartUploadsCommand before`) ? true : undefined,
       );
-      const manual = await heldBackup(e, "race", "CreateMultipartUploadCommand", "after");
+      manual = await heldBackup(e, "race", "CreateMultipartUploadCommand", "after");
       const [live] = await e.admin.listUploads("");
       assert.ok(live, "the manual backup's upload exists");
       writeFileSync(daemonGate, "");
       await d.waitFor((r) => r.msg === "immutd daemon started", 60_000, "daemon start");
+      assert.deepEqual(
+        (await e.admin.listUploads("")).map((u) => u.uploadId),
+        [live.uploadId],
+        "the daemon did not abort the live upload",
+      );
       assert.ok(
         d.records.some(
           (r) =>
             r.uploadId === live.uploadId && /left a multipart upload alone/.test(String(r.msg)),
         ),
-      );
-      assert.deepEqual(
-        (await e.admin.listUploads("")).map((u) => u.uploadId),
-        [live.uploadId],
-        "the daemon did not abort the live upload",
       );
       manual.release();
       assert.equal(await manual.c.exited, 0, manual.c.stderr);
@@ -331,6 +332,7 @@ ${jobs.replaceAll("DIR", dir)}`,
       assert.equal((await d.exited).code, 0, d.stderr);
     } finally {
       d.child.kill("SIGKILL");
+      manual?.c.child.kill("SIGKILL"); // held for minutes otherwise, when an assertion failed
     }
     assert.deepEqual(
       backups(e).map((b) => b.status),
