@@ -26,6 +26,12 @@ exits at once.
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice.
 
+Crash recovery runs first for the named jobs (no daemon needed): a run left
+"running" by a process that died is closed as interrupted, a version it left
+at its key is recorded as "unverified" (verify --deep settles it), and the
+multipart uploads of dead runs are aborted. Uploads of runs still going in
+another process, and uploads no run in the catalog knows, are left alone.
+
 Exit codes: 0 every job succeeded, 3 at least one failed or was cancelled,
 75 a job was already running (and none failed), 2 unknown job name,
 78 configuration error.

@@ -20,7 +20,11 @@ credentials:
     retain-until is not earlier than recorded (verify.concurrency at a time)
   - --deep: also downloads the newest backup of each job (verify.deep.sample
     of them, default 1), checks its SHA-256 against the catalog and that the
-    archive reads to its end
+    archive reads to its end; and every "unverified" backup (found by crash
+    recovery, SHA-256 unknown): it must be encrypted with the key immutd
+    derives, have its recorded size and read to its end, then it is ok (its
+    SHA-256 recorded), else corrupt. Without --deep each is a finding.
+Crash recovery runs first, as in immutd backup (see there).
 Backups past their retain-until are marked expired. A missing version is
 marked missing (and reported on every run until its retain-until passes); a
 deep-check mismatch marks the backup corrupt.
