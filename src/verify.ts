@@ -18,7 +18,8 @@
  * now even if backups stop. The daemon can call extendLatestLocks on its own.
  *
  * Statuses move only as the server is observed: ok -> missing, corrupt or
- * expired; missing -> ok when the version is readable again.
+ * expired; missing -> ok when the version is readable again; unverified (found
+ * by crash recovery) -> ok or corrupt, by a deep check only.
  */
 import { Writable } from "node:stream";
 import { lifecycleProblems, lockProblems, lockTarget, stricterMode } from "./bucket-check.js";
@@ -220,8 +221,8 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
 
   const deepChecked: DeepResult[] = [];
   if (deps.deep) {
-    // Every backup crash recovery found is downloaded, whatever the sample.
-    for (const row of rows.filter((r) => r.status === "unverified" && reachable(r))) {
+    // Every backup crash recovery found (still inside its retention) is downloaded, whatever the sample.
+    for (const row of rows.filter((r) => r.status === "unverified" && live(r) && reachable(r))) {
       const target = deps.targets[row.target];
       if (!target) continue;
       deps.signal?.throwIfAborted();
@@ -630,7 +631,8 @@ async function deepCheck(
  * For a backup crash recovery found: a version that does not open with the key
  * immutd derives for its key, or is not SSE-C encrypted at all (Ceph RGW then
  * serves it in plain), was not written by immutd: marked corrupt. undefined if
- * it is encrypted with that key, or if the check itself failed (it stays unverified).
+ * it is encrypted with that key; a check-failed finding if the check itself
+ * failed (a 403 may be this credential's permissions: it stays unverified).
  */
 async function foreignVersion(
   row: BackupRow,
