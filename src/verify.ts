@@ -203,20 +203,8 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   await mapLimit(due, config.verify.concurrency, deps.signal, async (row) => {
     const tc = config.targets[row.target] as TargetConfig;
     const target = deps.targets[row.target] as Target;
-    for (const f of await checkBackup(row, tc, target.reader, catalog, log, deps.signal)) report(f);
-    // A deep run settles it below; otherwise it stays a finding until one does.
-    if (row.status === "unverified" && !deps.deep) {
-      report({
-        kind: "unverified",
-        target: tc.name,
-        bucket: row.bucket,
-        job: row.job,
-        key: row.key,
-        versionId: row.versionId,
-        backupId: row.id,
-        message: `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId} was found by crash recovery and its SHA-256 is unknown; run immutd verify --deep --job ${row.job} to settle it`,
-      });
-    }
+    const seen = await checkBackup(row, tc, target.reader, catalog, log, deps.signal, deps.deep);
+    for (const f of seen) report(f);
   });
 
   const deepChecked: DeepResult[] = [];
@@ -470,6 +458,7 @@ async function checkBackup(
   catalog: Catalog,
   log: Logger,
   signal: AbortSignal | undefined,
+  deep = false,
 ): Promise<Finding[]> {
   const sseKey = catalog.backupKey(row.id) as Buffer;
   const opts = { ...RETRY, ...(signal ? { signal } : {}) };
@@ -489,6 +478,13 @@ async function checkBackup(
     };
   }
   const { findings, status } = judgeBackup(row, seen, tc);
+  // A deep run settles an unverified backup; until one does, it is a finding.
+  if (row.status === "unverified" && !deep) {
+    findings.push({
+      kind: "unverified",
+      message: `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId} was found by crash recovery and its SHA-256 is unknown; run immutd verify --deep --job ${row.job} to settle it`,
+    });
+  }
   // An unverified backup's status is settled by the deep check alone.
   if (status !== undefined && status !== row.status && row.status !== "unverified") {
     catalog.setBackupStatus(row.id, status);

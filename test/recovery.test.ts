@@ -27,22 +27,27 @@ writeFileSync(join(work, "tree", "a.txt"), "alpha\n");
 const log = createLogger({ level: "silent" });
 const masterKey = randomBytes(32);
 
+/** A memory bucket, a catalog and a config with these jobs (host "h", target "memory"). */
+function setup(name: string, jobNames: string[]) {
+  const bucket = new MemoryBucket(name);
+  const tc = targetConfig({ name: "memory", bucket: bucket.name });
+  const jobs = jobNames.map((j) =>
+    jobConfig({ name: j, target: "memory", paths: [join(work, "tree")] }),
+  );
+  const catalog = Catalog.open(join(work, `${name}.db`));
+  const config = fullConfig({
+    catalog: catalog.path,
+    masterKey: new Secret(masterKey),
+    host: "h",
+    targets: { memory: tc },
+    jobs,
+  });
+  return { bucket, target: bucket.target("memory"), catalog, config };
+}
+
 describe("reconcile (memory store)", () => {
   it("recovers a dead run's version even after the next run's startRun interrupted it, and aborts only dead runs' uploads", async () => {
-    const bucket = new MemoryBucket("rec");
-    const target = bucket.target("memory");
-    const tc = targetConfig({ name: "memory", bucket: bucket.name });
-    const jobs = ["tree", "other"].map((name) =>
-      jobConfig({ name, target: "memory", paths: [join(work, "tree")] }),
-    );
-    const catalog = Catalog.open(join(work, "rec.db"));
-    const config = fullConfig({
-      catalog: catalog.path,
-      masterKey: new Secret(masterKey),
-      host: "h",
-      targets: { memory: tc },
-      jobs,
-    });
+    const { bucket, target, catalog, config } = setup("rec", ["tree", "other"]);
     const key = (job: string, random: string) =>
       objectKey({ prefix: "", host: "h", job, at: new Date(), compression: "gzip", random });
     const run = (job: string, k: string, pid: number) =>
@@ -128,18 +133,7 @@ describe("reconcile (memory store)", () => {
   });
 
   it("a version at a dead run's key that is not a readable archive is settled as corrupt, not ok", async () => {
-    const bucket = new MemoryBucket("junk");
-    const target = bucket.target("memory");
-    const tc = targetConfig({ name: "memory", bucket: bucket.name });
-    const job = jobConfig({ name: "tree", target: "memory", paths: [join(work, "tree")] });
-    const catalog = Catalog.open(join(work, "junk.db"));
-    const config = fullConfig({
-      catalog: catalog.path,
-      masterKey: new Secret(masterKey),
-      host: "h",
-      targets: { memory: tc },
-      jobs: [job],
-    });
+    const { bucket, target, catalog, config } = setup("junk", ["tree"]);
     const k = objectKey({
       prefix: "",
       host: "h",
