@@ -257,6 +257,31 @@ ${jobs.replaceAll("DIR", dir)}`,
     assert.equal(later.code, 0, later.stdout);
   });
 
+  it("kill -9 during the retention read-back: the next verify (no daemon) records the version and --deep settles it", async () => {
+    const e = await setup("readback", job("data", "big", "    compression: none\n"));
+    const { c } = await heldBackup(e, "data", "GetObjectRetentionCommand", "before");
+    await kill9(c);
+    const [version] = await e.admin.listVersions(`${HOST}/data/`);
+    assert.ok(version, "the upload had completed");
+    assert.deepEqual(backups(e), []);
+
+    const shallow = await runCli(["--config", e.cfg, "verify", "--job", "data"]);
+    assert.equal(shallow.code, 4, shallow.stderr);
+    assert.match(
+      shallow.stdout,
+      /FINDING {2}unverified {2}data {2}[^\n]+\n {2}.*found by crash recovery/,
+    );
+    const retention = await e.admin.retention(version.key, version.versionId);
+    assert.deepEqual(
+      backups(e).map((b) => [b.versionId, b.status, b.size, b.retainUntil]),
+      [[version.versionId, "unverified", version.size, retention?.retainUntil.toISOString()]],
+    );
+    const deep = await runCli(["--config", e.cfg, "verify", "--job", "data", "--deep"]);
+    assert.equal(deep.code, 0, `${deep.stdout}\n${deep.stderr}`);
+    assert.equal(backups(e)[0]?.status, "ok");
+    assert.match(backups(e)[0]?.sha256 ?? "", /^[0-9a-f]{64}$/);
+  });
+
   it("kill -9 mid-upload: the next verify (no daemon) aborts the dead run's upload and leaves one no run knows", async () => {
     const e = await setup("midway", job("big", "big", "    compression: none\n"));
     const { c } = await heldBackup(e, "big", "UploadPartCommand", "after");
