@@ -132,6 +132,31 @@ describe("reconcile (memory store)", () => {
     }
   });
 
+  it("keyOwner: a run this process started is live, one recorded with our pid by an earlier process is dead, a key no run used is unknown", () => {
+    const { catalog } = setup("owner", ["tree"]);
+    const at = new Date();
+    const mine = objectKey({ prefix: "", host: "h", job: "tree", at, compression: "gzip" });
+    const reused = objectKey({ prefix: "", host: "h", job: "old", at, compression: "gzip" });
+    const id = catalog.startRun({ job: "tree", target: "memory", objectKey: mine, startedAt: at });
+    // An earlier immutd in this container had the same pid (pid 7 on every start).
+    catalog.db
+      .prepare(
+        `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES ('old', 'memory', ?, ?, 'running', ?)`,
+      )
+      .run(reused, at.toISOString(), process.pid);
+    assert.deepEqual(catalog.keyOwner(mine), { state: "live", runId: id });
+    assert.equal(catalog.keyOwner(reused).state, "dead");
+    assert.deepEqual(catalog.keyOwner("h/tree/unknown.tar.gz"), { state: "unknown" });
+    assert.deepEqual(
+      catalog.deadRuns().map((r) => r.objectKey),
+      [reused],
+    );
+    // Once finished, our own run's key is dead too: a leftover upload at it may go.
+    catalog.finishRun(id, { status: "failed", bytes: 0, files: 0, warnings: 0, error: "x" });
+    assert.equal(catalog.keyOwner(mine).state, "dead");
+    catalog.close();
+  });
+
   it("a version at a dead run's key that is not a readable archive is settled as corrupt, not ok", async () => {
     const { bucket, target, catalog, config } = setup("junk", ["tree"]);
     const k = objectKey({
