@@ -105,9 +105,9 @@ export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
 }
 
 /**
- * Records each version at a dead run's key; returns their version IDs, or
- * undefined if the bucket could not be read (the run stays dead, and the next
- * recovery tries again).
+ * Records each version at a dead run's key that the catalog does not hold
+ * yet; returns the version IDs it recorded, or undefined if the bucket could
+ * not be read (the run stays dead, and the next recovery tries again).
  */
 async function recoverRun(
   run: RunRow,
@@ -188,8 +188,8 @@ async function recoverRun(
       status: "unverified",
       files: 0,
     });
+    if (backupId === undefined) continue; // already in the catalog (the run recorded it before it died)
     ids.push(v.versionId);
-    if (backupId === undefined) continue; // already in the catalog
     report.recovered.push({
       runId: run.id,
       job: run.job,
@@ -245,19 +245,30 @@ async function abortDeadUploads(
         );
         continue;
       }
-      await target.writer.abortUpload(u.key, u.uploadId);
+      try {
+        await target.writer.abortUpload(u.key, u.uploadId);
+      } catch (err) {
+        if (deps.signal?.aborted) throw err;
+        log.warn(
+          fields,
+          `could not abort multipart upload ${u.uploadId} of ${u.key} left by run ${owner.runId}: ${describeError(err)}${permissionHint(err)}; trying again next time`,
+        );
+        continue;
+      }
       report.aborted.push({ key: u.key, uploadId: u.uploadId, runId: owner.runId as number });
       log.warn(fields, "aborted an incomplete multipart upload left by an interrupted run");
     }
   } catch (err) {
     if (deps.signal?.aborted) throw err;
-    const hint =
-      err instanceof StorageError && err.status === 403
-        ? " (the reader lists uploads, the writer aborts them)"
-        : "";
     log.warn(
       { job },
-      `could not check for leftover multipart uploads under ${prefix}: ${describeError(err)}${hint}`,
+      `could not check for leftover multipart uploads under ${prefix}: ${describeError(err)}${permissionHint(err)}`,
     );
   }
+}
+
+function permissionHint(err: unknown): string {
+  return err instanceof StorageError && err.status === 403
+    ? " (the reader lists uploads, the writer aborts them)"
+    : "";
 }
