@@ -207,6 +207,15 @@ const MIGRATIONS: string[] = [
   `,
 ];
 
+const RUN_COLUMNS = `id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
+  finished_at AS finishedAt, status, bytes, files, warnings, error`;
+
+/**
+ * The error startRun records on a dead run it finds in its way. It marks the
+ * run as not reconciled yet: crash recovery still has to look at its key.
+ */
+export const UNRECONCILED_RUN = "the process running it ended without finishing it";
+
 const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
   size, sha256, compression, created_at AS createdAt, retention_mode AS retentionMode,
   retain_until AS retainUntil, status, files`;
@@ -334,7 +343,8 @@ export class Catalog {
               `job ${r.job} is already running (run ${run.id}, pid ${run.pid}); not starting it twice`,
             );
           }
-          this.#interrupt(run.id, "the process running it ended without finishing it");
+          // Interrupted, not reconciled: src/recovery.ts still looks for a version at its key.
+          this.#interrupt(run.id, UNRECONCILED_RUN);
         }
         const info = this.db
           .prepare(
@@ -360,9 +370,66 @@ export class Catalog {
            finished_at AS finishedAt, status, bytes, files, warnings, error, pid FROM runs WHERE status = 'running'`,
       )
       .all() as (RunRow & { pid: number | null })[];
-    return rows.filter(
-      (r) => !this.#ours(r.id) && (r.pid === null || r.pid === process.pid || !processAlive(r.pid)),
-    );
+    return rows.filter((r) => this.#dead(r.id, r.pid));
+  }
+
+  /**
+   * Runs of dead processes that crash recovery (src/recovery.ts) has not
+   * reconciled yet: abandoned "running" rows, and rows that startRun marked
+   * interrupted (UNRECONCILED_RUN) when it found them in its way. Optionally
+   * only those of one job.
+   */
+  deadRuns(job?: string): RunRow[] {
+    const unreconciled = this.db
+      .prepare(
+        `SELECT ${RUN_COLUMNS} FROM runs WHERE status = 'interrupted' AND error = ? ${job !== undefined ? "AND job = ?" : ""}`,
+      )
+      .all(UNRECONCILED_RUN, ...(job !== undefined ? [job] : [])) as RunRow[];
+    const abandoned = this.abandonedRuns().filter((r) => job === undefined || r.job === job);
+    return [...abandoned, ...unreconciled].sort((a, b) => a.id - b.id);
+  }
+
+  /** Whether the run is one deadRuns() would return right now (re-checked before acting on it). */
+  runIsDead(runId: number): boolean {
+    const row = this.db.prepare(`SELECT status, pid, error FROM runs WHERE id = ?`).get(runId) as
+      | { status: RunStatus; pid: number | null; error: string | null }
+      | undefined;
+    if (!row) return false;
+    if (row.status === "interrupted") return row.error === UNRECONCILED_RUN;
+    return row.status === "running" && this.#dead(runId, row.pid);
+  }
+
+  /** Ends a dead run after recovery: interrupted, with what recovery found. Only a run still dead and unreconciled. */
+  closeDeadRun(runId: number, reason: string): void {
+    this.db
+      .prepare(
+        `UPDATE runs SET status = 'interrupted', finished_at = coalesce(finished_at, ?), error = ?
+         WHERE id = ? AND (status = 'running' OR (status = 'interrupted' AND error = ?))`,
+      )
+      .run(new Date().toISOString(), reason, runId, UNRECONCILED_RUN);
+  }
+
+  /**
+   * Who owns an object key, for deciding whether a multipart upload at it may
+   * be aborted. A run's row (with its key) is written before its upload is
+   * created, so every upload of this catalog's runs has a row by the time it
+   * can be listed. live: a run at the key is running in this process or in a
+   * live one. dead: runs at the key exist and all have finished or died.
+   * unknown: no run of this catalog has used the key.
+   */
+  keyOwner(key: string): { state: "live" | "dead" | "unknown"; runId?: number } {
+    const rows = this.db
+      .prepare(`SELECT id, status, pid FROM runs WHERE object_key = ? ORDER BY id`)
+      .all(key) as { id: number; status: RunStatus; pid: number | null }[];
+    const last = rows.at(-1);
+    if (!last) return { state: "unknown" };
+    const live = rows.find((r) => r.status === "running" && !this.#dead(r.id, r.pid));
+    return live ? { state: "live", runId: live.id } : { state: "dead", runId: last.id };
+  }
+
+  /** A "running" row is dead unless this process started it or its pid is another live process. */
+  #dead(runId: number, pid: number | null): boolean {
+    return !this.#ours(runId) && (pid === null || pid === process.pid || !processAlive(pid));
   }
 
   #ours(runId: number): boolean {
@@ -483,7 +550,7 @@ export class Catalog {
 
   recordBackup(b: NewBackup): number {
     try {
-      return this.#insertBackup(b);
+      return Number(this.#insertBackup(b, "").lastInsertRowid);
     } catch (err) {
       if (!(err instanceof CatalogError)) throw err;
       throw new CatalogError(
@@ -493,12 +560,31 @@ export class Catalog {
     }
   }
 
-  #insertBackup(b: NewBackup): number {
-    const info = this.db
+  /**
+   * Records a version crash recovery found, unless the catalog already holds
+   * it (another process recovered it first, or the run recorded it after all).
+   * Returns the new row's id, or undefined if it was already there.
+   */
+  recordRecovered(b: NewBackup): number | undefined {
+    const info = this.#insertBackup(b, "ON CONFLICT (bucket, object_key, version_id) DO NOTHING");
+    return info.changes ? Number(info.lastInsertRowid) : undefined;
+  }
+
+  /** Deep verify settled an unverified backup: it downloaded, decrypted and read to its end; this is its SHA-256. */
+  settleUnverified(id: number, sha256: string): void {
+    this.db
+      .prepare(
+        `UPDATE backups SET sha256 = ?, status = 'ok' WHERE id = ? AND status = 'unverified'`,
+      )
+      .run(sha256, id);
+  }
+
+  #insertBackup(b: NewBackup, onConflict: string): Database.RunResult {
+    return this.db
       .prepare(
         `INSERT INTO backups (run_id, job, target, bucket, object_key, version_id, size, sha256, compression,
            sse_key, key_derivation, created_at, retention_mode, retain_until, status, files)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ${onConflict}`,
       )
       .run(
         b.runId,
@@ -518,7 +604,6 @@ export class Catalog {
         b.status,
         b.files,
       );
-    return Number(info.lastInsertRowid);
   }
 
   run(id: number): RunRow | undefined {

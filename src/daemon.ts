@@ -20,8 +20,8 @@ import { startHttp } from "./http.js";
 import { acquireLock, type Lock } from "./lockfile.js";
 import type { Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
-import { jobPrefix } from "./naming.js";
 import { Notifier } from "./notify.js";
+import { reconcile } from "./recovery.js";
 import { missedRun, nextRun } from "./schedule.js";
 import { openTarget } from "./store/s3.js";
 import type { Target } from "./store/store.js";
@@ -284,54 +284,18 @@ export class Daemon {
   }
 
   /**
-   * After a crash: runs left "running" by a dead process are marked
-   * interrupted, and the multipart uploads they left are aborted so no storage
-   * is billed for parts that will never complete. Uploads of runs that a live
-   * process (an `immutd backup`) is still doing are left alone.
+   * After a crash: src/recovery.ts reconciles every dead run (versions at its
+   * key recorded as unverified, the run closed as interrupted) and aborts the
+   * multipart uploads of runs that are provably dead; uploads of a manual
+   * `immutd backup` that is still going are left alone.
    */
   async #recover(): Promise<void> {
-    const catalog = this.#catalog as Catalog;
-    const abandoned = catalog.abandonedRuns();
-    for (const run of abandoned) {
-      catalog.markInterrupted(
-        run.id,
-        "immutd stopped without finishing this run (crash, kill or power loss)",
-      );
-      this.#log.warn(
-        { job: run.job, runId: run.id },
-        "marked a run left running by a previous process as interrupted",
-      );
-    }
-    const live = new Set(
-      catalog.db
-        .prepare(`SELECT object_key AS k FROM runs WHERE status = 'running'`)
-        .all()
-        .map((r) => (r as { k: string }).k),
-    );
-    for (const [name, tc] of Object.entries(this.#config.targets)) {
-      const jobs = this.#config.jobs.filter((j) => j.target === name);
-      if (jobs.length === 0) continue;
-      const target = this.#target(name);
-      for (const job of jobs) {
-        const prefix = jobPrefix(tc.prefix, this.#config.host, job.name);
-        try {
-          const uploads = await target.reader.listUploads(prefix);
-          for (const u of uploads) {
-            if (live.has(u.key)) continue;
-            await target.writer.abortUpload(u.key, u.uploadId);
-            this.#log.warn(
-              { job: job.name, key: u.key, uploadId: u.uploadId },
-              "aborted an incomplete multipart upload left by an interrupted run",
-            );
-          }
-        } catch (err) {
-          this.#log.warn(
-            { job: job.name },
-            `could not check for leftover multipart uploads under ${prefix}: ${describeError(err)}`,
-          );
-        }
-      }
-    }
+    await reconcile({
+      config: this.#config,
+      catalog: this.#catalog as Catalog,
+      log: this.#log,
+      target: (name) => this.#target(name),
+    });
   }
 
   /**

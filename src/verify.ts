@@ -18,7 +18,8 @@
  * now even if backups stop. The daemon can call extendLatestLocks on its own.
  *
  * Statuses move only as the server is observed: ok -> missing, corrupt or
- * expired; missing -> ok when the version is readable again.
+ * expired; missing -> ok when the version is readable again; unverified (found
+ * by crash recovery) -> ok or corrupt, by a deep check only.
  */
 import { Writable } from "node:stream";
 import {
@@ -75,7 +76,9 @@ export type FindingKind =
    * backup's key. Someone with write access hid it; the pinned version is still
    * there and restorable.
    */
-  | "delete-marker";
+  | "delete-marker"
+  /** Recorded by crash recovery with its SHA-256 unknown: only --deep settles it. */
+  | "unverified";
 
 export interface Finding {
   kind: FindingKind;
@@ -213,7 +216,10 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     return tc !== undefined && configuredEnd(r, tc) > at.getTime();
   };
   const live = (r: BackupRow) =>
-    ((r.status === "ok" || r.status === "missing" || r.status === "unlocked") &&
+    ((r.status === "ok" ||
+      r.status === "missing" ||
+      r.status === "unlocked" ||
+      r.status === "unverified") &&
       (r.retainUntil === null || Date.parse(r.retainUntil) > at.getTime() || inPeriod(r))) ||
     (r.status === "expired" && inPeriod(r));
   // Read again: markExpired has just changed statuses.
@@ -230,7 +236,8 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   await mapLimit(due, config.verify.concurrency, deps.signal, async (row) => {
     const tc = config.targets[row.target] as TargetConfig;
     const target = deps.targets[row.target] as Target;
-    for (const f of await checkBackup(row, tc, target, catalog, log, at, deps.signal)) report(f);
+    const seen = await checkBackup(row, tc, target, catalog, log, at, deps.signal, deps.deep);
+    for (const f of seen) report(f);
   });
   for (const w of await hiddenBackups(due, config, deps.targets, notes)) {
     warnings.push(w);
@@ -242,6 +249,17 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
 
   const deepChecked: DeepResult[] = [];
   if (deps.deep) {
+    // Every backup crash recovery found (still inside its retention) is downloaded, whatever the sample.
+    for (const row of catalog
+      .listBackups(jobFilter)
+      .filter((r) => r.status === "unverified" && live(r) && reachable(r))) {
+      const target = deps.targets[row.target];
+      if (!target) continue;
+      deps.signal?.throwIfAborted();
+      const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
+      deepChecked.push(result);
+      if (finding) report(finding);
+    }
     const sample = deps.sample ?? config.verify.deep?.sample ?? 1;
     for (const job of jobs) {
       const good = catalog
@@ -253,7 +271,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
       }
       for (const row of good.slice(-sample).reverse()) {
         const target = deps.targets[row.target];
-        if (!target) continue;
+        if (!target || deepChecked.some((d) => d.backupId === row.id)) continue;
         deps.signal?.throwIfAborted();
         const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
         deepChecked.push(result);
@@ -515,6 +533,7 @@ async function checkBackup(
   log: Logger,
   now: Date,
   signal: AbortSignal | undefined,
+  deep = false,
 ): Promise<Finding[]> {
   const reader = target.reader;
   const sseKey = catalog.backupKey(row.id) as Buffer;
@@ -562,7 +581,15 @@ async function checkBackup(
       LOCK_KINDS.has(f.kind) ? { ...f, message: f.message + outcome } : f,
     );
   }
-  if (status !== undefined && status !== row.status) {
+  // A deep run settles an unverified backup; until one does, it is a finding.
+  if (row.status === "unverified" && !deep) {
+    findings.push({
+      kind: "unverified",
+      message: `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId} was found by crash recovery and its SHA-256 is unknown; run immutd verify --deep --job ${row.job} to settle it`,
+    });
+  }
+  // An unverified backup's status is settled by the deep check alone.
+  if (status !== undefined && status !== row.status && row.status !== "unverified") {
     catalog.setBackupStatus(row.id, status);
     if (status === "ok" && row.status === "missing") {
       log.warn(
@@ -626,14 +653,19 @@ async function deepCheck(
     entries,
     durationMs: Date.now() - started,
   });
+  // An unverified backup (sha256 null) can only be held to its size, its key and a readable archive.
   const mismatch = (bytes: number, sha256: string): Finding | undefined =>
-    bytes !== row.size || sha256 !== row.sha256
+    bytes !== row.size || (row.sha256 !== null && sha256 !== row.sha256)
       ? {
           ...base,
           kind: "checksum-mismatch",
           message: `${what}: downloaded ${bytes} bytes with SHA-256 ${sha256}, the catalog recorded ${row.size} bytes with ${row.sha256}; marked corrupt`,
         }
       : undefined;
+  if (row.sha256 === null) {
+    const refused = await foreignVersion(row, reader, catalog, signal);
+    if (refused) return { result: result(false, 0), finding: { ...base, ...refused } };
+  }
   try {
     const s = await restore(
       reader,
@@ -645,6 +677,14 @@ async function deepCheck(
     if (bad) {
       catalog.setBackupStatus(row.id, "corrupt");
       return { result: result(false, s.bytes), finding: bad };
+    }
+    if (row.sha256 === null) {
+      catalog.settleUnverified(row.id, s.sha256);
+      log.warn(
+        { job: row.job, key: row.key, versionId: row.versionId, bytes: s.bytes, sha256: s.sha256 },
+        "a backup found by crash recovery decrypts, has its size and reads to the end: recorded its SHA-256, now ok",
+      );
+      return { result: result(true, s.bytes) };
     }
     log.info(
       { job: row.job, key: row.key, versionId: row.versionId, bytes: s.bytes, entries },
@@ -728,6 +768,43 @@ async function hiddenBackups(
     }
   }
   return out;
+}
+
+/**
+ * For a backup crash recovery found: a version that does not open with the key
+ * immutd derives for its key, or is not SSE-C encrypted at all (Ceph RGW then
+ * serves it in plain), was not written by immutd: marked corrupt. undefined if
+ * it is encrypted with that key; a check-failed finding if the check itself
+ * failed (a 403 may be this credential's permissions: it stays unverified).
+ */
+async function foreignVersion(
+  row: BackupRow,
+  reader: ObjectStore,
+  catalog: Catalog,
+  signal: AbortSignal | undefined,
+): Promise<{ kind: FindingKind; message: string } | undefined> {
+  const what = `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId}`;
+  const sseKey = catalog.backupKey(row.id) as Buffer;
+  let encrypted: boolean;
+  try {
+    const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+    encrypted = (await retry(() => reader.head(row.key, row.versionId, sseKey), opts)).encrypted;
+  } catch (err) {
+    if (signal?.aborted) throw new CancelledError("verify cancelled");
+    if (!(err instanceof StorageError && err.status === 400)) {
+      return {
+        kind: "check-failed",
+        message: `${what}: could not be checked: ${describeError(err)}`,
+      };
+    }
+    encrypted = false;
+  }
+  if (encrypted) return undefined;
+  catalog.setBackupStatus(row.id, "corrupt");
+  return {
+    kind: "unreadable",
+    message: `${what} was found by crash recovery but is not encrypted with the key immutd derives for it: immutd did not write it; marked corrupt`,
+  };
 }
 
 function sink(): Writable {

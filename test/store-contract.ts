@@ -77,7 +77,10 @@ export function storeContract(name: string, h: Harness): void {
         sseKey,
       });
       assert.ok(versionId);
-      assert.deepEqual(await t.reader.head("a/b.tar", versionId, sseKey), { size: body.length });
+      assert.deepEqual(await t.reader.head("a/b.tar", versionId, sseKey), {
+        size: body.length,
+        encrypted: true,
+      });
       const got = await readAll(await t.reader.get("a/b.tar", versionId, sseKey));
       assert.equal(
         createHash("sha256").update(got).digest("hex"),

@@ -2,12 +2,14 @@ import { type BackupResult, runBackup } from "../backup.js";
 import type { JobConfig } from "../config.js";
 import {
   CancelledError,
+  describeError,
   JobsFailedError,
   LockHeldError,
   UsageError,
   WarningsError,
 } from "../errors.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
+import { reconcile } from "../recovery.js";
 import { openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
 import type { Context } from "./context.js";
@@ -24,6 +26,12 @@ exits at once.
 
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice.
+
+Crash recovery runs first for the named jobs (no daemon needed): a run left
+"running" by a process that died is closed as interrupted, a version it left
+at its key is recorded as "unverified" (verify --deep settles it), and the
+multipart uploads of dead runs are aborted. Uploads of runs still going in
+another process, and uploads no run in the catalog knows, are left alone.
 
 Exit codes: 0 every job succeeded without warnings, 5 every job succeeded
 but some with warnings (files that vanished, changed or could not be read
@@ -54,25 +62,41 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
   process.on("SIGTERM", onSignal);
 
   const targets = new Map<string, Target>();
+  const target = (name: string): Target => {
+    let t = targets.get(name);
+    if (!t) {
+      const tc = ctx.config.targets[name];
+      if (!tc) throw new UsageError(`unknown target ${name}`);
+      t = openTarget(tc);
+      targets.set(name, t);
+    }
+    return t;
+  };
   const results: BackupResult[] = [];
   const locked: string[] = [];
   try {
+    // Without a daemon (cron), this is where a crashed run of these jobs is recovered.
+    await reconcile({
+      config: ctx.config,
+      catalog: ctx.catalog(),
+      log: ctx.log,
+      target,
+      jobs: jobs.map((j) => j.name),
+      signal: controller.signal,
+    }).catch((err: unknown) => {
+      if (!controller.signal.aborted) ctx.log.warn(`crash recovery failed: ${describeError(err)}`);
+    });
     for (const job of jobs) {
       if (controller.signal.aborted) break;
       const tc = ctx.config.targets[job.target];
       if (!tc) throw new UsageError(`job ${job.name}: unknown target ${job.target}`);
-      let target = targets.get(tc.name);
-      if (!target) {
-        target = openTarget(tc);
-        targets.set(tc.name, target);
-      }
       const progress = new ProgressLine(job.name);
       let result: BackupResult;
       try {
         result = await runBackup(job, {
           config: ctx.config,
           catalog: ctx.catalog(),
-          target,
+          target: target(tc.name),
           targetConfig: tc,
           log: ctx.log,
           signal: controller.signal,

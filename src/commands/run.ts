@@ -5,10 +5,11 @@ import { makeLogger } from "./context.js";
 
 export const runHelp = `
 Runs the scheduling daemon: each job on its schedule (cron, in its timezone),
-never overlapping itself, at most maxConcurrentJobs at once. At start it marks
-runs a crash left "running" as interrupted, aborts the multipart uploads they
-left behind, and runs once every job whose last scheduled run was missed
-(catchUp, default true). One daemon per catalog: a second exits with 75.
+never overlapping itself, at most maxConcurrentJobs at once. At start it
+recovers what a crash left (as immutd backup does, see its --help: dead runs
+closed as interrupted, a version one left recorded as "unverified", uploads
+of dead runs aborted, a running manual backup's left alone), and runs once
+every job whose last scheduled run was missed (catchUp, default true). One daemon per catalog: a second exits with 75.
 
 Logs are JSON lines on stdout (journald and Docker collect them).
 

@@ -1,5 +1,7 @@
-import { CancelledError, VerifyFindingsError } from "../errors.js";
+import { CancelledError, describeError, VerifyFindingsError } from "../errors.js";
 import { formatDuration } from "../progress.js";
+import { reconcile } from "../recovery.js";
+import type { Target } from "../store/store.js";
 import { runVerify, type VerifyReport } from "../verify.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
@@ -20,7 +22,11 @@ credentials:
     than recorded nor than its configured period (verify.concurrency at a time)
   - --deep: also downloads the newest backup of each job (verify.deep.sample
     of them, default 1), checks its SHA-256 against the catalog and that the
-    archive reads to its end
+    archive reads to its end; and every "unverified" backup (found by crash
+    recovery, SHA-256 unknown): it must be encrypted with the key immutd
+    derives, have its recorded size and read to its end, then it is ok (its
+    SHA-256 recorded), else corrupt. Without --deep each is a finding.
+Crash recovery runs first, as in immutd backup (see there).
 Backups past their retain-until are marked expired. A missing version is
 marked missing (and reported on every run until its retain-until passes); a
 deep-check mismatch marks the backup corrupt. A backup not locked as
@@ -65,6 +71,17 @@ export async function verifyCommand(
   );
   let report: VerifyReport;
   try {
+    // Without a daemon (cron), this is where a crashed run is recovered; verify then checks what it found.
+    await reconcile({
+      config: ctx.config,
+      catalog: ctx.catalog(),
+      log: ctx.log,
+      target: (name) => open.targets[name] as Target,
+      ...(opts.job !== undefined ? { jobs: [opts.job] } : {}),
+      signal: controller.signal,
+    }).catch((err: unknown) => {
+      if (!controller.signal.aborted) ctx.log.warn(`crash recovery failed: ${describeError(err)}`);
+    });
     report = await runVerify({
       config: ctx.config,
       catalog: ctx.catalog(),

@@ -254,9 +254,14 @@ export class MemoryStore implements ObjectStore {
     return v;
   }
 
-  async head(key: string, versionId: string, sseKey: Buffer): Promise<{ size: number }> {
+  async head(
+    key: string,
+    versionId: string,
+    sseKey: Buffer,
+  ): Promise<{ size: number; encrypted: boolean }> {
     this.#allow("head", key);
-    return { size: this.#find(key, versionId, sseKey).data.length };
+    // #find refuses any other key, and a version stored without one.
+    return { size: this.#find(key, versionId, sseKey).data.length, encrypted: true };
   }
 
   async retention(key: string, versionId: string): Promise<Retention | undefined> {

@@ -193,7 +193,11 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async head(key: string, versionId: string, sseKey: Buffer): Promise<{ size: number }> {
+  async head(
+    key: string,
+    versionId: string,
+    sseKey: Buffer,
+  ): Promise<{ size: number; encrypted: boolean }> {
     const res = await this.#call("read", key, () =>
       this.client.send(
         new HeadObjectCommand({
@@ -204,7 +208,8 @@ export class S3Store implements ObjectStore {
         }),
       ),
     );
-    return { size: res.ContentLength ?? 0 };
+    const md5 = createHash("md5").update(sseKey).digest("base64");
+    return { size: res.ContentLength ?? 0, encrypted: res.SSECustomerKeyMD5 === md5 };
   }
 
   async retention(key: string, versionId: string): Promise<Retention | undefined> {

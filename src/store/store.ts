@@ -136,8 +136,17 @@ export interface ObjectStore {
    * the abort fails, the error says so and names the upload ID.
    */
   upload(req: UploadRequest): Promise<{ versionId: string }>;
-  /** Size of one version, read with its SSE-C key (which the server checks). */
-  head(key: string, versionId: string, sseKey: Buffer): Promise<{ size: number }>;
+  /**
+   * Size of one version, read with its SSE-C key (which the server checks).
+   * `encrypted`: the server confirmed the version is SSE-C encrypted with
+   * exactly this key (it echoed the key's MD5). false for a version stored
+   * without SSE-C, which Ceph RGW 16 serves in plain despite the key headers.
+   */
+  head(
+    key: string,
+    versionId: string,
+    sseKey: Buffer,
+  ): Promise<{ size: number; encrypted: boolean }>;
   /** The version's retention, or undefined if it has none. */
   retention(key: string, versionId: string): Promise<Retention | undefined>;
   /** The decrypted bytes of one version. */

@@ -1,0 +1,189 @@
+/**
+ * Crash recovery's decisions on the in-memory store (src/recovery.ts): which
+ * runs are dead, what is recorded, which uploads may be aborted. The same on
+ * the real server, with real kill -9, is in recovery.rgw.test.ts.
+ */
+import assert from "node:assert/strict";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { describe, it } from "node:test";
+import { Catalog } from "../src/catalog.js";
+import { deriveSseKey } from "../src/keys.js";
+import { createLogger } from "../src/log.js";
+import { objectKey } from "../src/naming.js";
+import { reconcile } from "../src/recovery.js";
+import { Secret } from "../src/secret.js";
+import { MemoryBucket } from "../src/store/memory.js";
+import { runVerify } from "../src/verify.js";
+import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
+
+const work = mkdtempSync(join(tmpdir(), "immutd-recovery-"));
+mkdirSync(join(work, "tree"));
+writeFileSync(join(work, "tree", "a.txt"), "alpha\n");
+const log = createLogger({ level: "silent" });
+const masterKey = randomBytes(32);
+
+/** A memory bucket, a catalog and a config with these jobs (host "h", target "memory"). */
+function setup(name: string, jobNames: string[]) {
+  const bucket = new MemoryBucket(name);
+  const tc = targetConfig({ name: "memory", bucket: bucket.name });
+  const jobs = jobNames.map((j) =>
+    jobConfig({ name: j, target: "memory", paths: [join(work, "tree")] }),
+  );
+  const catalog = Catalog.open(join(work, `${name}.db`));
+  const config = fullConfig({
+    catalog: catalog.path,
+    masterKey: new Secret(masterKey),
+    host: "h",
+    targets: { memory: tc },
+    jobs,
+  });
+  return { bucket, target: bucket.target("memory"), catalog, config };
+}
+
+describe("reconcile (memory store)", () => {
+  it("recovers a dead run's version even after the next run's startRun interrupted it, and aborts only dead runs' uploads", async () => {
+    const { bucket, target, catalog, config } = setup("rec", ["tree", "other"]);
+    const key = (job: string, random: string) =>
+      objectKey({ prefix: "", host: "h", job, at: new Date(), compression: "gzip", random });
+    const run = (job: string, k: string, pid: number) =>
+      Number(
+        catalog.db
+          .prepare(
+            `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES (?, 'memory', ?, ?, 'running', ?)`,
+          )
+          .run(job, k, new Date().toISOString(), pid).lastInsertRowid,
+      );
+    const deadPid = spawnSync("true").pid as number;
+    const sleeper = spawn("sleep", ["60"]);
+    try {
+      // A run killed after its upload completed: the version is there, the row still "running".
+      const deadKey = key("tree", "0000dead");
+      const deadRun = run("tree", deadKey, deadPid);
+      const archive = execFileSync("tar", ["-czf", "-", "-C", work, "tree"]);
+      const { versionId } = await target.writer.upload({
+        key: deadKey,
+        body: Readable.from([archive]),
+        sseKey: deriveSseKey(masterKey, bucket.name, deadKey),
+      });
+      // A run a live process is doing, and uploads: one of each kind.
+      const liveKey = key("other", "00001ive");
+      run("other", liveKey, sleeper.pid as number);
+      const strangerKey = key("tree", "0000beef");
+      for (const [id, k] of [
+        ["u-dead", deadKey],
+        ["u-live", liveKey],
+        ["u-stranger", strangerKey],
+      ] as const) {
+        bucket.uploads.set(id, { key: k, initiated: new Date() });
+      }
+      // The next run of the job finds the dead one in its way and interrupts it (not reconciled).
+      const next = catalog.startRun({
+        job: "tree",
+        target: "memory",
+        objectKey: key("tree", "00000new"),
+        startedAt: new Date(),
+      });
+      catalog.finishRun(next, { status: "failed", bytes: 0, files: 0, warnings: 0, error: "x" });
+      assert.equal(catalog.run(deadRun)?.status, "interrupted");
+
+      const report = await reconcile({ config, catalog, log, target: () => target });
+      assert.deepEqual(
+        report.recovered.map((r) => [r.runId, r.key, r.versionId]),
+        [[deadRun, deadKey, versionId]],
+      );
+      assert.deepEqual(report.runs, [deadRun]);
+      assert.match(catalog.run(deadRun)?.error ?? "", /recorded 1 version\(s\)/);
+      const [row] = catalog.listBackups({ job: "tree" });
+      assert.equal(row?.status, "unverified");
+      assert.equal(row?.sha256, null);
+      assert.equal(row?.size, archive.length);
+      assert.equal(row?.retentionMode, "COMPLIANCE");
+      assert.deepEqual([...bucket.uploads.keys()].sort(), ["u-live", "u-stranger"]);
+      assert.deepEqual(report.leftAlone.map((u) => [u.uploadId, u.reason]).sort(), [
+        ["u-live", "live"],
+        ["u-stranger", "unknown"],
+      ]);
+
+      // Once reconciled, never again: nothing more is recorded or closed.
+      const again = await reconcile({ config, catalog, log, target: () => target });
+      assert.deepEqual([again.runs, again.recovered], [[], []]);
+
+      // A plain verify reports it and leaves it unverified; a deep one settles it.
+      const targets = { memory: target };
+      const plain = await runVerify({ config, catalog, targets, log, job: "tree" });
+      assert.deepEqual(
+        plain.findings.map((f) => f.kind),
+        ["unverified"],
+      );
+      assert.equal(catalog.backup(row.id)?.status, "unverified");
+      const deep = await runVerify({ config, catalog, targets, log, job: "tree", deep: true });
+      assert.deepEqual(deep.findings, []);
+      const settled = catalog.backup(row.id);
+      assert.equal(settled?.status, "ok");
+      assert.equal(settled?.sha256, createHash("sha256").update(archive).digest("hex"));
+    } finally {
+      sleeper.kill();
+      catalog.close();
+    }
+  });
+
+  it("keyOwner: a run this process started is live, one recorded with our pid by an earlier process is dead, a key no run used is unknown", () => {
+    const { catalog } = setup("owner", ["tree"]);
+    const at = new Date();
+    const mine = objectKey({ prefix: "", host: "h", job: "tree", at, compression: "gzip" });
+    const reused = objectKey({ prefix: "", host: "h", job: "old", at, compression: "gzip" });
+    const id = catalog.startRun({ job: "tree", target: "memory", objectKey: mine, startedAt: at });
+    // An earlier immutd in this container had the same pid (pid 7 on every start).
+    catalog.db
+      .prepare(
+        `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES ('old', 'memory', ?, ?, 'running', ?)`,
+      )
+      .run(reused, at.toISOString(), process.pid);
+    assert.deepEqual(catalog.keyOwner(mine), { state: "live", runId: id });
+    assert.equal(catalog.keyOwner(reused).state, "dead");
+    assert.deepEqual(catalog.keyOwner("h/tree/unknown.tar.gz"), { state: "unknown" });
+    assert.deepEqual(
+      catalog.deadRuns().map((r) => r.objectKey),
+      [reused],
+    );
+    // Once finished, our own run's key is dead too: a leftover upload at it may go.
+    catalog.finishRun(id, { status: "failed", bytes: 0, files: 0, warnings: 0, error: "x" });
+    assert.equal(catalog.keyOwner(mine).state, "dead");
+    catalog.close();
+  });
+
+  it("a version at a dead run's key that is not a readable archive is settled as corrupt, not ok", async () => {
+    const { bucket, target, catalog, config } = setup("junk", ["tree"]);
+    const k = objectKey({
+      prefix: "",
+      host: "h",
+      job: "tree",
+      at: new Date(),
+      compression: "gzip",
+    });
+    catalog.db
+      .prepare(
+        `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES ('tree', 'memory', ?, ?, 'running', NULL)`,
+      )
+      .run(k, new Date().toISOString());
+    // Encrypted with the right key (a process killed mid-way could not do better) but truncated.
+    await target.writer.upload({
+      key: k,
+      body: Readable.from([randomBytes(500)]),
+      sseKey: deriveSseKey(masterKey, bucket.name, k),
+    });
+    await reconcile({ config, catalog, log, target: () => target });
+    const deep = await runVerify({ config, catalog, targets: { memory: target }, log, deep: true });
+    assert.deepEqual(
+      deep.findings.map((f) => f.kind),
+      ["archive-unreadable"],
+    );
+    assert.equal(catalog.listBackups()[0]?.status, "corrupt");
+    catalog.close();
+  });
+});
