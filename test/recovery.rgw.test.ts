@@ -257,29 +257,33 @@ ${jobs.replaceAll("DIR", dir)}`,
     assert.equal(later.code, 0, later.stdout);
   });
 
-  it("kill -9 during the retention read-back: the next verify (no daemon) records the version and --deep settles it", async () => {
+  it("kill -9 during the retention read-back: the version is already recorded (unlocked, with its SHA-256) and the next verify (no daemon) settles its lock", async () => {
+    // A backup row is written as soon as CompleteMultipartUpload names the version,
+    // before any retention call: a kill from then on cannot lose the version.
     const e = await setup("readback", job("data", "big", "    compression: none\n"));
     const { c } = await heldBackup(e, "data", "GetObjectRetentionCommand", "before");
     await kill9(c);
     const [version] = await e.admin.listVersions(`${HOST}/data/`);
     assert.ok(version, "the upload had completed");
-    assert.deepEqual(backups(e), []);
-
-    const shallow = await runCli(["--config", e.cfg, "verify", "--job", "data"]);
-    assert.equal(shallow.code, 4, shallow.stderr);
-    assert.match(
-      shallow.stdout,
-      /FINDING {2}unverified {2}data {2}[^\n]+\n {2}.*found by crash recovery/,
-    );
-    const retention = await e.admin.retention(version.key, version.versionId);
+    const [row] = backups(e);
     assert.deepEqual(
-      backups(e).map((b) => [b.versionId, b.status, b.size, b.retainUntil]),
-      [[version.versionId, "unverified", version.size, retention?.retainUntil.toISOString()]],
+      [row?.versionId, row?.status, row?.size],
+      [version.versionId, "unlocked", version.size],
     );
+    assert.match(row?.sha256 ?? "", /^[0-9a-f]{64}$/);
+
+    const v = await runCli(["--config", e.cfg, "verify", "--job", "data"]);
+    assert.notEqual(v.code, 1, v.stderr);
+    const retention = await e.admin.retention(version.key, version.versionId);
+    assert.equal(retention?.mode, "COMPLIANCE");
+    assert.deepEqual(
+      backups(e).map((b) => [b.versionId, b.status, b.retainUntil]),
+      [[version.versionId, "ok", retention?.retainUntil.toISOString()]],
+    );
+    assert.equal(runs(e, "data")[0]?.status, "interrupted");
     const deep = await runCli(["--config", e.cfg, "verify", "--job", "data", "--deep"]);
     assert.equal(deep.code, 0, `${deep.stdout}\n${deep.stderr}`);
-    assert.equal(backups(e)[0]?.status, "ok");
-    assert.match(backups(e)[0]?.sha256 ?? "", /^[0-9a-f]{64}$/);
+    assert.equal(backups(e)[0]?.sha256, row?.sha256);
   });
 
   it("kill -9 mid-upload: the next verify (no daemon) aborts the dead run's upload and leaves one no run knows", async () => {
