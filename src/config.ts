@@ -6,8 +6,13 @@
  *
  * Resolution order per value: `${ENV_VAR}` substitution in any string, then
  * schema validation, then secrets given as `…File` are read from their files.
+ *
+ * The file may be hostile or just wrong (a binary, a 50 MB log, an alias bomb,
+ * `target: toString`): every such case is one line and exit 78, found in time
+ * linear in the file's size. Records keyed by configured names (targets) have
+ * no prototype, so a name like "constructor" finds only what was configured.
  */
-import { readFileSync, statSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readSync, statSync } from "node:fs";
 import { hostname } from "node:os";
 import { isAbsolute } from "node:path";
 import { Cron } from "croner";
@@ -15,6 +20,7 @@ import {
   type Document,
   isMap,
   isScalar,
+  isSeq,
   LineCounter,
   parseDocument,
   parse as parseYamlScalar,
@@ -24,9 +30,26 @@ import { z } from "zod";
 import { ConfigError } from "./errors.js";
 import { compileExcludes } from "./exclude.js";
 import { parseMasterKey } from "./keys.js";
-import { Secret } from "./secret.js";
+import { Secret, urlOrigin } from "./secret.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/immutd/config.yaml";
+
+/** Limits on what is read, so a wrong or hostile file fails at once instead of hanging. */
+export const LIMITS = {
+  /** A config is a few KB; 1 MiB holds thousands of jobs. */
+  configBytes: 1024 * 1024,
+  /** Keys and secrets are under 100 bytes; this stops a secret file like /dev/zero. */
+  secretFileBytes: 64 * 1024,
+  /**
+   * The yaml package's maxAliasCount: how far `*alias` references may expand
+   * (their count times the aliases inside what they point at). A "billion
+   * laughs" file nests aliases to grow exponentially; sharing a block a few
+   * times stays far below this.
+   */
+  aliasCount: 100,
+  /** Problems listed before "… and N more". */
+  problems: 10,
+} as const;
 
 /** Every default of the configuration, in one place. */
 export const DEFAULTS = {
@@ -168,6 +191,26 @@ const nameSchema = z
   );
 const absolutePath = z.string().refine(isAbsolute, "must be an absolute path");
 
+/**
+ * An http(s) URL without user:password@: the S3 SDK does not use it, fetch
+ * refuses it, and it would put a password into every place a URL is shown.
+ */
+function httpUrl(userinfo: string) {
+  return z.string().superRefine((s, ctx) => {
+    let url: URL | undefined;
+    try {
+      url = new URL(s);
+    } catch {
+      // reported below
+    }
+    if (!url || !/^https?:$/.test(url.protocol) || !/^https?:\/\/[^/\s]/i.test(s)) {
+      ctx.addIssue({ code: "custom", message: "must be an http:// or https:// URL" });
+    } else if (url.username || url.password) {
+      ctx.addIssue({ code: "custom", message: `must not contain user:password@ (${userinfo})` });
+    }
+  });
+}
+
 /** A secret given inline or as `<key>File` pointing at a file that holds it. */
 function secretPair<K extends string>(key: K) {
   return {
@@ -182,9 +225,7 @@ const credentialSchema = z.strictObject({
 });
 
 const targetSchema = z.strictObject({
-  endpoint: z
-    .string()
-    .refine((s) => /^https?:\/\/[^/\s]+/.test(s), "must be an http:// or https:// URL"),
+  endpoint: httpUrl("the credentials go under credentials:"),
   region: z.string().min(1).default(DEFAULTS.region),
   bucket: z
     .string()
@@ -231,9 +272,7 @@ const cronSchema = z.string().superRefine((expr, ctx) => {
 });
 
 const notifySchema = z.strictObject({
-  url: z
-    .string()
-    .refine((u) => /^https?:\/\/[^/\s]+/.test(u), "must be an http:// or https:// URL"),
+  url: httpUrl("fetch refuses it; put the token in the path or query"),
   events: z
     .array(z.enum(["start", "success", "failure"]))
     .min(1)
@@ -288,7 +327,7 @@ const jobSchema = z.strictObject({
             "must be a file name (letters, digits, '.', '_', '-')",
           ),
         run: z.string().min(1),
-        timeoutSeconds: z.number().int().min(1).optional(),
+        timeoutSeconds: z.number().int().min(1).max(86_400).optional(),
       }),
     )
     .default([]),
@@ -359,7 +398,7 @@ const configSchema = z
         }
         names.add(c.name);
       });
-      if (!(job.target in cfg.targets)) {
+      if (!Object.hasOwn(cfg.targets, job.target)) {
         const known = Object.keys(cfg.targets).join(", ");
         ctx.addIssue({
           code: "custom",
@@ -408,6 +447,14 @@ function requireOneOf(
   }
 }
 
+/**
+ * An empty record for values keyed by configured names. Without a prototype,
+ * `targets["toString"]` is undefined unless a target of that name exists.
+ */
+export function byName<T>(): Record<string, T> {
+  return Object.create(null) as Record<string, T>;
+}
+
 /** The path of the config file: --config, else $IMMUTD_CONFIG, else the default. */
 export function configPath(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   return flag ?? (env.IMMUTD_CONFIG || DEFAULT_CONFIG_PATH);
@@ -426,61 +473,138 @@ export interface Loaded {
 }
 
 export function loadConfig(file: string, opts: LoadOptions = {}): Loaded {
-  let text: string;
+  let bytes: Buffer | undefined;
   try {
-    text = readFileSync(file, "utf8");
+    bytes = readAtMost(file, LIMITS.configBytes);
   } catch (err) {
     throw new ConfigError(
       `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
     );
   }
-  return parseConfig(text, file, opts);
+  if (!bytes) {
+    throw new ConfigError(
+      `config file ${file} is larger than ${LIMITS.configBytes / 1024 / 1024} MiB, the limit for a config: is it the right file?`,
+    );
+  }
+  return parseConfig(decodeText(bytes, file), file, opts);
+}
+
+/**
+ * Reads at most `limit` bytes: the file's contents, or undefined if it holds
+ * more. Reads in pieces, so a device or pipe without an end (/dev/zero) is
+ * stopped at the limit too.
+ */
+function readAtMost(path: string, limit: number): Buffer | undefined {
+  const fd = openSync(path, "r");
+  try {
+    const st = fstatSync(fd);
+    if (st.isFile() && st.size > limit) return undefined;
+    const buf = Buffer.alloc(limit + 1);
+    let n = 0;
+    for (let got = -1; got !== 0 && n <= limit; n += got)
+      got = readSync(fd, buf, n, limit + 1 - n, null);
+    return n > limit ? undefined : buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The config as text: UTF-8 without NUL bytes (a binary file would otherwise parse as one odd string). */
+function decodeText(bytes: Buffer, file: string): string {
+  const nul = bytes.indexOf(0);
+  let text: string | undefined;
+  try {
+    if (nul < 0) text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    // reported below
+  }
+  if (text === undefined) {
+    throw new ConfigError(
+      `config file ${file} is not UTF-8 text${nul >= 0 ? ` (a NUL byte at offset ${nul})` : ""}: a config is a YAML text file`,
+    );
+  }
+  return text;
 }
 
 export function parseConfig(text: string, file: string, opts: LoadOptions = {}): Loaded {
   const env = opts.env ?? process.env;
-  const readSecret = opts.readSecretFile ?? ((p: string) => readFileSync(p));
+  const readSecret =
+    opts.readSecretFile ??
+    ((p: string) => {
+      const b = readAtMost(p, LIMITS.secretFileBytes);
+      if (!b) throw new Error(`larger than ${LIMITS.secretFileBytes / 1024} KiB: not a key file`);
+      return b;
+    });
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   const where = (offset: number | undefined) => {
     if (offset === undefined) return file;
     const { line, col } = lines.linePos(offset);
     return `${file}:${line}:${col}`;
   };
+  const lineOf = (offset: number | undefined) =>
+    offset === undefined ? undefined : lines.linePos(offset).line;
+  let doc: Document;
+  try {
+    // uniqueKeys: the yaml package compares each key with every earlier one
+    // (quadratic: 20,000 keys took seconds); checkKeys does it with a Set.
+    doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false });
+  } catch (err) {
+    throw new ConfigError(`${file}: YAML syntax error: ${yamlMessage(err)}`); // e.g. too deeply nested
+  }
 
-  if (doc.errors.length > 0) {
+  // The first syntax error is the one to fix; the next ones often follow from it.
+  const [first, ...more] = doc.errors;
+  if (first) {
+    const also = more.length
+      ? ` (and ${more.length} more YAML error${more.length > 1 ? "s" : ""})`
+      : "";
     throw new ConfigError(
-      doc.errors
-        .map((e) => `${where(e.pos[0])}: YAML syntax error: ${e.message.split("\n")[0]}`)
-        .join("\n"),
+      `${where(first.pos[0])}: YAML syntax error: ${yamlMessage(first)}${also}`,
+    );
+  }
+  const top = doc.contents;
+  if (top === null || (isScalar(top) && top.value === null)) {
+    throw new ConfigError(
+      `${file}: the config is empty; it needs at least masterKeyFile, targets and jobs (see config.example.yaml)`,
+    );
+  }
+  if (!isMap(top)) {
+    throw new ConfigError(
+      `${where(top.range?.[0])}: the config must be a mapping (catalog:, targets:, jobs:, …), not ${nodeKind(top)}`,
     );
   }
 
-  const problems: string[] = [];
-  substituteEnv(doc, env, (offset, msg) => problems.push(`${where(offset)}: ${msg}`));
-  if (problems.length) throw new ConfigError(problems.join("\n"));
+  const problems = new Problems();
+  const problem = (offset: number | undefined, msg: string) =>
+    problems.add(() => `${where(offset)}: ${msg}`);
+  checkKeys(doc, problem, lineOf);
+  substituteEnv(doc, env, problem);
+  if (problems.count) throw problems.error();
 
-  const raw = doc.toJS() ?? {};
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: LIMITS.aliasCount });
+  } catch (err) {
+    throw new ConfigError(
+      /Excessive alias count/.test((err as Error).message)
+        ? `${file}: YAML aliases (*name) expand too far (over ${LIMITS.aliasCount} nodes): an alias bomb? use fewer aliases`
+        : `${file}: YAML error: ${yamlMessage(err)}`,
+    );
+  }
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) {
-    for (const issue of parsed.error.issues) {
+    for (const issue of relevantIssues(parsed.error.issues)) {
       const path = issue.path as (string | number)[];
       if (issue.code === "unrecognized_keys") {
-        for (const key of issue.keys) {
-          const label = describePath(raw, [...path, key]);
-          problems.push(
-            `${where(keyOffset(doc, path, key))}: ${label}: unknown key${suggest(key, path)}`,
-          );
-        }
-        continue;
+        problems.add(() => unknownKeys(doc, raw, path, issue.keys, where, lineOf));
+      } else {
+        problems.add(
+          () =>
+            `${where(nodeOffset(doc, path))}: ${describePath(raw, path)}: ${explain(issue, raw)}`,
+        );
       }
-      const node = nodeOffset(doc, path);
-      const missing = issue.code === "invalid_type" && issue.input === undefined;
-      problems.push(
-        `${where(node)}: ${describePath(raw, path)}: ${missing ? "required key is missing" : issue.message}`,
-      );
     }
-    throw new ConfigError(problems.join("\n"));
+    throw problems.error();
   }
 
   const cfg = parsed.data;
@@ -512,8 +636,14 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   };
   const text1 = (b: Buffer) => b.toString("utf8").replace(/\r?\n$/, "");
 
-  const targets: Record<string, TargetConfig> = {};
+  const targets = byName<TargetConfig>();
   for (const [name, t] of Object.entries(cfg.targets)) {
+    if (t.retention.mode === "GOVERNANCE") {
+      const path = ["targets", name, "retention", "mode"];
+      warnings.push(
+        `${where(nodeOffset(doc, path))}: ${describePath(raw, path)}: GOVERNANCE can be bypassed by anyone with s3:BypassGovernanceRetention (they can shorten the lock or delete the backup); use COMPLIANCE`,
+      );
+    }
     const cred = (role: "writer" | "reader" | "admin"): Credential | undefined => {
       const c = t.credentials[role] as Record<string, unknown> | undefined;
       if (!c) return undefined;
@@ -586,6 +716,36 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   };
 }
 
+/**
+ * Keys must be unique within a mapping (a second `paths:` would silently win),
+ * and `__proto__` is refused: it would set the prototype of the parsed object,
+ * or be dropped without a word by the schema, and no immutd key or name is
+ * spelled so. One pass, one Set per mapping.
+ */
+function checkKeys(
+  doc: Document,
+  problem: (offset: number | undefined, msg: string) => void,
+  lineOf: (offset: number | undefined) => number | undefined,
+): void {
+  visit(doc, {
+    Map(_, map) {
+      const seen = new Map<unknown, number | undefined>();
+      for (const pair of map.items) {
+        if (!isScalar(pair.key)) continue;
+        const key = pair.key.value;
+        const offset = pair.key.range?.[0];
+        if (key === "__proto__") problem(offset, "__proto__: not allowed as a key or name");
+        else if (seen.has(key)) {
+          problem(
+            offset,
+            `${String(key)}: duplicate key (first at line ${lineOf(seen.get(key)) ?? "?"})`,
+          );
+        } else seen.set(key, offset);
+      }
+    },
+  });
+}
+
 /** Replace ${NAME} in every string value. A value that is exactly ${NAME} is re-read as a YAML scalar, so numbers and booleans work. */
 function substituteEnv(
   doc: Document,
@@ -636,14 +796,192 @@ function nodeOffset(doc: Document, path: (string | number)[]): number | undefine
   return undefined;
 }
 
-function keyOffset(doc: Document, path: (string | number)[], key: string): number | undefined {
+/** Problems found so far: the first LIMITS.problems are written out (lazily, so finding where each is stays linear), the rest counted. */
+class Problems {
+  readonly #lines: string[] = [];
+  count = 0;
+  add(line: () => string): void {
+    if (++this.count <= LIMITS.problems) this.#lines.push(line());
+  }
+  error(): ConfigError {
+    const more = this.count - this.#lines.length;
+    return new ConfigError(
+      [...this.#lines, ...(more > 0 ? [`… and ${more} more problems`] : [])].join("\n"),
+    );
+  }
+}
+
+/** One line of a YAML library error, in words for a config's author. */
+function yamlMessage(err: unknown): string {
+  const msg = ((err as Error).message ?? String(err)).split("\n")[0] ?? "";
+  return /call stack|stack overflow/i.test(msg) ? "nested too deeply" : msg;
+}
+
+function nodeKind(node: unknown): string {
+  if (isSeq(node)) return "a list";
+  if (isScalar(node)) return `${kindOf(node.value)} (a bare value)`;
+  return "an alias or other YAML node";
+}
+
+/** Whether the parsed YAML has a value at path, and which (own keys only). */
+function valueAt(raw: unknown, path: readonly PropertyKey[]): { found: boolean; value?: unknown } {
+  let cur = raw;
+  for (const seg of path) {
+    if (cur === null || typeof cur !== "object" || !Object.hasOwn(cur, seg))
+      return { found: false };
+    cur = (cur as Record<PropertyKey, unknown>)[seg];
+  }
+  return { found: true, value: cur };
+}
+
+/** What a YAML value is, in words. Never the value itself: it may be a secret. */
+function kindOf(value: unknown): string {
+  if (value === null || value === undefined) return "an empty value";
+  if (Array.isArray(value)) return "a list";
+  switch (typeof value) {
+    case "string":
+      return "a string";
+    case "number":
+      return "a number";
+    case "boolean":
+      return "true/false";
+    case "object":
+      return "a mapping";
+    default:
+      return typeof value;
+  }
+}
+
+const EXPECTED: Record<string, string> = {
+  string: "a string",
+  number: "a number",
+  int: "a whole number",
+  boolean: "true or false",
+  object: "a mapping (key: value)",
+  record: "a mapping (name: …)",
+  array: "a list",
+};
+
+/**
+ * The issues worth a line: one per path, the first. zod reports a number past
+ * 2^53 twice (once against the safe-integer range, once against the key's own
+ * limit); the key's own limit is the one to name.
+ */
+function relevantIssues(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue[] {
+  const byPath = new Map<string, z.core.$ZodIssue>();
+  const out: z.core.$ZodIssue[] = [];
+  for (const issue of issues) {
+    if (issue.code === "unrecognized_keys") {
+      out.push(issue);
+      continue;
+    }
+    const key = JSON.stringify(issue.path);
+    const seen = byPath.get(key);
+    const safeRange = (i: z.core.$ZodIssue) =>
+      (i.code === "too_big" || i.code === "too_small") && i.origin === "int";
+    if (!seen) byPath.set(key, issue);
+    else if (safeRange(seen) && !safeRange(issue)) byPath.set(key, issue);
+  }
+  return [...out, ...byPath.values()];
+}
+
+/** One issue in words: what was expected and what the file has instead, never the value. */
+function explain(issue: z.core.$ZodIssue, raw: unknown): string {
+  // zod's own messages start like this; a message given in the schema says it better.
+  const own = !/^(Invalid|Too (big|small))\b/.test(issue.message);
+  switch (issue.code) {
+    case "invalid_type": {
+      const at = valueAt(raw, issue.path);
+      if (!at.found) return "required key is missing";
+      const expected = EXPECTED[issue.expected] ?? issue.expected;
+      const got =
+        issue.expected === "int" && typeof at.value === "number"
+          ? String(at.value) // a count, never a secret
+          : kindOf(at.value);
+      return `expected ${expected}, got ${got}`;
+    }
+    case "too_big":
+    case "too_small": {
+      if (own) return issue.message;
+      const big = issue.code === "too_big";
+      const limit = big ? issue.maximum : issue.minimum;
+      const bound = big
+        ? issue.inclusive === false
+          ? "less than"
+          : "at most"
+        : issue.inclusive === false
+          ? "more than"
+          : "at least";
+      if (issue.origin === "array" || issue.origin === "set")
+        return !big && Number(limit) === 1
+          ? "must not be empty"
+          : `must have ${bound} ${limit} entries`;
+      if (issue.origin === "string")
+        return !big && Number(limit) === 1
+          ? "must not be empty"
+          : `must be ${bound} ${limit} characters`;
+      return `must be ${bound} ${limit}`;
+    }
+    case "invalid_value":
+      return `must be one of ${issue.values.map((v) => String(v)).join(", ")}`;
+    case "invalid_key":
+      return `is not a valid name: ${issue.issues[0]?.message ?? issue.message}`;
+    default:
+      return issue.message;
+  }
+}
+
+/** The unknown keys of one mapping, on one line: each with its line and the key it probably meant. */
+function unknownKeys(
+  doc: Document,
+  raw: unknown,
+  path: (string | number)[],
+  keys: readonly string[],
+  where: (offset: number | undefined) => string,
+  lineOf: (offset: number | undefined) => number | undefined,
+): string {
+  // One pass over the mapping, not one per key: 20,000 unknown keys must not take minutes.
+  const offsets = new Map<string, number | undefined>();
   const map = path.length ? doc.getIn(path, true) : doc.contents;
   if (isMap(map)) {
     for (const pair of map.items) {
-      if (isScalar(pair.key) && pair.key.value === key) return pair.key.range?.[0];
+      if (isScalar(pair.key)) offsets.set(String(pair.key.value), pair.key.range?.[0]);
     }
   }
-  return nodeOffset(doc, path);
+  const at = (key: string) => offsets.get(key) ?? nodeOffset(doc, path);
+  const known = keysAt(path);
+  const [only] = keys;
+  if (keys.length === 1 && only !== undefined) {
+    const best = closest(only, known);
+    const hint = best
+      ? ` (did you mean "${best}"?)`
+      : known.length
+        ? ` (known keys: ${known.join(", ")})`
+        : "";
+    return `${where(at(only))}: ${describePath(raw, [...path, only])}: unknown key${hint}`;
+  }
+  const shown = keys.slice(0, 3).map((key) => {
+    const best = closest(key, known);
+    return `${JSON.stringify(key)} (line ${lineOf(at(key)) ?? "?"}${best ? `, did you mean "${best}"?` : ""})`;
+  });
+  const more = keys.length > shown.length ? ` and ${keys.length - shown.length} more` : "";
+  const list = known.length ? `; known keys: ${known.join(", ")}` : "";
+  return `${where(at(keys[0] as string))}: ${describePath(raw, path)}: ${keys.length} unknown keys: ${shown.join(", ")}${more}${list}`;
+}
+
+/** The known key a typo most likely meant, if any is close. */
+function closest(key: string, known: readonly string[]): string | undefined {
+  if (key.length > 64) return undefined; // not a typo, and edit distance is quadratic
+  let best: string | undefined;
+  let bestDist = 3;
+  for (const k of known) {
+    const d = editDistance(key.toLowerCase(), k.toLowerCase());
+    if (d < bestDist) {
+      bestDist = d;
+      best = k;
+    }
+  }
+  return best;
 }
 
 /** "jobs[1] (etc).schedule" — names the job where there is one. */
@@ -655,33 +993,14 @@ function describePath(raw: unknown, path: (string | number)[]): string {
     if (typeof seg === "number") {
       out += `[${seg}]`;
       cur = Array.isArray(cur) ? cur[seg] : undefined;
-      const name = (cur as { name?: unknown } | undefined)?.name;
+      const name = valueAt(cur, ["name"]).value;
       if (typeof name === "string") out += ` (${name})`;
     } else {
       out += out ? `.${seg}` : seg;
-      cur = cur && typeof cur === "object" ? (cur as Record<string, unknown>)[seg] : undefined;
+      cur = valueAt(cur, [seg]).value;
     }
   }
   return out;
-}
-
-/** Known keys at a path of the schema, to suggest the one a typo meant. */
-function suggest(key: string, path: (string | number)[]): string {
-  const known = keysAt(path);
-  let best: string | undefined;
-  let bestDist = 3;
-  for (const k of known) {
-    const d = editDistance(key.toLowerCase(), k.toLowerCase());
-    if (d < bestDist) {
-      bestDist = d;
-      best = k;
-    }
-  }
-  return best
-    ? ` (did you mean "${best}"?)`
-    : known.length
-      ? ` (known keys: ${known.join(", ")})`
-      : "";
 }
 
 function keysAt(path: (string | number)[]): string[] {
@@ -696,7 +1015,8 @@ function keysAt(path: (string | number)[]): string[] {
   for (const seg of path) {
     if (s?._zod?.def?.type === "array") s = s._zod.def.element;
     else if (s?._zod?.def?.type === "record") s = s._zod.def.valueType;
-    else if (s?._zod?.def?.type === "object" && typeof seg === "string") s = s._zod.def.shape[seg];
+    else if (s?._zod?.def?.type === "object" && typeof seg === "string")
+      s = Object.hasOwn(s._zod.def.shape, seg) ? s._zod.def.shape[seg] : undefined;
     else return [];
     unwrap();
   }
@@ -721,9 +1041,20 @@ function editDistance(a: string, b: string): number {
   return dp[b.length] as number;
 }
 
+/**
+ * A URL as `config check` shows it: the origin, and "/<redacted>" in place of
+ * a path or query, where webhook tokens live (the logs show only the origin).
+ */
+function redactedUrl(url: string): string {
+  const origin = urlOrigin(url);
+  return url.replace(/\/+$/, "") === origin ? origin : `${origin}/<redacted>`;
+}
+
 /** The resolved configuration as plain data with every secret replaced, for `config check`. */
 export function redactedView(config: Config): unknown {
   const cred = (c: Credential) => ({ accessKeyId: c.accessKeyId, secretAccessKey: "<redacted>" });
+  const notify = (list: readonly NotifyConfig[]) =>
+    list.map((n) => ({ ...n, url: redactedUrl(n.url) }));
   return {
     catalog: config.catalog,
     masterKey: `<redacted> (from ${config.masterKeySource})`,
@@ -740,6 +1071,11 @@ export function redactedView(config: Config): unknown {
         },
       ]),
     ),
-    jobs: config.jobs,
+    jobs: config.jobs.map((j) => ({ ...j, notify: notify(j.notify) })),
+    notify: notify(config.notify),
+    verify: config.verify,
+    keepLatestLocked: config.keepLatestLocked,
+    maxConcurrentJobs: config.maxConcurrentJobs,
+    ...(config.http !== undefined ? { http: config.http } : {}),
   };
 }

@@ -23,3 +23,18 @@ export class Secret<T = string> {
     return "<redacted>";
   }
 }
+
+/**
+ * What of a URL may be shown: its origin (scheme, host, port). Webhook URLs
+ * carry their token in the path or query (Slack, ntfy, Healthchecks) and any
+ * URL may carry user:password@; none of that may reach a log line or printed
+ * output. Logs and `config check` both show URLs through this.
+ */
+export function urlOrigin(url: string): string {
+  try {
+    const origin = new URL(url).origin;
+    return origin === "null" ? "(url without an origin)" : origin;
+  } catch {
+    return "(invalid url)";
+  }
+}
