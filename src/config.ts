@@ -403,7 +403,7 @@ const configSchema = z
         ctx.addIssue({
           code: "custom",
           path: ["jobs", i, "target"],
-          message: `target "${job.target}" is not defined under targets (defined: ${known || "none"})`,
+          message: `target "${short(job.target)}" is not defined under targets (defined: ${known || "none"})`,
         });
       }
     });
@@ -593,7 +593,7 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   }
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) {
-    for (const issue of relevantIssues(parsed.error.issues)) {
+    for (const issue of relevantIssues(parsed.error.issues, raw)) {
       const path = issue.path as (string | number)[];
       if (issue.code === "unrecognized_keys") {
         problems.add(() => unknownKeys(doc, raw, path, issue.keys, where, lineOf));
@@ -738,7 +738,7 @@ function checkKeys(
         else if (seen.has(key)) {
           problem(
             offset,
-            `${String(key)}: duplicate key (first at line ${lineOf(seen.get(key)) ?? "?"})`,
+            `${short(String(key))}: duplicate key (first at line ${lineOf(seen.get(key)) ?? "?"})`,
           );
         } else seen.set(key, offset);
       }
@@ -759,7 +759,7 @@ function substituteEnv(
       const whole = /^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(original);
       const replaced = original.replace(/\$\{([^}]*)\}/g, (m, name: string) => {
         if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
-          problem(node.range?.[0], `"${m}" is not a valid environment variable reference`);
+          problem(node.range?.[0], `"${short(m)}" is not a valid environment variable reference`);
           return m;
         }
         const value = env[name];
@@ -865,17 +865,27 @@ const EXPECTED: Record<string, string> = {
 /**
  * The issues worth a line: one per path, the first. zod reports a number past
  * 2^53 twice (once against the safe-integer range, once against the key's own
- * limit); the key's own limit is the one to name.
+ * limit); the key's own limit is the one to name. A required key that is
+ * missing because it was misspelt is said once, by the unknown key's "did you
+ * mean".
  */
-function relevantIssues(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue[] {
+function relevantIssues(issues: readonly z.core.$ZodIssue[], raw: unknown): z.core.$ZodIssue[] {
   const byPath = new Map<string, z.core.$ZodIssue>();
   const out: z.core.$ZodIssue[] = [];
+  const meant = new Set<string>();
   for (const issue of issues) {
-    if (issue.code === "unrecognized_keys") {
-      out.push(issue);
-      continue;
+    if (issue.code !== "unrecognized_keys") continue;
+    out.push(issue);
+    const known = keysAt(issue.path as (string | number)[]);
+    for (const key of issue.keys.slice(0, 100)) {
+      const best = closest(key, known);
+      if (best !== undefined) meant.add(JSON.stringify([...issue.path, best]));
     }
+  }
+  for (const issue of issues) {
+    if (issue.code === "unrecognized_keys") continue;
     const key = JSON.stringify(issue.path);
+    if (meant.has(key) && !valueAt(raw, issue.path).found) continue;
     const seen = byPath.get(key);
     const safeRange = (i: z.core.$ZodIssue) =>
       (i.code === "too_big" || i.code === "too_small") && i.origin === "int";
@@ -962,7 +972,7 @@ function unknownKeys(
   }
   const shown = keys.slice(0, 3).map((key) => {
     const best = closest(key, known);
-    return `${JSON.stringify(key)} (line ${lineOf(at(key)) ?? "?"}${best ? `, did you mean "${best}"?` : ""})`;
+    return `"${short(key)}" (line ${lineOf(at(key)) ?? "?"}${best ? `, did you mean "${best}"?` : ""})`;
   });
   const more = keys.length > shown.length ? ` and ${keys.length - shown.length} more` : "";
   const list = known.length ? `; known keys: ${known.join(", ")}` : "";
@@ -984,6 +994,11 @@ function closest(key: string, known: readonly string[]): string | undefined {
   return best;
 }
 
+/** A key or name as a message shows it: a 900 KB key must not make a 900 KB line. */
+function short(text: string): string {
+  return text.length <= 80 ? text : `${text.slice(0, 60)}…(${text.length} characters)`;
+}
+
 /** "jobs[1] (etc).schedule" — names the job where there is one. */
 function describePath(raw: unknown, path: (string | number)[]): string {
   if (path.length === 0) return "config";
@@ -994,9 +1009,9 @@ function describePath(raw: unknown, path: (string | number)[]): string {
       out += `[${seg}]`;
       cur = Array.isArray(cur) ? cur[seg] : undefined;
       const name = valueAt(cur, ["name"]).value;
-      if (typeof name === "string") out += ` (${name})`;
+      if (typeof name === "string") out += ` (${short(name)})`;
     } else {
-      out += out ? `.${seg}` : seg;
+      out += out ? `.${short(seg)}` : short(seg);
       cur = valueAt(cur, [seg]).value;
     }
   }
