@@ -327,7 +327,7 @@ const jobSchema = z.strictObject({
             "must be a file name (letters, digits, '.', '_', '-')",
           ),
         run: z.string().min(1),
-        timeoutSeconds: z.number().int().min(1).max(86_400).optional(),
+        timeoutSeconds: z.number().int().min(1).max(604_800).optional(),
       }),
     )
     .default([]),

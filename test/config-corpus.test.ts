@@ -261,7 +261,7 @@ const CASES: Case[] = [
       "paths: [/etc]",
       'paths: [/etc]\n    commands: [{ name: x, run: "true", timeoutSeconds: 1000000000000000000000000000000 }]',
     ),
-    message: /jobs\[0\] \(etc\)\.commands\[0\] \(x\)\.timeoutSeconds: must be at most 86400$/,
+    message: /jobs\[0\] \(etc\)\.commands\[0\] \(x\)\.timeoutSeconds: must be at most 604800$/,
   },
   {
     name: "retention mode misspelt",

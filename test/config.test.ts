@@ -179,6 +179,28 @@ describe("immutd config check (CLI)", () => {
     );
   });
 
+  it("shows webhook URLs (top level and per job) by their origin only, never their tokens", async () => {
+    const file = join(dir, "webhooks.yaml");
+    const hooks =
+      "notify:\n" +
+      '  - url: "https://hc-ping.example.com/7f0c-ping-uuid-token"\n' +
+      '  - url: "https://ntfy.example.com"\n';
+    const perJob =
+      '    notify: [{ url: "https://hooks.example.com/services/T0/B0/slack-token?key=query-token" }]\n';
+    writeFileSync(
+      file,
+      valid(hooks).replace("    paths: [/etc]\n", `    paths: [/etc]\n${perJob}`),
+    );
+    const r = await runCli(["config", "check", "--config", file], { env });
+    assert.equal(r.code, 0, r.stderr);
+    for (const token of ["7f0c-ping-uuid-token", "slack-token", "query-token", "services/T0"]) {
+      assert.ok(!r.stdout.includes(token) && !r.stderr.includes(token), `prints ${token}`);
+    }
+    assert.match(r.stdout, /url: https:\/\/hooks\.example\.com\/<redacted>/);
+    assert.match(r.stdout, /url: https:\/\/hc-ping\.example\.com\/<redacted>/);
+    assert.match(r.stdout, /url: https:\/\/ntfy\.example\.com\n/);
+  });
+
   it("exits 78 with the message for a bad config, via $IMMUTD_CONFIG", async () => {
     const file = join(dir, "bad.yaml");
     writeFileSync(file, valid().replace("target: offsite", "target: nowhere"));
