@@ -35,7 +35,7 @@ import { Secret, urlOrigin } from "./secret.js";
 export const DEFAULT_CONFIG_PATH = "/etc/immutd/config.yaml";
 
 /** Limits on what is read, so a wrong or hostile file fails at once instead of hanging. */
-export const LIMITS = {
+const LIMITS = {
   /** A config is a few KB; 1 MiB holds thousands of jobs. */
   configBytes: 1024 * 1024,
   /** Keys and secrets are under 100 bytes; this stops a secret file like /dev/zero. */
@@ -838,11 +838,17 @@ function valueAt(raw: unknown, path: readonly PropertyKey[]): { found: boolean; 
 function kindOf(value: unknown): string {
   if (value === null || value === undefined) return "an empty value";
   if (Array.isArray(value)) return "a list";
+  if (value instanceof Uint8Array) return "binary data (!!binary)";
+  if (value instanceof Date) return "a timestamp";
   switch (typeof value) {
     case "string":
       return "a string";
     case "number":
-      return "a number";
+      return Number.isFinite(value)
+        ? "a number"
+        : Number.isNaN(value)
+          ? "not-a-number (.nan)"
+          : "an infinite number";
     case "boolean":
       return "true/false";
     case "object":

@@ -231,6 +231,19 @@ const CASES: Case[] = [
     message: /targets\.offsite\.forcePathStyle: expected true or false, got a string$/,
   },
   {
+    name: "partSizeMiB: 1e400 (infinity)",
+    file: edit("    bucket: backups-web\n", "    bucket: backups-web\n    partSizeMiB: 1e400\n"),
+    message: /targets\.offsite\.partSizeMiB: expected a number, got an infinite number$/,
+  },
+  {
+    name: "partSizeMiB: !!binary",
+    file: edit(
+      "    bucket: backups-web\n",
+      "    bucket: backups-web\n    partSizeMiB: !!binary aGVsbG8=\n",
+    ),
+    message: /targets\.offsite\.partSizeMiB: expected a number, got binary data \(!!binary\)$/,
+  },
+  {
     name: "partSizeMiB: 16.5",
     file: edit("    bucket: backups-web\n", "    bucket: backups-web\n    partSizeMiB: 16.5\n"),
     message: /targets\.offsite\.partSizeMiB: expected a whole number, got 16\.5$/,
