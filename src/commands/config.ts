@@ -6,10 +6,10 @@ import { type GlobalOptions, makeLogger } from "./context.js";
 export const configCheckHelp = `
 Reads every referenced secret file and environment variable, so it also proves
 they are readable. Secrets print as <redacted>; webhook URLs (which carry their
-token in the path or query) print as their origin only.
+token in the path or query) print as their origin, then /<redacted>.
 
 Exit 0 if valid (warnings, e.g. GOVERNANCE retention, go to the log), 78 with
-one line per problem otherwise.
+one line per problem otherwise (at most 10, then "… and N more problems").
 `;
 
 export function configCheckCommand(g: GlobalOptions): void {
