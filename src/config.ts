@@ -30,7 +30,7 @@ import { z } from "zod";
 import { ConfigError } from "./errors.js";
 import { compileExcludes } from "./exclude.js";
 import { parseMasterKey } from "./keys.js";
-import { Secret, urlOrigin } from "./secret.js";
+import { redactUserinfo, Secret, urlOrigin } from "./secret.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/immutd/config.yaml";
 
@@ -1076,6 +1076,11 @@ export function redactedView(config: Config): unknown {
   const cred = (c: Credential) => ({ accessKeyId: c.accessKeyId, secretAccessKey: "<redacted>" });
   const notify = (list: readonly NotifyConfig[]) =>
     list.map((n) => ({ ...n, url: redactedUrl(n.url) }));
+  // Shell lines may hold a URL with a password (pg_dump postgres://app:pw@db/app).
+  const hooks = (h: HooksConfig) =>
+    Object.fromEntries(
+      Object.entries(h).map(([k, v]) => [k, typeof v === "string" ? redactUserinfo(v) : v]),
+    );
   return {
     catalog: config.catalog,
     masterKey: `<redacted> (from ${config.masterKeySource})`,
@@ -1092,7 +1097,12 @@ export function redactedView(config: Config): unknown {
         },
       ]),
     ),
-    jobs: config.jobs.map((j) => ({ ...j, notify: notify(j.notify) })),
+    jobs: config.jobs.map((j) => ({
+      ...j,
+      ...(j.hooks !== undefined ? { hooks: hooks(j.hooks) } : {}),
+      commands: j.commands.map((c) => ({ ...c, run: redactUserinfo(c.run) })),
+      notify: notify(j.notify),
+    })),
     notify: notify(config.notify),
     verify: config.verify,
     keepLatestLocked: config.keepLatestLocked,

@@ -38,3 +38,12 @@ export function urlOrigin(url: string): string {
     return "(invalid url)";
   }
 }
+
+/**
+ * Text (a hook or command line) with the password of every URL in it
+ * replaced: `pg_dump postgres://app:pw@db/app` shows as
+ * `pg_dump postgres://<redacted>@db/app`.
+ */
+export function redactUserinfo(text: string): string {
+  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#@]+@/gi, "$1<redacted>@");
+}
