@@ -18,7 +18,9 @@ import { isAbsolute } from "node:path";
 import { Cron } from "croner";
 import {
   type Document,
+  isAlias,
   isMap,
+  isPair,
   isScalar,
   isSeq,
   LineCounter,
@@ -41,12 +43,17 @@ const LIMITS = {
   /** Keys and secrets are under 100 bytes; this stops a secret file like /dev/zero. */
   secretFileBytes: 64 * 1024,
   /**
-   * The yaml package's maxAliasCount: how far `*alias` references may expand
-   * (their count times the aliases inside what they point at). A "billion
-   * laughs" file nests aliases to grow exponentially; sharing a block a few
-   * times stays far below this.
+   * Anchors (&name) and aliases (*name) in one file. The yaml package finds
+   * each alias's anchor by scanning all of them, so their number must be
+   * small; a config needs a handful.
    */
-  aliasCount: 100,
+  aliases: 1000,
+  /**
+   * Nodes that aliases may add when expanded. A "billion laughs" file nests
+   * aliases to grow exponentially from a few lines; sharing a block a few
+   * hundred times stays far below this.
+   */
+  aliasNodes: 100_000,
   /** Problems listed before "… and N more". */
   problems: 10,
 } as const;
@@ -577,19 +584,18 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   const problems = new Problems();
   const problem = (offset: number | undefined, msg: string) =>
     problems.add(() => `${where(offset)}: ${msg}`);
+  checkAliases(doc, file, where);
   checkKeys(doc, problem, lineOf);
   substituteEnv(doc, env, problem);
   if (problems.count) throw problems.error();
 
   let raw: unknown;
   try {
-    raw = doc.toJS({ maxAliasCount: LIMITS.aliasCount });
+    // checkAliases bounded the expansion exactly; the yaml package's own
+    // (coarser, per anchor) check stays as a second line of defence.
+    raw = doc.toJS({ maxAliasCount: LIMITS.aliasNodes });
   } catch (err) {
-    throw new ConfigError(
-      /Excessive alias count/.test((err as Error).message)
-        ? `${file}: YAML aliases (*name) expand too far (over ${LIMITS.aliasCount} nodes): an alias bomb? use fewer aliases`
-        : `${file}: YAML error: ${yamlMessage(err)}`,
-    );
+    throw new ConfigError(`${file}: YAML error: ${yamlMessage(err)}`);
   }
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) {
@@ -714,6 +720,74 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
     },
     warnings,
   };
+}
+
+/**
+ * Bounds what aliases can do, in one pass: at most LIMITS.aliases anchors and
+ * aliases, and expanding them adds at most LIMITS.aliasNodes nodes (each
+ * anchor's expanded size is computed once). An alias inside its own anchor
+ * would expand for ever.
+ */
+function checkAliases(
+  doc: Document,
+  file: string,
+  where: (offset: number | undefined) => string,
+): void {
+  const anchors = new Map<string, unknown>(); // the latest of each name, as YAML reads them
+  const target = new Map<unknown, unknown>(); // alias node -> anchored node
+  let count = 0;
+  let nodes = 0;
+  visit(doc, {
+    Node(_, node) {
+      nodes++;
+      if (isAlias(node)) {
+        target.set(node, anchors.get(node.source));
+        count++;
+      } else if (node.anchor) {
+        anchors.set(node.anchor, node);
+        count++;
+      }
+      if (count > LIMITS.aliases) {
+        throw new ConfigError(
+          `${where(node.range?.[0])}: more than ${LIMITS.aliases} YAML anchors (&name) and aliases (*name): write the blocks out instead`,
+        );
+      }
+    },
+  });
+  if (target.size === 0) return;
+  const sizes = new Map<unknown, number>();
+  const open = new Set<unknown>();
+  const budget = nodes + LIMITS.aliasNodes;
+  const size = (node: unknown): number => {
+    if (isAlias(node)) {
+      const anchored = target.get(node);
+      if (anchored === undefined) return 1; // reported by toJS: unresolved alias
+      if (open.has(anchored)) {
+        throw new ConfigError(
+          `${where(node.range?.[0])}: alias *${short(node.source)} is inside its own anchor: it would never end`,
+        );
+      }
+      return size(anchored);
+    }
+    const known = sizes.get(node);
+    if (known !== undefined) return known;
+    let n = 1;
+    if (isMap(node) || isSeq(node)) {
+      open.add(node);
+      for (const item of node.items as unknown[]) {
+        n += isPair(item) ? size(item.key) + size(item.value) : size(item);
+        if (n > budget) break;
+      }
+      open.delete(node);
+    }
+    sizes.set(node, n);
+    return n;
+  };
+  if (size(doc.contents) > budget) {
+    throw new ConfigError(
+      `${file}: YAML aliases (*name) expand to more than ${LIMITS.aliasNodes} extra nodes: an alias bomb ("billion laughs")? write the blocks out instead`,
+    );
+  }
 }
 
 /**

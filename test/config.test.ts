@@ -159,6 +159,16 @@ describe("config", () => {
     assert.match(problem(valid().replace('"*.swp"', '"cache/**"')), /exclude: .*cache\/\*\*/);
   });
 
+  it("lets a plain anchor be reused any number of times (only nested aliases count)", () => {
+    let jobs = "";
+    for (let i = 0; i < 200; i++) {
+      jobs += `  - { name: j${i}, target: offsite, schedule: "@daily", paths: [/srv], exclude: ${i ? "*ex" : '&ex ["*.tmp", "*.swp"]'} }\n`;
+    }
+    const { config } = parseConfig(valid(jobs), "/x/config.yaml", { env });
+    assert.equal(config.jobs.length, 201);
+    assert.deepEqual(config.jobs[200]?.exclude, ["*.tmp", "*.swp"]);
+  });
+
   it("picks the path from --config, then $IMMUTD_CONFIG, then the default", () => {
     assert.equal(configPath("/a.yaml", { IMMUTD_CONFIG: "/b.yaml" }), "/a.yaml");
     assert.equal(configPath(undefined, { IMMUTD_CONFIG: "/b.yaml" }), "/b.yaml");
