@@ -378,6 +378,11 @@ const configSchema = z
   })
   .superRefine((cfg, ctx) => {
     const seen = new Map<string, number>();
+    // Built once, not per job: 10,000 jobs naming a missing target must stay linear.
+    const targetNames = Object.keys(cfg.targets);
+    const defined =
+      targetNames.slice(0, 10).join(", ") +
+      (targetNames.length > 10 ? `, … (${targetNames.length} in all)` : "");
     cfg.jobs.forEach((job, i) => {
       const first = seen.get(job.name);
       if (first !== undefined) {
@@ -406,11 +411,10 @@ const configSchema = z
         names.add(c.name);
       });
       if (!Object.hasOwn(cfg.targets, job.target)) {
-        const known = Object.keys(cfg.targets).join(", ");
         ctx.addIssue({
           code: "custom",
           path: ["jobs", i, "target"],
-          message: `target "${short(job.target)}" is not defined under targets (defined: ${known || "none"})`,
+          message: `target "${short(job.target)}" is not defined under targets (defined: ${defined || "none"})`,
         });
       }
     });
@@ -953,11 +957,13 @@ function relevantIssues(issues: readonly z.core.$ZodIssue[], raw: unknown): z.co
   const byPath = new Map<string, z.core.$ZodIssue>();
   const out: z.core.$ZodIssue[] = [];
   const meant = new Set<string>();
+  let guesses = 1000; // edit distances are not free: enough for every real typo
   for (const issue of issues) {
     if (issue.code !== "unrecognized_keys") continue;
     out.push(issue);
     const known = keysAt(issue.path as (string | number)[]);
-    for (const key of issue.keys.slice(0, 100)) {
+    for (const key of issue.keys.slice(0, Math.max(0, guesses))) {
+      guesses--;
       const best = closest(key, known);
       if (best !== undefined) meant.add(JSON.stringify([...issue.path, best]));
     }
