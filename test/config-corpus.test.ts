@@ -431,6 +431,25 @@ describe("broken and hostile configs (CLI): exit 78, one accurate line, in linea
   });
 });
 
+describe("target names on the command line (CLI)", () => {
+  it("init and doctor take toString or constructor for an unknown target, not a crash", async () => {
+    const file = join(dir, "valid.yaml");
+    writeFileSync(file, VALID);
+    for (const args of [
+      ["init", "toString", "--dry-run"],
+      ["doctor", "constructor"],
+      ["init", "__proto__", "--dry-run"],
+    ]) {
+      const r = await runCli(["--config", file, ...args], { timeoutMs: 30_000 });
+      assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+      assert.match(
+        r.stderr,
+        new RegExp(`^immutd: unknown target ${args[1]}; configured targets: offsite\n$`),
+      );
+    }
+  });
+});
+
 describe("config check warnings", () => {
   it("warns that GOVERNANCE retention can be bypassed, and not for COMPLIANCE", async () => {
     const gov = join(dir, "governance.yaml");
