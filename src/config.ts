@@ -6,8 +6,13 @@
  *
  * Resolution order per value: `${ENV_VAR}` substitution in any string, then
  * schema validation, then secrets given as `…File` are read from their files.
+ *
+ * The file may be hostile or just wrong (a binary, a 50 MB log, an alias bomb,
+ * `target: toString`): every such case is one line and exit 78, found in time
+ * linear in the file's size. Records keyed by configured names (targets) have
+ * no prototype, so a name like "constructor" finds only what was configured.
  */
-import { readFileSync, statSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readSync, statSync } from "node:fs";
 import { hostname } from "node:os";
 import { isAbsolute } from "node:path";
 import { Cron } from "croner";
@@ -21,10 +26,24 @@ import {
   visit,
 } from "yaml";
 import { z } from "zod";
+import {
+  checkAliases,
+  checkKeys,
+  describePath,
+  explain,
+  LIMITS,
+  nodeKind,
+  nodeOffset,
+  Problems,
+  relevantIssues,
+  short,
+  unknownKeys,
+  yamlMessage,
+} from "./config-problems.js";
 import { ConfigError } from "./errors.js";
 import { compileExcludes } from "./exclude.js";
 import { parseMasterKey } from "./keys.js";
-import { Secret } from "./secret.js";
+import { redactUserinfo, Secret, urlOrigin } from "./secret.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/immutd/config.yaml";
 
@@ -168,6 +187,26 @@ const nameSchema = z
   );
 const absolutePath = z.string().refine(isAbsolute, "must be an absolute path");
 
+/**
+ * An http(s) URL without user:password@: the S3 SDK does not use it, fetch
+ * refuses it, and it would put a password into every place a URL is shown.
+ */
+function httpUrl(userinfo: string) {
+  return z.string().superRefine((s, ctx) => {
+    let url: URL | undefined;
+    try {
+      url = new URL(s);
+    } catch {
+      // reported below
+    }
+    if (!url || !/^https?:$/.test(url.protocol) || !/^https?:\/\/[^/\s]/i.test(s)) {
+      ctx.addIssue({ code: "custom", message: "must be an http:// or https:// URL" });
+    } else if (url.username || url.password) {
+      ctx.addIssue({ code: "custom", message: `must not contain user:password@ (${userinfo})` });
+    }
+  });
+}
+
 /** A secret given inline or as `<key>File` pointing at a file that holds it. */
 function secretPair<K extends string>(key: K) {
   return {
@@ -182,9 +221,7 @@ const credentialSchema = z.strictObject({
 });
 
 const targetSchema = z.strictObject({
-  endpoint: z
-    .string()
-    .refine((s) => /^https?:\/\/[^/\s]+/.test(s), "must be an http:// or https:// URL"),
+  endpoint: httpUrl("the credentials go under credentials:"),
   region: z.string().min(1).default(DEFAULTS.region),
   bucket: z
     .string()
@@ -231,9 +268,7 @@ const cronSchema = z.string().superRefine((expr, ctx) => {
 });
 
 const notifySchema = z.strictObject({
-  url: z
-    .string()
-    .refine((u) => /^https?:\/\/[^/\s]+/.test(u), "must be an http:// or https:// URL"),
+  url: httpUrl("fetch refuses it; put the token in the path or query"),
   events: z
     .array(z.enum(["start", "success", "failure"]))
     .min(1)
@@ -288,7 +323,7 @@ const jobSchema = z.strictObject({
             "must be a file name (letters, digits, '.', '_', '-')",
           ),
         run: z.string().min(1),
-        timeoutSeconds: z.number().int().min(1).optional(),
+        timeoutSeconds: z.number().int().min(1).max(604_800).optional(),
       }),
     )
     .default([]),
@@ -332,6 +367,11 @@ const configSchema = z
   })
   .superRefine((cfg, ctx) => {
     const seen = new Map<string, number>();
+    // Built once, not per job: 10,000 jobs naming a missing target must stay linear.
+    const targetNames = Object.keys(cfg.targets);
+    const defined =
+      targetNames.slice(0, 10).join(", ") +
+      (targetNames.length > 10 ? `, … (${targetNames.length} in all)` : "");
     cfg.jobs.forEach((job, i) => {
       const first = seen.get(job.name);
       if (first !== undefined) {
@@ -359,12 +399,11 @@ const configSchema = z
         }
         names.add(c.name);
       });
-      if (!(job.target in cfg.targets)) {
-        const known = Object.keys(cfg.targets).join(", ");
+      if (!Object.hasOwn(cfg.targets, job.target)) {
         ctx.addIssue({
           code: "custom",
           path: ["jobs", i, "target"],
-          message: `target "${job.target}" is not defined under targets (defined: ${known || "none"})`,
+          message: `target "${short(job.target)}" is not defined under targets (defined: ${defined || "none"})`,
         });
       }
     });
@@ -408,6 +447,14 @@ function requireOneOf(
   }
 }
 
+/**
+ * An empty record for values keyed by configured names. Without a prototype,
+ * `targets["toString"]` is undefined unless a target of that name exists.
+ */
+export function byName<T>(): Record<string, T> {
+  return Object.create(null) as Record<string, T>;
+}
+
 /** The path of the config file: --config, else $IMMUTD_CONFIG, else the default. */
 export function configPath(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   return flag ?? (env.IMMUTD_CONFIG || DEFAULT_CONFIG_PATH);
@@ -426,61 +473,137 @@ export interface Loaded {
 }
 
 export function loadConfig(file: string, opts: LoadOptions = {}): Loaded {
-  let text: string;
+  let bytes: Buffer | undefined;
   try {
-    text = readFileSync(file, "utf8");
+    bytes = readAtMost(file, LIMITS.configBytes);
   } catch (err) {
     throw new ConfigError(
       `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
     );
   }
-  return parseConfig(text, file, opts);
+  if (!bytes) {
+    throw new ConfigError(
+      `config file ${file} is larger than ${LIMITS.configBytes / 1024 / 1024} MiB, the limit for a config: is it the right file?`,
+    );
+  }
+  return parseConfig(decodeText(bytes, file), file, opts);
+}
+
+/**
+ * Reads at most `limit` bytes: the file's contents, or undefined if it holds
+ * more. Reads in pieces, so a device or pipe without an end (/dev/zero) is
+ * stopped at the limit too.
+ */
+function readAtMost(path: string, limit: number): Buffer | undefined {
+  const fd = openSync(path, "r");
+  try {
+    const st = fstatSync(fd);
+    if (st.isFile() && st.size > limit) return undefined;
+    const buf = Buffer.alloc(limit + 1);
+    let n = 0;
+    for (let got = -1; got !== 0 && n <= limit; n += got)
+      got = readSync(fd, buf, n, limit + 1 - n, null);
+    return n > limit ? undefined : buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The config as text: UTF-8 without NUL bytes (a binary file would otherwise parse as one odd string). */
+function decodeText(bytes: Buffer, file: string): string {
+  const nul = bytes.indexOf(0);
+  let text: string | undefined;
+  try {
+    if (nul < 0) text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    // reported below
+  }
+  if (text === undefined) {
+    throw new ConfigError(
+      `config file ${file} is not UTF-8 text${nul >= 0 ? ` (a NUL byte at offset ${nul})` : ""}: a config is a YAML text file`,
+    );
+  }
+  return text;
 }
 
 export function parseConfig(text: string, file: string, opts: LoadOptions = {}): Loaded {
   const env = opts.env ?? process.env;
-  const readSecret = opts.readSecretFile ?? ((p: string) => readFileSync(p));
+  const readSecret =
+    opts.readSecretFile ??
+    ((p: string) => {
+      const b = readAtMost(p, LIMITS.secretFileBytes);
+      if (!b) throw new Error(`larger than ${LIMITS.secretFileBytes / 1024} KiB: not a key file`);
+      return b;
+    });
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   const where = (offset: number | undefined) => {
     if (offset === undefined) return file;
     const { line, col } = lines.linePos(offset);
     return `${file}:${line}:${col}`;
   };
+  const lineOf = (offset: number | undefined) =>
+    offset === undefined ? undefined : lines.linePos(offset).line;
+  let doc: Document;
+  try {
+    // uniqueKeys: the yaml package compares each key with every earlier one
+    // (quadratic: 20,000 keys took seconds); checkKeys does it with a Set.
+    doc = parseDocument(text, { lineCounter: lines, uniqueKeys: false, prettyErrors: false });
+  } catch (err) {
+    throw new ConfigError(`${file}: YAML syntax error: ${yamlMessage(err)}`); // e.g. too deeply nested
+  }
 
-  if (doc.errors.length > 0) {
+  // The first syntax error is the one to fix; the next ones often follow from it.
+  const [first, ...more] = doc.errors;
+  if (first) {
+    const also = more.length
+      ? ` (and ${more.length} more YAML error${more.length > 1 ? "s" : ""})`
+      : "";
     throw new ConfigError(
-      doc.errors
-        .map((e) => `${where(e.pos[0])}: YAML syntax error: ${e.message.split("\n")[0]}`)
-        .join("\n"),
+      `${where(first.pos[0])}: YAML syntax error: ${yamlMessage(first)}${also}`,
+    );
+  }
+  const top = doc.contents;
+  if (top === null || (isScalar(top) && top.value === null)) {
+    throw new ConfigError(
+      `${file}: the config is empty; it needs at least masterKeyFile, targets and jobs (see config.example.yaml)`,
+    );
+  }
+  if (!isMap(top)) {
+    throw new ConfigError(
+      `${where(top.range?.[0])}: the config must be a mapping (catalog:, targets:, jobs:, …), not ${nodeKind(top)}`,
     );
   }
 
-  const problems: string[] = [];
-  substituteEnv(doc, env, (offset, msg) => problems.push(`${where(offset)}: ${msg}`));
-  if (problems.length) throw new ConfigError(problems.join("\n"));
+  const problems = new Problems();
+  const problem = (offset: number | undefined, msg: string) =>
+    problems.add(() => `${where(offset)}: ${msg}`);
+  checkAliases(doc, file, where);
+  checkKeys(doc, problem, lineOf);
+  substituteEnv(doc, env, problem);
+  if (problems.count) throw problems.error();
 
-  const raw = doc.toJS() ?? {};
+  let raw: unknown;
+  try {
+    // checkAliases bounded the expansion exactly; the yaml package's own
+    // (coarser, per anchor) check stays as a second line of defence.
+    raw = doc.toJS({ maxAliasCount: LIMITS.aliasNodes });
+  } catch (err) {
+    throw new ConfigError(`${file}: YAML error: ${yamlMessage(err)}`);
+  }
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) {
-    for (const issue of parsed.error.issues) {
+    for (const issue of relevantIssues(parsed.error.issues, raw, configSchema)) {
       const path = issue.path as (string | number)[];
       if (issue.code === "unrecognized_keys") {
-        for (const key of issue.keys) {
-          const label = describePath(raw, [...path, key]);
-          problems.push(
-            `${where(keyOffset(doc, path, key))}: ${label}: unknown key${suggest(key, path)}`,
-          );
-        }
-        continue;
+        problems.add(() => unknownKeys(doc, raw, configSchema, path, issue.keys, where, lineOf));
+      } else {
+        problems.add(
+          () =>
+            `${where(nodeOffset(doc, path))}: ${describePath(raw, path)}: ${explain(issue, raw)}`,
+        );
       }
-      const node = nodeOffset(doc, path);
-      const missing = issue.code === "invalid_type" && issue.input === undefined;
-      problems.push(
-        `${where(node)}: ${describePath(raw, path)}: ${missing ? "required key is missing" : issue.message}`,
-      );
     }
-    throw new ConfigError(problems.join("\n"));
+    throw problems.error();
   }
 
   const cfg = parsed.data;
@@ -512,8 +635,14 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   };
   const text1 = (b: Buffer) => b.toString("utf8").replace(/\r?\n$/, "");
 
-  const targets: Record<string, TargetConfig> = {};
+  const targets = byName<TargetConfig>();
   for (const [name, t] of Object.entries(cfg.targets)) {
+    if (t.retention.mode === "GOVERNANCE") {
+      const path = ["targets", name, "retention", "mode"];
+      warnings.push(
+        `${where(nodeOffset(doc, path))}: ${describePath(raw, path)}: GOVERNANCE can be bypassed by anyone with s3:BypassGovernanceRetention (they can shorten the lock or delete the backup); use COMPLIANCE`,
+      );
+    }
     const cred = (role: "writer" | "reader" | "admin"): Credential | undefined => {
       const c = t.credentials[role] as Record<string, unknown> | undefined;
       if (!c) return undefined;
@@ -599,7 +728,7 @@ function substituteEnv(
       const whole = /^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(original);
       const replaced = original.replace(/\$\{([^}]*)\}/g, (m, name: string) => {
         if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
-          problem(node.range?.[0], `"${m}" is not a valid environment variable reference`);
+          problem(node.range?.[0], `"${short(m)}" is not a valid environment variable reference`);
           return m;
         }
         const value = env[name];
@@ -626,104 +755,25 @@ function scalarFromEnv(value: string): unknown {
   return /^(true|false|-?\d{1,15})$/.test(value) ? parseYamlScalar(value) : value;
 }
 
-function nodeOffset(doc: Document, path: (string | number)[]): number | undefined {
-  for (let n = path.length; n >= 0; n--) {
-    const node = doc.getIn(path.slice(0, n), true) as
-      | { range?: [number, number, number] }
-      | undefined;
-    if (node && typeof node === "object" && node.range) return node.range[0];
-  }
-  return undefined;
-}
-
-function keyOffset(doc: Document, path: (string | number)[], key: string): number | undefined {
-  const map = path.length ? doc.getIn(path, true) : doc.contents;
-  if (isMap(map)) {
-    for (const pair of map.items) {
-      if (isScalar(pair.key) && pair.key.value === key) return pair.key.range?.[0];
-    }
-  }
-  return nodeOffset(doc, path);
-}
-
-/** "jobs[1] (etc).schedule" — names the job where there is one. */
-function describePath(raw: unknown, path: (string | number)[]): string {
-  if (path.length === 0) return "config";
-  let out = "";
-  let cur: unknown = raw;
-  for (const seg of path) {
-    if (typeof seg === "number") {
-      out += `[${seg}]`;
-      cur = Array.isArray(cur) ? cur[seg] : undefined;
-      const name = (cur as { name?: unknown } | undefined)?.name;
-      if (typeof name === "string") out += ` (${name})`;
-    } else {
-      out += out ? `.${seg}` : seg;
-      cur = cur && typeof cur === "object" ? (cur as Record<string, unknown>)[seg] : undefined;
-    }
-  }
-  return out;
-}
-
-/** Known keys at a path of the schema, to suggest the one a typo meant. */
-function suggest(key: string, path: (string | number)[]): string {
-  const known = keysAt(path);
-  let best: string | undefined;
-  let bestDist = 3;
-  for (const k of known) {
-    const d = editDistance(key.toLowerCase(), k.toLowerCase());
-    if (d < bestDist) {
-      bestDist = d;
-      best = k;
-    }
-  }
-  return best
-    ? ` (did you mean "${best}"?)`
-    : known.length
-      ? ` (known keys: ${known.join(", ")})`
-      : "";
-}
-
-function keysAt(path: (string | number)[]): string[] {
-  // biome-ignore lint/suspicious/noExplicitAny: walking zod's internal definitions
-  let s: any = configSchema;
-  const unwrap = () => {
-    while (s?._zod?.def && ["default", "optional", "pipe"].includes(s._zod.def.type)) {
-      s = s._zod.def.innerType ?? s._zod.def.in;
-    }
-  };
-  unwrap();
-  for (const seg of path) {
-    if (s?._zod?.def?.type === "array") s = s._zod.def.element;
-    else if (s?._zod?.def?.type === "record") s = s._zod.def.valueType;
-    else if (s?._zod?.def?.type === "object" && typeof seg === "string") s = s._zod.def.shape[seg];
-    else return [];
-    unwrap();
-  }
-  return s?._zod?.def?.type === "object" ? Object.keys(s._zod.def.shape) : [];
-}
-
-function editDistance(a: string, b: string): number {
-  const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = dp[0] as number;
-    dp[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const tmp = dp[j] as number;
-      dp[j] = Math.min(
-        (dp[j] as number) + 1,
-        (dp[j - 1] as number) + 1,
-        prev + (a[i - 1] === b[j - 1] ? 0 : 1),
-      );
-      prev = tmp;
-    }
-  }
-  return dp[b.length] as number;
+/**
+ * A URL as `config check` shows it: the origin, and "/<redacted>" in place of
+ * a path or query, where webhook tokens live (the logs show only the origin).
+ */
+function redactedUrl(url: string): string {
+  const origin = urlOrigin(url);
+  return url.replace(/\/+$/, "") === origin ? origin : `${origin}/<redacted>`;
 }
 
 /** The resolved configuration as plain data with every secret replaced, for `config check`. */
 export function redactedView(config: Config): unknown {
   const cred = (c: Credential) => ({ accessKeyId: c.accessKeyId, secretAccessKey: "<redacted>" });
+  const notify = (list: readonly NotifyConfig[]) =>
+    list.map((n) => ({ ...n, url: redactedUrl(n.url) }));
+  // Shell lines may hold a URL with a password (pg_dump postgres://app:pw@db/app).
+  const hooks = (h: HooksConfig) =>
+    Object.fromEntries(
+      Object.entries(h).map(([k, v]) => [k, typeof v === "string" ? redactUserinfo(v) : v]),
+    );
   return {
     catalog: config.catalog,
     masterKey: `<redacted> (from ${config.masterKeySource})`,
@@ -740,6 +790,16 @@ export function redactedView(config: Config): unknown {
         },
       ]),
     ),
-    jobs: config.jobs,
+    jobs: config.jobs.map((j) => ({
+      ...j,
+      ...(j.hooks !== undefined ? { hooks: hooks(j.hooks) } : {}),
+      commands: j.commands.map((c) => ({ ...c, run: redactUserinfo(c.run) })),
+      notify: notify(j.notify),
+    })),
+    notify: notify(config.notify),
+    verify: config.verify,
+    keepLatestLocked: config.keepLatestLocked,
+    maxConcurrentJobs: config.maxConcurrentJobs,
+    ...(config.http !== undefined ? { http: config.http } : {}),
   };
 }

@@ -14,7 +14,7 @@ import type { Server } from "node:http";
 import { Cron } from "croner";
 import { runBackup } from "./backup.js";
 import { Catalog, prepareCatalog } from "./catalog.js";
-import { type Config, type JobConfig, loadConfig } from "./config.js";
+import { byName, type Config, type JobConfig, loadConfig } from "./config.js";
 import { CancelledError, describeError, LockHeldError } from "./errors.js";
 import { startHttp } from "./http.js";
 import { acquireLock, type Lock } from "./lockfile.js";
@@ -314,7 +314,7 @@ export class Daemon {
     const cfg = this.#config;
     const catalog = this.#catalog;
     const run = async () => {
-      const targets: Record<string, Target> = {};
+      const targets = byName<Target>();
       for (const name of Object.keys(cfg.targets)) targets[name] = this.#target(name);
       try {
         const report = await runVerify({

@@ -6,6 +6,7 @@
  */
 import type { NotifyConfig, NotifyEvent } from "./config.js";
 import type { Logger } from "./log.js";
+import { urlOrigin } from "./secret.js";
 
 export interface NotifyPayload {
   event: NotifyEvent;
@@ -59,7 +60,7 @@ export class Notifier {
   }
 
   async #deliver(t: NotifyConfig, payload: NotifyPayload): Promise<void> {
-    const origin = safeOrigin(t.url);
+    const origin = urlOrigin(t.url);
     const body =
       t.format === "json"
         ? JSON.stringify(payload)
@@ -95,7 +96,11 @@ export class Notifier {
         lastError = `HTTP ${res.status}`;
         if (res.status >= 400 && res.status < 500 && res.status !== 429) break; // the receiver said no
       } catch (err) {
-        lastError = (err as Error).name === "TimeoutError" ? "timed out" : (err as Error).message;
+        // An error may quote the URL it was given (e.g. "Failed to parse URL from …").
+        lastError =
+          (err as Error).name === "TimeoutError"
+            ? "timed out"
+            : (err as Error).message.replaceAll(t.url, origin);
       }
       if (attempt < ATTEMPTS)
         await new Promise((r) => setTimeout(r, this.#baseDelayMs * 2 ** (attempt - 1)));
@@ -115,13 +120,5 @@ function textLine(p: NotifyPayload): string {
       return `immutd: backup of ${p.job} on ${p.host} succeeded: ${p.bytes ?? 0} bytes, ${p.files ?? 0} files, version ${p.versionId ?? "?"}`;
     case "failure":
       return `immutd: backup of ${p.job} on ${p.host} ${p.status}: ${p.error ?? "unknown error"}`;
-  }
-}
-
-function safeOrigin(url: string): string {
-  try {
-    return new URL(url).origin;
-  } catch {
-    return "(invalid url)";
   }
 }

@@ -6,9 +6,9 @@
  */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
-import { stringify } from "yaml";
 import { backupCommand, backupHelp } from "./commands/backup.js";
-import { type Context, type GlobalOptions, makeLogger, openContext } from "./commands/context.js";
+import { configCheckCommand, configCheckHelp } from "./commands/config.js";
+import { type Context, type GlobalOptions, openContext } from "./commands/context.js";
 import { doctorCommand, doctorHelp } from "./commands/doctor.js";
 import { initCommand, initHelp } from "./commands/init.js";
 import { listCommand, listHelp } from "./commands/list.js";
@@ -16,7 +16,6 @@ import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./commands/
 import { runCommand, runHelp } from "./commands/run.js";
 import { statusCommand, statusHelp } from "./commands/status.js";
 import { verifyCommand, verifyHelp } from "./commands/verify.js";
-import { configPath, loadConfig, redactedView } from "./config.js";
 import { describeError, ExitCode, exitCodeFor, ImmutdError } from "./errors.js";
 import { generateMasterKeyFile } from "./keys.js";
 import { serializeError } from "./log.js";
@@ -111,7 +110,10 @@ function program(): Command {
     .option("--to <dir>", "extract into DIR")
     .option("--stdout", "write the decrypted archive (as stored) to stdout")
     .option("--list", "list the archive's entries")
-    .option("--at <time>", "newest backup created at or before TIME (ISO-8601)")
+    .option(
+      "--at <time>",
+      "newest backup created at or before TIME (ISO-8601, UTC unless it has an offset)",
+    )
     .option("--id <n>", "the backup with this catalog id")
     .option("--version-id <v>", "the backup with this S3 version ID")
     .option(
@@ -164,17 +166,8 @@ function program(): Command {
   config
     .command("check")
     .description("validate the configuration and print it resolved, with secrets redacted")
-    .addHelpText(
-      "after",
-      "\nReads every referenced secret file and environment variable, so it also proves they are readable.\nExit 0 if valid, 78 with one line per problem otherwise.\n",
-    )
-    .action(() => {
-      const file = configPath(globals().config);
-      const { config: cfg, warnings } = loadConfig(file);
-      const log = makeLogger(globals());
-      for (const w of warnings) log.warn(w);
-      process.stdout.write(`# ${file}: valid\n${stringify(redactedView(cfg))}`);
-    });
+    .addHelpText("after", configCheckHelp)
+    .action(() => configCheckCommand(globals()));
 
   const key = p.command("key").description("master key tools");
   key

@@ -55,18 +55,6 @@ export interface Selector {
   versionId?: string;
 }
 
-/** Parses --at: an ISO-8601 date or date-time; a bare date means the end of that day (UTC). */
-export function parseAt(text: string): Date {
-  const dateOnly = /^\d{4}-\d{2}-\d{2}$/.test(text);
-  const d = new Date(dateOnly ? `${text}T23:59:59.999Z` : text);
-  if (!/^\d{4}-\d{2}-\d{2}/.test(text) || Number.isNaN(d.getTime())) {
-    throw new UsageError(
-      `--at ${text}: not an ISO-8601 time (e.g. 2026-11-25 or 2026-11-25T03:00:00Z)`,
-    );
-  }
-  return d;
-}
-
 /** Picks the backup to restore from the catalog: newest good one, or the one the selector names. */
 export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector): RestoreSource {
   const rows = catalog.listBackups({ job });

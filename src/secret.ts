@@ -23,3 +23,27 @@ export class Secret<T = string> {
     return "<redacted>";
   }
 }
+
+/**
+ * What of a URL may be shown: its origin (scheme, host, port). Webhook URLs
+ * carry their token in the path or query (Slack, ntfy, Healthchecks) and any
+ * URL may carry user:password@; none of that may reach a log line or printed
+ * output. Logs and `config check` both show URLs through this.
+ */
+export function urlOrigin(url: string): string {
+  try {
+    const origin = new URL(url).origin;
+    return origin === "null" ? "(url without an origin)" : origin;
+  } catch {
+    return "(invalid url)";
+  }
+}
+
+/**
+ * Text (a hook or command line) with the password of every URL in it
+ * replaced: `pg_dump postgres://app:pw@db/app` shows as
+ * `pg_dump postgres://<redacted>@db/app`.
+ */
+export function redactUserinfo(text: string): string {
+  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#@]+@/gi, "$1<redacted>@");
+}

@@ -159,6 +159,16 @@ describe("config", () => {
     assert.match(problem(valid().replace('"*.swp"', '"cache/**"')), /exclude: .*cache\/\*\*/);
   });
 
+  it("lets a plain anchor be reused any number of times (only nested aliases count)", () => {
+    let jobs = "";
+    for (let i = 0; i < 200; i++) {
+      jobs += `  - { name: j${i}, target: offsite, schedule: "@daily", paths: [/srv], exclude: ${i ? "*ex" : '&ex ["*.tmp", "*.swp"]'} }\n`;
+    }
+    const { config } = parseConfig(valid(jobs), "/x/config.yaml", { env });
+    assert.equal(config.jobs.length, 201);
+    assert.deepEqual(config.jobs[200]?.exclude, ["*.tmp", "*.swp"]);
+  });
+
   it("picks the path from --config, then $IMMUTD_CONFIG, then the default", () => {
     assert.equal(configPath("/a.yaml", { IMMUTD_CONFIG: "/b.yaml" }), "/a.yaml");
     assert.equal(configPath(undefined, { IMMUTD_CONFIG: "/b.yaml" }), "/b.yaml");
@@ -177,6 +187,41 @@ describe("immutd config check (CLI)", () => {
     assert.ok(
       !r.stdout.includes("reader-secret-value") && !r.stderr.includes("reader-secret-value"),
     );
+  });
+
+  it("shows webhook URLs (top level and per job) by their origin only, never their tokens", async () => {
+    const file = join(dir, "webhooks.yaml");
+    const hooks =
+      "notify:\n" +
+      '  - url: "https://hc-ping.example.com/7f0c-ping-uuid-token"\n' +
+      '  - url: "https://ntfy.example.com"\n';
+    const perJob =
+      '    notify: [{ url: "https://hooks.example.com/services/T0/B0/slack-token?key=query-token" }]\n';
+    writeFileSync(
+      file,
+      valid(hooks).replace("    paths: [/etc]\n", `    paths: [/etc]\n${perJob}`),
+    );
+    const r = await runCli(["config", "check", "--config", file], { env });
+    assert.equal(r.code, 0, r.stderr);
+    for (const token of ["7f0c-ping-uuid-token", "slack-token", "query-token", "services/T0"]) {
+      assert.ok(!r.stdout.includes(token) && !r.stderr.includes(token), `prints ${token}`);
+    }
+    assert.match(r.stdout, /url: https:\/\/hooks\.example\.com\/<redacted>/);
+    assert.match(r.stdout, /url: https:\/\/hc-ping\.example\.com\/<redacted>/);
+    assert.match(r.stdout, /url: https:\/\/ntfy\.example\.com\n/);
+  });
+
+  it("hides the password of URLs in hook and command lines", async () => {
+    const file = join(dir, "commands.yaml");
+    const job =
+      "    hooks: { before: 'curl -fsS https://ops:hook-pass@status.example.com/start' }\n" +
+      '    commands: [{ name: app.sql, run: "pg_dump postgres://app:db-pass@db.internal/app" }]\n';
+    writeFileSync(file, valid().replace("    paths: [/etc]\n", `    paths: [/etc]\n${job}`));
+    const r = await runCli(["config", "check", "--config", file], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(!r.stdout.includes("hook-pass") && !r.stdout.includes("db-pass"), r.stdout);
+    assert.match(r.stdout, /pg_dump postgres:\/\/<redacted>@db\.internal\/app/);
+    assert.match(r.stdout, /curl -fsS https:\/\/<redacted>@status\.example\.com\/start/);
   });
 
   it("exits 78 with the message for a bad config, via $IMMUTD_CONFIG", async () => {

@@ -56,4 +56,21 @@ describe("notifications", () => {
     assert.ok(lines.join("").includes("https://hooks.example"));
     assert.ok(!lines.join("").includes("secret-token"));
   });
+
+  it("a delivery error that quotes the URL is logged with the origin only", async () => {
+    const lines: string[] = [];
+    const log = createLogger({
+      level: "warn",
+      destination: { write: (s: string) => lines.push(s) } as unknown as NodeJS.WritableStream,
+    });
+    const fakeFetch = (async (url: string) => {
+      throw new TypeError(`request to ${url} failed, reason: ECONNRESET`);
+    }) as typeof fetch;
+    const n = new Notifier(log, { fetch: fakeFetch, baseDelayMs: 1 });
+    n.send([hook()], payload);
+    await n.flush(5000);
+    const text = lines.join("");
+    assert.match(text, /request to https:\/\/hooks\.example failed, reason: ECONNRESET/);
+    assert.ok(!text.includes("secret-token"), text);
+  });
 });

@@ -3,7 +3,6 @@ import { isAbsolute, resolve } from "node:path";
 import { CancelledError, UsageError } from "../errors.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
 import {
-  parseAt,
   type RestoreMode,
   type RestoreSource,
   restore,
@@ -12,14 +11,18 @@ import {
   selectFromCatalog,
 } from "../restore.js";
 import { openTarget } from "../store/s3.js";
+import { parseTimeBound } from "../time.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
 
 export const restoreHelp = `
 Restores one backup of JOB. By default the newest good backup in the
-catalog; --at TIME picks the newest created at or before TIME (ISO-8601; a
-bare date means the end of that day, UTC), --id N a catalog entry (see
-immutd list), --version-id V one S3 version.
+catalog; --at TIME picks the newest created at or before TIME, --id N a
+catalog entry (see immutd list), --version-id V one S3 version.
+
+TIME is in UTC, as immutd list shows it, unless it ends in an offset (Z,
++01:00): 2026-11-25, 2026-11-25T03:00 or "2026-11-25 03:00:12". It covers
+its whole last unit: a date the whole day, 03:00 up to 03:00:59.
 
 Backups are always read by their recorded version ID, never as the "latest"
 object: a newer version or a delete marker written by an attacker does not
@@ -93,7 +96,7 @@ export async function restoreCommand(
   if (!tc) throw new UsageError(`job ${job.name}: unknown target ${job.target}`);
 
   const sel: Selector = {};
-  if (o.at !== undefined) sel.at = parseAt(o.at);
+  if (o.at !== undefined) sel.at = parseTimeBound("--at", o.at);
   if (o.id !== undefined) {
     if (!/^\d+$/.test(o.id))
       throw new UsageError(`--id ${o.id}: not a catalog id (a number from immutd list)`);

@@ -2,7 +2,7 @@
  * Opening a config's targets for the commands that work on several at once
  * (init, verify, doctor), and closing their connections afterwards.
  */
-import type { Config, TargetConfig } from "../config.js";
+import { byName, type Config, type TargetConfig } from "../config.js";
 import { UsageError } from "../errors.js";
 import { openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
@@ -27,7 +27,7 @@ export interface OpenTargets {
 
 /** `parallel`: requests run at once besides uploads (verify.concurrency). */
 export function openTargets(list: readonly TargetConfig[], parallel = 0): OpenTargets {
-  const targets: Record<string, Target> = {};
+  const targets = byName<Target>();
   for (const tc of list) targets[tc.name] = openTarget(tc, { parallel });
   return {
     targets,
