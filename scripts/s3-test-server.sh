@@ -203,12 +203,16 @@ EOF
 
   local a=(radosgw-admin "${c[@]}")
   {
-    "${a[@]}" user create --uid=backups --display-name=Backups --access-key="$MAIN_AK" --secret-key="$MAIN_SK"
+    # Every test makes its own bucket; RGW's default of 1,000 buckets a user runs
+    # out after a few suite runs against one long-lived server (TooManyBuckets).
+    "${a[@]}" user create --uid=backups --display-name=Backups --access-key="$MAIN_AK" --secret-key="$MAIN_SK" \
+      --max-buckets=1000000
     "${a[@]}" subuser create --uid=backups --subuser=backups:creator --access=write --key-type=s3 \
       --access-key="$WRITER_AK" --secret-key="$WRITER_SK"
     "${a[@]}" subuser create --uid=backups --subuser=backups:restorer --access=read --key-type=s3 \
       --access-key="$READER_AK" --secret-key="$READER_SK"
-    "${a[@]}" user create --uid=other --display-name=Other --access-key="$OTHER_AK" --secret-key="$OTHER_SK"
+    "${a[@]}" user create --uid=other --display-name=Other --access-key="$OTHER_AK" --secret-key="$OTHER_SK" \
+      --max-buckets=1000000
   } >"$dir/log/users.out" 2>&1 || fail "radosgw-admin failed (see $dir/log/users.out)"
 
   cat >"$dir/env.json" <<EOF
