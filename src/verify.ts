@@ -24,7 +24,7 @@ import { Writable } from "node:stream";
 import { lifecycleProblems, lockProblems, lockTarget, stricterMode } from "./bucket-check.js";
 import type { BackupRow, Catalog } from "./catalog.js";
 import type { Config, RetentionMode, TargetConfig } from "./config.js";
-import { CancelledError, describeError, StorageError } from "./errors.js";
+import { CancelledError, describeError, explainReadRefusal, StorageError } from "./errors.js";
 import type { Logger } from "./log.js";
 import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
 import { retry } from "./retry.js";
@@ -360,7 +360,8 @@ export async function readLifecycle(target: Target) {
 export interface Observed {
   size?: number;
   retention?: Retention | undefined;
-  error?: { status: number | undefined; message: string };
+  /** refusal: what was refused (the credential, a permission, the SSE-C key), when the answer tells. */
+  error?: { status: number | undefined; message: string; refusal?: string };
   retentionError?: string;
 }
 
@@ -388,7 +389,7 @@ export function judgeBackup(
         findings: [
           {
             kind: "unreadable",
-            message: `${what}: the server refuses to read it with its SSE-C key or this credential (HTTP ${e.status}): ${e.message}`,
+            message: `${what}: ${e.refusal ?? `the server refuses to read it with its SSE-C key or this credential (HTTP ${e.status})`}: ${e.message}`,
           },
         ],
         status: undefined,
@@ -458,9 +459,11 @@ async function checkBackup(
     }
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("verify cancelled");
+    const refusal = await explainReadRefusal(err, () => reader.retention(row.key, row.versionId));
     seen.error = {
       status: err instanceof StorageError ? err.status : undefined,
       message: describeError(err),
+      ...(refusal ? { refusal: refusal.text } : {}),
     };
   }
   const { findings, status } = judgeBackup(row, seen, tc);

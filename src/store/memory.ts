@@ -259,9 +259,14 @@ export class MemoryStore implements ObjectStore {
     return r ? { ...r } : undefined;
   }
 
-  async get(key: string, versionId: string, sseKey: Buffer): Promise<Readable> {
+  async get(
+    key: string,
+    versionId: string,
+    sseKey: Buffer,
+    opts: { start?: number } = {},
+  ): Promise<Readable> {
     this.#allow("get", key);
-    return Readable.from([this.#find(key, versionId, sseKey).data]);
+    return Readable.from([this.#find(key, versionId, sseKey).data.subarray(opts.start ?? 0)]);
   }
 
   async listVersions(prefix: string): Promise<VersionEntry[]> {
