@@ -167,6 +167,11 @@ export async function restoreCommand(
         signal: controller.signal,
         onWarning: (w) => ctx.log.warn({ job: job.name, path: w.path }, w.message),
         onProgress: (p) => progress.update(p),
+        onResume: (r) =>
+          ctx.log.warn(
+            { job: job.name, key: src.key, versionId: src.versionId, ...r },
+            "download broken; resuming from the last byte received",
+          ),
       });
       progress.clear();
       const r = s.result;

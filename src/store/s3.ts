@@ -276,10 +276,9 @@ export class S3Store implements ObjectStore {
       if (expected !== undefined && received !== expected) {
         out.destroy(
           this.#wrap(
-            Object.assign(
-              new Error(`the body ended after ${received} of ${expected} bytes`),
-              { code: "ECONNRESET" },
-            ),
+            Object.assign(new Error(`the body ended after ${received} of ${expected} bytes`), {
+              code: "ECONNRESET",
+            }),
             "download",
             key,
           ),
@@ -812,7 +811,7 @@ export function describe(err: unknown): string {
   const status = httpStatus(err);
   const code = (err as NodeJS.ErrnoException).code;
   const parts = [
-    err.name !== "Error" ? err.name : undefined,
+    err.name !== "Error" && err.name !== "Unknown" ? err.name : undefined,
     status ? `HTTP ${status}` : undefined,
     code,
   ]

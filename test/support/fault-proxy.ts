@@ -18,19 +18,24 @@
  *     action: { kind: "stall", afterBytes }   forward the response head and this
  *                                             many body bytes, then send nothing more
  *                                             (the connection stays open)
- *             { kind: "reset", afterBytes? }  the same, then reset the connection
- *                                             (without afterBytes: before any answer)
+ *             { kind: "reset", afterBytes? }  the same, then close the connection
+ *                                             abruptly (without afterBytes: before
+ *                                             any answer)
  *             { kind: "hang" }                read the request, never answer
  *             { kind: "status", status, code?, message? }
  *                                             answer this status with an S3 XML error
  *                                             body (default code InternalError)
  *             { kind: "delay", ms }           forward after a pause
+ *             { kind: "dropIdle", ms }        forward the answer, but reset the
+ *                                             connection once the client has not
+ *                                             read for ms (a server dropping a
+ *                                             connection whose reader is slow)
  *   f.hits                           how many requests the fault acted on
  *   p.log                            every request seen: method, path, query, range, status
  *   p.clear()                        removes every fault
  *   await p.close()                  closes the listener and every connection
  *
- * Matchers for common S3 calls: isUploadPart(n?), isGet(key?).
+ * Matchers for common S3 calls: isUploadPart(n?), isGetObject(key?).
  */
 import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -51,7 +56,8 @@ export type FaultAction =
   | { kind: "reset"; afterBytes?: number }
   | { kind: "hang" }
   | { kind: "status"; status: number; code?: string; message?: string }
-  | { kind: "delay"; ms: number };
+  | { kind: "delay"; ms: number }
+  | { kind: "dropIdle"; ms: number };
 
 export interface FaultSpec {
   match: (r: RequestInfo) => boolean;
@@ -82,12 +88,16 @@ export const isUploadPart =
     r.query.has("partNumber") &&
     (partNumber === undefined || r.query.get("partNumber") === String(partNumber));
 
-export const isGet =
+/** Query flags of the S3 sub-resources that a GET of a key can carry instead of reading its bytes. */
+const SUBRESOURCES = ["retention", "tagging", "acl", "legal-hold", "uploadId", "attributes"];
+
+/** A GetObject (of key, if given), not a bucket or sub-resource GET. */
+export const isGetObject =
   (key?: string) =>
   (r: RequestInfo): boolean =>
     r.method === "GET" &&
-    !r.query.has("versions") &&
-    !r.query.has("uploads") &&
+    /^\/[^/]+\/./.test(r.path) &&
+    !SUBRESOURCES.some((q) => r.query.has(q)) &&
     (key === undefined || r.path.endsWith(`/${key}`));
 
 export class FaultProxy {
@@ -163,7 +173,9 @@ export class FaultProxy {
     const action = this.#pick(info);
     const entry: LoggedRequest = { ...info, ...(action ? { fault: action.kind } : {}) };
     this.log.push(entry);
-    const reset = () => (req.socket as Socket & { resetAndDestroy?: () => void }).resetAndDestroy?.();
+    // A TLS socket cannot send a TCP RST (Node's resetAndDestroy refuses it); destroying
+    // it closes the connection mid-answer, which the client sees as a dropped connection.
+    const reset = () => req.socket.destroy();
 
     if (action?.kind === "hang") {
       req.resume(); // take the body, answer nothing
@@ -207,6 +219,21 @@ export class FaultProxy {
       res.writeHead(ur.statusCode ?? 502, ur.headers);
       const limit =
         action?.kind === "stall" || action?.kind === "reset" ? action.afterBytes : undefined;
+      if (action?.kind === "dropIdle") {
+        let timer: NodeJS.Timeout | undefined;
+        ur.on("data", (chunk: Buffer) => {
+          if (res.write(chunk)) return;
+          ur.pause();
+          timer = setTimeout(reset, action.ms);
+          res.once("drain", () => {
+            clearTimeout(timer);
+            ur.resume();
+          });
+        });
+        ur.on("end", () => res.end());
+        res.on("close", () => clearTimeout(timer));
+        return;
+      }
       if (limit === undefined) {
         ur.pipe(res);
         return;
