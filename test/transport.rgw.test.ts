@@ -185,6 +185,37 @@ ${targetYaml(
       );
     });
 
+    it("refuses a resumed answer that is not the range it asked for (never appends byte 0 again)", async () => {
+      const s = await setup("range", 6);
+      await backup(s);
+      proxy.fault({ match: isGetObject(), action: { kind: "stall", afterBytes: 1 << 20 } });
+      const whole = proxy.fault({
+        match: (q) => isGetObject()(q) && q.range !== undefined,
+        action: { kind: "respond", status: 200, body: randomBytes(5 << 20) },
+      });
+      const r = await cli(s, "restore", "data", "--stdout");
+      assert.equal(r.code, 3, r.stderr);
+      assert.equal(whole.hits, 1);
+      assert.match(
+        r.stderr,
+        /cannot resume the download of s3:\/\/\S+ version \S+ at byte 1048576: the server answered with the whole object/,
+      );
+    });
+
+    it("catches bytes changed in transit after a resume with the SHA-256 over the whole stream", async () => {
+      const s = await setup("tamper", 6);
+      await backup(s);
+      proxy.fault({ match: isGetObject(), action: { kind: "stall", afterBytes: 1 << 20 } });
+      const flip = proxy.fault({
+        match: (q) => isGetObject()(q) && q.range !== undefined,
+        action: { kind: "corrupt", atByte: 4096 },
+      });
+      const r = await cli(s, "restore", "data", "--stdout");
+      assert.equal(r.code, 3, r.stderr);
+      assert.equal(flip.hits, 1);
+      assert.match(r.stderr, /SHA-256 [0-9a-f]{64} differs from the catalog's/);
+    });
+
     it("survives a consumer slower than the download (restore --stdout into a pipe read late)", async () => {
       const s = await setup("slow", 24);
       await backup(s);

@@ -26,6 +26,10 @@
  *                                             answer this status with an S3 XML error
  *                                             body (default code InternalError)
  *             { kind: "delay", ms }           forward after a pause
+ *             { kind: "corrupt", atByte }     forward the answer with the body byte at
+ *                                             this offset inverted (a tampering middlebox)
+ *             { kind: "respond", status, headers, body }
+ *                                             answer this instead of the server
  *             { kind: "dropIdle", ms }        forward the answer, but reset the
  *                                             connection once the client has not
  *                                             read for ms (a server dropping a
@@ -57,6 +61,8 @@ export type FaultAction =
   | { kind: "hang" }
   | { kind: "status"; status: number; code?: string; message?: string }
   | { kind: "delay"; ms: number }
+  | { kind: "corrupt"; atByte: number }
+  | { kind: "respond"; status: number; headers?: Record<string, string>; body: Buffer }
   | { kind: "dropIdle"; ms: number };
 
 export interface FaultSpec {
@@ -198,6 +204,16 @@ export class FaultProxy {
       res.end(body);
       return;
     }
+    if (action?.kind === "respond") {
+      req.resume();
+      entry.status = action.status;
+      res.writeHead(action.status, {
+        "content-length": action.body.length,
+        ...action.headers,
+      });
+      res.end(action.body);
+      return;
+    }
     if (action?.kind === "delay") await new Promise((r) => setTimeout(r, action.ms));
 
     const headers = { ...req.headers };
@@ -219,6 +235,20 @@ export class FaultProxy {
       res.writeHead(ur.statusCode ?? 502, ur.headers);
       const limit =
         action?.kind === "stall" || action?.kind === "reset" ? action.afterBytes : undefined;
+      if (action?.kind === "corrupt") {
+        let seen = 0;
+        ur.on("data", (chunk: Buffer) => {
+          const at = action.atByte - seen;
+          seen += chunk.length;
+          if (at >= 0 && at < chunk.length) {
+            const copy = Buffer.from(chunk);
+            copy[at] = (copy[at] ?? 0) ^ 0xff;
+            res.write(copy);
+          } else res.write(chunk);
+        });
+        ur.on("end", () => res.end());
+        return;
+      }
       if (action?.kind === "dropIdle") {
         let timer: NodeJS.Timeout | undefined;
         ur.on("data", (chunk: Buffer) => {
