@@ -16,7 +16,7 @@ import { after, before, describe, it } from "node:test";
 import { AbortMultipartUploadCommand } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
 import { CLI, logRecords, runCli } from "./support/cli.js";
-import { FaultProxy, isGetObject, isUploadPart } from "./support/fault-proxy.js";
+import { type FaultAction, FaultProxy, isGetObject, isUploadPart } from "./support/fault-proxy.js";
 import {
   client,
   createLockedBucket,
@@ -130,6 +130,16 @@ ${targetYaml(
     }
   }
 
+  /** restore --stdout of a fresh backup whose GET stalls after 1 MiB and whose resume meets `action`. */
+  async function resumeMeets(label: string, action: FaultAction) {
+    const s = await setup(label, 6);
+    await backup(s);
+    proxy.fault({ match: isGetObject(), action: { kind: "stall", afterBytes: 1 << 20 } });
+    const f = proxy.fault({ match: (q) => isGetObject()(q) && q.range !== undefined, action });
+    const r = await cli(s, "restore", "data", "--stdout");
+    return { r, hits: f.hits };
+  }
+
   describe("restore", () => {
     it("resumes a GET that stalls mid-body with a ranged GET of the same version, SHA-256 checked", async () => {
       const s = await setup("stall", 12);
@@ -186,16 +196,13 @@ ${targetYaml(
     });
 
     it("refuses a resumed answer that is not the range it asked for (never appends byte 0 again)", async () => {
-      const s = await setup("range", 6);
-      await backup(s);
-      proxy.fault({ match: isGetObject(), action: { kind: "stall", afterBytes: 1 << 20 } });
-      const whole = proxy.fault({
-        match: (q) => isGetObject()(q) && q.range !== undefined,
-        action: { kind: "respond", status: 200, body: randomBytes(5 << 20) },
+      const { r, hits } = await resumeMeets("range", {
+        kind: "respond",
+        status: 200,
+        body: randomBytes(5 << 20),
       });
-      const r = await cli(s, "restore", "data", "--stdout");
       assert.equal(r.code, 3, r.stderr);
-      assert.equal(whole.hits, 1);
+      assert.equal(hits, 1);
       assert.match(
         r.stderr,
         /cannot resume the download of s3:\/\/\S+ version \S+ at byte 1048576: the server answered with the whole object/,
@@ -203,16 +210,9 @@ ${targetYaml(
     });
 
     it("catches bytes changed in transit after a resume with the SHA-256 over the whole stream", async () => {
-      const s = await setup("tamper", 6);
-      await backup(s);
-      proxy.fault({ match: isGetObject(), action: { kind: "stall", afterBytes: 1 << 20 } });
-      const flip = proxy.fault({
-        match: (q) => isGetObject()(q) && q.range !== undefined,
-        action: { kind: "corrupt", atByte: 4096 },
-      });
-      const r = await cli(s, "restore", "data", "--stdout");
+      const { r, hits } = await resumeMeets("tamper", { kind: "corrupt", atByte: 4096 });
       assert.equal(r.code, 3, r.stderr);
-      assert.equal(flip.hits, 1);
+      assert.equal(hits, 1);
       assert.match(r.stderr, /SHA-256 [0-9a-f]{64} differs from the catalog's/);
     });
 
