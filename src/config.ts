@@ -84,7 +84,7 @@ export interface TargetConfig {
   partSizeMiB: number;
   queueSize: number;
   checksum: ChecksumMode;
-  /** Seconds to establish a connection (TCP and TLS) before the attempt fails and is retried. */
+  /** Seconds to establish a TCP connection before the attempt fails and is retried (a stalled TLS handshake is ended by idleTimeoutSeconds). */
   connectTimeoutSeconds: number;
   /**
    * Seconds without a byte in either direction on a request's connection (sending

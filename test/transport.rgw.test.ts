@@ -216,16 +216,8 @@ ${targetYaml(
       assert.match(r.stderr, /SHA-256 [0-9a-f]{64} differs from the catalog's/);
     });
 
-    it("survives a consumer slower than the download (restore --stdout into a pipe read late)", async () => {
-      const s = await setup("slow", 24);
-      await backup(s);
-      // The server's side of a slow reader: once the client stops reading, the
-      // connection is dropped (RGW and load balancers do this to idle connections).
-      proxy.fault({
-        match: isGetObject(),
-        times: Number.POSITIVE_INFINITY,
-        action: { kind: "dropIdle", ms: 1500 },
-      });
+    /** `restore --stdout` into a pipe whose reader starts after a pause longer than every timeout. */
+    async function slowPipe(s: Setup): Promise<{ code: number | null; stderr: string }> {
       const out = join(s.dir, "raw.tar");
       const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
         const sh = spawn(
@@ -253,6 +245,26 @@ ${targetYaml(
       );
       // Every byte arrived once, in order: the archive is the one that was backed up.
       assert.equal(sha(readFileSync(out)), catalogSha(s));
+      return r;
+    }
+
+    it("survives a consumer slower than the download whose idle connection the server drops", async () => {
+      const s = await setup("slow", 24);
+      await backup(s);
+      // The server's side of a slow reader: once the client stops reading, the
+      // connection is dropped (RGW and load balancers do this to idle connections).
+      proxy.fault({
+        match: isGetObject(),
+        times: Number.POSITIVE_INFINITY,
+        action: { kind: "dropIdle", ms: 1500 },
+      });
+      await slowPipe(s);
+    });
+
+    it("survives a consumer that pauses longer than idleTimeoutSeconds (backpressure is not a stall)", async () => {
+      const s = await setup("pause", 24);
+      await backup(s);
+      await slowPipe(s);
     });
 
     it("says the reader credential was refused, not the SSE-C key, when its secret is wrong", async () => {

@@ -6,11 +6,14 @@
  */
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { Readable, Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { explainReadRefusal, StorageError } from "../src/errors.js";
 import { RestoreError, type RestoreSource, restore } from "../src/restore.js";
+import { S3Store } from "../src/store/s3.js";
 import type { ObjectStore } from "../src/store/store.js";
+import { targetConfig } from "./support/target.js";
 
 const refused = (status: number, code?: string) =>
   new StorageError(`cannot read: HTTP ${status}`, { transient: false, status, code });
@@ -173,5 +176,37 @@ describe("restore: resuming a broken download", () => {
     );
     assert.ok(err instanceof RestoreError);
     assert.match(err.message, /refused the credential \(HTTP 403 InvalidAccessKeyId\)/);
+  });
+});
+
+describe("S3Store timeouts", () => {
+  it("gives up on an endpoint that accepts connections and never answers, naming the setting", {
+    timeout: 60_000,
+  }, async () => {
+    // TCP connects, TLS never starts: only the idle timeout can end this.
+    const server = createServer(() => {});
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as AddressInfo).port;
+    const sockets = new Set<Socket>();
+    server.on("connection", (c) => sockets.add(c));
+    try {
+      const t = targetConfig({ endpoint: `https://127.0.0.1:${port}`, idleTimeoutSeconds: 1 });
+      const store = new S3Store(t, t.credentials.reader);
+      const err = await store.lockState().then(
+        () => assert.fail("answered"),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof StorageError);
+      assert.match(
+        err.message,
+        /bucket bucket at https:\/\/127\.0\.0\.1:\d+ \(target test\): no byte sent or received for 1 s \(targets\.test\.idleTimeoutSeconds\)/,
+      );
+      assert.equal(err.transient, true);
+      assert.equal(sockets.size, 4, "the SDK tried 4 times, each ended by the timeout");
+      store.client.destroy();
+    } finally {
+      for (const c of sockets) c.destroy();
+      server.close();
+    }
   });
 });

@@ -35,7 +35,8 @@
  *                                             read for ms (a server dropping a
  *                                             connection whose reader is slow)
  *   f.hits                           how many requests the fault acted on
- *   p.log                            every request seen: method, path, query, range, status
+ *   p.log                            every request seen: arrival time, method, path,
+ *                                    query, range, status
  *   p.clear()                        removes every fault
  *   await p.close()                  closes the listener and every connection
  *
@@ -81,6 +82,8 @@ export interface Fault {
 }
 
 export interface LoggedRequest extends RequestInfo {
+  /** When the request arrived (Date.now()). */
+  at: number;
   /** Status sent to the client; undefined when none was (hang, reset, stall before the head). */
   status?: number;
   fault?: FaultAction["kind"];
@@ -177,7 +180,11 @@ export class FaultProxy {
       ...(req.headers.range ? { range: req.headers.range } : {}),
     };
     const action = this.#pick(info);
-    const entry: LoggedRequest = { ...info, ...(action ? { fault: action.kind } : {}) };
+    const entry: LoggedRequest = {
+      ...info,
+      at: Date.now(),
+      ...(action ? { fault: action.kind } : {}),
+    };
     this.log.push(entry);
     // A TLS socket cannot send a TCP RST (Node's resetAndDestroy refuses it); destroying
     // it closes the connection mid-answer, which the client sees as a dropped connection.
