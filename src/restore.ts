@@ -340,7 +340,7 @@ class ResumingDownload extends Readable {
     if (why === undefined) return err;
     const hint =
       err.refusal === "credential"
-        ? ` Check targets.<name>.credentials.reader.`
+        ? " Check the target's credentials.reader in the config."
         : err.refusal === "sse-c key"
           ? " With --from-bucket this means the master key is not the one the backup was made with; otherwise the catalog's key is wrong."
           : "";

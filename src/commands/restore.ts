@@ -24,6 +24,10 @@ immutd list), --version-id V one S3 version.
 Backups are always read by their recorded version ID, never as the "latest"
 object: a newer version or a delete marker written by an attacker does not
 change what is restored. The SHA-256 and size are checked against the catalog.
+A download that breaks or stalls (the target's idleTimeoutSeconds) resumes
+from the last byte received, by version ID, with the hash still over every
+byte; a slow reader of --stdout is fine. Five breaks in a row without
+progress fail the restore.
 
 Without the catalog (a lost server: only the config and the master key are
 left), --from-bucket lists the job's versions in the bucket with the reader

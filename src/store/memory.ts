@@ -237,12 +237,10 @@ export class MemoryStore implements ObjectStore {
       );
     }
     if (sseKey !== undefined && v.keyHash !== hashKey(sseKey)) {
+      // As Ceph RGW answers it (AWS says 403 AccessDenied).
       throw new StorageError(
-        `cannot read s3://${this.bucket}/${key}: the SSE-C key does not match, HTTP 403`,
-        {
-          transient: false,
-          status: 403,
-        },
+        `cannot read s3://${this.bucket}/${key}: the SSE-C key does not match: InvalidArgument, HTTP 400`,
+        { transient: false, status: 400, code: "InvalidArgument" },
       );
     }
     return v;

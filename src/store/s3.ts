@@ -669,9 +669,9 @@ function toSdkRule(r: LifecycleRule): SdkLifecycleRule {
 }
 
 /**
- * Timeouts, per target: `connectionTimeout` bounds TCP and TLS setup;
+ * Timeouts, per target: `connectionTimeout` bounds the TCP connect;
  * `socketTimeout` is an idle timeout on the socket (Node's socket.setTimeout),
- * so it covers every phase in which nothing moves: a part the server stops
+ * so it covers every phase in which nothing moves: a TLS handshake, a part the server stops
  * reading, an answer that never comes, and a download body that stalls (the
  * handler keeps it armed until the response ends, and destroys the body with a
  * TimeoutError). The SDK retries such an attempt (maxAttempts); restore resumes
