@@ -350,6 +350,20 @@ ${targetYaml(
       );
     });
 
+    it("names a dropped connection, not a knock-on abort, when the server goes away during parts", async () => {
+      const s = await setup("gone", 12);
+      proxy.fault({
+        match: isUploadPart(),
+        times: Number.POSITIVE_INFINITY,
+        action: { kind: "reset" },
+      });
+      const r = await cli(s, "backup");
+      assert.equal(r.code, 3, r.stderr);
+      const run = failedRun(s);
+      assert.match(run.error, /cannot upload s3:\/\/\S+ .*(ECONNRESET|socket hang up)/);
+      assert.doesNotMatch(r.stderr, /operation was aborted/);
+    });
+
     it("says when the abort fails too, names the upload ID and keeps it in the catalog", async () => {
       const s = await setup("abort", 12);
       proxy.fault({
