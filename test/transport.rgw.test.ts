@@ -284,6 +284,19 @@ ${targetYaml(
       );
     });
 
+    it("doctor does not credit SSE-C for a refusal that was the reader's credential", async () => {
+      const s = await setup("doc", 1);
+      writeConfig(s.cfg, s.dir, s.bucket, credYaml({ ...env.reader, secretAccessKey: "wrong" }));
+      const r = await cli(s, "doctor", "--json");
+      const [report] = JSON.parse(r.stdout || "[]") as {
+        checks: { name: string; status: string; message: string }[];
+      }[];
+      const ssec = report?.checks.find((c) => c.name === "sse-c");
+      assert.equal(ssec?.status, "FAIL", r.stdout + r.stderr);
+      assert.match(ssec?.message ?? "", /cannot tell whether the server checks SSE-C keys/);
+      assert.doesNotMatch(r.stdout, /refuses reads with a wrong key/);
+    });
+
     it("still says the SSE-C key was refused when it is the key that is wrong", async () => {
       const s = await setup("ssec", 1);
       await backup(s);
