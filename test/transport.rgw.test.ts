@@ -373,7 +373,7 @@ ${targetYaml(
       const r = await cli(s, "backup");
       assert.equal(r.code, 3, r.stderr);
       const run = failedRun(s);
-      assert.match(run.error, /cannot upload s3:\/\/\S+ .*(ECONNRESET|socket hang up)/);
+      assert.match(run.error, /cannot upload s3:\/\/\S+ .*: (ECONNRESET|EPIPE)/);
       assert.doesNotMatch(r.stderr, /operation was aborted/);
     });
 

@@ -810,8 +810,10 @@ export function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   const status = httpStatus(err);
   const code = (err as NodeJS.ErrnoException).code;
+  // The SDK renames ECONNRESET, EPIPE and ETIMEDOUT errors "TimeoutError": the code says more.
+  const named = err.name !== "Error" && err.name !== "Unknown";
   const parts = [
-    err.name !== "Error" && err.name !== "Unknown" ? err.name : undefined,
+    named && !(err.name === "TimeoutError" && code) ? err.name : undefined,
     status ? `HTTP ${status}` : undefined,
     code,
   ]
