@@ -191,9 +191,14 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
     deps.signal?.addEventListener("abort", onAbort, { once: true });
 
     // Whichever stage fails first holds the real cause; the others fail because of it.
+    // A stream torn down by another stage's failure (lib-storage stops reading the
+    // body before it reports the part's error) fails with an AbortError or a
+    // premature close: that is never the cause while another error is known.
     let firstError: unknown;
+    let knockOn: unknown;
     const note = (err: unknown): never => {
-      firstError ??= err;
+      if (isKnockOn(err)) knockOn ??= err;
+      else firstError ??= err;
       throw err;
     };
     const piping = pipeline([archive.stream as NodeJS.ReadableStream, ...stages, hasher]).catch(
@@ -211,9 +216,8 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
         },
       })
       .catch((err: unknown) => {
-        firstError ??= err;
         hasher.destroy(err instanceof Error ? err : new Error(String(err)));
-        throw err;
+        return note(err);
       });
     const [walk, , upload] = await Promise.allSettled([
       archive.done.catch(note),
@@ -222,6 +226,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
     ]);
     deps.signal?.removeEventListener("abort", onAbort);
     if (deps.signal?.aborted) throw new CancelledError(`job ${job.name}: cancelled`);
+    firstError ??= knockOn;
     if (firstError !== undefined) throw firstError;
     if (upload.status !== "fulfilled" || walk.status !== "fulfilled")
       throw new Error("unreachable");
@@ -403,6 +408,11 @@ async function storedSize(
     { attempts: LOCK_ATTEMPTS, lagAttempts: LOCK_ATTEMPTS, baseMs: 250 },
   );
   return size;
+}
+
+function isKnockOn(err: unknown): boolean {
+  const e = err as { name?: string; code?: string } | undefined;
+  return e?.name === "AbortError" || e?.code === "ERR_STREAM_PREMATURE_CLOSE";
 }
 
 function partsHint(message: string, t: TargetConfig): string {

@@ -58,6 +58,8 @@ export const DEFAULTS = {
   partSizeMiB: 16,
   queueSize: 4,
   checksum: "md5",
+  connectTimeoutSeconds: 10,
+  idleTimeoutSeconds: 30,
   exclude: [] as string[],
   compression: "gzip",
   catchUp: true,
@@ -101,6 +103,14 @@ export interface TargetConfig {
   partSizeMiB: number;
   queueSize: number;
   checksum: ChecksumMode;
+  /** Seconds to establish a TCP connection before the attempt fails and is retried (a stalled TLS handshake is ended by idleTimeoutSeconds). */
+  connectTimeoutSeconds: number;
+  /**
+   * Seconds without a byte in either direction on a request's connection (sending
+   * a part, waiting for an answer, receiving a download) before the attempt is
+   * given up: retried, or, for a download, resumed from the last byte received.
+   */
+  idleTimeoutSeconds: number;
   /** Days after the retention period before `immutd init`'s lifecycle rule expires noncurrent versions. */
   lifecycleGraceDays: number;
 }
@@ -253,6 +263,8 @@ const targetSchema = z.strictObject({
   partSizeMiB: z.number().int().min(5).max(5120).default(DEFAULTS.partSizeMiB),
   queueSize: z.number().int().min(1).max(64).default(DEFAULTS.queueSize),
   checksum: z.enum(["md5", "crc32", "crc32c", "sha1", "sha256"]).default(DEFAULTS.checksum),
+  connectTimeoutSeconds: z.number().min(1).max(300).default(DEFAULTS.connectTimeoutSeconds),
+  idleTimeoutSeconds: z.number().min(1).max(3600).default(DEFAULTS.idleTimeoutSeconds),
   lifecycleGraceDays: z.number().int().min(0).max(3650).default(DEFAULTS.lifecycleGraceDays),
 });
 
@@ -671,6 +683,8 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       partSizeMiB: t.partSizeMiB,
       queueSize: t.queueSize,
       checksum: t.checksum,
+      connectTimeoutSeconds: t.connectTimeoutSeconds,
+      idleTimeoutSeconds: t.idleTimeoutSeconds,
       lifecycleGraceDays: t.lifecycleGraceDays,
     };
   }

@@ -31,7 +31,7 @@ import {
   missingLifecycle,
 } from "./bucket-check.js";
 import type { Config, TargetConfig } from "./config.js";
-import { describeError, StorageError } from "./errors.js";
+import { describeError, explainReadRefusal, StorageError } from "./errors.js";
 import type { Logger } from "./log.js";
 import { retry } from "./retry.js";
 import {
@@ -386,6 +386,10 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
 
   if (encrypted) {
     const wrong = await attempt(() => target.reader.head(key, vid, randomBytes(32)));
+    // A refusal proves something only if it was the key that was refused, not the reader.
+    const why = wrong.ok
+      ? undefined
+      : await explainReadRefusal(wrong.error, () => target.reader.head(key, vid, sseKey));
     add(
       wrong.ok
         ? {
@@ -395,11 +399,18 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
               "the server returned the canary for a wrong SSE-C key: it does not encrypt with the key immutd sends",
             fix: "do not use this server for backups until it honours SSE-C",
           }
-        : {
-            name: "sse-c",
-            status: "OK",
-            message: "the server accepts SSE-C uploads and refuses reads with a wrong key",
-          },
+        : why?.refused === "sse-c key"
+          ? {
+              name: "sse-c",
+              status: "OK",
+              message: "the server accepts SSE-C uploads and refuses reads with a wrong key",
+            }
+          : {
+              name: "sse-c",
+              status: "FAIL",
+              message: `cannot tell whether the server checks SSE-C keys: a read with a wrong key failed, but not for the key: ${why?.text ?? describeError(wrong.error)}`,
+              fix: `check targets.${t.name}.credentials.reader: the reader read fails the same way`,
+            },
     );
   }
 

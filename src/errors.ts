@@ -59,20 +59,97 @@ export class LockHeldError extends ImmutdError {
 /**
  * The storage refused or failed a request. `transient` is true where trying
  * again later may succeed (network, 5xx, throttling); false where the server
- * said no (403, 400, missing bucket) and retrying cannot help.
+ * said no (403, 400, missing bucket) and retrying cannot help. `code` is the S3
+ * error code the server sent (AccessDenied, SignatureDoesNotMatch, …); answers
+ * without a body (HEAD, a dropped connection) have none.
  */
 export class StorageError extends ImmutdError {
   readonly transient: boolean;
   readonly status: number | undefined;
+  readonly code: string | undefined;
   constructor(
     message: string,
-    opts: { transient: boolean; status?: number | undefined; cause?: unknown },
+    opts: {
+      transient: boolean;
+      status?: number | undefined;
+      code?: string | undefined;
+      cause?: unknown;
+    },
   ) {
     super(message, { cause: opts.cause });
     this.transient = opts.transient;
     this.status = opts.status;
+    this.code = opts.code;
+  }
+
+  /**
+   * What a request was refused for: the credential (wrong secret, unknown access
+   * key), a permission (AccessDenied), the SSE-C key, or undefined when the
+   * answer does not say (no refusal, or a 403 without a body, as HEAD gets).
+   * Ceph RGW answers a wrong SSE-C key with 400 InvalidArgument; AWS and MinIO
+   * answer it with 403 AccessDenied, so "permission" cannot rule the key out there.
+   */
+  get refusal(): "credential" | "permission" | "sse-c key" | undefined {
+    if (this.code !== undefined && CREDENTIAL_CODES.has(this.code)) return "credential";
+    if (this.code === "AccessDenied") return "permission";
+    if (this.status === 400 && (this.code === undefined || SSE_KEY_CODES.has(this.code)))
+      return "sse-c key";
+    return undefined;
+  }
+
+  /** One clause saying what was refused, for a read with an SSE-C key; undefined if this is no refusal. */
+  refusalText(): string | undefined {
+    const code = this.code ? ` ${this.code}` : "";
+    switch (this.refusal) {
+      case "credential":
+        return `the server refused the credential (HTTP ${this.status}${code}): its access key ID or secret is wrong, so the SSE-C key was never checked`;
+      case "permission":
+        return `the server denied access (HTTP ${this.status}${code}): the credential lacks permission to read it (AWS and MinIO also answer a wrong SSE-C key this way)`;
+      case "sse-c key":
+        return `the server refused the SSE-C key (HTTP ${this.status}${code})`;
+      default:
+        return this.status === 403
+          ? "the server refused the request (HTTP 403 without an error code): the credential or the SSE-C key is wrong"
+          : undefined;
+    }
   }
 }
+
+/**
+ * What a read with an SSE-C key (HEAD, GET) was refused for, and refusalText's
+ * clause for it. A HEAD's 403 carries no error code, so `probe` makes a request
+ * of the same credential that needs no SSE-C key (or the right one): if that
+ * succeeds, the credential is fine and the key is what was refused.
+ */
+export async function explainReadRefusal(
+  err: unknown,
+  probe: () => Promise<unknown>,
+): Promise<{ refused: StorageError["refusal"]; text: string } | undefined> {
+  if (!(err instanceof StorageError)) return undefined;
+  const own = err.refusalText();
+  if (err.refusal !== undefined || err.status !== 403 || own === undefined)
+    return own === undefined ? undefined : { refused: err.refusal, text: own };
+  try {
+    await probe();
+  } catch (probeErr) {
+    const p = probeErr instanceof StorageError ? probeErr : undefined;
+    const text = p?.refusalText();
+    return text !== undefined ? { refused: p?.refusal, text } : { refused: undefined, text: own };
+  }
+  return {
+    refused: "sse-c key",
+    text: "the server refused the SSE-C key (HTTP 403; the credential itself is accepted)",
+  };
+}
+
+const CREDENTIAL_CODES = new Set([
+  "SignatureDoesNotMatch",
+  "InvalidAccessKeyId",
+  "InvalidToken",
+  "ExpiredToken",
+  "RequestTimeTooSkewed",
+]);
+const SSE_KEY_CODES = new Set(["InvalidArgument", "InvalidRequest"]);
 
 /** A safety precondition does not hold, so immutd refuses to act (e.g. a bucket without Object Lock). */
 export class RefusedError extends ImmutdError {}

@@ -8,12 +8,14 @@
  * after the files were written: the error says the restore is incomplete and
  * leaves what was written in place for the operator to judge.
  */
+import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { createGunzip } from "node:zlib";
 import { HashingCounter } from "./backup.js";
 import type { Catalog } from "./catalog.js";
 import type { Compression, Config, JobConfig } from "./config.js";
-import { ImmutdError, StorageError, UsageError } from "./errors.js";
+import { describeError, ImmutdError, StorageError, UsageError } from "./errors.js";
 import {
   type ExtractResult,
   type ExtractWarning,
@@ -179,6 +181,8 @@ export interface RestoreOptions {
   signal?: AbortSignal;
   onWarning?: (w: ExtractWarning) => void;
   onProgress?: (p: { bytes: number; files: number }) => void;
+  /** Called when a broken or stalled download is resumed from byte `offset`. */
+  onResume?: (r: { offset: number; attempt: number; error: string }) => void;
 }
 
 export interface RestoreSummary {
@@ -199,18 +203,7 @@ export async function restore(
 ): Promise<RestoreSummary> {
   const started = Date.now();
   const where = `s3://${src.bucket}/${src.key} version ${src.versionId}`;
-  let body: NodeJS.ReadableStream;
-  try {
-    body = await reader.get(src.key, src.versionId, src.sseKey, opts.signal);
-  } catch (err) {
-    if (err instanceof StorageError && (err.status === 400 || err.status === 403)) {
-      throw new RestoreError(
-        `cannot read ${where}: the server refused the SSE-C key (${err.status}). With --from-bucket this means the master key is not the one the backup was made with; otherwise the catalog's key is wrong.`,
-        { cause: err },
-      );
-    }
-    throw err;
-  }
+  const body = await ResumingDownload.open(reader, src, where, opts);
   let files = 0;
   const hasher = new HashingCounter((n) => opts.onProgress?.({ bytes: n, files }));
   const tarStages = src.compression === "gzip" ? [createGunzip()] : [];
@@ -313,4 +306,171 @@ function incompleteness(result?: ExtractResult, listing?: ListResult): string[] 
     );
   }
   return missing;
+}
+
+/**
+ * How many times in a row a download is resumed without receiving a byte in
+ * between before the restore fails. Any progress resets the count, so a slow
+ * consumer (whose paused connection the server or the idle timeout may drop
+ * each time) costs one resume per pause, never a failure.
+ */
+export const DOWNLOAD_RESUMES = 4;
+
+/**
+ * The bytes of one version as a single stream across broken connections: when
+ * the body fails (connection reset or dropped, idle timeout), it is fetched
+ * again with a ranged GET of the same version ID and SSE-C key from the first
+ * byte not yet received. Downstream sees one continuous stream, so the
+ * SHA-256 and the size are still checked over every byte. A new request is
+ * made only once the consumer asks for more: a consumer that is slow is not
+ * a stall, and reading resumes when it reads again.
+ */
+class ResumingDownload extends Readable {
+  readonly #reader: ObjectStore;
+  readonly #src: RestoreSource;
+  readonly #where: string;
+  readonly #opts: RestoreOptions;
+  #source: Readable | undefined;
+  #offset = 0;
+  /** Resumes since the last byte arrived. */
+  #failures = 0;
+  #opening = false;
+  /** The consumer asked for bytes that have not been pushed yet. */
+  #wanted = false;
+
+  private constructor(reader: ObjectStore, src: RestoreSource, where: string, o: RestoreOptions) {
+    super();
+    this.#reader = reader;
+    this.#src = src;
+    this.#where = where;
+    this.#opts = o;
+  }
+
+  /** Opens the download; a refusal of the first request is thrown here as a RestoreError. */
+  static async open(
+    reader: ObjectStore,
+    src: RestoreSource,
+    where: string,
+    o: RestoreOptions,
+  ): Promise<ResumingDownload> {
+    const d = new ResumingDownload(reader, src, where, o);
+    try {
+      d.#attach(await d.#get());
+    } catch (err) {
+      throw d.#explain(err);
+    }
+    return d;
+  }
+
+  #get(): Promise<Readable> {
+    return this.#reader.get(this.#src.key, this.#src.versionId, this.#src.sseKey, {
+      ...(this.#opts.signal ? { signal: this.#opts.signal } : {}),
+      start: this.#offset,
+    });
+  }
+
+  /** A refusal as one line saying what was refused (credential, permission, SSE-C key); other errors as they are. */
+  #explain(err: unknown): unknown {
+    if (!(err instanceof StorageError)) return err;
+    const why = err.refusalText();
+    if (why === undefined) return err;
+    const hint =
+      err.refusal === "credential"
+        ? " Check the target's credentials.reader in the config."
+        : err.refusal === "sse-c key"
+          ? " With --from-bucket this means the master key is not the one the backup was made with; otherwise the catalog's key is wrong."
+          : "";
+    return new RestoreError(`cannot read ${this.#where}: ${why}.${hint}`, { cause: err });
+  }
+
+  #attach(s: Readable): void {
+    this.#source = s;
+    s.on("data", (c: Buffer) => {
+      this.#offset += c.length;
+      this.#failures = 0;
+      if (!this.push(c)) {
+        this.#wanted = false;
+        s.pause();
+      }
+    });
+    s.on("end", () => this.push(null));
+    s.on("error", (err) => {
+      if (s === this.#source) this.#onBreak(err);
+    });
+    if (!this.#wanted) s.pause();
+  }
+
+  override _read(): void {
+    this.#wanted = true;
+    if (this.#source) this.#source.resume();
+    else void this.#resume();
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.#source?.destroy();
+    cb(err);
+  }
+
+  #onBreak(err: Error): void {
+    this.#source = undefined;
+    if (this.destroyed) return;
+    const signal = this.#opts.signal;
+    if (signal?.aborted) this.destroy(signal.reason as Error);
+    else if (err instanceof StorageError && !err.transient) this.destroy(err);
+    else if (this.#count(err) && this.#wanted) void this.#resume();
+  }
+
+  /** Counts one more resume without progress; false (and the stream failed) past the limit. */
+  #count(err: unknown): boolean {
+    this.#failures++;
+    if (this.#failures > DOWNLOAD_RESUMES) {
+      this.destroy(
+        new Error(
+          `the download broke ${this.#failures} times in a row at byte ${this.#offset} without progress (last: ${describeError(err)})`,
+          { cause: err },
+        ),
+      );
+      return false;
+    }
+    this.#opts.onResume?.({
+      offset: this.#offset,
+      attempt: this.#failures,
+      error: describeError(err),
+    });
+    return true;
+  }
+
+  /** Re-requests the version from the first byte not yet received. */
+  async #resume(): Promise<void> {
+    if (this.#opening || this.destroyed) return;
+    this.#opening = true;
+    try {
+      for (;;) {
+        // The first resume is immediate (a dropped idle connection); repeated ones back off.
+        if (this.#failures > 1) {
+          const signal = this.#opts.signal;
+          await sleep(500 * 2 ** (this.#failures - 2), undefined, signal ? { signal } : {});
+        }
+        try {
+          const s = await this.#get();
+          if (this.destroyed) s.destroy();
+          else this.#attach(s);
+          return;
+        } catch (err) {
+          if (this.destroyed) return;
+          // The ranged GET failed after the SDK's own retries: one more failure in the row.
+          if (!(err instanceof StorageError && err.transient) || this.#opts.signal?.aborted) {
+            this.destroy(this.#explain(this.#opts.signal?.reason ?? err) as Error);
+            return;
+          }
+          if (!this.#count(err)) return;
+        }
+      }
+    } catch (err) {
+      this.destroy(err as Error); // the backoff was cancelled
+    } finally {
+      this.#opening = false;
+      if (this.#source && this.#wanted) this.#source.resume();
+    }
+  }
 }

@@ -33,7 +33,7 @@ import {
 } from "./bucket-check.js";
 import type { BackupRow, Catalog } from "./catalog.js";
 import type { Config, TargetConfig } from "./config.js";
-import { CancelledError, describeError, StorageError } from "./errors.js";
+import { CancelledError, describeError, explainReadRefusal, StorageError } from "./errors.js";
 import { lockAtLeast } from "./lock.js";
 import type { Logger } from "./log.js";
 import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
@@ -417,7 +417,8 @@ export async function readLifecycle(target: Target) {
 export interface Observed {
   size?: number;
   retention?: Retention | undefined;
-  error?: { status: number | undefined; message: string };
+  /** refusal: what was refused (the credential, a permission, the SSE-C key), when the answer tells. */
+  error?: { status: number | undefined; message: string; refusal?: string };
   retentionError?: string;
 }
 
@@ -469,7 +470,7 @@ export function judgeBackup(
         findings: [
           {
             kind: "unreadable",
-            message: `${what}: the server refuses to read it with its SSE-C key or this credential (HTTP ${e.status}): ${e.message}`,
+            message: `${what}: ${e.refusal ?? `the server refuses to read it with its SSE-C key or this credential (HTTP ${e.status})`}: ${e.message}`,
           },
         ],
         status: undefined,
@@ -548,9 +549,11 @@ async function checkBackup(
     }
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("verify cancelled");
+    const refusal = await explainReadRefusal(err, () => reader.retention(row.key, row.versionId));
     seen.error = {
       status: err instanceof StorageError ? err.status : undefined,
       message: describeError(err),
+      ...(refusal ? { refusal: refusal.text } : {}),
     };
   }
   const judged = judgeBackup(row, seen, tc);

@@ -87,6 +87,14 @@ export function storeContract(name: string, h: Harness): void {
         createHash("sha256").update(body).digest("hex"),
       );
       await assert.rejects(t.reader.head("a/b.tar", versionId, randomBytes(32)), StorageError);
+      // A wrong key is refused as the key (not as the credential), and a read can start mid-object.
+      await assert.rejects(t.reader.get("a/b.tar", versionId, randomBytes(32)), (e: unknown) => {
+        assert.ok(e instanceof StorageError);
+        assert.equal(e.refusal, "sse-c key", e.message);
+        return true;
+      });
+      const tail = await readAll(await t.reader.get("a/b.tar", versionId, sseKey, { start: MiB }));
+      assert.ok(tail.equals(body.subarray(MiB)), "get from byte start returns the rest");
       const r = await t.reader.retention("a/b.tar", versionId);
       assert.equal(r?.mode, "COMPLIANCE");
       const expected = before + 86_400_000;

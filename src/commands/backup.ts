@@ -131,8 +131,10 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
       ...failed.map((r) => `${r.job} (${r.status})`),
       ...locked.map((n) => `${n} (already running)`),
     ];
+    // The cause of each failure too: the exit message is often all a cron mail shows.
+    const causes = failed.filter((r) => r.error).map((r) => `. ${r.job}: ${r.error}`);
     throw new JobsFailedError(
-      `${failed.length + skipped + locked.length} of ${jobs.length} job(s) did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}`,
+      `${failed.length + skipped + locked.length} of ${jobs.length} job(s) did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}${causes.join("")}`,
     );
   }
   // Exit 5, not 0: a script must see that files were left out of a backup.

@@ -27,6 +27,10 @@ its whole last unit: a date the whole day, 03:00 up to 03:00:59.
 Backups are always read by their recorded version ID, never as the "latest"
 object: a newer version or a delete marker written by an attacker does not
 change what is restored. The SHA-256 and size are checked against the catalog.
+A download that breaks or stalls (the target's idleTimeoutSeconds) resumes
+from the last byte received, by version ID, with the hash still over every
+byte; a slow reader of --stdout is fine. Five breaks in a row without
+progress fail the restore.
 
 Without the catalog (a lost server: only the config and the master key are
 left), --from-bucket lists the job's versions in the bucket with the reader
@@ -185,6 +189,11 @@ export async function restoreCommand(
         signal: controller.signal,
         onWarning: (w) => ctx.log.warn({ job: job.name, path: w.path }, w.message),
         onProgress: (p) => progress.update(p),
+        onResume: (r) =>
+          ctx.log.warn(
+            { job: job.name, key: src.key, versionId: src.versionId, ...r },
+            "download broken; resuming from the last byte received",
+          ),
       });
       progress.clear();
       const r = s.result;

@@ -243,12 +243,10 @@ export class MemoryStore implements ObjectStore {
       );
     }
     if (sseKey !== undefined && v.keyHash !== hashKey(sseKey)) {
+      // As Ceph RGW answers it (AWS says 403 AccessDenied).
       throw new StorageError(
-        `cannot read s3://${this.bucket}/${key}: the SSE-C key does not match, HTTP 403`,
-        {
-          transient: false,
-          status: 403,
-        },
+        `cannot read s3://${this.bucket}/${key}: the SSE-C key does not match: InvalidArgument, HTTP 400`,
+        { transient: false, status: 400, code: "InvalidArgument" },
       );
     }
     return v;
@@ -270,9 +268,14 @@ export class MemoryStore implements ObjectStore {
     return r ? { ...r } : undefined;
   }
 
-  async get(key: string, versionId: string, sseKey: Buffer): Promise<Readable> {
+  async get(
+    key: string,
+    versionId: string,
+    sseKey: Buffer,
+    opts: { start?: number } = {},
+  ): Promise<Readable> {
     this.#allow("get", key);
-    return Readable.from([this.#find(key, versionId, sseKey).data]);
+    return Readable.from([this.#find(key, versionId, sseKey).data.subarray(opts.start ?? 0)]);
   }
 
   async listVersions(prefix: string): Promise<VersionEntry[]> {

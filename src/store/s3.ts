@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Agent as HttpAgent, request as httpRequest } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import { rootCertificates, type TLSSocket } from "node:tls";
 import {
   AbortMultipartUploadCommand,
@@ -147,7 +147,9 @@ export class S3Store implements ObjectStore {
       client: this.client,
       partSize: this.#target.partSizeMiB * 1024 * 1024,
       queueSize: this.#target.queueSize,
-      leavePartsOnError: false,
+      // immutd aborts the upload itself (below): when lib-storage aborts and that
+      // request fails too, it rejects with the abort's error and the part's is lost.
+      leavePartsOnError: true,
       params: {
         Bucket: this.bucket,
         Key: req.key,
@@ -175,21 +177,25 @@ export class S3Store implements ObjectStore {
       }
       return { versionId: res.VersionId };
     } catch (err) {
-      // lib-storage aborts the multipart upload before rejecting; abort again in
-      // case that request itself failed, so that nothing is left billed and half-written.
-      if (upload.uploadId) {
-        try {
-          await this.abortUpload(req.key, upload.uploadId);
-        } catch (abortErr) {
-          throw this.#wrap(
-            err,
-            `upload (and the abort of multipart upload ${upload.uploadId} also failed: ${describe(abortErr)}) of`,
-            req.key,
-          );
-        }
+      report(); // before the abort: if that fails too, the catalog still names the upload
+      const cause = this.#wrap(err, "upload", req.key);
+      if (!upload.uploadId) throw cause;
+      // Bounded: a server that stopped answering parts may not answer this either.
+      const limit = this.#target.idleTimeoutSeconds * 2;
+      const deadline = AbortSignal.timeout(limit * 1000);
+      try {
+        await this.abortUpload(req.key, upload.uploadId, deadline);
+      } catch (abortErr) {
+        const e = cause instanceof StorageError ? cause : undefined;
+        const why = deadline.aborted
+          ? `no answer within ${limit} s`
+          : describe((abortErr as Error).cause ?? abortErr);
+        throw new StorageError(
+          `${cause.message}; the abort of multipart upload ${upload.uploadId} also failed (${why}), so its parts stay on the server until it is aborted`,
+          { transient: e?.transient ?? false, status: e?.status, code: e?.code, cause },
+        );
       }
-      if (err instanceof StorageError || err instanceof RefusedError) throw err;
-      throw this.#wrap(err, "upload", req.key);
+      throw cause;
     }
   }
 
@@ -237,20 +243,65 @@ export class S3Store implements ObjectStore {
     key: string,
     versionId: string,
     sseKey: Buffer,
-    signal?: AbortSignal,
+    opts: { signal?: AbortSignal; start?: number } = {},
   ): Promise<Readable> {
+    const start = opts.start ?? 0;
     const res = await this.#call("download", key, () =>
       this.client.send(
         new GetObjectCommand({
           Bucket: this.bucket,
           Key: key,
           VersionId: versionId,
+          ...(start > 0 ? { Range: `bytes=${start}-` } : {}),
           ...sseParams(sseKey),
         }),
-        signal ? { abortSignal: signal } : {},
+        opts.signal ? { abortSignal: opts.signal } : {},
       ),
     );
-    return res.Body as Readable;
+    const body = res.Body as Readable;
+    // A server that ignored the Range would send the object from byte 0 again,
+    // which a resumed stream must never append.
+    if (start > 0 && !res.ContentRange?.startsWith(`bytes ${start}-`)) {
+      body.destroy();
+      throw new StorageError(
+        `cannot resume the download of s3://${this.bucket}/${key} version ${versionId} at byte ${start}: the server answered ${res.ContentRange ? `range ${res.ContentRange}` : "with the whole object"} (target ${this.#target.name})`,
+        { transient: false },
+      );
+    }
+    return this.#guardBody(body, key, res.ContentLength);
+  }
+
+  /**
+   * The body as a stream whose errors name the object and the target, and that
+   * fails (rather than ends) when fewer bytes arrive than the server announced.
+   * A body that stops moving is ended by the socket's idle timeout (httpHandler)
+   * with an error, so the caller can resume it.
+   */
+  #guardBody(body: Readable, key: string, expected: number | undefined): Readable {
+    const out = new PassThrough();
+    let received = 0;
+    body.on("data", (c: Buffer) => {
+      received += c.length;
+    });
+    body.on("error", (err) => out.destroy(this.#wrap(err, "download", key)));
+    body.on("end", () => {
+      if (expected !== undefined && received !== expected) {
+        out.destroy(
+          this.#wrap(
+            Object.assign(new Error(`the body ended after ${received} of ${expected} bytes`), {
+              code: "ECONNRESET",
+            }),
+            "download",
+            key,
+          ),
+        );
+      }
+    });
+    out.on("close", () => {
+      if (!body.readableEnded) body.destroy();
+    });
+    body.pipe(out);
+    return out;
   }
 
   async listVersions(prefix: string): Promise<VersionEntry[]> {
@@ -321,10 +372,11 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  async abortUpload(key: string, uploadId: string): Promise<void> {
+  async abortUpload(key: string, uploadId: string, signal?: AbortSignal): Promise<void> {
     try {
       await this.client.send(
         new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }),
+        signal ? { abortSignal: signal } : {},
       );
     } catch (err) {
       if (errorName(err) === "NoSuchUpload") return;
@@ -520,12 +572,23 @@ export class S3Store implements ObjectStore {
   #wrap(err: unknown, what: string, key: string | undefined): Error {
     if (err instanceof RefusedError || err instanceof StorageError) return err;
     const where = key === undefined ? `bucket ${this.bucket}` : `s3://${this.bucket}/${key}`;
-    const status = httpStatus(err);
+    const t = this.#target;
     return new StorageError(
-      `cannot ${what} ${where} at ${this.#target.endpoint} (target ${this.#target.name}): ${describe(err)}`,
-      { transient: isTransient(err), status, cause: err },
+      `cannot ${what} ${where} at ${t.endpoint} (target ${t.name}): ${describeTimeout(err, t) ?? describe(err)}`,
+      { transient: isTransient(err), status: httpStatus(err), code: s3Code(err), cause: err },
     );
   }
+}
+
+/** The two timeouts of httpHandler in the operator's terms, naming the setting; undefined for other errors. */
+function describeTimeout(err: unknown, t: TargetConfig): string | undefined {
+  if (errorName(err) !== "TimeoutError") return undefined;
+  const msg = (err as Error).message ?? "";
+  if (/establish a connection/.test(msg))
+    return `no connection within ${t.connectTimeoutSeconds} s (targets.${t.name}.connectTimeoutSeconds)`;
+  if (/inactivity/.test(msg))
+    return `no byte sent or received for ${t.idleTimeoutSeconds} s (targets.${t.name}.idleTimeoutSeconds)`;
+  return undefined;
 }
 
 function sseParams(key: Buffer) {
@@ -632,14 +695,24 @@ function toSdkRule(r: LifecycleRule): SdkLifecycleRule {
   };
 }
 
+/**
+ * Timeouts, per target: `connectionTimeout` bounds the TCP connect;
+ * `socketTimeout` is an idle timeout on the socket (Node's socket.setTimeout),
+ * so it covers every phase in which nothing moves: a TLS handshake, a part the server stops
+ * reading, an answer that never comes, and a download body that stalls (the
+ * handler keeps it armed until the response ends, and destroys the body with a
+ * TimeoutError). The SDK retries such an attempt (maxAttempts); restore resumes
+ * a download. `requestTimeout` is left unset: in this handler it bounds only the
+ * wait for response headers and, without throwOnRequestTimeout, merely warns.
+ */
 function httpHandler(t: TargetConfig, parallel: number): NodeHttpHandler {
   const ca = extraCa(t);
   const sockets = Math.max(t.queueSize, parallel) + 4;
   return new NodeHttpHandler({
     httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: sockets, ...(ca ? { ca } : {}) }),
     httpAgent: new HttpAgent({ keepAlive: true, maxSockets: sockets }),
-    connectionTimeout: 10_000,
-    requestTimeout: 300_000,
+    connectionTimeout: t.connectTimeoutSeconds * 1000,
+    socketTimeout: t.idleTimeoutSeconds * 1000,
   });
 }
 
@@ -735,6 +808,13 @@ function errorName(err: unknown): string | undefined {
   return (err as { name?: string } | undefined)?.name;
 }
 
+/** The S3 error code of a server's answer (SDK service exceptions are named by it); undefined when the answer had none. */
+function s3Code(err: unknown): string | undefined {
+  const e = err as { $fault?: string; name?: string; Code?: string } | undefined;
+  const code = e?.Code ?? (e?.$fault ? e.name : undefined);
+  return code && code !== "Unknown" && code !== "UnknownError" ? code : undefined;
+}
+
 function httpStatus(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata
     ?.httpStatusCode;
@@ -757,8 +837,10 @@ export function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   const status = httpStatus(err);
   const code = (err as NodeJS.ErrnoException).code;
+  // The SDK renames ECONNRESET, EPIPE and ETIMEDOUT errors "TimeoutError": the code says more.
+  const named = err.name !== "Error" && err.name !== "Unknown";
   const parts = [
-    err.name !== "Error" ? err.name : undefined,
+    named && !(err.name === "TimeoutError" && code) ? err.name : undefined,
     status ? `HTTP ${status}` : undefined,
     code,
   ]

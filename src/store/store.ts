@@ -149,8 +149,17 @@ export interface ObjectStore {
   ): Promise<{ size: number; encrypted: boolean }>;
   /** The version's retention, or undefined if it has none. */
   retention(key: string, versionId: string): Promise<Retention | undefined>;
-  /** The decrypted bytes of one version. */
-  get(key: string, versionId: string, sseKey: Buffer, signal?: AbortSignal): Promise<Readable>;
+  /**
+   * The decrypted bytes of one version, from byte `start` (default 0) to the end.
+   * The stream fails (never ends early) if the transfer breaks or stalls, so a
+   * caller can resume it from the bytes it received.
+   */
+  get(
+    key: string,
+    versionId: string,
+    sseKey: Buffer,
+    opts?: { signal?: AbortSignal; start?: number },
+  ): Promise<Readable>;
   /** Every version and delete marker under prefix. */
   listVersions(prefix: string): Promise<VersionEntry[]>;
   /** Multipart uploads started under prefix and neither completed nor aborted. */

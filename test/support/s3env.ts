@@ -109,6 +109,8 @@ export function rgwTarget(
     partSizeMiB: 5,
     queueSize: 2,
     checksum: "md5",
+    connectTimeoutSeconds: 10,
+    idleTimeoutSeconds: 30,
     lifecycleGraceDays: 7,
     ...over,
   };

@@ -17,6 +17,8 @@ export function targetConfig(over: Partial<TargetConfig> = {}): TargetConfig {
     partSizeMiB: 5,
     queueSize: 2,
     checksum: "md5",
+    connectTimeoutSeconds: 10,
+    idleTimeoutSeconds: 30,
     lifecycleGraceDays: 7,
     ...over,
   };
