@@ -1,5 +1,6 @@
 import { configPath, loadConfig } from "../config.js";
 import { Daemon } from "../daemon.js";
+import { onStopSignals } from "../signals.js";
 import type { GlobalOptions } from "./context.js";
 import { makeLogger } from "./context.js";
 
@@ -15,7 +16,9 @@ Logs are JSON lines on stdout (journald and Docker collect them).
 Signals:
   SIGTERM, SIGINT  stop scheduling, cancel running backups (their uploads are
                    aborted, the runs recorded as interrupted), exit; a second
-                   signal exits at once
+                   signal more than 1 s later exits at once (signals within
+                   1 s, as systemd or timeout(1) send them to the process
+                   group, are one request)
   SIGHUP           reload the config; an invalid one is logged and ignored
 
 With http.listen set: GET /healthz (200 while the scheduler is alive and the
@@ -34,7 +37,6 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
 
   // Handlers go in before start(), so a signal during startup (or right after
   // the "started" line) stops the daemon cleanly instead of killing it.
-  let stopping: Promise<void> | undefined;
   let started = false;
   let requested: NodeJS.Signals | undefined;
   const stop = (sig: NodeJS.Signals): Promise<void> => {
@@ -43,28 +45,21 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
       log.error("shutdown took too long; exiting");
       process.exit(1);
     }, 45_000).unref();
-    stopping = daemon.stop(`received ${sig}`).catch((err: unknown) => {
+    return daemon.stop(`received ${sig}`).catch((err: unknown) => {
       log.error({ err }, "error while stopping");
     });
-    return stopping;
   };
   let done: () => void = () => {};
   const finished = new Promise<void>((resolve) => {
     done = resolve;
   });
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (stopping || requested) {
-      log.error(`second ${sig}: exiting now`);
-      process.exit(130);
-    }
-    if (!started) {
-      requested = sig;
-      return;
-    }
-    stop(sig).then(done);
-  };
-  process.on("SIGTERM", onSignal);
-  process.on("SIGINT", onSignal);
+  onStopSignals({
+    log,
+    stop: (sig) => {
+      if (!started) requested = sig;
+      else stop(sig).then(done);
+    },
+  });
   process.on("SIGHUP", () => {
     if (!started) return;
     log.info("SIGHUP: reloading the config");
