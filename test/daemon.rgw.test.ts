@@ -6,13 +6,22 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  ftruncateSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import Database from "better-sqlite3";
+import { nextRun } from "../src/schedule.js";
 import { openTarget } from "../src/store/s3.js";
 import { DaemonProcess, logRecords, runCli } from "./support/cli.js";
 import {
@@ -380,6 +389,128 @@ notify: [{ url: "http://127.0.0.1:${hookPort}/hook", events: [failure] }]`,
     } finally {
       d.child.kill("SIGKILL");
       receiver.close();
+    }
+  });
+  const idle = `  - name: idle
+    target: local
+    schedule: "0 0 1 1 *"
+    catchUp: false
+    paths: [DIR/small]
+`;
+
+  async function metricsText(port: number): Promise<string> {
+    return (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  }
+
+  function gauge(text: string, series: string): number | undefined {
+    const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+    return line === undefined ? undefined : Number(line.slice(series.length + 1));
+  }
+
+  it("verifies daily by default (next run in /metrics); `verify.schedule: off` is warned about at start", async () => {
+    const httpPort = await freePort();
+    const e = await setup("vdefault", idle, `http: { listen: "127.0.0.1:${httpPort}" }`);
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv);
+    try {
+      const started = await d.waitFor((r) => r.msg === "immutd daemon started", 30_000);
+      assert.equal(started.verifySchedule, "0 4 * * *");
+      const next = gauge(
+        await metricsText(httpPort),
+        'immutd_verify_next_run_timestamp_seconds{deep="false"}',
+      );
+      const expected = nextRun({ schedule: "0 4 * * *" }, new Date());
+      assert.equal(next, (expected?.getTime() ?? 0) / 1000);
+      assert.ok(!d.records.some((r) => String(r.msg).startsWith("verify.schedule is off")));
+      d.child.kill("SIGTERM");
+      assert.equal((await d.exited).code, 0, d.stderr);
+    } finally {
+      d.child.kill("SIGKILL");
+    }
+
+    writeFileSync(
+      e.cfg,
+      readFileSync(e.cfg, "utf8").replace("http: {", "verify: { schedule: off }\nhttp: {"),
+    );
+    const off = new DaemonProcess(["--config", e.cfg], cliEnv);
+    try {
+      const warn = await off.waitFor(
+        (r) => String(r.msg).startsWith("verify.schedule is off"),
+        30_000,
+        "the warning about verify.schedule: off",
+      );
+      assert.equal(warn.level, "warn");
+      assert.match(String(warn.msg), /never extends the newest locks \(keepLatestLocked\)/);
+      const started = await off.waitFor((r) => r.msg === "immutd daemon started", 30_000);
+      assert.equal(started.verifySchedule, "off");
+      const text = await metricsText(httpPort);
+      assert.equal(
+        gauge(text, 'immutd_verify_next_run_timestamp_seconds{deep="false"}'),
+        undefined,
+      );
+      off.child.kill("SIGTERM");
+      assert.equal((await off.exited).code, 0, off.stderr);
+    } finally {
+      off.child.kill("SIGKILL");
+    }
+  });
+
+  it("SIGHUP: a failed reload shows in /metrics and the log; a new http.listen is re-bound, one that cannot be bound is refused", async () => {
+    const [port1, port2] = [await freePort(), await freePort()];
+    const e = await setup("reload", idle, `http: { listen: "127.0.0.1:${port1}" }`);
+    const good = readFileSync(e.cfg, "utf8");
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv);
+    const reloads = (pred: (r: Record<string, unknown>) => boolean) => d.count(pred);
+    const failed = (r: Record<string, unknown>) =>
+      String(r.msg).startsWith("config reload failed, keeping the running config");
+    const ok = (r: Record<string, unknown>) => r.msg === "config reloaded";
+    const hup = async (text: string, pred: (r: Record<string, unknown>) => boolean) => {
+      const n = reloads(pred);
+      writeFileSync(e.cfg, text);
+      d.child.kill("SIGHUP");
+      await d.waitFor(() => reloads(pred) > n, 20_000, "the reload's outcome");
+      return d.records.filter(pred).at(-1) as Record<string, unknown>;
+    };
+    // holds a third port, so a reload onto it cannot bind
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, "127.0.0.1", () => r()));
+    const taken = (squatter.address() as AddressInfo).port;
+    try {
+      await d.waitFor((r) => r.msg === "immutd daemon started", 30_000);
+      let text = await metricsText(port1);
+      assert.equal(gauge(text, "immutd_config_last_reload_successful"), 1);
+      const loadedAt = gauge(text, "immutd_config_last_reload_success_timestamp_seconds") ?? 0;
+      assert.ok(loadedAt > 0);
+
+      // an invalid file: error in the log, 0 in /metrics, the last success time unchanged
+      const bad = await hup(good.replace("schedule:", "shedule:"), failed);
+      assert.equal(bad.level, "error");
+      text = await metricsText(port1);
+      assert.equal(gauge(text, "immutd_config_last_reload_successful"), 0);
+      assert.equal(gauge(text, "immutd_config_last_reload_success_timestamp_seconds"), loadedAt);
+
+      // a new http.listen is applied: served on the new port, no longer on the old one
+      await new Promise((r) => setTimeout(r, 1000)); // a later second for the timestamp
+      await hup(good.replace(`:${port1}"`, `:${port2}"`), ok);
+      text = await metricsText(port2);
+      assert.equal(gauge(text, "immutd_config_last_reload_successful"), 1);
+      assert.ok(
+        (gauge(text, "immutd_config_last_reload_success_timestamp_seconds") ?? 0) > loadedAt,
+      );
+      await assert.rejects(fetch(`http://127.0.0.1:${port1}/healthz`));
+
+      // an http.listen that cannot be bound: refused out loud, the old listener kept
+      const refused = await hup(good.replace(`:${port1}"`, `:${taken}"`), failed);
+      assert.match(String(refused.msg), new RegExp(`127\\.0\\.0\\.1:${taken}.*EADDRINUSE`));
+      assert.match(String(refused.msg), new RegExp(`stay on 127\\.0\\.0\\.1:${port2}`));
+      text = await metricsText(port2);
+      assert.equal(gauge(text, "immutd_config_last_reload_successful"), 0);
+      assert.equal((await fetch(`http://127.0.0.1:${port2}/healthz`)).status, 200);
+
+      d.child.kill("SIGTERM");
+      assert.equal((await d.exited).code, 0, d.stderr);
+    } finally {
+      d.child.kill("SIGKILL");
+      squatter.close();
     }
   });
 });

@@ -19,10 +19,17 @@ Signals:
                    signal more than 1 s later exits at once (signals within
                    1 s, as systemd or timeout(1) send them to the process
                    group, are one request)
-  SIGHUP           reload the config; an invalid one is logged and ignored
+  SIGHUP           reload the config, all or nothing: an invalid one, a changed
+                   catalog or an http.listen that cannot be bound is logged as
+                   an error and the running config kept; a changed http.listen
+                   is re-bound. /metrics: immutd_config_last_reload_successful
 
 With http.listen set: GET /healthz (200 while the scheduler is alive and the
 catalog writable, else 503) and GET /metrics (Prometheus).
+
+Verification runs on verify.schedule (default daily at 04:00; it also keeps
+the newest backup of each job locked); with "schedule: off" the daemon warns
+at start that it never verifies.
 
 Exit codes: 0 stopped by a signal, 75 another daemon holds the catalog,
 78 configuration error.
@@ -60,10 +67,14 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
       else stop(sig).then(done);
     },
   });
+  let reloadAfterStart = false;
   process.on("SIGHUP", () => {
-    if (!started) return;
+    if (!started) {
+      reloadAfterStart = true; // the file may have changed after it was read
+      return;
+    }
     log.info("SIGHUP: reloading the config");
-    daemon.reload();
+    void daemon.reload();
   });
 
   await daemon.start();
@@ -71,6 +82,10 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
   if (requested) {
     await stop(requested);
     return;
+  }
+  if (reloadAfterStart) {
+    log.info("SIGHUP during startup: reloading the config");
+    void daemon.reload();
   }
   await finished;
 }
