@@ -35,7 +35,6 @@ if [ -z "${IMMUTD_TEST_S3_ENV:-}" ]; then
 fi
 
 node dist/src/cli.js key generate "$work/master.key" 2>/dev/null
-val() { node -e "const e=require('$IMMUTD_TEST_S3_ENV'); console.log($1)"; }
 bucket=immutd-soak-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 node dist/test/support/make-bucket.js "$bucket" 1 >/dev/null
 port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
@@ -46,17 +45,11 @@ masterKeyFile: $work/master.key
 maxConcurrentJobs: $jobs
 http: { listen: "127.0.0.1:$port" }
 targets:
-  local:
-    endpoint: $(val e.endpoint)
-    bucket: $bucket
-    forcePathStyle: true
-    caFile: $(val e.caFile)
-    retention: { mode: COMPLIANCE, days: 1 }
-    credentials:
-      writer: { accessKeyId: $(val e.writer.accessKeyId), secretAccessKey: $(val e.writer.secretAccessKey) }
-      reader: { accessKeyId: $(val e.reader.accessKeyId), secretAccessKey: $(val e.reader.secretAccessKey) }
-jobs:
 YAML
+  # the target block the tests use (test/support/s3env.ts): writer and reader credentials
+  node --input-type=module -e "const m = await import('./dist/test/support/s3env.js');
+    process.stdout.write(m.targetYaml(m.s3env(), { bucket: '$bucket' }))"
+  echo "jobs:"
   for i in $(seq "$jobs"); do
     mkdir -p "$work/data/$i"
     for f in a b c; do head -c 4096 /dev/urandom >"$work/data/$i/$f"; done

@@ -460,8 +460,11 @@ export class Daemon {
       try {
         server = await this.#listen(to);
       } catch (err) {
+        // The old listener is closed only once the new one is bound, so the same
+        // port on another address (127.0.0.1:9180 to 0.0.0.0:9180) needs a restart.
+        const samePort = from !== undefined && port(from) === port(to);
         return refuse(
-          `${describeError(err)}${from ? `; /healthz and /metrics stay on ${from}` : ""}${from && /EADDRINUSE/.test(String(err)) ? " (to move to an address that overlaps it, restart immutd)" : ""}`,
+          `${describeError(err)}${from ? `; /healthz and /metrics stay on ${from}` : ""}${samePort ? " (moving to the same port on another address needs a restart)" : ""}`,
         );
       }
       if (this.#stopping) {
@@ -485,8 +488,8 @@ export class Daemon {
           "http.listen removed: no longer serving /healthz and /metrics",
         );
     }
-    this.#retireTargets();
     this.#config = next;
+    this.#retireTargets();
     this.#schedule();
     this.#metrics.configLoaded(true, at);
     this.#log.info({ jobs: next.jobs.map((j) => j.name) }, "config reloaded");
@@ -545,6 +548,10 @@ export class Daemon {
     this.#lock?.release();
     this.#log.info("stopped");
   }
+}
+
+function port(listen: string): string | undefined {
+  return listen.split(":").pop();
 }
 
 /** Destroys a target's S3 clients, closing their keep-alive sockets. */
