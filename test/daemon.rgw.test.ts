@@ -1,13 +1,16 @@
 /**
  * `immutd run` as systemd or a container starts it, against the real Ceph RGW:
- * scheduling without overlap, SIGTERM and kill -9 in the middle of an upload,
+ * scheduling without overlap, SIGTERM (once, or twice as timeout(1) sends it;
+ * also to `immutd backup`) and kill -9 in the middle of an upload, SIGHUP,
  * one daemon per catalog, hooks, command sources, /healthz, /metrics and webhooks.
  * Tests wait for the daemon's log records instead of sleeping.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import {
   closeSync,
+  existsSync,
   ftruncateSync,
   mkdirSync,
   mkdtempSync,
@@ -23,7 +26,7 @@ import { before, describe, it } from "node:test";
 import Database from "better-sqlite3";
 import { nextRun } from "../src/schedule.js";
 import { openTarget } from "../src/store/s3.js";
-import { DaemonProcess, logRecords, runCli } from "./support/cli.js";
+import { CLI, DaemonProcess, logRecords, runCli } from "./support/cli.js";
 import {
   adminRemoveVersion,
   createLockedBucket,
@@ -512,5 +515,106 @@ notify: [{ url: "http://127.0.0.1:${hookPort}/hook", events: [failure] }]`,
       d.child.kill("SIGKILL");
       squatter.close();
     }
+  });
+  // Stop signals: the same signal twice within milliseconds (timeout(1) signals
+  // the process group, so immutd gets it once for itself and once via its
+  // parent) is one stop request; a second signal seconds later forces the exit.
+  const bigJob = (extra = "") => `  - name: big
+    target: local
+    schedule: "0 0 1 1 *"
+    compression: none
+    paths: [DIR/big]
+${extra}`;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  /** Waits until the run's multipart upload exists on the server, i.e. there is something to orphan. */
+  async function uploadStarted(e: Env, alive: () => boolean): Promise<void> {
+    for (let i = 0; i < 300; i++) {
+      if ((await uploadsLeft(e)) > 0) return;
+      assert.ok(alive(), "immutd exited before its upload started");
+      await sleep(100);
+    }
+    assert.fail("no multipart upload appeared within 30 s");
+  }
+
+  /** `immutd backup` as a script or timeout(1) runs it, with stderr collected as it comes. */
+  function backupProcess(e: Env) {
+    const child = spawn(process.execPath, [CLI, "--config", e.cfg, "backup"], {
+      env: { ...process.env, IMMUTD_CONFIG: "", ...cliEnv },
+      cwd: e.dir,
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const exited = new Promise<{ code: number | null }>((r) =>
+      child.on("close", (code) => r({ code })),
+    );
+    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    exited.finally(() => clearTimeout(timer));
+    return { child, exited, stderr: () => stderr, alive: () => child.exitCode === null };
+  }
+
+  it("immutd backup: two SIGTERMs 20 ms apart cancel once: exit 3, upload aborted, run interrupted", async () => {
+    const e = await setup("twice", bigJob());
+    bigFile(e.dir);
+    const b = backupProcess(e);
+    await uploadStarted(e, b.alive);
+    b.child.kill("SIGTERM");
+    await sleep(20);
+    b.child.kill("SIGTERM");
+    assert.equal((await b.exited).code, 3, b.stderr());
+    assert.ok(
+      logRecords(b.stderr()).some((r) => String(r.msg).includes("taken as the same stop request")),
+      b.stderr(),
+    );
+    const last = runs(e, "big").at(-1);
+    assert.equal(last?.status, "interrupted");
+    assert.match(last?.error ?? "", /received SIGTERM/);
+    assert.equal(await uploadsLeft(e), 0, "the multipart upload was left behind");
+  });
+
+  it("immutd backup: a second SIGTERM 2 s after the first still forces the exit (130)", async () => {
+    // A before hook that ignores SIGTERM keeps the cancelled run busy (the hook
+    // is killed only after its 5 s grace), so the process is still there 2 s later.
+    const e = await setup(
+      "force",
+      bigJob(`    hooks: { before: "trap '' TERM; touch hook-ran; sleep 30" }\n`),
+    );
+    bigFile(e.dir);
+    const b = backupProcess(e);
+    const marker = join(e.dir, "hook-ran");
+    for (let i = 0; i < 300 && !existsSync(marker); i++) await sleep(100);
+    assert.ok(existsSync(marker), `the before hook did not start:\n${b.stderr()}`);
+    b.child.kill("SIGTERM");
+    await sleep(2000);
+    assert.ok(b.alive(), "still cleaning up after the first signal");
+    b.child.kill("SIGTERM");
+    assert.equal((await b.exited).code, 130, b.stderr());
+    assert.match(b.stderr(), /SIGTERM again \d+ ms after the first: exiting now/);
+  });
+
+  it("immutd run: two SIGTERMs 20 ms apart stop the daemon cleanly (exit 0, upload aborted, run interrupted)", async () => {
+    const e = await setup("daemon2x", bigJob());
+    bigFile(e.dir);
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv); // catch-up starts the never-run job at once
+    try {
+      await uploadStarted(e, () => d.child.exitCode === null);
+      d.child.kill("SIGTERM");
+      await sleep(20);
+      d.child.kill("SIGTERM");
+      const exit = await d.exited;
+      assert.equal(
+        exit.code,
+        0,
+        `${d.stderr}\n${d.records.map((r) => JSON.stringify(r)).join("\n")}`,
+      );
+      assert.ok(d.records.some((r) => String(r.msg).includes("taken as the same stop request")));
+    } finally {
+      d.child.kill("SIGKILL");
+    }
+    assert.equal(runs(e, "big").at(-1)?.status, "interrupted");
+    assert.equal(await uploadsLeft(e), 0, "the multipart upload was left behind");
   });
 });
