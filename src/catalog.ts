@@ -224,9 +224,16 @@ const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS 
  * The runs this process started, as "catalog path#run id". A run is only
  * ours if it is in here: its recorded pid equal to ours is not enough, since
  * a new container (tini as PID 1, immutd as PID 7 on every start) or a
- * rebooted host hands the same pid to the next immutd.
+ * rebooted host hands the same pid to the next immutd. A run leaves it once
+ * its end is recorded, so a daemon running for months does not keep one
+ * entry per run it ever made.
  */
 const startedHere = new Set<string>();
+
+/** How many runs this process started whose end is not recorded yet (tests: nothing is kept per finished run). */
+export function runsInProgressHere(): number {
+  return startedHere.size;
+}
 
 export class Catalog {
   readonly path: string;
@@ -446,6 +453,7 @@ export class Catalog {
         `UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ? AND status = 'running'`,
       )
       .run(new Date().toISOString(), reason, runId);
+    startedHere.delete(`${this.path}#${runId}`);
   }
 
   /** Each job's latest run and latest successful run, for status and catch-up. */
@@ -546,6 +554,7 @@ export class Catalog {
         );
       }
     }
+    startedHere.delete(`${this.path}#${runId}`); // only once recorded: until then the row is still ours
   }
 
   recordBackup(b: NewBackup): number {

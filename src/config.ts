@@ -72,6 +72,11 @@ export const DEFAULTS = {
   lifecycleGraceDays: 7,
   keepLatestLocked: true,
   verifyConcurrency: 4,
+  /**
+   * Daily: keepLatestLocked extends locks only when the daemon verifies, so a
+   * daemon that never verified would let the newest backup's lock run out.
+   */
+  verifySchedule: "0 4 * * *",
 } as const;
 
 export type RetentionMode = "COMPLIANCE" | "GOVERNANCE";
@@ -116,7 +121,7 @@ export interface TargetConfig {
 }
 
 export interface VerifyConfig {
-  /** When the daemon runs `verify` (cron); unset: not scheduled. */
+  /** When the daemon runs `verify` (cron; default daily at 04:00); unset: `schedule: off`. */
   schedule?: string;
   /** When the daemon runs `verify --deep`, and how many newest backups per job it downloads. */
   deep?: { schedule: string; sample: number };
@@ -268,7 +273,9 @@ const targetSchema = z.strictObject({
   lifecycleGraceDays: z.number().int().min(0).max(3650).default(DEFAULTS.lifecycleGraceDays),
 });
 
-const cronSchema = z.string().superRefine((expr, ctx) => {
+const cronSchema = z.string().superRefine(checkCron);
+
+function checkCron(expr: string, ctx: z.RefinementCtx): void {
   try {
     new Cron(expr, { paused: true });
   } catch (err) {
@@ -277,7 +284,7 @@ const cronSchema = z.string().superRefine((expr, ctx) => {
       message: `invalid cron expression "${expr}": ${(err as Error).message.replace(/^CronPattern: /, "")}`,
     });
   }
-});
+}
 
 const notifySchema = z.strictObject({
   url: httpUrl("fetch refuses it; put the token in the path or query"),
@@ -353,7 +360,10 @@ const configSchema = z
     jobs: z.array(jobSchema).min(1, "must define at least one job"),
     verify: z
       .strictObject({
-        schedule: cronSchema.optional(),
+        schedule: z
+          .string()
+          .superRefine((expr, ctx) => (expr === "off" ? undefined : checkCron(expr, ctx)))
+          .default(DEFAULTS.verifySchedule),
         deep: z
           .strictObject({
             schedule: cronSchema,
@@ -362,7 +372,7 @@ const configSchema = z
           .optional(),
         concurrency: z.number().int().min(1).max(64).default(DEFAULTS.verifyConcurrency),
       })
-      .default({ concurrency: DEFAULTS.verifyConcurrency }),
+      .default({ schedule: DEFAULTS.verifySchedule, concurrency: DEFAULTS.verifyConcurrency }),
     keepLatestLocked: z.boolean().default(DEFAULTS.keepLatestLocked),
     maxConcurrentJobs: z.number().int().min(1).max(64).default(DEFAULTS.maxConcurrentJobs),
     http: z
@@ -720,7 +730,7 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       notify: cfg.notify,
       verify: {
         concurrency: cfg.verify.concurrency,
-        ...(cfg.verify.schedule !== undefined ? { schedule: cfg.verify.schedule } : {}),
+        ...(cfg.verify.schedule !== "off" ? { schedule: cfg.verify.schedule } : {}),
         ...(cfg.verify.deep !== undefined ? { deep: cfg.verify.deep } : {}),
       },
       keepLatestLocked: cfg.keepLatestLocked,

@@ -8,7 +8,9 @@
  * catalog, recovers, serves /healthz and /metrics, schedules. stop() stops
  * scheduling, cancels running jobs (their multipart uploads are aborted and the
  * runs recorded as interrupted) and waits for them a bounded time. reload()
- * swaps in a new config, keeping the old one if the new one is invalid.
+ * swaps in a new config as a whole, or keeps the running one whole if the new
+ * one is invalid or its http.listen cannot be bound; either way the outcome is
+ * logged and in /metrics (immutd_config_last_reload_successful).
  */
 import type { Server } from "node:http";
 import { Cron } from "croner";
@@ -62,9 +64,11 @@ export class Daemon {
   #stopping = false;
   #heartbeat = Date.now();
   #tick: NodeJS.Timeout | undefined;
-  readonly #verifyCrons: Cron[] = [];
+  readonly #verifyCrons: { deep: boolean; cron: Cron }[] = [];
   #verifying: Promise<void> | undefined;
   readonly #verifyAbort = new AbortController();
+  /** SIGHUPs are handled one after another: a reload may wait for a new listener. */
+  #reloading: Promise<boolean> = Promise.resolve(true);
 
   constructor(opts: DaemonOptions) {
     this.#config = opts.config;
@@ -92,16 +96,21 @@ export class Daemon {
       for (const w of this.#catalog.warnings) this.#log.warn(w);
       await this.#recover();
       if (cfg.http) {
-        this.#http = await startHttp(cfg.http.listen, this.#metrics, () => this.health());
+        this.#http = await this.#listen(cfg.http.listen);
         this.#log.info({ listen: cfg.http.listen }, "serving /healthz and /metrics");
       }
+      this.#metrics.configLoaded(true, new Date());
       this.#tick = setInterval(() => {
         this.#heartbeat = Date.now();
       }, 1000);
       this.#schedule();
       this.#catchUp();
       this.#log.info(
-        { jobs: cfg.jobs.map((j) => j.name), maxConcurrentJobs: cfg.maxConcurrentJobs },
+        {
+          jobs: cfg.jobs.map((j) => j.name),
+          maxConcurrentJobs: cfg.maxConcurrentJobs,
+          verifySchedule: cfg.verify.schedule ?? "off",
+        },
         "immutd daemon started",
       );
     } catch (err) {
@@ -247,14 +256,27 @@ export class Daemon {
       const last = this.#catalog?.jobSummary(job.name).lastSuccess;
       if (last) this.#metrics.lastSuccess(job.name, new Date(last.startedAt));
     }
-    for (const c of this.#verifyCrons.splice(0)) c.stop();
+    for (const c of this.#verifyCrons.splice(0)) c.cron.stop();
     const v = this.#config.verify;
     if (v.schedule) {
-      this.#verifyCrons.push(new Cron(v.schedule, () => this.verifyNow(false)));
+      this.#verifyCrons.push({
+        deep: false,
+        cron: new Cron(v.schedule, () => this.verifyNow(false)),
+      });
+    } else {
+      this.#log.warn(
+        this.#config.keepLatestLocked
+          ? "verify.schedule is off: this daemon never verifies the backups and never extends the newest locks (keepLatestLocked), so they run out if backups stop; run `immutd verify` from a timer, or remove `schedule: off` (default: daily)"
+          : "verify.schedule is off: this daemon never verifies the backups; run `immutd verify` from a timer, or remove `schedule: off` (default: daily)",
+      );
     }
     if (v.deep) {
-      this.#verifyCrons.push(new Cron(v.deep.schedule, () => this.verifyNow(true)));
+      this.#verifyCrons.push({
+        deep: true,
+        cron: new Cron(v.deep.schedule, () => this.verifyNow(true)),
+      });
     }
+    this.#updateVerifyNext();
     for (const [name, st] of this.#states) {
       if (!this.#config.jobs.some((j) => j.name === name)) {
         st.cron?.stop();
@@ -265,6 +287,13 @@ export class Daemon {
 
   #updateNext(job: JobConfig): void {
     this.#metrics.next(job.name, nextRun(job, new Date()));
+  }
+
+  #updateVerifyNext(): void {
+    for (const deep of [false, true]) {
+      const c = this.#verifyCrons.find((v) => v.deep === deep);
+      this.#metrics.verifyNext(deep, c?.cron.nextRun() ?? null);
+    }
   }
 
   /** A job whose last success is older than its last scheduled time (or that never ran) runs once now. */
@@ -355,32 +384,100 @@ export class Daemon {
     };
     this.#verifying = run().finally(() => {
       this.#verifying = undefined;
+      this.#updateVerifyNext();
     });
     return this.#verifying;
   }
 
-  /** Reads the config file again; an invalid one is logged and the running config kept. */
-  reload(): boolean {
-    let next: Config;
-    try {
-      const { config, warnings } = loadConfig(this.#file);
-      for (const w of warnings) this.#log.warn(w);
-      next = config;
-    } catch (err) {
-      this.#log.error(`config reload failed, keeping the running config: ${describeError(err)}`);
+  /**
+   * Reads the config file again (SIGHUP). All or nothing: an invalid config, a
+   * changed catalog path or an http.listen that cannot be bound keeps the
+   * running config (and listener) whole. The outcome is logged and set in
+   * /metrics. Resolves true if the new config runs.
+   */
+  reload(): Promise<boolean> {
+    this.#reloading = this.#reloading.then(() => this.#reload());
+    return this.#reloading;
+  }
+
+  async #reload(): Promise<boolean> {
+    const at = new Date();
+    const refuse = (why: string): false => {
+      this.#log.error(`config reload failed, keeping the running config: ${why}`);
+      this.#metrics.configLoaded(false, at);
       return false;
+    };
+    if (this.#stopping) return false;
+    let next: Config;
+    let warnings: string[];
+    try {
+      ({ config: next, warnings } = loadConfig(this.#file));
+    } catch (err) {
+      return refuse(describeError(err));
     }
     if (next.catalog !== this.#config.catalog) {
-      this.#log.error(
-        "config reload: the catalog path cannot change while running; restart immutd. Keeping the running config",
+      return refuse(
+        `the catalog path cannot change while running (${this.#config.catalog} to ${next.catalog}); restart immutd`,
       );
-      return false;
+    }
+    const from = this.#config.http?.listen;
+    const to = next.http?.listen;
+    let server: Server | undefined;
+    if (to !== undefined && to !== from) {
+      try {
+        server = await this.#listen(to);
+      } catch (err) {
+        // The old listener is closed only once the new one is bound, so the same
+        // port on another address (127.0.0.1:9180 to 0.0.0.0:9180) needs a restart.
+        const samePort = from !== undefined && port(from) === port(to);
+        return refuse(
+          `${describeError(err)}${from ? `; /healthz and /metrics stay on ${from}` : ""}${samePort ? " (moving to the same port on another address needs a restart)" : ""}`,
+        );
+      }
+      if (this.#stopping) {
+        server.close();
+        return false;
+      }
+    }
+    for (const w of warnings) this.#log.warn(w);
+    if (to !== from) {
+      const old = this.#http;
+      this.#http = server;
+      if (old) {
+        old.close();
+        old.closeAllConnections();
+      }
+      if (to)
+        this.#log.info({ listen: to, previous: from ?? null }, "serving /healthz and /metrics");
+      else
+        this.#log.info(
+          { previous: from },
+          "http.listen removed: no longer serving /healthz and /metrics",
+        );
     }
     this.#config = next;
-    this.#targets.clear(); // new credentials or endpoints take effect for the next runs
+    this.#retireTargets();
     this.#schedule();
+    this.#metrics.configLoaded(true, at);
     this.#log.info({ jobs: next.jobs.map((j) => j.name) }, "config reloaded");
     return true;
+  }
+
+  #listen(listen: string): Promise<Server> {
+    return startHttp(listen, this.#metrics, () => this.health());
+  }
+
+  /**
+   * New credentials or endpoints take effect for the next runs; the old clients
+   * (their sockets) are destroyed once the runs and the verification using them end.
+   */
+  #retireTargets(): void {
+    const old = [...this.#targets.values()];
+    this.#targets.clear();
+    const using = [...this.#runs, ...(this.#verifying ? [this.#verifying] : [])];
+    void Promise.allSettled(using).then(() => {
+      for (const t of old) closeTarget(t);
+    });
   }
 
   /** Stops scheduling, cancels running jobs and waits for them (at most the shutdown timeout). */
@@ -395,7 +492,7 @@ export class Daemon {
       st.running?.abort(new CancelledError(reason));
     }
     this.#queue.length = 0;
-    for (const c of this.#verifyCrons) c.stop();
+    for (const c of this.#verifyCrons) c.cron.stop();
     this.#verifyAbort.abort(new CancelledError(reason));
     const all = Promise.allSettled([...this.#runs, ...(this.#verifying ? [this.#verifying] : [])]);
     const deadline = new AbortController();
@@ -413,14 +510,21 @@ export class Daemon {
     if (this.#tick) clearInterval(this.#tick);
     await new Promise<void>((r) => (this.#http ? this.#http.close(() => r()) : r()));
     this.#http?.closeAllConnections?.();
-    for (const t of this.#targets.values()) {
-      for (const s of [t.writer, t.reader, t.admin])
-        (s as { client?: { destroy(): void } })?.client?.destroy();
-    }
+    for (const t of this.#targets.values()) closeTarget(t);
     if (!timedOut) this.#catalog?.close();
     this.#lock?.release();
     this.#log.info("stopped");
   }
+}
+
+function port(listen: string): string | undefined {
+  return listen.split(":").pop();
+}
+
+/** Destroys a target's S3 clients, closing their keep-alive sockets. */
+function closeTarget(t: Target): void {
+  for (const s of [t.writer, t.reader, t.admin])
+    (s as { client?: { destroy(): void } } | undefined)?.client?.destroy();
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

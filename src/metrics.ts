@@ -1,7 +1,8 @@
 /**
  * Prometheus metrics of the daemon (prom-client): per job the last success,
  * last run's status, duration, bytes, files and warnings, the next scheduled
- * time and whether it is running now.
+ * time and whether it is running now; verification's findings and schedule;
+ * whether the last config reload worked (named as Prometheus names its own).
  */
 import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import type { BackupResult } from "./backup.js";
@@ -53,6 +54,22 @@ export class Metrics {
     labelNames: ["deep"],
     registers: [this.registry],
   });
+  readonly #verifyNext = new Gauge({
+    name: "immutd_verify_next_run_timestamp_seconds",
+    help: "Unix time of the next scheduled verification (absent: not scheduled)",
+    labelNames: ["deep"],
+    registers: [this.registry],
+  });
+  readonly #reloadOk = new Gauge({
+    name: "immutd_config_last_reload_successful",
+    help: "1 if the last config load (start or SIGHUP) worked, 0 if a reload failed and the previous config still runs",
+    registers: [this.registry],
+  });
+  readonly #reloadAt = new Gauge({
+    name: "immutd_config_last_reload_success_timestamp_seconds",
+    help: "Unix time of the last successful config load (start or SIGHUP)",
+    registers: [this.registry],
+  });
   readonly #up = new Gauge({
     name: "immutd_up",
     help: "1 while the scheduler is alive",
@@ -98,6 +115,17 @@ export class Metrics {
     if (counts.size === 0) this.#findings.set({ kind: "none" }, 0);
     for (const [kind, n] of counts) this.#findings.set({ kind }, n);
     this.#verifiedAt.set({ deep: String(deep) }, at.getTime() / 1000);
+  }
+
+  verifyNext(deep: boolean, at: Date | null): void {
+    if (at) this.#verifyNext.set({ deep: String(deep) }, at.getTime() / 1000);
+    else this.#verifyNext.remove({ deep: String(deep) });
+  }
+
+  /** A config load (the first at start, then each SIGHUP) worked or failed at `at`. */
+  configLoaded(ok: boolean, at: Date): void {
+    this.#reloadOk.set(ok ? 1 : 0);
+    if (ok) this.#reloadAt.set(at.getTime() / 1000);
   }
 
   down(): void {

@@ -1,20 +1,32 @@
 /**
  * `immutd run` as systemd or a container starts it, against the real Ceph RGW:
- * scheduling without overlap, SIGTERM and kill -9 in the middle of an upload,
+ * scheduling without overlap, SIGTERM (once, or twice as timeout(1) sends it;
+ * also to `immutd backup`) and kill -9 in the middle of an upload, SIGHUP,
  * one daemon per catalog, hooks, command sources, /healthz, /metrics and webhooks.
  * Tests wait for the daemon's log records instead of sleeping.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import Database from "better-sqlite3";
+import { nextRun } from "../src/schedule.js";
 import { openTarget } from "../src/store/s3.js";
-import { DaemonProcess, logRecords, runCli } from "./support/cli.js";
+import { CLI, DaemonProcess, logRecords, runCli } from "./support/cli.js";
 import {
   adminRemoveVersion,
   createLockedBucket,
@@ -381,5 +393,228 @@ notify: [{ url: "http://127.0.0.1:${hookPort}/hook", events: [failure] }]`,
       d.child.kill("SIGKILL");
       receiver.close();
     }
+  });
+  const idle = `  - name: idle
+    target: local
+    schedule: "0 0 1 1 *"
+    catchUp: false
+    paths: [DIR/small]
+`;
+
+  async function metricsText(port: number): Promise<string> {
+    return (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  }
+
+  function gauge(text: string, series: string): number | undefined {
+    const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+    return line === undefined ? undefined : Number(line.slice(series.length + 1));
+  }
+
+  it("verifies daily by default (next run in /metrics); `verify.schedule: off` is warned about at start", async () => {
+    const httpPort = await freePort();
+    const e = await setup("vdefault", idle, `http: { listen: "127.0.0.1:${httpPort}" }`);
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv);
+    try {
+      const started = await d.waitFor((r) => r.msg === "immutd daemon started", 30_000);
+      assert.equal(started.verifySchedule, "0 4 * * *");
+      const next = gauge(
+        await metricsText(httpPort),
+        'immutd_verify_next_run_timestamp_seconds{deep="false"}',
+      );
+      const expected = nextRun({ schedule: "0 4 * * *" }, new Date());
+      assert.equal(next, (expected?.getTime() ?? 0) / 1000);
+      assert.ok(!d.records.some((r) => String(r.msg).startsWith("verify.schedule is off")));
+      d.child.kill("SIGTERM");
+      assert.equal((await d.exited).code, 0, d.stderr);
+    } finally {
+      d.child.kill("SIGKILL");
+    }
+
+    writeFileSync(
+      e.cfg,
+      readFileSync(e.cfg, "utf8").replace("http: {", "verify: { schedule: off }\nhttp: {"),
+    );
+    const off = new DaemonProcess(["--config", e.cfg], cliEnv);
+    try {
+      const warn = await off.waitFor(
+        (r) => String(r.msg).startsWith("verify.schedule is off"),
+        30_000,
+        "the warning about verify.schedule: off",
+      );
+      assert.equal(warn.level, "warn");
+      assert.match(String(warn.msg), /never extends the newest locks \(keepLatestLocked\)/);
+      const started = await off.waitFor((r) => r.msg === "immutd daemon started", 30_000);
+      assert.equal(started.verifySchedule, "off");
+      const text = await metricsText(httpPort);
+      assert.equal(
+        gauge(text, 'immutd_verify_next_run_timestamp_seconds{deep="false"}'),
+        undefined,
+      );
+      off.child.kill("SIGTERM");
+      assert.equal((await off.exited).code, 0, off.stderr);
+    } finally {
+      off.child.kill("SIGKILL");
+    }
+  });
+
+  it("SIGHUP: a failed reload shows in /metrics and the log; a new http.listen is re-bound, one that cannot be bound is refused", async () => {
+    const [port1, port2] = [await freePort(), await freePort()];
+    const e = await setup("reload", idle, `http: { listen: "127.0.0.1:${port1}" }`);
+    const good = readFileSync(e.cfg, "utf8");
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv);
+    const reloads = (pred: (r: Record<string, unknown>) => boolean) => d.count(pred);
+    const failed = (r: Record<string, unknown>) =>
+      String(r.msg).startsWith("config reload failed, keeping the running config");
+    const ok = (r: Record<string, unknown>) => r.msg === "config reloaded";
+    const hup = async (text: string, pred: (r: Record<string, unknown>) => boolean) => {
+      const n = reloads(pred);
+      writeFileSync(e.cfg, text);
+      d.child.kill("SIGHUP");
+      await d.waitFor(() => reloads(pred) > n, 20_000, "the reload's outcome");
+      return d.records.filter(pred).at(-1) as Record<string, unknown>;
+    };
+    // holds a third port, so a reload onto it cannot bind
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, "127.0.0.1", () => r()));
+    const taken = (squatter.address() as AddressInfo).port;
+    try {
+      await d.waitFor((r) => r.msg === "immutd daemon started", 30_000);
+      let text = await metricsText(port1);
+      assert.equal(gauge(text, "immutd_config_last_reload_successful"), 1);
+      const loadedAt = gauge(text, "immutd_config_last_reload_success_timestamp_seconds") ?? 0;
+      assert.ok(loadedAt > 0);
+
+      // an invalid file: error in the log, 0 in /metrics, the last success time unchanged
+      const bad = await hup(good.replace("schedule:", "shedule:"), failed);
+      assert.equal(bad.level, "error");
+      text = await metricsText(port1);
+      assert.equal(gauge(text, "immutd_config_last_reload_successful"), 0);
+      assert.equal(gauge(text, "immutd_config_last_reload_success_timestamp_seconds"), loadedAt);
+
+      // a new http.listen is applied: served on the new port, no longer on the old one
+      await new Promise((r) => setTimeout(r, 1000)); // a later second for the timestamp
+      await hup(good.replace(`:${port1}"`, `:${port2}"`), ok);
+      text = await metricsText(port2);
+      assert.equal(gauge(text, "immutd_config_last_reload_successful"), 1);
+      assert.ok(
+        (gauge(text, "immutd_config_last_reload_success_timestamp_seconds") ?? 0) > loadedAt,
+      );
+      await assert.rejects(fetch(`http://127.0.0.1:${port1}/healthz`));
+
+      // an http.listen that cannot be bound: refused out loud, the old listener kept
+      const refused = await hup(good.replace(`:${port1}"`, `:${taken}"`), failed);
+      assert.match(String(refused.msg), new RegExp(`127\\.0\\.0\\.1:${taken}.*EADDRINUSE`));
+      assert.match(String(refused.msg), new RegExp(`stay on 127\\.0\\.0\\.1:${port2}`));
+      text = await metricsText(port2);
+      assert.equal(gauge(text, "immutd_config_last_reload_successful"), 0);
+      assert.equal((await fetch(`http://127.0.0.1:${port2}/healthz`)).status, 200);
+
+      d.child.kill("SIGTERM");
+      assert.equal((await d.exited).code, 0, d.stderr);
+    } finally {
+      d.child.kill("SIGKILL");
+      squatter.close();
+    }
+  });
+  // Stop signals: the same signal twice within milliseconds (timeout(1) signals
+  // the process group, so immutd gets it once for itself and once via its
+  // parent) is one stop request; a second signal seconds later forces the exit.
+  const bigJob = (extra = "") => `  - name: big
+    target: local
+    schedule: "0 0 1 1 *"
+    compression: none
+    paths: [DIR/big]
+${extra}`;
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  /** Waits until the run's multipart upload exists on the server, i.e. there is something to orphan. */
+  async function uploadStarted(e: Env, alive: () => boolean): Promise<void> {
+    for (let i = 0; i < 300; i++) {
+      if ((await uploadsLeft(e)) > 0) return;
+      assert.ok(alive(), "immutd exited before its upload started");
+      await sleep(100);
+    }
+    assert.fail("no multipart upload appeared within 30 s");
+  }
+
+  /** `immutd backup` as a script or timeout(1) runs it, with stderr collected as it comes. */
+  function backupProcess(e: Env) {
+    const child = spawn(process.execPath, [CLI, "--config", e.cfg, "backup"], {
+      env: { ...process.env, IMMUTD_CONFIG: "", ...cliEnv },
+      cwd: e.dir,
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const exited = new Promise<{ code: number | null }>((r) =>
+      child.on("close", (code) => r({ code })),
+    );
+    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    exited.finally(() => clearTimeout(timer));
+    return { child, exited, stderr: () => stderr, alive: () => child.exitCode === null };
+  }
+
+  it("immutd backup: two SIGTERMs 20 ms apart cancel once: exit 3, upload aborted, run interrupted", async () => {
+    const e = await setup("twice", bigJob());
+    bigFile(e.dir);
+    const b = backupProcess(e);
+    await uploadStarted(e, b.alive);
+    b.child.kill("SIGTERM");
+    await sleep(20);
+    b.child.kill("SIGTERM");
+    assert.equal((await b.exited).code, 3, b.stderr());
+    assert.ok(
+      logRecords(b.stderr()).some((r) => String(r.msg).includes("taken as the same stop request")),
+      b.stderr(),
+    );
+    const last = runs(e, "big").at(-1);
+    assert.equal(last?.status, "interrupted");
+    assert.match(last?.error ?? "", /received SIGTERM/);
+    assert.equal(await uploadsLeft(e), 0, "the multipart upload was left behind");
+  });
+
+  it("immutd backup: a second SIGTERM 2 s after the first still forces the exit (130)", async () => {
+    // A before hook that ignores SIGTERM keeps the cancelled run busy (the hook
+    // is killed only after its 5 s grace), so the process is still there 2 s later.
+    const e = await setup(
+      "force",
+      bigJob(`    hooks: { before: "trap '' TERM; touch hook-ran; sleep 30" }\n`),
+    );
+    bigFile(e.dir);
+    const b = backupProcess(e);
+    const marker = join(e.dir, "hook-ran");
+    for (let i = 0; i < 300 && !existsSync(marker); i++) await sleep(100);
+    assert.ok(existsSync(marker), `the before hook did not start:\n${b.stderr()}`);
+    b.child.kill("SIGTERM");
+    await sleep(2000);
+    assert.ok(b.alive(), "still cleaning up after the first signal");
+    b.child.kill("SIGTERM");
+    assert.equal((await b.exited).code, 130, b.stderr());
+    assert.match(b.stderr(), /SIGTERM again \d+ ms after the first: exiting now/);
+  });
+
+  it("immutd run: two SIGTERMs 20 ms apart stop the daemon cleanly (exit 0, upload aborted, run interrupted)", async () => {
+    const e = await setup("daemon2x", bigJob());
+    bigFile(e.dir);
+    const d = new DaemonProcess(["--config", e.cfg], cliEnv); // catch-up starts the never-run job at once
+    try {
+      await uploadStarted(e, () => d.child.exitCode === null);
+      d.child.kill("SIGTERM");
+      await sleep(20);
+      d.child.kill("SIGTERM");
+      const exit = await d.exited;
+      assert.equal(
+        exit.code,
+        0,
+        `${d.stderr}\n${d.records.map((r) => JSON.stringify(r)).join("\n")}`,
+      );
+      assert.ok(d.records.some((r) => String(r.msg).includes("taken as the same stop request")));
+    } finally {
+      d.child.kill("SIGKILL");
+    }
+    assert.equal(runs(e, "big").at(-1)?.status, "interrupted");
+    assert.equal(await uploadsLeft(e), 0, "the multipart upload was left behind");
   });
 });

@@ -10,6 +10,7 @@ import {
 } from "../errors.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
 import { reconcile } from "../recovery.js";
+import { onStopSignals } from "../signals.js";
 import { openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
 import type { Context } from "./context.js";
@@ -22,7 +23,8 @@ recorded in the catalog. A failing job does not stop the others.
 On a terminal a progress line and a summary go to stderr; otherwise only
 log lines are written. Ctrl-C (SIGINT) or SIGTERM cancels: the multipart
 upload is aborted and the run is recorded as interrupted; a second signal
-exits at once.
+more than 1 s later exits at once (signals within 1 s, as timeout(1) sends
+them to the process group, are one request).
 
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice.
@@ -48,18 +50,13 @@ Examples:
 export async function backupCommand(ctx: Context, names: string[]): Promise<void> {
   const jobs = selectJobs(ctx.config.jobs, names);
   const controller = new AbortController();
-  let signals = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      ctx.log.error(`second ${sig}: exiting now`);
-      process.exit(130);
-    }
-    ctx.log.warn(`${sig} received: cancelling; send it again to exit at once`);
-    controller.abort(new CancelledError(`received ${sig}`));
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  const removeSignals = onStopSignals({
+    log: ctx.log,
+    stop: (sig) => {
+      ctx.log.warn(`${sig} received: cancelling; send it again to exit at once`);
+      controller.abort(new CancelledError(`received ${sig}`));
+    },
+  });
 
   const targets = new Map<string, Target>();
   const target = (name: string): Target => {
@@ -114,8 +111,7 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
       if (process.stderr.isTTY) process.stderr.write(`${summary(result, tc.bucket)}\n`);
     }
   } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    removeSignals();
     for (const t of targets.values()) {
       for (const s of [t.writer, t.reader, t.admin])
         (s as { client?: { destroy(): void } })?.client?.destroy();

@@ -10,6 +10,7 @@ import {
   selectFromBucket,
   selectFromCatalog,
 } from "../restore.js";
+import { onStopSignals } from "../signals.js";
 import { openTarget } from "../store/s3.js";
 import { parseTimeBound } from "../time.js";
 import { selectJobs } from "./backup.js";
@@ -163,15 +164,17 @@ export async function restoreCommand(
     }
 
     const controller = new AbortController();
-    const onSignal = (sig: NodeJS.Signals) => {
-      if (controller.signal.aborted) process.exit(130);
-      ctx.log.warn(`${sig} received: stopping the restore; send it again to exit at once`);
-      controller.abort(
-        new CancelledError(`restore cancelled by ${sig}; files already written were left in place`),
-      );
-    };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
+    const removeSignals = onStopSignals({
+      log: ctx.log,
+      stop: (sig) => {
+        ctx.log.warn(`${sig} received: stopping the restore; send it again to exit at once`);
+        controller.abort(
+          new CancelledError(
+            `restore cancelled by ${sig}; files already written were left in place`,
+          ),
+        );
+      },
+    });
     const progress = new ProgressLine(`restore ${job.name}`);
     ctx.log.info(
       {
@@ -230,8 +233,7 @@ export async function restoreCommand(
       }
     } finally {
       progress.clear();
-      process.off("SIGINT", onSignal);
-      process.off("SIGTERM", onSignal);
+      removeSignals();
     }
   } finally {
     for (const s of [target.writer, target.reader, target.admin])

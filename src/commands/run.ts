@@ -1,5 +1,6 @@
 import { configPath, loadConfig } from "../config.js";
 import { Daemon } from "../daemon.js";
+import { onStopSignals } from "../signals.js";
 import type { GlobalOptions } from "./context.js";
 import { makeLogger } from "./context.js";
 
@@ -16,11 +17,20 @@ Logs are JSON lines on stdout (journald and Docker collect them).
 Signals:
   SIGTERM, SIGINT  stop scheduling, cancel running backups (their uploads are
                    aborted, the runs recorded as interrupted), exit; a second
-                   signal exits at once
-  SIGHUP           reload the config; an invalid one is logged and ignored
+                   signal more than 1 s later exits at once (signals within
+                   1 s, as systemd or timeout(1) send them to the process
+                   group, are one request)
+  SIGHUP           reload the config, all or nothing: an invalid one, a changed
+                   catalog or an http.listen that cannot be bound is logged as
+                   an error and the running config kept; a changed http.listen
+                   is re-bound. /metrics: immutd_config_last_reload_successful
 
 With http.listen set: GET /healthz (200 while the scheduler is alive and the
 catalog writable, else 503) and GET /metrics (Prometheus).
+
+Verification runs on verify.schedule (default daily at 04:00; it also keeps
+the newest backup of each job locked); with "schedule: off" the daemon warns
+at start that it never verifies.
 
 Exit codes: 0 stopped by a signal, 75 another daemon holds the catalog,
 78 configuration error or a catalog that cannot be used (a directory,
@@ -36,7 +46,6 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
 
   // Handlers go in before start(), so a signal during startup (or right after
   // the "started" line) stops the daemon cleanly instead of killing it.
-  let stopping: Promise<void> | undefined;
   let started = false;
   let requested: NodeJS.Signals | undefined;
   const stop = (sig: NodeJS.Signals): Promise<void> => {
@@ -45,32 +54,29 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
       log.error("shutdown took too long; exiting");
       process.exit(1);
     }, 45_000).unref();
-    stopping = daemon.stop(`received ${sig}`).catch((err: unknown) => {
+    return daemon.stop(`received ${sig}`).catch((err: unknown) => {
       log.error({ err }, "error while stopping");
     });
-    return stopping;
   };
   let done: () => void = () => {};
   const finished = new Promise<void>((resolve) => {
     done = resolve;
   });
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (stopping || requested) {
-      log.error(`second ${sig}: exiting now`);
-      process.exit(130);
-    }
+  onStopSignals({
+    log,
+    stop: (sig) => {
+      if (!started) requested = sig;
+      else stop(sig).then(done);
+    },
+  });
+  let reloadAfterStart = false;
+  process.on("SIGHUP", () => {
     if (!started) {
-      requested = sig;
+      reloadAfterStart = true; // the file may have changed after it was read
       return;
     }
-    stop(sig).then(done);
-  };
-  process.on("SIGTERM", onSignal);
-  process.on("SIGINT", onSignal);
-  process.on("SIGHUP", () => {
-    if (!started) return;
     log.info("SIGHUP: reloading the config");
-    daemon.reload();
+    void daemon.reload();
   });
 
   await daemon.start();
@@ -78,6 +84,10 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
   if (requested) {
     await stop(requested);
     return;
+  }
+  if (reloadAfterStart) {
+    log.info("SIGHUP during startup: reloading the config");
+    void daemon.reload();
   }
   await finished;
 }

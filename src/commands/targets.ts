@@ -4,6 +4,7 @@
  */
 import { byName, type Config, type TargetConfig } from "../config.js";
 import { UsageError } from "../errors.js";
+import { onStopSignals } from "../signals.js";
 import { openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
 
@@ -40,22 +41,15 @@ export function openTargets(list: readonly TargetConfig[], parallel = 0): OpenTa
   };
 }
 
-/** Ctrl-C / SIGTERM abort the signal; a second one exits at once. Returns the remover. */
+/** Ctrl-C / SIGTERM abort the signal; a later one exits at once (signals.ts). Returns the remover. */
 export function cancelOnSignals(
   controller: AbortController,
   onFirst: (sig: string) => void,
 ): () => void {
-  let count = 0;
-  const handler = (sig: NodeJS.Signals) => {
-    count++;
-    if (count > 1) process.exit(130);
-    onFirst(sig);
-    controller.abort(new Error(`received ${sig}`));
-  };
-  process.on("SIGINT", handler);
-  process.on("SIGTERM", handler);
-  return () => {
-    process.off("SIGINT", handler);
-    process.off("SIGTERM", handler);
-  };
+  return onStopSignals({
+    stop: (sig) => {
+      onFirst(sig);
+      controller.abort(new Error(`received ${sig}`));
+    },
+  });
 }

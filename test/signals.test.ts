@@ -1,0 +1,65 @@
+import assert from "node:assert/strict";
+import { EventEmitter } from "node:events";
+import { describe, it } from "node:test";
+import {
+  FORCED_EXIT_CODE,
+  onStopSignals,
+  REPEAT_SIGNAL_MS,
+  signalMeaning,
+} from "../src/signals.js";
+
+/** A fake process: signals are emitted by hand, the clock is moved by hand. */
+function harness() {
+  const source = new EventEmitter();
+  let clock = 1_000_000;
+  const stops: string[] = [];
+  const exits: number[] = [];
+  const remove = onStopSignals({
+    stop: (sig) => stops.push(sig),
+    exit: (code) => exits.push(code),
+    now: () => clock,
+    source: source as unknown as NodeJS.Process,
+  });
+  return {
+    source,
+    stops,
+    exits,
+    remove,
+    signal(sig: NodeJS.Signals, afterMs: number) {
+      clock += afterMs;
+      source.emit(sig, sig);
+    },
+  };
+}
+
+describe("stop signals", () => {
+  it("signals within the window are one request: two SIGTERMs 24 ms apart (timeout(1) and the process group) stop once, never exit", () => {
+    const h = harness();
+    h.signal("SIGTERM", 0);
+    h.signal("SIGTERM", 24);
+    h.signal("SIGINT", REPEAT_SIGNAL_MS - 24); // still within the window of the first
+    assert.deepEqual(h.stops, ["SIGTERM"]);
+    assert.deepEqual(h.exits, []);
+  });
+
+  it("a signal later than the window forces the exit with 130", () => {
+    const h = harness();
+    h.signal("SIGINT", 0);
+    h.signal("SIGINT", 2000);
+    assert.deepEqual(h.stops, ["SIGINT"]);
+    assert.deepEqual(h.exits, [FORCED_EXIT_CODE]);
+  });
+
+  it("the remover takes both handlers off", () => {
+    const h = harness();
+    h.remove();
+    assert.equal(h.source.listenerCount("SIGTERM"), 0);
+    assert.equal(h.source.listenerCount("SIGINT"), 0);
+  });
+
+  it("signalMeaning: first is stop, the window's edge is still the same request", () => {
+    assert.equal(signalMeaning(undefined, 5), "stop");
+    assert.equal(signalMeaning(0, REPEAT_SIGNAL_MS), "same");
+    assert.equal(signalMeaning(0, REPEAT_SIGNAL_MS + 1), "force");
+  });
+});
