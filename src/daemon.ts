@@ -346,6 +346,9 @@ export class Daemon {
       const targets = byName<Target>();
       for (const name of Object.keys(cfg.targets)) targets[name] = this.#target(name);
       try {
+        // As `immutd verify` does: a manual backup killed while the daemon runs is
+        // reconciled here, not only at the next daemon start.
+        await this.#recover();
         const report = await runVerify({
           config: cfg,
           catalog,

@@ -8,11 +8,13 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
+import { Readable, Writable } from "node:stream";
 import { describe, it } from "node:test";
+import Database from "better-sqlite3";
 import { runsInProgressHere } from "../src/catalog.js";
 import { loadConfig } from "../src/config.js";
 import { Daemon } from "../src/daemon.js";
+import { deriveSseKey } from "../src/keys.js";
 import { createLogger } from "../src/log.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import type { Target } from "../src/store/store.js";
@@ -118,5 +120,47 @@ describe("daemon (memory store): nothing grows per run", () => {
       await daemon.stop("test over");
     }
     assert.equal(destroyed, 4 * 3);
+  });
+});
+
+describe("daemon (memory store): crash recovery between starts", () => {
+  it("a scheduled verify reconciles a manual backup that was killed while the daemon kept running", async () => {
+    const { dir, file } = setup();
+    const bucket = new MemoryBucket("mem");
+    const target = bucket.target("mem");
+    const rec = recorder();
+    const config = loadConfig(file).config;
+    const daemon = new Daemon({ configFile: file, config, log: rec.log, openTarget: () => target });
+    await daemon.start();
+    try {
+      // What `immutd backup` killed by -9 leaves once the daemon is up: a run row
+      // "running" under a pid that is gone, and a completed version at its key.
+      const key = "unit/j/2026-12-01T000000Z-deadbeef.tar";
+      const other = new Database(join(dir, "catalog.db"));
+      other
+        .prepare(
+          `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES ('j', 'mem', ?, ?, 'running', ?)`,
+        )
+        .run(key, new Date().toISOString(), 2 ** 22 + 12345);
+      other.close();
+      const sseKey = deriveSseKey(config.masterKey.reveal(), "mem", key);
+      const { versionId } = await target.writer.upload({
+        key,
+        body: Readable.from([Buffer.alloc(10240)]),
+        sseKey,
+      });
+
+      await daemon.verifyNow(false);
+      const check = new Database(join(dir, "catalog.db"), { readonly: true });
+      const rows = check
+        .prepare(`SELECT version_id AS v, status FROM backups WHERE object_key = ?`)
+        .all(key);
+      const run = check.prepare(`SELECT status FROM runs WHERE object_key = ?`).get(key);
+      check.close();
+      assert.deepEqual(rows, [{ v: versionId, status: "unverified" }]);
+      assert.deepEqual(run, { status: "interrupted" });
+    } finally {
+      await daemon.stop("test over");
+    }
   });
 });
