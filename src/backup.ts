@@ -16,7 +16,7 @@ import { pipeline } from "node:stream/promises";
 import { createGzip } from "node:zlib";
 import { type ArchiveWarning, createArchive, missingPaths } from "./archive.js";
 import { configuredLock, describeRetention, LOCK_SLACK_MS, lockProblems } from "./bucket-check.js";
-import type { Catalog } from "./catalog.js";
+import { type Catalog, UPLOAD_UNSETTLED } from "./catalog.js";
 import type { Config, JobConfig, TargetConfig } from "./config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "./errors.js";
 import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
@@ -131,6 +131,9 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
     key,
   };
   let spooled: Spooled | undefined;
+  // Set once the upload's first request is sent: from then on the server may hold
+  // a version at the key even if this process never hears of it.
+  let uploadSent = false;
 
   try {
     deps.signal?.throwIfAborted();
@@ -205,6 +208,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       note,
     );
     let uploadId: string | undefined;
+    uploadSent = true;
     const uploading = target.writer
       .upload({
         key,
@@ -346,12 +350,15 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       ? `cancelled: ${describeError(deps.signal?.reason ?? err)}`
       : partsHint(describeError(err), deps.targetConfig);
     catalog.addWarnings(runId, warnings);
+    // No backup row although the upload was sent: if its last answer was lost, the
+    // version exists. The run stays on crash recovery's list until one has looked.
+    const unsettled = uploadSent && base.backupId === undefined;
     catalog.finishRun(runId, {
       status,
       bytes: progress.bytes,
       files: progress.files,
       warnings: warnings.length,
-      error,
+      error: unsettled ? `${error}${UPLOAD_UNSETTLED}` : error,
     });
     jlog.error({ status }, `backup ${status}: ${error}`);
     return {

@@ -216,6 +216,27 @@ const RUN_COLUMNS = `id, job, target, object_key AS objectKey, upload_id AS uplo
  */
 export const UNRECONCILED_RUN = "the process running it ended without finishing it";
 
+/**
+ * Ends the error of a failed run whose upload request was sent but that has no
+ * backup row: the server may have stored the version after all (the answer to
+ * CompleteMultipartUpload or PutObject was lost, or timed out while the server
+ * assembled the parts). Such a run is not reconciled yet either: crash recovery
+ * looks for a version at its key and records what it finds.
+ */
+export const UPLOAD_UNSETTLED =
+  " (the upload may have completed on the server all the same: the next backup, verify or daemon start looks for a version at its key)";
+
+/** Runs crash recovery has still to look at, besides abandoned "running" ones (two parameters: UNRECONCILED_RUN, "%" + UPLOAD_UNSETTLED). */
+const UNRECONCILED_SQL = `((status = 'interrupted' AND error = ?) OR (status IN ('interrupted','failed') AND error LIKE ?))`;
+
+function unreconciled(row: { status: RunStatus; error: string | null }): boolean {
+  if (row.status !== "interrupted" && row.status !== "failed") return false;
+  return (
+    (row.status === "interrupted" && row.error === UNRECONCILED_RUN) ||
+    (row.error?.endsWith(UPLOAD_UNSETTLED) ?? false)
+  );
+}
+
 const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
   size, sha256, compression, created_at AS createdAt, retention_mode AS retentionMode,
   retain_until AS retainUntil, status, files`;
@@ -389,9 +410,13 @@ export class Catalog {
   deadRuns(job?: string): RunRow[] {
     const unreconciled = this.db
       .prepare(
-        `SELECT ${RUN_COLUMNS} FROM runs WHERE status = 'interrupted' AND error = ? ${job !== undefined ? "AND job = ?" : ""}`,
+        `SELECT ${RUN_COLUMNS} FROM runs WHERE ${UNRECONCILED_SQL} ${job !== undefined ? "AND job = ?" : ""}`,
       )
-      .all(UNRECONCILED_RUN, ...(job !== undefined ? [job] : [])) as RunRow[];
+      .all(
+        UNRECONCILED_RUN,
+        `%${UPLOAD_UNSETTLED}`,
+        ...(job !== undefined ? [job] : []),
+      ) as RunRow[];
     const abandoned = this.abandonedRuns().filter((r) => job === undefined || r.job === job);
     return [...abandoned, ...unreconciled].sort((a, b) => a.id - b.id);
   }
@@ -402,12 +427,25 @@ export class Catalog {
       | { status: RunStatus; pid: number | null; error: string | null }
       | undefined;
     if (!row) return false;
-    if (row.status === "interrupted") return row.error === UNRECONCILED_RUN;
+    if (row.status === "interrupted" || row.status === "failed") return unreconciled(row);
     return row.status === "running" && this.#dead(runId, row.pid);
   }
 
   /** Ends a dead run after recovery: interrupted, with what recovery found. Only a run still dead and unreconciled. */
   closeDeadRun(runId: number, reason: string): void {
+    const row = this.db.prepare(`SELECT status, error FROM runs WHERE id = ?`).get(runId) as
+      | { status: RunStatus; error: string | null }
+      | undefined;
+    if (row?.error?.endsWith(UPLOAD_UNSETTLED) && row.status !== "running") {
+      // A run that ended on its own keeps its status and error; what recovery found at its key is added.
+      const own = row.error.slice(0, -UPLOAD_UNSETTLED.length);
+      const at = reason.indexOf("; ");
+      const found = at >= 0 ? reason.slice(at) : ": no version there";
+      this.db
+        .prepare(`UPDATE runs SET error = ? WHERE id = ? AND error = ?`)
+        .run(`${own}; crash recovery checked its key${found}`, runId, row.error);
+      return;
+    }
     this.db
       .prepare(
         `UPDATE runs SET status = 'interrupted', finished_at = coalesce(finished_at, ?), error = ?
@@ -441,10 +479,6 @@ export class Catalog {
 
   #ours(runId: number): boolean {
     return startedHere.has(`${this.path}#${runId}`);
-  }
-
-  markInterrupted(runId: number, reason: string): void {
-    this.#interrupt(runId, reason);
   }
 
   #interrupt(runId: number, reason: string): void {
@@ -533,6 +567,17 @@ export class Catalog {
           runId,
         );
     try {
+      this.#recordEnd(runId, record, r);
+    } finally {
+      // Not ours any more, recorded or not: a row the catalog could not close reads
+      // as dead (our pid), so this daemon's next verify or backup reconciles it
+      // instead of treating it as a live run of its own for as long as it runs.
+      startedHere.delete(`${this.path}#${runId}`);
+    }
+  }
+
+  #recordEnd(runId: number, record: () => void, r: { status: string; error?: string }): void {
+    try {
       record();
     } catch (err) {
       if (sqliteCode(err) !== "SQLITE_FULL") throw err;
@@ -544,7 +589,7 @@ export class Catalog {
         this.db.pragma("wal_checkpoint(TRUNCATE)");
         record();
       } catch {
-        const unrecorded = `it shows as running until the next backup of the job, verify or daemon start marks it interrupted`;
+        const unrecorded = `it shows as running until the next backup of the job, verify (also the daemon's) or daemon start reconciles it`;
         // When the run failed because the catalog is full, its error already says so.
         throw new CatalogError(
           r.error?.startsWith(`catalog ${this.path}: `)
@@ -554,7 +599,6 @@ export class Catalog {
         );
       }
     }
-    startedHere.delete(`${this.path}#${runId}`); // only once recorded: until then the row is still ours
   }
 
   recordBackup(b: NewBackup): number {

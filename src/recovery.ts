@@ -158,7 +158,9 @@ async function recoverRun(
       // Recorded all the same (with the listing's size): verify --deep will report it.
       jlog.warn(
         { key, versionId: v.versionId },
-        `${where} does not open with the key immutd derives for it: ${describeError(err)}`,
+        err instanceof StorageError && err.refusalText() !== undefined
+          ? `${where} could not be read: ${err.refusalText()}`
+          : `${where} does not open with the key immutd derives for it: ${describeError(err)}`,
       );
     }
     let retention: Retention | undefined;

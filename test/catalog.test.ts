@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { Catalog, MAX_STORED_WARNINGS } from "../src/catalog.js";
+import { Catalog, MAX_STORED_WARNINGS, runsInProgressHere } from "../src/catalog.js";
 import { CatalogError, ConfigError } from "../src/errors.js";
 
 const dir = mkdtempSync(join(tmpdir(), "immutd-catalog-"));
@@ -309,5 +309,26 @@ describe("catalog", () => {
       () => Catalog.open(path),
       (e: unknown) => e instanceof ConfigError && /schema version 99/.test(e.message),
     );
+  });
+});
+
+describe("a run the catalog could not close", () => {
+  it("is no longer this process's own, so this daemon's next reconcile sees it as dead", () => {
+    const c = Catalog.open(join(dir, "unclosable.db"));
+    const before = runsInProgressHere();
+    const id = c.startRun({ job: "j", target: "t", objectKey: "h/j/k.tar", startedAt: new Date() });
+    assert.equal(runsInProgressHere(), before + 1);
+    assert.deepEqual(c.deadRuns(), [], "a run this process is doing is live");
+    c.db.pragma("query_only = ON"); // every write now fails, as on a disk that stays full
+    assert.throws(() =>
+      c.finishRun(id, { status: "failed", bytes: 0, files: 0, warnings: 0, error: "x" }),
+    );
+    c.db.pragma("query_only = OFF");
+    assert.equal(runsInProgressHere(), before);
+    assert.deepEqual(
+      c.deadRuns().map((r) => r.id),
+      [id],
+    );
+    c.close();
   });
 });

@@ -11,7 +11,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
+import { runBackup } from "../src/backup.js";
 import { Catalog } from "../src/catalog.js";
+import type { TargetConfig } from "../src/config.js";
+import { StorageError } from "../src/errors.js";
 import { deriveSseKey } from "../src/keys.js";
 import { createLogger } from "../src/log.js";
 import { objectKey } from "../src/naming.js";
@@ -185,5 +188,65 @@ describe("reconcile (memory store)", () => {
     );
     assert.equal(catalog.listBackups()[0]?.status, "corrupt");
     catalog.close();
+  });
+});
+
+describe("a run whose upload failed after the server stored it (memory store)", () => {
+  it("stays on recovery's list, and the next reconcile records the version without changing the run's own error", async () => {
+    const { target, catalog, config } = setup("lost-answer", ["tree"]);
+    // The server completes the upload but its answer never arrives (reset, or an
+    // idle timeout while it assembles the parts): the run fails with no row.
+    const complete = target.writer.upload.bind(target.writer);
+    const lossy = {
+      ...target,
+      writer: Object.assign(Object.create(target.writer), {
+        upload: async (req: Parameters<typeof complete>[0]) => {
+          await complete(req);
+          throw new StorageError("cannot upload: connection reset (ECONNRESET)", {
+            transient: true,
+          });
+        },
+      }),
+    };
+    const job = config.jobs[0] as (typeof config.jobs)[number];
+    const result = await runBackup(job, {
+      config,
+      catalog,
+      target: lossy,
+      targetConfig: config.targets.memory as TargetConfig,
+      log,
+    });
+    assert.equal(result.status, "failed");
+    assert.deepEqual(catalog.listBackups(), [], "the run itself never heard of the version");
+    const [dead] = catalog.deadRuns();
+    assert.equal(dead?.id, result.runId, "the failed run is on crash recovery's list");
+
+    const report = await reconcile({ config, catalog, log, target: () => target });
+    assert.equal(report.recovered.length, 1);
+    assert.deepEqual(
+      catalog.listBackups().map((b) => [b.key, b.status]),
+      [[result.key, "unverified"]],
+    );
+    const run = catalog.run(result.runId);
+    assert.equal(run?.status, "failed");
+    assert.match(
+      run?.error ?? "",
+      /^.*ECONNRESET.*; crash recovery checked its key; recovery recorded 1 version/,
+    );
+    assert.deepEqual(catalog.deadRuns(), [], "reconciled once");
+  });
+
+  it("a run that failed before anything was sent is not on the list", async () => {
+    const { target, catalog, config } = setup("nothing-sent", ["tree"]);
+    const job = { ...(config.jobs[0] as (typeof config.jobs)[number]), paths: ["/nonexistent/x"] };
+    const result = await runBackup(job, {
+      config,
+      catalog,
+      target,
+      targetConfig: config.targets.memory as TargetConfig,
+      log,
+    });
+    assert.equal(result.status, "failed");
+    assert.deepEqual(catalog.deadRuns(), []);
   });
 });
