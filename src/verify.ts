@@ -604,8 +604,9 @@ async function checkBackup(
   const r = seen.retention;
   if (
     r &&
-    row.retainUntil &&
-    r.retainUntil.getTime() > Date.parse(row.retainUntil) + TOLERANCE_MS
+    // A row recorded before its lock was read back (a kill in between) has none yet.
+    (row.retainUntil === null ||
+      r.retainUntil.getTime() > Date.parse(row.retainUntil) + TOLERANCE_MS)
   ) {
     catalog.adoptRetainUntil(row.id, r.retainUntil, r.mode);
   }

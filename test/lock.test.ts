@@ -257,3 +257,26 @@ describe("verify and locks (memory store)", () => {
     );
   });
 });
+
+describe("a backup row recorded before its lock was read back (memory store)", () => {
+  it("verify takes the server's lock into the catalog, so list shows it and it expires on time", async () => {
+    const s = setup();
+    const r = await s.backup();
+    assert.equal(r.status, "succeeded");
+    const id = r.backupId as number;
+    // What a kill between the row and the read-back leaves: unlocked, no retention known.
+    s.catalog.db
+      .prepare(
+        `UPDATE backups SET status = 'unlocked', retain_until = NULL, retention_mode = NULL WHERE id = ?`,
+      )
+      .run(id);
+    await s.verify();
+    const row = s.catalog.backup(id);
+    assert.equal(row?.status, "ok");
+    assert.equal(row?.retentionMode, "COMPLIANCE");
+    assert.equal(row?.retainUntil, r.retainUntil?.toISOString());
+    s.clock.t += 4 * DAY;
+    await s.verify();
+    assert.equal(s.catalog.backup(id)?.status, "expired");
+  });
+});
