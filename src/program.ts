@@ -37,6 +37,8 @@ Exit codes:
   78  configuration error (the message names the file, line and key), a
       catalog that cannot be used (a directory, damaged, read-only for a
       command that records, a full disk), or a Node.js older than immutd supports
+  130 a second SIGINT/SIGTERM more than 1 s after the first: exited at once,
+      without cleaning up (the next backup, verify or daemon start reconciles)
 
 Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
 A fully commented example is config.example.yaml in the package.

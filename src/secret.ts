@@ -40,10 +40,20 @@ export function urlOrigin(url: string): string {
 }
 
 /**
- * Text (a hook or command line) with the password of every URL in it
- * replaced: `pg_dump postgres://app:pw@db/app` shows as
- * `pg_dump postgres://<redacted>@db/app`.
+ * Text (a hook or command line) with what a URL in it may hide replaced: the
+ * password of every URL (`pg_dump postgres://app:pw@db/app` shows as
+ * `pg_dump postgres://<redacted>@db/app`), and the path and query of http(s)
+ * URLs, where monitoring pings and webhooks carry their tokens
+ * (`curl https://hc-ping.com/UUID` shows as `curl https://hc-ping.com/<redacted>`).
  */
 export function redactUserinfo(text: string): string {
-  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#@]+@/gi, "$1<redacted>@");
+  return text.replace(
+    /\b([a-z][a-z0-9+.-]*):\/\/([^\s/?#'"]*)([^\s'"]*)/gi,
+    (_m, scheme: string, authority: string, rest: string) => {
+      const at = authority.lastIndexOf("@");
+      const host = at >= 0 ? `<redacted>@${authority.slice(at + 1)}` : authority;
+      const web = /^https?$/i.test(scheme) && rest !== "" && rest !== "/";
+      return `${scheme}://${host}${web ? "/<redacted>" : rest}`;
+    },
+  );
 }

@@ -143,7 +143,7 @@ ${o.hooks ?? ""}`,
     );
   });
 
-  it("a catalog mounted read-only still lists, shows status and restores; backup refuses before uploading", {
+  it("a catalog mounted read-only still lists, shows status and restores; backup and verify refuse before touching the bucket", {
     skip: !isRoot && "needs root for a read-only bind mount",
   }, async (t) => {
     const { dir, data, config, versions } = await setup("catro");
@@ -183,6 +183,9 @@ ${o.hooks ?? ""}`,
       new RegExp(`immutd: catalog ${ro}/catalog.db is read-only \\(.*EROFS\\)`),
     );
     assert.equal((await versions()).length, 1, "nothing was uploaded");
+    const verify = await runCli(["--config", cfg, "verify"]);
+    assert.equal(verify.code, 78, verify.stderr);
+    assert.match(verify.stderr, /immutd: catalog .* is read-only \(.*EROFS.*\): verify records/);
   });
 
   it("restore --from-bucket works whatever state the catalog is in: damaged, a directory, on /proc, impossible to create", async () => {

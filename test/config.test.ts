@@ -211,17 +211,19 @@ describe("immutd config check (CLI)", () => {
     assert.match(r.stdout, /url: https:\/\/ntfy\.example\.com\n/);
   });
 
-  it("hides the password of URLs in hook and command lines", async () => {
+  it("hides the password of URLs in hook and command lines, and the path of http(s) URLs (ping tokens)", async () => {
     const file = join(dir, "commands.yaml");
     const job =
-      "    hooks: { before: 'curl -fsS https://ops:hook-pass@status.example.com/start' }\n" +
+      "    hooks: { before: 'curl -fsS https://ops:hook-pass@status.example.com/start', after: 'curl -fsS \"https://hc-ping.com/0b1e2f3a-ping-token?rid=7\"' }\n" +
       '    commands: [{ name: app.sql, run: "pg_dump postgres://app:db-pass@db.internal/app" }]\n';
     writeFileSync(file, valid().replace("    paths: [/etc]\n", `    paths: [/etc]\n${job}`));
     const r = await runCli(["config", "check", "--config", file], { env });
     assert.equal(r.code, 0, r.stderr);
     assert.ok(!r.stdout.includes("hook-pass") && !r.stdout.includes("db-pass"), r.stdout);
     assert.match(r.stdout, /pg_dump postgres:\/\/<redacted>@db\.internal\/app/);
-    assert.match(r.stdout, /curl -fsS https:\/\/<redacted>@status\.example\.com\/start/);
+    assert.match(r.stdout, /curl -fsS https:\/\/<redacted>@status\.example\.com\/<redacted>/);
+    assert.ok(!r.stdout.includes("ping-token"), r.stdout);
+    assert.match(r.stdout, /https:\/\/hc-ping\.com\/<redacted>/);
   });
 
   it("exits 78 with the message for a bad config, via $IMMUTD_CONFIG", async () => {

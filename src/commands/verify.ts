@@ -1,4 +1,4 @@
-import { CancelledError, describeError, VerifyFindingsError } from "../errors.js";
+import { CancelledError, CatalogError, describeError, VerifyFindingsError } from "../errors.js";
 import { formatDuration } from "../progress.js";
 import { reconcile } from "../recovery.js";
 import type { Target } from "../store/store.js";
@@ -64,6 +64,14 @@ export async function verifyCommand(
   opts: { job?: string; deep?: boolean; json?: boolean },
 ): Promise<void> {
   if (opts.job !== undefined) selectJobs(ctx.config.jobs, [opts.job]);
+  const catalog = ctx.catalog();
+  if (catalog.readOnly !== undefined) {
+    // Refused before any request: verify records statuses, findings and the locks
+    // it sets, and a lock set on the server but not recorded would be invisible here.
+    throw new CatalogError(
+      `catalog ${catalog.path} is read-only (${catalog.readOnly}): verify records what it finds and the locks it extends, so it runs only where the catalog can be written`,
+    );
+  }
   const open = openTargets(Object.values(ctx.config.targets), ctx.config.verify.concurrency);
   const controller = new AbortController();
   const removeSignals = cancelOnSignals(controller, (sig) =>
