@@ -5,6 +5,7 @@
  * real RGW through a fault proxy: transport.rgw.test.ts.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { type AddressInfo, createServer, type Socket } from "node:net";
 import { Readable, Writable } from "node:stream";
@@ -207,6 +208,56 @@ describe("S3Store timeouts", () => {
     } finally {
       for (const c of sockets) c.destroy();
       server.close();
+    }
+  });
+
+  it("gives up on a connect that is never answered, naming connectTimeoutSeconds", {
+    timeout: 60_000,
+  }, async () => {
+    // A loopback listener whose accept queue is full and that never accepts: the
+    // kernel drops further SYNs, so a connect neither succeeds nor fails. Node
+    // accepts every connection itself, so a small Python helper holds the socket.
+    const holder = spawn("python3", [
+      "-c",
+      [
+        "import socket,sys,time",
+        "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(0)",
+        "p=s.getsockname()[1];f=[]",
+        "for i in range(4):",
+        "  c=socket.socket();c.setblocking(False)",
+        "  try: c.connect(('127.0.0.1',p))",
+        "  except BlockingIOError: pass",
+        "  f.append(c)",
+        "print(p,flush=True);time.sleep(120)",
+      ].join("\n"),
+    ]);
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        holder.stdout.once("data", (d: Buffer) => resolve(Number(d.toString().trim())));
+        holder.once("error", reject);
+      });
+      const t = targetConfig({
+        endpoint: `https://127.0.0.1:${port}`,
+        connectTimeoutSeconds: 1,
+        idleTimeoutSeconds: 30,
+      });
+      const store = new S3Store(t, t.credentials.reader);
+      const started = Date.now();
+      const err = await store.lockState().then(
+        () => assert.fail("answered"),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof StorageError);
+      assert.match(
+        err.message,
+        /bucket bucket at https:\/\/127\.0\.0\.1:\d+ \(target test\): no connection within 1 s \(targets\.test\.connectTimeoutSeconds\)/,
+      );
+      assert.equal(err.transient, true);
+      // 4 attempts of 1 s plus the SDK's backoff, far below the 30 s idle timeout.
+      assert.ok(Date.now() - started < 25_000, `took ${Date.now() - started} ms`);
+      store.client.destroy();
+    } finally {
+      holder.kill();
     }
   });
 });
