@@ -138,7 +138,7 @@ ${o.hooks ?? ""}`,
     assert.match(
       lines[0] ?? "",
       new RegExp(
-        `^immutd: catalog ${mnt}/catalog.db: the disk is full .*version ${stored.versionId} is in the bucket but not in the catalog; nor could run 1 be recorded as failed: it shows as running until`,
+        `^immutd: catalog ${mnt}/catalog.db: the disk is full .*version ${stored.versionId} is in the bucket but not in the catalog.*; nor could run 1 be recorded as failed: it shows as running until`,
       ),
     );
   });

@@ -605,12 +605,23 @@ ${extra}`;
       await sleep(20);
       d.child.kill("SIGTERM");
       const exit = await d.exited;
-      assert.equal(
-        exit.code,
-        0,
-        `${d.stderr}\n${d.records.map((r) => JSON.stringify(r)).join("\n")}`,
-      );
-      assert.ok(d.records.some((r) => String(r.msg).includes("taken as the same stop request")));
+      const log = `${d.stderr}\n${d.records.map((r) => JSON.stringify(r)).join("\n")}`;
+      // Never the forced exit (130). Either the second signal found the daemon
+      // still stopping and was taken as the same request (exit 0), or the stop had
+      // already finished and the process was leaving: Node's own handlers are gone
+      // by then and the signal ends it, with everything already cleaned up.
+      if (exit.code === 0) {
+        assert.ok(
+          d.records.some((r) => String(r.msg).includes("taken as the same stop request")),
+          log,
+        );
+      } else {
+        assert.deepEqual(exit, { code: null, signal: "SIGTERM" }, log);
+        assert.ok(
+          d.records.some((r) => r.msg === "stopped"),
+          log,
+        );
+      }
     } finally {
       d.child.kill("SIGKILL");
     }
