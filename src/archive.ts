@@ -454,7 +454,9 @@ class Archiver {
   }
 
   /** The first excludeIfPresent marker among a directory's entries (see ArchiveOptions). */
-  private markerIn(entries: readonly Dirent<Buffer>[]): { entry: Dirent<Buffer>; rule: string } | null {
+  private markerIn(
+    entries: readonly Dirent<Buffer>[],
+  ): { entry: Dirent<Buffer>; rule: string } | null {
     const names = this.opts.excludeIfPresent;
     if (!names?.length) return null;
     for (const name of names) {
@@ -487,7 +489,8 @@ class Archiver {
       return { st: null, statError: err, loaded: null };
     }
     // Files with more links may become link entries: read them at their turn, if at all.
-    const small = !this.opts.dryRun && st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);
+    const small =
+      !this.opts.dryRun && st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);
     const loaded = small ? this.load(abs) : null;
     return { st, statError: null, loaded };
   }

@@ -801,7 +801,9 @@ function readExcludeFile(file: string, label: string): string[] {
     if (bytes.includes(0)) throw new Error("NUL byte");
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
-    throw new ConfigError(`${label}: ${file} is not UTF-8 text: a pattern file has one pattern a line`);
+    throw new ConfigError(
+      `${label}: ${file} is not UTF-8 text: a pattern file has one pattern a line`,
+    );
   }
   const patterns: string[] = [];
   for (const [n, raw] of text.split("\n").entries()) {
