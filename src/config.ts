@@ -896,6 +896,8 @@ export function redactedView(config: Config): unknown {
     ),
     jobs: config.jobs.map((j) => ({
       ...j,
+      // The files, not their (possibly 100,000) patterns.
+      excludeFrom: j.excludeFrom.map((f) => `${f.file} (${f.patterns.length} patterns)`),
       ...(j.hooks !== undefined ? { hooks: hooks(j.hooks) } : {}),
       commands: j.commands.map((c) => ({ ...c, run: redactUserinfo(c.run) })),
       notify: notify(j.notify),

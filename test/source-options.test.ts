@@ -523,6 +523,8 @@ describe("immutd backup --dry-run (CLI)", () => {
     assert.doesNotMatch(r.stdout, /^files.*manual$/m);
     const check = await runCli(["--config", cfg, "config", "check"]);
     assert.equal(check.code, 0, check.stderr);
+    assert.match(check.stdout, /\/patterns \(1 patterns\)/, "config check names the pattern file");
+    assert.doesNotMatch(check.stdout, /\*\.log/, "config check dumps the patterns of a file");
   });
 });
 
