@@ -606,7 +606,7 @@ class Archiver {
       const entry = await this.beginFile(name, before, linkKey);
       if (data.length > 0) await this.write(entry.sink, data);
       this.progress.bytes += data.length;
-      await this.endFile(entry, data.length, abs);
+      await this.endFile(entry, data.length, name);
       this.reportRead(abs, entry.size, data.length, readError, before, after);
       return;
     }
@@ -653,7 +653,7 @@ class Archiver {
       this.progress.bytes += n;
       await this.write(entry.sink, n === len ? buf : buf.subarray(0, n));
     }
-    await this.endFile(entry, got, abs);
+    await this.endFile(entry, got, name);
     const after = readError === null && got === size ? await statOrNull(fh) : null;
     this.reportRead(abs, size, got, readError, before, after);
   }
@@ -682,7 +682,8 @@ class Archiver {
   }
 
   /** Pads the entry with zeros from `written` to its declared size and closes it. */
-  private async endFile(entry: OpenEntry, written: number, abs: string): Promise<void> {
+  /** `name` is the entry's archive name (an extra file's is not its path). */
+  private async endFile(entry: OpenEntry, written: number, name: string): Promise<void> {
     for (let pos = written; pos < entry.size; ) {
       const len = Math.min(CHUNK, entry.size - pos);
       pos += len;
@@ -691,7 +692,7 @@ class Archiver {
     entry.sink.end(null); // streamx: end(null) ends without writing more (its typings require an argument)
     await this.stoppable(entry.finished);
     this.progress.files++;
-    this.listed(abs, "file", entry.size);
+    this.listed(`/${name}`, "file", entry.size);
     this.reportProgress();
   }
 

@@ -374,6 +374,18 @@ describe("config: source options", () => {
 });
 
 describe("dry run (walker)", () => {
+  it("onListed names an extra file (a spooled command output) by its archive name, not its spool path", async () => {
+    const top = tmpDir("extra");
+    const spool = path.join(tmpDir("spool"), "out");
+    fs.writeFileSync(spool, "dump");
+    const { listed, entries } = await walk({
+      paths: [top],
+      extraFiles: [{ name: "immutd-commands/app.sql", path: spool }],
+    });
+    assert.deepEqual(listed[0], { path: "/immutd-commands/app.sql", type: "file", size: 4 });
+    assert.equal(entries[0], "immutd-commands/app.sql");
+  });
+
   it("lists exactly the entries a real archive holds, with lstat sizes, and writes no tar entry", async () => {
     const top = tmpDir("dry");
     write(path.join(top, "a", "one"), randomBytes(3000));
