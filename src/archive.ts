@@ -24,6 +24,13 @@
  * - Abort (opts.signal), a consumer destroying the stream, or an internal error
  *   stop the walk, close every open file and destroy the stream; `done` then
  *   rejects (with signal.reason on abort).
+ * - What is left out, and why, is reported through onSkip: an exclude pattern
+ *   (the entry, and so its whole subtree, counts once), excludeIfPresent (the
+ *   directory's other entries, each counted once) and oneFileSystem (a
+ *   directory on another device, counted once; its own entry is archived).
+ * - `dryRun` walks exactly as an archive does (same excludes, same warnings for
+ *   what cannot be listed) but reads no file content and writes no tar: file
+ *   sizes are lstat's, and `stream` ends empty. `immutd backup --dry-run` uses it.
  */
 
 import {
@@ -40,7 +47,7 @@ import { type FileHandle, lstat, open, readdir, readlink } from "node:fs/promise
 import path from "node:path";
 import { Readable } from "node:stream";
 import { type Header, type Pack, pack as tarPack } from "tar-stream";
-import { compileExcludes, type ExcludeMatcher } from "./exclude.js";
+import { compileExcludeIndex } from "./exclude.js";
 import { fileKind } from "./file-kind.js";
 import {
   byteStringFrom,
@@ -74,6 +81,26 @@ export interface ArchiveOptions {
   paths: readonly string[];
   /** Exclude patterns, see src/exclude.ts. They never exclude a configured path itself. */
   exclude?: readonly string[];
+  /**
+   * Like `tar --one-file-system`: a directory on another device (st_dev) than
+   * the configured path it lies under is archived as an empty directory (the
+   * mount point, as GNU tar keeps it) and not descended into.
+   */
+  oneFileSystem?: boolean;
+  /**
+   * Marker names (like GNU tar's --exclude-tag): a directory holding an entry of
+   * one of these names that is a regular file or a symlink (decided on readdir's
+   * type, never followed: a dangling symlink counts too) keeps only its own
+   * entry and the marker; everything else in it is left out. A directory of that
+   * name is not a marker.
+   */
+  excludeIfPresent?: readonly string[];
+  /** Walk and report without reading content or writing a tar (see the contract above). */
+  dryRun?: boolean;
+  /** Called for every entry archived (or, in a dry run, that would be). Must not throw. */
+  onListed?: (entry: ListedEntry) => void;
+  /** Called for every entry left out by an exclude, excludeIfPresent or oneFileSystem. */
+  onSkip?: (skip: SkipReport) => void;
   /** Abort: stops the walk, closes open files, destroys the stream with signal.reason. */
   signal?: AbortSignal;
   /** Called synchronously for every warning; must not throw (a throw fails the archive). */
@@ -86,6 +113,21 @@ export interface ArchiveOptions {
    * one fails the archive: unlike a file of the tree, it is required content.
    */
   extraFiles?: readonly { name: string; path: string }[];
+}
+
+export interface ListedEntry {
+  /** Absolute path, printable (displayName). */
+  path: string;
+  type: "file" | "directory" | "symlink" | "link";
+  /** Content bytes (lstat's size for a file in a dry run; 0 for other types). */
+  size: number;
+}
+
+export interface SkipReport {
+  /** Absolute path, printable (displayName). */
+  path: string;
+  /** What left it out: `exclude "PATTERN"`, `excludeIfPresent "NAME"` or `oneFileSystem`. */
+  rule: string;
 }
 
 export interface ArchiveResult extends ArchiveProgress {
@@ -169,7 +211,12 @@ interface Prepared {
 
 export function createArchive(opts: ArchiveOptions): Archive {
   // Compiled before any stream exists, so a bad pattern throws here synchronously.
-  const excluded = compileExcludes(opts.exclude ?? []);
+  const exclude = opts.exclude ?? [];
+  const which = compileExcludeIndex(exclude);
+  const excluded = (p: string, isDir: boolean): string | null => {
+    const i = which(p, isDir);
+    return i < 0 ? null : `exclude ${JSON.stringify(exclude[i])}`;
+  };
   const archiver = new Archiver(opts, excluded);
   return { stream: archiver.out, done: archiver.done };
 }
@@ -217,7 +264,8 @@ class Archiver {
 
   constructor(
     private readonly opts: ArchiveOptions,
-    private readonly excluded: ExcludeMatcher,
+    /** The rule that excludes an entry (see SkipReport.rule), or null. */
+    private readonly excluded: (matchPath: string, isDir: boolean) => string | null,
   ) {
     this.tops = new Set(opts.paths.map((p) => byteStringOf(path.resolve(p))));
 
@@ -288,7 +336,10 @@ class Archiver {
         }
       }
       const tops = [...this.tops].sort(byteOrder);
-      for (const top of tops) await this.visit(top, true, await this.track(this.prepare(top)));
+      for (const top of tops) {
+        const prepared = await this.track(this.prepare(top));
+        await this.visit(top, true, prepared, prepared.st?.dev ?? null);
+      }
       this.checkStop();
       const end = this.waitFor((resolve) => {
         if (this.ended) resolve();
@@ -309,7 +360,12 @@ class Archiver {
   }
 
   /** Archives one path whose lstat (and small content) `prepare` fetched. */
-  private async visit(abs: string, isTop: boolean, prepared: Prepared): Promise<void> {
+  private async visit(
+    abs: string,
+    isTop: boolean,
+    prepared: Prepared,
+    topDev: bigint | null,
+  ): Promise<void> {
     this.checkStop();
     const { st } = prepared;
     if (st === null) {
@@ -321,19 +377,29 @@ class Archiver {
       return;
     }
     const name = abs.slice(1);
-    if (st.isDirectory()) await this.directory(abs, name, st);
+    if (st.isDirectory()) await this.directory(abs, name, st, topDev ?? st.dev);
     else if (st.isFile()) await this.file(abs, name, st, prepared.loaded);
     else if (st.isSymbolicLink()) await this.symlink(abs, name, st);
     else
       this.warn(abs, `${fileKind(st)} skipped: only files, directories and symlinks are archived`);
   }
 
-  private async directory(abs: string, name: string, st: BigIntStats): Promise<void> {
+  private async directory(
+    abs: string,
+    name: string,
+    st: BigIntStats,
+    topDev: bigint,
+  ): Promise<void> {
     // "/" itself would get an empty name; its contents are still archived.
     if (name !== "") {
       await this.addVoid(headerFor(`${name}/`, "directory", st, 0));
       this.progress.dirs++;
+      this.listed(abs, "directory", 0);
       this.reportProgress();
+    }
+    if (this.opts.oneFileSystem && st.dev !== topDev) {
+      this.skipped(abs, "oneFileSystem");
+      return;
     }
     let entries: Dirent<Buffer>[];
     try {
@@ -348,12 +414,20 @@ class Archiver {
     }
     entries.sort((a, b) => Buffer.compare(a.name, b.name));
     const prefix = abs === "/" ? "/" : `${abs}/`;
+    const marker = this.markerIn(entries);
     const children: { abs: string; isDir: boolean }[] = [];
     for (const entry of entries) {
       const child = prefix + byteStringFrom(entry.name);
       // Another configured path is archived in its own turn. Exclusion is
       // decided on readdir's file type, so an excluded entry costs no system call.
-      if (this.tops.has(child) || this.excluded(matchForm(child), entry.isDirectory())) continue;
+      if (this.tops.has(child)) continue;
+      const rule =
+        this.excluded(matchForm(child), entry.isDirectory()) ??
+        (marker !== null && entry !== marker.entry ? marker.rule : null);
+      if (rule !== null) {
+        this.skipped(child, rule);
+        continue;
+      }
       children.push({ abs: child, isDir: entry.isDirectory() });
     }
 
@@ -375,8 +449,24 @@ class Archiver {
       }
       const prepared = ahead.shift();
       if (prepared === undefined) throw new Error(`look-ahead lost track at ${child.abs}`);
-      await this.visit(child.abs, false, await prepared);
+      await this.visit(child.abs, false, await prepared, topDev);
     }
+  }
+
+  /** The first excludeIfPresent marker among a directory's entries (see ArchiveOptions). */
+  private markerIn(
+    entries: readonly Dirent<Buffer>[],
+  ): { entry: Dirent<Buffer>; rule: string } | null {
+    const names = this.opts.excludeIfPresent;
+    if (!names?.length) return null;
+    for (const name of names) {
+      const wanted = Buffer.from(name);
+      const entry = entries.find(
+        (e) => (e.isFile() || e.isSymbolicLink()) && e.name.equals(wanted),
+      );
+      if (entry) return { entry, rule: `excludeIfPresent ${JSON.stringify(name)}` };
+    }
+    return null;
   }
 
   /**
@@ -399,7 +489,8 @@ class Archiver {
       return { st: null, statError: err, loaded: null };
     }
     // Files with more links may become link entries: read them at their turn, if at all.
-    const small = st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);
+    const small =
+      !this.opts.dryRun && st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);
     const loaded = small ? this.load(abs) : null;
     return { st, statError: null, loaded };
   }
@@ -475,6 +566,7 @@ class Archiver {
     }
     await this.addVoid(headerFor(name, "symlink", st, 0, target));
     this.progress.symlinks++;
+    this.listed(abs, "symlink", 0);
     this.reportProgress();
   }
 
@@ -490,6 +582,16 @@ class Archiver {
     if (first !== undefined) {
       await this.addVoid(headerFor(name, "link", st, 0, first));
       this.progress.files++;
+      this.listed(abs, "link", 0);
+      this.reportProgress();
+      return;
+    }
+    if (this.opts.dryRun) {
+      // No open(): what a backup could not read shows up only in a real run.
+      if (linkKey !== null) this.links.set(linkKey, name);
+      this.progress.files++;
+      this.progress.bytes += Number(st.size);
+      this.listed(abs, "file", Number(st.size));
       this.reportProgress();
       return;
     }
@@ -504,7 +606,7 @@ class Archiver {
       const entry = await this.beginFile(name, before, linkKey);
       if (data.length > 0) await this.write(entry.sink, data);
       this.progress.bytes += data.length;
-      await this.endFile(entry, data.length);
+      await this.endFile(entry, data.length, name);
       this.reportRead(abs, entry.size, data.length, readError, before, after);
       return;
     }
@@ -551,7 +653,7 @@ class Archiver {
       this.progress.bytes += n;
       await this.write(entry.sink, n === len ? buf : buf.subarray(0, n));
     }
-    await this.endFile(entry, got);
+    await this.endFile(entry, got, name);
     const after = readError === null && got === size ? await statOrNull(fh) : null;
     this.reportRead(abs, size, got, readError, before, after);
   }
@@ -580,7 +682,8 @@ class Archiver {
   }
 
   /** Pads the entry with zeros from `written` to its declared size and closes it. */
-  private async endFile(entry: OpenEntry, written: number): Promise<void> {
+  /** `name` is the entry's archive name (an extra file's is not its path). */
+  private async endFile(entry: OpenEntry, written: number, name: string): Promise<void> {
     for (let pos = written; pos < entry.size; ) {
       const len = Math.min(CHUNK, entry.size - pos);
       pos += len;
@@ -589,6 +692,7 @@ class Archiver {
     entry.sink.end(null); // streamx: end(null) ends without writing more (its typings require an argument)
     await this.stoppable(entry.finished);
     this.progress.files++;
+    this.listed(`/${name}`, "file", entry.size);
     this.reportProgress();
   }
 
@@ -639,6 +743,7 @@ class Archiver {
 
   /** Adds an entry without content (directory, symlink, hard link). */
   private async addVoid(header: EntryHeader): Promise<void> {
+    if (this.opts.dryRun) return;
     await this.room();
     const finished = this.entryFinished();
     this.entry(header, finished.callback).on("error", ignore);
@@ -759,6 +864,14 @@ class Archiver {
 
   private checkStop(): void {
     if (this.stop.signal.aborted) throw this.stop.signal.reason;
+  }
+
+  private listed(abs: string, type: ListedEntry["type"], size: number): void {
+    this.opts.onListed?.({ path: displayName(abs), type, size });
+  }
+
+  private skipped(abs: string, rule: string): void {
+    this.opts.onSkip?.({ path: displayName(abs), rule });
   }
 
   private reportProgress(): void {

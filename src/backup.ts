@@ -14,10 +14,15 @@ import { basename, dirname, isAbsolute, join, relative, resolve } from "node:pat
 import { Transform, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGzip } from "node:zlib";
-import { type ArchiveWarning, createArchive, missingPaths } from "./archive.js";
+import {
+  type ArchiveOptions,
+  type ArchiveWarning,
+  createArchive,
+  missingPaths,
+} from "./archive.js";
 import { configuredLock, describeRetention, LOCK_SLACK_MS, lockProblems } from "./bucket-check.js";
 import { type Catalog, UPLOAD_UNSETTLED } from "./catalog.js";
-import type { Config, JobConfig, TargetConfig } from "./config.js";
+import { type Config, type JobConfig, jobExcludes, type TargetConfig } from "./config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "./errors.js";
 import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
 import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
@@ -164,14 +169,13 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
     );
     const sseKey = deriveSseKey(config.masterKey.reveal(), target.bucket, key);
     const archive = createArchive({
-      paths: job.paths,
+      ...jobWalk(
+        job,
+        catalog.path,
+        // Nor the spooled outputs a second time under their path.
+        (spooled?.files ?? []).map((f) => literalPattern(f.path)),
+      ),
       ...(spooled ? { extraFiles: spooled.files } : {}),
-      // Never archive the live catalog, nor the spooled outputs a second time under their path.
-      exclude: [
-        ...job.exclude,
-        ...catalogFiles(catalog.path, job.paths),
-        ...(spooled?.files ?? []).map((f) => literalPattern(f.path)),
-      ],
       ...(deps.signal ? { signal: deps.signal } : {}),
       onWarning: (w) => {
         warnings.push(w);
@@ -426,6 +430,25 @@ function partsHint(message: string, t: TargetConfig): string {
   if (!/Exceeded \d+ parts/.test(message)) return message;
   const maxGiB = ((t.partSizeMiB * 10_000) / 1024).toFixed(0);
   return `the archive is larger than ${maxGiB} GiB, the most a multipart upload of ${t.partSizeMiB} MiB parts can hold (10,000 parts); raise targets.${t.name}.partSizeMiB`;
+}
+
+/**
+ * What the walk of a job's tree is told: its paths, every exclude (the job's,
+ * its excludeFrom files', the live catalog's, then `extra`), oneFileSystem and
+ * excludeIfPresent. A backup and `backup --dry-run` both walk with exactly this.
+ */
+export function jobWalk(
+  job: JobConfig,
+  catalogPath: string,
+  extra: readonly string[] = [],
+): Pick<ArchiveOptions, "paths" | "exclude" | "oneFileSystem" | "excludeIfPresent"> {
+  return {
+    paths: job.paths,
+    // Never archive the live catalog.
+    exclude: [...jobExcludes(job), ...catalogFiles(catalogPath, job.paths), ...extra],
+    oneFileSystem: job.oneFileSystem,
+    excludeIfPresent: job.excludeIfPresent,
+  };
 }
 
 /**

@@ -16,6 +16,8 @@ export const LIMITS = {
   configBytes: 1024 * 1024,
   /** Keys and secrets are under 100 bytes; this stops a secret file like /dev/zero. */
   secretFileBytes: 64 * 1024,
+  /** An excludeFrom file: 16 MiB is some 500,000 patterns; it also stops /dev/zero. */
+  excludeFromBytes: 16 * 1024 * 1024,
   /**
    * Anchors (&name) and aliases (*name) in one file. The yaml package finds
    * each alias's anchor by scanning all of them, so their number must be

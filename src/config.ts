@@ -61,6 +61,7 @@ export const DEFAULTS = {
   connectTimeoutSeconds: 10,
   idleTimeoutSeconds: 30,
   exclude: [] as string[],
+  oneFileSystem: false,
   compression: "gzip",
   catchUp: true,
   jitter: 0,
@@ -156,7 +157,8 @@ export interface CommandSource {
 export interface JobConfig {
   name: string;
   target: string;
-  schedule: string;
+  /** Cron expression; unset: a manual-only job the daemon never runs (`immutd backup NAME` does). */
+  schedule?: string;
   /** IANA time zone for schedule; default the machine's. */
   timezone?: string;
   /** Run once at daemon start if a scheduled run was missed. */
@@ -165,6 +167,12 @@ export interface JobConfig {
   jitter: number;
   paths: string[];
   exclude: string[];
+  /** Pattern files, read at config load; `patterns` join `exclude` in the walk (see jobExcludes). */
+  excludeFrom: { file: string; patterns: string[] }[];
+  /** Marker file names: a directory holding one is archived without its other contents. */
+  excludeIfPresent: string[];
+  /** Do not descend into directories on another device than their job path. */
+  oneFileSystem: boolean;
   compression: Compression;
   hooks?: HooksConfig;
   commands: CommandSource[];
@@ -305,10 +313,26 @@ const timezoneSchema = z.string().refine((tz) => {
   }
 }, "is not a known IANA time zone (e.g. Europe/Berlin, UTC)");
 
+/** A file name (no "/"), for excludeIfPresent. */
+const markerName = z
+  .string()
+  .min(1)
+  .refine((s) => !s.includes("/") && s !== "." && s !== ".." && !s.includes("\0"), {
+    message: 'must be a file name without "/"',
+  });
+/** One value or a list of them, as a list. */
+function oneOrMany<T extends z.ZodTypeAny>(item: T) {
+  return z
+    .union([item, z.array(item)])
+    .default([])
+    .transform((v) => (Array.isArray(v) ? v : [v]) as z.output<T>[]);
+}
+
 const jobSchema = z.strictObject({
   name: nameSchema,
   target: z.string().min(1),
-  schedule: cronSchema,
+  // Optional: a job without schedule is run only by `immutd backup NAME`.
+  schedule: cronSchema.optional(),
   timezone: timezoneSchema.optional(),
   catchUp: z.boolean().default(DEFAULTS.catchUp),
   jitter: z.number().int().min(0).max(86_400).default(DEFAULTS.jitter),
@@ -323,6 +347,9 @@ const jobSchema = z.strictObject({
         ctx.addIssue({ code: "custom", message: (err as Error).message });
       }
     }),
+  excludeFrom: oneOrMany(absolutePath),
+  excludeIfPresent: oneOrMany(markerName),
+  oneFileSystem: z.boolean().default(DEFAULTS.oneFileSystem),
   compression: z.enum(["none", "gzip"]).default(DEFAULTS.compression),
   hooks: z
     .strictObject({
@@ -716,10 +743,16 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       masterKeySource: mk.source,
       host: cfg.host ?? hostname().split(".")[0] ?? "localhost",
       targets,
-      jobs: cfg.jobs.map((j) => {
-        const { hooks, timezone, ...rest } = j;
+      jobs: cfg.jobs.map((j, i) => {
+        const { hooks, timezone, schedule, excludeFrom, ...rest } = j;
+        const at = where(nodeOffset(doc, ["jobs", i, "excludeFrom"]));
         return {
           ...rest,
+          excludeFrom: excludeFrom.map((f) => ({
+            file: f,
+            patterns: readExcludeFile(f, `${at}: job ${j.name}: excludeFrom`),
+          })),
+          ...(schedule !== undefined ? { schedule } : {}),
           ...(timezone !== undefined ? { timezone } : {}),
           ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
           commands: j.commands.map((c) => definedOnly(c)),
@@ -737,6 +770,53 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
     },
     warnings,
   };
+}
+
+/** Every exclude pattern of a job: its `exclude` list, then those of its excludeFrom files. */
+export function jobExcludes(job: Pick<JobConfig, "exclude" | "excludeFrom">): string[] {
+  return [...job.exclude, ...job.excludeFrom.flatMap((f) => f.patterns)];
+}
+
+/**
+ * The patterns of an excludeFrom file: one per line, blank lines and lines
+ * starting with "#" ignored, surrounding whitespace trimmed. A file that cannot
+ * be read, is no text file, or holds a bad pattern is a configuration error
+ * naming the file (and the line); the same limit as for the config stops /dev/zero.
+ */
+function readExcludeFile(file: string, label: string): string[] {
+  let bytes: Buffer | undefined;
+  try {
+    bytes = readAtMost(file, LIMITS.excludeFromBytes);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new ConfigError(`${label}: cannot read ${file}: ${code}`);
+  }
+  if (!bytes) {
+    throw new ConfigError(
+      `${label}: ${file} is larger than ${LIMITS.excludeFromBytes / 1024 / 1024} MiB: not a pattern file`,
+    );
+  }
+  let text: string;
+  try {
+    if (bytes.includes(0)) throw new Error("NUL byte");
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new ConfigError(
+      `${label}: ${file} is not UTF-8 text: a pattern file has one pattern a line`,
+    );
+  }
+  const patterns: string[] = [];
+  for (const [n, raw] of text.split("\n").entries()) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    try {
+      compileExcludes([line]);
+    } catch (err) {
+      throw new ConfigError(`${label}: ${file} line ${n + 1}: ${(err as Error).message}`);
+    }
+    patterns.push(line);
+  }
+  return patterns;
 }
 
 /** Replace ${NAME} in every string value. A value that is exactly ${NAME} is re-read as a YAML scalar, so numbers and booleans work. */
@@ -816,6 +896,8 @@ export function redactedView(config: Config): unknown {
     ),
     jobs: config.jobs.map((j) => ({
       ...j,
+      // The files, not their (possibly 100,000) patterns.
+      excludeFrom: j.excludeFrom.map((f) => `${f.file} (${f.patterns.length} patterns)`),
       ...(j.hooks !== undefined ? { hooks: hooks(j.hooks) } : {}),
       commands: j.commands.map((c) => ({ ...c, run: redactUserinfo(c.run) })),
       notify: notify(j.notify),

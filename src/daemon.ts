@@ -240,6 +240,17 @@ export class Daemon {
       const st = this.#states.get(job.name) ?? { queued: false };
       this.#states.set(job.name, st);
       st.cron?.stop();
+      const last = this.#catalog?.jobSummary(job.name).lastSuccess;
+      if (last) this.#metrics.lastSuccess(job.name, new Date(last.startedAt));
+      if (job.schedule === undefined) {
+        delete st.cron;
+        this.#log.info(
+          { job: job.name, schedule: null },
+          `job ${job.name} has no schedule: manual only, run it with immutd backup ${job.name}`,
+        );
+        this.#metrics.next(job.name, null);
+        continue;
+      }
       st.cron = new Cron(
         job.schedule,
         { ...(job.timezone ? { timezone: job.timezone } : {}) },
@@ -253,8 +264,6 @@ export class Daemon {
         );
       }
       this.#metrics.next(job.name, next);
-      const last = this.#catalog?.jobSummary(job.name).lastSuccess;
-      if (last) this.#metrics.lastSuccess(job.name, new Date(last.startedAt));
     }
     for (const c of this.#verifyCrons.splice(0)) c.cron.stop();
     const v = this.#config.verify;

@@ -10,13 +10,14 @@ import { backupCommand, backupHelp } from "./commands/backup.js";
 import { configCheckCommand, configCheckHelp } from "./commands/config.js";
 import { type Context, type GlobalOptions, openContext } from "./commands/context.js";
 import { doctorCommand, doctorHelp } from "./commands/doctor.js";
+import { dryRunCommand } from "./commands/dry-run.js";
 import { initCommand, initHelp } from "./commands/init.js";
 import { listCommand, listHelp } from "./commands/list.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./commands/restore.js";
 import { runCommand, runHelp } from "./commands/run.js";
 import { statusCommand, statusHelp } from "./commands/status.js";
 import { verifyCommand, verifyHelp } from "./commands/verify.js";
-import { describeError, ExitCode, exitCodeFor, ImmutdError } from "./errors.js";
+import { describeError, ExitCode, exitCodeFor, ImmutdError, UsageError } from "./errors.js";
 import { generateMasterKeyFile } from "./keys.js";
 import { serializeError } from "./log.js";
 
@@ -83,8 +84,18 @@ function program(): Command {
   p.command("backup")
     .description("run backup jobs now")
     .argument("[jobs...]", "job names (default: all jobs)")
+    .option(
+      "--dry-run",
+      "walk the jobs' paths as a backup would and print what it would archive; nothing is run, uploaded or recorded",
+    )
+    .option("--list", "with --dry-run: print every path that would be archived")
     .addHelpText("after", backupHelp)
-    .action((jobs: string[]) => withContext((ctx) => backupCommand(ctx, jobs)));
+    .action((jobs: string[], opts: { dryRun?: boolean; list?: boolean }) =>
+      withContext((ctx) => {
+        if (opts.list && !opts.dryRun) throw new UsageError("--list needs --dry-run");
+        return opts.dryRun ? dryRunCommand(ctx, jobs, opts) : backupCommand(ctx, jobs);
+      }),
+    );
 
   p.command("run")
     .description("run the scheduling daemon (what systemd and containers start)")

@@ -27,7 +27,16 @@ more than 1 s later exits at once (signals within 1 s, as timeout(1) sends
 them to the process group, are one request).
 
 A job that is already running (in the daemon, or another immutd backup) is
-not started twice.
+not started twice. A job without schedule (manual only) runs here like any other.
+
+--dry-run walks each job's paths exactly as its backup would (the same
+exclude, excludeFrom, excludeIfPresent and oneFileSystem) and prints the
+number of entries, their total size before compression and how many entries
+each exclude left out (--list: also every path). It runs no hook and no
+command (their output is not counted), uploads nothing, records no run and
+does not open the catalog. Files are not opened, so one a backup could not
+read is found only by the backup. Exit 0, 5 with warnings (an unreadable
+directory), 3 when a configured path is missing.
 
 Crash recovery runs first for the named jobs (no daemon needed): a run left
 "running" by a process that died is closed as interrupted, a version it left
@@ -45,6 +54,8 @@ to do).
 Examples:
   immutd backup               # all jobs
   immutd backup etc db        # two jobs
+  immutd backup --dry-run etc # what job etc would archive
+  immutd backup --dry-run --list etc | grep cache
 `;
 
 export async function backupCommand(ctx: Context, names: string[]): Promise<void> {

@@ -15,7 +15,7 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
     const { lastRun, lastSuccess } = catalog.jobSummary(job.name);
     return {
       job: job.name,
-      schedule: job.schedule,
+      schedule: job.schedule ?? null,
       lastRun: lastRun
         ? {
             id: lastRun.id,
@@ -42,7 +42,7 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
       ? `${r.lastRun.status}${r.lastRun.warnings ? ` (${r.lastRun.warnings} warning${r.lastRun.warnings === 1 ? "" : "s"})` : ""}`
       : "-",
     t(r.lastSuccess),
-    r.nextRun ? t(r.nextRun) : "never (schedule does not fire)",
+    r.schedule === null ? "manual" : r.nextRun ? t(r.nextRun) : "never (schedule does not fire)",
   ]);
   process.stdout.write(formatTable(head, body));
   for (const r of rows) {
