@@ -15,6 +15,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import type { RetentionMode } from "../config.js";
 import { StorageError } from "../errors.js";
+import { assertManifestKey } from "../naming.js";
 import {
   assertCanaryKey,
   type BucketLockState,
@@ -22,6 +23,7 @@ import {
   type DefaultRetention,
   type EndpointProbe,
   type LifecycleRule,
+  type ManifestRequest,
   type ObjectStore,
   type PendingUpload,
   type Retention,
@@ -406,6 +408,27 @@ export class MemoryStore implements ObjectStore {
       );
     }
     v.retention = { mode: r.mode, retainUntil: new Date(r.retainUntil) };
+  }
+
+  async putManifest(req: ManifestRequest): Promise<{ versionId: string }> {
+    assertManifestKey(req.key);
+    this.#allow("upload", req.key);
+    if (req.sseKey.length !== 32) throw new Error("SSE-C key must be 32 bytes");
+    const created = this.#b.now();
+    const d = this.#b.defaultRetention;
+    const versionId = randomBytes(12).toString("hex");
+    this.#b.versions.push({
+      key: req.key,
+      versionId,
+      data: Buffer.from(req.body),
+      keyHash: hashKey(req.sseKey),
+      created,
+      retention: d
+        ? { mode: d.mode, retainUntil: new Date(created.getTime() + d.days * 86_400_000) }
+        : undefined,
+      deleteMarker: false,
+    });
+    return { versionId };
   }
 
   async putCanary(req: CanaryRequest): Promise<{ versionId: string }> {

@@ -38,12 +38,14 @@ import { Upload } from "@aws-sdk/lib-storage";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config.js";
 import { ConfigError, RefusedError, StorageError } from "../errors.js";
+import { assertManifestKey } from "../naming.js";
 import {
   assertCanaryKey,
   type BucketLockState,
   type CanaryRequest,
   type EndpointProbe,
   type LifecycleRule,
+  type ManifestRequest,
   type ObjectStore,
   type PendingUpload,
   type Retention,
@@ -473,6 +475,29 @@ export class S3Store implements ObjectStore {
         }),
       ),
     );
+  }
+
+  async putManifest(req: ManifestRequest): Promise<{ versionId: string }> {
+    assertManifestKey(req.key);
+    const res = await this.#call("write the manifest", req.key, () =>
+      this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: req.key,
+          Body: req.body,
+          ContentType: "application/gzip",
+          ...sseParams(req.sseKey),
+          ...checksumParam(this.#target.checksum),
+        }),
+      ),
+    );
+    if (!res.VersionId) {
+      throw new StorageError(
+        `s3://${this.bucket}/${req.key} was stored without a version ID: the bucket does not keep versions`,
+        { transient: false },
+      );
+    }
+    return { versionId: res.VersionId };
   }
 
   async putCanary(req: CanaryRequest): Promise<{ versionId: string }> {
