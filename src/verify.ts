@@ -22,6 +22,7 @@
  * by crash recovery) -> ok or corrupt, by a deep check only.
  */
 import { Writable } from "node:stream";
+import { buffer } from "node:stream/consumers";
 import {
   configuredLock,
   LOCK_SLACK_MS,
@@ -696,8 +697,7 @@ async function checkManifest(
   const sseKey = deriveSseKey(masterKey, row.bucket, key);
   try {
     const body = await retry(
-      async () =>
-        readAll(await target.reader.get(key, versionId, sseKey, signal ? { signal } : {})),
+      async () => buffer(await target.reader.get(key, versionId, sseKey, signal ? { signal } : {})),
       opts,
     );
     const mismatch = manifestMismatch(decodeManifest(body), row);
@@ -746,12 +746,6 @@ async function checkManifest(
     });
   }
   return out;
-}
-
-async function readAll(stream: AsyncIterable<Buffer>): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c);
-  return Buffer.concat(chunks);
 }
 
 /**

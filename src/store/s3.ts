@@ -477,6 +477,15 @@ export class S3Store implements ObjectStore {
     );
   }
 
+  /** The version ID a PutObject answered with; a bucket without versioning answers none. */
+  #versionOf(versionId: string | undefined, key: string): string {
+    if (versionId) return versionId;
+    throw new StorageError(
+      `s3://${this.bucket}/${key} was stored without a version ID: the bucket does not keep versions`,
+      { transient: false },
+    );
+  }
+
   async putManifest(req: ManifestRequest): Promise<{ versionId: string }> {
     assertManifestKey(req.key);
     const res = await this.#call("write the manifest", req.key, () =>
@@ -491,13 +500,7 @@ export class S3Store implements ObjectStore {
         }),
       ),
     );
-    if (!res.VersionId) {
-      throw new StorageError(
-        `s3://${this.bucket}/${req.key} was stored without a version ID: the bucket does not keep versions`,
-        { transient: false },
-      );
-    }
-    return { versionId: res.VersionId };
+    return { versionId: this.#versionOf(res.VersionId, req.key) };
   }
 
   async putCanary(req: CanaryRequest): Promise<{ versionId: string }> {
@@ -518,13 +521,7 @@ export class S3Store implements ObjectStore {
         }),
       ),
     );
-    if (!res.VersionId) {
-      throw new StorageError(
-        `s3://${this.bucket}/${req.key} was stored without a version ID: the bucket does not keep versions`,
-        { transient: false },
-      );
-    }
-    return { versionId: res.VersionId };
+    return { versionId: this.#versionOf(res.VersionId, req.key) };
   }
 
   async deleteCanary(key: string, versionId: string): Promise<void> {
