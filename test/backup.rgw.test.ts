@@ -191,7 +191,7 @@ describe("backup against Ceph RGW", () => {
       );
     }
     const still = await openTarget(tc).admin?.listVersions("");
-    assert.equal(still?.length, 1);
+    assert.equal(still?.length, 2, "the archive and its manifest");
 
     // no key material or secret in any log line
     const logs = logLines.join("");
