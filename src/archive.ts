@@ -113,6 +113,26 @@ export interface ArchiveOptions {
    * one fails the archive: unlike a file of the tree, it is required content.
    */
   extraFiles?: readonly { name: string; path: string }[];
+  /** Called synchronously as each entry is started; must not throw. */
+  onEntry?: (e: Readonly<ArchiveEntry>) => void;
+}
+
+/** One entry as it goes into the tar, for an index of the archive (src/manifest.ts). */
+export interface ArchiveEntry {
+  /** Byte string (src/file-names.ts), as archived. */
+  name: string;
+  type: "file" | "directory" | "symlink" | "link";
+  size: number;
+  /** The full st_mode (type bits included). */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Seconds since the epoch. */
+  mtime: number;
+  /** Byte string: a symlink's target, or the earlier name of a hard link. */
+  linkname?: string;
+  /** Where the entry's first header block (its pax header, if it has one) starts in the uncompressed tar. */
+  offset: number;
 }
 
 export interface ListedEntry {
@@ -261,6 +281,8 @@ class Archiver {
   private wakeRoom: (() => void) | null = null;
   /** Look-ahead work still running, awaited before `done` settles. */
   private readonly inflight = new Set<Promise<unknown>>();
+  /** Bytes the pack has produced so far: every byte passes through its push(). */
+  private written = 0;
 
   constructor(
     private readonly opts: ArchiveOptions,
@@ -290,6 +312,11 @@ class Archiver {
         cb(err);
       },
     });
+    const push = this.pack.push.bind(this.pack);
+    this.pack.push = (data: Buffer | null) => {
+      if (data) this.written += data.length;
+      return push(data);
+    };
     this.pack.on("data", (chunk) => {
       if (!this.out.push(chunk as Buffer)) {
         this.paused = true;
@@ -760,6 +787,9 @@ class Archiver {
    * for it to finish: no other entry's bytes can be pending in the pack.
    */
   private entry(header: EntryHeader, callback: (err?: Error | null) => void): Sink {
+    // The walk starts an entry only once the one before is finished and all its
+    // bytes (padding included) are pushed, so `written` is where this one begins.
+    this.opts.onEntry?.(indexEntry(header, this.written));
     const name = textOf(header.name);
     const linkname = header.linkname === undefined ? null : textOf(header.linkname);
     if (name !== null && (header.linkname === undefined || linkname !== null)) {
@@ -958,6 +988,22 @@ function headerFor(
   // tar-stream writes a pax header whenever `pax` is set, even when empty.
   if (Object.keys(pax).length > 0) header.pax = pax;
   return header;
+}
+
+function indexEntry(header: EntryHeader, offset: number): ArchiveEntry {
+  const pax = header.pax ?? {};
+  const e: ArchiveEntry = {
+    name: header.name,
+    type: (header.type ?? "file") as ArchiveEntry["type"],
+    size: Number(pax.size ?? header.size ?? 0),
+    mode: header.mode ?? 0,
+    uid: Number(pax.uid ?? header.uid ?? 0),
+    gid: Number(pax.gid ?? header.gid ?? 0),
+    mtime: Number(pax.mtime ?? Math.floor((header.mtime?.getTime() ?? 0) / 1000)),
+    offset,
+  };
+  if (header.linkname !== undefined) e.linkname = header.linkname;
+  return e;
 }
 
 /**

@@ -28,9 +28,10 @@ import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
 import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
 import { lockAtLeast } from "./lock.js";
 import type { Logger } from "./log.js";
-import { objectKey } from "./naming.js";
+import { encodeManifest, MANIFEST_FORMAT, type Manifest, ManifestIndex } from "./manifest.js";
+import { manifestKey, objectKey } from "./naming.js";
 import { retry } from "./retry.js";
-import type { BucketLockState, ObjectStore, Target } from "./store/store.js";
+import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
 
 export interface BackupProgress {
   /** Archive bytes handed to the uploader so far (after compression). */
@@ -168,6 +169,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       "backup started",
     );
     const sseKey = deriveSseKey(config.masterKey.reveal(), target.bucket, key);
+    const index = new ManifestIndex();
     const archive = createArchive({
       ...jobWalk(
         job,
@@ -188,6 +190,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
         progress.files = p.files;
         progress.read = p.bytes;
       },
+      onEntry: (e) => index.add(e),
     });
     const hasher = new HashingCounter((n) => {
       progress.bytes = n;
@@ -314,6 +317,23 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       );
     }
     const retention = lock.after;
+    const manifestProblem = await writeManifest(deps, backupId, retention, {
+      formatVersion: MANIFEST_FORMAT,
+      host: config.host,
+      job: job.name,
+      createdAt: started.toISOString(),
+      archive: { key, versionId, size, sha256, compression: job.compression },
+      encryption: { scheme: "sse-c", keyDerivation: KEY_DERIVATION },
+      parent: null,
+      files: index.files,
+    });
+    if (manifestProblem) {
+      warnings.push({
+        path: `s3://${target.bucket}/${manifestKey(key)}`,
+        message: manifestProblem,
+      });
+      jlog.warn({ versionId }, manifestProblem);
+    }
     const durationMs = now().getTime() - started.getTime();
     catalog.addWarnings(runId, warnings);
     catalog.finishRun(runId, {
@@ -377,6 +397,53 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
   } finally {
     await spooled?.cleanup();
   }
+}
+
+/**
+ * Writes, locks and reads back the manifest of a backup that is recorded and
+ * locked. Its failure does not fail the run: the archive is restorable without
+ * it. It returns the problem as a warning (so `immutd backup` exits 5), and the
+ * row keeps the manifest's key without a version, which verify reports.
+ * The manifest is locked with the archive's own retention, so it lasts as long.
+ */
+async function writeManifest(
+  deps: BackupDeps,
+  backupId: number,
+  retention: Retention,
+  manifest: Manifest,
+): Promise<string | undefined> {
+  const { target, catalog, config } = deps;
+  const key = manifestKey(manifest.archive.key);
+  const what = `manifest s3://${target.bucket}/${key}`;
+  catalog.setBackupManifest(backupId, key, null);
+  const sseKey = deriveSseKey(config.masterKey.reveal(), target.bucket, key);
+  const body = encodeManifest(manifest);
+  let versionId: string;
+  try {
+    ({ versionId } = await retry(() => target.writer.putManifest({ key, body, sseKey }), {
+      attempts: LOCK_ATTEMPTS,
+      baseMs: 250,
+    }));
+  } catch (err) {
+    return `${what} could not be written (${describeError(err)}); the archive is recorded and restorable (backup ${backupId}), \`immutd verify\` reports the missing manifest`;
+  }
+  catalog.setBackupManifest(backupId, key, versionId);
+  const now = (deps.now ?? (() => new Date()))();
+  const lock = await lockAtLeast(target, key, versionId, retention, {
+    now,
+    attempts: LOCK_ATTEMPTS,
+    slackMs: LOCK_SLACK_MS,
+  });
+  if (lock.problem || !lock.after)
+    return `${what} version ${versionId} could not be locked until ${retention.retainUntil.toISOString()}: ${lock.problem ?? "it has no retention"}; \`immutd verify\` reports it until it is`;
+  try {
+    const size = await storedSize(target, key, versionId, sseKey);
+    if (size !== body.length)
+      return `${what} version ${versionId} holds ${size} bytes but ${body.length} were sent`;
+  } catch (err) {
+    return `${what} version ${versionId} could not be read back (${describeError(err)})`;
+  }
+  return undefined;
 }
 
 /**

@@ -99,6 +99,9 @@ export interface BackupRow {
   retainUntil: string | null;
   status: BackupStatus;
   files: number;
+  /** The manifest object beside the archive (src/manifest.ts); null for a backup made before manifests. A key without a version: the manifest could not be written. */
+  manifestKey: string | null;
+  manifestVersionId: string | null;
 }
 
 /** Warnings stored per run; the count in runs.warnings is always complete. */
@@ -205,6 +208,12 @@ const MIGRATIONS: string[] = [
   ALTER TABLE backups_v3 RENAME TO backups;
   CREATE INDEX backups_job_created ON backups (job, created_at);
   `,
+  // 4: the manifest written beside each archive (src/manifest.ts). NULL for
+  // backups made before manifests existed, and for one whose manifest could not be written.
+  `
+  ALTER TABLE backups ADD COLUMN manifest_key TEXT;
+  ALTER TABLE backups ADD COLUMN manifest_version_id TEXT;
+  `,
 ];
 
 const RUN_COLUMNS = `id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
@@ -239,7 +248,8 @@ function unreconciled(row: { status: RunStatus; error: string | null }): boolean
 
 const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
   size, sha256, compression, created_at AS createdAt, retention_mode AS retentionMode,
-  retain_until AS retainUntil, status, files`;
+  retain_until AS retainUntil, status, files, manifest_key AS manifestKey,
+  manifest_version_id AS manifestVersionId`;
 
 /**
  * The runs this process started, as "catalog path#run id". A run is only
@@ -702,6 +712,13 @@ export class Catalog {
 
   setBackupStatus(id: number, status: BackupStatus): void {
     this.db.prepare(`UPDATE backups SET status = ? WHERE id = ?`).run(status, id);
+  }
+
+  /** Records the manifest written beside a backup's archive (src/manifest.ts). */
+  setBackupManifest(id: number, key: string, versionId: string | null): void {
+    this.db
+      .prepare(`UPDATE backups SET manifest_key = ?, manifest_version_id = ? WHERE id = ?`)
+      .run(key, versionId, id);
   }
 
   /**

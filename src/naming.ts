@@ -29,6 +29,29 @@ export function objectKey(opts: {
   return `${jobPrefix(opts.prefix, opts.host, opts.job)}${readable}-${random}${ext}`;
 }
 
+/**
+ * The manifest of a backup lives at its archive key plus this suffix
+ * (`….tar.gz.manifest.json.gz`): beside the archive under the job prefix, and
+ * never matching KEY_TAIL (which ends in `.tar` or `.tar.gz`), so neither a
+ * catalog-free restore's selection nor crash recovery (which lists versions at an
+ * archive's exact key) takes it for an archive.
+ */
+export const MANIFEST_SUFFIX = ".manifest.json.gz";
+
+export function manifestKey(archiveKey: string): string {
+  return `${archiveKey}${MANIFEST_SUFFIX}`;
+}
+
+/** Throws unless key is a manifest key: the guard that keeps ObjectStore.putManifest away from archives. */
+export function assertManifestKey(key: string): void {
+  const archive = key.endsWith(MANIFEST_SUFFIX) ? key.slice(0, -MANIFEST_SUFFIX.length) : "";
+  if (!parseObjectKey(archive)) {
+    throw new Error(
+      `refusing to write ${key} as a manifest: not an archive key plus ${MANIFEST_SUFFIX}`,
+    );
+  }
+}
+
 const KEY_TAIL = /(\d{4})-(\d{2})-(\d{2})T(\d{2})(\d{2})(\d{2})Z-[0-9a-f]{8}\.tar(\.gz)?$/;
 
 /** Reads the creation time and compression back from a key immutd made; undefined for any other key. */

@@ -22,6 +22,7 @@
  * by crash recovery) -> ok or corrupt, by a deep check only.
  */
 import { Writable } from "node:stream";
+import { buffer } from "node:stream/consumers";
 import {
   configuredLock,
   LOCK_SLACK_MS,
@@ -34,8 +35,10 @@ import {
 import type { BackupRow, Catalog } from "./catalog.js";
 import type { Config, TargetConfig } from "./config.js";
 import { CancelledError, describeError, explainReadRefusal, StorageError } from "./errors.js";
+import { deriveSseKey } from "./keys.js";
 import { lockAtLeast } from "./lock.js";
 import type { Logger } from "./log.js";
+import { decodeManifest, manifestMismatch } from "./manifest.js";
 import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
 import { retry } from "./retry.js";
 import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
@@ -78,7 +81,22 @@ export type FindingKind =
    */
   | "delete-marker"
   /** Recorded by crash recovery with its SHA-256 unknown: only --deep settles it. */
-  | "unverified";
+  | "unverified"
+  /**
+   * The backup's manifest (src/manifest.ts) was never written, its recorded
+   * version is gone, does not decode, names another archive version or
+   * SHA-256, or is locked shorter than the archive.
+   */
+  | "manifest"
+  /**
+   * A warning, not a finding: the latest version at a manifest's key is not the
+   * recorded one. Someone with write access wrote another (a forged manifest);
+   * the recorded version is what immutd trusts.
+   */
+  | "manifest-replaced";
+
+/** Kinds that go to the report's warnings, not its findings. */
+const WARNING_KINDS: ReadonlySet<FindingKind> = new Set(["delete-marker", "manifest-replaced"]);
 
 export interface Finding {
   kind: FindingKind;
@@ -176,6 +194,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     );
   };
   const jobFilter = deps.job !== undefined ? { job: deps.job } : {};
+  const masterKey = config.masterKey.reveal();
 
   // Targets: those of the configured jobs and those the catalog's backups are in.
   const rows = catalog.listBackups(jobFilter);
@@ -236,8 +255,27 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   await mapLimit(due, config.verify.concurrency, deps.signal, async (row) => {
     const tc = config.targets[row.target] as TargetConfig;
     const target = deps.targets[row.target] as Target;
-    const seen = await checkBackup(row, tc, target, catalog, log, at, deps.signal, deps.deep);
-    for (const f of seen) report(f);
+    const seen = await checkBackup(
+      row,
+      tc,
+      target,
+      catalog,
+      log,
+      at,
+      deps.signal,
+      deps.deep,
+      masterKey,
+    );
+    for (const f of seen) {
+      if (!WARNING_KINDS.has(f.kind)) report(f);
+      else {
+        warnings.push(f);
+        log.warn(
+          { kind: f.kind, target: f.target, job: f.job, key: f.key, versionId: f.versionId },
+          f.message,
+        );
+      }
+    }
   });
   for (const w of await hiddenBackups(due, config, deps.targets, notes)) {
     warnings.push(w);
@@ -534,9 +572,11 @@ async function checkBackup(
   log: Logger,
   now: Date,
   signal: AbortSignal | undefined,
-  deep = false,
+  deep: boolean | undefined,
+  masterKey: Buffer,
 ): Promise<Finding[]> {
   const reader = target.reader;
+  let locked: Retention | undefined;
   const sseKey = catalog.backupKey(row.id) as Buffer;
   const opts = { ...RETRY, ...(signal ? { signal } : {}) };
   const seen: Observed = {};
@@ -580,6 +620,7 @@ async function checkBackup(
       ? `; locking it for its configured period failed: ${lock.problem}`
       : `; verify locked it ${lock.after?.mode} until ${lock.after?.retainUntil.toISOString()}`;
     if (!lock.problem) status = "ok";
+    locked = lock.after;
     findings = findings.map((f) =>
       LOCK_KINDS.has(f.kind) ? { ...f, message: f.message + outcome } : f,
     );
@@ -610,6 +651,7 @@ async function checkBackup(
   ) {
     catalog.adoptRetainUntil(row.id, r.retainUntil, r.mode);
   }
+  findings.push(...(await checkManifest(row, target, masterKey, locked ?? r, now, signal)));
   return findings.map((f) => ({
     ...f,
     target: tc.name,
@@ -619,6 +661,91 @@ async function checkBackup(
     versionId: row.versionId,
     backupId: row.id,
   }));
+}
+
+/**
+ * The manifest beside a backup's archive: its recorded version must exist,
+ * decode with the key derived for the manifest's key, name this archive version
+ * with its size and SHA-256, and be locked at least as long as the archive
+ * (verify extends it to that, extend-only). A newer version at the manifest's
+ * key is a warning: the writer credential can add one, never remove or change
+ * the recorded one. Backups from before manifests (no manifest key) have nothing
+ * to check.
+ */
+async function checkManifest(
+  row: BackupRow,
+  target: Target,
+  masterKey: Buffer,
+  archiveLock: Retention | undefined,
+  now: Date,
+  signal: AbortSignal | undefined,
+): Promise<{ kind: FindingKind; message: string }[]> {
+  const key = row.manifestKey;
+  if (key === null) return [];
+  const what = `job ${row.job}: manifest s3://${row.bucket}/${key}`;
+  const versionId = row.manifestVersionId;
+  if (versionId === null) {
+    return [
+      {
+        kind: "manifest",
+        message: `${what} was not written when backup ${row.id} ran; the archive is restorable without it`,
+      },
+    ];
+  }
+  const out: { kind: FindingKind; message: string }[] = [];
+  const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+  const sseKey = deriveSseKey(masterKey, row.bucket, key);
+  try {
+    const body = await retry(
+      async () => buffer(await target.reader.get(key, versionId, sseKey, signal ? { signal } : {})),
+      opts,
+    );
+    const mismatch = manifestMismatch(decodeManifest(body), row);
+    if (mismatch)
+      out.push({
+        kind: "manifest",
+        message: `${what} version ${versionId} does not describe backup ${row.id}: ${mismatch}`,
+      });
+  } catch (err) {
+    if (signal?.aborted) throw new CancelledError("verify cancelled");
+    const gone = err instanceof StorageError && err.status === 404;
+    return [
+      {
+        kind: "manifest",
+        message: gone
+          ? `${what} version ${versionId} no longer exists on the server`
+          : `${what} version ${versionId} cannot be read: ${describeError(err)}`,
+      },
+    ];
+  }
+  if (archiveLock) {
+    const lock = await lockAtLeast(target, key, versionId, archiveLock, {
+      now,
+      slackMs: LOCK_SLACK_MS,
+      ...(signal ? { signal } : {}),
+    });
+    if (lock.problem || !lock.after)
+      out.push({
+        kind: "manifest",
+        message: `${what} version ${versionId} is not locked as long as its archive (until ${archiveLock.retainUntil.toISOString()}): ${lock.problem ?? "it has no retention"}`,
+      });
+  }
+  try {
+    const latest = (await retry(() => target.reader.listVersions(key), RETRY_BUCKET)).find(
+      (v) => v.key === key && v.isLatest,
+    );
+    if (latest && latest.versionId !== versionId)
+      out.push({
+        kind: "manifest-replaced",
+        message: `${what}: its latest ${latest.deleteMarker ? "is a delete marker" : `version ${latest.versionId} is not the recorded one`}; someone with write access wrote it. Version ${versionId}, the one immutd recorded, is intact`,
+      });
+  } catch (err) {
+    out.push({
+      kind: "check-failed",
+      message: `${what}: its versions could not be listed: ${describeError(err)}`,
+    });
+  }
+  return out;
 }
 
 /**
@@ -902,6 +1029,8 @@ async function extendOne(
   const from = current?.retainUntil.toISOString() ?? null;
   if (current && current.retainUntil.getTime() >= needed.getTime()) {
     catalog.adoptRetainUntil(row.id, current.retainUntil, current.mode);
+    const failed = await extendManifest(row, target, current, now, signal);
+    if (failed) return { ...base, action: "failed", from, to: from, message: failed };
     return {
       ...base,
       action: "unchanged",
@@ -938,6 +1067,15 @@ async function extendOne(
     at: now,
   });
   if (row.status === "expired") catalog.setBackupStatus(row.id, "ok");
+  const failed = await extendManifest(row, target, after, now, signal);
+  if (failed)
+    return {
+      ...base,
+      action: "failed",
+      from,
+      to: after.retainUntil.toISOString(),
+      message: failed,
+    };
   return {
     ...base,
     action: "extended",
@@ -945,6 +1083,24 @@ async function extendOne(
     to: after.retainUntil.toISOString(),
     message: `newest backup's lock extended from ${from ?? "none"} to ${after.retainUntil.toISOString()}`,
   };
+}
+
+/** Locks a backup's manifest (if it has one) at least as long as its archive; the problem as a phrase, undefined if locked. */
+async function extendManifest(
+  row: BackupRow,
+  target: Target,
+  archiveLock: Retention,
+  now: Date,
+  signal: AbortSignal | undefined,
+): Promise<string | undefined> {
+  if (row.manifestKey === null || row.manifestVersionId === null) return undefined;
+  const lock = await lockAtLeast(target, row.manifestKey, row.manifestVersionId, archiveLock, {
+    now,
+    slackMs: LOCK_SLACK_MS,
+    ...(signal ? { signal } : {}),
+  });
+  if (!lock.problem && lock.after) return undefined;
+  return `cannot extend the retention of manifest s3://${row.bucket}/${row.manifestKey} version ${row.manifestVersionId} to ${archiveLock.retainUntil.toISOString()} with its archive's: ${lock.problem ?? "it has no retention"}`;
 }
 
 /** Runs fn over items with at most `limit` at a time; stops starting new ones once the signal is aborted. */

@@ -124,14 +124,17 @@ describe("backup against Ceph RGW", () => {
       `archive of ${r.bytes} bytes spans more than three 5 MiB parts`,
     );
 
-    // exactly one version under the key, in COMPLIANCE mode until ~ upload + 1 day
+    // exactly one version under the key (and its manifest beside it), in COMPLIANCE mode until ~ upload + 1 day
     const versions = await openTarget(tc).admin?.listVersions("");
-    assert.deepEqual(
-      versions?.map((v) => [v.key, v.versionId, v.deleteMarker]),
-      [[r.key, r.versionId, false]],
-    );
     const row = catalog.backup(r.backupId as number);
     assert.ok(row);
+    assert.deepEqual(
+      versions?.map((v) => [v.key, v.versionId, v.deleteMarker]),
+      [
+        [r.key, r.versionId, false],
+        [`${r.key}.manifest.json.gz`, row.manifestVersionId, false],
+      ],
+    );
     assert.equal(row.retentionMode, "COMPLIANCE");
     const until = Date.parse(row.retainUntil as string);
     const dayMs = 24 * 3600 * 1000;
@@ -188,7 +191,7 @@ describe("backup against Ceph RGW", () => {
       );
     }
     const still = await openTarget(tc).admin?.listVersions("");
-    assert.equal(still?.length, 1);
+    assert.equal(still?.length, 2, "the archive and its manifest");
 
     // no key material or secret in any log line
     const logs = logLines.join("");

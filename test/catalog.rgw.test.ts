@@ -182,7 +182,7 @@ ${o.hooks ?? ""}`,
       backup.stderr,
       new RegExp(`immutd: catalog ${ro}/catalog.db is read-only \\(.*EROFS\\)`),
     );
-    assert.equal((await versions()).length, 1, "nothing was uploaded");
+    assert.equal((await versions()).length, 2, "nothing was uploaded (one archive, its manifest)");
     const verify = await runCli(["--config", cfg, "verify"]);
     assert.equal(verify.code, 78, verify.stderr);
     assert.match(verify.stderr, /immutd: catalog .* is read-only \(.*EROFS.*\): verify records/);

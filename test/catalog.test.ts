@@ -58,9 +58,12 @@ describe("catalog", () => {
     const path = join(dir, "old.db");
     copyFileSync(new URL("../../test/fixtures/catalog-0.1.0.db", import.meta.url), path);
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 3);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 4);
     const [b] = c.listBackups();
     assert.equal(b?.versionId, "v1");
+    // A backup from before manifests has none (and verify does not ask for one).
+    assert.equal(b?.manifestKey, null);
+    assert.equal(b?.manifestVersionId, null);
     assert.equal(b?.sha256, "a".repeat(64));
     assert.equal(b?.status, "ok");
     assert.deepEqual(c.backupKey(b?.id ?? 0), Buffer.alloc(32, 7));
@@ -79,6 +82,49 @@ describe("catalog", () => {
     c.close();
   });
 
+  it("migrates schema 3 to 4: backups keep their rows and get manifest columns", () => {
+    const path = join(dir, "v3.db");
+    const c3 = Catalog.open(path);
+    const runId = c3.startRun({
+      job: "j",
+      target: "t",
+      objectKey: "h/j/k.tar",
+      startedAt: new Date(),
+    });
+    const id = c3.recordBackup({
+      runId,
+      job: "j",
+      target: "t",
+      bucket: "b",
+      key: "h/j/k.tar",
+      versionId: "v1",
+      size: 1,
+      sha256: "b".repeat(64),
+      compression: "none",
+      sseKey: Buffer.alloc(32, 3),
+      keyDerivation: "x",
+      createdAt: new Date(),
+      retentionMode: null,
+      retainUntil: null,
+      status: "ok",
+      files: 1,
+    });
+    // Back to what a schema-3 immutd left: no manifest columns.
+    c3.db.exec(
+      "ALTER TABLE backups DROP COLUMN manifest_key; ALTER TABLE backups DROP COLUMN manifest_version_id; PRAGMA user_version = 3",
+    );
+    c3.close();
+    const c = Catalog.open(path);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 4);
+    const b = c.backup(id);
+    assert.equal(b?.sha256, "b".repeat(64));
+    assert.equal(b?.manifestKey, null);
+    c.setBackupManifest(id, "h/j/k.tar.manifest.json.gz", null);
+    c.setBackupManifest(id, "h/j/k.tar.manifest.json.gz", "mv1");
+    assert.equal(c.backup(id)?.manifestVersionId, "mv1");
+    c.close();
+  });
+
   it("is created 0600 (with its WAL files) in a new 0700 directory, in WAL mode", () => {
     const path = join(dir, "sub", "catalog.db");
     const c = Catalog.open(path);
@@ -87,7 +133,7 @@ describe("catalog", () => {
     assert.equal(statSync(`${path}-wal`).mode & 0o777, 0o600);
     assert.equal(statSync(join(dir, "sub")).mode & 0o777, 0o700);
     assert.equal(c.db.pragma("journal_mode", { simple: true }), "wal");
-    assert.equal(c.db.pragma("user_version", { simple: true }), 3);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 4);
     c.close();
   });
 

@@ -17,7 +17,7 @@ import type { TargetConfig } from "../src/config.js";
 import { StorageError } from "../src/errors.js";
 import { deriveSseKey } from "../src/keys.js";
 import { createLogger } from "../src/log.js";
-import { objectKey } from "../src/naming.js";
+import { manifestKey, objectKey } from "../src/naming.js";
 import { reconcile } from "../src/recovery.js";
 import { Secret } from "../src/secret.js";
 import { MemoryBucket } from "../src/store/memory.js";
@@ -46,6 +46,17 @@ function setup(name: string, jobNames: string[]) {
     jobs,
   });
   return { bucket, target: bucket.target("memory"), catalog, config };
+}
+
+/** A run of job "tree" left "running" by a process that is gone; returns its key. */
+function deadRun(catalog: Catalog): string {
+  const k = objectKey({ prefix: "", host: "h", job: "tree", at: new Date(), compression: "gzip" });
+  catalog.db
+    .prepare(
+      `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES ('tree', 'memory', ?, ?, 'running', NULL)`,
+    )
+    .run(k, new Date().toISOString());
+  return k;
 }
 
 describe("reconcile (memory store)", () => {
@@ -162,18 +173,7 @@ describe("reconcile (memory store)", () => {
 
   it("a version at a dead run's key that is not a readable archive is settled as corrupt, not ok", async () => {
     const { bucket, target, catalog, config } = setup("junk", ["tree"]);
-    const k = objectKey({
-      prefix: "",
-      host: "h",
-      job: "tree",
-      at: new Date(),
-      compression: "gzip",
-    });
-    catalog.db
-      .prepare(
-        `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES ('tree', 'memory', ?, ?, 'running', NULL)`,
-      )
-      .run(k, new Date().toISOString());
+    const k = deadRun(catalog);
     // Encrypted with the right key (a process killed mid-way could not do better) but truncated.
     await target.writer.upload({
       key: k,
@@ -187,6 +187,22 @@ describe("reconcile (memory store)", () => {
       ["archive-unreadable"],
     );
     assert.equal(catalog.listBackups()[0]?.status, "corrupt");
+    catalog.close();
+  });
+});
+
+describe("reconcile and manifests (memory store)", () => {
+  it("a manifest at a dead run's key plus its suffix is not taken for the archive", async () => {
+    const { bucket, target, catalog, config } = setup("mfrec", ["tree"]);
+    const k = deadRun(catalog);
+    // Only the manifest's key holds a version (listing the archive's key as a prefix finds it).
+    await target.writer.putManifest({
+      key: manifestKey(k),
+      body: Buffer.from("m"),
+      sseKey: deriveSseKey(masterKey, bucket.name, manifestKey(k)),
+    });
+    await reconcile({ config, catalog, log, target: () => target });
+    assert.deepEqual(catalog.listBackups(), []);
     catalog.close();
   });
 });

@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
 import type { Config, JobConfig } from "../src/config.js";
-import { jobPrefix } from "../src/naming.js";
+import { jobPrefix, manifestKey } from "../src/naming.js";
 import { selectFromBucket } from "../src/restore.js";
 import { Secret } from "../src/secret.js";
 import { MemoryBucket } from "../src/store/memory.js";
@@ -80,6 +80,26 @@ describe("selectFromBucket: keys dated in the future", () => {
     await assert.rejects(
       selectFromBucket(target.reader, config, target, job, "h", {}, { now: NOW }),
       /no backup of job j under s3:\/\/select\/p\/h\/j\//,
+    );
+  });
+});
+
+describe("selectFromBucket: manifests beside the archives", () => {
+  it("never picks a manifest: not as the newest object, not by its version ID", async () => {
+    const { target, ids } = await bucketWith(["2026-11-30T030000Z"]);
+    const archive = `${jobPrefix("p/", "h", "j")}2026-11-30T030000Z-00000000.tar`;
+    // Written after the archive, so it is the newest object under the job prefix.
+    const { versionId } = await target.writer.putManifest({
+      key: manifestKey(archive),
+      body: Buffer.from("m"),
+      sseKey: randomBytes(32),
+    });
+    const src = await selectFromBucket(target.reader, config, target, job, "h", {}, { now: NOW });
+    assert.equal(src.key, archive);
+    assert.equal(src.versionId, ids.get("2026-11-30T030000Z"));
+    await assert.rejects(
+      selectFromBucket(target.reader, config, target, job, "h", { versionId }, { now: NOW }),
+      /no version/,
     );
   });
 });

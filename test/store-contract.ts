@@ -396,6 +396,29 @@ export function storeContract(name: string, h: Harness): void {
       );
     });
 
+    it("a manifest: one SSE-C PutObject with the bucket default lock, readable only with its key; nothing else is written this way", async () => {
+      const t = await h.lockedTarget();
+      const key = "host/job/2026-12-01T000000Z-0a0b0c0d.tar.gz.manifest.json.gz";
+      const sseKey = randomBytes(32);
+      const body = data(3000);
+      const { versionId } = await t.writer.putManifest({ key, body, sseKey });
+      assert.deepEqual(await readAll(await t.reader.get(key, versionId, sseKey)), body);
+      const head = await t.reader.head(key, versionId, sseKey);
+      assert.equal(head.size, body.length);
+      assert.equal(head.encrypted, true);
+      await assert.rejects(t.reader.get(key, versionId, randomBytes(32)), refused(400));
+      assert.equal((await t.reader.retention(key, versionId))?.mode, "COMPLIANCE");
+      await assert.rejects(t.reader.putManifest({ key, body, sseKey }), refused(403));
+      await assert.rejects(
+        t.writer.putManifest({ key: "host/job/2026-12-01T000000Z-0a0b0c0d.tar.gz", body, sseKey }),
+        /refusing to write/,
+      );
+      assert.deepEqual(
+        (await t.reader.listVersions("")).map((v) => [v.key, v.versionId]),
+        [[key, versionId]],
+      );
+    });
+
     it("answers an endpoint probe over TLS with its clock", async () => {
       const t = await h.lockedTarget();
       const p = await t.reader.probeEndpoint();

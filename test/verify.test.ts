@@ -254,6 +254,8 @@ describe("runVerify (memory store)", () => {
       retainUntil: "2030-01-01T00:00:00.000Z",
       status: "ok" as const,
       files: 1,
+      manifestKey: null,
+      manifestVersionId: null,
     };
     const tc = targetConfig();
     const kind = (status: number | undefined) =>

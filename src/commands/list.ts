@@ -16,7 +16,8 @@ server last reported (LOCKED UNTIL, mode) and the status:
   unverified  found by crash recovery; verify --deep settles it
 Key material is never shown. --json prints an array of objects with the fields
 id, job, target, bucket, key, versionId, size, sha256, compression,
-createdAt, retainUntil, retentionMode, status, files, runId.
+createdAt, retainUntil, retentionMode, status, files, runId, manifestKey,
+manifestVersionId (null for a backup without a manifest).
 `;
 
 export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }): void {

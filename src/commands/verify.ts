@@ -26,6 +26,11 @@ credentials:
     recovery, SHA-256 unknown): it must be encrypted with the key immutd
     derives, have its recorded size and read to its end, then it is ok (its
     SHA-256 recorded), else corrupt. Without --deep each is a finding.
+  - each backup's manifest (its archive key + .manifest.json.gz): a finding
+    "manifest" if it was never written, its recorded version is gone, it does
+    not decode, names another archive version, size or SHA-256, or cannot be
+    locked as long as its archive (verify extends it with the archive). Backups
+    made before manifests have none and are not findings.
 Crash recovery runs first, as in immutd backup (see there).
 Backups past their retain-until are marked expired. A missing version is
 marked missing (and reported on every run until its retain-until passes); a
@@ -37,7 +42,8 @@ it did.
 
 A delete marker on top of a backup's key is a WARNING, not a finding (exit
 code unchanged): someone with write access hid the latest version; the
-recorded version is still locked and restorable by its version ID.
+recorded version is still locked and restorable by its version ID. So is a
+newer version at a manifest's key (manifest-replaced): the recorded one counts.
 
 With keepLatestLocked (the default), each job's newest good backup is then
 kept locked at least the retention period ahead of now: when it is less, it

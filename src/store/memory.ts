@@ -15,6 +15,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import type { RetentionMode } from "../config.js";
 import { StorageError } from "../errors.js";
+import { assertManifestKey } from "../naming.js";
 import {
   assertCanaryKey,
   type BucketLockState,
@@ -22,6 +23,7 @@ import {
   type DefaultRetention,
   type EndpointProbe,
   type LifecycleRule,
+  type ManifestRequest,
   type ObjectStore,
   type PendingUpload,
   type Retention,
@@ -212,21 +214,26 @@ export class MemoryStore implements ObjectStore {
       throw err;
     }
     this.#b.uploads.delete(uploadId);
+    return { versionId: this.#store(req.key, Buffer.concat(chunks), req.sseKey) };
+  }
+
+  /** Stores a new SSE-C version with the bucket's default retention, as a PutObject or a completed upload does. */
+  #store(key: string, data: Buffer, sseKey: Buffer): string {
     const created = this.#b.now();
     const d = this.#b.defaultRetention;
     const versionId = randomBytes(12).toString("hex");
     this.#b.versions.push({
-      key: req.key,
+      key,
       versionId,
-      data: Buffer.concat(chunks),
-      keyHash: hashKey(req.sseKey),
+      data,
+      keyHash: hashKey(sseKey),
       created,
       retention: d
         ? { mode: d.mode, retainUntil: new Date(created.getTime() + d.days * 86_400_000) }
         : undefined,
       deleteMarker: false,
     });
-    return { versionId };
+    return versionId;
   }
 
   #find(key: string, versionId: string, sseKey: Buffer | undefined): StoredVersion {
@@ -406,6 +413,13 @@ export class MemoryStore implements ObjectStore {
       );
     }
     v.retention = { mode: r.mode, retainUntil: new Date(r.retainUntil) };
+  }
+
+  async putManifest(req: ManifestRequest): Promise<{ versionId: string }> {
+    assertManifestKey(req.key);
+    this.#allow("upload", req.key);
+    if (req.sseKey.length !== 32) throw new Error("SSE-C key must be 32 bytes");
+    return { versionId: this.#store(req.key, Buffer.from(req.body), req.sseKey) };
   }
 
   async putCanary(req: CanaryRequest): Promise<{ versionId: string }> {

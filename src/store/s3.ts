@@ -38,12 +38,14 @@ import { Upload } from "@aws-sdk/lib-storage";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config.js";
 import { ConfigError, RefusedError, StorageError } from "../errors.js";
+import { assertManifestKey } from "../naming.js";
 import {
   assertCanaryKey,
   type BucketLockState,
   type CanaryRequest,
   type EndpointProbe,
   type LifecycleRule,
+  type ManifestRequest,
   type ObjectStore,
   type PendingUpload,
   type Retention,
@@ -475,6 +477,32 @@ export class S3Store implements ObjectStore {
     );
   }
 
+  /** The version ID a PutObject answered with; a bucket without versioning answers none. */
+  #versionOf(versionId: string | undefined, key: string): string {
+    if (versionId) return versionId;
+    throw new StorageError(
+      `s3://${this.bucket}/${key} was stored without a version ID: the bucket does not keep versions`,
+      { transient: false },
+    );
+  }
+
+  async putManifest(req: ManifestRequest): Promise<{ versionId: string }> {
+    assertManifestKey(req.key);
+    const res = await this.#call("write the manifest", req.key, () =>
+      this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: req.key,
+          Body: req.body,
+          ContentType: "application/gzip",
+          ...sseParams(req.sseKey),
+          ...checksumParam(this.#target.checksum),
+        }),
+      ),
+    );
+    return { versionId: this.#versionOf(res.VersionId, req.key) };
+  }
+
   async putCanary(req: CanaryRequest): Promise<{ versionId: string }> {
     assertCanaryKey(req.key);
     const res = await this.#call("write the canary", req.key, () =>
@@ -493,13 +521,7 @@ export class S3Store implements ObjectStore {
         }),
       ),
     );
-    if (!res.VersionId) {
-      throw new StorageError(
-        `s3://${this.bucket}/${req.key} was stored without a version ID: the bucket does not keep versions`,
-        { transient: false },
-      );
-    }
-    return { versionId: res.VersionId };
+    return { versionId: this.#versionOf(res.VersionId, req.key) };
   }
 
   async deleteCanary(key: string, versionId: string): Promise<void> {

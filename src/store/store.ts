@@ -80,6 +80,14 @@ export interface CanaryRequest {
   corruptChecksum?: boolean;
 }
 
+export interface ManifestRequest {
+  /** Must pass assertManifestKey (src/naming.ts). */
+  key: string;
+  body: Buffer;
+  /** 32-byte AES256 SSE-C key. */
+  sseKey: Buffer;
+}
+
 export interface EndpointProbe {
   /** The URL the probe went to (the endpoint; no credentials). */
   url: string;
@@ -197,6 +205,13 @@ export interface ObjectStore {
     r: Retention,
     opts?: { upgradeGovernance?: boolean },
   ): Promise<void>;
+  /**
+   * Writes a backup's manifest: one PutObject, SSE-C encrypted, with a checksum
+   * the server verifies. Refuses any key that is not a manifest key, so it can
+   * never write a version at an archive's key. The version gets the bucket's
+   * default retention; the caller locks it (src/lock.ts).
+   */
+  putManifest(req: ManifestRequest): Promise<{ versionId: string }>;
   /** Writes doctor's canary (one small PutObject with a checksum). Refuses any key that is not a canary key. */
   putCanary(req: CanaryRequest): Promise<{ versionId: string }>;
   /** Attempts to delete one version of a canary (with BypassGovernanceRetention); resolves if it was deleted, rejects if refused. Refuses any key that is not a canary key. */
