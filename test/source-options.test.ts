@@ -586,7 +586,11 @@ describe("daemon: a job without schedule", () => {
       daemon.trigger("files", "test");
       while (!records.some((r) => r.msg === "backup succeeded"))
         await new Promise((r) => setTimeout(r, 50));
-      assert.equal(bucket.versions.length, 1);
+      // the archive and its manifest
+      assert.deepEqual(
+        bucket.versions.map((v) => /\.manifest\.json\.gz$/.test(v.key)),
+        [false, true],
+      );
     } finally {
       await daemon.stop("test over");
     }
