@@ -73,6 +73,11 @@ export function onStopSignals(o: StopSignalOptions): () => void {
   source.on("SIGINT", handler);
   source.on("SIGTERM", handler);
   return () => {
+    // Once a stop was asked for, the handlers stay until the process exits: a
+    // repeat of that signal arriving after the command finished but before the
+    // process is gone must not end it by the default action (killed by SIGTERM
+    // instead of the command's own exit code).
+    if (firstAt !== undefined) return;
     source.off("SIGINT", handler);
     source.off("SIGTERM", handler);
   };

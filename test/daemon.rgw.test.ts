@@ -566,11 +566,22 @@ ${extra}`;
     b.child.kill("SIGTERM");
     await sleep(20);
     b.child.kill("SIGTERM");
-    assert.equal((await b.exited).code, 3, b.stderr());
-    assert.ok(
-      logRecords(b.stderr()).some((r) => String(r.msg).includes("taken as the same stop request")),
-      b.stderr(),
-    );
+    const exit = await b.exited;
+    // Never the forced exit (130). Either the second signal found the run still
+    // cancelling and was taken as the same request (exit 3), or the cancel had
+    // already been recorded and reported and the process was leaving (Node's
+    // handlers are gone by then and the signal ends it, nothing left to clean up).
+    if (exit.code === 3) {
+      assert.ok(
+        logRecords(b.stderr()).some((r) =>
+          String(r.msg).includes("taken as the same stop request"),
+        ),
+        b.stderr(),
+      );
+    } else {
+      assert.deepEqual(exit, { code: null, signal: "SIGTERM" }, b.stderr());
+      assert.match(b.stderr(), /1 of 1 job\(s\) did not succeed: big \(interrupted\)/);
+    }
     const last = runs(e, "big").at(-1);
     assert.equal(last?.status, "interrupted");
     assert.match(last?.error ?? "", /received SIGTERM/);

@@ -57,6 +57,17 @@ describe("stop signals", () => {
     assert.equal(h.source.listenerCount("SIGINT"), 0);
   });
 
+  it("after a stop was asked for, the remover leaves the handlers: a late repeat still cannot kill the process by the default action", () => {
+    const h = harness();
+    h.signal("SIGTERM", 0);
+    h.remove(); // the command finished its cancel and is about to exit
+    assert.equal(h.source.listenerCount("SIGTERM"), 1);
+    assert.equal(h.source.listenerCount("SIGINT"), 1);
+    h.signal("SIGTERM", 20);
+    assert.deepEqual(h.stops, ["SIGTERM"]);
+    assert.deepEqual(h.exits, []);
+  });
+
   it("signalMeaning: first is stop, the window's edge is still the same request", () => {
     assert.equal(signalMeaning(undefined, 5), "stop");
     assert.equal(signalMeaning(0, REPEAT_SIGNAL_MS), "same");
