@@ -25,7 +25,7 @@ import { Metrics } from "./metrics.js";
 import { Notifier } from "./notify.js";
 import { reconcile } from "./recovery.js";
 import { missedRun, nextRun } from "./schedule.js";
-import { openTarget } from "./store/s3.js";
+import { closeTarget, openTarget } from "./store/s3.js";
 import type { Target } from "./store/store.js";
 import { runVerify } from "./verify.js";
 
@@ -531,12 +531,6 @@ export class Daemon {
 
 function port(listen: string): string | undefined {
   return listen.split(":").pop();
-}
-
-/** Destroys a target's S3 clients, closing their keep-alive sockets. */
-function closeTarget(t: Target): void {
-  for (const s of [t.writer, t.reader, t.admin])
-    (s as { client?: { destroy(): void } } | undefined)?.client?.destroy();
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

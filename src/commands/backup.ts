@@ -11,7 +11,7 @@ import {
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
 import { reconcile } from "../recovery.js";
 import { onStopSignals } from "../signals.js";
-import { openTarget } from "../store/s3.js";
+import { closeTarget, openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
 import type { Context } from "./context.js";
 
@@ -123,10 +123,7 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
     }
   } finally {
     removeSignals();
-    for (const t of targets.values()) {
-      for (const s of [t.writer, t.reader, t.admin])
-        (s as { client?: { destroy(): void } })?.client?.destroy();
-    }
+    for (const t of targets.values()) closeTarget(t);
   }
   const failed = results.filter((r) => r.status !== "succeeded");
   const skipped = jobs.length - results.length - locked.length;

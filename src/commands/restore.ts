@@ -11,7 +11,7 @@ import {
   selectFromCatalog,
 } from "../restore.js";
 import { onStopSignals } from "../signals.js";
-import { openTarget } from "../store/s3.js";
+import { closeTarget, openTarget } from "../store/s3.js";
 import { parseTimeBound } from "../time.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
@@ -236,8 +236,7 @@ export async function restoreCommand(
       removeSignals();
     }
   } finally {
-    for (const s of [target.writer, target.reader, target.admin])
-      (s as { client?: { destroy(): void } })?.client?.destroy();
+    closeTarget(target);
   }
 }
 

@@ -5,7 +5,7 @@
 import { byName, type Config, type TargetConfig } from "../config.js";
 import { UsageError } from "../errors.js";
 import { onStopSignals } from "../signals.js";
-import { openTarget } from "../store/s3.js";
+import { closeTarget, openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
 
 /** The named target, or all of them; an unknown name is a usage error. */
@@ -33,10 +33,7 @@ export function openTargets(list: readonly TargetConfig[], parallel = 0): OpenTa
   return {
     targets,
     close() {
-      for (const t of Object.values(targets)) {
-        for (const s of [t.writer, t.reader, t.admin])
-          (s as { client?: { destroy(): void } } | undefined)?.client?.destroy();
-      }
+      for (const t of Object.values(targets)) closeTarget(t);
     },
   };
 }

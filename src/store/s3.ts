@@ -85,6 +85,15 @@ export function openTarget(t: TargetConfig, opts: S3StoreOptions = {}): Target {
   };
 }
 
+/**
+ * Destroys a target's S3 clients, closing their keep-alive sockets. Stores
+ * without a client (the in-memory fake) are skipped.
+ */
+export function closeTarget(t: Target): void {
+  for (const s of [t.writer, t.reader, t.admin])
+    (s as { client?: { destroy(): void } } | undefined)?.client?.destroy();
+}
+
 export class S3Store implements ObjectStore {
   readonly bucket: string;
   readonly client: S3Client;
