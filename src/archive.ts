@@ -33,8 +33,8 @@
  *   sizes are lstat's, and `stream` ends empty. `immutd backup --dry-run` uses it.
  */
 
-import { compileExcludeIndex } from "./exclude.js";
 import type { Readable } from "node:stream";
+import { compileExcludeIndex } from "./exclude.js";
 import { type ArchiveOptions, type ArchiveResult, SourceWalk } from "./pipeline/source.js";
 import { TarWriter } from "./pipeline/tar.js";
 

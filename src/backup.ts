@@ -8,12 +8,8 @@
  * ends the run as failed or interrupted with its reason; nothing is ever
  * deleted or overwritten.
  */
-import { createHash } from "node:crypto";
 import { realpathSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
-import { Transform, type TransformCallback } from "node:stream";
-import { pipeline } from "node:stream/promises";
-import { createGzip } from "node:zlib";
 import {
   type ArchiveOptions,
   type ArchiveWarning,
@@ -25,13 +21,20 @@ import { type Catalog, UPLOAD_UNSETTLED } from "./catalog.js";
 import { type Config, type JobConfig, jobExcludes, type TargetConfig } from "./config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "./errors.js";
 import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
-import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
-import { lockAtLeast } from "./lock.js";
+import { type LockOutcome, lockAtLeast } from "./lock.js";
 import type { Logger } from "./log.js";
 import { encodeManifest, MANIFEST_FORMAT, type Manifest, ManifestIndex } from "./manifest.js";
 import { manifestKey, objectKey } from "./naming.js";
+import { type Cipher, cipherFor } from "./pipeline/cipher.js";
+import { encoderFor } from "./pipeline/codec.js";
+import { HashingCounter } from "./pipeline/hash.js";
+import { runStages, type Streamed } from "./pipeline/index.js";
+import { s3Sink } from "./pipeline/sink.js";
 import { retry } from "./retry.js";
 import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
+
+/** Restore hashes what it downloads with the same stage. */
+export { HashingCounter } from "./pipeline/hash.js";
 
 export interface BackupProgress {
   /** Archive bytes handed to the uploader so far (after compression). */
@@ -111,7 +114,56 @@ export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<Backu
   return result;
 }
 
+/** What one attempt carries from step to step. */
+interface Run {
+  readonly job: JobConfig;
+  readonly deps: BackupDeps;
+  readonly now: () => Date;
+  readonly started: Date;
+  readonly key: string;
+  readonly runId: number;
+  readonly jlog: Logger;
+  readonly warnings: ArchiveWarning[];
+  readonly progress: BackupProgress;
+  readonly base: Pick<BackupResult, "job" | "runId" | "key" | "backupId" | "versionId">;
+  /**
+   * Set once the upload's first request is sent: from then on the server may hold
+   * a version at the key even if this process never hears of it.
+   */
+  uploadSent: boolean;
+}
+
+/** The stages' result with what the run needs of them afterwards. */
+interface Uploaded extends Streamed {
+  cipher: Cipher;
+  index: ManifestIndex;
+}
+
+/** The recorded and locked version. */
+interface Stored {
+  backupId: number;
+  retention: Retention;
+  /** The size the server reports, equal to the bytes sent. */
+  size: number;
+}
+
 async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> {
+  const run = startRun(job, deps);
+  let spooled: Spooled | undefined;
+  try {
+    spooled = await prepare(run);
+    const uploaded = await upload(run, spooled);
+    const stored = await recordVersion(run, uploaded);
+    return await succeeded(run, uploaded, stored);
+  } catch (err) {
+    return failed(run, err);
+  } finally {
+    await spooled?.cleanup();
+  }
+}
+
+/** Names the object and records the run as running before anything else happens. */
+function startRun(job: JobConfig, deps: BackupDeps): Run {
   const { config, catalog, target, log } = deps;
   const now = deps.now ?? (() => new Date());
   const started = now();
@@ -128,275 +180,302 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
     objectKey: key,
     startedAt: started,
   });
-  const jlog = log.child({ job: job.name, runId });
-  const warnings: ArchiveWarning[] = [];
-  const progress: BackupProgress = { bytes: 0, read: 0, files: 0 };
-  const base: Pick<BackupResult, "job" | "runId" | "key" | "backupId" | "versionId"> = {
-    job: job.name,
-    runId,
+  return {
+    job,
+    deps,
+    now,
+    started,
     key,
+    runId,
+    jlog: log.child({ job: job.name, runId }),
+    warnings: [],
+    progress: { bytes: 0, read: 0, files: 0 },
+    base: { job: job.name, runId, key },
+    uploadSent: false,
   };
-  let spooled: Spooled | undefined;
-  // Set once the upload's first request is sent: from then on the server may hold
-  // a version at the key even if this process never hears of it.
-  let uploadSent = false;
+}
 
+/** Everything before the upload: the paths exist, the bucket protects, the before hook, the commands' outputs. */
+async function prepare(run: Run): Promise<Spooled | undefined> {
+  const { job, deps } = run;
+  deps.signal?.throwIfAborted();
+  const missing = await missingPaths(job.paths);
+  if (missing.length) {
+    throw new RefusedError(
+      `job ${job.name}: configured path ${missing.join(", ")} does not exist; nothing was uploaded`,
+    );
+  }
+  await preflight(deps.target, deps.targetConfig);
+  deps.signal?.throwIfAborted();
+  const hookEnv: HookEnv = {
+    IMMUTD_JOB: job.name,
+    IMMUTD_RUN_ID: String(run.runId),
+    IMMUTD_KEY: run.key,
+  };
+  if (job.hooks?.before) {
+    await runHook("before", job.hooks.before, hookEnv, job.hooks.timeoutSeconds, deps.signal);
+    run.jlog.info("before hook succeeded");
+  }
+  if (!job.commands.length) return undefined;
+  return await spoolCommands(job.name, job.commands, hookEnv, deps.signal);
+}
+
+/** The stages composed (src/pipeline/): the walk's bytes into one new version at the key. */
+async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded> {
+  const { job, deps, key, runId, jlog, progress } = run;
+  const { config, catalog, target } = deps;
+  jlog.info({ key, paths: job.paths, commands: job.commands.map((c) => c.name) }, "backup started");
+  const cipher = cipherFor(config.masterKey.reveal(), target.bucket, key);
+  const index = new ManifestIndex();
+  const archive = createArchive({
+    ...jobWalk(
+      job,
+      catalog.path,
+      // Nor the spooled outputs a second time under their path.
+      (spooled?.files ?? []).map((f) => literalPattern(f.path)),
+    ),
+    ...(spooled ? { extraFiles: spooled.files } : {}),
+    ...(deps.signal ? { signal: deps.signal } : {}),
+    onWarning: (w) => warned(run, w),
+    onProgress: (p) => {
+      progress.files = p.files;
+      progress.read = p.bytes;
+    },
+    onEntry: (e) => index.add(e),
+  });
+  const hash = new HashingCounter((n) => {
+    progress.bytes = n;
+    deps.onProgress?.(progress);
+  });
+  let uploadId: string | undefined;
+  const sink = s3Sink(target.writer, {
+    key,
+    sseKey: cipher.sseKey,
+    onUploadId: (id) => {
+      uploadId = id;
+      catalog.setUploadId(runId, id);
+    },
+  });
+  run.uploadSent = true;
+  const streamed = await runStages({
+    archive,
+    between: [...encoderFor(job.compression), ...cipher.stages],
+    hash,
+    sink,
+    ...(deps.signal ? { signal: deps.signal } : {}),
+    cancelled: () => new CancelledError(`job ${job.name}: cancelled`),
+  });
+  progress.files = streamed.walk.files;
+  jlog.debug({ versionId: streamed.versionId, uploadId }, "upload complete");
+  return { ...streamed, cipher, index };
+}
+
+/** A walk warning: kept for the catalog, logged one by one up to LOGGED_WARNINGS. */
+function warned(run: Run, w: ArchiveWarning): void {
+  run.warnings.push(w);
+  const n = run.warnings.length;
+  if (n <= LOGGED_WARNINGS) run.jlog.warn({ path: w.path, code: w.code }, w.message);
+  else if (n === LOGGED_WARNINGS + 1)
+    run.jlog.warn("more warnings; only counting them from now on");
+}
+
+/**
+ * Records the new version in the catalog before anything else is asked of the
+ * server, so that it is never forgotten ("unlocked" until its lock is read
+ * back as configured), then locks it and checks its stored size.
+ */
+async function recordVersion(run: Run, u: Uploaded): Promise<Stored> {
+  const { job, deps, key } = run;
+  const { catalog, target } = deps;
+  const backupId = catalog.recordBackup({
+    runId: run.runId,
+    job: job.name,
+    target: target.name,
+    bucket: target.bucket,
+    key,
+    versionId: u.versionId,
+    size: u.bytes,
+    sha256: u.sha256,
+    compression: job.compression,
+    sseKey: u.cipher.sseKey,
+    keyDerivation: u.cipher.keyDerivation,
+    createdAt: run.started,
+    retentionMode: null,
+    retainUntil: null,
+    status: "unlocked",
+    files: u.walk.files,
+  });
+  // A run that fails from here on still names its version (hooks get IMMUTD_VERSION_ID).
+  run.base.backupId = backupId;
+  run.base.versionId = u.versionId;
+  const { lock, wanted } = await lockVersion(run, backupId, u.versionId);
+  const size = await checkStoredSize(run, backupId, u);
+  return {
+    backupId,
+    retention: lockedAsConfigured(run, backupId, u.versionId, lock, wanted),
+    size,
+  };
+}
+
+/**
+ * Sets the configured lock explicitly, whatever the bucket default gave the
+ * version (src/lock.ts), and records what the server reports. Not
+ * cancellable: once the version exists, locking it is the point.
+ */
+async function lockVersion(
+  run: Run,
+  backupId: number,
+  versionId: string,
+): Promise<{ lock: LockOutcome; wanted: Retention }> {
+  const { deps, key } = run;
+  const completed = run.now();
+  const wanted = configuredLock(completed, deps.targetConfig.retention);
+  const lock = await lockAtLeast(deps.target, key, versionId, wanted, {
+    now: completed,
+    attempts: LOCK_ATTEMPTS,
+    slackMs: LOCK_SLACK_MS,
+  });
+  deps.catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
+  return { lock, wanted };
+}
+
+/** The version's retention, or the refusal the run fails with when it could not be locked. */
+function lockedAsConfigured(
+  run: Run,
+  backupId: number,
+  versionId: string,
+  lock: LockOutcome,
+  wanted: Retention,
+): Retention {
+  const retention = run.deps.targetConfig.retention;
+  if (lock.problem || !lock.after) {
+    throw new RefusedError(
+      `${versionName(run, versionId)} could not be locked ${describeRetention(retention)} (until ${wanted.retainUntil.toISOString()}): ${lock.problem ?? "it has no retention"}; it is recorded as unlocked (backup ${backupId}) and \`immutd verify\` reports it until it is`,
+    );
+  }
+  if (lock.changed) {
+    run.jlog.warn(
+      {
+        versionId,
+        from: lock.before ? `${lock.before.mode} ${lock.before.retainUntil.toISOString()}` : null,
+        retentionMode: lock.after.mode,
+        retainUntil: lock.after.retainUntil.toISOString(),
+      },
+      "the bucket default gave the new version less than the configured lock: set it explicitly",
+    );
+  }
+  return lock.after;
+}
+
+/**
+ * What the server stored must be what was sent (a client or server that stores
+ * transfer framing inside the object would change its size).
+ */
+async function checkStoredSize(run: Run, backupId: number, u: Uploaded): Promise<number> {
+  const { catalog, target } = run.deps;
+  const what = versionName(run, u.versionId);
+  let size: number;
   try {
-    deps.signal?.throwIfAborted();
-    const missing = await missingPaths(job.paths);
-    if (missing.length) {
-      throw new RefusedError(
-        `job ${job.name}: configured path ${missing.join(", ")} does not exist; nothing was uploaded`,
-      );
-    }
-    await preflight(target, deps.targetConfig);
-    deps.signal?.throwIfAborted();
-    const hookEnv: HookEnv = {
-      IMMUTD_JOB: job.name,
-      IMMUTD_RUN_ID: String(runId),
-      IMMUTD_KEY: key,
-    };
-    if (job.hooks?.before) {
-      await runHook("before", job.hooks.before, hookEnv, job.hooks.timeoutSeconds, deps.signal);
-      jlog.info("before hook succeeded");
-    }
-    if (job.commands.length) {
-      spooled = await spoolCommands(job.name, job.commands, hookEnv, deps.signal);
-    }
-
-    jlog.info(
-      { key, paths: job.paths, commands: job.commands.map((c) => c.name) },
-      "backup started",
+    size = await storedSize(target, run.key, u.versionId, u.cipher.sseKey);
+  } catch (err) {
+    if (err instanceof StorageError && err.status === 404)
+      catalog.setBackupStatus(backupId, "missing");
+    throw new StorageError(
+      `${what}: its size could not be read back (${describeError(err)}); recorded as backup ${backupId}, which \`immutd verify\` checks`,
+      { transient: false, cause: err },
     );
-    const sseKey = deriveSseKey(config.masterKey.reveal(), target.bucket, key);
-    const index = new ManifestIndex();
-    const archive = createArchive({
-      ...jobWalk(
-        job,
-        catalog.path,
-        // Nor the spooled outputs a second time under their path.
-        (spooled?.files ?? []).map((f) => literalPattern(f.path)),
-      ),
-      ...(spooled ? { extraFiles: spooled.files } : {}),
-      ...(deps.signal ? { signal: deps.signal } : {}),
-      onWarning: (w) => {
-        warnings.push(w);
-        if (warnings.length <= LOGGED_WARNINGS)
-          jlog.warn({ path: w.path, code: w.code }, w.message);
-        else if (warnings.length === LOGGED_WARNINGS + 1)
-          jlog.warn("more warnings; only counting them from now on");
-      },
-      onProgress: (p) => {
-        progress.files = p.files;
-        progress.read = p.bytes;
-      },
-      onEntry: (e) => index.add(e),
-    });
-    const hasher = new HashingCounter((n) => {
-      progress.bytes = n;
-      deps.onProgress?.(progress);
-    });
-    const stages = job.compression === "gzip" ? [createGzip({ level: 6 })] : [];
-    const onAbort = () => hasher.destroy(new CancelledError(`job ${job.name}: cancelled`));
-    deps.signal?.addEventListener("abort", onAbort, { once: true });
-
-    // Whichever stage fails first holds the real cause; the others fail because of it.
-    // A stream torn down by another stage's failure (lib-storage stops reading the
-    // body before it reports the part's error) fails with an AbortError or a
-    // premature close: that is never the cause while another error is known.
-    let firstError: unknown;
-    let knockOn: unknown;
-    const note = (err: unknown): never => {
-      if (isKnockOn(err)) knockOn ??= err;
-      else firstError ??= err;
-      throw err;
-    };
-    const piping = pipeline([archive.stream as NodeJS.ReadableStream, ...stages, hasher]).catch(
-      note,
+  }
+  if (size !== u.bytes) {
+    catalog.setBackupStatus(backupId, "corrupt");
+    throw new StorageError(
+      `${what} holds ${size} bytes but ${u.bytes} were sent; the stored version is marked corrupt`,
+      { transient: false },
     );
-    let uploadId: string | undefined;
-    uploadSent = true;
-    const uploading = target.writer
-      .upload({
-        key,
-        body: hasher,
-        sseKey,
-        onUploadId: (id) => {
-          uploadId = id;
-          catalog.setUploadId(runId, id);
-        },
-      })
-      .catch((err: unknown) => {
-        hasher.destroy(err instanceof Error ? err : new Error(String(err)));
-        return note(err);
-      });
-    const [walk, , upload] = await Promise.allSettled([
-      archive.done.catch(note),
-      piping,
-      uploading,
-    ]);
-    deps.signal?.removeEventListener("abort", onAbort);
-    if (deps.signal?.aborted) throw new CancelledError(`job ${job.name}: cancelled`);
-    firstError ??= knockOn;
-    if (firstError !== undefined) throw firstError;
-    if (upload.status !== "fulfilled" || walk.status !== "fulfilled")
-      throw new Error("unreachable");
-    const { versionId } = upload.value;
-    progress.files = walk.value.files;
-    jlog.debug({ versionId, uploadId }, "upload complete");
+  }
+  return size;
+}
 
-    const sha256 = hasher.digest();
-    const what = `job ${job.name}: s3://${target.bucket}/${key} version ${versionId}`;
-    // Recorded before anything else is asked of the server, so that the version is
-    // never forgotten: "unlocked" until its lock is read back as configured.
-    const backupId = catalog.recordBackup({
-      runId,
-      job: job.name,
-      target: target.name,
-      bucket: target.bucket,
+function versionName(run: Run, versionId: string): string {
+  return `job ${run.job.name}: s3://${run.deps.target.bucket}/${run.key} version ${versionId}`;
+}
+
+/** The manifest (a failure to write it is a warning), then the run recorded as succeeded. */
+async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupResult> {
+  const { job, deps, key, warnings } = run;
+  const { backupId, retention } = stored;
+  const manifestProblem = await writeManifest(deps, backupId, retention, {
+    formatVersion: MANIFEST_FORMAT,
+    host: deps.config.host,
+    job: job.name,
+    createdAt: run.started.toISOString(),
+    archive: {
+      key,
+      versionId: u.versionId,
+      size: stored.size,
+      sha256: u.sha256,
+      compression: job.compression,
+    },
+    encryption: { scheme: u.cipher.scheme, keyDerivation: u.cipher.keyDerivation },
+    parent: null,
+    files: u.index.files,
+  });
+  if (manifestProblem) {
+    warnings.push({
+      path: `s3://${deps.target.bucket}/${manifestKey(key)}`,
+      message: manifestProblem,
+    });
+    run.jlog.warn({ versionId: u.versionId }, manifestProblem);
+  }
+  const durationMs = run.now().getTime() - run.started.getTime();
+  const counts = { bytes: u.bytes, files: u.walk.files, warnings: warnings.length };
+  deps.catalog.addWarnings(run.runId, warnings);
+  deps.catalog.finishRun(run.runId, { status: "succeeded", ...counts });
+  const { versionId, sha256 } = u;
+  const retainUntil = retention.retainUntil;
+  run.jlog.info(
+    {
       key,
       versionId,
-      size: hasher.bytes,
-      sha256,
-      compression: job.compression,
-      sseKey,
-      keyDerivation: KEY_DERIVATION,
-      createdAt: started,
-      retentionMode: null,
-      retainUntil: null,
-      status: "unlocked",
-      files: walk.value.files,
-    });
-    // A run that fails from here on still names its version (hooks get IMMUTD_VERSION_ID).
-    base.backupId = backupId;
-    base.versionId = versionId;
-    // The lock is set explicitly, whatever the bucket default gave the version
-    // (src/lock.ts). Not cancellable: once the version exists, locking it is the point.
-    const completed = now();
-    const wanted = configuredLock(completed, deps.targetConfig.retention);
-    const lock = await lockAtLeast(target, key, versionId, wanted, {
-      now: completed,
-      attempts: LOCK_ATTEMPTS,
-      slackMs: LOCK_SLACK_MS,
-    });
-    catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
-    // What the server stored must be what was sent (a client or server that stores
-    // transfer framing inside the object would change its size).
-    let size: number;
-    try {
-      size = await storedSize(target, key, versionId, sseKey);
-    } catch (err) {
-      if (err instanceof StorageError && err.status === 404)
-        catalog.setBackupStatus(backupId, "missing");
-      throw new StorageError(
-        `${what}: its size could not be read back (${describeError(err)}); recorded as backup ${backupId}, which \`immutd verify\` checks`,
-        { transient: false, cause: err },
-      );
-    }
-    if (size !== hasher.bytes) {
-      catalog.setBackupStatus(backupId, "corrupt");
-      throw new StorageError(
-        `${what} holds ${size} bytes but ${hasher.bytes} were sent; the stored version is marked corrupt`,
-        { transient: false },
-      );
-    }
-    if (lock.problem || !lock.after) {
-      throw new RefusedError(
-        `${what} could not be locked ${describeRetention(deps.targetConfig.retention)} (until ${wanted.retainUntil.toISOString()}): ${lock.problem ?? "it has no retention"}; it is recorded as unlocked (backup ${backupId}) and \`immutd verify\` reports it until it is`,
-      );
-    }
-    if (lock.changed) {
-      jlog.warn(
-        {
-          versionId,
-          from: lock.before ? `${lock.before.mode} ${lock.before.retainUntil.toISOString()}` : null,
-          retentionMode: lock.after.mode,
-          retainUntil: lock.after.retainUntil.toISOString(),
-        },
-        "the bucket default gave the new version less than the configured lock: set it explicitly",
-      );
-    }
-    const retention = lock.after;
-    const manifestProblem = await writeManifest(deps, backupId, retention, {
-      formatVersion: MANIFEST_FORMAT,
-      host: config.host,
-      job: job.name,
-      createdAt: started.toISOString(),
-      archive: { key, versionId, size, sha256, compression: job.compression },
-      encryption: { scheme: "sse-c", keyDerivation: KEY_DERIVATION },
-      parent: null,
-      files: index.files,
-    });
-    if (manifestProblem) {
-      warnings.push({
-        path: `s3://${target.bucket}/${manifestKey(key)}`,
-        message: manifestProblem,
-      });
-      jlog.warn({ versionId }, manifestProblem);
-    }
-    const durationMs = now().getTime() - started.getTime();
-    catalog.addWarnings(runId, warnings);
-    catalog.finishRun(runId, {
-      status: "succeeded",
-      bytes: hasher.bytes,
-      files: walk.value.files,
-      warnings: warnings.length,
-    });
-    jlog.info(
-      {
-        key,
-        versionId,
-        bytes: hasher.bytes,
-        files: walk.value.files,
-        warnings: warnings.length,
-        durationMs,
-        sha256,
-        retentionMode: retention.mode,
-        retainUntil: retention.retainUntil.toISOString(),
-      },
-      "backup succeeded",
-    );
-    return {
-      ...base,
-      status: "succeeded",
-      backupId,
-      versionId,
-      bytes: hasher.bytes,
-      files: walk.value.files,
-      warnings: warnings.length,
+      ...counts,
       durationMs,
-      retainUntil: retention.retainUntil,
-    };
-  } catch (err) {
-    const cancelled = err instanceof CancelledError || deps.signal?.aborted === true;
-    const status = cancelled ? "interrupted" : "failed";
-    const error = cancelled
-      ? `cancelled: ${describeError(deps.signal?.reason ?? err)}`
-      : partsHint(describeError(err), deps.targetConfig);
-    catalog.addWarnings(runId, warnings);
-    // No backup row although the upload was sent: if its last answer was lost, the
-    // version exists. The run stays on crash recovery's list until one has looked.
-    const unsettled = uploadSent && base.backupId === undefined;
-    catalog.finishRun(runId, {
-      status,
-      bytes: progress.bytes,
-      files: progress.files,
-      warnings: warnings.length,
-      error: unsettled ? `${error}${UPLOAD_UNSETTLED}` : error,
-    });
-    jlog.error({ status }, `backup ${status}: ${error}`);
-    return {
-      ...base,
-      status,
-      bytes: progress.bytes,
-      files: progress.files,
-      warnings: warnings.length,
-      durationMs: now().getTime() - started.getTime(),
-      error,
-    };
-  } finally {
-    await spooled?.cleanup();
-  }
+      sha256,
+      retentionMode: retention.mode,
+      retainUntil: retainUntil.toISOString(),
+    },
+    "backup succeeded",
+  );
+  return {
+    ...run.base,
+    status: "succeeded",
+    backupId,
+    versionId,
+    ...counts,
+    durationMs,
+    retainUntil,
+  };
+}
+
+/** Records the run as failed or interrupted with its reason; the result says what is known. */
+function failed(run: Run, err: unknown): BackupResult {
+  const { deps, progress, warnings } = run;
+  const cancelled = err instanceof CancelledError || deps.signal?.aborted === true;
+  const status = cancelled ? "interrupted" : "failed";
+  const error = cancelled
+    ? `cancelled: ${describeError(deps.signal?.reason ?? err)}`
+    : partsHint(describeError(err), deps.targetConfig);
+  deps.catalog.addWarnings(run.runId, warnings);
+  // No backup row although the upload was sent: if its last answer was lost, the
+  // version exists. The run stays on crash recovery's list until one has looked.
+  const unsettled = run.uploadSent && run.base.backupId === undefined;
+  const counts = { bytes: progress.bytes, files: progress.files, warnings: warnings.length };
+  deps.catalog.finishRun(run.runId, {
+    status,
+    ...counts,
+    error: unsettled ? `${error}${UPLOAD_UNSETTLED}` : error,
+  });
+  run.jlog.error({ status }, `backup ${status}: ${error}`);
+  const durationMs = run.now().getTime() - run.started.getTime();
+  return { ...run.base, status, ...counts, durationMs, error };
 }
 
 /**
@@ -416,7 +495,7 @@ async function writeManifest(
   const key = manifestKey(manifest.archive.key);
   const what = `manifest s3://${target.bucket}/${key}`;
   catalog.setBackupManifest(backupId, key, null);
-  const sseKey = deriveSseKey(config.masterKey.reveal(), target.bucket, key);
+  const { sseKey } = cipherFor(config.masterKey.reveal(), target.bucket, key);
   const body = encodeManifest(manifest);
   let versionId: string;
   try {
@@ -488,11 +567,6 @@ async function storedSize(
   return size;
 }
 
-function isKnockOn(err: unknown): boolean {
-  const e = err as { name?: string; code?: string } | undefined;
-  return e?.name === "AbortError" || e?.code === "ERR_STREAM_PREMATURE_CLOSE";
-}
-
 function partsHint(message: string, t: TargetConfig): string {
   if (!/Exceeded \d+ parts/.test(message)) return message;
   const maxGiB = ((t.partSizeMiB * 10_000) / 1024).toFixed(0);
@@ -556,35 +630,4 @@ function realPath(p: string): string {
 /** An exclude pattern that matches exactly this absolute path. */
 function literalPattern(path: string): string {
   return path.replace(/[*?[\]{}()!+@\\]/g, "\\$&");
-}
-
-/** Passes bytes through while counting them and hashing them with SHA-256: exactly what is uploaded. */
-export class HashingCounter extends Transform {
-  bytes = 0;
-  readonly #hash = createHash("sha256");
-  readonly #onBytes: ((n: number) => void) | undefined;
-  #digest: string | undefined;
-
-  constructor(onBytes?: (n: number) => void) {
-    super();
-    this.#onBytes = onBytes;
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.#hash.update(chunk);
-    this.bytes += chunk.length;
-    this.#onBytes?.(this.bytes);
-    cb(null, chunk);
-  }
-
-  override _flush(cb: TransformCallback): void {
-    this.#digest = this.#hash.digest("hex");
-    cb();
-  }
-
-  /** Hex SHA-256 of everything that passed; only after the stream ended. */
-  digest(): string {
-    if (this.#digest === undefined) throw new Error("digest() before the stream ended");
-    return this.#digest;
-  }
 }
