@@ -1,8 +1,20 @@
 import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
-import type { Readable } from "node:stream";
+import os from "node:os";
+import path from "node:path";
+import { Readable, Transform, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { after, describe, it } from "node:test";
-import { createArchive } from "../src/archive.js";
+import { gunzipSync, gzipSync } from "node:zlib";
+import { type ArchiveOptions, createArchive } from "../src/archive.js";
+import { deriveSseKey, KEY_DERIVATION } from "../src/keys.js";
+import { cipherFor } from "../src/pipeline/cipher.js";
+import { decoderFor, encoderFor } from "../src/pipeline/codec.js";
+import { HashingCounter } from "../src/pipeline/hash.js";
+import { runStages, type Stages } from "../src/pipeline/index.js";
+import { type Sink, s3Sink } from "../src/pipeline/sink.js";
+import type { ObjectStore } from "../src/store/store.js";
 import { makePinnedTree, normalisedHash } from "./support/pinned-tree.js";
 
 const cleanups: (() => void)[] = [];
@@ -28,4 +40,255 @@ describe("the tar bytes of a fixed tree", () => {
       "04066e883a128fa654b1de1daaae1e59699d008e40402d3243209878ebda34a3",
     );
   });
+});
+
+const MiB = 1024 * 1024;
+
+function openFds(): number {
+  return fs.readdirSync("/proc/self/fd").length;
+}
+
+/** A tree of `files` random files of `size` bytes each, removed when the test file ends. */
+function randomTree(files: number, size: number): string {
+  const top = fs.mkdtempSync(path.join(os.tmpdir(), "immutd-stages-"));
+  cleanups.push(() => fs.rmSync(top, { recursive: true, force: true }));
+  for (let i = 0; i < files; i++) fs.writeFileSync(path.join(top, `f${i}`), randomBytes(size));
+  return top;
+}
+
+/** A store whose upload is the given function of the body (only upload is used by the sink). */
+function storeWith(upload: (body: Readable) => Promise<{ versionId: string }>): ObjectStore {
+  return { upload: (req: { body: Readable }) => upload(req.body) } as unknown as ObjectStore;
+}
+
+/** Reads the body to its end, returning every byte. */
+async function readAll(body: Readable): Promise<Buffer> {
+  return collect(body);
+}
+
+function stages(
+  top: string,
+  sink: Sink,
+  over: Partial<Stages> = {},
+  walk: Omit<ArchiveOptions, "paths"> = {},
+): Stages {
+  const signal = over.signal ? { signal: over.signal } : {};
+  return {
+    archive: createArchive({ paths: [top], ...signal, ...walk }),
+    between: [],
+    hash: new HashingCounter(),
+    sink,
+    cancelled: () => new Error("job t: cancelled"),
+    ...over,
+  };
+}
+
+describe("codec stage", () => {
+  const data = Buffer.concat([
+    randomBytes(300_000),
+    Buffer.alloc(2 * MiB, "text, text "),
+    randomBytes(7),
+  ]);
+  for (const c of ["none", "gzip"] as const) {
+    it(`${c}: decoderFor undoes encoderFor`, async () => {
+      const chunks: Buffer[] = [];
+      await pipeline([
+        Readable.from([data.subarray(0, 1000), data.subarray(1000)]),
+        ...encoderFor(c),
+        ...decoderFor(c),
+        new Writable({
+          write(chunk: Buffer, _e, cb) {
+            chunks.push(chunk);
+            cb();
+          },
+        }),
+      ]);
+      assert.ok(Buffer.concat(chunks).equals(data));
+    });
+  }
+
+  it("gzip writes the bytes immutd 0.1 wrote (zlib level 6), so old and new archives compare", async () => {
+    const out = await collect(Readable.from([data]).pipe(encoderFor("gzip")[0] as Transform));
+    assert.ok(out.equals(gzipSync(data, { level: 6 })));
+    assert.equal(encoderFor("none").length, 0, "no compression costs no stage");
+  });
+});
+
+describe("cipher stage", () => {
+  it("decides the SSE-C key per object from the master key, as keys.ts derives it", () => {
+    const master = randomBytes(32);
+    const a = cipherFor(master, "b", "host/job/1.tar.gz");
+    assert.ok(a.sseKey.equals(deriveSseKey(master, "b", "host/job/1.tar.gz")));
+    assert.equal(a.scheme, "sse-c");
+    assert.equal(a.keyDerivation, KEY_DERIVATION);
+    assert.deepEqual(a.stages, [], "SSE-C encrypts on the server: no client stage");
+    assert.ok(!a.sseKey.equals(cipherFor(master, "b", "host/job/2.tar.gz").sseKey));
+    assert.ok(!a.sseKey.equals(cipherFor(randomBytes(32), "b", "host/job/1.tar.gz").sseKey));
+  });
+});
+
+describe("hash stage", () => {
+  it("passes every chunk unchanged and counts and hashes exactly those bytes", async () => {
+    const input = [randomBytes(1), Buffer.alloc(0), randomBytes(65_537), randomBytes(3 * MiB)];
+    const totals: number[] = [];
+    const h = new HashingCounter((n) => totals.push(n));
+    assert.throws(() => h.digest(), /before the stream ended/);
+    const out = await collect(Readable.from(input).pipe(h));
+    const all = Buffer.concat(input);
+    assert.ok(out.equals(all));
+    assert.equal(h.bytes, all.length);
+    assert.equal(h.digest(), createHash("sha256").update(all).digest("hex"));
+    assert.equal(totals.at(-1), all.length);
+  });
+});
+
+describe("runStages: the composition", { timeout: 60_000 }, () => {
+  it("stores exactly the bytes it hashed, and the walk's counts", async () => {
+    const top = randomTree(3, 2 * MiB + 5);
+    let stored: Buffer = Buffer.alloc(0);
+    const sink = s3Sink(
+      storeWith(async (body) => {
+        stored = await readAll(body);
+        return { versionId: "v1" };
+      }),
+      { key: "k", sseKey: randomBytes(32) },
+    );
+    const s = stages(top, sink, { between: encoderFor("gzip") });
+    const r = await runStages(s);
+    assert.equal(r.versionId, "v1");
+    assert.equal(r.walk.files, 3);
+    assert.equal(r.bytes, stored.length);
+    assert.equal(r.sha256, createHash("sha256").update(stored).digest("hex"));
+    const tar = gunzipSync(stored);
+    assert.equal(tar.length % 512, 0);
+  });
+
+  it("a sink that fails mid-upload fails the run with its own error, stops the walk and leaks no fd", async () => {
+    const top = randomTree(48, MiB);
+    const fdsBefore = openFds();
+    const refused = new Error("UploadPart: 500 InternalError");
+    const sink = s3Sink(
+      storeWith(async (body) => {
+        // As lib-storage does: it stops reading the body, it does not destroy it.
+        await new Promise<void>((resolve) => {
+          let got = 0;
+          const onData = (chunk: Buffer) => {
+            got += chunk.length;
+            if (got < 3 * MiB) return;
+            body.off("data", onData);
+            body.pause();
+            resolve();
+          };
+          body.on("data", onData);
+        });
+        throw refused;
+      }),
+      { key: "k", sseKey: randomBytes(32) },
+    );
+    let read = 0;
+    const s = stages(
+      top,
+      sink,
+      { between: encoderFor("gzip") },
+      { onProgress: (p) => (read = p.bytes) },
+    );
+    await assert.rejects(runStages(s), (err) => err === refused);
+    await assert.rejects(s.archive.done);
+    assert.ok(read < 24 * MiB, `the walk read ${read} bytes after the sink failed`);
+    assert.ok(s.archive.stream.destroyed && s.hash.destroyed);
+    assert.equal(openFds(), fdsBefore);
+  });
+
+  it("a codec that fails aborts the sink's body and leaks no fd", async () => {
+    const top = randomTree(2, 16 * MiB);
+    const fdsBefore = openFds();
+    const broken = new Error("codec: out of memory");
+    let seen = 0;
+    const codec = new Transform({
+      transform(chunk: Buffer, _e, cb) {
+        seen += chunk.length;
+        cb(seen > 2 * MiB ? broken : null, chunk);
+      },
+    });
+    let bodyFailed = false;
+    const sink = s3Sink(
+      storeWith(async (body) => {
+        try {
+          await readAll(body);
+        } catch (err) {
+          bodyFailed = true;
+          throw err;
+        }
+        return { versionId: "never" };
+      }),
+      { key: "k", sseKey: randomBytes(32) },
+    );
+    await assert.rejects(
+      runStages(stages(top, sink, { between: [codec] })),
+      (err) => err === broken,
+    );
+    assert.ok(bodyFailed, "the upload saw its body fail (and so aborts the multipart upload)");
+    assert.equal(openFds(), fdsBefore);
+  });
+
+  it("cancelling fails with the cancel error and closes every file", async () => {
+    const top = randomTree(2, 16 * MiB);
+    const fdsBefore = openFds();
+    const controller = new AbortController();
+    const sink = s3Sink(
+      storeWith(async (body) => {
+        let got = 0;
+        for await (const chunk of body) {
+          got += (chunk as Buffer).length;
+          if (got > MiB) controller.abort(new Error("SIGTERM"));
+        }
+        return { versionId: "never" };
+      }),
+      { key: "k", sseKey: randomBytes(32) },
+    );
+    const s = stages(top, sink, { signal: controller.signal });
+    await assert.rejects(runStages(s), /job t: cancelled/);
+    await assert.rejects(s.archive.done);
+    assert.equal(openFds(), fdsBefore);
+  });
+
+  for (const c of ["none", "gzip"] as const) {
+    it(`${c}: a sink that stops reading stops the walk within a few MiB (backpressure end to end)`, async () => {
+      // onProgress comes after each entry, so many files make a fine-grained measure.
+      const top = randomTree(64, MiB);
+      let resume: () => void = () => {};
+      const stalled = new Promise<void>((r) => (resume = r));
+      let taken = 0;
+      const sink = s3Sink(
+        storeWith(async (body) => {
+          for await (const chunk of body) {
+            taken += (chunk as Buffer).length;
+            if (taken > MiB) await stalled; // the server stopped answering
+          }
+          return { versionId: "v" };
+        }),
+        { key: "k", sseKey: randomBytes(32) },
+      );
+      // File content the walk has read, the measure of read-ahead.
+      let read = 0;
+      const s = stages(
+        top,
+        sink,
+        { between: encoderFor(c) },
+        { onProgress: (p) => (read = p.bytes) },
+      );
+      const running = runStages(s);
+      // Wait until the walk has stopped moving: reading 64 MiB takes far less than this.
+      let last = -1;
+      while (read !== last) {
+        last = read;
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      assert.ok(read < 24 * MiB, `the walk read ${read} bytes while the sink took ${taken}`);
+      resume();
+      const r = await running;
+      assert.ok(r.bytes > 0);
+      assert.equal(read, 64 * MiB, "and it finishes once the sink reads again");
+    });
+  }
 });
