@@ -284,25 +284,7 @@ export class SourceWalk {
       this.warnErr(abs, err, what);
       return;
     }
-    entries.sort((a, b) => Buffer.compare(a.name, b.name));
-    const prefix = abs === "/" ? "/" : `${abs}/`;
-    const marker = this.markerIn(entries);
-    const children: { abs: string; isDir: boolean }[] = [];
-    for (const entry of entries) {
-      const child = prefix + byteStringFrom(entry.name);
-      // Another configured path is archived in its own turn. Exclusion is
-      // decided on readdir's file type, so an excluded entry costs no system call.
-      if (this.tops.has(child)) continue;
-      const rule =
-        this.excluded(matchForm(child), entry.isDirectory()) ??
-        (marker !== null && entry !== marker.entry ? marker.rule : null);
-      if (rule !== null) {
-        this.skipped(child, rule);
-        continue;
-      }
-      children.push({ abs: child, isDir: entry.isDirectory() });
-    }
-
+    const children = this.kept(abs, entries);
     // Entries are archived one after the other, but their lstat (and the
     // content of small files) is fetched up to LOOKAHEAD entries ahead: on a
     // tree of small files the walk is bound by system-call latency, not bytes.
@@ -323,6 +305,29 @@ export class SourceWalk {
       if (prepared === undefined) throw new Error(`look-ahead lost track at ${child.abs}`);
       await this.visit(child.abs, false, await prepared, topDev);
     }
+  }
+
+  /** A directory's entries that go in, in byte order; the others are reported through onSkip. */
+  private kept(abs: string, entries: Dirent<Buffer>[]): { abs: string; isDir: boolean }[] {
+    entries.sort((a, b) => Buffer.compare(a.name, b.name));
+    const prefix = abs === "/" ? "/" : `${abs}/`;
+    const marker = this.markerIn(entries);
+    const children: { abs: string; isDir: boolean }[] = [];
+    for (const entry of entries) {
+      const child = prefix + byteStringFrom(entry.name);
+      // Another configured path is archived in its own turn. Exclusion is
+      // decided on readdir's file type, so an excluded entry costs no system call.
+      if (this.tops.has(child)) continue;
+      const rule =
+        this.excluded(matchForm(child), entry.isDirectory()) ??
+        (marker !== null && entry !== marker.entry ? marker.rule : null);
+      if (rule !== null) {
+        this.skipped(child, rule);
+        continue;
+      }
+      children.push({ abs: child, isDir: entry.isDirectory() });
+    }
+    return children;
   }
 
   /** The first excludeIfPresent marker among a directory's entries (see ArchiveOptions). */
