@@ -28,20 +28,25 @@ export function makePinnedTree(): { top: string; token: string } {
   fs.linkSync(at("a/b/mid.bin"), at("a/mid-link.bin"));
   fs.symlinkSync("b/c/big.bin", at("a/to-big"));
   fs.writeFileSync(at(`a/${"long-name-".repeat(12)}end`), "a long UTF-8 name\n");
+  fixModesAndTimes(Buffer.from(top));
+  // chmod changes no mtime.
   fs.chmodSync(at("a/small.txt"), 0o640);
   fs.chmodSync(at("a/empty"), 0o000);
-  setTimes(Buffer.from(top));
   return { top, token };
 }
 
-/** Every entry below and including `dir` gets mode-independent fixed times (byte-string paths). */
-function setTimes(dir: Buffer): void {
+/**
+ * Every entry below and including `dir` (byte-string paths) gets a mode that
+ * does not depend on the umask and a fixed mtime.
+ */
+function fixModesAndTimes(dir: Buffer): void {
   for (const name of fs.readdirSync(dir, { encoding: "buffer" })) {
     const p = Buffer.concat([dir, Buffer.from("/"), name]);
     const st = fs.lstatSync(p);
+    if (st.isFile()) fs.chmodSync(p, 0o644);
     if (st.isDirectory()) {
       fs.chmodSync(p, 0o750);
-      setTimes(p);
+      fixModesAndTimes(p);
     }
     // The byte-names tree keeps its pre-1970 file: its pax mtime is part of what is pinned.
     if (st.mtimeMs >= 0) fs.lutimesSync(p, MTIME, MTIME);
