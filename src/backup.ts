@@ -1,6 +1,8 @@
 /**
- * One backup run of one job: preflight the bucket, stream walk → tar → gzip →
- * hash → SSE-C multipart upload, then record the version in the catalog.
+ * One backup run of one job: preflight the bucket, run the stages of
+ * src/pipeline/ (source → tar → codec → cipher → hash → SSE-C multipart
+ * upload), then record, lock and check the version and write its manifest.
+ * This file is the catalog bookkeeping around the stages, one step a function.
  *
  * The catalog sees the run before anything is uploaded ("running"), and a
  * backup row only once the server has named the version. Any failure or
