@@ -325,6 +325,8 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
       archive: { key, versionId, size, sha256, compression: job.compression },
       encryption: { scheme: "sse-c", keyDerivation: KEY_DERIVATION },
       parent: null,
+      schedule: job.schedule ?? null,
+      ...(job.timezone !== undefined ? { timezone: job.timezone } : {}),
       files: index.files,
     });
     if (manifestProblem) {

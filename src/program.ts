@@ -6,6 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
+import { auditCommand, auditHelp } from "./commands/audit.js";
 import { backupCommand, backupHelp } from "./commands/backup.js";
 import { configCheckCommand, configCheckHelp } from "./commands/config.js";
 import { type Context, type GlobalOptions, openContext } from "./commands/context.js";
@@ -164,6 +165,17 @@ function program(): Command {
     .addHelpText("after", verifyHelp)
     .action((opts: { job?: string; deep?: boolean; json?: boolean }) =>
       withContext((ctx) => verifyCommand(ctx, opts)),
+    );
+
+  p.command("audit")
+    .description(
+      "audit every host's backups under a target from the bucket alone; exit 4 on findings",
+    )
+    .option("--target <name>", "only this target (default: every target)")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", auditHelp)
+    .action((opts: { target?: string; json?: boolean }) =>
+      withContext((ctx) => auditCommand(ctx, opts)),
     );
 
   p.command("doctor")
