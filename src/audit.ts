@@ -289,15 +289,22 @@ async function checkBackup(deps: AuditDeps, m: ManifestKey, now: Date): Promise<
     );
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("audit cancelled");
-    const kind = isGone(err)
-      ? "missing"
-      : err instanceof StorageError
-        ? "check-failed"
-        : "manifest-invalid";
-    finding(
-      kind,
-      `${where} version ${m.version.versionId} ${isGone(err) ? "no longer exists" : kind === "check-failed" ? "could not be read" : "is not a valid manifest"}: ${describeError(err)}`,
-    );
+    const text = describeError(err);
+    if (isGone(err))
+      finding("missing", `${where} version ${m.version.versionId} no longer exists: ${text}`);
+    else if (err instanceof StorageError)
+      finding("check-failed", `${where} version ${m.version.versionId} could not be read: ${text}`);
+    // readManifest names the manifest when it is well-formed but describes another backup.
+    else if (text.startsWith("manifest s3://"))
+      finding(
+        "manifest-invalid",
+        `host ${m.host} job ${m.job}: does not belong at its key: ${text}`,
+      );
+    else
+      finding(
+        "manifest-invalid",
+        `${where} version ${m.version.versionId} is not a valid manifest: ${text}`,
+      );
     return { findings };
   }
   const created = new Date(manifest.createdAt);
