@@ -22,13 +22,14 @@
  * only as far as its archive version exists with its size.
  */
 import { configuredLock, LOCK_SLACK_MS, lockShortfall } from "./bucket-check.js";
-import type { AuditConfig, TargetConfig } from "./config.js";
+import { type AuditConfig, type Config, DEFAULTS, type TargetConfig } from "./config.js";
 import { CancelledError, describeError, explainReadRefusal, StorageError } from "./errors.js";
 import { deriveSseKey } from "./keys.js";
 import type { Manifest } from "./manifest.js";
 import { retry } from "./retry.js";
 import { nextRun } from "./schedule.js";
 import { isGone, listManifests, type ManifestKey, readManifest } from "./snapshots.js";
+import { S3Store } from "./store/s3.js";
 import type { ObjectStore, Retention } from "./store/store.js";
 import { mapLimit } from "./verify.js";
 
@@ -94,6 +95,42 @@ export interface AuditDeps {
   signal?: AbortSignal;
   /** Called with each finding as it is found (the daemon logs them). */
   onFinding?: (f: AuditFinding) => void;
+}
+
+/**
+ * Audits the given targets of a config (each with a client of its reader
+ * credential, closed afterwards), with the config's audit settings or their
+ * defaults. The CLI and the daemon both run this.
+ */
+export async function auditTargets(
+  config: Config,
+  targets: readonly TargetConfig[],
+  o: Pick<AuditDeps, "signal" | "onFinding" | "now"> & {
+    /** Replaces the S3 reader (tests). */
+    openReader?: (tc: TargetConfig) => ObjectStore;
+  } = {},
+): Promise<AuditReport[]> {
+  const reports: AuditReport[] = [];
+  for (const tc of targets) {
+    const reader =
+      o.openReader?.(tc) ??
+      new S3Store(tc, tc.credentials.reader, { parallel: config.verify.concurrency });
+    try {
+      reports.push(
+        await runAudit({
+          ...o,
+          target: tc,
+          reader,
+          masterKey: config.masterKey.reveal(),
+          audit: config.audit ?? { slackMinutes: DEFAULTS.auditSlackMinutes, overrides: [] },
+          concurrency: config.verify.concurrency,
+        }),
+      );
+    } finally {
+      (reader as { client?: { destroy(): void } }).client?.destroy();
+    }
+  }
+  return reports;
 }
 
 const RETRY = { attempts: 4, lagAttempts: 2, baseMs: 250 };

@@ -9,7 +9,9 @@
  * host; a forged later version).
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -25,7 +27,7 @@ import type { AuditReport } from "../src/audit.js";
 import { deriveSseKey } from "../src/keys.js";
 import { decodeManifest } from "../src/manifest.js";
 import { manifestKey, objectKey } from "../src/naming.js";
-import { runCli } from "./support/cli.js";
+import { DaemonProcess, runCli } from "./support/cli.js";
 import { FaultProxy } from "./support/fault-proxy.js";
 import {
   adminRemoveVersion,
@@ -118,6 +120,14 @@ async function audit(file: string, timeoutMs = 120_000) {
 async function backup(file: string) {
   const r = await runCli(["--config", file, "backup"]);
   assert.equal(r.code, 0, r.stderr);
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  const { port } = srv.address() as { port: number };
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
 }
 
 interface Row {
@@ -218,6 +228,58 @@ describe("audit: one auditor for many hosts (CLI, Ceph RGW)", () => {
     assert.match(human.stdout, /FINDING {2}missing/);
     assert.match(human.stdout, /FINDING {2}too-old/);
     assert.doesNotMatch(human.stdout + human.stderr, new RegExp(env.reader.secretAccessKey));
+
+    // The auditor's daemon (no jobs, no writer): audits at start, then on audit.schedule, into /metrics.
+    const port = await freePort();
+    const daemonCfg = auditorConfig(f, env, {
+      audit: ["slackMinutes: 0", 'schedule: "0 5 * * *"'],
+    });
+    writeFileSync(
+      daemonCfg,
+      `${readFileSync(daemonCfg, "utf8")}http: { listen: "127.0.0.1:${port}" }\n`,
+    );
+    const d = new DaemonProcess(["--config", daemonCfg]);
+    try {
+      await d.waitFor((x) => x.msg === "audit found problems", 120_000, "the audit");
+      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const labels = (host: string) => `target="local",host="${host}",job="files"`;
+      assert.match(
+        metrics,
+        new RegExp(`immutd_audit_findings\\{${labels("web2")},kind="missing"\\} 1`),
+      );
+      assert.match(
+        metrics,
+        new RegExp(`immutd_audit_findings\\{${labels("web3")},kind="too-old"\\} 1`),
+      );
+      assert.match(
+        metrics,
+        new RegExp(`immutd_audit_findings\\{${labels("web1")},kind="none"\\} 0`),
+      );
+      assert.match(
+        metrics,
+        new RegExp(`immutd_audit_newest_backup_timestamp_seconds\\{${labels("web3")}\\} \\d+`),
+      );
+      assert.match(metrics, /immutd_audit_last_run_success\{target="local"\} 1/);
+      assert.equal(
+        d.count((x) => String(x.msg).startsWith("audit: ")),
+        2,
+      );
+      // promtool (Debian package prometheus) lints the audit's series (prom-client's own
+      // nodejs_active_*_total gauges fail its naming lint; they are not the audit's).
+      const series = metrics
+        .split("\n")
+        .filter((l) => l.includes("immutd_audit_"))
+        .join("\n");
+      const lint = spawnSync("promtool", ["check", "metrics"], {
+        input: `${series}\n`,
+        encoding: "utf8",
+      });
+      assert.equal(lint.error, undefined, "promtool is needed: apt-get install prometheus");
+      assert.equal(lint.status, 0, lint.stdout + lint.stderr);
+    } finally {
+      d.child.kill("SIGTERM");
+      await d.exited;
+    }
   });
 
   it("a server answering 500, then stalling: retries, then check-failed, never ok", async () => {

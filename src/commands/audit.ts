@@ -1,8 +1,6 @@
 /** `immutd audit`: judges every host's backups under a target's prefix from the bucket alone (src/audit.ts). */
-import { type AuditReport, runAudit } from "../audit.js";
-import { DEFAULTS } from "../config.js";
+import { type AuditReport, auditTargets } from "../audit.js";
 import { CancelledError, VerifyFindingsError } from "../errors.js";
-import { S3Store } from "../store/s3.js";
 import type { Context } from "./context.js";
 import { cancelOnSignals, selectTargets } from "./targets.js";
 
@@ -44,18 +42,11 @@ export async function auditCommand(
   const removeSignals = cancelOnSignals(controller, (sig) =>
     ctx.log.warn(`${sig} received: cancelling; send it again to exit at once`),
   );
-  const reports: AuditReport[] = [];
+  let reports: AuditReport[];
   try {
-    for (const tc of selectTargets(ctx.config, opts.target)) {
-      const reader = new S3Store(tc, tc.credentials.reader, {
-        parallel: ctx.config.verify.concurrency,
-      });
-      try {
-        reports.push(await auditTarget(ctx, tc, reader, controller.signal));
-      } finally {
-        reader.client.destroy();
-      }
-    }
+    reports = await auditTargets(ctx.config, selectTargets(ctx.config, opts.target), {
+      signal: controller.signal,
+    });
   } catch (err) {
     if (controller.signal.aborted) throw new CancelledError("audit cancelled");
     throw err;
@@ -69,24 +60,6 @@ export async function auditCommand(
   );
   const n = reports.reduce((s, r) => s + r.findings.length, 0);
   if (n > 0) throw new VerifyFindingsError(`audit found ${n} problem(s)`);
-}
-
-/** One target's audit with the config's audit settings (defaults when it has no audit: section). */
-export function auditTarget(
-  ctx: Pick<Context, "config">,
-  tc: Parameters<typeof runAudit>[0]["target"],
-  reader: S3Store,
-  signal?: AbortSignal,
-): Promise<AuditReport> {
-  const { config } = ctx;
-  return runAudit({
-    target: tc,
-    reader,
-    masterKey: config.masterKey.reveal(),
-    audit: config.audit ?? { slackMinutes: DEFAULTS.auditSlackMinutes, overrides: [] },
-    concurrency: config.verify.concurrency,
-    ...(signal ? { signal } : {}),
-  });
 }
 
 function render(reports: readonly AuditReport[]): string {
