@@ -33,7 +33,7 @@ Exit codes:
       check refused, a restore was cancelled); "unexpected error" is a bug
   2   usage error (unknown command, option or job)
   3   one or more jobs failed, or a restore failed or is incomplete
-  4   verify found problems, doctor has a FAIL, or init left something it cannot fix
+  4   verify or audit found problems, doctor has a FAIL, or init left something it cannot fix
   5   backup: every job succeeded, but some with warnings (files left out)
   75  another immutd holds the lock (a daemon on this catalog, or the job is running)
   78  configuration error (the message names the file, line and key), a

@@ -29,6 +29,7 @@ import { decodeManifest } from "../src/manifest.js";
 import { manifestKey, objectKey } from "../src/naming.js";
 import { DaemonProcess, runCli } from "./support/cli.js";
 import { FaultProxy } from "./support/fault-proxy.js";
+import { denySubusersRetentionRead, removeBucketPolicy } from "./support/rgw-admin.js";
 import {
   adminRemoveVersion,
   client,
@@ -84,11 +85,15 @@ ${targetYaml(env, { bucket, extra: ['prefix: "fleet"', "partSizeMiB: 5"] })}jobs
 }
 
 /** The auditor's config: the reader credential only, no jobs, no catalog it uses. */
-function auditorConfig(f: Fleet, env: S3Env, o: { endpoint?: string; audit?: string[] } = {}) {
+function auditorConfig(
+  f: Fleet,
+  env: S3Env,
+  o: { endpoint?: string; audit?: string[]; days?: number } = {},
+) {
   const file = join(f.dir, `auditor-${Math.random().toString(16).slice(2)}.yaml`);
   const target = targetYaml(
     { ...env, endpoint: o.endpoint ?? env.endpoint },
-    { bucket: f.bucket, extra: ['prefix: "fleet"'] },
+    { bucket: f.bucket, extra: ['prefix: "fleet"'], ...(o.days ? { days: o.days } : {}) },
   )
     .split("\n")
     .filter((l) => !l.includes("writer:"))
@@ -279,6 +284,38 @@ describe("audit: one auditor for many hosts (CLI, Ceph RGW)", () => {
     } finally {
       d.child.kill("SIGTERM");
       await d.exited;
+    }
+  });
+
+  it("locks: shorter than the auditor's configured days is retention-short; a reader refused GetObjectRetention is lock-unreadable, naming the permission", async () => {
+    const bucket = uniqueBucket("audl");
+    await createLockedBucket(env, bucket, 1);
+    const f = fleet(env, bucket, { web1: "0 3 * * *" });
+    await backup(f.hosts.web1 as string);
+    const ok = await audit(auditorConfig(f, env));
+    assert.equal(ok.code, 0, JSON.stringify(ok.report));
+
+    // The hosts lock for 1 day; an auditor configured for 30 sees every lock short.
+    const short = await audit(auditorConfig(f, env, { days: 30 }));
+    assert.equal(short.code, 4);
+    assert.deepEqual(
+      short.report?.findings.map((x) => [x.kind, x.host]),
+      [["retention-short", "web1"]],
+    );
+    assert.match(short.report?.findings[0]?.message ?? "", /COMPLIANCE 30 days/);
+
+    await denySubusersRetentionRead(env, bucket);
+    try {
+      const refused = await audit(auditorConfig(f, env));
+      assert.equal(refused.code, 4, refused.stderr);
+      assert.deepEqual(
+        refused.report?.findings.map((x) => [x.kind, x.host, x.job]),
+        [["lock-unreadable", "web1", "files"]],
+        JSON.stringify(refused.report),
+      );
+      assert.match(refused.report?.findings[0]?.message ?? "", /s3:GetObjectRetention/);
+    } finally {
+      await removeBucketPolicy(env, bucket);
     }
   });
 
