@@ -419,6 +419,8 @@ async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupR
     },
     encryption: { scheme: u.cipher.scheme, keyDerivation: u.cipher.keyDerivation },
     parent: null,
+    schedule: job.schedule ?? null,
+    ...(job.timezone !== undefined ? { timezone: job.timezone } : {}),
     files: u.index.files,
   });
   if (manifestProblem) {

@@ -78,6 +78,8 @@ export const DEFAULTS = {
    * daemon that never verified would let the newest backup's lock run out.
    */
   verifySchedule: "0 4 * * *",
+  /** The auditor's grace beyond a job's second missed scheduled run (src/audit.ts). */
+  auditSlackMinutes: 60,
 } as const;
 
 export type RetentionMode = "COMPLIANCE" | "GOVERNANCE";
@@ -105,7 +107,8 @@ export interface TargetConfig {
   caFile?: string;
   allowInsecureSseC: boolean;
   retention: { mode: RetentionMode; days: number };
-  credentials: { writer: Credential; reader: Credential; admin?: Credential };
+  /** writer is absent only on targets no job backs up to (an auditor's: src/audit.ts reads with the reader alone). */
+  credentials: { writer?: Credential; reader: Credential; admin?: Credential };
   partSizeMiB: number;
   queueSize: number;
   checksum: ChecksumMode;
@@ -128,6 +131,22 @@ export interface VerifyConfig {
   deep?: { schedule: string; sample: number };
   /** Parallel HEAD/GetObjectRetention requests. */
   concurrency: number;
+}
+
+/**
+ * The auditor (`immutd audit`, src/audit.ts): it reads other hosts' backups
+ * from the bucket, so what it knows of their jobs comes from their manifests
+ * (the `schedule` each one records) and from these overrides.
+ */
+export interface AuditConfig {
+  /** When the daemon audits every target (cron); unset: the daemon does not audit. */
+  schedule?: string;
+  /** Grace after a job's second scheduled time since its newest backup, before that backup is too old. */
+  slackMinutes: number;
+  /** The age limit for jobs whose manifests give no schedule (manual-only, or written before manifests had one); unset: not judged. */
+  maxAgeHours?: number;
+  /** Per host (and job) limits that replace the schedule's; null: the age is never a finding. First match wins. */
+  overrides: { host: string; job?: string; maxAgeHours: number | null }[];
 }
 
 export type NotifyEvent = "start" | "success" | "failure";
@@ -190,6 +209,8 @@ export interface Config {
   targets: Record<string, TargetConfig>;
   jobs: JobConfig[];
   verify: VerifyConfig;
+  /** Present when the config has an `audit:` section. */
+  audit?: AuditConfig;
   /** Jobs the daemon runs at the same time. */
   maxConcurrentJobs: number;
   /** The daemon's /healthz and /metrics endpoint, if any. */
@@ -269,7 +290,7 @@ const targetSchema = z.strictObject({
     })
     .default({ ...DEFAULTS.retention }),
   credentials: z.strictObject({
-    writer: credentialSchema,
+    writer: credentialSchema.optional(),
     reader: credentialSchema,
     admin: credentialSchema.optional(),
   }),
@@ -384,7 +405,8 @@ const configSchema = z
     targets: z.record(nameSchema, targetSchema).refine((t) => Object.keys(t).length > 0, {
       message: "must define at least one target",
     }),
-    jobs: z.array(jobSchema).min(1, "must define at least one job"),
+    // Empty only with an audit: section (checked below): an auditor backs nothing up.
+    jobs: z.array(jobSchema).default([]),
     verify: z
       .strictObject({
         schedule: z
@@ -400,6 +422,22 @@ const configSchema = z
         concurrency: z.number().int().min(1).max(64).default(DEFAULTS.verifyConcurrency),
       })
       .default({ schedule: DEFAULTS.verifySchedule, concurrency: DEFAULTS.verifyConcurrency }),
+    audit: z
+      .strictObject({
+        schedule: cronSchema.optional(),
+        slackMinutes: z.number().int().min(0).max(525_600).default(DEFAULTS.auditSlackMinutes),
+        maxAgeHours: z.number().min(1).max(876_000).optional(),
+        overrides: z
+          .array(
+            z.strictObject({
+              host: nameSchema,
+              job: nameSchema.optional(),
+              maxAgeHours: z.number().min(1).max(876_000).nullable(),
+            }),
+          )
+          .default([]),
+      })
+      .optional(),
     keepLatestLocked: z.boolean().default(DEFAULTS.keepLatestLocked),
     maxConcurrentJobs: z.number().int().min(1).max(64).default(DEFAULTS.maxConcurrentJobs),
     http: z
@@ -415,6 +453,8 @@ const configSchema = z
     notify: z.array(notifySchema).default([]),
   })
   .superRefine((cfg, ctx) => {
+    if (cfg.jobs.length === 0 && cfg.audit === undefined)
+      ctx.addIssue({ code: "custom", path: ["jobs"], message: "must define at least one job" });
     const seen = new Map<string, number>();
     // Built once, not per job: 10,000 jobs naming a missing target must stay linear.
     const targetNames = Object.keys(cfg.targets);
@@ -453,6 +493,12 @@ const configSchema = z
           code: "custom",
           path: ["jobs", i, "target"],
           message: `target "${short(job.target)}" is not defined under targets (defined: ${defined || "none"})`,
+        });
+      } else if (cfg.targets[job.target]?.credentials.writer === undefined) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["jobs", i, "target"],
+          message: `target "${short(job.target)}" has no writer credential (targets.${short(job.target)}.credentials.writer): a job needs one to upload; only an auditor's target may go without`,
         });
       }
     });
@@ -575,15 +621,59 @@ function decodeText(bytes: Buffer, file: string): string {
   return text;
 }
 
+/** The YAML document being parsed, and how to point at a place in it. */
+interface Source {
+  file: string;
+  doc: Document;
+  /** The document as plain data, before validation. */
+  raw: unknown;
+  /** "file:line:col" of an offset in the text (the file alone without one). */
+  where(offset: number | undefined): string;
+  /** "file:line:col" of the node at a path of keys. */
+  at(path: (string | number)[]): string;
+  lineOf(offset: number | undefined): number | undefined;
+}
+
+type Parsed = z.output<typeof configSchema>;
+
+/**
+ * Parses the text into a Config: YAML with its safety limits (readYaml), the
+ * schema (validate), then what needs files or refinement: secrets (secretReader),
+ * targets, the master key, jobs' exclude files and the audit section.
+ */
 export function parseConfig(text: string, file: string, opts: LoadOptions = {}): Loaded {
-  const env = opts.env ?? process.env;
-  const readSecret =
-    opts.readSecretFile ??
-    ((p: string) => {
-      const b = readAtMost(p, LIMITS.secretFileBytes);
-      if (!b) throw new Error(`larger than ${LIMITS.secretFileBytes / 1024} KiB: not a key file`);
-      return b;
-    });
+  const src = readYaml(text, file, opts.env ?? process.env);
+  const cfg = validate(src);
+  const warnings: string[] = [];
+  const secret = secretReader(src, opts, warnings);
+  return {
+    config: {
+      file,
+      catalog: cfg.catalog,
+      ...masterKeyOf(cfg, src, secret),
+      host: cfg.host ?? hostname().split(".")[0] ?? "localhost",
+      targets: resolveTargets(cfg, src, secret, warnings),
+      jobs: resolveJobs(cfg, src),
+      maxConcurrentJobs: cfg.maxConcurrentJobs,
+      ...(cfg.http !== undefined ? { http: cfg.http } : {}),
+      notify: cfg.notify,
+      verify: {
+        concurrency: cfg.verify.concurrency,
+        ...(cfg.verify.schedule !== "off" ? { schedule: cfg.verify.schedule } : {}),
+        ...(cfg.verify.deep !== undefined ? { deep: cfg.verify.deep } : {}),
+      },
+      ...(cfg.audit !== undefined ? { audit: resolveAudit(cfg.audit) } : {}),
+      keepLatestLocked: cfg.keepLatestLocked,
+    },
+    warnings,
+  };
+}
+
+/**
+ * The text as a YAML document with `${VAR}`s substituted, checked for syntax,
+ * shape (a mapping), alias bombs and duplicate keys; throws ConfigError.
+ */
+function readYaml(text: string, file: string, env: NodeJS.ProcessEnv): Source {
   const lines = new LineCounter();
   const where = (offset: number | undefined) => {
     if (offset === undefined) return file;
@@ -639,33 +729,47 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   } catch (err) {
     throw new ConfigError(`${file}: YAML error: ${yamlMessage(err)}`);
   }
-  const parsed = configSchema.safeParse(raw);
-  if (!parsed.success) {
-    for (const issue of relevantIssues(parsed.error.issues, raw, configSchema)) {
-      const path = issue.path as (string | number)[];
-      if (issue.code === "unrecognized_keys") {
-        problems.add(() => unknownKeys(doc, raw, configSchema, path, issue.keys, where, lineOf));
-      } else {
-        problems.add(
-          () =>
-            `${where(nodeOffset(doc, path))}: ${describePath(raw, path)}: ${explain(issue, raw)}`,
-        );
-      }
-    }
-    throw problems.error();
-  }
+  return { file, doc, raw, where, lineOf, at: (path) => where(nodeOffset(doc, path)) };
+}
 
-  const cfg = parsed.data;
-  const warnings: string[] = [];
-  const secretAt = (
-    obj: Record<string, unknown>,
-    key: string,
-    path: (string | number)[],
-  ): { value: Buffer; source: string } => {
+/** The document checked against the schema; every problem (up to a limit) in one ConfigError. */
+function validate(src: Source): Parsed {
+  const { doc, raw, where, lineOf } = src;
+  const parsed = configSchema.safeParse(raw);
+  if (parsed.success) return parsed.data;
+  const problems = new Problems();
+  for (const issue of relevantIssues(parsed.error.issues, raw, configSchema)) {
+    const path = issue.path as (string | number)[];
+    if (issue.code === "unrecognized_keys") {
+      problems.add(() => unknownKeys(doc, raw, configSchema, path, issue.keys, where, lineOf));
+    } else {
+      problems.add(() => `${src.at(path)}: ${describePath(raw, path)}: ${explain(issue, raw)}`);
+    }
+  }
+  throw problems.error();
+}
+
+/** Reads a secret given as `key` (inline) or `keyFile` under `path`; the value and where it came from. */
+type SecretReader = (
+  obj: Record<string, unknown>,
+  key: string,
+  path: (string | number)[],
+) => { value: Buffer; source: string };
+
+/** A SecretReader that warns about key files readable by others and reports unreadable ones at their line. */
+function secretReader(src: Source, opts: LoadOptions, warnings: string[]): SecretReader {
+  const read =
+    opts.readSecretFile ??
+    ((p: string) => {
+      const b = readAtMost(p, LIMITS.secretFileBytes);
+      if (!b) throw new Error(`larger than ${LIMITS.secretFileBytes / 1024} KiB: not a key file`);
+      return b;
+    });
+  return (obj, key, path) => {
     const inline = obj[key];
     if (typeof inline === "string") return { value: Buffer.from(inline, "utf8"), source: key };
     const f = obj[`${key}File`] as string;
-    const label = describePath(raw, [...path, `${key}File`]);
+    const label = describePath(src.raw, [...path, `${key}File`]);
     try {
       // A replaced reader (tests) reads no real file, so there is no mode to check.
       const st = opts.readSecretFile ? undefined : statSync(f);
@@ -674,22 +778,31 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
           `${label}: ${f} is readable by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`,
         );
       }
-      return { value: readSecret(f), source: f };
+      return { value: read(f), source: f };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
       throw new ConfigError(
-        `${where(nodeOffset(doc, [...path, `${key}File`]))}: ${label}: cannot read ${f}: ${code}`,
+        `${src.at([...path, `${key}File`])}: ${label}: cannot read ${f}: ${code}`,
       );
     }
   };
-  const text1 = (b: Buffer) => b.toString("utf8").replace(/\r?\n$/, "");
+}
 
+/** One line of a secret file: its text without the trailing newline. */
+const text1 = (b: Buffer) => b.toString("utf8").replace(/\r?\n$/, "");
+
+function resolveTargets(
+  cfg: Parsed,
+  src: Source,
+  secret: SecretReader,
+  warnings: string[],
+): Record<string, TargetConfig> {
   const targets = byName<TargetConfig>();
   for (const [name, t] of Object.entries(cfg.targets)) {
     if (t.retention.mode === "GOVERNANCE") {
       const path = ["targets", name, "retention", "mode"];
       warnings.push(
-        `${where(nodeOffset(doc, path))}: ${describePath(raw, path)}: GOVERNANCE can be bypassed by anyone with s3:BypassGovernanceRetention (they can shorten the lock or delete the backup); use COMPLIANCE`,
+        `${src.at(path)}: ${describePath(src.raw, path)}: GOVERNANCE can be bypassed by anyone with s3:BypassGovernanceRetention (they can shorten the lock or delete the backup); use COMPLIANCE`,
       );
     }
     const cred = (role: "writer" | "reader" | "admin"): Credential | undefined => {
@@ -697,10 +810,11 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       if (!c) return undefined;
       const path = ["targets", name, "credentials", role];
       return {
-        accessKeyId: text1(secretAt(c, "accessKeyId", path).value),
-        secretAccessKey: new Secret(text1(secretAt(c, "secretAccessKey", path).value)),
+        accessKeyId: text1(secret(c, "accessKeyId", path).value),
+        secretAccessKey: new Secret(text1(secret(c, "secretAccessKey", path).value)),
       };
     };
+    const writer = cred("writer");
     const admin = cred("admin");
     targets[name] = {
       name,
@@ -713,7 +827,7 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       allowInsecureSseC: t.allowInsecureSseC,
       retention: t.retention,
       credentials: {
-        writer: cred("writer") as Credential,
+        ...(writer ? { writer } : {}),
         reader: cred("reader") as Credential,
         ...(admin ? { admin } : {}),
       },
@@ -725,50 +839,47 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
       lifecycleGraceDays: t.lifecycleGraceDays,
     };
   }
+  return targets;
+}
 
-  const mk = secretAt(cfg as Record<string, unknown>, "masterKey", []);
-  let masterKey: Buffer;
+function masterKeyOf(
+  cfg: Parsed,
+  src: Source,
+  secret: SecretReader,
+): Pick<Config, "masterKey" | "masterKeySource"> {
+  const mk = secret(cfg as Record<string, unknown>, "masterKey", []);
   try {
-    masterKey = parseMasterKey(mk.value);
+    return { masterKey: new Secret(parseMasterKey(mk.value)), masterKeySource: mk.source };
   } catch (err) {
     const key = mk.source === "masterKey" ? "masterKey" : "masterKeyFile";
-    throw new ConfigError(`${where(nodeOffset(doc, [key]))}: ${key}: ${(err as Error).message}`);
+    throw new ConfigError(`${src.at([key])}: ${key}: ${(err as Error).message}`);
   }
+}
 
+function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
+  return cfg.jobs.map((j, i) => {
+    const { hooks, timezone, schedule, excludeFrom, ...rest } = j;
+    const at = src.at(["jobs", i, "excludeFrom"]);
+    return {
+      ...rest,
+      excludeFrom: excludeFrom.map((f) => ({
+        file: f,
+        patterns: readExcludeFile(f, `${at}: job ${j.name}: excludeFrom`),
+      })),
+      ...(schedule !== undefined ? { schedule } : {}),
+      ...(timezone !== undefined ? { timezone } : {}),
+      ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
+      commands: j.commands.map((c) => definedOnly(c)),
+    };
+  });
+}
+
+function resolveAudit(a: NonNullable<Parsed["audit"]>): AuditConfig {
   return {
-    config: {
-      file,
-      catalog: cfg.catalog,
-      masterKey: new Secret(masterKey),
-      masterKeySource: mk.source,
-      host: cfg.host ?? hostname().split(".")[0] ?? "localhost",
-      targets,
-      jobs: cfg.jobs.map((j, i) => {
-        const { hooks, timezone, schedule, excludeFrom, ...rest } = j;
-        const at = where(nodeOffset(doc, ["jobs", i, "excludeFrom"]));
-        return {
-          ...rest,
-          excludeFrom: excludeFrom.map((f) => ({
-            file: f,
-            patterns: readExcludeFile(f, `${at}: job ${j.name}: excludeFrom`),
-          })),
-          ...(schedule !== undefined ? { schedule } : {}),
-          ...(timezone !== undefined ? { timezone } : {}),
-          ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
-          commands: j.commands.map((c) => definedOnly(c)),
-        };
-      }),
-      maxConcurrentJobs: cfg.maxConcurrentJobs,
-      ...(cfg.http !== undefined ? { http: cfg.http } : {}),
-      notify: cfg.notify,
-      verify: {
-        concurrency: cfg.verify.concurrency,
-        ...(cfg.verify.schedule !== "off" ? { schedule: cfg.verify.schedule } : {}),
-        ...(cfg.verify.deep !== undefined ? { deep: cfg.verify.deep } : {}),
-      },
-      keepLatestLocked: cfg.keepLatestLocked,
-    },
-    warnings,
+    ...(a.schedule !== undefined ? { schedule: a.schedule } : {}),
+    slackMinutes: a.slackMinutes,
+    ...(a.maxAgeHours !== undefined ? { maxAgeHours: a.maxAgeHours } : {}),
+    overrides: a.overrides.map((o) => definedOnly(o) as AuditConfig["overrides"][number]),
   };
 }
 
@@ -889,7 +1000,7 @@ export function redactedView(config: Config): unknown {
           ...t,
           name: undefined,
           credentials: Object.fromEntries(
-            Object.entries(t.credentials).map(([role, c]) => [role, cred(c)]),
+            Object.entries(t.credentials).flatMap(([role, c]) => (c ? [[role, cred(c)]] : [])),
           ),
         },
       ]),
@@ -904,6 +1015,7 @@ export function redactedView(config: Config): unknown {
     })),
     notify: notify(config.notify),
     verify: config.verify,
+    ...(config.audit !== undefined ? { audit: config.audit } : {}),
     keepLatestLocked: config.keepLatestLocked,
     maxConcurrentJobs: config.maxConcurrentJobs,
     ...(config.http !== undefined ? { http: config.http } : {}),

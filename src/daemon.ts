@@ -14,6 +14,7 @@
  */
 import type { Server } from "node:http";
 import { Cron } from "croner";
+import { auditTargets } from "./audit.js";
 import { runBackup } from "./backup.js";
 import { Catalog, prepareCatalog } from "./catalog.js";
 import { byName, type Config, type JobConfig, loadConfig } from "./config.js";
@@ -26,7 +27,7 @@ import { Notifier } from "./notify.js";
 import { reconcile } from "./recovery.js";
 import { missedRun, nextRun } from "./schedule.js";
 import { closeTarget, openTarget } from "./store/s3.js";
-import type { Target } from "./store/store.js";
+import type { ObjectStore, Target } from "./store/store.js";
 import { runVerify } from "./verify.js";
 
 export interface DaemonOptions {
@@ -37,6 +38,8 @@ export interface DaemonOptions {
   shutdownTimeoutMs?: number;
   /** Replaces S3 targets (tests). */
   openTarget?: (t: Config["targets"][string]) => Target;
+  /** Replaces the auditor's S3 reader (tests). */
+  openReader?: (t: Config["targets"][string]) => ObjectStore;
 }
 
 interface JobState {
@@ -50,6 +53,7 @@ export class Daemon {
   readonly #file: string;
   readonly #log: Logger;
   readonly #open: NonNullable<DaemonOptions["openTarget"]>;
+  readonly #openReader: DaemonOptions["openReader"];
   readonly #shutdownMs: number;
   readonly #metrics = new Metrics();
   readonly #notifier: Notifier;
@@ -65,6 +69,8 @@ export class Daemon {
   #heartbeat = Date.now();
   #tick: NodeJS.Timeout | undefined;
   readonly #verifyCrons: { deep: boolean; cron: Cron }[] = [];
+  #auditCron: Cron | undefined;
+  #auditing: Promise<void> | undefined;
   #verifying: Promise<void> | undefined;
   readonly #verifyAbort = new AbortController();
   /** SIGHUPs are handled one after another: a reload may wait for a new listener. */
@@ -75,6 +81,7 @@ export class Daemon {
     this.#file = opts.configFile;
     this.#log = opts.log;
     this.#open = opts.openTarget ?? openTarget;
+    this.#openReader = opts.openReader;
     this.#shutdownMs = opts.shutdownTimeoutMs ?? 30_000;
     this.#notifier = new Notifier(opts.log);
   }
@@ -105,6 +112,8 @@ export class Daemon {
       }, 1000);
       this.#schedule();
       this.#catchUp();
+      // The audit's metrics exist from the start, not only after its first scheduled run.
+      if (cfg.audit?.schedule) void this.auditNow();
       this.#log.info(
         {
           jobs: cfg.jobs.map((j) => j.name),
@@ -266,20 +275,25 @@ export class Daemon {
       this.#metrics.next(job.name, next);
     }
     for (const c of this.#verifyCrons.splice(0)) c.cron.stop();
+    this.#auditCron?.stop();
+    const auditSchedule = this.#config.audit?.schedule;
+    this.#auditCron = auditSchedule ? new Cron(auditSchedule, () => this.auditNow()) : undefined;
     const v = this.#config.verify;
-    if (v.schedule) {
+    // An auditor's daemon (no jobs) has no catalog backups to verify.
+    const verifies = this.#config.jobs.length > 0;
+    if (verifies && v.schedule) {
       this.#verifyCrons.push({
         deep: false,
         cron: new Cron(v.schedule, () => this.verifyNow(false)),
       });
-    } else {
+    } else if (verifies) {
       this.#log.warn(
         this.#config.keepLatestLocked
           ? "verify.schedule is off: this daemon never verifies the backups and never extends the newest locks (keepLatestLocked), so they run out if backups stop; run `immutd verify` from a timer, or remove `schedule: off` (default: daily)"
           : "verify.schedule is off: this daemon never verifies the backups; run `immutd verify` from a timer, or remove `schedule: off` (default: daily)",
       );
     }
-    if (v.deep) {
+    if (verifies && v.deep) {
       this.#verifyCrons.push({
         deep: true,
         cron: new Cron(v.deep.schedule, () => this.verifyNow(true)),
@@ -402,6 +416,45 @@ export class Daemon {
   }
 
   /**
+   * Runs `immutd audit` over every target (src/audit.ts) unless one is
+   * running; its reports go to /metrics and each finding to the log. Never throws.
+   */
+  auditNow(): Promise<void> {
+    if (this.#stopping) return Promise.resolve();
+    if (this.#auditing) return this.#auditing;
+    const cfg = this.#config;
+    const run = async () => {
+      try {
+        const reports = await auditTargets(cfg, Object.values(cfg.targets), {
+          signal: this.#verifyAbort.signal,
+          onFinding: (f) =>
+            this.#log.error(
+              { kind: f.kind, host: f.host, job: f.job, key: f.key, versionId: f.versionId },
+              `audit: ${f.message}`,
+            ),
+          ...(this.#openReader ? { openReader: this.#openReader } : {}),
+        });
+        this.#metrics.audited(reports, new Date());
+        const findings = reports.reduce((n, r) => n + r.findings.length, 0);
+        this.#log.info(
+          {
+            targets: reports.length,
+            jobs: reports.reduce((n, r) => n + r.jobs.length, 0),
+            findings,
+          },
+          findings ? "audit found problems" : "audit passed",
+        );
+      } catch (err) {
+        if (!this.#stopping) this.#log.error(`audit could not run: ${describeError(err)}`);
+      }
+    };
+    this.#auditing = run().finally(() => {
+      this.#auditing = undefined;
+    });
+    return this.#auditing;
+  }
+
+  /**
    * Reads the config file again (SIGHUP). All or nothing: an invalid config, a
    * changed catalog path or an http.listen that cannot be bound keeps the
    * running config (and listener) whole. The outcome is logged and set in
@@ -505,8 +558,13 @@ export class Daemon {
     }
     this.#queue.length = 0;
     for (const c of this.#verifyCrons) c.cron.stop();
+    this.#auditCron?.stop();
     this.#verifyAbort.abort(new CancelledError(reason));
-    const all = Promise.allSettled([...this.#runs, ...(this.#verifying ? [this.#verifying] : [])]);
+    const all = Promise.allSettled([
+      ...this.#runs,
+      ...(this.#verifying ? [this.#verifying] : []),
+      ...(this.#auditing ? [this.#auditing] : []),
+    ]);
     const deadline = new AbortController();
     const timedOut = await Promise.race([
       all.then(() => false),

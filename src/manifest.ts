@@ -55,6 +55,14 @@ export interface Manifest {
   encryption: { scheme: "sse-c"; keyDerivation: string };
   /** The backup this one builds on; always null until incremental backups exist. */
   parent: null;
+  /**
+   * The job's cron schedule when it ran, null for a manual-only job; absent in
+   * manifests written before it existed. The auditor (src/audit.ts), which has
+   * no other host's config, judges the newest backup's age by it.
+   */
+  schedule?: string | null;
+  /** The schedule's IANA time zone, when the job set one. */
+  timezone?: string;
   files: ManifestFile[];
 }
 
@@ -130,6 +138,8 @@ export function decodeManifest(body: Buffer): Manifest {
     (a.compression !== "none" && a.compression !== "gzip") ||
     m.encryption?.scheme !== "sse-c" ||
     typeof m.encryption.keyDerivation !== "string" ||
+    (m.schedule !== undefined && m.schedule !== null && typeof m.schedule !== "string") ||
+    (m.timezone !== undefined && typeof m.timezone !== "string") ||
     !Array.isArray(m.files) ||
     !m.files.every(isFile)
   ) {

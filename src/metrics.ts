@@ -2,9 +2,11 @@
  * Prometheus metrics of the daemon (prom-client): per job the last success,
  * last run's status, duration, bytes, files and warnings, the next scheduled
  * time and whether it is running now; verification's findings and schedule;
+ * the auditor's newest backup, due time and findings per host and job;
  * whether the last config reload worked (named as Prometheus names its own).
  */
 import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
+import type { AuditReport } from "./audit.js";
 import type { BackupResult } from "./backup.js";
 
 const STATUSES = ["succeeded", "failed", "interrupted"] as const;
@@ -58,6 +60,36 @@ export class Metrics {
     name: "immutd_verify_next_run_timestamp_seconds",
     help: "Unix time of the next scheduled verification (absent: not scheduled)",
     labelNames: ["deep"],
+    registers: [this.registry],
+  });
+  readonly #auditNewest = new Gauge({
+    name: "immutd_audit_newest_backup_timestamp_seconds",
+    help: "Audit: creation time of the host's job's newest backup whose archive checked out (absent: none did)",
+    labelNames: ["target", "host", "job"],
+    registers: [this.registry],
+  });
+  readonly #auditDue = new Gauge({
+    name: "immutd_audit_newest_backup_due_timestamp_seconds",
+    help: "Audit: when that newest backup becomes too old (absent: its age is not judged)",
+    labelNames: ["target", "host", "job"],
+    registers: [this.registry],
+  });
+  readonly #auditFindings = new Gauge({
+    name: "immutd_audit_findings",
+    help: "Audit: findings of the last audit per host, job and kind (kind none, 0: the job had none)",
+    labelNames: ["target", "host", "job", "kind"],
+    registers: [this.registry],
+  });
+  readonly #auditSuccess = new Gauge({
+    name: "immutd_audit_last_run_success",
+    help: "1 if the last audit of the target could make every check (no check-failed finding), else 0",
+    labelNames: ["target"],
+    registers: [this.registry],
+  });
+  readonly #auditAt = new Gauge({
+    name: "immutd_audit_last_run_timestamp_seconds",
+    help: "Unix time the last audit of the target finished",
+    labelNames: ["target"],
     registers: [this.registry],
   });
   readonly #reloadOk = new Gauge({
@@ -120,6 +152,26 @@ export class Metrics {
   verifyNext(deep: boolean, at: Date | null): void {
     if (at) this.#verifyNext.set({ deep: String(deep) }, at.getTime() / 1000);
     else this.#verifyNext.remove({ deep: String(deep) });
+  }
+
+  /** An audit of every target finished (src/audit.ts): its reports replace the previous audit's series. */
+  audited(reports: readonly AuditReport[], at: Date): void {
+    for (const g of [this.#auditNewest, this.#auditDue, this.#auditFindings, this.#auditSuccess])
+      g.reset();
+    for (const r of reports) {
+      const target = r.target;
+      for (const j of r.jobs) {
+        const labels = { target, host: j.host, job: j.job };
+        if (j.newest) this.#auditNewest.set(labels, Date.parse(j.newest) / 1000);
+        if (j.dueBy) this.#auditDue.set(labels, Date.parse(j.dueBy) / 1000);
+        if (j.findings === 0) this.#auditFindings.set({ ...labels, kind: "none" }, 0);
+      }
+      for (const f of r.findings)
+        this.#auditFindings.inc({ target, host: f.host ?? "", job: f.job ?? "", kind: f.kind });
+      const failed = r.findings.some((f) => f.kind === "check-failed");
+      this.#auditSuccess.set({ target }, failed ? 0 : 1);
+      this.#auditAt.set({ target }, at.getTime() / 1000);
+    }
   }
 
   /** A config load (the first at start, then each SIGHUP) worked or failed at `at`. */

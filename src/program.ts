@@ -6,6 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
+import { auditCommand, auditHelp } from "./commands/audit.js";
 import { backupCommand, backupHelp } from "./commands/backup.js";
 import { configCheckCommand, configCheckHelp } from "./commands/config.js";
 import { type Context, type GlobalOptions, openContext } from "./commands/context.js";
@@ -32,7 +33,7 @@ Exit codes:
       check refused, a restore was cancelled); "unexpected error" is a bug
   2   usage error (unknown command, option or job)
   3   one or more jobs failed, or a restore failed or is incomplete
-  4   verify found problems, doctor has a FAIL, or init left something it cannot fix
+  4   verify or audit found problems, doctor has a FAIL, or init left something it cannot fix
   5   backup: every job succeeded, but some with warnings (files left out)
   75  another immutd holds the lock (a daemon on this catalog, or the job is running)
   78  configuration error (the message names the file, line and key), a
@@ -164,6 +165,17 @@ function program(): Command {
     .addHelpText("after", verifyHelp)
     .action((opts: { job?: string; deep?: boolean; json?: boolean }) =>
       withContext((ctx) => verifyCommand(ctx, opts)),
+    );
+
+  p.command("audit")
+    .description(
+      "audit every host's backups under a target from the bucket alone; exit 4 on findings",
+    )
+    .option("--target <name>", "only this target (default: every target)")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", auditHelp)
+    .action((opts: { target?: string; json?: boolean }) =>
+      withContext((ctx) => auditCommand(ctx, opts)),
     );
 
   p.command("doctor")

@@ -1104,7 +1104,7 @@ async function extendManifest(
 }
 
 /** Runs fn over items with at most `limit` at a time; stops starting new ones once the signal is aborted. */
-async function mapLimit<T>(
+export async function mapLimit<T>(
   items: readonly T[],
   limit: number,
   signal: AbortSignal | undefined,

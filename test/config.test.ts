@@ -57,7 +57,7 @@ describe("config", () => {
     assert.equal(t.region, "us-east-1");
     assert.equal(t.partSizeMiB, 16);
     assert.equal(t.checksum, "md5");
-    assert.equal(t.credentials.writer.secretAccessKey.reveal(), "s3cr3t-from-file");
+    assert.equal(t.credentials.writer?.secretAccessKey.reveal(), "s3cr3t-from-file");
     assert.equal(t.credentials.reader.secretAccessKey.reveal(), "reader-secret-value");
     assert.equal(config.masterKey.reveal().toString("hex"), "ab".repeat(32));
     assert.equal(config.jobs[0]?.compression, "gzip");
@@ -320,6 +320,10 @@ describe("config.example.yaml", () => {
       "notify",
       "verify",
       "keepLatestLocked",
+      "audit",
+      "slackMinutes",
+      "maxAgeHours",
+      "overrides",
       "schedule",
       "timezone",
       "catchUp",

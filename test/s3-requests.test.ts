@@ -125,7 +125,7 @@ function body(size: number, sent: Buffer[] = []): Readable {
 describe("S3 upload requests", () => {
   it("md5 mode: SSE-C headers on create and every part, a correct Content-MD5 on every part", async () => {
     const { seen, handler } = recorder();
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+    const store = new S3Store(targetConfig(), targetConfig().credentials.reader, {
       requestHandler: handler,
     });
     const res = await store.upload({ key: "k", body: body(12 * MiB), sseKey });
@@ -158,7 +158,7 @@ describe("S3 upload requests", () => {
 
   it("a part goes to the socket in 1 MiB slices, and again in full after a 500", async () => {
     const { seen, handler } = recorder({ failOnce: 2 });
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+    const store = new S3Store(targetConfig(), targetConfig().credentials.reader, {
       requestHandler: handler,
     });
     const sent: Buffer[] = [];
@@ -186,7 +186,7 @@ describe("S3 upload requests", () => {
   it("crc32 mode: an x-amz-checksum-crc32 header on every part", async () => {
     const { seen, handler } = recorder();
     const tc = targetConfig({ checksum: "crc32" });
-    const store = new S3Store(tc, tc.credentials.writer, { requestHandler: handler });
+    const store = new S3Store(tc, tc.credentials.reader, { requestHandler: handler });
     await store.upload({ key: "k", body: body(11 * MiB), sseKey });
     const parts = seen.filter((s) => s.method === "PUT" && s.query.partNumber);
     assert.equal(parts.length, 3);
@@ -198,7 +198,7 @@ describe("S3 upload requests", () => {
 
   it("a small archive goes up as one PutObject, still with SSE-C and Content-MD5", async () => {
     const { seen, handler } = recorder();
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+    const store = new S3Store(targetConfig(), targetConfig().credentials.reader, {
       requestHandler: handler,
     });
     const res = await store.upload({ key: "k", body: body(1000), sseKey });
@@ -210,7 +210,7 @@ describe("S3 upload requests", () => {
 
   it("a rejected part aborts the multipart upload before the upload fails", async () => {
     const { seen, handler } = recorder({ failPart: 2 });
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+    const store = new S3Store(targetConfig(), targetConfig().credentials.reader, {
       requestHandler: handler,
     });
     await assert.rejects(store.upload({ key: "k", body: body(16 * MiB), sseKey }), StorageError);
@@ -223,7 +223,7 @@ describe("S3 upload requests", () => {
 
   it("a body that fails mid-way aborts the multipart upload", async () => {
     const { seen, handler } = recorder();
-    const store = new S3Store(targetConfig(), targetConfig().credentials.writer, {
+    const store = new S3Store(targetConfig(), targetConfig().credentials.reader, {
       requestHandler: handler,
     });
     const failing = Readable.from(
@@ -240,7 +240,7 @@ describe("S3 upload requests", () => {
   it("refuses to send an SSE-C key over plain http unless allowed", async () => {
     const { seen, handler } = recorder();
     const tc = targetConfig({ endpoint: "http://127.0.0.1:1" });
-    const store = new S3Store(tc, tc.credentials.writer, { requestHandler: handler });
+    const store = new S3Store(tc, tc.credentials.reader, { requestHandler: handler });
     await assert.rejects(store.upload({ key: "k", body: body(1000), sseKey }), RefusedError);
     await assert.rejects(store.head("k", "v", sseKey), RefusedError);
     assert.equal(
@@ -249,7 +249,7 @@ describe("S3 upload requests", () => {
     );
 
     const allowed = targetConfig({ endpoint: "http://127.0.0.1:1", allowInsecureSseC: true });
-    const ok = new S3Store(allowed, allowed.credentials.writer, { requestHandler: handler });
+    const ok = new S3Store(allowed, allowed.credentials.reader, { requestHandler: handler });
     await ok.upload({ key: "k", body: body(1000), sseKey });
     assert.equal(seen.at(-1)?.protocol, "http:");
   });

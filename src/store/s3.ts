@@ -37,7 +37,7 @@ import {
 import { Upload } from "@aws-sdk/lib-storage";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config.js";
-import { ConfigError, RefusedError, StorageError } from "../errors.js";
+import { ConfigError, RefusedError, StorageError, UsageError } from "../errors.js";
 import { assertManifestKey } from "../naming.js";
 import {
   assertCanaryKey,
@@ -75,6 +75,11 @@ export interface S3StoreOptions {
 
 export function openTarget(t: TargetConfig, opts: S3StoreOptions = {}): Target {
   const make = (c: Credential) => new S3Store(t, c, opts);
+  if (!t.credentials.writer) {
+    throw new UsageError(
+      `target ${t.name} has no writer credential (targets.${t.name}.credentials.writer): only \`immutd audit\` works with the reader alone`,
+    );
+  }
   return {
     name: t.name,
     bucket: t.bucket,

@@ -32,6 +32,13 @@ export async function denySubusersRetention(env: S3Env, bucket: string): Promise
   ]);
 }
 
+/** A reader without GetObjectRetention (an AWS policy that grants only s3:GetObject and listing). */
+export async function denySubusersRetentionRead(env: S3Env, bucket: string): Promise<void> {
+  await putPolicy(env, bucket, [
+    deny("immutd-test-no-retention-read", "s3:GetObjectRetention", `arn:aws:s3:::${bucket}/*`),
+  ]);
+}
+
 /** A statement denying both subusers one action. */
 function deny(sid: string, action: string, resource: string) {
   return {
