@@ -6,12 +6,12 @@
 import assert from "node:assert/strict";
 import {
   existsSync,
+  linkSync,
   mkdirSync,
   mkdtempSync,
   readFileSync,
   symlinkSync,
   writeFileSync,
-  linkSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
