@@ -238,6 +238,23 @@ describe("ls and find output", () => {
     assert.ok(lines.some((l) => /^d/.test(l)));
   });
 
+  it("a forged manifest's control characters are escaped, not sent to the terminal", () => {
+    const f = {
+      path: "evil\x1b[2J\nname",
+      type: "symlink" as const,
+      size: 0,
+      mode: 0o777,
+      uid: 0,
+      gid: 0,
+      mtime: 0,
+      link: "x\x07",
+      offset: 0,
+    };
+    const line = tvLine(f);
+    assert.doesNotMatch(line, /[\x00-\x1f\x7f]/);
+    assert.match(line, /evil\\033\[2J\\nname -> x\\a$/);
+  });
+
   it("a pattern without / matches file names, one with / whole paths", () => {
     const name = pathMatcher("*.conf");
     assert.equal(name("etc/nginx/nginx.conf"), true);

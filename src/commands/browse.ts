@@ -14,8 +14,8 @@ import {
 } from "../browse.js";
 import type { JobConfig } from "../config.js";
 import { describeError, ImmutdError, UsageError } from "../errors.js";
-import { matchForm } from "../file-names.js";
-import { fileName, type Manifest, type ManifestFile } from "../manifest.js";
+import { displayName, matchForm } from "../file-names.js";
+import { fileName, linkName, type Manifest, type ManifestFile } from "../manifest.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import { parseTimeBound } from "../time.js";
@@ -214,13 +214,23 @@ export function pathMatcher(pattern: string): (name: string) => boolean {
 
 const TYPE_CHAR: Record<string, string> = { directory: "d", symlink: "l", link: "h", file: "-" };
 
+/**
+ * A manifest's name as printed: shown from its bytes again (displayName), not
+ * as the manifest spells it, so a forged manifest cannot put control
+ * characters (terminal escapes, newlines) on the operator's terminal.
+ */
+function shown(f: ManifestFile): string {
+  return displayName(fileName(f));
+}
+
 /** One `tar -tv` line: mode, owner, size, mtime, name, link. */
 export function tvLine(f: ManifestFile): string {
   const mode = `${TYPE_CHAR[f.type] ?? "?"}${permissions(f.mode)}`;
   const owner = `${f.uid}/${f.gid}`;
-  const link =
-    f.link === undefined ? "" : f.type === "link" ? ` link to ${f.link}` : ` -> ${f.link}`;
-  return `${mode} ${owner.padEnd(11)} ${String(f.size).padStart(12)} ${stamp(f.mtime)} ${f.path}${link}`;
+  const target = linkName(f);
+  const to = target === undefined ? "" : displayName(target);
+  const link = target === undefined ? "" : f.type === "link" ? ` link to ${to}` : ` -> ${to}`;
+  return `${mode} ${owner.padEnd(11)} ${String(f.size).padStart(12)} ${stamp(f.mtime)} ${shown(f)}${link}`;
 }
 
 function findLine(h: {
@@ -231,7 +241,7 @@ function findLine(h: {
 }): string {
   const when = h.createdAt.slice(0, 19).replace("T", " ");
   const id = h.id === null ? "-" : `#${h.id}`;
-  return `${when} ${h.job} ${id.padStart(6)} ${TYPE_CHAR[h.f.type] ?? "?"} ${String(h.f.size).padStart(12)} ${stamp(h.f.mtime)} ${h.f.path}`;
+  return `${when} ${h.job} ${id.padStart(6)} ${TYPE_CHAR[h.f.type] ?? "?"} ${String(h.f.size).padStart(12)} ${stamp(h.f.mtime)} ${shown(h.f)}`;
 }
 
 function findRecord(h: {
