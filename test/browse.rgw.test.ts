@@ -6,7 +6,15 @@
  * Faults: connections reset in the middle of a range.
  */
 import assert from "node:assert/strict";
-import { linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -197,6 +205,67 @@ describe("ls, find and ranged restore (CLI, Ceph RGW)", () => {
     }
     // b.bin (100 KB) was not read.
     assert.ok(bytes < 20_000, `read ${bytes} of ${row.size} bytes`);
+  });
+
+  it("a manifest version with lying offsets: a later one written with the writer credential is ignored, the recorded one stops the restore before writing", async () => {
+    const { bucket, cfg, row } = await backedUp("rangedlie");
+    const rel = cfg.data.slice(1);
+    const mKey = deriveSseKey(masterKey(cfg), bucket, row.manifestKey);
+    const res = await main.send(
+      new GetObjectCommand({
+        Bucket: bucket,
+        Key: row.manifestKey,
+        VersionId: row.manifestVersionId,
+        ...sse(mKey),
+      }),
+    );
+    const m = decodeManifest(
+      Buffer.from(
+        await (res.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray(),
+      ),
+    );
+    // The forger points a.txt at b.bin's header (same order kept, so the plan is plausible).
+    const a = m.files.find((f) => f.path.endsWith("/a.txt"));
+    const bin = m.files.find((f) => f.path.endsWith("/b.bin"));
+    assert.ok(a && bin);
+    [a.offset, bin.offset] = [bin.offset, a.offset];
+    m.files.sort((x, y) => x.offset - y.offset);
+    const put = await writer.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: row.manifestKey,
+        Body: gzipSync(JSON.stringify(m)),
+        ...sse(mKey),
+      }),
+    );
+    const restoreA = async (extra: string[]) => {
+      const dest = mkdtempSync(join(tmpdir(), "immutd-ranged-"));
+      const args = ["--config", cfg.file, "restore", "files", ...extra];
+      const r = await runCli([...args, "--include", `${rel}/a.txt`, "--to", dest]);
+      return { r, dest };
+    };
+    // From the catalog (its recorded version) and from the bucket (the oldest): the true index.
+    for (const extra of [[], ["--from-bucket"]]) {
+      const { r, dest } = await restoreA(extra);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(readFileSync(join(dest, rel, "a.txt"), "utf8"), "alpha\n".repeat(50));
+    }
+    // A catalog that records the lying version (as if it had been written at backup time).
+    const db = new Database(join(cfg.dir, "state", "catalog.db"));
+    db.prepare("UPDATE backups SET manifest_version_id = ? WHERE id = ?").run(
+      put.VersionId,
+      row.id,
+    );
+    db.close();
+    const { r, dest } = await restoreA([]);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stderr, /index does not match the archive/);
+    assert.equal(existsSync(join(dest, rel, "a.txt")), false);
+    assert.equal(existsSync(join(dest, rel, "b.bin")), false);
+    // --whole-archive reads and verifies everything, and restores the right bytes.
+    const whole = await restoreA(["--whole-archive"]);
+    assert.equal(whole.r.code, 0, whole.r.stderr);
+    assert.equal(readFileSync(join(whole.dest, rel, "a.txt"), "utf8"), "alpha\n".repeat(50));
   });
 
   it("a compressed backup says before starting that --include downloads the whole archive, and how many bytes", async () => {
