@@ -67,7 +67,8 @@ must name the path, type and size the manifest gives at that offset, and
 any mismatch stops the restore before the entry is written (exit 3). A
 compressed backup, or one without a manifest (immutd 0.1.0), is read whole:
 immutd says so and how many bytes first. --whole-archive always reads and
-verifies the whole archive.
+verifies the whole archive. To see what a backup holds without
+downloading it, use immutd ls JOB or immutd find PATTERN.
 
 Exactly one of:
   --to DIR    extract into DIR (created if missing; must be empty unless
