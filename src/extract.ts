@@ -96,6 +96,13 @@ export interface ExtractOptions {
   onWarning?: (w: ExtractWarning) => void;
   /** Called after each entry (and during large files) with a fresh snapshot; keep it cheap. */
   onProgress?: (p: Readonly<ExtractProgress>) => void;
+  /**
+   * Called with every entry's header before anything of it is written: its
+   * name (byte string), type, size, and `end`, the input offset just past its
+   * padded data. A throw stops the extraction with that error (a ranged
+   * restore's check that the archive is what the manifest said, src/ranged.ts).
+   */
+  onHeader?: (e: { name: string; type: string; size: number; end: number }) => void;
 }
 
 export interface ExtractResult extends ExtractProgress {
@@ -352,7 +359,7 @@ class TarReader {
   private total = 0;
   private tail = Buffer.alloc(0);
   /** Offset just past the data (padded) of the last entry seen. */
-  private lastEnd = 0;
+  lastEnd = 0;
   private current: string | null = null;
 
   constructor(
@@ -543,6 +550,12 @@ class Extractor {
   private async entry(h: RawHeader, data: EntryData): Promise<void> {
     this.checkStop();
     const raw = h.name;
+    this.opts.onHeader?.({
+      name: raw,
+      type: h.type ?? "unknown",
+      size: h.size,
+      end: this.reader.lastEnd,
+    });
     const norm = normaliseName(raw);
     if (!norm.ok) return this.refuse(raw, norm.reason);
     const rel = norm.rel;

@@ -8,6 +8,14 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { auditCommand, auditHelp } from "./commands/audit.js";
 import { backupCommand, backupHelp } from "./commands/backup.js";
+import {
+  type FindOptions,
+  findCommand,
+  findHelp,
+  type LsOptions,
+  lsCommand,
+  lsHelp,
+} from "./commands/browse.js";
 import { configCheckCommand, configCheckHelp } from "./commands/config.js";
 import { type Context, type GlobalOptions, openContext } from "./commands/context.js";
 import { doctorCommand, doctorHelp } from "./commands/doctor.js";
@@ -142,9 +150,34 @@ function program(): Command {
       "without the catalog: find versions in the bucket, derive keys from the master key",
     )
     .option("--host <name>", "with --from-bucket: the host name the backups were made under")
+    .option(
+      "--whole-archive",
+      "with --include: read and verify the whole archive, not only the entries' byte ranges",
+    )
     .addHelpText("after", restoreHelp)
     .action((job: string, opts: RestoreCliOptions) =>
       withContext((ctx) => restoreCommand(ctx, job, opts)),
+    );
+
+  p.command("ls")
+    .description("list the files of one backup of JOB from its manifest (no archive download)")
+    .argument("<job>", "the job whose backup to list")
+    .option("--at <time>", "newest backup created at or before TIME (as for restore)")
+    .option("--id <n>", "the backup with this catalog id")
+    .option("--host <name>", "read the manifests in the bucket made under this host name")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", lsHelp)
+    .action((job: string, opts: LsOptions) => withContext((ctx) => lsCommand(ctx, job, opts)));
+
+  p.command("find")
+    .description("search the manifests of all backups for paths matching a glob")
+    .argument("<pattern>", "glob: a file name (*.conf) or, with a /, a whole path")
+    .option("--job <name>", "only this job")
+    .option("--host <name>", "read the manifests in the bucket made under this host name")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", findHelp)
+    .action((pattern: string, opts: FindOptions) =>
+      withContext((ctx) => findCommand(ctx, pattern, opts)),
     );
 
   // Immutability assurance: init, verify, doctor (src/init.ts, src/verify.ts, src/doctor.ts).

@@ -8,15 +8,15 @@
  * after the files were written: the error says the restore is incomplete and
  * leaves what was written in place for the operator to judge.
  */
-import { Readable } from "node:stream";
+import type { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { setTimeout as sleep } from "node:timers/promises";
 import { createGunzip } from "node:zlib";
 import { HashingCounter } from "./backup.js";
 import type { Catalog } from "./catalog.js";
 import type { Compression, Config, JobConfig } from "./config.js";
-import { describeError, ImmutdError, StorageError, UsageError } from "./errors.js";
+import { UsageError } from "./errors.js";
 import {
+  type ExtractOptions,
   type ExtractResult,
   type ExtractWarning,
   extractTar,
@@ -26,14 +26,10 @@ import {
 } from "./extract.js";
 import { deriveSseKey } from "./keys.js";
 import { isDatedInFuture, jobPrefix, parseObjectKey } from "./naming.js";
+import { type DownloadOptions, download, RestoreError, whereOf } from "./pipeline/download.js";
 import type { ObjectStore, Target } from "./store/store.js";
 
-export const RESTORE_EXIT_CODE = 3;
-
-/** The restore did not complete: integrity failed, the stream broke, or entries were refused. */
-export class RestoreError extends ImmutdError {
-  override readonly exitCode = RESTORE_EXIT_CODE;
-}
+export { DOWNLOAD_RESUMES, RESTORE_EXIT_CODE, RestoreError } from "./pipeline/download.js";
 
 /** One version to restore, with what is known to check it against. */
 export interface RestoreSource {
@@ -49,6 +45,11 @@ export interface RestoreSource {
   sha256?: string;
   /** Catalog id, when it came from the catalog. */
   id?: number;
+  /**
+   * The manifest version the catalog recorded (src/manifest.ts); null when the
+   * catalog says there is none (a 0.1.0 backup); absent when not known (from the bucket).
+   */
+  manifest?: { key: string; versionId: string } | null;
 }
 
 export interface Selector {
@@ -98,6 +99,10 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
     createdAt: new Date(row.createdAt),
     size: row.size,
     ...(row.sha256 !== null ? { sha256: row.sha256 } : {}),
+    manifest:
+      row.manifestKey !== null && row.manifestVersionId !== null
+        ? { key: row.manifestKey, versionId: row.manifestVersionId }
+        : null,
   };
 }
 
@@ -176,13 +181,10 @@ export type RestoreMode =
   | { kind: "list"; onEntry: (e: TarEntryInfo) => void }
   | { kind: "raw"; out: NodeJS.WritableStream };
 
-export interface RestoreOptions {
+export interface RestoreOptions extends DownloadOptions {
   include?: readonly string[];
-  signal?: AbortSignal;
   onWarning?: (w: ExtractWarning) => void;
   onProgress?: (p: { bytes: number; files: number }) => void;
-  /** Called when a broken or stalled download is resumed from byte `offset`. */
-  onResume?: (r: { offset: number; attempt: number; error: string }) => void;
 }
 
 export interface RestoreSummary {
@@ -195,6 +197,11 @@ export interface RestoreSummary {
   durationMs: number;
 }
 
+/**
+ * The whole-archive restore: source (download) → hash and count → codec
+ * (decodeStage) → tar reader → extractor, lister or raw output; then the size
+ * and SHA-256 over every byte.
+ */
 export async function restore(
   reader: ObjectStore,
   src: RestoreSource,
@@ -202,58 +209,32 @@ export async function restore(
   opts: RestoreOptions = {},
 ): Promise<RestoreSummary> {
   const started = Date.now();
-  const where = `s3://${src.bucket}/${src.key} version ${src.versionId}`;
-  const body = await ResumingDownload.open(reader, src, where, opts);
+  const where = whereOf(src);
+  const body = await download(reader, src, opts);
   let files = 0;
   const hasher = new HashingCounter((n) => opts.onProgress?.({ bytes: n, files }));
-  const tarStages = src.compression === "gzip" ? [createGunzip()] : [];
+  const decode = decodeStage(src.compression);
 
-  let result: ExtractResult | undefined;
-  let listing: ListResult | undefined;
+  let out: TarOutcome = {};
   let failure: unknown;
   try {
     if (mode.kind === "raw") {
       await pipeline([body, hasher, mode.out]);
     } else {
       // The tar reader consumes its input to the very end, so the hash covers every byte.
-      const tar = tarStages[0] ?? hasher;
-      const piping = pipeline([body, hasher, ...tarStages]).catch((e: unknown) => {
+      const piping = pipeline([body, hasher, ...decode]).catch((e: unknown) => {
         failure ??= e;
       });
-      if (mode.kind === "list") {
-        listing = await listTar(tar, mode.onEntry, opts.include);
-      } else {
-        result = await extractTar(tar, {
-          dest: mode.dest,
-          overwrite: mode.overwrite,
-          devices: mode.devices,
-          ...(mode.owners !== undefined ? { owners: mode.owners } : {}),
-          ...(opts.include ? { include: opts.include } : {}),
-          ...(opts.signal ? { signal: opts.signal } : {}),
-          ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
-          onProgress: (p) => {
-            files = p.files;
-          },
-        });
-      }
+      out = await readTar(decode[0] ?? hasher, mode, opts, (n) => {
+        files = n;
+      });
       await piping;
     }
   } catch (err) {
     failure ??= err;
   }
-  const incomplete =
-    mode.kind === "extract"
-      ? " The restore is incomplete: files already written were left in place."
-      : "";
-  if (failure !== undefined) {
-    if (opts.signal?.aborted) throw opts.signal.reason;
-    throw new RestoreError(
-      `restore of ${where} failed: ${(failure as Error).message ?? String(failure)}.${incomplete}`,
-      {
-        cause: failure,
-      },
-    );
-  }
+  const incomplete = incompleteText(mode);
+  if (failure !== undefined) throw failed(where, failure, incomplete, opts.signal);
   if (src.size !== undefined && hasher.bytes !== src.size) {
     throw new RestoreError(
       `${where}: received ${hasher.bytes} bytes, but the backup has ${src.size}; the download was truncated.${incomplete}`,
@@ -265,19 +246,81 @@ export async function restore(
       `${where}: SHA-256 ${sha256} differs from the catalog's ${src.sha256}: the data is not what was backed up.${incomplete}`,
     );
   }
-  const missing = incompleteness(result, listing);
-  if (missing.length > 0) {
-    const rest = mode.kind === "extract" ? " Everything else was restored." : "";
-    throw new RestoreError(`${where}: ${missing.join("; ")}.${rest}`);
-  }
+  checkComplete(where, mode, out);
   return {
     source: src,
     bytes: hasher.bytes,
     sha256,
-    ...(result ? { result } : {}),
-    ...(listing !== undefined ? { listed: listing.listed } : {}),
+    ...(out.result ? { result: out.result } : {}),
+    ...(out.listing !== undefined ? { listed: out.listing.listed } : {}),
     durationMs: Date.now() - started,
   };
+}
+
+/**
+ * The codec stage of the restore pipeline: what turns the stored bytes back
+ * into a tar stream. Empty for an uncompressed archive.
+ */
+export function decodeStage(compression: Compression): Transform[] {
+  return compression === "gzip" ? [createGunzip()] : [];
+}
+
+export interface TarOutcome {
+  result?: ExtractResult;
+  listing?: ListResult;
+}
+
+/** The tar reader and its consumer: extraction below mode.dest, or a listing. */
+export async function readTar(
+  tar: NodeJS.ReadableStream,
+  mode: Exclude<RestoreMode, { kind: "raw" }>,
+  opts: RestoreOptions & Pick<ExtractOptions, "onHeader">,
+  onFiles: (files: number) => void,
+): Promise<TarOutcome> {
+  if (mode.kind === "list") return { listing: await listTar(tar, mode.onEntry, opts.include) };
+  const result = await extractTar(tar, {
+    dest: mode.dest,
+    overwrite: mode.overwrite,
+    devices: mode.devices,
+    ...(mode.owners !== undefined ? { owners: mode.owners } : {}),
+    ...(opts.include ? { include: opts.include } : {}),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+    ...(opts.onHeader ? { onHeader: opts.onHeader } : {}),
+    onProgress: (p) => onFiles(p.files),
+  });
+  return { result };
+}
+
+/** What an error message adds when files may already be in the destination. */
+export function incompleteText(mode: RestoreMode): string {
+  return mode.kind === "extract"
+    ? " The restore is incomplete: files already written were left in place."
+    : "";
+}
+
+/** The error for a restore whose stream failed: the abort reason, or one RestoreError line. */
+export function failed(
+  where: string,
+  failure: unknown,
+  incomplete: string,
+  signal?: AbortSignal,
+): unknown {
+  if (signal?.aborted) return signal.reason;
+  if (failure instanceof RestoreError) return failure;
+  return new RestoreError(
+    `restore of ${where} failed: ${(failure as Error).message ?? String(failure)}.${incomplete}`,
+    { cause: failure },
+  );
+}
+
+/** Throws when entries were refused, skipped or include patterns matched nothing. */
+export function checkComplete(where: string, mode: RestoreMode, out: TarOutcome): void {
+  const missing = incompleteness(out.result, out.listing);
+  if (missing.length > 0) {
+    const rest = mode.kind === "extract" ? " Everything else was restored." : "";
+    throw new RestoreError(`${where}: ${missing.join("; ")}.${rest}`);
+  }
 }
 
 /**
@@ -306,171 +349,4 @@ function incompleteness(result?: ExtractResult, listing?: ListResult): string[] 
     );
   }
   return missing;
-}
-
-/**
- * How many times in a row a download is resumed without receiving a byte in
- * between before the restore fails. Any progress resets the count, so a slow
- * consumer (whose paused connection the server or the idle timeout may drop
- * each time) costs one resume per pause, never a failure.
- */
-export const DOWNLOAD_RESUMES = 4;
-
-/**
- * The bytes of one version as a single stream across broken connections: when
- * the body fails (connection reset or dropped, idle timeout), it is fetched
- * again with a ranged GET of the same version ID and SSE-C key from the first
- * byte not yet received. Downstream sees one continuous stream, so the
- * SHA-256 and the size are still checked over every byte. A new request is
- * made only once the consumer asks for more: a consumer that is slow is not
- * a stall, and reading resumes when it reads again.
- */
-class ResumingDownload extends Readable {
-  readonly #reader: ObjectStore;
-  readonly #src: RestoreSource;
-  readonly #where: string;
-  readonly #opts: RestoreOptions;
-  #source: Readable | undefined;
-  #offset = 0;
-  /** Resumes since the last byte arrived. */
-  #failures = 0;
-  #opening = false;
-  /** The consumer asked for bytes that have not been pushed yet. */
-  #wanted = false;
-
-  private constructor(reader: ObjectStore, src: RestoreSource, where: string, o: RestoreOptions) {
-    super();
-    this.#reader = reader;
-    this.#src = src;
-    this.#where = where;
-    this.#opts = o;
-  }
-
-  /** Opens the download; a refusal of the first request is thrown here as a RestoreError. */
-  static async open(
-    reader: ObjectStore,
-    src: RestoreSource,
-    where: string,
-    o: RestoreOptions,
-  ): Promise<ResumingDownload> {
-    const d = new ResumingDownload(reader, src, where, o);
-    try {
-      d.#attach(await d.#get());
-    } catch (err) {
-      throw d.#explain(err);
-    }
-    return d;
-  }
-
-  #get(): Promise<Readable> {
-    return this.#reader.get(this.#src.key, this.#src.versionId, this.#src.sseKey, {
-      ...(this.#opts.signal ? { signal: this.#opts.signal } : {}),
-      start: this.#offset,
-    });
-  }
-
-  /** A refusal as one line saying what was refused (credential, permission, SSE-C key); other errors as they are. */
-  #explain(err: unknown): unknown {
-    if (!(err instanceof StorageError)) return err;
-    const why = err.refusalText();
-    if (why === undefined) return err;
-    const hint =
-      err.refusal === "credential"
-        ? " Check the target's credentials.reader in the config."
-        : err.refusal === "sse-c key"
-          ? " With --from-bucket this means the master key is not the one the backup was made with; otherwise the catalog's key is wrong."
-          : "";
-    return new RestoreError(`cannot read ${this.#where}: ${why}.${hint}`, { cause: err });
-  }
-
-  #attach(s: Readable): void {
-    this.#source = s;
-    s.on("data", (c: Buffer) => {
-      this.#offset += c.length;
-      this.#failures = 0;
-      if (!this.push(c)) {
-        this.#wanted = false;
-        s.pause();
-      }
-    });
-    s.on("end", () => this.push(null));
-    s.on("error", (err) => {
-      if (s === this.#source) this.#onBreak(err);
-    });
-    if (!this.#wanted) s.pause();
-  }
-
-  override _read(): void {
-    this.#wanted = true;
-    if (this.#source) this.#source.resume();
-    else void this.#resume();
-  }
-
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.#source?.destroy();
-    cb(err);
-  }
-
-  #onBreak(err: Error): void {
-    this.#source = undefined;
-    if (this.destroyed) return;
-    const signal = this.#opts.signal;
-    if (signal?.aborted) this.destroy(signal.reason as Error);
-    else if (err instanceof StorageError && !err.transient) this.destroy(err);
-    else if (this.#count(err) && this.#wanted) void this.#resume();
-  }
-
-  /** Counts one more resume without progress; false (and the stream failed) past the limit. */
-  #count(err: unknown): boolean {
-    this.#failures++;
-    if (this.#failures > DOWNLOAD_RESUMES) {
-      this.destroy(
-        new Error(
-          `the download broke ${this.#failures} times in a row at byte ${this.#offset} without progress (last: ${describeError(err)})`,
-          { cause: err },
-        ),
-      );
-      return false;
-    }
-    this.#opts.onResume?.({
-      offset: this.#offset,
-      attempt: this.#failures,
-      error: describeError(err),
-    });
-    return true;
-  }
-
-  /** Re-requests the version from the first byte not yet received. */
-  async #resume(): Promise<void> {
-    if (this.#opening || this.destroyed) return;
-    this.#opening = true;
-    try {
-      for (;;) {
-        // The first resume is immediate (a dropped idle connection); repeated ones back off.
-        if (this.#failures > 1) {
-          const signal = this.#opts.signal;
-          await sleep(500 * 2 ** (this.#failures - 2), undefined, signal ? { signal } : {});
-        }
-        try {
-          const s = await this.#get();
-          if (this.destroyed) s.destroy();
-          else this.#attach(s);
-          return;
-        } catch (err) {
-          if (this.destroyed) return;
-          // The ranged GET failed after the SDK's own retries: one more failure in the row.
-          if (!(err instanceof StorageError && err.transient) || this.#opts.signal?.aborted) {
-            this.destroy(this.#explain(this.#opts.signal?.reason ?? err) as Error);
-            return;
-          }
-          if (!this.#count(err)) return;
-        }
-      }
-    } catch (err) {
-      this.destroy(err as Error); // the backoff was cancelled
-    } finally {
-      this.#opening = false;
-      if (this.#source && this.#wanted) this.#source.resume();
-    }
-  }
 }

@@ -95,6 +95,13 @@ export function storeContract(name: string, h: Harness): void {
       });
       const tail = await readAll(await t.reader.get("a/b.tar", versionId, sseKey, { start: MiB }));
       assert.ok(tail.equals(body.subarray(MiB)), "get from byte start returns the rest");
+      // And a range with an end (exclusive), as a ranged restore reads an entry.
+      const mid = await readAll(
+        await t.reader.get("a/b.tar", versionId, sseKey, { start: 1000, end: 1000 + 1536 }),
+      );
+      assert.ok(mid.equals(body.subarray(1000, 2536)), "get of start..end returns that range");
+      const head = await readAll(await t.reader.get("a/b.tar", versionId, sseKey, { end: 512 }));
+      assert.ok(head.equals(body.subarray(0, 512)), "get up to end returns the first bytes");
       const r = await t.reader.retention("a/b.tar", versionId);
       assert.equal(r?.mode, "COMPLIANCE");
       const expected = before + 86_400_000;

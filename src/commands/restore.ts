@@ -1,10 +1,22 @@
 import { mkdirSync, readdirSync, statSync } from "node:fs";
 import { isAbsolute, resolve } from "node:path";
-import { CancelledError, UsageError } from "../errors.js";
+import {
+  archiveVersions,
+  type BackupRef,
+  backupsFromBucket,
+  type ManifestSource,
+  manifestCacheDir,
+  manifestOf,
+} from "../browse.js";
+import { CancelledError, describeError, UsageError } from "../errors.js";
+import type { ExtractWarning, TarEntryInfo } from "../extract.js";
+import type { Manifest } from "../manifest.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
+import { restoreRanges } from "../ranged.js";
 import {
   type RestoreMode,
   type RestoreSource,
+  type RestoreSummary,
   restore,
   type Selector,
   selectFromBucket,
@@ -12,6 +24,7 @@ import {
 } from "../restore.js";
 import { onStopSignals } from "../signals.js";
 import { closeTarget, openTarget } from "../store/s3.js";
+import type { VersionEntry } from "../store/store.js";
 import { parseTimeBound } from "../time.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
@@ -46,8 +59,16 @@ name that is not UTF-8 with each byte read as Latin-1 ("caf?" or "café"
 selects caf\\xe9).
 
 --include PATTERN (repeatable, with --to or --list) selects paths; a
-pattern that matches nothing is an error (tar: "Not found in archive"),
-reported after the whole archive was read.
+pattern that matches nothing is an error (tar: "Not found in archive").
+With --to, a backup that has a manifest and is stored uncompressed is
+restored by reading only the selected entries' bytes (ranged GETs); the
+whole-archive SHA-256 cannot be checked then, so instead every tar header
+must name the path, type and size the manifest gives at that offset, and
+any mismatch stops the restore before the entry is written (exit 3). A
+compressed backup, or one without a manifest (immutd 0.1.0), is read whole:
+immutd says so and how many bytes first. --whole-archive always reads and
+verifies the whole archive. To see what a backup holds without
+downloading it, use immutd ls JOB or immutd find PATTERN.
 
 Exactly one of:
   --to DIR    extract into DIR (created if missing; must be empty unless
@@ -64,6 +85,7 @@ nothing), 78 configuration error.
 Examples:
   immutd restore etc --to /srv/restore/etc
   immutd restore etc --at 2026-11-20 --include /etc/nginx --to /tmp/nginx
+  immutd restore etc --include /etc/hosts --whole-archive --to /tmp/hosts
   immutd restore etc --from-bucket --host web-1 --to /srv/restore
   immutd restore db --stdout | tar -tzvf -
 `;
@@ -80,35 +102,21 @@ export interface RestoreCliOptions {
   devices?: boolean;
   fromBucket?: boolean;
   host?: string;
+  wholeArchive?: boolean;
 }
 
+/** restore JOB: check the options, pick the backup and the output, run it under the stop signals. */
 export async function restoreCommand(
   ctx: Context,
   jobName: string,
   o: RestoreCliOptions,
 ): Promise<void> {
-  const outputs = [o.to !== undefined, o.stdout === true, o.list === true].filter(Boolean).length;
-  if (outputs !== 1) throw new UsageError("give exactly one of --to DIR, --stdout or --list");
-  const selectors = [o.at, o.id, o.versionId].filter((x) => x !== undefined).length;
-  if (selectors > 1) throw new UsageError("give at most one of --at, --id and --version-id");
-  if (o.host !== undefined && !o.fromBucket) throw new UsageError("--host goes with --from-bucket");
-  if (o.include?.length && o.stdout === true)
-    throw new UsageError("--include goes with --to or --list; --stdout writes the whole archive");
-  if (o.devices && process.getuid?.() !== 0) throw new UsageError("--devices needs root");
+  checkOptions(o);
   const [job] = selectJobs(ctx.config.jobs, [jobName]);
   if (!job) throw new UsageError(`unknown job ${jobName}`);
   const tc = ctx.config.targets[job.target];
   if (!tc) throw new UsageError(`job ${job.name}: unknown target ${job.target}`);
-
-  const sel: Selector = {};
-  if (o.at !== undefined) sel.at = parseTimeBound("--at", o.at);
-  if (o.id !== undefined) {
-    if (!/^\d+$/.test(o.id))
-      throw new UsageError(`--id ${o.id}: not a catalog id (a number from immutd list)`);
-    sel.id = Number(o.id);
-  }
-  if (o.versionId !== undefined) sel.versionId = o.versionId;
-
+  const sel = selector(o);
   const target = openTarget(tc);
   try {
     const src: RestoreSource = o.fromBucket
@@ -127,117 +135,211 @@ export async function restoreCommand(
         `backup ${src.id ?? ""} is in bucket ${src.bucket}, but job ${job.name}'s target ${tc.name} now points at ${tc.bucket}`,
       );
     }
-
-    let mode: RestoreMode;
-    let dest: string | undefined;
-    if (o.to !== undefined) {
-      dest = isAbsolute(o.to) ? o.to : resolve(o.to);
-      prepareDest(dest, o.overwrite === true);
-      mode = {
-        kind: "extract",
-        dest,
-        overwrite: o.overwrite === true,
-        devices: o.devices === true,
-      };
-    } else if (o.list) {
-      mode = {
-        kind: "list",
-        onEntry: (e) => {
-          const kind =
-            e.type === "directory"
-              ? "d"
-              : e.type === "symlink"
-                ? "l"
-                : e.type === "link"
-                  ? "h"
-                  : "-";
-          const link = e.linkname ? ` -> ${e.linkname}` : "";
-          process.stdout.write(
-            `${kind}${e.mode.toString(8).padStart(4, "0")} ${String(e.uid).padStart(5)}:${String(e.gid).padEnd(5)} ${String(e.size).padStart(12)} ${e.mtime.toISOString().slice(0, 19)} ${e.name}${link}\n`,
-          );
-        },
-      };
-    } else {
-      if (process.stdout.isTTY)
-        throw new UsageError("--stdout would write binary data to the terminal; pipe it somewhere");
-      mode = { kind: "raw", out: process.stdout };
-    }
-
-    const controller = new AbortController();
-    const removeSignals = onStopSignals({
-      log: ctx.log,
-      stop: (sig) => {
-        ctx.log.warn(`${sig} received: stopping the restore; send it again to exit at once`);
-        controller.abort(
-          new CancelledError(
-            `restore cancelled by ${sig}; files already written were left in place`,
-          ),
-        );
-      },
-    });
-    const progress = new ProgressLine(`restore ${job.name}`);
-    ctx.log.info(
-      {
-        job: job.name,
-        key: src.key,
-        versionId: src.versionId,
-        createdAt: src.createdAt.toISOString(),
-        dest,
-      },
-      "restore started",
-    );
-    try {
-      const s = await restore(target.reader, src, mode, {
-        ...(o.include?.length ? { include: o.include } : {}),
-        signal: controller.signal,
-        onWarning: (w) => ctx.log.warn({ job: job.name, path: w.path }, w.message),
-        onProgress: (p) => progress.update(p),
-        onResume: (r) =>
-          ctx.log.warn(
-            { job: job.name, key: src.key, versionId: src.versionId, ...r },
-            "download broken; resuming from the last byte received",
-          ),
-      });
-      progress.clear();
-      const r = s.result;
-      ctx.log.info(
-        {
-          job: job.name,
-          key: src.key,
-          versionId: src.versionId,
-          bytes: s.bytes,
-          sha256: s.sha256,
-          durationMs: s.durationMs,
-          ...(r
-            ? {
-                files: r.files,
-                dirs: r.dirs,
-                symlinks: r.symlinks,
-                skipped: r.skipped,
-                warnings: r.warnings,
-              }
-            : {}),
-          ...(s.listed !== undefined ? { listed: s.listed } : {}),
-        },
-        "restore finished",
-      );
-      if (process.stderr.isTTY) {
-        const what = r
-          ? `${r.files.toLocaleString("en-US")} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${formatBytes(r.bytes)} into ${dest}`
-          : s.listed !== undefined
-            ? `${s.listed} entries listed`
-            : `${formatBytes(s.bytes)} written to stdout`;
-        process.stderr.write(
-          `restored ${job.name} from ${src.createdAt.toISOString()} (version ${src.versionId}): ${what} in ${formatDuration(s.durationMs)}; SHA-256 ${src.sha256 ? "verified" : "not recorded (from bucket), size verified"}\n`,
-        );
+    const { mode, dest } = outputMode(o);
+    const manifest =
+      mode.kind === "extract" && o.include?.length && !o.wholeArchive
+        ? await rangedManifest(ctx, target, src, o.host ?? ctx.config.host)
+        : undefined;
+    await withStopSignals(ctx, async (signal) => {
+      const progress = new ProgressLine(`restore ${job.name}`);
+      const where = { job: job.name, key: src.key, versionId: src.versionId };
+      ctx.log.info({ ...where, createdAt: src.createdAt.toISOString(), dest }, "restore started");
+      try {
+        const opts = {
+          ...(o.include?.length ? { include: o.include } : {}),
+          signal,
+          onWarning: (w: ExtractWarning) =>
+            ctx.log.warn({ job: job.name, path: w.path }, w.message),
+          onProgress: (p: { bytes: number; files: number }) => progress.update(p),
+          onResume: (r: { offset: number; attempt: number; error: string }) =>
+            ctx.log.warn(
+              { ...where, ...r },
+              "download broken; resuming from the last byte received",
+            ),
+        };
+        const s =
+          manifest && mode.kind === "extract" && o.include
+            ? await restoreRanges(target.reader, src, manifest, mode, {
+                ...opts,
+                include: o.include,
+              })
+            : await restore(target.reader, src, mode, opts);
+        progress.clear();
+        report(ctx, src, s, dest, manifest !== undefined);
+      } finally {
+        progress.clear();
       }
-    } finally {
-      progress.clear();
-      removeSignals();
-    }
+    });
   } finally {
     closeTarget(target);
   }
+}
+
+function checkOptions(o: RestoreCliOptions): void {
+  const outputs = [o.to !== undefined, o.stdout === true, o.list === true].filter(Boolean).length;
+  if (outputs !== 1) throw new UsageError("give exactly one of --to DIR, --stdout or --list");
+  const selectors = [o.at, o.id, o.versionId].filter((x) => x !== undefined).length;
+  if (selectors > 1) throw new UsageError("give at most one of --at, --id and --version-id");
+  if (o.host !== undefined && !o.fromBucket) throw new UsageError("--host goes with --from-bucket");
+  if (o.include?.length && o.stdout === true)
+    throw new UsageError("--include goes with --to or --list; --stdout writes the whole archive");
+  if (o.wholeArchive && !(o.include?.length && o.to !== undefined))
+    throw new UsageError("--whole-archive goes with --include and --to");
+  if (o.devices && process.getuid?.() !== 0) throw new UsageError("--devices needs root");
+}
+
+function selector(o: RestoreCliOptions): Selector {
+  const sel: Selector = {};
+  if (o.at !== undefined) sel.at = parseTimeBound("--at", o.at);
+  if (o.id !== undefined) {
+    if (!/^\d+$/.test(o.id))
+      throw new UsageError(`--id ${o.id}: not a catalog id (a number from immutd list)`);
+    sel.id = Number(o.id);
+  }
+  if (o.versionId !== undefined) sel.versionId = o.versionId;
+  return sel;
+}
+
+/** Where the restore goes: DIR (prepared), a listing on stdout, or the raw archive on stdout. */
+function outputMode(o: RestoreCliOptions): { mode: RestoreMode; dest?: string } {
+  if (o.to !== undefined) {
+    const dest = isAbsolute(o.to) ? o.to : resolve(o.to);
+    prepareDest(dest, o.overwrite === true);
+    const overwrite = o.overwrite === true;
+    return { mode: { kind: "extract", dest, overwrite, devices: o.devices === true }, dest };
+  }
+  if (o.list) return { mode: { kind: "list", onEntry: (e) => process.stdout.write(listLine(e)) } };
+  if (process.stdout.isTTY)
+    throw new UsageError("--stdout would write binary data to the terminal; pipe it somewhere");
+  return { mode: { kind: "raw", out: process.stdout } };
+}
+
+/** One --list line. */
+function listLine(e: TarEntryInfo): string {
+  const kind =
+    e.type === "directory" ? "d" : e.type === "symlink" ? "l" : e.type === "link" ? "h" : "-";
+  const link = e.linkname ? ` -> ${e.linkname}` : "";
+  return `${kind}${e.mode.toString(8).padStart(4, "0")} ${String(e.uid).padStart(5)}:${String(e.gid).padEnd(5)} ${String(e.size).padStart(12)} ${e.mtime.toISOString().slice(0, 19)} ${e.name}${link}\n`;
+}
+
+/**
+ * The manifest a ranged restore can use, or undefined (after saying why on
+ * stderr) when the whole archive must be read: no manifest, a compressed
+ * archive, or a manifest that does not fit the backup.
+ */
+async function rangedManifest(
+  ctx: Context,
+  target: ReturnType<typeof openTarget>,
+  src: RestoreSource,
+  host: string,
+): Promise<Manifest | undefined> {
+  const whole = (why: string) => {
+    const size = src.size === undefined ? "" : ` (${formatBytes(src.size)}, ${src.size} bytes)`;
+    process.stderr.write(
+      `immutd: ${why}: restoring --include must download the whole archive${size}\n`,
+    );
+    return undefined;
+  };
+  if (src.compression !== "none")
+    return whole(`backup ${src.key} is compressed (${src.compression})`);
+  const ms: ManifestSource = {
+    reader: target.reader,
+    bucket: target.bucket,
+    prefix: target.prefix,
+    masterKey: ctx.config.masterKey.reveal(),
+    cacheDir: manifestCacheDir(ctx.config.catalog),
+  };
+  let ref: BackupRef | undefined;
+  let archives: Map<string, VersionEntry> | undefined;
+  if (src.manifest !== undefined) {
+    ref = {
+      job: src.job,
+      createdAt: src.createdAt,
+      archiveKey: src.key,
+      archive: { versionId: src.versionId, size: src.size ?? 0, sha256: src.sha256 ?? null },
+      manifest: src.manifest,
+    };
+  } else {
+    ref = (await backupsFromBucket(ms, host, src.job)).find((b) => b.archiveKey === src.key);
+    archives = await archiveVersions(ms, host, src.job);
+  }
+  if (!ref?.manifest) return whole(`backup ${src.key} has no manifest (made by immutd 0.1.0?)`);
+  try {
+    const m = await manifestOf(ms, { ...ref, manifest: ref.manifest }, archives);
+    if (m.archive.versionId !== src.versionId)
+      return whole(`the manifest of ${src.key} names another version`);
+    return m;
+  } catch (err) {
+    ctx.log.warn({ job: src.job, key: src.key }, describeError(err));
+    return whole(`the manifest of ${src.key} cannot be used`);
+  }
+}
+
+/** Installs the SIGINT/SIGTERM handlers for one restore and runs it with their abort signal. */
+async function withStopSignals(
+  ctx: Context,
+  run: (signal: AbortSignal) => Promise<void>,
+): Promise<void> {
+  const controller = new AbortController();
+  const removeSignals = onStopSignals({
+    log: ctx.log,
+    stop: (sig) => {
+      ctx.log.warn(`${sig} received: stopping the restore; send it again to exit at once`);
+      controller.abort(
+        new CancelledError(`restore cancelled by ${sig}; files already written were left in place`),
+      );
+    },
+  });
+  try {
+    await run(controller.signal);
+  } finally {
+    removeSignals();
+  }
+}
+
+/** The "restore finished" log line, and at a terminal one summary line. */
+function report(
+  ctx: Context,
+  src: RestoreSource,
+  s: RestoreSummary & { ranges?: number },
+  dest: string | undefined,
+  ranged: boolean,
+): void {
+  const r = s.result;
+  ctx.log.info(
+    {
+      job: src.job,
+      key: src.key,
+      versionId: src.versionId,
+      bytes: s.bytes,
+      ...(s.sha256 ? { sha256: s.sha256 } : {}),
+      ...(s.ranges !== undefined ? { ranges: s.ranges } : {}),
+      durationMs: s.durationMs,
+      ...(r
+        ? {
+            files: r.files,
+            dirs: r.dirs,
+            symlinks: r.symlinks,
+            skipped: r.skipped,
+            warnings: r.warnings,
+          }
+        : {}),
+      ...(s.listed !== undefined ? { listed: s.listed } : {}),
+    },
+    "restore finished",
+  );
+  if (!process.stderr.isTTY) return;
+  const what = r
+    ? `${r.files.toLocaleString("en-US")} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${formatBytes(r.bytes)} into ${dest}`
+    : s.listed !== undefined
+      ? `${s.listed} entries listed`
+      : `${formatBytes(s.bytes)} written to stdout`;
+  const integrity = ranged
+    ? `read ${formatBytes(s.bytes)} in ${s.ranges} ranges; headers checked against the manifest, whole-archive SHA-256 not checked (immutd verify does)`
+    : `SHA-256 ${src.sha256 ? "verified" : "not recorded (from bucket), size verified"}`;
+  process.stderr.write(
+    `restored ${src.job} from ${src.createdAt.toISOString()} (version ${src.versionId}): ${what} in ${formatDuration(s.durationMs)}; ${integrity}\n`,
+  );
 }
 
 /** DIR is created if missing; an existing one must be an empty directory unless --overwrite. */

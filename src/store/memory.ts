@@ -279,10 +279,11 @@ export class MemoryStore implements ObjectStore {
     key: string,
     versionId: string,
     sseKey: Buffer,
-    opts: { start?: number } = {},
+    opts: { start?: number; end?: number } = {},
   ): Promise<Readable> {
     this.#allow("get", key);
-    return Readable.from([this.#find(key, versionId, sseKey).data.subarray(opts.start ?? 0)]);
+    const data = this.#find(key, versionId, sseKey).data;
+    return Readable.from([data.subarray(opts.start ?? 0, opts.end ?? data.length)]);
   }
 
   async listVersions(prefix: string): Promise<VersionEntry[]> {

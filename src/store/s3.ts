@@ -259,16 +259,19 @@ export class S3Store implements ObjectStore {
     key: string,
     versionId: string,
     sseKey: Buffer,
-    opts: { signal?: AbortSignal; start?: number } = {},
+    opts: { signal?: AbortSignal; start?: number; end?: number } = {},
   ): Promise<Readable> {
     const start = opts.start ?? 0;
+    // HTTP ranges name the last byte; `end` is exclusive.
+    const last = opts.end === undefined ? "" : String(opts.end - 1);
+    const ranged = start > 0 || opts.end !== undefined;
     const res = await this.#call("download", key, () =>
       this.client.send(
         new GetObjectCommand({
           Bucket: this.bucket,
           Key: key,
           VersionId: versionId,
-          ...(start > 0 ? { Range: `bytes=${start}-` } : {}),
+          ...(ranged ? { Range: `bytes=${start}-${last}` } : {}),
           ...sseParams(sseKey),
         }),
         opts.signal ? { abortSignal: opts.signal } : {},
@@ -277,7 +280,8 @@ export class S3Store implements ObjectStore {
     const body = res.Body as Readable;
     // A server that ignored the Range would send the object from byte 0 again,
     // which a resumed stream must never append.
-    if (start > 0 && !res.ContentRange?.startsWith(`bytes ${start}-`)) {
+    const expected = `bytes ${start}-${last}${last === "" ? "" : "/"}`;
+    if (ranged && !res.ContentRange?.startsWith(expected)) {
       body.destroy();
       throw new StorageError(
         `cannot resume the download of s3://${this.bucket}/${key} version ${versionId} at byte ${start}: the server answered ${res.ContentRange ? `range ${res.ContentRange}` : "with the whole object"} (target ${this.#target.name})`,

@@ -158,7 +158,8 @@ export interface ObjectStore {
   /** The version's retention, or undefined if it has none. */
   retention(key: string, versionId: string): Promise<Retention | undefined>;
   /**
-   * The decrypted bytes of one version, from byte `start` (default 0) to the end.
+   * The decrypted bytes of one version, from byte `start` (default 0) up to
+   * but not including byte `end` (default: the end of the version).
    * The stream fails (never ends early) if the transfer breaks or stalls, so a
    * caller can resume it from the bytes it received.
    */
@@ -166,7 +167,7 @@ export interface ObjectStore {
     key: string,
     versionId: string,
     sseKey: Buffer,
-    opts?: { signal?: AbortSignal; start?: number },
+    opts?: { signal?: AbortSignal; start?: number; end?: number },
   ): Promise<Readable>;
   /** Every version and delete marker under prefix. */
   listVersions(prefix: string): Promise<VersionEntry[]>;
