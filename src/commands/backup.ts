@@ -8,6 +8,7 @@ import {
   UsageError,
   WarningsError,
 } from "../errors.js";
+import { Notifier, resultPayload } from "../notify.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
 import { reconcile } from "../recovery.js";
 import { onStopSignals } from "../signals.js";
@@ -82,6 +83,9 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
   };
   const results: BackupResult[] = [];
   const locked: string[] = [];
+  // The same webhooks as the daemon's runs (a systemd timer or cron has no daemon).
+  const notifier = new Notifier(ctx.log);
+  const notify = (job: JobConfig) => [...ctx.config.notify, ...job.notify];
   try {
     // Without a daemon (cron), this is where a crashed run of these jobs is recovered.
     await reconcile({
@@ -100,6 +104,9 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
       if (!tc) throw new UsageError(`job ${job.name}: unknown target ${job.target}`);
       const progress = new ProgressLine(job.name);
       let result: BackupResult;
+      const host = ctx.config.host;
+      const time = new Date().toISOString();
+      notifier.send(notify(job), { event: "start", job: job.name, host, status: "running", time });
       try {
         result = await runBackup(job, {
           config: ctx.config,
@@ -118,12 +125,16 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
         continue;
       }
       progress.clear();
+      notifier.send(notify(job), resultPayload(result, host));
       results.push(result);
       if (process.stderr.isTTY) process.stderr.write(`${summary(result, tc.bucket)}\n`);
     }
   } finally {
     removeSignals();
     for (const t of targets.values()) closeTarget(t);
+    // A stalled receiver delays the exit by at most one attempt's timeout, never fails it.
+    const all = [...ctx.config.notify, ...jobs.flatMap((j) => j.notify)];
+    await notifier.close(Math.max(0, ...all.map((n) => n.timeoutSeconds)) * 1000);
   }
   const failed = results.filter((r) => r.status !== "succeeded");
   const skipped = jobs.length - results.length - locked.length;
