@@ -1,10 +1,9 @@
 import assert from "node:assert/strict";
-import { createServer, type IncomingHttpHeaders, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { describe, it } from "node:test";
 import type { NotifyConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
 import { Notifier, type NotifyPayload } from "../src/notify.js";
+import { receiver } from "./support/receiver.js";
 
 const payload: NotifyPayload = {
   event: "failure",
@@ -76,41 +75,6 @@ describe("notifications", () => {
     assert.ok(!text.includes("secret-token"), text);
   });
 });
-
-/** A local HTTP server that records every request; `answer` decides the reply. */
-interface Seen {
-  method: string;
-  url: string;
-  headers: IncomingHttpHeaders;
-  body: string;
-}
-async function receiver(
-  answer: (req: Seen, res: ServerResponse) => void = (_q, res) => res.writeHead(200).end(),
-): Promise<{ url: string; seen: Seen[]; close: () => Promise<void> }> {
-  const seen: Seen[] = [];
-  const server = createServer((req, res) => {
-    let body = "";
-    req.on("data", (d: Buffer) => {
-      body += d.toString();
-    });
-    req.on("end", () => {
-      const s = { method: req.method ?? "", url: req.url ?? "", headers: req.headers, body };
-      seen.push(s);
-      answer(s, res);
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    seen,
-    close: () =>
-      new Promise((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  };
-}
 
 const success: NotifyPayload = {
   event: "success",

@@ -30,6 +30,10 @@ them to the process group, are one request).
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice. A job without schedule (manual only) runs here like any other.
 
+The notify webhooks (start, success, failure) are sent as the daemon sends
+them; before it exits the command waits for them at most the largest
+timeoutSeconds, and a receiver that fails never changes the exit code.
+
 --dry-run walks each job's paths exactly as its backup would (the same
 exclude, excludeFrom, excludeIfPresent and oneFileSystem) and prints the
 number of entries, their total size before compression and how many entries
