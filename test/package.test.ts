@@ -87,6 +87,10 @@ describe("npm package", () => {
       "config.example.yaml",
       "README.md",
       "systemd/immutd.service",
+      "systemd/immutd-backup@.service",
+      "systemd/immutd-backup@.timer",
+      "systemd/immutd-verify.service",
+      "systemd/immutd-verify.timer",
       "systemd/sysusers.d/immutd.conf",
       "systemd/tmpfiles.d/immutd.conf",
     ]) {
