@@ -68,6 +68,7 @@ export class Notifier {
    * that a one-shot command exits although a receiver stalls.
    */
   async close(timeoutMs: number): Promise<void> {
+    if (this.#pending.size === 0) return;
     await this.flush(timeoutMs);
     this.#closed.abort();
     await Promise.allSettled([...this.#pending]);

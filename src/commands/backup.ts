@@ -134,11 +134,12 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
       if (process.stderr.isTTY) process.stderr.write(`${summary(result, tc.bucket)}\n`);
     }
   } finally {
-    removeSignals();
-    for (const t of targets.values()) closeTarget(t);
-    // A stalled receiver delays the exit by at most one attempt's timeout, never fails it.
+    // A stalled receiver delays the exit by at most one attempt's timeout, never
+    // fails it; signals stay handled meanwhile (a second one exits at once).
     const all = [...ctx.config.notify, ...jobs.flatMap((j) => j.notify)];
     await notifier.close(Math.max(0, ...all.map((n) => n.timeoutSeconds)) * 1000);
+    removeSignals();
+    for (const t of targets.values()) closeTarget(t);
   }
   const failed = results.filter((r) => r.status !== "succeeded");
   const skipped = jobs.length - results.length - locked.length;
