@@ -93,6 +93,8 @@ export class Daemon {
     );
     try {
       this.#catalog = Catalog.open(cfg.catalog);
+      const catalog = this.#catalog;
+      this.#metrics.lockHorizonsFrom(() => catalog.lockHorizons());
       for (const w of this.#catalog.warnings) this.#log.warn(w);
       await this.#recover();
       if (cfg.http) {

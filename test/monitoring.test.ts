@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
+import { Catalog } from "../src/catalog.js";
 import { Metrics } from "../src/metrics.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -162,7 +163,7 @@ describe("Grafana dashboard (monitoring/grafana-dashboard.json)", () => {
     const used = new Set(
       exprs.flatMap((e) => [...e.expr.matchAll(/\bimmutd_[a-z_]+/g)].map((m) => m[0])),
     );
-    // the panels the dashboard promises: last success, bytes, duration, files, warnings, verify findings
+    // the panels the dashboard promises: last success, bytes, duration, files, warnings, verify findings, lock horizon
     for (const name of [
       "immutd_job_last_success_timestamp_seconds",
       "immutd_job_last_run_bytes",
@@ -171,6 +172,7 @@ describe("Grafana dashboard (monitoring/grafana-dashboard.json)", () => {
       "immutd_job_last_run_warnings",
       "immutd_verify_findings",
       "immutd_verify_last_run_timestamp_seconds",
+      "immutd_job_lock_horizon_timestamp_seconds",
     ]) {
       assert.ok(used.has(name), `a panel shows ${name}`);
     }
@@ -184,5 +186,79 @@ describe("Grafana dashboard (monitoring/grafana-dashboard.json)", () => {
     assert.deepEqual(problems('immutd_verify_findings{status="x"}', "p", metrics), [
       "p: immutd_verify_findings has no label status",
     ]);
+  });
+});
+
+describe("immutd_job_lock_horizon_timestamp_seconds", () => {
+  it("is each job's newest good backup's retain-until, read from the catalog at each scrape", async () => {
+    const catalog = Catalog.open(join(work, "catalog.db"));
+    try {
+      const add = (
+        job: string,
+        created: string,
+        until: string,
+        status: "ok" | "corrupt" | "expired",
+      ) => {
+        const runId = catalog.startRun({
+          job,
+          target: "t",
+          objectKey: `${job}/${created}`,
+          startedAt: new Date(created),
+        });
+        catalog.recordBackup({
+          runId,
+          job,
+          target: "t",
+          bucket: "b",
+          key: `${job}/${created}`,
+          versionId: `v-${job}-${created}`,
+          size: 1,
+          sha256: "00",
+          compression: "none",
+          sseKey: Buffer.alloc(32, 1),
+          keyDerivation: "x",
+          createdAt: new Date(created),
+          retentionMode: "COMPLIANCE",
+          retainUntil: new Date(until),
+          status,
+          files: 1,
+        });
+      };
+      // etc: an older backup locked longer does not count; a newer corrupt one does not either
+      add("etc", "2026-11-01T03:00:00Z", "2027-06-01T00:00:00Z", "ok");
+      add("etc", "2026-11-02T03:00:00Z", "2026-12-02T03:00:00Z", "ok");
+      add("etc", "2026-11-03T03:00:00Z", "2026-12-03T03:00:00Z", "corrupt");
+      // db: the newest backup's lock ran out: the horizon is in the past
+      add("db", "2026-10-01T03:00:00Z", "2026-10-31T03:00:00Z", "expired");
+      const metrics = new Metrics();
+      metrics.lockHorizonsFrom(() => catalog.lockHorizons());
+      const text = await metrics.registry.metrics();
+      const at = (iso: string) => String(Date.parse(iso) / 1000);
+      assert.match(
+        text,
+        new RegExp(
+          `immutd_job_lock_horizon_timestamp_seconds\\{job="etc"\\} ${at("2026-12-02T03:00:00Z")}\\n`,
+        ),
+      );
+      assert.match(
+        text,
+        new RegExp(
+          `immutd_job_lock_horizon_timestamp_seconds\\{job="db"\\} ${at("2026-10-31T03:00:00Z")}\\n`,
+        ),
+      );
+      // a lock extended later (verify, keepLatestLocked) shows at the next scrape
+      add("etc", "2026-11-04T03:00:00Z", "2026-12-04T03:00:00Z", "ok");
+      assert.match(
+        await metrics.registry.metrics(),
+        new RegExp(`\\{job="etc"\\} ${at("2026-12-04T03:00:00Z")}\\n`),
+      );
+      // a failing catalog does not break /metrics
+      metrics.lockHorizonsFrom(() => {
+        throw new Error("disk I/O error");
+      });
+      assert.match(await metrics.registry.metrics(), /immutd_up 1/);
+    } finally {
+      catalog.close();
+    }
   });
 });
