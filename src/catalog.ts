@@ -515,6 +515,23 @@ export class Catalog {
     return { lastRun, lastSuccess };
   }
 
+  /**
+   * Each job's lock horizon: the retain-until of its newest backup that was
+   * good (ok, or expired: its lock has run out), the earliest if several share
+   * that time. For /metrics, whoever made the backup or extended its lock.
+   */
+  lockHorizons(): { job: string; retainUntil: string }[] {
+    return this.db
+      .prepare(
+        `SELECT job, MIN(retain_until) AS retainUntil FROM backups b
+         WHERE status IN ('ok', 'expired') AND retain_until IS NOT NULL
+           AND created_at = (SELECT MAX(created_at) FROM backups
+                             WHERE job = b.job AND status IN ('ok', 'expired'))
+         GROUP BY job`,
+      )
+      .all() as { job: string; retainUntil: string }[];
+  }
+
   /** Whether the catalog can be written now (for /healthz). */
   writable(): boolean {
     try {

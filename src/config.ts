@@ -154,8 +154,12 @@ export type NotifyEvent = "start" | "success" | "failure";
 export interface NotifyConfig {
   url: string;
   events: NotifyEvent[];
-  /** json: POST a JSON object; text: POST one human line (ntfy style); ping: POST with no body (Healthchecks style). */
-  format: "json" | "text" | "ping";
+  /**
+   * json: POST a JSON object; text: POST one human line; ping: POST with no body
+   * (Healthchecks); ntfy: the line with Title, Priority and Tags; uptime-kuma: GET
+   * a push URL with status=up|down&msg=; apprise: Apprise API's JSON.
+   */
+  format: (typeof NOTIFY_FORMATS)[number];
   timeoutSeconds: number;
 }
 
@@ -315,15 +319,21 @@ function checkCron(expr: string, ctx: z.RefinementCtx): void {
   }
 }
 
-const notifySchema = z.strictObject({
-  url: httpUrl("fetch refuses it; put the token in the path or query"),
-  events: z
-    .array(z.enum(["start", "success", "failure"]))
-    .min(1)
-    .default([...DEFAULTS.notifyEvents]),
-  format: z.enum(["json", "text", "ping"]).default(DEFAULTS.notifyFormat),
-  timeoutSeconds: z.number().int().min(1).max(300).default(DEFAULTS.notifyTimeoutSeconds),
-});
+export const NOTIFY_FORMATS = ["json", "text", "ping", "ntfy", "uptime-kuma", "apprise"] as const;
+const notifySchema = z
+  .strictObject({
+    url: httpUrl("fetch refuses it; put the token in the path or query"),
+    events: z
+      .array(z.enum(["start", "success", "failure"]))
+      .min(1)
+      .default([...DEFAULTS.notifyEvents]),
+    format: z.enum(NOTIFY_FORMATS).default(DEFAULTS.notifyFormat),
+    timeoutSeconds: z.number().int().min(1).max(300).default(DEFAULTS.notifyTimeoutSeconds),
+  })
+  .refine((n) => !(n.format === "uptime-kuma" && n.events.includes("start")), {
+    message: "uptime-kuma knows only up and down: leave start out of events",
+    path: ["events"],
+  });
 
 const timezoneSchema = z.string().refine((tz) => {
   try {

@@ -23,7 +23,7 @@ import { startHttp } from "./http.js";
 import { acquireLock, type Lock } from "./lockfile.js";
 import type { Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
-import { Notifier } from "./notify.js";
+import { Notifier, resultPayload } from "./notify.js";
 import { reconcile } from "./recovery.js";
 import { missedRun, nextRun } from "./schedule.js";
 import { closeTarget, openTarget } from "./store/s3.js";
@@ -100,6 +100,8 @@ export class Daemon {
     );
     try {
       this.#catalog = Catalog.open(cfg.catalog);
+      const catalog = this.#catalog;
+      this.#metrics.lockHorizonsFrom(() => catalog.lockHorizons());
       for (const w of this.#catalog.warnings) this.#log.warn(w);
       await this.#recover();
       if (cfg.http) {
@@ -196,21 +198,7 @@ export class Daemon {
         signal: controller.signal,
       });
       this.#metrics.finished(r, startedAt);
-      this.#notifier.send(notify, {
-        event: r.status === "succeeded" ? "success" : "failure",
-        job: name,
-        host: cfg.host,
-        status: r.status,
-        runId: r.runId,
-        key: r.key,
-        bytes: r.bytes,
-        files: r.files,
-        warnings: r.warnings,
-        durationMs: r.durationMs,
-        ...(r.versionId ? { versionId: r.versionId } : {}),
-        ...(r.error ? { error: r.error } : {}),
-        time: new Date().toISOString(),
-      });
+      this.#notifier.send(notify, resultPayload(r, cfg.host));
     } catch (err) {
       if (err instanceof LockHeldError) this.#log.warn({ job: name }, `${err.message}; skipped`);
       else if (!(err instanceof CancelledError)) {

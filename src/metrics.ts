@@ -1,8 +1,9 @@
 /**
  * Prometheus metrics of the daemon (prom-client): per job the last success,
  * last run's status, duration, bytes, files and warnings, the next scheduled
- * time and whether it is running now; verification's findings and schedule;
- * the auditor's newest backup, due time and findings per host and job;
+ * time, whether it is running now and its lock horizon (read from the catalog
+ * at each scrape); verification's findings and schedule; the auditor's newest
+ * backup, due time and findings per host and job;
  * whether the last config reload worked (named as Prometheus names its own).
  */
 import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
@@ -44,6 +45,23 @@ export class Metrics {
     "Unix time of the job's next scheduled run",
   );
   readonly #running = this.#gauge("immutd_job_running", "1 while the job runs");
+  #readHorizons: () => readonly { job: string; retainUntil: string }[] = () => [];
+  readonly #lockHorizon: Gauge<"job"> = new Gauge({
+    name: "immutd_job_lock_horizon_timestamp_seconds",
+    help: "Unix time the lock of the job's newest good backup runs out (its retain-until)",
+    labelNames: ["job"],
+    registers: [this.registry],
+    collect: () => {
+      let rows: readonly { job: string; retainUntil: string }[];
+      try {
+        rows = this.#readHorizons();
+      } catch {
+        return; // the catalog failed (/healthz says so): keep the last values
+      }
+      this.#lockHorizon.reset();
+      for (const r of rows) this.#lockHorizon.set({ job: r.job }, Date.parse(r.retainUntil) / 1000);
+    },
+  });
   readonly #findings = new Gauge({
     name: "immutd_verify_findings",
     help: "Findings of the last verification, by kind (0 when it passed)",
@@ -119,6 +137,11 @@ export class Metrics {
 
   lastSuccess(job: string, at: Date): void {
     this.#lastSuccess.set({ job }, at.getTime() / 1000);
+  }
+
+  /** Where the lock horizons come from (the catalog), read at each scrape. */
+  lockHorizonsFrom(read: () => readonly { job: string; retainUntil: string }[]): void {
+    this.#readHorizons = read;
   }
 
   running(job: string, yes: boolean): void {

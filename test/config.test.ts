@@ -211,6 +211,20 @@ describe("immutd config check (CLI)", () => {
     assert.match(r.stdout, /url: https:\/\/ntfy\.example\.com\n/);
   });
 
+  it("accepts the ntfy, uptime-kuma and apprise notify formats; uptime-kuma without a start event", () => {
+    const hooks = (format: string, events = "") =>
+      valid(`notify:\n  - { url: "https://push.example/t", format: ${format}${events} }\n`);
+    for (const format of ["ntfy", "uptime-kuma", "apprise"]) {
+      const { config } = parseConfig(hooks(format), "/x/config.yaml", { env });
+      assert.equal(config.notify[0]?.format, format);
+    }
+    assert.match(
+      problem(hooks("uptime-kuma", ", events: [start, failure]")),
+      /notify\[0\]\.events: uptime-kuma knows only up and down/,
+    );
+    assert.match(problem(hooks("slack")), /notify\[0\]\.format/);
+  });
+
   it("hides the password of URLs in hook and command lines, and the path of http(s) URLs (ping tokens)", async () => {
     const file = join(dir, "commands.yaml");
     const job =

@@ -161,6 +161,9 @@ ${jobs.replaceAll("DIR", dir)}`,
       assert.match(metrics, /immutd_job_last_success_timestamp_seconds\{job="tick"\} \d+/);
       assert.match(metrics, /immutd_job_last_run_status\{job="tick",status="succeeded"\} 1/);
       assert.match(metrics, /immutd_job_next_run_timestamp_seconds\{job="tick"\} \d+/);
+      // the newest backup's retain-until (1 day ahead: the bucket's retention), from the catalog
+      const horizon = /immutd_job_lock_horizon_timestamp_seconds\{job="tick"\} (\d+)/.exec(metrics);
+      assert.ok(horizon && Number(horizon[1]) > Date.now() / 1000 + 23 * 3600, metrics);
 
       // a second daemon on the same catalog refuses to start
       const second = await runCli(["--config", e.cfg, "run"], { env: cliEnv, timeoutMs: 30_000 });

@@ -56,7 +56,7 @@ describe("npm package", () => {
   after(() => rmSync(work, { recursive: true, force: true }));
   let tarball = "";
 
-  it("packs compiled JavaScript, the example config, README and the systemd files only", (t) => {
+  it("packs compiled JavaScript, the example config, README, the systemd and monitoring files only", (t) => {
     // --ignore-scripts: the suite has just built dist/ (prepack would rebuild it under running tests).
     const out = execFileSync(
       "npm",
@@ -78,7 +78,7 @@ describe("npm package", () => {
     for (const p of paths) {
       assert.match(
         p,
-        /^(dist\/src\/.+\.js(\.map)?|package\.json|README\.md|config\.example\.yaml|systemd\/.+)$/,
+        /^(dist\/src\/.+\.js(\.map)?|package\.json|README\.md|config\.example\.yaml|systemd\/.+|monitoring\/.+)$/,
         `unexpected file in the package: ${p}`,
       );
     }
@@ -87,8 +87,14 @@ describe("npm package", () => {
       "config.example.yaml",
       "README.md",
       "systemd/immutd.service",
+      "systemd/immutd-backup@.service",
+      "systemd/immutd-backup@.timer",
+      "systemd/immutd-verify.service",
+      "systemd/immutd-verify.timer",
       "systemd/sysusers.d/immutd.conf",
       "systemd/tmpfiles.d/immutd.conf",
+      "monitoring/immutd.rules.yml",
+      "monitoring/grafana-dashboard.json",
     ]) {
       assert.ok(paths.includes(p ?? ""), `the package contains ${p}`);
     }

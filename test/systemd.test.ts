@@ -25,33 +25,13 @@ import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_CONFIG_PATH, parseConfig } from "../src/config.js";
 import { CLI, runCli } from "./support/cli.js";
+import { settings } from "./support/unit-file.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const UNIT = join(REPO, "systemd/immutd.service");
 const unitText = readFileSync(UNIT, "utf8");
 const work = mkdtempSync(join(tmpdir(), "immutd-systemd-"));
 after(() => rmSync(work, { recursive: true, force: true }));
-
-/** The [Service] settings, each key with all its values in order (comments dropped). */
-function settings(text: string, section = "Service"): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  let current = "";
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (line === "" || line.startsWith("#") || line.startsWith(";")) continue;
-    const head = /^\[(.+)\]$/.exec(line);
-    if (head) {
-      current = head[1] ?? "";
-      continue;
-    }
-    if (current !== section) continue;
-    const eq = line.indexOf("=");
-    assert.ok(eq > 0, `not a setting: ${line}`);
-    const key = line.slice(0, eq);
-    out.set(key, [...(out.get(key) ?? []), line.slice(eq + 1)]);
-  }
-  return out;
-}
 
 const service = settings(unitText);
 const one = (key: string): string | undefined => {

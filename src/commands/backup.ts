@@ -8,6 +8,7 @@ import {
   UsageError,
   WarningsError,
 } from "../errors.js";
+import { Notifier, resultPayload } from "../notify.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
 import { reconcile } from "../recovery.js";
 import { onStopSignals } from "../signals.js";
@@ -28,6 +29,10 @@ them to the process group, are one request).
 
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice. A job without schedule (manual only) runs here like any other.
+
+The notify webhooks (start, success, failure) are sent as the daemon sends
+them; before it exits the command waits for them at most the largest
+timeoutSeconds, and a receiver that fails never changes the exit code.
 
 --dry-run walks each job's paths exactly as its backup would (the same
 exclude, excludeFrom, excludeIfPresent and oneFileSystem) and prints the
@@ -82,6 +87,9 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
   };
   const results: BackupResult[] = [];
   const locked: string[] = [];
+  // The same webhooks as the daemon's runs (a systemd timer or cron has no daemon).
+  const notifier = new Notifier(ctx.log);
+  const notify = (job: JobConfig) => [...ctx.config.notify, ...job.notify];
   try {
     // Without a daemon (cron), this is where a crashed run of these jobs is recovered.
     await reconcile({
@@ -100,6 +108,9 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
       if (!tc) throw new UsageError(`job ${job.name}: unknown target ${job.target}`);
       const progress = new ProgressLine(job.name);
       let result: BackupResult;
+      const host = ctx.config.host;
+      const time = new Date().toISOString();
+      notifier.send(notify(job), { event: "start", job: job.name, host, status: "running", time });
       try {
         result = await runBackup(job, {
           config: ctx.config,
@@ -118,10 +129,15 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
         continue;
       }
       progress.clear();
+      notifier.send(notify(job), resultPayload(result, host));
       results.push(result);
       if (process.stderr.isTTY) process.stderr.write(`${summary(result, tc.bucket)}\n`);
     }
   } finally {
+    // A stalled receiver delays the exit by at most one attempt's timeout, never
+    // fails it; signals stay handled meanwhile (a second one exits at once).
+    const all = [...ctx.config.notify, ...jobs.flatMap((j) => j.notify)];
+    await notifier.close(Math.max(0, ...all.map((n) => n.timeoutSeconds)) * 1000);
     removeSignals();
     for (const t of targets.values()) closeTarget(t);
   }
