@@ -8,10 +8,9 @@
  * after the files were written: the error says the restore is incomplete and
  * leaves what was written in place for the operator to judge.
  */
-import type { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { createGunzip } from "node:zlib";
-import { HashingCounter } from "./backup.js";
+import { decoderFor } from "./pipeline/codec.js";
+import { HashingCounter } from "./pipeline/hash.js";
 import type { Catalog } from "./catalog.js";
 import type { Compression, Config, JobConfig } from "./config.js";
 import { UsageError } from "./errors.js";
@@ -199,7 +198,7 @@ export interface RestoreSummary {
 
 /**
  * The whole-archive restore: source (download) → hash and count → codec
- * (decodeStage) → tar reader → extractor, lister or raw output; then the size
+ * (pipeline/codec.ts decoderFor) → tar reader → extractor, lister or raw output; then the size
  * and SHA-256 over every byte.
  */
 export async function restore(
@@ -213,7 +212,7 @@ export async function restore(
   const body = await download(reader, src, opts);
   let files = 0;
   const hasher = new HashingCounter((n) => opts.onProgress?.({ bytes: n, files }));
-  const decode = decodeStage(src.compression);
+  const decode = decoderFor(src.compression);
 
   let out: TarOutcome = {};
   let failure: unknown;
@@ -255,14 +254,6 @@ export async function restore(
     ...(out.listing !== undefined ? { listed: out.listing.listed } : {}),
     durationMs: Date.now() - started,
   };
-}
-
-/**
- * The codec stage of the restore pipeline: what turns the stored bytes back
- * into a tar stream. Empty for an uncompressed archive.
- */
-export function decodeStage(compression: Compression): Transform[] {
-  return compression === "gzip" ? [createGunzip()] : [];
 }
 
 export interface TarOutcome {
