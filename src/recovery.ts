@@ -40,7 +40,7 @@ import { describeError, StorageError } from "./errors.js";
 import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
 import type { Logger } from "./log.js";
 import { jobPrefix, parseObjectKey } from "./naming.js";
-import { retry } from "./retry.js";
+import { RetryPolicy, retry, withSignal } from "./retry.js";
 import type { Retention, Target } from "./store/store.js";
 
 export interface ReconcileDeps {
@@ -74,7 +74,6 @@ export interface ReconcileReport {
 
 /** Run ended by recovery; the daemon test and operators search for this text. */
 const CLOSED = "immutd stopped without finishing this run (crash, kill or power loss)";
-const RETRY = { attempts: 4, lagAttempts: 2, baseMs: 250 };
 
 export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
   const { config, catalog, log } = deps;
@@ -127,7 +126,7 @@ async function recoverRun(
     return [];
   }
   const target = deps.target(tc.name);
-  const opts = { ...RETRY, ...(deps.signal ? { signal: deps.signal } : {}) };
+  const opts = withSignal(RetryPolicy.read, deps.signal);
   let versions: { versionId: string; size: number }[];
   try {
     versions = (await retry(() => target.reader.listVersions(key), opts)).filter(
