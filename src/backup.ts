@@ -31,7 +31,8 @@ import type { Logger } from "./log.js";
 import { encodeManifest, MANIFEST_FORMAT, type Manifest, ManifestIndex } from "./manifest.js";
 import { manifestKey, objectKey } from "./naming.js";
 import { retry } from "./retry.js";
-import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
+import { withReadFallback } from "./store/fallback.js";
+import type { BucketLockState, Retention, Target } from "./store/store.js";
 
 export interface BackupProgress {
   /** Archive bytes handed to the uploader so far (after compression). */
@@ -456,19 +457,6 @@ export async function preflight(target: Target, t: TargetConfig): Promise<Bucket
   const [problem] = lockProblems(state, t);
   if (problem) throw new RefusedError(`${problem.message}; nothing was uploaded`);
   return state;
-}
-
-/**
- * Reads with the reader credentials; falls back to the writer only where the
- * reader is refused (a reader without bucket-level permissions).
- */
-async function withReadFallback<T>(target: Target, fn: (s: ObjectStore) => Promise<T>): Promise<T> {
-  try {
-    return await fn(target.reader);
-  } catch (err) {
-    if (err instanceof StorageError && err.status === 403) return await fn(target.writer);
-    throw err;
-  }
 }
 
 /**
