@@ -10,7 +10,7 @@ import {
   selectFromBucket,
   selectFromCatalog,
 } from "../restore.js";
-import { onStopSignals } from "../signals.js";
+import { cancelOnStopSignals } from "../signals.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import { parseTimeBound } from "../time.js";
 import { selectJobs } from "./backup.js";
@@ -164,17 +164,13 @@ export async function restoreCommand(
     }
 
     const controller = new AbortController();
-    const removeSignals = onStopSignals({
-      log: ctx.log,
-      stop: (sig) => {
-        ctx.log.warn(`${sig} received: stopping the restore; send it again to exit at once`);
-        controller.abort(
-          new CancelledError(
-            `restore cancelled by ${sig}; files already written were left in place`,
-          ),
-        );
-      },
-    });
+    const removeSignals = cancelOnStopSignals(
+      controller,
+      ctx.log,
+      "stopping the restore",
+      (sig) =>
+        new CancelledError(`restore cancelled by ${sig}; files already written were left in place`),
+    );
     const progress = new ProgressLine(`restore ${job.name}`);
     ctx.log.info(
       {
