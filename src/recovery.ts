@@ -41,6 +41,7 @@ import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
 import type { Logger } from "./log.js";
 import { jobPrefix, parseObjectKey } from "./naming.js";
 import { RetryPolicy, retry, withSignal } from "./retry.js";
+import { isRefused } from "./store/fallback.js";
 import type { Retention, Target } from "./store/store.js";
 
 export interface ReconcileDeps {
@@ -269,7 +270,5 @@ async function abortDeadUploads(
 }
 
 function permissionHint(err: unknown): string {
-  return err instanceof StorageError && err.status === 403
-    ? " (the reader lists uploads, the writer aborts them)"
-    : "";
+  return isRefused(err) ? " (the reader lists uploads, the writer aborts them)" : "";
 }
