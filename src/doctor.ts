@@ -201,17 +201,27 @@ export function judgeBucket(
           message: `${d ? describeRetention(d) : "none"} (configured: ${describeRetention(t.retention)})`,
         },
   );
+  out.push(judgeLifecycle(rules, t, hasAdmin, lifecycleError));
+  return out;
+}
+
+/** Pure: the lifecycle line (rules undefined: no credential may read them). */
+function judgeLifecycle(
+  rules: readonly LifecycleRule[] | undefined,
+  t: TargetConfig,
+  hasAdmin: boolean,
+  lifecycleError: string | undefined,
+): Omit<Check, "target"> {
   if (lifecycleError !== undefined) {
-    out.push({
+    return {
       name: "lifecycle",
       status: "WARN",
       message: `not checked: reading the lifecycle rules failed: ${lifecycleError}`,
       fix: "run doctor again; if it persists, check the endpoint and credentials",
-    });
-    return out;
+    };
   }
   if (rules === undefined) {
-    out.push({
+    return {
       name: "lifecycle",
       status: "WARN",
       message:
@@ -219,28 +229,24 @@ export function judgeBucket(
       fix: hasAdmin
         ? "give the admin credential s3:GetLifecycleConfiguration"
         : `configure targets.${t.name}.credentials.admin (the bucket owner) so that doctor and verify can read them`,
-    });
-    return out;
+    };
   }
   const bad = lifecycleProblems(rules, t);
+  if (bad.length) return failed("lifecycle", bad);
   const missing = missingLifecycle(rules, t);
-  if (bad.length) {
-    out.push(failed("lifecycle", bad));
-  } else if (missing.length) {
-    out.push({
+  if (missing.length) {
+    return {
       name: "lifecycle",
       status: "WARN",
       message: `immutd's cleanup rules are missing or disabled: ${missing.join(", ")}`,
       fix: `run \`immutd init ${t.name}\` to add them (old versions, delete markers and aborted uploads would otherwise stay)`,
-    });
-  } else {
-    out.push({
-      name: "lifecycle",
-      status: "OK",
-      message: "immutd's cleanup rules are set; no rule expires backups inside the retention",
-    });
+    };
   }
-  return out;
+  return {
+    name: "lifecycle",
+    status: "OK",
+    message: "immutd's cleanup rules are set; no rule expires backups inside the retention",
+  };
 }
 
 /** One FAIL line for problems found by the checks verify shares: their messages and fixes. */

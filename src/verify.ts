@@ -633,8 +633,47 @@ async function checkBackup(
   deep: boolean | undefined,
   masterKey: Buffer,
 ): Promise<Finding[]> {
-  const reader = target.reader;
+  const seen = await observe(row, target.reader, catalog, signal);
+  const judged = judgeBackup(row, seen, tc);
+  let { findings, status } = judged;
   let locked: Retention | undefined;
+  if (status === "unlocked" && configuredEnd(row, tc) > now.getTime()) {
+    const relocked = await relock(row, tc, target, catalog, seen, now, signal);
+    if (relocked.ok) status = "ok";
+    locked = relocked.after;
+    findings = findings.map((f) =>
+      LOCK_KINDS.has(f.kind) ? { ...f, message: f.message + relocked.outcome } : f,
+    );
+  }
+  // A deep run settles an unverified backup; until one does, it is a finding.
+  if (row.status === "unverified" && !deep) {
+    findings.push({
+      kind: "unverified",
+      message: `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId} was found by crash recovery and its SHA-256 is unknown; run immutd verify --deep --job ${row.job} to settle it`,
+    });
+  }
+  recordObserved(row, catalog, log, status, seen.retention);
+  findings.push(
+    ...(await checkManifest(row, target, masterKey, locked ?? seen.retention, now, signal)),
+  );
+  return findings.map((f) => ({
+    ...f,
+    target: tc.name,
+    bucket: row.bucket,
+    job: row.job,
+    key: row.key,
+    versionId: row.versionId,
+    backupId: row.id,
+  }));
+}
+
+/** What the server shows for one backup: HEAD with its SSE-C key, then its retention. */
+async function observe(
+  row: BackupRow,
+  reader: ObjectStore,
+  catalog: Catalog,
+  signal: AbortSignal | undefined,
+): Promise<Observed> {
   const sseKey = catalog.backupKey(row.id) as Buffer;
   const opts = withSignal(RetryPolicy.read, signal);
   const seen: Observed = {};
@@ -654,42 +693,51 @@ async function checkBackup(
       ...(refusal ? { refusal: refusal.text } : {}),
     };
   }
-  const judged = judgeBackup(row, seen, tc);
-  let { findings, status } = judged;
-  if (status === "unlocked" && configuredEnd(row, tc) > now.getTime()) {
-    // Lock it for its configured period now (extend-only), and say so in each finding.
-    const wanted = requiredLock(row, tc);
-    const lock = await lockAtLeast(target, row.key, row.versionId, wanted, {
-      now,
-      slackMs: LOCK_SLACK_MS,
-      before: seen.retention,
-      ...(signal ? { signal } : {}),
-    });
-    if (lock.changed && lock.after) {
-      catalog.recordLockExtension({
-        backupId: row.id,
-        from: seen.retention?.retainUntil ?? null,
-        to: lock.after.retainUntil,
-        mode: lock.after.mode,
-        at: now,
-      });
-    }
-    const outcome = lock.problem
-      ? `; locking it for its configured period failed: ${lock.problem}`
-      : `; verify locked it ${lock.after?.mode} until ${lock.after?.retainUntil.toISOString()}`;
-    if (!lock.problem) status = "ok";
-    locked = lock.after;
-    findings = findings.map((f) =>
-      LOCK_KINDS.has(f.kind) ? { ...f, message: f.message + outcome } : f,
-    );
-  }
-  // A deep run settles an unverified backup; until one does, it is a finding.
-  if (row.status === "unverified" && !deep) {
-    findings.push({
-      kind: "unverified",
-      message: `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId} was found by crash recovery and its SHA-256 is unknown; run immutd verify --deep --job ${row.job} to settle it`,
+  return seen;
+}
+
+/**
+ * Locks an unlocked backup for its configured period now (extend-only);
+ * `outcome` is the clause each lock finding gets, `after` the lock it has.
+ */
+async function relock(
+  row: BackupRow,
+  tc: TargetConfig,
+  target: Target,
+  catalog: Catalog,
+  seen: Observed,
+  now: Date,
+  signal: AbortSignal | undefined,
+): Promise<{ ok: boolean; outcome: string; after: Retention | undefined }> {
+  const lock = await lockAtLeast(target, row.key, row.versionId, requiredLock(row, tc), {
+    now,
+    slackMs: LOCK_SLACK_MS,
+    before: seen.retention,
+    ...(signal ? { signal } : {}),
+  });
+  if (lock.changed && lock.after) {
+    catalog.recordLockExtension({
+      backupId: row.id,
+      from: seen.retention?.retainUntil ?? null,
+      to: lock.after.retainUntil,
+      mode: lock.after.mode,
+      at: now,
     });
   }
+  const outcome = lock.problem
+    ? `; locking it for its configured period failed: ${lock.problem}`
+    : `; verify locked it ${lock.after?.mode} until ${lock.after?.retainUntil.toISOString()}`;
+  return { ok: !lock.problem, outcome, after: lock.after };
+}
+
+/** The catalog follows what was seen: the status, and a retain-until the server extended. */
+function recordObserved(
+  row: BackupRow,
+  catalog: Catalog,
+  log: Logger,
+  status: BackupRow["status"] | undefined,
+  r: Retention | undefined,
+): void {
   // An unverified backup's status is settled by the deep check alone.
   if (status !== undefined && status !== row.status && row.status !== "unverified") {
     catalog.setBackupStatus(row.id, status);
@@ -700,7 +748,6 @@ async function checkBackup(
       );
     }
   }
-  const r = seen.retention;
   if (
     r &&
     // A row recorded before its lock was read back (a kill in between) has none yet.
@@ -709,16 +756,6 @@ async function checkBackup(
   ) {
     catalog.adoptRetainUntil(row.id, r.retainUntil, r.mode);
   }
-  findings.push(...(await checkManifest(row, target, masterKey, locked ?? r, now, signal)));
-  return findings.map((f) => ({
-    ...f,
-    target: tc.name,
-    bucket: row.bucket,
-    job: row.job,
-    key: row.key,
-    versionId: row.versionId,
-    backupId: row.id,
-  }));
 }
 
 /**
@@ -883,35 +920,41 @@ async function deepCheck(
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("verify cancelled");
     // The archive did not read: hash the raw bytes to tell corruption from a bad download.
-    const listError = describeError(err);
-    try {
-      const raw = await restore(
-        reader,
-        unchecked as RestoreSource,
-        { kind: "raw", out: sink() },
-        signal ? { signal } : {},
-      );
-      const bad = mismatch(raw.bytes, raw.sha256);
-      catalog.setBackupStatus(row.id, "corrupt");
-      return {
-        result: result(false, raw.bytes),
-        finding: bad ?? {
-          ...base,
-          kind: "archive-unreadable",
-          message: `${what}: its bytes match the catalog, but the archive does not read to the end (${listError}); marked corrupt`,
-        },
-      };
-    } catch (rawErr) {
-      if (signal?.aborted) throw new CancelledError("verify cancelled");
+    const raw = await rawDigest(reader, unchecked as RestoreSource, signal);
+    if ("error" in raw) {
       return {
         result: result(false, 0),
         finding: {
           ...base,
           kind: "check-failed",
-          message: `${what}: download failed: ${describeError(rawErr)}`,
+          message: `${what}: download failed: ${raw.error}`,
         },
       };
     }
+    catalog.setBackupStatus(row.id, "corrupt");
+    return {
+      result: result(false, raw.bytes),
+      finding: mismatch(raw.bytes, raw.sha256) ?? {
+        ...base,
+        kind: "archive-unreadable",
+        message: `${what}: its bytes match the catalog, but the archive does not read to the end (${describeError(err)}); marked corrupt`,
+      },
+    };
+  }
+}
+
+/** The size and SHA-256 of a backup's decrypted bytes as stored, or why the download failed. */
+async function rawDigest(
+  reader: ObjectStore,
+  src: RestoreSource,
+  signal: AbortSignal | undefined,
+): Promise<{ bytes: number; sha256: string } | { error: string }> {
+  try {
+    const raw = await restore(reader, src, { kind: "raw", out: sink() }, signal ? { signal } : {});
+    return { bytes: raw.bytes, sha256: raw.sha256 };
+  } catch (err) {
+    if (signal?.aborted) throw new CancelledError("verify cancelled");
+    return { error: describeError(err) };
   }
 }
 
