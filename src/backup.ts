@@ -33,7 +33,8 @@ import { HashingCounter } from "./pipeline/hash.js";
 import { runStages, type Streamed } from "./pipeline/index.js";
 import { s3Sink } from "./pipeline/sink.js";
 import { retry } from "./retry.js";
-import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
+import { withReadFallback } from "./store/fallback.js";
+import type { BucketLockState, Retention, Target } from "./store/store.js";
 
 /** Restore hashes what it downloads with the same stage. */
 export { HashingCounter } from "./pipeline/hash.js";
@@ -539,19 +540,6 @@ export async function preflight(target: Target, t: TargetConfig): Promise<Bucket
   const [problem] = lockProblems(state, t);
   if (problem) throw new RefusedError(`${problem.message}; nothing was uploaded`);
   return state;
-}
-
-/**
- * Reads with the reader credentials; falls back to the writer only where the
- * reader is refused (a reader without bucket-level permissions).
- */
-async function withReadFallback<T>(target: Target, fn: (s: ObjectStore) => Promise<T>): Promise<T> {
-  try {
-    return await fn(target.reader);
-  } catch (err) {
-    if (err instanceof StorageError && err.status === 403) return await fn(target.writer);
-    throw err;
-  }
 }
 
 /**

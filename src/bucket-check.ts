@@ -215,31 +215,7 @@ export interface BucketSnapshot {
 export function planInit(current: BucketSnapshot, t: TargetConfig): InitPlan {
   const wanted = { mode: t.retention.mode, days: t.retention.days };
   const rules = desiredLifecycle(t);
-  if (!current.exists) {
-    return {
-      steps: [
-        {
-          setting: "bucket",
-          action: "create",
-          detail: "create with Object Lock (versioning comes with it)",
-        },
-        {
-          setting: "default retention",
-          action: "set",
-          detail: `none → ${describeRetention(wanted)}`,
-        },
-        ...rules.map((r) => ({
-          setting: `lifecycle ${r.id}`,
-          action: "add" as const,
-          detail: describeRule(r),
-        })),
-      ],
-      createBucket: true,
-      defaultRetention: wanted,
-      lifecycle: rules,
-      problems: [],
-    };
-  }
+  if (!current.exists) return planNewBucket(wanted, rules);
 
   const lock = current.lock as BucketLockState;
   const steps: InitStep[] = [{ setting: "bucket", action: "ok", detail: "exists" }];
@@ -263,40 +239,88 @@ export function planInit(current: BucketSnapshot, t: TargetConfig): InitPlan {
   }
 
   const plan: InitPlan = { steps, createBucket: false, problems };
-  const d = lock.defaultRetention;
+  const retention = planRetention(lock.defaultRetention, wanted, steps);
+  if (retention) plan.defaultRetention = retention;
+  const existing = planLifecycle(current.lifecycle ?? [], rules, steps);
+  if (existing.changed) plan.lifecycle = existing.rules;
+  plan.problems.push(...lifecycleProblems(existing.rules, t));
+  return plan;
+}
+
+type PlannedRetention = NonNullable<InitPlan["defaultRetention"]>;
+
+/** Everything, for a bucket that does not exist yet. */
+function planNewBucket(wanted: PlannedRetention, rules: LifecycleRule[]): InitPlan {
+  return {
+    steps: [
+      {
+        setting: "bucket",
+        action: "create",
+        detail: "create with Object Lock (versioning comes with it)",
+      },
+      {
+        setting: "default retention",
+        action: "set",
+        detail: `none → ${describeRetention(wanted)}`,
+      },
+      ...rules.map((r) => ({
+        setting: `lifecycle ${r.id}`,
+        action: "add" as const,
+        detail: describeRule(r),
+      })),
+    ],
+    createBucket: true,
+    defaultRetention: wanted,
+    lifecycle: rules,
+    problems: [],
+  };
+}
+
+/** The default retention to set (the stricter of bucket and config), or undefined to leave it; adds its step. */
+function planRetention(
+  d: BucketLockState["defaultRetention"],
+  wanted: PlannedRetention,
+  steps: InitStep[],
+): PlannedRetention | undefined {
   if (!d) {
-    plan.defaultRetention = wanted;
     steps.push({
       setting: "default retention",
       action: "set",
       detail: `none → ${describeRetention(wanted)}`,
     });
-  } else {
-    const merged = { mode: stricterMode(d.mode, wanted.mode), days: Math.max(d.days, wanted.days) };
-    if (merged.mode === d.mode && merged.days === d.days) {
-      const stricter = !(d.mode === wanted.mode && d.days === wanted.days);
-      steps.push({
-        setting: "default retention",
-        action: stricter ? "kept" : "ok",
-        detail: stricter
-          ? `${describeRetention(d)} is stricter than the configured ${describeRetention(wanted)}; left as it is (init never weakens)`
-          : describeRetention(d),
-      });
-    } else {
-      plan.defaultRetention = merged;
-      steps.push({
-        setting: "default retention",
-        action: "update",
-        detail: `${describeRetention(d)} → ${describeRetention(merged)}${
-          merged.mode !== wanted.mode || merged.days !== wanted.days
-            ? " (the stricter of bucket and config)"
-            : ""
-        }`,
-      });
-    }
+    return wanted;
   }
+  const merged = { mode: stricterMode(d.mode, wanted.mode), days: Math.max(d.days, wanted.days) };
+  if (merged.mode === d.mode && merged.days === d.days) {
+    const stricter = !(d.mode === wanted.mode && d.days === wanted.days);
+    steps.push({
+      setting: "default retention",
+      action: stricter ? "kept" : "ok",
+      detail: stricter
+        ? `${describeRetention(d)} is stricter than the configured ${describeRetention(wanted)}; left as it is (init never weakens)`
+        : describeRetention(d),
+    });
+    return undefined;
+  }
+  steps.push({
+    setting: "default retention",
+    action: "update",
+    detail: `${describeRetention(d)} → ${describeRetention(merged)}${
+      merged.mode !== wanted.mode || merged.days !== wanted.days
+        ? " (the stricter of bucket and config)"
+        : ""
+    }`,
+  });
+  return merged;
+}
 
-  const existing = [...(current.lifecycle ?? [])];
+/** The bucket's rules with immutd's added or strengthened (others' left alone); adds a step per rule. */
+function planLifecycle(
+  current: readonly LifecycleRule[],
+  rules: readonly LifecycleRule[],
+  steps: InitStep[],
+): { rules: LifecycleRule[]; changed: boolean } {
+  const existing = [...current];
   let changed = false;
   for (const want of rules) {
     const i = existing.findIndex((r) => r.id === want.id);
@@ -327,9 +351,7 @@ export function planInit(current: BucketSnapshot, t: TargetConfig): InitPlan {
       });
     }
   }
-  if (changed) plan.lifecycle = existing;
-  plan.problems.push(...lifecycleProblems(existing, t));
-  return plan;
+  return { rules: existing, changed };
 }
 
 function sameActions(a: LifecycleRule, b: LifecycleRule): boolean {

@@ -403,10 +403,7 @@ export class Catalog {
    */
   abandonedRuns(): RunRow[] {
     const rows = this.db
-      .prepare(
-        `SELECT id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
-           finished_at AS finishedAt, status, bytes, files, warnings, error, pid FROM runs WHERE status = 'running'`,
-      )
+      .prepare(`SELECT ${RUN_COLUMNS}, pid FROM runs WHERE status = 'running'`)
       .all() as (RunRow & { pid: number | null })[];
     return rows.filter((r) => this.#dead(r.id, r.pid));
   }

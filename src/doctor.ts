@@ -31,9 +31,9 @@ import {
   missingLifecycle,
 } from "./bucket-check.js";
 import type { Config, TargetConfig } from "./config.js";
-import { describeError, explainReadRefusal, StorageError } from "./errors.js";
+import { describeError, explainReadRefusal, refusalWords, StorageError } from "./errors.js";
 import type { Logger } from "./log.js";
-import { retry } from "./retry.js";
+import { RetryPolicy, retry } from "./retry.js";
 import {
   type BucketLockState,
   CANARY_DIR,
@@ -77,7 +77,6 @@ const DAY_MS = 86_400_000;
 /** S3 refuses signatures more than 15 minutes off. */
 const SKEW_FAIL_MS = 15 * 60_000;
 const SKEW_WARN_MS = 30_000;
-const RETRY = { attempts: 3, lagAttempts: 3, baseMs: 250 };
 
 type Outcome<T = void> = { ok: true; value: T } | { ok: false; error: unknown };
 
@@ -202,17 +201,27 @@ export function judgeBucket(
           message: `${d ? describeRetention(d) : "none"} (configured: ${describeRetention(t.retention)})`,
         },
   );
+  out.push(judgeLifecycle(rules, t, hasAdmin, lifecycleError));
+  return out;
+}
+
+/** Pure: the lifecycle line (rules undefined: no credential may read them). */
+function judgeLifecycle(
+  rules: readonly LifecycleRule[] | undefined,
+  t: TargetConfig,
+  hasAdmin: boolean,
+  lifecycleError: string | undefined,
+): Omit<Check, "target"> {
   if (lifecycleError !== undefined) {
-    out.push({
+    return {
       name: "lifecycle",
       status: "WARN",
       message: `not checked: reading the lifecycle rules failed: ${lifecycleError}`,
       fix: "run doctor again; if it persists, check the endpoint and credentials",
-    });
-    return out;
+    };
   }
   if (rules === undefined) {
-    out.push({
+    return {
       name: "lifecycle",
       status: "WARN",
       message:
@@ -220,28 +229,24 @@ export function judgeBucket(
       fix: hasAdmin
         ? "give the admin credential s3:GetLifecycleConfiguration"
         : `configure targets.${t.name}.credentials.admin (the bucket owner) so that doctor and verify can read them`,
-    });
-    return out;
+    };
   }
   const bad = lifecycleProblems(rules, t);
+  if (bad.length) return failed("lifecycle", bad);
   const missing = missingLifecycle(rules, t);
-  if (bad.length) {
-    out.push(failed("lifecycle", bad));
-  } else if (missing.length) {
-    out.push({
+  if (missing.length) {
+    return {
       name: "lifecycle",
       status: "WARN",
       message: `immutd's cleanup rules are missing or disabled: ${missing.join(", ")}`,
       fix: `run \`immutd init ${t.name}\` to add them (old versions, delete markers and aborted uploads would otherwise stay)`,
-    });
-  } else {
-    out.push({
-      name: "lifecycle",
-      status: "OK",
-      message: "immutd's cleanup rules are set; no rule expires backups inside the retention",
-    });
+    };
   }
-  return out;
+  return {
+    name: "lifecycle",
+    status: "OK",
+    message: "immutd's cleanup rules are set; no rule expires backups inside the retention",
+  };
 }
 
 /** One FAIL line for problems found by the checks verify shares: their messages and fixes. */
@@ -258,15 +263,6 @@ function checksumHeader(t: TargetConfig): string {
   return t.checksum === "md5" ? "Content-MD5" : `x-amz-checksum-${t.checksum}`;
 }
 
-/** Why a request was refused, in a few words (never credentials: errors carry none). */
-function refusal(err: unknown): string {
-  const m = describeError(err);
-  if (/object lock/i.test(m)) return "forbidden by Object Lock";
-  const status = statusOf(err);
-  if (/AccessDenied/.test(m) || status === 403) return "access denied";
-  return m;
-}
-
 export function canaryKey(t: TargetConfig, host: string, at: Date, tag = ""): string {
   const stamp = at
     .toISOString()
@@ -275,32 +271,103 @@ export function canaryKey(t: TargetConfig, host: string, at: Date, tag = ""): st
   return `${t.prefix}${host}/${CANARY_DIR}/canary-${stamp}-${randomBytes(4).toString("hex")}${tag}`;
 }
 
+/**
+ * One run of doctor against one target: what every check reads and the one
+ * way it reports. `add` records a line and logs it (FAIL as error, WARN as
+ * warn, the rest as debug).
+ */
+interface Run {
+  config: Config;
+  t: TargetConfig;
+  target: Target;
+  report: DoctorReport;
+  /** When the canary was made; its lock runs a day from it. */
+  started: Date;
+  add(c: Omit<Check, "target">): void;
+  /** SKIP lines for checks that cannot run, and why. */
+  skip(names: string[], why: string): void;
+}
+
+/** The canary the writer uploaded: what the credential checks test with. */
+interface Canary {
+  /** The key it is stored at (with `-unencrypted` where SSE-C was refused). */
+  key: string;
+  versionId: string;
+  /** False where the server refused SSE-C and doctor fell back to a plain upload. */
+  encrypted: boolean;
+  sseKey: Buffer;
+  body: Buffer;
+  retainUntil: Date;
+  /** The bucket's lock settings as read before the canary. */
+  state: BucketLockState;
+  /** Set by the delete check once a credential deleted it. */
+  deleted: boolean;
+}
+
+/**
+ * The checks that need a canary, in the order their lines are reported. Each
+ * adds its own lines (OK, WARN, FAIL or SKIP) and nothing else; a new check
+ * is one function here.
+ */
+const CANARY_CHECKS: readonly ((run: Run, c: Canary) => Promise<void>)[] = [
+  checkSseC,
+  checkChecksum,
+  checkCanaryLock,
+  checkReads,
+  checkReaderWrite,
+  checkLockExtension,
+  checkLockConfig,
+  checkDelete,
+  checkDeleteMarker,
+];
+
 export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
+  const run = startRun(deps);
+  if (!(await checkEndpoint(run))) return run.report;
+  const state = await checkBucket(run);
+  if (!state) return run.report;
+  const canary = await uploadCanary(run, state);
+  if (!canary) return run.report;
+  for (const check of CANARY_CHECKS) await check(run, canary);
+  return run.report;
+}
+
+function startRun(deps: DoctorDeps): Run {
   const { config, target, log } = deps;
   const t = deps.targetConfig;
-  const now = deps.now ?? (() => new Date());
   const checks: Check[] = [];
   const add = (c: Omit<Check, "target">) => {
-    const check = { target: t.name, ...c };
-    checks.push(check);
+    checks.push({ target: t.name, ...c });
     const level = c.status === "FAIL" ? "error" : c.status === "WARN" ? "warn" : "debug";
     log[level]({ target: t.name, check: c.name, status: c.status }, c.message);
   };
-  const skip = (names: string[], why: string) => {
-    for (const name of names) add({ name, status: "SKIP", message: why });
+  return {
+    config,
+    t,
+    target,
+    report: { target: t.name, bucket: t.bucket, checks },
+    started: (deps.now ?? (() => new Date()))(),
+    add,
+    skip: (names, why) => {
+      for (const name of names) add({ name, status: "SKIP", message: why });
+    },
   };
-  const report: DoctorReport = { target: t.name, bucket: t.bucket, checks };
+}
 
-  // 1. Reachability, TLS and the clock.
+/** Reachability, TLS and the clock; false if the endpoint cannot be reached. */
+async function checkEndpoint({ t, target, add, skip }: Run): Promise<boolean> {
   const probe = await attempt(() => target.reader.probeEndpoint());
   add(judgeEndpoint(probe, t));
   if (!probe.ok) {
     skip(["everything else"], "the endpoint cannot be reached");
-    return report;
+    return false;
   }
   add(judgeClock(probe.value));
+  return true;
+}
 
-  // 2. The bucket, as verify checks it.
+/** The bucket, as verify checks it; its lock settings, or undefined where a canary cannot follow. */
+async function checkBucket({ t, target, add, skip }: Run): Promise<BucketLockState | undefined> {
   const state = await attempt(() => readLockState(target));
   if (!state.ok) {
     const missing = statusOf(state.error) === 404;
@@ -315,7 +382,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
         : `check targets.${t.name}.bucket and the reader credential`,
     });
     skip(["credentials"], "the bucket cannot be read");
-    return report;
+    return undefined;
   }
   const rules = await attempt(() => readLifecycle(target));
   for (const c of judgeBucket(
@@ -328,98 +395,111 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
     add(c);
   if (!state.value.objectLock) {
     skip(["credentials"], "without Object Lock there is nothing to prove with a canary");
-    return report;
+    return undefined;
   }
+  return state.value;
+}
 
-  // 3. The canary: SSE-C and checksums on a real upload by the writer.
-  const started = now();
-  const retainUntil = new Date(started.getTime() + DAY_MS);
-  const key = canaryKey(t, config.host, started);
+/**
+ * SSE-C on a real upload by the writer. Where SSE-C is refused, a plain
+ * upload tells "SSE-C refused" (AWS blocks it on new buckets since April 2026)
+ * from "cannot write at all". Undefined if the writer cannot upload.
+ */
+async function uploadCanary(run: Run, state: BucketLockState): Promise<Canary | undefined> {
+  const { t, target, add } = run;
+  const retainUntil = new Date(run.started.getTime() + DAY_MS);
+  const key = canaryKey(t, run.config.host, run.started);
   const body = Buffer.from(
     `immutd doctor canary: proves the lock holds; locked until ${retainUntil.toISOString()}, safe to ignore\n`,
   );
   const sseKey = randomBytes(32);
-  let versionId: string | undefined;
-  let encrypted = true;
+  const base = { sseKey, body, retainUntil, state, deleted: false };
   const put = await attempt(() => target.writer.putCanary({ key, body, sseKey, retainUntil }));
+  let canary: Canary;
   if (put.ok) {
-    versionId = put.value.versionId;
+    canary = { ...base, key, versionId: put.value.versionId, encrypted: true };
     add({
       name: "writer upload",
       status: "OK",
       message: `the writer uploaded the canary s3://${t.bucket}/${key}`,
     });
   } else {
-    // Tell "SSE-C refused" (AWS blocks it on new buckets since April 2026) from "cannot write at all".
     const plainKey = `${key}-unencrypted`;
     const plain = await attempt(() =>
       target.writer.putCanary({ key: plainKey, body, retainUntil }),
     );
-    if (plain.ok) {
-      versionId = plain.value.versionId;
-      encrypted = false;
-      add({
-        name: "writer upload",
-        status: "OK",
-        message: `the writer uploaded an unencrypted canary s3://${t.bucket}/${plainKey}`,
-      });
-      add({
-        name: "sse-c",
-        status: "FAIL",
-        message: `the server refused an SSE-C upload that it accepted unencrypted: ${describeError(put.error)}`,
-        fix: "allow SSE-C on the bucket: on AWS, remove SSE-C from the bucket's blocked encryption types (PutBucketEncryption), which new buckets have since April 2026",
-      });
-    } else {
+    if (!plain.ok) {
       add({
         name: "writer upload",
         status: "FAIL",
         message: `the writer cannot upload: ${describeError(put.error)}`,
         fix: `give targets.${t.name}.credentials.writer permission to write (s3:PutObject, s3:PutObjectRetention), e.g. a Ceph subuser with --access=write`,
       });
-      skip(["credentials"], "there is no canary to test them with");
-      return report;
+      run.skip(["credentials"], "there is no canary to test them with");
+      return undefined;
     }
+    canary = { ...base, key: plainKey, versionId: plain.value.versionId, encrypted: false };
+    add({
+      name: "writer upload",
+      status: "OK",
+      message: `the writer uploaded an unencrypted canary s3://${t.bucket}/${plainKey}`,
+    });
+    add({
+      name: "sse-c",
+      status: "FAIL",
+      message: `the server refused an SSE-C upload that it accepted unencrypted: ${describeError(put.error)}`,
+      fix: "allow SSE-C on the bucket: on AWS, remove SSE-C from the bucket's blocked encryption types (PutBucketEncryption), which new buckets have since April 2026",
+    });
   }
-  const canaryKeyUsed = encrypted ? key : `${key}-unencrypted`;
-  const vid = versionId as string;
-  report.canary = { key: canaryKeyUsed, versionId: vid, retainUntil: retainUntil.toISOString() };
+  run.report.canary = {
+    key: canary.key,
+    versionId: canary.versionId,
+    retainUntil: retainUntil.toISOString(),
+  };
+  return canary;
+}
 
-  if (encrypted) {
-    const wrong = await attempt(() => target.reader.head(key, vid, randomBytes(32)));
-    // A refusal proves something only if it was the key that was refused, not the reader.
-    const why = wrong.ok
-      ? undefined
-      : await explainReadRefusal(wrong.error, () => target.reader.head(key, vid, sseKey));
-    add(
-      wrong.ok
+/** The server refuses a read of the canary with a wrong SSE-C key. */
+async function checkSseC({ t, target, add }: Run, c: Canary): Promise<void> {
+  if (!c.encrypted) return;
+  const wrong = await attempt(() => target.reader.head(c.key, c.versionId, randomBytes(32)));
+  // A refusal proves something only if it was the key that was refused, not the reader.
+  const why = wrong.ok
+    ? undefined
+    : await explainReadRefusal(wrong.error, () => target.reader.head(c.key, c.versionId, c.sseKey));
+  add(
+    wrong.ok
+      ? {
+          name: "sse-c",
+          status: "FAIL",
+          message:
+            "the server returned the canary for a wrong SSE-C key: it does not encrypt with the key immutd sends",
+          fix: "do not use this server for backups until it honours SSE-C",
+        }
+      : why?.refused === "sse-c key"
         ? {
             name: "sse-c",
-            status: "FAIL",
-            message:
-              "the server returned the canary for a wrong SSE-C key: it does not encrypt with the key immutd sends",
-            fix: "do not use this server for backups until it honours SSE-C",
+            status: "OK",
+            message: "the server accepts SSE-C uploads and refuses reads with a wrong key",
           }
-        : why?.refused === "sse-c key"
-          ? {
-              name: "sse-c",
-              status: "OK",
-              message: "the server accepts SSE-C uploads and refuses reads with a wrong key",
-            }
-          : {
-              name: "sse-c",
-              status: "FAIL",
-              message: `cannot tell whether the server checks SSE-C keys: a read with a wrong key failed, but not for the key: ${why?.text ?? describeError(wrong.error)}`,
-              fix: `check targets.${t.name}.credentials.reader: the reader read fails the same way`,
-            },
-    );
-  }
+        : {
+            name: "sse-c",
+            status: "FAIL",
+            message: `cannot tell whether the server checks SSE-C keys: a read with a wrong key failed, but not for the key: ${why?.text ?? describeError(wrong.error)}`,
+            fix: `check targets.${t.name}.credentials.reader: the reader read fails the same way`,
+          },
+  );
+}
 
+/** The server refuses an upload whose checksum header does not match. */
+async function checkChecksum(run: Run, c: Canary): Promise<void> {
+  const { t, target, add } = run;
   const bad = await attempt(() =>
     target.writer.putCanary({
-      key: canaryKey(t, config.host, started, "-checksum"),
-      body,
-      ...(encrypted ? { sseKey } : {}),
-      retainUntil,
+      key: canaryKey(t, run.config.host, run.started, "-checksum"),
+      body: c.body,
+      ...(c.encrypted ? { sseKey: c.sseKey } : {}),
+      retainUntil: c.retainUntil,
       corruptChecksum: true,
     }),
   );
@@ -448,9 +528,13 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
       fix: "run doctor again; if it persists, run `immutd verify --deep` regularly",
     });
   }
+}
 
-  // 4. The canary is locked as asked (COMPLIANCE, one day).
-  const ret = await attempt(() => retry(() => target.reader.retention(canaryKeyUsed, vid), RETRY));
+/** The canary is locked as asked (COMPLIANCE, one day). */
+async function checkCanaryLock({ target, add }: Run, c: Canary): Promise<void> {
+  const ret = await attempt(() =>
+    retry(() => target.reader.retention(c.key, c.versionId), RetryPolicy.probe),
+  );
   if (!ret.ok) {
     add({
       name: "canary lock",
@@ -474,63 +558,70 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
       message: `COMPLIANCE until ${ret.value.retainUntil.toISOString()}`,
     });
   }
+}
 
-  // 5. Each credential does what its role needs, and not more.
-  if (encrypted) {
-    const read = await attempt(async () => {
-      const s = await target.reader.get(key, vid, sseKey);
-      const chunks: Buffer[] = [];
-      for await (const c of s) chunks.push(Buffer.from(c as Buffer));
-      return Buffer.concat(chunks);
-    });
-    add(
-      read.ok &&
-        createHash("sha256").update(read.value).digest("hex") ===
-          createHash("sha256").update(body).digest("hex")
-        ? {
-            name: "reader read",
-            status: "OK",
-            message: "the reader can read the canary back with its key",
-          }
-        : {
-            name: "reader read",
-            status: "FAIL",
-            message: read.ok
-              ? "the reader read the canary back, but the bytes differ from what was uploaded"
-              : `the reader cannot read the canary: ${describeError(read.error)}`,
-            fix: "the reader needs s3:GetObject and s3:GetObjectVersion (e.g. a Ceph subuser with --access=read): restore and verify use it",
-          },
-    );
-    const writerRead = await attempt(() =>
-      target.writer.get(key, vid, sseKey).then((s) => s.resume()),
-    );
-    add(
-      writerRead.ok
-        ? {
-            name: "writer read",
-            status: "WARN",
-            message: "the writer can read backups back; it only needs to write them",
-            fix: "use a write-only credential for the writer (a Ceph subuser with --access=write, or README's AWS policy): the writer's key lives on the machine an attacker takes first",
-          }
-        : {
-            name: "writer read",
-            status: "OK",
-            message: `the writer cannot read backups back (${refusal(writerRead.error)})`,
-          },
-    );
-  } else {
+/** The reader reads the canary back intact; the writer cannot read it at all. */
+async function checkReads({ target, add, skip }: Run, c: Canary): Promise<void> {
+  if (!c.encrypted) {
     skip(["reader read", "writer read"], "needs an SSE-C canary");
+    return;
   }
-
-  const readerPut = await attempt(() =>
-    target.reader.putCanary({
-      key: canaryKey(t, config.host, started, "-reader"),
-      body,
-      ...(encrypted ? { sseKey } : {}),
-      retainUntil,
-    }),
+  const read = await attempt(async () => {
+    const s = await target.reader.get(c.key, c.versionId, c.sseKey);
+    const chunks: Buffer[] = [];
+    for await (const chunk of s) chunks.push(Buffer.from(chunk as Buffer));
+    return Buffer.concat(chunks);
+  });
+  add(
+    read.ok && sha256(read.value) === sha256(c.body)
+      ? {
+          name: "reader read",
+          status: "OK",
+          message: "the reader can read the canary back with its key",
+        }
+      : {
+          name: "reader read",
+          status: "FAIL",
+          message: read.ok
+            ? "the reader read the canary back, but the bytes differ from what was uploaded"
+            : `the reader cannot read the canary: ${describeError(read.error)}`,
+          fix: "the reader needs s3:GetObject and s3:GetObjectVersion (e.g. a Ceph subuser with --access=read): restore and verify use it",
+        },
+  );
+  const writerRead = await attempt(() =>
+    target.writer.get(c.key, c.versionId, c.sseKey).then((s) => s.resume()),
   );
   add(
+    writerRead.ok
+      ? {
+          name: "writer read",
+          status: "WARN",
+          message: "the writer can read backups back; it only needs to write them",
+          fix: "use a write-only credential for the writer (a Ceph subuser with --access=write, or README's AWS policy): the writer's key lives on the machine an attacker takes first",
+        }
+      : {
+          name: "writer read",
+          status: "OK",
+          message: `the writer cannot read backups back (${refusalWords(writerRead.error)})`,
+        },
+  );
+}
+
+function sha256(b: Buffer): string {
+  return createHash("sha256").update(b).digest("hex");
+}
+
+/** The reader cannot upload. */
+async function checkReaderWrite(run: Run, c: Canary): Promise<void> {
+  const readerPut = await attempt(() =>
+    run.target.reader.putCanary({
+      key: canaryKey(run.t, run.config.host, run.started, "-reader"),
+      body: c.body,
+      ...(c.encrypted ? { sseKey: c.sseKey } : {}),
+      retainUntil: c.retainUntil,
+    }),
+  );
+  run.add(
     readerPut.ok
       ? {
           name: "reader write",
@@ -541,18 +632,23 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
       : {
           name: "reader write",
           status: "OK",
-          message: `the reader cannot write (${refusal(readerPut.error)})`,
+          message: `the reader cannot write (${refusalWords(readerPut.error)})`,
         },
   );
+}
 
-  // Every backup needs this when the bucket default gives it less than configured
-  // (src/lock.ts), and keepLatestLocked needs it to extend locks.
+/**
+ * The writer can set and extend a version's lock. Every backup needs this
+ * when the bucket default gives it less than configured (src/lock.ts), and
+ * keepLatestLocked needs it to extend locks.
+ */
+async function checkLockExtension({ config, target, add }: Run, c: Canary): Promise<void> {
   const later = {
     mode: "COMPLIANCE" as const,
-    retainUntil: new Date(retainUntil.getTime() + 60_000),
+    retainUntil: new Date(c.retainUntil.getTime() + 60_000),
   };
   const ext = await attempt(() =>
-    retry(() => target.writer.extendRetention(canaryKeyUsed, vid, later), RETRY),
+    retry(() => target.writer.extendRetention(c.key, c.versionId, later), RetryPolicy.probe),
   );
   if (ext.ok) {
     add({
@@ -560,80 +656,81 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
       status: "OK",
       message: `the writer can set and extend a version's lock (each backup's explicit lock${config.keepLatestLocked ? ", keepLatestLocked" : ""})`,
     });
-  } else {
-    const admin = target.admin;
-    const viaAdmin = admin
-      ? await attempt(() => admin.extendRetention(canaryKeyUsed, vid, later))
-      : undefined;
+    return;
+  }
+  const admin = target.admin;
+  const viaAdmin = admin
+    ? await attempt(() => admin.extendRetention(c.key, c.versionId, later))
+    : undefined;
+  add(
+    viaAdmin?.ok
+      ? {
+          name: "lock extension",
+          status: "WARN",
+          message: `only the admin credential can set or extend locks (the writer: ${refusalWords(ext.error)}), so backups and keepLatestLocked need admin on this machine`,
+          fix: "give the writer s3:PutObjectRetention, and remove admin from this machine's config",
+        }
+      : {
+          name: "lock extension",
+          status: "FAIL",
+          message: `the writer cannot set a version's lock (${describeError(ext.error)}): a backup that the bucket default locks for less than configured would fail and stay unlocked${config.keepLatestLocked ? ", and keepLatestLocked cannot extend locks" : ""}`,
+          fix: "give the writer s3:PutObjectRetention (Ceph subusers with --access=write have it)",
+        },
+  );
+}
+
+/** Who may change the bucket's Object Lock configuration: written back unchanged by each. */
+async function checkLockConfig({ t, target, add }: Run, c: Canary): Promise<void> {
+  const d = c.state.defaultRetention;
+  if (!d) return;
+  const same =
+    d.years !== undefined ? { mode: d.mode, years: d.years } : { mode: d.mode, days: d.days };
+  for (const [role, store] of [
+    ["writer", target.writer],
+    ["reader", target.reader],
+  ] as [string, ObjectStore][]) {
+    const change = await attempt(() => store.putDefaultRetention(same));
     add(
-      viaAdmin?.ok
+      change.ok
         ? {
-            name: "lock extension",
+            name: `lock config (${role})`,
             status: "WARN",
-            message: `only the admin credential can set or extend locks (the writer: ${refusal(ext.error)}), so backups and keepLatestLocked need admin on this machine`,
-            fix: "give the writer s3:PutObjectRetention, and remove admin from this machine's config",
+            message: `the ${role} credential can change the bucket's default retention (doctor wrote it back unchanged); a stolen key could weaken or remove it: backup's preflight refuses such a bucket, each backup sets and reads back its own lock, and verify reports the bucket`,
+            fix: `deny it s3:PutBucketObjectLockConfiguration (Ceph RGW lets subusers do this: add README's bucket policy)`,
           }
         : {
-            name: "lock extension",
-            status: "FAIL",
-            message: `the writer cannot set a version's lock (${describeError(ext.error)}): a backup that the bucket default locks for less than configured would fail and stay unlocked${config.keepLatestLocked ? ", and keepLatestLocked cannot extend locks" : ""}`,
-            fix: "give the writer s3:PutObjectRetention (Ceph subusers with --access=write have it)",
+            name: `lock config (${role})`,
+            status: "OK",
+            message: `the ${role} cannot change the bucket's Object Lock configuration (${refusalWords(change.error)})`,
           },
     );
   }
-
-  // 6. Who may change the bucket's Object Lock configuration: written back unchanged.
-  const d = state.value.defaultRetention;
-  if (d) {
-    for (const [role, store] of [
-      ["writer", target.writer],
-      ["reader", target.reader],
-    ] as [string, ObjectStore][]) {
-      const same =
-        d.years !== undefined ? { mode: d.mode, years: d.years } : { mode: d.mode, days: d.days };
-      const change = await attempt(() => store.putDefaultRetention(same));
-      add(
-        change.ok
-          ? {
-              name: `lock config (${role})`,
-              status: "WARN",
-              message: `the ${role} credential can change the bucket's default retention (doctor wrote it back unchanged); a stolen key could weaken or remove it: backup's preflight refuses such a bucket, each backup sets and reads back its own lock, and verify reports the bucket`,
-              fix: `deny it s3:PutBucketObjectLockConfiguration (Ceph RGW lets subusers do this: add README's bucket policy)`,
-            }
-          : {
-              name: `lock config (${role})`,
-              status: "OK",
-              message: `the ${role} cannot change the bucket's Object Lock configuration (${refusal(change.error)})`,
-            },
-      );
-    }
-    const again = await attempt(() => readLockState(target));
-    if (again.ok && JSON.stringify(again.value.defaultRetention) !== JSON.stringify(d)) {
-      add({
-        name: "lock config",
-        status: "FAIL",
-        message: `the bucket's default retention changed while doctor ran: ${describeRetention(d)} → ${again.value.defaultRetention ? describeRetention(again.value.defaultRetention) : "none"}`,
-        fix: `find out who changes it, and run \`immutd init ${t.name}\``,
-      });
-    }
+  const again = await attempt(() => readLockState(target));
+  if (again.ok && JSON.stringify(again.value.defaultRetention) !== JSON.stringify(d)) {
+    add({
+      name: "lock config",
+      status: "FAIL",
+      message: `the bucket's default retention changed while doctor ran: ${describeRetention(d)} → ${again.value.defaultRetention ? describeRetention(again.value.defaultRetention) : "none"}`,
+      fix: `find out who changes it, and run \`immutd init ${t.name}\``,
+    });
   }
+}
 
-  // 7. Nobody can delete a locked version: the tutorial's step 4.
-  // In the tutorial's order: restorer, creator, main user.
+/** Nobody can delete a locked version: the tutorial's step 4, in its order (restorer, creator, main user). */
+async function checkDelete({ target, report, add }: Run, c: Canary): Promise<void> {
   const roles: [string, ObjectStore][] = [
     ["reader", target.reader],
     ["writer", target.writer],
     ...(target.admin ? ([["admin", target.admin]] as [string, ObjectStore][]) : []),
   ];
-  let deleted = false;
   for (const [role, store] of roles) {
-    if (deleted) {
+    if (c.deleted) {
       add({ name: `delete (${role})`, status: "SKIP", message: "the canary is already gone" });
       continue;
     }
-    const del = await attempt(() => store.deleteCanary(canaryKeyUsed, vid));
+    const del = await attempt(() => store.deleteCanary(c.key, c.versionId));
     if (del.ok) {
-      deleted = true;
+      c.deleted = true;
       delete report.canary;
       add({
         name: `delete (${role})`,
@@ -645,33 +742,35 @@ export async function runDoctor(deps: DoctorDeps): Promise<DoctorReport> {
       add({
         name: `delete (${role})`,
         status: "OK",
-        message: `cannot delete a locked version (${refusal(del.error)})`,
+        message: `cannot delete a locked version (${refusalWords(del.error)})`,
       });
     }
   }
+}
 
-  // 8. Hiding is not deleting: Object Lock lets anyone with write access put a
-  // delete marker on a key. The locked version stays, restorable by its version
-  // ID; verify warns about markers on backup keys. On the canary the marker is
-  // also its way out: noncurrent, it falls to immutd's lifecycle rule once its
-  // lock has passed.
-  if (!deleted) {
-    const hide = await attempt(() => target.writer.hideCanary(canaryKeyUsed));
-    add(
-      hide.ok
-        ? {
-            name: "delete marker (writer)",
-            status: "WARN",
-            message:
-              "the writer can put a delete marker on a key (it did on the canary): a stolen key can hide the latest version of backups; they stay locked and restorable by version ID, and verify warns about such markers",
-            fix: "deny the writer s3:DeleteObject (README's bucket policy for Ceph subusers; README's AWS writer policy does not grant it)",
-          }
-        : {
-            name: "delete marker (writer)",
-            status: "OK",
-            message: `the writer cannot put delete markers (${refusal(hide.error)})`,
-          },
-    );
-  }
-  return report;
+/**
+ * Hiding is not deleting: Object Lock lets anyone with write access put a
+ * delete marker on a key. The locked version stays, restorable by its version
+ * ID; verify warns about markers on backup keys. On the canary the marker is
+ * also its way out: noncurrent, it falls to immutd's lifecycle rule once its
+ * lock has passed.
+ */
+async function checkDeleteMarker({ target, add }: Run, c: Canary): Promise<void> {
+  if (c.deleted) return;
+  const hide = await attempt(() => target.writer.hideCanary(c.key));
+  add(
+    hide.ok
+      ? {
+          name: "delete marker (writer)",
+          status: "WARN",
+          message:
+            "the writer can put a delete marker on a key (it did on the canary): a stolen key can hide the latest version of backups; they stay locked and restorable by version ID, and verify warns about such markers",
+          fix: "deny the writer s3:DeleteObject (README's bucket policy for Ceph subusers; README's AWS writer policy does not grant it)",
+        }
+      : {
+          name: "delete marker (writer)",
+          status: "OK",
+          message: `the writer cannot put delete markers (${refusalWords(hide.error)})`,
+        },
+  );
 }

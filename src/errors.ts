@@ -142,6 +142,19 @@ export async function explainReadRefusal(
   };
 }
 
+/**
+ * Why a request other than a read with an SSE-C key was refused, in a few
+ * words: Object Lock, a permission (403, or AccessDenied in the message), or
+ * the error's own description. Never a credential: errors carry none.
+ */
+export function refusalWords(err: unknown): string {
+  const m = describeError(err);
+  if (/object lock/i.test(m)) return "forbidden by Object Lock";
+  if (/AccessDenied/.test(m) || (err instanceof StorageError && err.status === 403))
+    return "access denied";
+  return m;
+}
+
 const CREDENTIAL_CODES = new Set([
   "SignatureDoesNotMatch",
   "InvalidAccessKeyId",

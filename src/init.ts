@@ -16,7 +16,7 @@ import {
 import type { TargetConfig } from "./config.js";
 import { ConfigError, StorageError } from "./errors.js";
 import type { Logger } from "./log.js";
-import { retry } from "./retry.js";
+import { RetryPolicy, retry } from "./retry.js";
 import type { ObjectStore, Target } from "./store/store.js";
 
 export interface InitDeps {
@@ -36,9 +36,6 @@ export interface InitResult {
   /** What is still wrong with the bucket afterwards (read back from the server). */
   problems: BucketProblem[];
 }
-
-/** Lagging answers right after CreateBucket (a bucket not yet visible everywhere) are retried. */
-const RETRY = { attempts: 4, lagAttempts: 4, baseMs: 250 };
 
 export function adminStore(target: Target, t: TargetConfig): ObjectStore {
   if (!target.admin) {
@@ -73,17 +70,17 @@ export async function runInit(deps: InitDeps): Promise<InitResult> {
   }
   const r = plan.defaultRetention;
   if (r) {
-    await retry(() => admin.putDefaultRetention(r), RETRY);
+    await retry(() => admin.putDefaultRetention(r), RetryPolicy.settle);
     log.info({ mode: r.mode, days: r.days }, "set the default retention");
   }
   const rules = plan.lifecycle;
   if (rules) {
-    await retry(() => admin.putLifecycle(rules), RETRY);
+    await retry(() => admin.putLifecycle(rules), RetryPolicy.settle);
     log.info({ rules: rules.map((x) => x.id) }, "set the lifecycle rules");
   }
 
   // Confirm from the server rather than trusting the requests.
-  const after = await retry(() => readSnapshot(admin), RETRY);
+  const after = await retry(() => readSnapshot(admin), RetryPolicy.settle);
   if (!after.exists || !after.lock) {
     throw new StorageError(
       `bucket ${t.bucket} (target ${t.name}) does not exist after creating it`,

@@ -18,8 +18,9 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { lockRequest, lockShortfall } from "./bucket-check.js";
-import { describeError, StorageError } from "./errors.js";
+import { describeError } from "./errors.js";
 import { type RetryOptions, retry } from "./retry.js";
+import { isRefused, withReadFallback } from "./store/fallback.js";
 import type { ObjectStore, Retention, Target } from "./store/store.js";
 
 export interface LockOutcome {
@@ -134,13 +135,7 @@ export async function readRetention(
   versionId: string,
   opts: RetryOptions,
 ): Promise<Retention | undefined> {
-  try {
-    return await retry(() => target.reader.retention(key, versionId), opts);
-  } catch (err) {
-    if (err instanceof StorageError && err.status === 403)
-      return await retry(() => target.writer.retention(key, versionId), opts);
-    throw err;
-  }
+  return withReadFallback(target, (s) => retry(() => s.retention(key, versionId), opts));
 }
 
 /** Runs a retention change with the writer, then the admin credential if the writer is refused (403). */
@@ -153,7 +148,7 @@ async function withSetter(target: Target, fn: (s: ObjectStore) => Promise<void>)
       return;
     } catch (err) {
       lastError = err;
-      if (!(err instanceof StorageError && err.status === 403)) break;
+      if (!isRefused(err)) break;
     }
   }
   throw lastError;

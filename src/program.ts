@@ -6,28 +6,20 @@
  */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
-import { auditCommand, auditHelp } from "./commands/audit.js";
-import { backupCommand, backupHelp } from "./commands/backup.js";
-import {
-  type FindOptions,
-  findCommand,
-  findHelp,
-  type LsOptions,
-  lsCommand,
-  lsHelp,
-} from "./commands/browse.js";
-import { configCheckCommand, configCheckHelp } from "./commands/config.js";
-import { type Context, type GlobalOptions, openContext } from "./commands/context.js";
-import { doctorCommand, doctorHelp } from "./commands/doctor.js";
-import { dryRunCommand } from "./commands/dry-run.js";
-import { initCommand, initHelp } from "./commands/init.js";
-import { listCommand, listHelp } from "./commands/list.js";
+import { registerAudit } from "./commands/audit.js";
+import { registerBackup } from "./commands/backup.js";
+import { registerFind, registerLs } from "./commands/browse.js";
+import { registerConfig } from "./commands/config.js";
+import { type Cli, type GlobalOptions, openContext } from "./commands/context.js";
+import { registerDoctor } from "./commands/doctor.js";
+import { registerInit } from "./commands/init.js";
+import { registerKey } from "./commands/key.js";
+import { registerList } from "./commands/list.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./commands/restore.js";
-import { runCommand, runHelp } from "./commands/run.js";
-import { statusCommand, statusHelp } from "./commands/status.js";
-import { verifyCommand, verifyHelp } from "./commands/verify.js";
-import { describeError, ExitCode, exitCodeFor, ImmutdError, UsageError } from "./errors.js";
-import { generateMasterKeyFile } from "./keys.js";
+import { registerRun } from "./commands/run.js";
+import { registerStatus } from "./commands/status.js";
+import { registerVerify } from "./commands/verify.js";
+import { describeError, ExitCode, exitCodeFor, ImmutdError } from "./errors.js";
 import { serializeError } from "./log.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
@@ -54,8 +46,48 @@ Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
 A fully commented example is config.example.yaml in the package.
 `;
 
+/**
+ * Every command, in the order --help lists them. A command module exports its
+ * registration (options, help, action); adding a command is one import and
+ * one line here.
+ */
+const COMMANDS: readonly ((p: Command, cli: Cli) => void)[] = [
+  registerBackup,
+  registerRun,
+  registerStatus,
+  registerList,
+  registerRestore,
+  registerLs,
+  registerFind,
+  // Immutability assurance: init, verify, audit, doctor (src/init.ts, verify.ts, audit.ts, doctor.ts).
+  registerInit,
+  registerVerify,
+  registerAudit,
+  registerDoctor,
+  registerConfig,
+  registerKey,
+];
+
 function program(): Command {
-  const p = new Command("immutd")
+  const p = rootCommand();
+  const cli: Cli = {
+    globals: () => p.opts<GlobalOptions>(),
+    withContext: async (fn) => {
+      const ctx = openContext(p.opts<GlobalOptions>());
+      try {
+        await fn(ctx);
+      } finally {
+        ctx.close();
+      }
+    },
+  };
+  for (const register of COMMANDS) register(p, cli);
+  return p;
+}
+
+/** `immutd` itself: its description, global options and the exit codes in --help. */
+function rootCommand(): Command {
+  return new Command("immutd")
     .description(
       "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",
     )
@@ -79,53 +111,13 @@ function program(): Command {
     .addHelpText("after", EXIT_CODES)
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
+}
 
-  const globals = () => p.opts<GlobalOptions>();
-  const withContext = async (fn: (ctx: Context) => Promise<void> | void) => {
-    const ctx = openContext(globals());
-    try {
-      await fn(ctx);
-    } finally {
-      ctx.close();
-    }
-  };
-
-  p.command("backup")
-    .description("run backup jobs now")
-    .argument("[jobs...]", "job names (default: all jobs)")
-    .option(
-      "--dry-run",
-      "walk the jobs' paths as a backup would and print what it would archive; nothing is run, uploaded or recorded",
-    )
-    .option("--list", "with --dry-run: print every path that would be archived")
-    .addHelpText("after", backupHelp)
-    .action((jobs: string[], opts: { dryRun?: boolean; list?: boolean }) =>
-      withContext((ctx) => {
-        if (opts.list && !opts.dryRun) throw new UsageError("--list needs --dry-run");
-        return opts.dryRun ? dryRunCommand(ctx, jobs, opts) : backupCommand(ctx, jobs);
-      }),
-    );
-
-  p.command("run")
-    .description("run the scheduling daemon (what systemd and containers start)")
-    .addHelpText("after", runHelp)
-    .action(() => runCommand(globals()));
-
-  p.command("status")
-    .description("each job's last run, last success and next run")
-    .option("--json", "machine-readable output")
-    .addHelpText("after", statusHelp)
-    .action((opts: { json?: boolean }) => withContext((ctx) => statusCommand(ctx, opts)));
-
-  p.command("list")
-    .description("list the backups recorded in the catalog")
-    .option("--job <name>", "only this job")
-    .option("--json", "machine-readable output")
-    .addHelpText("after", listHelp)
-    .action((opts: { job?: string; json?: boolean }) =>
-      withContext((ctx) => listCommand(ctx, opts)),
-    );
-
+/**
+ * restore's registration stays here while src/commands/restore.ts is being
+ * split (issue 11); it moves there as registerRestore.
+ */
+function registerRestore(p: Command, cli: Cli): void {
   p.command("restore")
     .description("restore a backup of JOB into a directory, to stdout, or list it")
     .argument("<job>", "the job whose backup to restore")
@@ -156,94 +148,8 @@ function program(): Command {
     )
     .addHelpText("after", restoreHelp)
     .action((job: string, opts: RestoreCliOptions) =>
-      withContext((ctx) => restoreCommand(ctx, job, opts)),
+      cli.withContext((ctx) => restoreCommand(ctx, job, opts)),
     );
-
-  p.command("ls")
-    .description("list the files of one backup of JOB from its manifest (no archive download)")
-    .argument("<job>", "the job whose backup to list")
-    .option("--at <time>", "newest backup created at or before TIME (as for restore)")
-    .option("--id <n>", "the backup with this catalog id")
-    .option("--host <name>", "read the manifests in the bucket made under this host name")
-    .option("--json", "machine-readable output")
-    .addHelpText("after", lsHelp)
-    .action((job: string, opts: LsOptions) => withContext((ctx) => lsCommand(ctx, job, opts)));
-
-  p.command("find")
-    .description("search the manifests of all backups for paths matching a glob")
-    .argument("<pattern>", "glob: a file name (*.conf) or, with a /, a whole path")
-    .option("--job <name>", "only this job")
-    .option("--host <name>", "read the manifests in the bucket made under this host name")
-    .option("--json", "machine-readable output")
-    .addHelpText("after", findHelp)
-    .action((pattern: string, opts: FindOptions) =>
-      withContext((ctx) => findCommand(ctx, pattern, opts)),
-    );
-
-  // Immutability assurance: init, verify, doctor (src/init.ts, src/verify.ts, src/doctor.ts).
-  p.command("init")
-    .description("create or tighten a target's bucket: Object Lock, default retention, lifecycle")
-    .argument("[target]", "target name (default: every target)")
-    .option("--dry-run", "show what would change, change nothing")
-    .addHelpText("after", initHelp)
-    .action((target: string | undefined, opts: { dryRun?: boolean }) =>
-      withContext((ctx) => initCommand(ctx, target, opts)),
-    );
-
-  p.command("verify")
-    .description("prove that every backup is still there, locked and readable; exit 4 on findings")
-    .option("--job <name>", "only this job's backups")
-    .option("--deep", "also download the newest backup of each job and check its SHA-256")
-    .option("--json", "machine-readable report")
-    .addHelpText("after", verifyHelp)
-    .action((opts: { job?: string; deep?: boolean; json?: boolean }) =>
-      withContext((ctx) => verifyCommand(ctx, opts)),
-    );
-
-  p.command("audit")
-    .description(
-      "audit every host's backups under a target from the bucket alone; exit 4 on findings",
-    )
-    .option("--target <name>", "only this target (default: every target)")
-    .option("--json", "machine-readable report")
-    .addHelpText("after", auditHelp)
-    .action((opts: { target?: string; json?: boolean }) =>
-      withContext((ctx) => auditCommand(ctx, opts)),
-    );
-
-  p.command("doctor")
-    .description("check endpoint, clock, bucket and credentials with a canary; exit 4 on FAIL")
-    .argument("[target]", "target name (default: every target)")
-    .option("--json", "machine-readable report")
-    .addHelpText("after", doctorHelp)
-    .action((target: string | undefined, opts: { json?: boolean }) =>
-      withContext((ctx) => doctorCommand(ctx, target, opts)),
-    );
-
-  const config = p.command("config").description("configuration tools");
-  config
-    .command("check")
-    .description("validate the configuration and print it resolved, with secrets redacted")
-    .addHelpText("after", configCheckHelp)
-    .action(() => configCheckCommand(globals()));
-
-  const key = p.command("key").description("master key tools");
-  key
-    .command("generate")
-    .description("write a new random master key (64 hex characters, mode 0600) to FILE")
-    .argument("<file>", "where to write it; an existing file is never overwritten")
-    .addHelpText(
-      "after",
-      "\nEvery backup's SSE-C key is derived from the master key. Keep a copy offline:\nwithout it (and without the catalog) backups cannot be decrypted.\n",
-    )
-    .action((file: string) => {
-      generateMasterKeyFile(file);
-      process.stderr.write(
-        `wrote a new master key to ${file} (mode 0600); keep a copy somewhere safe and offline\n`,
-      );
-    });
-
-  return p;
 }
 
 export async function main(argv: string[]): Promise<number> {

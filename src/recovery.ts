@@ -40,7 +40,8 @@ import { describeError, StorageError } from "./errors.js";
 import { deriveSseKey, KEY_DERIVATION } from "./keys.js";
 import type { Logger } from "./log.js";
 import { jobPrefix, parseObjectKey } from "./naming.js";
-import { retry } from "./retry.js";
+import { type RetryOptions, RetryPolicy, retry, withSignal } from "./retry.js";
+import { isRefused } from "./store/fallback.js";
 import type { Retention, Target } from "./store/store.js";
 
 export interface ReconcileDeps {
@@ -74,7 +75,6 @@ export interface ReconcileReport {
 
 /** Run ended by recovery; the daemon test and operators search for this text. */
 const CLOSED = "immutd stopped without finishing this run (crash, kill or power loss)";
-const RETRY = { attempts: 4, lagAttempts: 2, baseMs: 250 };
 
 export async function reconcile(deps: ReconcileDeps): Promise<ReconcileReport> {
   const { config, catalog, log } = deps;
@@ -127,7 +127,7 @@ async function recoverRun(
     return [];
   }
   const target = deps.target(tc.name);
-  const opts = { ...RETRY, ...(deps.signal ? { signal: deps.signal } : {}) };
+  const opts = withSignal(RetryPolicy.read, deps.signal);
   let versions: { versionId: string; size: number }[];
   try {
     versions = (await retry(() => target.reader.listVersions(key), opts)).filter(
@@ -143,35 +143,7 @@ async function recoverRun(
   const sseKey = deriveSseKey(config.masterKey.reveal(), tc.bucket, key);
   const ids: string[] = [];
   for (const v of versions) {
-    const where = `s3://${tc.bucket}/${key} version ${v.versionId}`;
-    let size = v.size;
-    try {
-      const head = await retry(() => target.reader.head(key, v.versionId, sseKey), opts);
-      size = head.size;
-      if (!head.encrypted) {
-        jlog.warn(
-          { key, versionId: v.versionId },
-          `${where} is not encrypted with the key immutd derives for it: immutd did not write it`,
-        );
-      }
-    } catch (err) {
-      // Recorded all the same (with the listing's size): verify --deep will report it.
-      jlog.warn(
-        { key, versionId: v.versionId },
-        err instanceof StorageError && err.refusalText() !== undefined
-          ? `${where} could not be read: ${err.refusalText()}`
-          : `${where} does not open with the key immutd derives for it: ${describeError(err)}`,
-      );
-    }
-    let retention: Retention | undefined;
-    try {
-      retention = await retry(() => target.reader.retention(key, v.versionId), opts);
-    } catch (err) {
-      jlog.warn(
-        { key, versionId: v.versionId },
-        `cannot read the retention of ${where}: ${describeError(err)}; verify checks it again`,
-      );
-    }
+    const { size, retention } = await inspect(target, tc.bucket, key, v, sseKey, opts, jlog);
     const backupId = catalog.recordRecovered({
       runId: run.id,
       job: run.job,
@@ -212,6 +184,52 @@ async function recoverRun(
     );
   }
   return ids;
+}
+
+/**
+ * What the server shows of one version a dead run left: its size (the
+ * listing's where HEAD fails) and its retention. Each failure is logged and
+ * the version is recorded all the same: verify --deep reports it.
+ */
+async function inspect(
+  target: Target,
+  bucket: string,
+  key: string,
+  v: { versionId: string; size: number },
+  sseKey: Buffer,
+  opts: RetryOptions,
+  jlog: Logger,
+): Promise<{ size: number; retention: Retention | undefined }> {
+  const where = `s3://${bucket}/${key} version ${v.versionId}`;
+  let size = v.size;
+  try {
+    const head = await retry(() => target.reader.head(key, v.versionId, sseKey), opts);
+    size = head.size;
+    if (!head.encrypted) {
+      jlog.warn(
+        { key, versionId: v.versionId },
+        `${where} is not encrypted with the key immutd derives for it: immutd did not write it`,
+      );
+    }
+  } catch (err) {
+    // Recorded all the same (with the listing's size): verify --deep will report it.
+    jlog.warn(
+      { key, versionId: v.versionId },
+      err instanceof StorageError && err.refusalText() !== undefined
+        ? `${where} could not be read: ${err.refusalText()}`
+        : `${where} does not open with the key immutd derives for it: ${describeError(err)}`,
+    );
+  }
+  let retention: Retention | undefined;
+  try {
+    retention = await retry(() => target.reader.retention(key, v.versionId), opts);
+  } catch (err) {
+    jlog.warn(
+      { key, versionId: v.versionId },
+      `cannot read the retention of ${where}: ${describeError(err)}; verify checks it again`,
+    );
+  }
+  return { size, retention };
 }
 
 async function abortDeadUploads(
@@ -270,7 +288,5 @@ async function abortDeadUploads(
 }
 
 function permissionHint(err: unknown): string {
-  return err instanceof StorageError && err.status === 403
-    ? " (the reader lists uploads, the writer aborts them)"
-    : "";
+  return isRefused(err) ? " (the reader lists uploads, the writer aborts them)" : "";
 }

@@ -18,6 +18,34 @@ export interface RetryOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * The named policies every caller picks from, so that "how hard do we try"
+ * is decided here and reads the same everywhere. Each is a total number of
+ * attempts, the first delay 250 ms, doubled after each attempt.
+ */
+export const RetryPolicy = {
+  /**
+   * Reading objects and versions that exist (verify, recovery, manifests):
+   * transient errors get four attempts; a 403 or 404 one more, since some
+   * providers answer so for a moment after an upload or a retention change.
+   */
+  read: { attempts: 4, lagAttempts: 2, baseMs: 250 },
+  /** Bucket settings and listings: a 403 there is a permission, not a lag, so it is not retried. */
+  bucket: { attempts: 4, baseMs: 250 },
+  /**
+   * Bucket settings just written or just created (init): every attempt also
+   * for a 403 or 404, since a new bucket may not be visible everywhere yet.
+   */
+  settle: { attempts: 4, lagAttempts: 4, baseMs: 250 },
+  /** Doctor's canary: a few quick tries, lag included; doctor reports what still fails. */
+  probe: { attempts: 3, lagAttempts: 3, baseMs: 250 },
+} as const satisfies Record<string, RetryOptions>;
+
+/** A policy that also stops at `signal` (cancellation); the policy itself where there is none. */
+export function withSignal(policy: RetryOptions, signal: AbortSignal | undefined): RetryOptions {
+  return signal ? { ...policy, signal } : policy;
+}
+
 export async function retry<T>(fn: () => Promise<T>, o: RetryOptions): Promise<T> {
   let delay = o.baseMs;
   for (let attempt = 1; ; attempt++) {

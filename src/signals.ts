@@ -82,3 +82,26 @@ export function onStopSignals(o: StopSignalOptions): () => void {
     source.off("SIGTERM", handler);
   };
 }
+
+/**
+ * For a one-off command (backup, restore, verify): the first SIGINT or
+ * SIGTERM logs `${sig} received: ${doing}; …` and aborts `controller` with
+ * `reason(sig)`; repeats are as onStopSignals says (logged to `log`). Returns
+ * the remover.
+ */
+export function cancelOnStopSignals(
+  controller: AbortController,
+  log: Logger,
+  doing: string,
+  reason: (sig: NodeJS.Signals) => Error,
+  test: Pick<StopSignalOptions, "exit" | "now" | "source"> = {},
+): () => void {
+  return onStopSignals({
+    ...test,
+    log,
+    stop: (sig) => {
+      log.warn(`${sig} received: ${doing}; send it again to exit at once`);
+      controller.abort(reason(sig));
+    },
+  });
+}

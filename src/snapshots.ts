@@ -22,10 +22,8 @@ import { StorageError } from "./errors.js";
 import { deriveSseKey } from "./keys.js";
 import { decodeManifest, type Manifest } from "./manifest.js";
 import { MANIFEST_SUFFIX, parseObjectKey } from "./naming.js";
-import { retry } from "./retry.js";
+import { RetryPolicy, retry, withSignal } from "./retry.js";
 import type { ObjectStore, VersionEntry } from "./store/store.js";
-
-const RETRY = { attempts: 4, lagAttempts: 2, baseMs: 250 };
 
 /** One manifest key found in the bucket, with the versions stored under it. */
 export interface ManifestKey {
@@ -65,10 +63,10 @@ export async function listManifests(
     under += `${scope.host}/`;
     if (scope.job !== undefined) under += `${scope.job}/`;
   }
-  const versions = await retry(() => store.listVersions(under), {
-    ...RETRY,
-    ...(signal ? { signal } : {}),
-  });
+  const versions = await retry(
+    () => store.listVersions(under),
+    withSignal(RetryPolicy.read, signal),
+  );
   const byKey = new Map<string, VersionEntry[]>();
   for (const v of versions) {
     if (!v.key.endsWith(MANIFEST_SUFFIX)) continue;
@@ -141,7 +139,7 @@ export async function readManifest(
     const signal = o.signal;
     const body = await retry(
       async () => buffer(await store.get(m.key, m.versionId, sseKey, signal ? { signal } : {})),
-      { ...RETRY, ...(signal ? { signal } : {}) },
+      withSignal(RetryPolicy.read, signal),
     );
     manifest = decodeManifest(body);
     if (cached) toCache(cached, body);

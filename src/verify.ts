@@ -40,7 +40,8 @@ import { lockAtLeast } from "./lock.js";
 import type { Logger } from "./log.js";
 import { decodeManifest, manifestMismatch } from "./manifest.js";
 import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
-import { retry } from "./retry.js";
+import { RetryPolicy, retry, withSignal } from "./retry.js";
+import { isRefused, withReadFallback } from "./store/fallback.js";
 import type { BucketLockState, ObjectStore, Retention, Target } from "./store/store.js";
 
 export type FindingKind =
@@ -174,59 +175,134 @@ export interface VerifyDeps {
 
 /** How far a server's retain-until may be off what was recorded or asked before it counts as changed (servers round). */
 const TOLERANCE_MS = RETAIN_TOLERANCE_MS;
-const RETRY = { attempts: 4, lagAttempts: 2, baseMs: 250 };
-/** Bucket settings: a 403 there is a permission, not a lag. */
-const RETRY_BUCKET = { attempts: 4, baseMs: 250 };
+
+/**
+ * What a verify run collects, and how: every finding is logged as an error,
+ * every warning as a warning, as they are found; notes are logged at the end.
+ */
+interface Collected {
+  findings: Finding[];
+  warnings: Finding[];
+  notes: string[];
+  report(f: Finding): void;
+  warn(f: Finding): void;
+}
+
+function collector(log: Logger): Collected {
+  const fields = (f: Finding) => ({
+    kind: f.kind,
+    target: f.target,
+    job: f.job,
+    key: f.key,
+    versionId: f.versionId,
+  });
+  const c: Collected = {
+    findings: [],
+    warnings: [],
+    notes: [],
+    report: (f) => {
+      c.findings.push(f);
+      log.error(fields(f), f.message);
+    },
+    warn: (f) => {
+      c.warnings.push(f);
+      log.warn(fields(f), f.message);
+    },
+  };
+  return c;
+}
+
+/** Which catalog backups a run checks, decided once at its start (`at`). */
+interface Scope {
+  /** Still to be checked: locked, or inside its configured period whatever its lock says. */
+  live(r: BackupRow): boolean;
+  /** In the bucket its target names now, so its stores can reach it. */
+  reachable(r: BackupRow): boolean;
+}
 
 export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   const { config, catalog, log } = deps;
   const now = deps.now ?? (() => new Date());
   const started = now();
-  const at = started;
-  const findings: Finding[] = [];
-  const warnings: Finding[] = [];
-  const notes: string[] = [];
-  const report = (f: Finding) => {
-    findings.push(f);
-    log.error(
-      { kind: f.kind, target: f.target, job: f.job, key: f.key, versionId: f.versionId },
-      f.message,
-    );
-  };
+  const c = collector(log);
   const jobFilter = deps.job !== undefined ? { job: deps.job } : {};
-  const masterKey = config.masterKey.reveal();
+  const targetsChecked = await checkTargets(deps, c);
+  const expired = markExpired(deps, started);
+  const scope = scopeAt(deps, started);
+  // Read again: markExpired has just changed statuses.
+  const current = catalog.listBackups(jobFilter);
+  const due = current.filter((r) => scope.live(r) && scope.reachable(r));
+  const elsewhere = new Set(
+    current
+      .filter((r) => scope.live(r) && !scope.reachable(r) && config.targets[r.target])
+      .map((r) => `${r.bucket} (target ${r.target})`),
+  );
+  for (const b of elsewhere) {
+    c.notes.push(`backups in bucket ${b} were not checked: the target now names another bucket`);
+  }
+  await checkBackups(deps, due, started, c);
+  for (const w of await hiddenBackups(due, config, deps.targets, c.notes)) c.warn(w);
+  const deepChecked = deps.deep ? await deepChecks(deps, scope, c) : [];
+  const extensions = await extendPhase(deps, now, c);
+  const finished = now();
+  const result: VerifyReport = {
+    startedAt: started.toISOString(),
+    finishedAt: finished.toISOString(),
+    durationMs: finished.getTime() - started.getTime(),
+    deep: deps.deep === true,
+    job: deps.job ?? null,
+    targets: targetsChecked,
+    checked: due.length,
+    expired: expired.length,
+    deepChecked,
+    extensions,
+    findings: c.findings,
+    warnings: c.warnings,
+    notes: c.notes,
+  };
+  recordRun(deps, result, started, finished);
+  return result;
+}
 
-  // Targets: those of the configured jobs and those the catalog's backups are in.
-  const rows = catalog.listBackups(jobFilter);
+/** The buckets of the configured jobs' targets and of the catalog's backups. */
+async function checkTargets(deps: VerifyDeps, c: Collected): Promise<VerifyReport["targets"]> {
+  const { config, catalog } = deps;
+  const rows = catalog.listBackups(deps.job !== undefined ? { job: deps.job } : {});
   const jobs = config.jobs.filter((j) => deps.job === undefined || j.name === deps.job);
   const targetNames = new Set([...jobs.map((j) => j.target), ...rows.map((r) => r.target)]);
-  const targetsChecked: VerifyReport["targets"] = [];
+  const checked: VerifyReport["targets"] = [];
   for (const name of targetNames) {
     const tc = config.targets[name];
     const target = deps.targets[name];
     if (!tc || !target) {
-      notes.push(
+      c.notes.push(
         `target ${name} is no longer configured: its backups in the catalog were not checked`,
       );
       continue;
     }
     deps.signal?.throwIfAborted();
-    const lifecycleChecked = await checkBucket(tc, target, report, notes);
-    targetsChecked.push({ name, bucket: tc.bucket, lifecycleChecked });
+    const lifecycleChecked = await checkBucket(tc, target, c.report, c.notes);
+    checked.push({ name, bucket: tc.bucket, lifecycleChecked });
   }
+  return checked;
+}
 
-  const expired = catalog.markExpired(at, deps.job);
+function markExpired({ catalog, log, job }: VerifyDeps, at: Date): BackupRow[] {
+  const expired = catalog.markExpired(at, job);
   for (const r of expired) {
     log.info(
       { job: r.job, key: r.key, versionId: r.versionId, retainUntil: r.retainUntil },
       "backup is past its retain-until: marked expired",
     );
   }
+  return expired;
+}
 
+function scopeAt({ config, targets }: VerifyDeps, at: Date): Scope {
   // A target's stores address its current bucket: backups recorded in a bucket the
   // target no longer names cannot be checked through it (and are not "missing").
   const reachable = (r: BackupRow) =>
-    config.targets[r.target]?.bucket === r.bucket && deps.targets[r.target] !== undefined;
+    config.targets[r.target]?.bucket === r.bucket && targets[r.target] !== undefined;
   // Checked while locked, and while inside its configured period whatever its lock
   // says: a backup whose lock was shorter than configured (and may already have
   // run out) is reported, not marked expired and forgotten.
@@ -241,17 +317,18 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
       r.status === "unverified") &&
       (r.retainUntil === null || Date.parse(r.retainUntil) > at.getTime() || inPeriod(r))) ||
     (r.status === "expired" && inPeriod(r));
-  // Read again: markExpired has just changed statuses.
-  const current = catalog.listBackups(jobFilter);
-  const due = current.filter((r) => live(r) && reachable(r));
-  const elsewhere = new Set(
-    current
-      .filter((r) => live(r) && !reachable(r) && config.targets[r.target])
-      .map((r) => `${r.bucket} (target ${r.target})`),
-  );
-  for (const b of elsewhere) {
-    notes.push(`backups in bucket ${b} were not checked: the target now names another bucket`);
-  }
+  return { live, reachable };
+}
+
+/** Each due backup against the server, verify.concurrency at a time. */
+async function checkBackups(
+  deps: VerifyDeps,
+  due: BackupRow[],
+  at: Date,
+  c: Collected,
+): Promise<void> {
+  const { config, catalog, log } = deps;
+  const masterKey = config.masterKey.reveal();
   await mapLimit(due, config.verify.concurrency, deps.signal, async (row) => {
     const tc = config.targets[row.target] as TargetConfig;
     const target = deps.targets[row.target] as Target;
@@ -267,72 +344,70 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
       masterKey,
     );
     for (const f of seen) {
-      if (!WARNING_KINDS.has(f.kind)) report(f);
-      else {
-        warnings.push(f);
-        log.warn(
-          { kind: f.kind, target: f.target, job: f.job, key: f.key, versionId: f.versionId },
-          f.message,
-        );
-      }
+      if (!WARNING_KINDS.has(f.kind)) c.report(f);
+      else c.warn(f);
     }
   });
-  for (const w of await hiddenBackups(due, config, deps.targets, notes)) {
-    warnings.push(w);
-    log.warn(
-      { kind: w.kind, target: w.target, job: w.job, key: w.key, versionId: w.versionId },
-      w.message,
-    );
-  }
+}
 
+/**
+ * Deep: every backup crash recovery found (still inside its retention) is
+ * downloaded, whatever the sample; then each job's newest `sample` good ones.
+ */
+async function deepChecks(deps: VerifyDeps, scope: Scope, c: Collected): Promise<DeepResult[]> {
+  const { config, catalog, log } = deps;
   const deepChecked: DeepResult[] = [];
-  if (deps.deep) {
-    // Every backup crash recovery found (still inside its retention) is downloaded, whatever the sample.
-    for (const row of catalog
-      .listBackups(jobFilter)
-      .filter((r) => r.status === "unverified" && live(r) && reachable(r))) {
-      const target = deps.targets[row.target];
-      if (!target) continue;
-      deps.signal?.throwIfAborted();
-      const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
-      deepChecked.push(result);
-      if (finding) report(finding);
+  const check = async (row: BackupRow, target: Target) => {
+    deps.signal?.throwIfAborted();
+    const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
+    deepChecked.push(result);
+    if (finding) c.report(finding);
+  };
+  for (const row of catalog
+    .listBackups(deps.job !== undefined ? { job: deps.job } : {})
+    .filter((r) => r.status === "unverified" && scope.live(r) && scope.reachable(r))) {
+    const target = deps.targets[row.target];
+    if (target) await check(row, target);
+  }
+  const sample = deps.sample ?? config.verify.deep?.sample ?? 1;
+  for (const job of config.jobs.filter((j) => deps.job === undefined || j.name === deps.job)) {
+    const good = catalog
+      .listBackups({ job: job.name })
+      .filter((r) => r.status === "ok" && scope.reachable(r));
+    if (good.length === 0) {
+      c.notes.push(`job ${job.name} has no good backup to check deeply`);
+      continue;
     }
-    const sample = deps.sample ?? config.verify.deep?.sample ?? 1;
-    for (const job of jobs) {
-      const good = catalog
-        .listBackups({ job: job.name })
-        .filter((r) => r.status === "ok" && reachable(r));
-      if (good.length === 0) {
-        notes.push(`job ${job.name} has no good backup to check deeply`);
-        continue;
-      }
-      for (const row of good.slice(-sample).reverse()) {
-        const target = deps.targets[row.target];
-        if (!target || deepChecked.some((d) => d.backupId === row.id)) continue;
-        deps.signal?.throwIfAborted();
-        const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
-        deepChecked.push(result);
-        if (finding) report(finding);
-      }
+    for (const row of good.slice(-sample).reverse()) {
+      const target = deps.targets[row.target];
+      if (!target || deepChecked.some((d) => d.backupId === row.id)) continue;
+      await check(row, target);
     }
   }
+  return deepChecked;
+}
 
-  const extensions = config.keepLatestLocked
-    ? await extendLatestLocks({
-        config,
-        catalog,
-        targets: deps.targets,
-        log,
-        ...(deps.job !== undefined ? { job: deps.job } : {}),
-        ...(deps.signal ? { signal: deps.signal } : {}),
-        now,
-      })
-    : [];
+/** keepLatestLocked: extends each job's newest good backup; a failed extension is a finding. */
+async function extendPhase(
+  deps: VerifyDeps,
+  now: () => Date,
+  c: Collected,
+): Promise<LockExtension[]> {
+  const { config, catalog, log } = deps;
+  if (!config.keepLatestLocked) return [];
+  const extensions = await extendLatestLocks({
+    config,
+    catalog,
+    targets: deps.targets,
+    log,
+    ...(deps.job !== undefined ? { job: deps.job } : {}),
+    ...(deps.signal ? { signal: deps.signal } : {}),
+    now,
+  });
   for (const e of extensions) {
     if (e.action !== "failed") continue;
     const tc = config.targets[e.target];
-    report({
+    c.report({
       kind: "lock-extension-failed",
       target: e.target,
       bucket: tc?.bucket ?? "",
@@ -343,46 +418,34 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
       message: e.message,
     });
   }
+  return extensions;
+}
 
-  const finished = now();
-  const result: VerifyReport = {
-    startedAt: started.toISOString(),
-    finishedAt: finished.toISOString(),
-    durationMs: finished.getTime() - started.getTime(),
-    deep: deps.deep === true,
-    job: deps.job ?? null,
-    targets: targetsChecked,
-    checked: due.length,
-    expired: expired.length,
-    deepChecked,
-    extensions,
-    findings,
-    warnings,
-    notes,
-  };
+/** Records the run in the catalog and logs its notes and summary. */
+function recordRun({ catalog, log }: VerifyDeps, r: VerifyReport, started: Date, finished: Date) {
+  const { findings, warnings, notes, extensions } = r;
   catalog.recordVerifyRun({
     startedAt: started,
     finishedAt: finished,
-    deep: result.deep,
-    job: result.job,
-    checked: result.checked,
+    deep: r.deep,
+    job: r.job,
+    checked: r.checked,
     findings: findings.length,
-    report: { findings, warnings, notes, expired: result.expired, extensions },
+    report: { findings, warnings, notes, expired: r.expired, extensions },
   });
   for (const n of notes) log.warn(n);
   log.info(
     {
-      checked: result.checked,
+      checked: r.checked,
       findings: findings.length,
-      expired: result.expired,
-      deep: deepChecked.length,
+      expired: r.expired,
+      deep: r.deepChecked.length,
       warnings: warnings.length,
       extended: extensions.filter((e) => e.action === "extended").length,
-      durationMs: result.durationMs,
+      durationMs: r.durationMs,
     },
     findings.length ? `verify found ${findings.length} problem(s)` : "verify found no problems",
   );
-  return result;
 }
 
 /** Bucket settings and lifecycle; returns whether the lifecycle could be read. */
@@ -429,13 +492,8 @@ async function checkBucket(
  * The bucket's lock settings with the reader, else the writer (some readers
  * have no bucket-level permissions): the same fallback as a backup's preflight.
  */
-export async function readLockState(target: Target): Promise<BucketLockState> {
-  try {
-    return await retry(() => target.reader.lockState(), RETRY_BUCKET);
-  } catch (err) {
-    if (err instanceof StorageError && err.status === 403) return await target.writer.lockState();
-    throw err;
-  }
+export function readLockState(target: Target): Promise<BucketLockState> {
+  return withReadFallback(target, (s) => retry(() => s.lockState(), RetryPolicy.bucket));
 }
 
 /** The lifecycle rules with the reader, else admin; undefined if no credential may read them (Ceph RGW subusers cannot). */
@@ -443,9 +501,9 @@ export async function readLifecycle(target: Target) {
   for (const s of [target.reader, target.admin]) {
     if (!s) continue;
     try {
-      return await retry(() => s.lifecycle(), RETRY_BUCKET);
+      return await retry(() => s.lifecycle(), RetryPolicy.bucket);
     } catch (err) {
-      if (!(err instanceof StorageError && err.status === 403)) throw err;
+      if (!isRefused(err)) throw err;
     }
   }
   return undefined;
@@ -575,10 +633,49 @@ async function checkBackup(
   deep: boolean | undefined,
   masterKey: Buffer,
 ): Promise<Finding[]> {
-  const reader = target.reader;
+  const seen = await observe(row, target.reader, catalog, signal);
+  const judged = judgeBackup(row, seen, tc);
+  let { findings, status } = judged;
   let locked: Retention | undefined;
+  if (status === "unlocked" && configuredEnd(row, tc) > now.getTime()) {
+    const relocked = await relock(row, tc, target, catalog, seen, now, signal);
+    if (relocked.ok) status = "ok";
+    locked = relocked.after;
+    findings = findings.map((f) =>
+      LOCK_KINDS.has(f.kind) ? { ...f, message: f.message + relocked.outcome } : f,
+    );
+  }
+  // A deep run settles an unverified backup; until one does, it is a finding.
+  if (row.status === "unverified" && !deep) {
+    findings.push({
+      kind: "unverified",
+      message: `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId} was found by crash recovery and its SHA-256 is unknown; run immutd verify --deep --job ${row.job} to settle it`,
+    });
+  }
+  recordObserved(row, catalog, log, status, seen.retention);
+  findings.push(
+    ...(await checkManifest(row, target, masterKey, locked ?? seen.retention, now, signal)),
+  );
+  return findings.map((f) => ({
+    ...f,
+    target: tc.name,
+    bucket: row.bucket,
+    job: row.job,
+    key: row.key,
+    versionId: row.versionId,
+    backupId: row.id,
+  }));
+}
+
+/** What the server shows for one backup: HEAD with its SSE-C key, then its retention. */
+async function observe(
+  row: BackupRow,
+  reader: ObjectStore,
+  catalog: Catalog,
+  signal: AbortSignal | undefined,
+): Promise<Observed> {
   const sseKey = catalog.backupKey(row.id) as Buffer;
-  const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+  const opts = withSignal(RetryPolicy.read, signal);
   const seen: Observed = {};
   try {
     seen.size = (await retry(() => reader.head(row.key, row.versionId, sseKey), opts)).size;
@@ -596,42 +693,51 @@ async function checkBackup(
       ...(refusal ? { refusal: refusal.text } : {}),
     };
   }
-  const judged = judgeBackup(row, seen, tc);
-  let { findings, status } = judged;
-  if (status === "unlocked" && configuredEnd(row, tc) > now.getTime()) {
-    // Lock it for its configured period now (extend-only), and say so in each finding.
-    const wanted = requiredLock(row, tc);
-    const lock = await lockAtLeast(target, row.key, row.versionId, wanted, {
-      now,
-      slackMs: LOCK_SLACK_MS,
-      before: seen.retention,
-      ...(signal ? { signal } : {}),
-    });
-    if (lock.changed && lock.after) {
-      catalog.recordLockExtension({
-        backupId: row.id,
-        from: seen.retention?.retainUntil ?? null,
-        to: lock.after.retainUntil,
-        mode: lock.after.mode,
-        at: now,
-      });
-    }
-    const outcome = lock.problem
-      ? `; locking it for its configured period failed: ${lock.problem}`
-      : `; verify locked it ${lock.after?.mode} until ${lock.after?.retainUntil.toISOString()}`;
-    if (!lock.problem) status = "ok";
-    locked = lock.after;
-    findings = findings.map((f) =>
-      LOCK_KINDS.has(f.kind) ? { ...f, message: f.message + outcome } : f,
-    );
-  }
-  // A deep run settles an unverified backup; until one does, it is a finding.
-  if (row.status === "unverified" && !deep) {
-    findings.push({
-      kind: "unverified",
-      message: `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId} was found by crash recovery and its SHA-256 is unknown; run immutd verify --deep --job ${row.job} to settle it`,
+  return seen;
+}
+
+/**
+ * Locks an unlocked backup for its configured period now (extend-only);
+ * `outcome` is the clause each lock finding gets, `after` the lock it has.
+ */
+async function relock(
+  row: BackupRow,
+  tc: TargetConfig,
+  target: Target,
+  catalog: Catalog,
+  seen: Observed,
+  now: Date,
+  signal: AbortSignal | undefined,
+): Promise<{ ok: boolean; outcome: string; after: Retention | undefined }> {
+  const lock = await lockAtLeast(target, row.key, row.versionId, requiredLock(row, tc), {
+    now,
+    slackMs: LOCK_SLACK_MS,
+    before: seen.retention,
+    ...(signal ? { signal } : {}),
+  });
+  if (lock.changed && lock.after) {
+    catalog.recordLockExtension({
+      backupId: row.id,
+      from: seen.retention?.retainUntil ?? null,
+      to: lock.after.retainUntil,
+      mode: lock.after.mode,
+      at: now,
     });
   }
+  const outcome = lock.problem
+    ? `; locking it for its configured period failed: ${lock.problem}`
+    : `; verify locked it ${lock.after?.mode} until ${lock.after?.retainUntil.toISOString()}`;
+  return { ok: !lock.problem, outcome, after: lock.after };
+}
+
+/** The catalog follows what was seen: the status, and a retain-until the server extended. */
+function recordObserved(
+  row: BackupRow,
+  catalog: Catalog,
+  log: Logger,
+  status: BackupRow["status"] | undefined,
+  r: Retention | undefined,
+): void {
   // An unverified backup's status is settled by the deep check alone.
   if (status !== undefined && status !== row.status && row.status !== "unverified") {
     catalog.setBackupStatus(row.id, status);
@@ -642,7 +748,6 @@ async function checkBackup(
       );
     }
   }
-  const r = seen.retention;
   if (
     r &&
     // A row recorded before its lock was read back (a kill in between) has none yet.
@@ -651,16 +756,6 @@ async function checkBackup(
   ) {
     catalog.adoptRetainUntil(row.id, r.retainUntil, r.mode);
   }
-  findings.push(...(await checkManifest(row, target, masterKey, locked ?? r, now, signal)));
-  return findings.map((f) => ({
-    ...f,
-    target: tc.name,
-    bucket: row.bucket,
-    job: row.job,
-    key: row.key,
-    versionId: row.versionId,
-    backupId: row.id,
-  }));
 }
 
 /**
@@ -693,7 +788,7 @@ async function checkManifest(
     ];
   }
   const out: { kind: FindingKind; message: string }[] = [];
-  const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+  const opts = withSignal(RetryPolicy.read, signal);
   const sseKey = deriveSseKey(masterKey, row.bucket, key);
   try {
     const body = await retry(
@@ -731,7 +826,7 @@ async function checkManifest(
       });
   }
   try {
-    const latest = (await retry(() => target.reader.listVersions(key), RETRY_BUCKET)).find(
+    const latest = (await retry(() => target.reader.listVersions(key), RetryPolicy.bucket)).find(
       (v) => v.key === key && v.isLatest,
     );
     if (latest && latest.versionId !== versionId)
@@ -825,35 +920,41 @@ async function deepCheck(
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("verify cancelled");
     // The archive did not read: hash the raw bytes to tell corruption from a bad download.
-    const listError = describeError(err);
-    try {
-      const raw = await restore(
-        reader,
-        unchecked as RestoreSource,
-        { kind: "raw", out: sink() },
-        signal ? { signal } : {},
-      );
-      const bad = mismatch(raw.bytes, raw.sha256);
-      catalog.setBackupStatus(row.id, "corrupt");
-      return {
-        result: result(false, raw.bytes),
-        finding: bad ?? {
-          ...base,
-          kind: "archive-unreadable",
-          message: `${what}: its bytes match the catalog, but the archive does not read to the end (${listError}); marked corrupt`,
-        },
-      };
-    } catch (rawErr) {
-      if (signal?.aborted) throw new CancelledError("verify cancelled");
+    const raw = await rawDigest(reader, unchecked as RestoreSource, signal);
+    if ("error" in raw) {
       return {
         result: result(false, 0),
         finding: {
           ...base,
           kind: "check-failed",
-          message: `${what}: download failed: ${describeError(rawErr)}`,
+          message: `${what}: download failed: ${raw.error}`,
         },
       };
     }
+    catalog.setBackupStatus(row.id, "corrupt");
+    return {
+      result: result(false, raw.bytes),
+      finding: mismatch(raw.bytes, raw.sha256) ?? {
+        ...base,
+        kind: "archive-unreadable",
+        message: `${what}: its bytes match the catalog, but the archive does not read to the end (${describeError(err)}); marked corrupt`,
+      },
+    };
+  }
+}
+
+/** The size and SHA-256 of a backup's decrypted bytes as stored, or why the download failed. */
+async function rawDigest(
+  reader: ObjectStore,
+  src: RestoreSource,
+  signal: AbortSignal | undefined,
+): Promise<{ bytes: number; sha256: string } | { error: string }> {
+  try {
+    const raw = await restore(reader, src, { kind: "raw", out: sink() }, signal ? { signal } : {});
+    return { bytes: raw.bytes, sha256: raw.sha256 };
+  } catch (err) {
+    if (signal?.aborted) throw new CancelledError("verify cancelled");
+    return { error: describeError(err) };
   }
 }
 
@@ -876,7 +977,7 @@ async function hiddenBackups(
     const target = targets[name] as Target;
     let hidden: Set<string>;
     try {
-      const versions = await retry(() => target.reader.listVersions(tc.prefix), RETRY_BUCKET);
+      const versions = await retry(() => target.reader.listVersions(tc.prefix), RetryPolicy.bucket);
       hidden = new Set(versions.filter((v) => v.deleteMarker && v.isLatest).map((v) => v.key));
     } catch (err) {
       notes.push(
@@ -918,7 +1019,7 @@ async function foreignVersion(
   const sseKey = catalog.backupKey(row.id) as Buffer;
   let encrypted: boolean;
   try {
-    const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+    const opts = withSignal(RetryPolicy.read, signal);
     encrypted = (await retry(() => reader.head(row.key, row.versionId, sseKey), opts)).encrypted;
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("verify cancelled");
@@ -1012,7 +1113,7 @@ async function extendOne(
     versionId: row.versionId,
   };
   const what = `s3://${row.bucket}/${row.key} version ${row.versionId}`;
-  const opts = { ...RETRY, ...(signal ? { signal } : {}) };
+  const opts = withSignal(RetryPolicy.read, signal);
   const { needed, extendTo: wanted } = lockTarget(now, tc.retention.days);
   let current: Retention | undefined;
   try {

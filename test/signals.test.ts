@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
+import { Writable } from "node:stream";
 import { describe, it } from "node:test";
+import { createLogger } from "../src/log.js";
 import {
+  cancelOnStopSignals,
   FORCED_EXIT_CODE,
   onStopSignals,
   REPEAT_SIGNAL_MS,
@@ -72,5 +75,46 @@ describe("stop signals", () => {
     assert.equal(signalMeaning(undefined, 5), "stop");
     assert.equal(signalMeaning(0, REPEAT_SIGNAL_MS), "same");
     assert.equal(signalMeaning(0, REPEAT_SIGNAL_MS + 1), "force");
+  });
+});
+
+describe("cancelOnStopSignals (backup, restore, verify)", () => {
+  it("the first signal logs what stops and aborts with the command's reason; a repeat in the window neither aborts again nor exits; a late one exits", () => {
+    const lines: string[] = [];
+    const log = createLogger({
+      level: "info",
+      format: "json",
+      destination: new Writable({
+        write(chunk, _enc, cb) {
+          lines.push(String(chunk));
+          cb();
+        },
+      }),
+    });
+    const source = new EventEmitter();
+    let clock = 5_000;
+    const exits: number[] = [];
+    const controller = new AbortController();
+    let aborts = 0;
+    controller.signal.addEventListener("abort", () => aborts++);
+    cancelOnStopSignals(controller, log, "stopping the restore", (sig) => new Error(`by ${sig}`), {
+      source: source as unknown as NodeJS.Process,
+      now: () => clock,
+      exit: (code) => exits.push(code),
+    });
+    source.emit("SIGTERM", "SIGTERM");
+    assert.equal(aborts, 1);
+    assert.equal((controller.signal.reason as Error).message, "by SIGTERM");
+    clock += 10;
+    source.emit("SIGINT", "SIGINT");
+    assert.equal(aborts, 1);
+    assert.deepEqual(exits, []);
+    clock += REPEAT_SIGNAL_MS + 1;
+    source.emit("SIGINT", "SIGINT");
+    assert.deepEqual(exits, [FORCED_EXIT_CODE]);
+    const msgs = lines.map((l) => JSON.parse(l).msg as string);
+    assert.equal(msgs[0], "SIGTERM received: stopping the restore; send it again to exit at once");
+    assert.match(msgs[1] ?? "", /taken as the same stop request/);
+    assert.match(msgs[2] ?? "", /exiting now, without cleaning up/);
   });
 });

@@ -1,8 +1,10 @@
 /** `immutd audit`: judges every host's backups under a target's prefix from the bucket alone (src/audit.ts). */
 import { type AuditReport, auditTargets } from "../audit.js";
 import { CancelledError, VerifyFindingsError } from "../errors.js";
-import type { Context } from "./context.js";
-import { cancelOnSignals, selectTargets } from "./targets.js";
+import type { Command } from "commander";
+import { cancelOnStopSignals } from "../signals.js";
+import type { Cli, Context } from "./context.js";
+import { selectTargets } from "./targets.js";
 
 export const auditHelp = `
 Audits every host and job under a target's prefix from the bucket alone, with
@@ -39,8 +41,11 @@ export async function auditCommand(
   opts: { target?: string; json?: boolean },
 ): Promise<void> {
   const controller = new AbortController();
-  const removeSignals = cancelOnSignals(controller, (sig) =>
-    ctx.log.warn(`${sig} received: cancelling; send it again to exit at once`),
+  const removeSignals = cancelOnStopSignals(
+    controller,
+    ctx.log,
+    "cancelling",
+    (sig) => new Error(`received ${sig}`),
   );
   let reports: AuditReport[];
   try {
@@ -78,4 +83,17 @@ function render(reports: readonly AuditReport[]): string {
     for (const n of r.notes) lines.push(`NOTE  ${n}`);
   }
   return `${lines.join("\n")}\n`;
+}
+
+export function registerAudit(p: Command, cli: Cli): void {
+  p.command("audit")
+    .description(
+      "audit every host's backups under a target from the bucket alone; exit 4 on findings",
+    )
+    .option("--target <name>", "only this target (default: every target)")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", auditHelp)
+    .action((opts: { target?: string; json?: boolean }) =>
+      cli.withContext((ctx) => auditCommand(ctx, opts)),
+    );
 }

@@ -1,3 +1,4 @@
+import type { Command } from "commander";
 import { type BackupResult, runBackup } from "../backup.js";
 import type { JobConfig } from "../config.js";
 import {
@@ -11,10 +12,11 @@ import {
 import { Notifier, resultPayload } from "../notify.js";
 import { formatBytes, formatDuration, ProgressLine } from "../progress.js";
 import { reconcile } from "../recovery.js";
-import { onStopSignals } from "../signals.js";
+import { cancelOnStopSignals } from "../signals.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
-import type { Context } from "./context.js";
+import type { Cli, Context } from "./context.js";
+import { dryRunCommand } from "./dry-run.js";
 
 export const backupHelp = `
 Runs the named jobs now, one after another (all jobs when none are named).
@@ -66,13 +68,12 @@ Examples:
 export async function backupCommand(ctx: Context, names: string[]): Promise<void> {
   const jobs = selectJobs(ctx.config.jobs, names);
   const controller = new AbortController();
-  const removeSignals = onStopSignals({
-    log: ctx.log,
-    stop: (sig) => {
-      ctx.log.warn(`${sig} received: cancelling; send it again to exit at once`);
-      controller.abort(new CancelledError(`received ${sig}`));
-    },
-  });
+  const removeSignals = cancelOnStopSignals(
+    controller,
+    ctx.log,
+    "cancelling",
+    (sig) => new CancelledError(`received ${sig}`),
+  );
 
   const targets = new Map<string, Target>();
   const target = (name: string): Target => {
@@ -183,4 +184,22 @@ function summary(r: BackupResult, bucket: string): string {
     return `${r.job}: backup succeeded: ${stats}\n  s3://${bucket}/${r.key}\n  version ${r.versionId}, locked until ${r.retainUntil?.toISOString()}`;
   }
   return `${r.job}: backup ${r.status}: ${r.error}\n  (${stats}; nothing partial was left in the bucket)`;
+}
+
+export function registerBackup(p: Command, cli: Cli): void {
+  p.command("backup")
+    .description("run backup jobs now")
+    .argument("[jobs...]", "job names (default: all jobs)")
+    .option(
+      "--dry-run",
+      "walk the jobs' paths as a backup would and print what it would archive; nothing is run, uploaded or recorded",
+    )
+    .option("--list", "with --dry-run: print every path that would be archived")
+    .addHelpText("after", backupHelp)
+    .action((jobs: string[], opts: { dryRun?: boolean; list?: boolean }) =>
+      cli.withContext((ctx) => {
+        if (opts.list && !opts.dryRun) throw new UsageError("--list needs --dry-run");
+        return opts.dryRun ? dryRunCommand(ctx, jobs, opts) : backupCommand(ctx, jobs);
+      }),
+    );
 }

@@ -2,6 +2,7 @@
  * `immutd ls` and `immutd find`: what backups hold, answered from their
  * manifests (src/browse.ts), never from the archives.
  */
+import type { Command } from "commander";
 import picomatch from "picomatch";
 import {
   archiveVersions,
@@ -19,7 +20,7 @@ import { fileName, linkName, type Manifest, type ManifestFile } from "../manifes
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import { parseTimeBound } from "../time.js";
-import type { Context } from "./context.js";
+import type { Cli, Context } from "./context.js";
 
 export const lsHelp = `
 Lists the files of one backup of JOB from its manifest, as tar -tv does,
@@ -280,4 +281,29 @@ function permissions(mode: number): string {
 /** mtime (seconds) as tar -tv prints it, in UTC. */
 function stamp(seconds: number): string {
   return new Date(seconds * 1000).toISOString().slice(0, 16).replace("T", " ");
+}
+
+export function registerLs(p: Command, cli: Cli): void {
+  p.command("ls")
+    .description("list the files of one backup of JOB from its manifest (no archive download)")
+    .argument("<job>", "the job whose backup to list")
+    .option("--at <time>", "newest backup created at or before TIME (as for restore)")
+    .option("--id <n>", "the backup with this catalog id")
+    .option("--host <name>", "read the manifests in the bucket made under this host name")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", lsHelp)
+    .action((job: string, opts: LsOptions) => cli.withContext((ctx) => lsCommand(ctx, job, opts)));
+}
+
+export function registerFind(p: Command, cli: Cli): void {
+  p.command("find")
+    .description("search the manifests of all backups for paths matching a glob")
+    .argument("<pattern>", "glob: a file name (*.conf) or, with a /, a whole path")
+    .option("--job <name>", "only this job")
+    .option("--host <name>", "read the manifests in the bucket made under this host name")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", findHelp)
+    .action((pattern: string, opts: FindOptions) =>
+      cli.withContext((ctx) => findCommand(ctx, pattern, opts)),
+    );
 }

@@ -1,7 +1,9 @@
 /** `immutd config check`: validate the configuration and print it resolved, secrets redacted. */
+
+import type { Command } from "commander";
 import { stringify } from "yaml";
 import { configPath, loadConfig, redactedView } from "../config.js";
-import { type GlobalOptions, makeLogger } from "./context.js";
+import { type Cli, type GlobalOptions, makeLogger } from "./context.js";
 
 export const configCheckHelp = `
 Reads every referenced secret file and environment variable, so it also proves
@@ -18,4 +20,13 @@ export function configCheckCommand(g: GlobalOptions): void {
   const log = makeLogger(g);
   for (const w of warnings) log.warn(w);
   process.stdout.write(`# ${file}: valid\n${stringify(redactedView(config))}`);
+}
+
+export function registerConfig(p: Command, cli: Cli): void {
+  const config = p.command("config").description("configuration tools");
+  config
+    .command("check")
+    .description("validate the configuration and print it resolved, with secrets redacted")
+    .addHelpText("after", configCheckHelp)
+    .action(() => configCheckCommand(cli.globals()));
 }

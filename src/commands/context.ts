@@ -14,6 +14,17 @@ export interface GlobalOptions {
   logFormat?: LogFormat;
 }
 
+/**
+ * What a command's registration (its `registerX(p, cli)`, listed in
+ * src/program.ts) gets besides the root command.
+ */
+export interface Cli {
+  /** The global options (--config, --log-level, --log-format) as parsed. */
+  globals(): GlobalOptions;
+  /** Runs `fn` with a Context opened from the global options, and closes it after, also on error. */
+  withContext(fn: (ctx: Context) => Promise<void> | void): Promise<void>;
+}
+
 export interface Context {
   config: Config;
   log: Logger;

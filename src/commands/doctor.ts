@@ -1,6 +1,7 @@
+import type { Command } from "commander";
 import { type Check, type DoctorReport, runDoctor } from "../doctor.js";
 import { VerifyFindingsError } from "../errors.js";
-import type { Context } from "./context.js";
+import type { Cli, Context } from "./context.js";
 import { openTargets, selectTargets } from "./targets.js";
 
 export const doctorHelp = `
@@ -93,4 +94,15 @@ function render(r: DoctorReport): string {
     `  ${count("OK")} OK, ${count("WARN")} WARN, ${count("FAIL")} FAIL${count("SKIP") ? `, ${count("SKIP")} skipped` : ""}`,
   );
   return `${out.join("\n")}\n`;
+}
+
+export function registerDoctor(p: Command, cli: Cli): void {
+  p.command("doctor")
+    .description("check endpoint, clock, bucket and credentials with a canary; exit 4 on FAIL")
+    .argument("[target]", "target name (default: every target)")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", doctorHelp)
+    .action((target: string | undefined, opts: { json?: boolean }) =>
+      cli.withContext((ctx) => doctorCommand(ctx, target, opts)),
+    );
 }

@@ -1,6 +1,7 @@
+import type { Command } from "commander";
 import { VerifyFindingsError } from "../errors.js";
 import { type InitResult, runInit } from "../init.js";
-import type { Context } from "./context.js";
+import type { Cli, Context } from "./context.js";
 import { openTargets, selectTargets } from "./targets.js";
 
 export const initHelp = `
@@ -78,4 +79,15 @@ function render(r: InitResult, endpoint: string, dryRun: boolean): string {
       : "  nothing to change";
   lines.push(summary);
   return `${lines.join("\n")}\n`;
+}
+
+export function registerInit(p: Command, cli: Cli): void {
+  p.command("init")
+    .description("create or tighten a target's bucket: Object Lock, default retention, lifecycle")
+    .argument("[target]", "target name (default: every target)")
+    .option("--dry-run", "show what would change, change nothing")
+    .addHelpText("after", initHelp)
+    .action((target: string | undefined, opts: { dryRun?: boolean }) =>
+      cli.withContext((ctx) => initCommand(ctx, target, opts)),
+    );
 }

@@ -1,7 +1,8 @@
+import type { Command } from "commander";
 import type { BackupRow } from "../catalog.js";
 import { UsageError } from "../errors.js";
 import { formatBytes, formatTable } from "../progress.js";
-import type { Context } from "./context.js";
+import type { Cli, Context } from "./context.js";
 
 export const listHelp = `
 Lists the backups recorded in the catalog, oldest first, with the lock the
@@ -54,4 +55,15 @@ function table(rows: BackupRow[]): string {
     r.versionId,
   ]);
   return formatTable(head, body);
+}
+
+export function registerList(p: Command, cli: Cli): void {
+  p.command("list")
+    .description("list the backups recorded in the catalog")
+    .option("--job <name>", "only this job")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", listHelp)
+    .action((opts: { job?: string; json?: boolean }) =>
+      cli.withContext((ctx) => listCommand(ctx, opts)),
+    );
 }

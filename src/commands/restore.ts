@@ -22,7 +22,7 @@ import {
   selectFromBucket,
   selectFromCatalog,
 } from "../restore.js";
-import { onStopSignals } from "../signals.js";
+import { cancelOnStopSignals } from "../signals.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import { parseTimeBound } from "../time.js";
@@ -281,15 +281,13 @@ async function withStopSignals(
   run: (signal: AbortSignal) => Promise<void>,
 ): Promise<void> {
   const controller = new AbortController();
-  const removeSignals = onStopSignals({
-    log: ctx.log,
-    stop: (sig) => {
-      ctx.log.warn(`${sig} received: stopping the restore; send it again to exit at once`);
-      controller.abort(
-        new CancelledError(`restore cancelled by ${sig}; files already written were left in place`),
-      );
-    },
-  });
+  const removeSignals = cancelOnStopSignals(
+    controller,
+    ctx.log,
+    "stopping the restore",
+    (sig) =>
+      new CancelledError(`restore cancelled by ${sig}; files already written were left in place`),
+  );
   try {
     await run(controller.signal);
   } finally {

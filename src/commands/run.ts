@@ -1,7 +1,8 @@
+import type { Command } from "commander";
 import { configPath, loadConfig } from "../config.js";
 import { Daemon } from "../daemon.js";
 import { onStopSignals } from "../signals.js";
-import type { GlobalOptions } from "./context.js";
+import type { Cli, GlobalOptions } from "./context.js";
 import { makeLogger } from "./context.js";
 
 export const runHelp = `
@@ -90,4 +91,11 @@ export async function runCommand(g: GlobalOptions): Promise<void> {
     void daemon.reload();
   }
   await finished;
+}
+
+export function registerRun(p: Command, cli: Cli): void {
+  p.command("run")
+    .description("run the scheduling daemon (what systemd and containers start)")
+    .addHelpText("after", runHelp)
+    .action(() => runCommand(cli.globals()));
 }

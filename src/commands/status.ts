@@ -1,6 +1,7 @@
+import type { Command } from "commander";
 import { formatTable } from "../progress.js";
 import { nextRun } from "../schedule.js";
-import type { Context } from "./context.js";
+import type { Cli, Context } from "./context.js";
 
 export const statusHelp = `
 Shows each job's last run (when, result with its count of warnings, error),
@@ -50,4 +51,12 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
       process.stdout.write(`\n${r.job}: last run ${r.lastRun.status}: ${r.lastRun.error}\n`);
     }
   }
+}
+
+export function registerStatus(p: Command, cli: Cli): void {
+  p.command("status")
+    .description("each job's last run, last success and next run")
+    .option("--json", "machine-readable output")
+    .addHelpText("after", statusHelp)
+    .action((opts: { json?: boolean }) => cli.withContext((ctx) => statusCommand(ctx, opts)));
 }

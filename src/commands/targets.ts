@@ -4,7 +4,6 @@
  */
 import { byName, type Config, type TargetConfig } from "../config.js";
 import { UsageError } from "../errors.js";
-import { onStopSignals } from "../signals.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
 
@@ -36,17 +35,4 @@ export function openTargets(list: readonly TargetConfig[], parallel = 0): OpenTa
       for (const t of Object.values(targets)) closeTarget(t);
     },
   };
-}
-
-/** Ctrl-C / SIGTERM abort the signal; a later one exits at once (signals.ts). Returns the remover. */
-export function cancelOnSignals(
-  controller: AbortController,
-  onFirst: (sig: string) => void,
-): () => void {
-  return onStopSignals({
-    stop: (sig) => {
-      onFirst(sig);
-      controller.abort(new Error(`received ${sig}`));
-    },
-  });
 }

@@ -1,11 +1,13 @@
+import type { Command } from "commander";
 import { CancelledError, CatalogError, describeError, VerifyFindingsError } from "../errors.js";
 import { formatDuration } from "../progress.js";
 import { reconcile } from "../recovery.js";
+import { cancelOnStopSignals } from "../signals.js";
 import type { Target } from "../store/store.js";
 import { runVerify, type VerifyReport } from "../verify.js";
 import { selectJobs } from "./backup.js";
-import type { Context } from "./context.js";
-import { cancelOnSignals, openTargets } from "./targets.js";
+import type { Cli, Context } from "./context.js";
+import { openTargets } from "./targets.js";
 
 export const verifyHelp = `
 Proves that the backups in the catalog are still protected, with the reader
@@ -80,8 +82,11 @@ export async function verifyCommand(
   }
   const open = openTargets(Object.values(ctx.config.targets), ctx.config.verify.concurrency);
   const controller = new AbortController();
-  const removeSignals = cancelOnSignals(controller, (sig) =>
-    ctx.log.warn(`${sig} received: cancelling; send it again to exit at once`),
+  const removeSignals = cancelOnStopSignals(
+    controller,
+    ctx.log,
+    "cancelling",
+    (sig) => new Error(`received ${sig}`),
   );
   let report: VerifyReport;
   try {
@@ -154,4 +159,16 @@ function render(r: VerifyReport): string {
     }`,
   );
   return `${lines.join("\n")}\n`;
+}
+
+export function registerVerify(p: Command, cli: Cli): void {
+  p.command("verify")
+    .description("prove that every backup is still there, locked and readable; exit 4 on findings")
+    .option("--job <name>", "only this job's backups")
+    .option("--deep", "also download the newest backup of each job and check its SHA-256")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", verifyHelp)
+    .action((opts: { job?: string; deep?: boolean; json?: boolean }) =>
+      cli.withContext((ctx) => verifyCommand(ctx, opts)),
+    );
 }
