@@ -9,8 +9,6 @@
  * leaves what was written in place for the operator to judge.
  */
 import { pipeline } from "node:stream/promises";
-import { decoderFor } from "./pipeline/codec.js";
-import { HashingCounter } from "./pipeline/hash.js";
 import type { Catalog } from "./catalog.js";
 import type { Compression, Config, JobConfig } from "./config.js";
 import { UsageError } from "./errors.js";
@@ -25,7 +23,9 @@ import {
 } from "./extract.js";
 import { deriveSseKey } from "./keys.js";
 import { isDatedInFuture, jobPrefix, parseObjectKey } from "./naming.js";
+import { decoderFor } from "./pipeline/codec.js";
 import { type DownloadOptions, download, RestoreError, whereOf } from "./pipeline/download.js";
+import { HashingCounter } from "./pipeline/hash.js";
 import type { ObjectStore, Target } from "./store/store.js";
 
 export { DOWNLOAD_RESUMES, RESTORE_EXIT_CODE, RestoreError } from "./pipeline/download.js";

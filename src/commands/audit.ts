@@ -1,7 +1,8 @@
 /** `immutd audit`: judges every host's backups under a target's prefix from the bucket alone (src/audit.ts). */
+
+import type { Command } from "commander";
 import { type AuditReport, auditTargets } from "../audit.js";
 import { CancelledError, VerifyFindingsError } from "../errors.js";
-import type { Command } from "commander";
 import { cancelOnStopSignals } from "../signals.js";
 import type { Cli, Context } from "./context.js";
 import { selectTargets } from "./targets.js";
