@@ -7,12 +7,22 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { backupCommand, backupHelp } from "./commands/backup.js";
+import {
+  catalogRebuildCommand,
+  catalogRebuildHelp,
+  type RebuildOptions,
+} from "./commands/catalog.js";
 import { configCheckCommand, configCheckHelp } from "./commands/config.js";
 import { type Context, type GlobalOptions, openContext } from "./commands/context.js";
 import { doctorCommand, doctorHelp } from "./commands/doctor.js";
 import { dryRunCommand } from "./commands/dry-run.js";
 import { initCommand, initHelp } from "./commands/init.js";
-import { listCommand, listHelp } from "./commands/list.js";
+import {
+  type ListFromBucketOptions,
+  listCommand,
+  listFromBucketCommand,
+  listHelp,
+} from "./commands/list.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./commands/restore.js";
 import { runCommand, runHelp } from "./commands/run.js";
 import { statusCommand, statusHelp } from "./commands/status.js";
@@ -109,12 +119,23 @@ function program(): Command {
     .action((opts: { json?: boolean }) => withContext((ctx) => statusCommand(ctx, opts)));
 
   p.command("list")
-    .description("list the backups recorded in the catalog")
+    .description("list the backups recorded in the catalog (or, with --from-bucket, in the bucket)")
     .option("--job <name>", "only this job")
     .option("--json", "machine-readable output")
+    .option(
+      "--from-bucket",
+      "without the catalog: list the backups the bucket's manifests describe",
+    )
+    .option("--host <name>", "with --from-bucket: the host name the backups were made under")
+    .option("--all-hosts", "with --from-bucket: every host under each target's prefix")
     .addHelpText("after", listHelp)
-    .action((opts: { job?: string; json?: boolean }) =>
-      withContext((ctx) => listCommand(ctx, opts)),
+    .action((opts: ListFromBucketOptions & { fromBucket?: boolean }) =>
+      withContext((ctx) => {
+        if (opts.fromBucket) return listFromBucketCommand(ctx, opts);
+        if (opts.host !== undefined || opts.allHosts)
+          throw new UsageError("--host and --all-hosts go with --from-bucket");
+        return listCommand(ctx, opts);
+      }),
     );
 
   p.command("restore")
@@ -174,6 +195,22 @@ function program(): Command {
     .action((target: string | undefined, opts: { json?: boolean }) =>
       withContext((ctx) => doctorCommand(ctx, target, opts)),
     );
+
+  const catalog = p.command("catalog").description("catalog tools");
+  catalog
+    .command("rebuild")
+    .description(
+      "rebuild the catalog's backups from the manifests in the bucket (reader credential, master key)",
+    )
+    .option(
+      "--host <name>",
+      "the host name the backups were made under (default: this config's host)",
+    )
+    .option("--target <name>", "only this target (default: every target)")
+    .option("--merge", "add to a catalog that is not empty; its rows stay as they are")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", catalogRebuildHelp)
+    .action((opts: RebuildOptions) => withContext((ctx) => catalogRebuildCommand(ctx, opts)));
 
   const config = p.command("config").description("configuration tools");
   config

@@ -1104,16 +1104,17 @@ async function extendManifest(
 }
 
 /** Runs fn over items with at most `limit` at a time; stops starting new ones once the signal is aborted. */
-async function mapLimit<T>(
+export async function mapLimit<T>(
   items: readonly T[],
   limit: number,
   signal: AbortSignal | undefined,
   fn: (item: T) => Promise<void>,
+  what = "verify",
 ): Promise<void> {
   let next = 0;
   const worker = async () => {
     while (next < items.length) {
-      if (signal?.aborted) throw new CancelledError("verify cancelled");
+      if (signal?.aborted) throw new CancelledError(`${what} cancelled`);
       const item = items[next++] as T;
       await fn(item);
     }
