@@ -224,6 +224,34 @@ describe("catalog rebuild from the manifests (memory store)", () => {
     assert.equal((await s.scan({ host: "h2" })).backups.length, 0);
   });
 
+  it("asks GetObjectRetention where HEAD does not report the lock (a provider without the header)", async () => {
+    const s = await setup(1);
+    let asked = 0;
+    const reader = new Proxy(s.target.reader, {
+      get(t, p) {
+        if (p === "head")
+          return async (...a: Parameters<ObjectStore["head"]>) => {
+            const { retention: _r, ...rest } = await t.head(...a);
+            return rest;
+          };
+        if (p === "retention")
+          return (...a: Parameters<ObjectStore["retention"]>) => {
+            asked++;
+            return t.retention(...a);
+          };
+        const v = Reflect.get(t, p, t);
+        return typeof v === "function" ? v.bind(t) : v;
+      },
+    }) as ObjectStore;
+    const found = await scanTarget(
+      { ...s.target, reader },
+      { masterKey: s.masterKey, scope: { host: "h1" }, now: s.now() },
+    );
+    assert.equal(asked, 2);
+    const c = rebuilt(found, s.masterKey);
+    assert.deepEqual(comparable(c.listBackups()), comparable(s.catalog.listBackups()));
+  });
+
   it("reports the retain-until the server reports now (extended since), and expired once it has passed", async () => {
     const s = await setup(1);
     const [row] = s.catalog.listBackups({ job: "etc" });
