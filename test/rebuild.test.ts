@@ -374,6 +374,7 @@ describe("catalog rebuild from the manifests (memory store)", () => {
       key: manifestKey(key),
       body: encodeManifest({
         ...doc,
+        createdAt: s.now().toISOString(),
         archive: { ...doc.archive, key, versionId: up.versionId, size: 10_240 },
       }),
       sseKey: deriveSseKey(s.masterKey, s.bucket.name, manifestKey(key)),
@@ -415,8 +416,41 @@ describe("catalog rebuild from the manifests (memory store)", () => {
         sseKey: deriveSseKey(s.masterKey, s.bucket.name, manifestKey(key)),
       });
     }
+    // And two that decode but do not fit: another time than their key's, a SHA-256 that is none.
+    const ours = s.catalog.listBackups({ job: "etc" })[0]?.manifestKey;
+    const etc = (await listManifests(s.target.reader, "", { host: "h1", job: "etc" })).find(
+      (m) => m.key === ours,
+    );
+    assert.ok(etc);
+    const real = await read(s, etc);
+    for (const [i, doc] of [
+      { ...real, createdAt: "2020-01-01T00:00:00.000Z" },
+      { ...real, archive: { ...real.archive, sha256: "<script>" } },
+    ].entries()) {
+      const key = objectKey({
+        prefix: "",
+        host: "h1",
+        job: "etc",
+        at: new Date(s.now().getTime() + (10 + i) * 1000),
+        compression: "gzip",
+      });
+      await s.target.writer.putManifest({
+        key: manifestKey(key),
+        body: encodeManifest({
+          ...doc,
+          createdAt: i === 0 ? doc.createdAt : new Date(s.now().getTime() + 11_000).toISOString(),
+          archive: { ...doc.archive, key },
+        }),
+        sseKey: deriveSseKey(s.masterKey, s.bucket.name, manifestKey(key)),
+      });
+    }
     const found = await s.scan();
-    assert.equal(found.findings.length, 4, JSON.stringify(found.findings));
+    assert.match(
+      found.findings.find((f) => /is not the time in its key/.test(f.message))?.message ?? "",
+      /2020-01-01/,
+    );
+    assert.ok(found.findings.some((f) => /<script> is not a SHA-256/.test(f.message)));
+    assert.equal(found.findings.length, 6, JSON.stringify(found.findings));
     assert.ok(found.findings.every((f) => f.kind === "unreadable" && /version /.test(f.message)));
     assert.equal(found.backups.length, 2);
   });

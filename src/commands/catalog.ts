@@ -22,7 +22,8 @@ the derived key, with the size the manifest names; the SHA-256, size and file
 count come from the manifest, retain-until and mode from the server. Status
 is ok, expired (its lock has passed) or unlocked (no lock). Not imported, and
 reported (exit 4): a manifest whose archive version is gone or differs, and a
-manifest that cannot be read, decoded or does not belong where it is stored.
+manifest that cannot be read or decoded, or does not belong where it is
+stored (another archive, host, job or time than its key).
 Reported, and not used: a later version at a manifest key (immutd writes one;
 the oldest is believed, later ones were written by someone else). Backups
 made before manifests (0.1.0) are counted; restore --from-bucket finds them.
