@@ -11,6 +11,7 @@
  * the catalog empty.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import {
   copyFileSync,
   mkdtempSync,
@@ -29,7 +30,7 @@ import { manifestKey, objectKey } from "../src/naming.js";
 import { readManifest } from "../src/snapshots.js";
 import { closeTarget, openTarget } from "../src/store/s3.js";
 import { listBackups, type TestConfig, writeConfig } from "./support/assurance.js";
-import { runCli } from "./support/cli.js";
+import { CLI, runCli } from "./support/cli.js";
 import { FaultProxy } from "./support/fault-proxy.js";
 import {
   adminRemoveVersion,
@@ -293,5 +294,49 @@ describe("catalog rebuild (CLI, Ceph RGW)", () => {
     proxy.clear();
     assert.deepEqual(await listBackups<Row>(down), []);
     rmSync(down.dir, { recursive: true, force: true });
+  });
+
+  it("faults: a manifest download that stalls is retried; kill -9 mid-rebuild leaves the catalog empty", async () => {
+    proxy.clear();
+    const { cfg, rows } = await backedUp("rbs", 1);
+    const stalling = newMachine(cfg, { endpoint: proxy.endpoint });
+    writeFileSync(
+      stalling.file,
+      readFileSync(stalling.file, "utf8").replace(
+        "partSizeMiB: 5",
+        "partSizeMiB: 5\n    idleTimeoutSeconds: 2",
+      ),
+    );
+    const stall = proxy.fault({
+      match: (q) => q.method === "GET" && q.path.endsWith(".manifest.json.gz"),
+      action: { kind: "stall", afterBytes: 20 },
+    });
+    const r = await cli(stalling, "catalog", "rebuild");
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(stall.hits, 1);
+    assert.deepEqual(comparable(await listBackups<Row>(stalling)), comparable(rows));
+
+    proxy.clear();
+    const killed = newMachine(cfg, { endpoint: proxy.endpoint });
+    proxy.fault({
+      match: (q) => q.method === "HEAD",
+      times: Number.POSITIVE_INFINITY,
+      action: { kind: "delay", ms: 10_000 },
+    });
+    const seen = proxy.log.length;
+    const child = spawn(process.execPath, [CLI, "--config", killed.file, "catalog", "rebuild"], {
+      stdio: "ignore",
+    });
+    const ended = new Promise((resolve) => child.on("close", (_code, sig) => resolve(sig)));
+    // Every manifest read, the HEADs of their archives on the way: the worst moment.
+    while (!proxy.log.slice(seen).some((q) => q.method === "HEAD"))
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    child.kill("SIGKILL");
+    assert.equal(await ended, "SIGKILL", "killed while rebuilding");
+    proxy.clear();
+    assert.deepEqual(await listBackups<Row>(killed), []);
+    const again = await cli(killed, "catalog", "rebuild");
+    assert.equal(again.code, 0, again.stderr);
+    assert.deepEqual(comparable(await listBackups<Row>(killed)), comparable(rows));
   });
 });
