@@ -11,7 +11,8 @@
  * key immutd used or at a new one. immutd writes exactly one version per
  * manifest key, right after its archive, so at a key with several versions the
  * oldest is immutd's and the later ones were written by someone else
- * (ManifestKey.extra). A manifest is believed only as far as its archive
+ * (ManifestKey.extra); versions stored at the same moment as the oldest
+ * (ManifestKey.tied) cannot be told apart, so none of them is believed. A manifest is believed only as far as its archive
  * version exists with the size it names; callers check that.
  */
 import { createHash } from "node:crypto";
