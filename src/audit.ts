@@ -314,6 +314,11 @@ async function checkBackup(deps: AuditDeps, m: ManifestKey, now: Date): Promise<
       "manifest-forged",
       `${where} has ${m.extra.length} later version(s) (${m.extra.map((v) => v.versionId).join(", ")}) that immutd never writes: forged by someone with write access; the audit reads version ${m.version.versionId}`,
     );
+  if (m.tied.length > 0)
+    finding(
+      "manifest-forged",
+      `${where} has ${m.tied.length + 1} versions stored at the same moment (${[m.version, ...m.tied].map((v) => v.versionId).join(", ")}); immutd writes one, so someone with write access wrote the others, and which is immutd's cannot be told`,
+    );
   const opts = { ...RETRY, ...(signal ? { signal } : {}) };
   let manifest: Manifest;
   try {

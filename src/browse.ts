@@ -83,7 +83,9 @@ export async function backupsFromBucket(
       job: m.job,
       createdAt: m.createdAt,
       archiveKey: m.archiveKey,
-      manifest: { key: m.key, versionId: m.version.versionId },
+      // Versions stored at the same moment cannot be told apart (src/snapshots.ts):
+      // none is believed, so the backup is treated as one without a manifest.
+      manifest: m.tied.length ? null : { key: m.key, versionId: m.version.versionId },
     }))
     .reverse();
 }

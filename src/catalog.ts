@@ -82,6 +82,12 @@ export interface NewBackup {
   files: number;
 }
 
+/** A backup rebuilt from its manifest (src/rebuild.ts): no run, since runs live only in the catalog. */
+export type ImportedBackup = Omit<NewBackup, "runId"> & {
+  manifestKey: string;
+  manifestVersionId: string;
+};
+
 /** A backup as shown to people and scripts: everything but the key. */
 export interface BackupRow {
   id: number;
@@ -647,6 +653,39 @@ export class Catalog {
     return info.changes ? Number(info.lastInsertRowid) : undefined;
   }
 
+  /** How many backups and runs the catalog holds: `catalog rebuild` fills only an empty one unless told to merge. */
+  counts(): { backups: number; runs: number } {
+    const n = (table: string) =>
+      (this.db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+    return { backups: n("backups"), runs: n("runs") };
+  }
+
+  /**
+   * Records backups rebuilt from the bucket, all in one transaction (a failure
+   * leaves the catalog as it was). A version the catalog already holds is left
+   * exactly as recorded: rows are added, never changed. Returns how many were added.
+   */
+  importBackups(rows: readonly ImportedBackup[]): number {
+    const manifest = this.db.prepare(
+      `UPDATE backups SET manifest_key = ?, manifest_version_id = ? WHERE id = ?`,
+    );
+    return this.db
+      .transaction(() => {
+        let added = 0;
+        for (const b of rows) {
+          const info = this.#insertBackup(
+            { ...b, runId: null },
+            "ON CONFLICT (bucket, object_key, version_id) DO NOTHING",
+          );
+          if (!info.changes) continue;
+          manifest.run(b.manifestKey, b.manifestVersionId, Number(info.lastInsertRowid));
+          added++;
+        }
+        return added;
+      })
+      .immediate();
+  }
+
   /** Deep verify settled an unverified backup: it downloaded, decrypted and read to its end; this is its SHA-256. */
   settleUnverified(id: number, sha256: string): void {
     this.db
@@ -656,7 +695,10 @@ export class Catalog {
       .run(sha256, id);
   }
 
-  #insertBackup(b: NewBackup, onConflict: string): Database.RunResult {
+  #insertBackup(
+    b: Omit<NewBackup, "runId"> & { runId: number | null },
+    onConflict: string,
+  ): Database.RunResult {
     return this.db
       .prepare(
         `INSERT INTO backups (run_id, job, target, bucket, object_key, version_id, size, sha256, compression,

@@ -9,6 +9,7 @@ import { Command, CommanderError, Option } from "commander";
 import { registerAudit } from "./commands/audit.js";
 import { registerBackup } from "./commands/backup.js";
 import { registerFind, registerLs } from "./commands/browse.js";
+import { registerCatalog } from "./commands/catalog.js";
 import { registerConfig } from "./commands/config.js";
 import { type Cli, type GlobalOptions, openContext } from "./commands/context.js";
 import { registerDoctor } from "./commands/doctor.js";
@@ -64,6 +65,7 @@ const COMMANDS: readonly ((p: Command, cli: Cli) => void)[] = [
   registerVerify,
   registerAudit,
   registerDoctor,
+  registerCatalog,
   registerConfig,
   registerKey,
 ];

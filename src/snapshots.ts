@@ -11,7 +11,8 @@
  * key immutd used or at a new one. immutd writes exactly one version per
  * manifest key, right after its archive, so at a key with several versions the
  * oldest is immutd's and the later ones were written by someone else
- * (ManifestKey.extra). A manifest is believed only as far as its archive
+ * (ManifestKey.extra); versions stored at the same moment as the oldest
+ * (ManifestKey.tied) cannot be told apart, so none of them is believed. A manifest is believed only as far as its archive
  * version exists with the size it names; callers check that.
  */
 import { createHash } from "node:crypto";
@@ -36,6 +37,12 @@ export interface ManifestKey {
   createdAt: Date;
   /** The oldest version: the one immutd wrote. */
   version: VersionEntry;
+  /**
+   * Other versions stored at the very same time as the oldest (listings give
+   * whole seconds on some servers): which one immutd wrote cannot be told, so
+   * callers believe none of them.
+   */
+  tied: VersionEntry[];
   /** Later versions at the same key (not delete markers): written by someone else. */
   extra: VersionEntry[];
   /** The key's latest entry is a delete marker (the version itself is intact). */
@@ -58,6 +65,24 @@ export async function listManifests(
   scope: ManifestScope = {},
   signal?: AbortSignal,
 ): Promise<ManifestKey[]> {
+  return (await listBucket(store, prefix, scope, signal)).manifests;
+}
+
+/** An archive version with no manifest key beside it: a backup made before manifests (or whose manifest could not be written). */
+export interface BareArchive {
+  key: string;
+  versionId: string;
+  host: string;
+  job: string;
+}
+
+/** listManifests, and the archive versions in the same scope that have no manifest key. One listing. */
+export async function listBucket(
+  store: ObjectStore,
+  prefix: string,
+  scope: ManifestScope = {},
+  signal?: AbortSignal,
+): Promise<{ manifests: ManifestKey[]; bare: BareArchive[] }> {
   let under = prefix;
   if (scope.host !== undefined) {
     under += `${scope.host}/`;
@@ -68,13 +93,17 @@ export async function listManifests(
     withSignal(RetryPolicy.read, signal),
   );
   const byKey = new Map<string, VersionEntry[]>();
+  const archives: VersionEntry[] = [];
   for (const v of versions) {
-    if (!v.key.endsWith(MANIFEST_SUFFIX)) continue;
+    if (!v.key.endsWith(MANIFEST_SUFFIX)) {
+      if (!v.deleteMarker) archives.push(v);
+      continue;
+    }
     const list = byKey.get(v.key);
     if (list) list.push(v);
     else byKey.set(v.key, [v]);
   }
-  const out: ManifestKey[] = [];
+  const manifests: ManifestKey[] = [];
   for (const [key, list] of byKey) {
     const place = placeOf(prefix, key);
     if (!place) continue;
@@ -82,18 +111,36 @@ export async function listManifests(
     const stored = list
       .filter((v) => !v.deleteMarker)
       .sort((a, b) => a.lastModified.getTime() - b.lastModified.getTime());
-    const [first, ...extra] = stored;
+    const [first, ...rest] = stored;
     if (!first) continue;
+    const at = first.lastModified.getTime();
+    const tied = rest.filter((v) => v.lastModified.getTime() === at);
+    const extra = rest.filter((v) => v.lastModified.getTime() !== at);
     const latest = list.find((v) => v.isLatest);
-    out.push({ ...place, key, version: first, extra, hidden: latest?.deleteMarker === true });
+    manifests.push({
+      ...place,
+      key,
+      version: first,
+      tied,
+      extra,
+      hidden: latest?.deleteMarker === true,
+    });
   }
-  return out.sort(
+  const bare: BareArchive[] = [];
+  for (const v of archives) {
+    if (byKey.has(`${v.key}${MANIFEST_SUFFIX}`)) continue;
+    const place = placeOf(prefix, `${v.key}${MANIFEST_SUFFIX}`);
+    if (!place || (scope.job !== undefined && place.job !== scope.job)) continue;
+    bare.push({ key: v.key, versionId: v.versionId, host: place.host, job: place.job });
+  }
+  manifests.sort(
     (a, b) =>
       compare(a.host, b.host) ||
       compare(a.job, b.job) ||
       b.createdAt.getTime() - a.createdAt.getTime() ||
       compare(a.key, b.key),
   );
+  return { manifests, bare };
 }
 
 /** Host, job, archive key and stamp of a manifest key under prefix; undefined for anything else. */
@@ -141,7 +188,13 @@ export async function readManifest(
       async () => buffer(await store.get(m.key, m.versionId, sseKey, signal ? { signal } : {})),
       withSignal(RetryPolicy.read, signal),
     );
-    manifest = decodeManifest(body);
+    try {
+      manifest = decodeManifest(body);
+    } catch (err) {
+      throw new Error(
+        `manifest s3://${bucket}/${m.key} version ${m.versionId}: ${(err as Error).message}`,
+      );
+    }
     if (cached) toCache(cached, body);
   }
   const wrong = misplaced(manifest, m);

@@ -1210,11 +1210,12 @@ export async function mapLimit<T>(
   limit: number,
   signal: AbortSignal | undefined,
   fn: (item: T) => Promise<void>,
+  what = "verify",
 ): Promise<void> {
   let next = 0;
   const worker = async () => {
     while (next < items.length) {
-      if (signal?.aborted) throw new CancelledError("verify cancelled");
+      if (signal?.aborted) throw new CancelledError(`${what} cancelled`);
       const item = items[next++] as T;
       await fn(item);
     }

@@ -77,9 +77,13 @@ export function storeContract(name: string, h: Harness): void {
         sseKey,
       });
       assert.ok(versionId);
+      // HEAD also reports the version's lock to the reader, exactly as GetObjectRetention does.
+      const lock = await t.reader.retention("a/b.tar", versionId);
+      assert.ok(lock);
       assert.deepEqual(await t.reader.head("a/b.tar", versionId, sseKey), {
         size: body.length,
         encrypted: true,
+        retention: lock,
       });
       const got = await readAll(await t.reader.get("a/b.tar", versionId, sseKey));
       assert.equal(

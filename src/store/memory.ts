@@ -263,10 +263,15 @@ export class MemoryStore implements ObjectStore {
     key: string,
     versionId: string,
     sseKey: Buffer,
-  ): Promise<{ size: number; encrypted: boolean }> {
+  ): Promise<{ size: number; encrypted: boolean; retention?: Retention }> {
     this.#allow("head", key);
     // #find refuses any other key, and a version stored without one.
-    return { size: this.#find(key, versionId, sseKey).data.length, encrypted: true };
+    const v = this.#find(key, versionId, sseKey);
+    return {
+      size: v.data.length,
+      encrypted: true,
+      ...(v.retention ? { retention: { ...v.retention } } : {}),
+    };
   }
 
   async retention(key: string, versionId: string): Promise<Retention | undefined> {

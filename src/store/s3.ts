@@ -219,7 +219,7 @@ export class S3Store implements ObjectStore {
     key: string,
     versionId: string,
     sseKey: Buffer,
-  ): Promise<{ size: number; encrypted: boolean }> {
+  ): Promise<{ size: number; encrypted: boolean; retention?: Retention }> {
     const res = await this.#call("read", key, () =>
       this.client.send(
         new HeadObjectCommand({
@@ -231,7 +231,12 @@ export class S3Store implements ObjectStore {
       ),
     );
     const md5 = createHash("md5").update(sseKey).digest("base64");
-    return { size: res.ContentLength ?? 0, encrypted: res.SSECustomerKeyMD5 === md5 };
+    const size = res.ContentLength ?? 0;
+    const encrypted = res.SSECustomerKeyMD5 === md5;
+    const mode = res.ObjectLockMode;
+    const until = res.ObjectLockRetainUntilDate;
+    if ((mode !== "COMPLIANCE" && mode !== "GOVERNANCE") || !until) return { size, encrypted };
+    return { size, encrypted, retention: { mode, retainUntil: new Date(until) } };
   }
 
   async retention(key: string, versionId: string): Promise<Retention | undefined> {

@@ -149,12 +149,15 @@ export interface ObjectStore {
    * `encrypted`: the server confirmed the version is SSE-C encrypted with
    * exactly this key (it echoed the key's MD5). false for a version stored
    * without SSE-C, which Ceph RGW 16 serves in plain despite the key headers.
+   * `retention`: the lock the server reported with the answer (S3 sends it to
+   * a caller allowed GetObjectRetention); absent does not mean unlocked: ask
+   * retention() then.
    */
   head(
     key: string,
     versionId: string,
     sseKey: Buffer,
-  ): Promise<{ size: number; encrypted: boolean }>;
+  ): Promise<{ size: number; encrypted: boolean; retention?: Retention }>;
   /** The version's retention, or undefined if it has none. */
   retention(key: string, versionId: string): Promise<Retention | undefined>;
   /**
