@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by scripts that run immutd or its tests, after `npm run build`:
 # makes sure the `node` on PATH is one package.json's "engines" allows
-# (dist/src/node-version.js decides). If it is not (Debian 12 ships Node 18,
+# (dist/src/cli/node-version.js decides). If it is not (Debian 12 ships Node 18,
 # and many machines still have 20), Node.js $IMMUTD_NODE (default 24, the
 # container image's) is fetched once from the npm registry's `node` package
 # into .node/ and put first on PATH for the rest of the script.
@@ -39,7 +39,7 @@ immutd_install_node() {
 
 immutd_use_supported_node() {
   local why home dir want=${IMMUTD_NODE:-24}
-  if why=$(node dist/src/node-version.js 2>&1); then return 0; fi
+  if why=$(node dist/src/cli/node-version.js 2>&1); then return 0; fi
   dir="$PWD/.node/$want"
   if ! home=$(immutd_node_home "$dir"); then
     echo "== $why: fetching Node.js $want from the npm registry into .node/" >&2
@@ -48,6 +48,6 @@ immutd_use_supported_node() {
     home=$(immutd_install_node "$want" "$dir")
   fi
   export PATH="$home/bin:$PATH"
-  why=$(node dist/src/node-version.js 2>&1) || { echo "$why" >&2; return 1; }
+  why=$(node dist/src/cli/node-version.js 2>&1) || { echo "$why" >&2; return 1; }
   echo "== using Node.js $(node --version) from $home" >&2
 }

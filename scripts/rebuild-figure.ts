@@ -13,9 +13,9 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runBackup } from "../dist/src/backup.js";
-import { Catalog } from "../dist/src/catalog.js";
-import { loadConfig } from "../dist/src/config.js";
+import { Catalog } from "../dist/src/catalog/catalog.js";
+import { loadConfig } from "../dist/src/config/config.js";
+import { runBackup } from "../dist/src/flows/backup.js";
 import { createLogger } from "../dist/src/log.js";
 import { closeTarget, openTarget } from "../dist/src/store/s3.js";
 import {

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { nodeSupport } from "./cli/node-version.js";
 /**
  * The immutd executable. It checks the Node.js version before anything else
  * is loaded, so that an old Node.js gets one clear sentence (and exit 78,
@@ -6,7 +7,6 @@
  * crash inside a dependency; then it runs the command line (program.ts).
  */
 import { ExitCode } from "./errors.js";
-import { nodeSupport } from "./node-version.js";
 
 const node = nodeSupport(process.versions.node);
 if (node.verdict === "too-old") {
@@ -21,5 +21,5 @@ if (node.verdict === "untested") {
   );
 }
 
-const { main } = await import("./program.js");
+const { main } = await import("./cli/program.js");
 process.exitCode = await main(process.argv);

@@ -15,13 +15,13 @@ import {
   type ArchiveWarning,
   createArchive,
   missingPaths,
-} from "../src/archive.js";
+} from "../src/pipeline/archive.js";
 import { bytesOf, byteTree, makeByteNamesTree } from "./support/byte-names.js";
 
 const MiB = 1024 * 1024;
 const BASE_MTIME = 1_600_000_000; // 2020-09-13
 const isRoot = process.getuid?.() === 0;
-const archiveModule = fileURLToPath(new URL("../src/archive.js", import.meta.url));
+const archiveModule = fileURLToPath(new URL("../src/pipeline/archive.js", import.meta.url));
 
 const cleanups: (() => void)[] = [];
 after(() => {

@@ -23,10 +23,10 @@ import {
   type S3Client,
 } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
-import type { AuditReport } from "../src/audit.js";
-import { deriveSseKey } from "../src/keys.js";
-import { decodeManifest } from "../src/manifest.js";
-import { manifestKey, objectKey } from "../src/naming.js";
+import type { AuditReport } from "../src/flows/audit.js";
+import { deriveSseKey } from "../src/repo/keys.js";
+import { decodeManifest } from "../src/repo/manifest.js";
+import { manifestKey, objectKey } from "../src/repo/naming.js";
 import { DaemonProcess, runCli } from "./support/cli.js";
 import { FaultProxy } from "./support/fault-proxy.js";
 import { denySubusersRetentionRead, removeBucketPolicy } from "./support/rgw-admin.js";

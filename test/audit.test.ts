@@ -5,9 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { maxAge } from "../src/audit.js";
-import { type AuditConfig, parseConfig } from "../src/config.js";
+import { type AuditConfig, parseConfig } from "../src/config/config.js";
 import { ConfigError } from "../src/errors.js";
+import { maxAge } from "../src/flows/audit.js";
 
 const audit = (o: Partial<AuditConfig> = {}): AuditConfig => ({
   slackMinutes: 60,

@@ -19,12 +19,12 @@ import { join } from "node:path";
 import { PassThrough, type Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
-import { runBackup } from "../src/backup.js";
-import { Catalog } from "../src/catalog.js";
-import type { Config, JobConfig, TargetConfig } from "../src/config.js";
-import { deriveSseKey } from "../src/keys.js";
+import { Catalog } from "../src/catalog/catalog.js";
+import type { Config, JobConfig, TargetConfig } from "../src/config/config.js";
+import { Secret } from "../src/config/secret.js";
+import { runBackup } from "../src/flows/backup.js";
 import { createLogger } from "../src/log.js";
-import { Secret } from "../src/secret.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { openTarget } from "../src/store/s3.js";
 import {
   client,

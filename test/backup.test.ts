@@ -10,12 +10,12 @@ import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { runBackup } from "../src/backup.js";
-import { Catalog } from "../src/catalog.js";
-import type { JobConfig } from "../src/config.js";
-import { deriveSseKey } from "../src/keys.js";
+import { Catalog } from "../src/catalog/catalog.js";
+import type { JobConfig } from "../src/config/config.js";
+import { Secret } from "../src/config/secret.js";
+import { runBackup } from "../src/flows/backup.js";
 import { createLogger } from "../src/log.js";
-import { Secret } from "../src/secret.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
 

@@ -19,12 +19,12 @@ import { Readable } from "node:stream";
 import { buffer } from "node:stream/consumers";
 import { describe, it } from "node:test";
 import { pack } from "tar-stream";
-import { createArchive } from "../src/archive.js";
-import { pathMatcher, tvLine } from "../src/commands/browse.js";
-import { byteStringFrom, fsPath } from "../src/file-names.js";
-import { type Manifest, ManifestIndex } from "../src/manifest.js";
-import { planRanges, restoreRanges } from "../src/ranged.js";
-import { RestoreError, type RestoreSource } from "../src/restore.js";
+import { pathMatcher, tvLine } from "../src/cli/browse.js";
+import { planRanges, restoreRanges } from "../src/flows/ranged.js";
+import { RestoreError, type RestoreSource } from "../src/flows/restore.js";
+import { createArchive } from "../src/pipeline/archive.js";
+import { byteStringFrom, fsPath } from "../src/pipeline/file-names.js";
+import { type Manifest, ManifestIndex } from "../src/repo/manifest.js";
 import type { ObjectStore } from "../src/store/store.js";
 
 /** A store that serves one version's bytes and counts what it sent. */

@@ -9,7 +9,7 @@ import {
   lifecycleProblems,
   lockProblems,
   planInit,
-} from "../src/bucket-check.js";
+} from "../src/retention/bucket-check.js";
 import type { LifecycleRule } from "../src/store/store.js";
 import { targetConfig } from "./support/target.js";
 

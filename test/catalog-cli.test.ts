@@ -23,7 +23,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { Catalog } from "../src/catalog.js";
+import { Catalog } from "../src/catalog/catalog.js";
 import { DaemonProcess, runCli } from "./support/cli.js";
 
 const NOBODY = 65534;

@@ -5,7 +5,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { Catalog } from "../src/catalog.js";
+import { Catalog } from "../src/catalog/catalog.js";
 
 const dir = mkdtempSync(join(tmpdir(), "immutd-catalog-v-"));
 

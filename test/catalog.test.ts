@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { Catalog, MAX_STORED_WARNINGS, runsInProgressHere } from "../src/catalog.js";
+import { Catalog, MAX_STORED_WARNINGS, runsInProgressHere } from "../src/catalog/catalog.js";
 import { CatalogError, ConfigError } from "../src/errors.js";
 
 const dir = mkdtempSync(join(tmpdir(), "immutd-catalog-"));

@@ -3,7 +3,7 @@ import { mkdtempSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { configPath, parseConfig, redactedView } from "../src/config.js";
+import { configPath, parseConfig, redactedView } from "../src/config/config.js";
 import { ConfigError } from "../src/errors.js";
 import { runCli } from "./support/cli.js";
 

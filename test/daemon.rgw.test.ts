@@ -24,7 +24,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { nextRun } from "../src/schedule.js";
+import { nextRun } from "../src/config/schedule.js";
 import { openTarget } from "../src/store/s3.js";
 import { CLI, DaemonProcess, logRecords, runCli } from "./support/cli.js";
 import {

@@ -11,11 +11,11 @@ import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { runsInProgressHere } from "../src/catalog.js";
-import { loadConfig } from "../src/config.js";
-import { Daemon } from "../src/daemon.js";
-import { deriveSseKey } from "../src/keys.js";
+import { runsInProgressHere } from "../src/catalog/catalog.js";
+import { loadConfig } from "../src/config/config.js";
+import { Daemon } from "../src/daemon/daemon.js";
 import { createLogger } from "../src/log.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import type { Target } from "../src/store/store.js";
 

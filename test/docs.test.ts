@@ -12,8 +12,8 @@ import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse as parseYaml } from "yaml";
-import { parseConfig } from "../src/config.js";
-import { parseEngines } from "../src/node-version.js";
+import { parseEngines } from "../src/cli/node-version.js";
+import { parseConfig } from "../src/config/config.js";
 import { runCli } from "./support/cli.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));

@@ -11,7 +11,7 @@ import {
   ListObjectVersionsCommand,
   type S3Client,
 } from "@aws-sdk/client-s3";
-import type { DoctorReport } from "../src/doctor.js";
+import type { DoctorReport } from "../src/flows/doctor.js";
 import { writeConfig } from "./support/assurance.js";
 import { runCli } from "./support/cli.js";
 import { applyReadmePolicy } from "./support/rgw-admin.js";

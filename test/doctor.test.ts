@@ -6,12 +6,12 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
-import type { TargetConfig } from "../src/config.js";
-import { type CheckStatus, judgeClock, runDoctor } from "../src/doctor.js";
-import { runInit } from "../src/init.js";
+import type { TargetConfig } from "../src/config/config.js";
+import { Secret } from "../src/config/secret.js";
+import { type CheckStatus, judgeClock, runDoctor } from "../src/flows/doctor.js";
+import { runInit } from "../src/flows/init.js";
 import { createLogger } from "../src/log.js";
-import { parseObjectKey } from "../src/naming.js";
-import { Secret } from "../src/secret.js";
+import { parseObjectKey } from "../src/repo/naming.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import type { Target } from "../src/store/store.js";
 import { fullConfig, jobConfig, targetConfig } from "./support/target.js";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { compileExcludes } from "../src/exclude.js";
+import { compileExcludes } from "../src/pipeline/exclude.js";
 
 type Case = [path: string, isDir: boolean, excluded: boolean];
 

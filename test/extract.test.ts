@@ -8,8 +8,8 @@ import { PassThrough, Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { after, describe, it } from "node:test";
 import { type Header, pack } from "tar-stream";
-import { createArchive } from "../src/archive.js";
 import { ImmutdError, UsageError } from "../src/errors.js";
+import { createArchive } from "../src/pipeline/archive.js";
 import {
   compileIncludes,
   type ExtractOptions,
@@ -18,9 +18,9 @@ import {
   extractTar,
   listTar,
   type TarEntryInfo,
-} from "../src/extract.js";
-import { displayName } from "../src/file-names.js";
-import { paxHeader, paxRecord } from "../src/pax.js";
+} from "../src/pipeline/extract.js";
+import { displayName } from "../src/pipeline/file-names.js";
+import { paxHeader, paxRecord } from "../src/pipeline/pax.js";
 import { BYTE_NAMES, bytesOf, byteTree, makeByteNamesTree } from "./support/byte-names.js";
 
 const MiB = 1024 * 1024;
@@ -95,7 +95,7 @@ function streamOf(tar: Buffer, size = 7919): Readable {
 interface PackEntry {
   header: Partial<Header> & { name: string; pax?: Record<string, string> };
   content?: string | Buffer;
-  /** Raw pax records (src/pax.ts) written in a pax header just before the entry. */
+  /** Raw pax records (src/pipeline/pax.ts) written in a pax header just before the entry. */
   rawPax?: Buffer;
 }
 
@@ -307,7 +307,7 @@ describe("extractTar round trip", () => {
     if (isRoot) {
       // Root bypasses permission checks: run the extraction as nobody to see them.
       fs.chownSync(dest, NOBODY, NOBODY);
-      const moduleUrl = new URL("../src/extract.js", import.meta.url).href;
+      const moduleUrl = new URL("../src/pipeline/extract.js", import.meta.url).href;
       const script = `import { extractTar } from ${JSON.stringify(moduleUrl)};
         const r = await extractTar(process.stdin, { dest: process.env.DEST });
         process.stdout.write(JSON.stringify(r));`;

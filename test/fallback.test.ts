@@ -8,10 +8,10 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { StorageError } from "../src/errors.js";
+import { readLockState } from "../src/flows/verify.js";
 import { withReadFallback } from "../src/store/fallback.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import { CANARY_DIR, type ObjectStore } from "../src/store/store.js";
-import { readLockState } from "../src/verify.js";
 
 /** `store` with `lockState` answering `err` (and counting its calls). */
 function failing(store: ObjectStore, err: Error): ObjectStore & { calls: number } {

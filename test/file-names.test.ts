@@ -11,8 +11,8 @@ import {
   fsPath,
   matchForm,
   textOf,
-} from "../src/file-names.js";
-import { paxPathsAsByteStrings, paxRecord } from "../src/pax.js";
+} from "../src/pipeline/file-names.js";
+import { paxPathsAsByteStrings, paxRecord } from "../src/pipeline/pax.js";
 
 const dirs: string[] = [];
 after(() => {

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ConfigError } from "../src/errors.js";
-import { runInit } from "../src/init.js";
+import { runInit } from "../src/flows/init.js";
 import { createLogger } from "../src/log.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import { targetConfig } from "./support/target.js";

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { describe, it } from "node:test";
 import { ConfigError } from "../src/errors.js";
-import { deriveSseKey, parseMasterKey } from "../src/keys.js";
+import { deriveSseKey, parseMasterKey } from "../src/repo/keys.js";
 
 /** RFC 5869 HKDF written out from HMAC, independent of node's hkdfSync. */
 function hkdf(ikm: Buffer, salt: Buffer, info: Buffer, len: number): Buffer {

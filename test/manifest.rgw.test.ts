@@ -18,8 +18,8 @@ import {
   PutObjectCommand,
   type S3Client,
 } from "@aws-sdk/client-s3";
-import { deriveSseKey } from "../src/keys.js";
-import { decodeManifest, type Manifest } from "../src/manifest.js";
+import { deriveSseKey } from "../src/repo/keys.js";
+import { decodeManifest, type Manifest } from "../src/repo/manifest.js";
 import { listBackups, type TestConfig, writeConfig } from "./support/assurance.js";
 import { runCli } from "./support/cli.js";
 import { FaultProxy } from "./support/fault-proxy.js";

@@ -13,12 +13,14 @@ import { buffer } from "node:stream/consumers";
 import { describe, it } from "node:test";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { extract } from "tar-stream";
-import { type ArchiveEntry, createArchive } from "../src/archive.js";
-import { runBackup } from "../src/backup.js";
-import { Catalog } from "../src/catalog.js";
-import { fsPath, textOf } from "../src/file-names.js";
-import { deriveSseKey } from "../src/keys.js";
+import { Catalog } from "../src/catalog/catalog.js";
+import { Secret } from "../src/config/secret.js";
+import { runBackup } from "../src/flows/backup.js";
+import { runVerify } from "../src/flows/verify.js";
 import { createLogger } from "../src/log.js";
+import { type ArchiveEntry, createArchive } from "../src/pipeline/archive.js";
+import { fsPath, textOf } from "../src/pipeline/file-names.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import {
   decodeManifest,
   encodeManifest,
@@ -27,12 +29,10 @@ import {
   type Manifest,
   ManifestIndex,
   manifestMismatch,
-} from "../src/manifest.js";
-import { assertManifestKey, manifestKey, objectKey, parseObjectKey } from "../src/naming.js";
-import { Secret } from "../src/secret.js";
+} from "../src/repo/manifest.js";
+import { assertManifestKey, manifestKey, objectKey, parseObjectKey } from "../src/repo/naming.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import type { Target } from "../src/store/store.js";
-import { runVerify } from "../src/verify.js";
 import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
 
 const work = mkdtempSync(join(tmpdir(), "immutd-manifest-"));

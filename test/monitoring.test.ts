@@ -2,7 +2,7 @@
  * monitoring/: the Prometheus alert rules pass `promtool check rules` and their
  * unit tests (`promtool test rules` on example series, including ones where
  * nothing may fire), every rule is covered there, and the rules and the Grafana
- * dashboard use only metrics and labels src/metrics.ts exports, so neither can
+ * dashboard use only metrics and labels src/daemon/metrics.ts exports, so neither can
  * rot when a metric is renamed. promtool comes from Debian's prometheus
  * package (.ci/run installs it); without it these tests fail, never skip.
  */
@@ -14,8 +14,8 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
-import { Catalog } from "../src/catalog.js";
-import { Metrics } from "../src/metrics.js";
+import { Catalog } from "../src/catalog/catalog.js";
+import { Metrics } from "../src/daemon/metrics.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const RULES = join(REPO, "monitoring/immutd.rules.yml");
@@ -64,7 +64,7 @@ function problems(expr: string, where: string, metrics: Map<string, Set<string>>
     const [, name = "", , matchers = ""] = m;
     const labels = metrics.get(name);
     if (!labels) {
-      out.push(`${where}: ${name} is not a metric src/metrics.ts exports`);
+      out.push(`${where}: ${name} is not a metric src/daemon/metrics.ts exports`);
       continue;
     }
     for (const l of matchers.matchAll(/([a-zA-Z_]+)\s*(=~|!~|!=|=)/g)) {
@@ -181,7 +181,7 @@ describe("Grafana dashboard (monitoring/grafana-dashboard.json)", () => {
   it("the check catches a renamed metric and a label it does not have", () => {
     const metrics = exported();
     assert.deepEqual(problems('immutd_job_last_bytes{job="x"}', "p", metrics), [
-      "p: immutd_job_last_bytes is not a metric src/metrics.ts exports",
+      "p: immutd_job_last_bytes is not a metric src/daemon/metrics.ts exports",
     ]);
     assert.deepEqual(problems('immutd_verify_findings{status="x"}', "p", metrics), [
       "p: immutd_verify_findings has no label status",

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { isDatedInFuture, KEY_CLOCK_SKEW_MS, objectKey, parseObjectKey } from "../src/naming.js";
+import {
+  isDatedInFuture,
+  KEY_CLOCK_SKEW_MS,
+  objectKey,
+  parseObjectKey,
+} from "../src/repo/naming.js";
 
 describe("object keys", () => {
   const at = new Date("2026-11-25T03:04:05.678Z");

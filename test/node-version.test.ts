@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, realpathSync } from "node:fs";
 import { describe, it } from "node:test";
-import { nodeSupport, packageEngines, parseEngines } from "../src/node-version.js";
+import { nodeSupport, packageEngines, parseEngines } from "../src/cli/node-version.js";
 import { CLI } from "./support/cli.js";
 
 const ENGINES = "^22.14.0 || ^24.0.0 || ^26.0.0";

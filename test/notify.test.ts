@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { NotifyConfig } from "../src/config.js";
+import type { NotifyConfig } from "../src/config/config.js";
+import { Notifier, type NotifyPayload } from "../src/daemon/notify.js";
 import { createLogger } from "../src/log.js";
-import { Notifier, type NotifyPayload } from "../src/notify.js";
 import { receiver } from "./support/receiver.js";
 
 const payload: NotifyPayload = {

@@ -7,13 +7,13 @@ import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { after, describe, it } from "node:test";
 import { gunzipSync, gzipSync } from "node:zlib";
-import { type ArchiveOptions, createArchive } from "../src/archive.js";
-import { deriveSseKey, KEY_DERIVATION } from "../src/keys.js";
+import { type ArchiveOptions, createArchive } from "../src/pipeline/archive.js";
 import { cipherFor } from "../src/pipeline/cipher.js";
 import { decoderFor, encoderFor } from "../src/pipeline/codec.js";
 import { HashingCounter } from "../src/pipeline/hash.js";
 import { runStages, type Stages } from "../src/pipeline/index.js";
 import { type Sink, s3Sink } from "../src/pipeline/sink.js";
+import { deriveSseKey, KEY_DERIVATION } from "../src/repo/keys.js";
 import type { ObjectStore } from "../src/store/store.js";
 import { makePinnedTree, normalisedHash } from "./support/pinned-tree.js";
 

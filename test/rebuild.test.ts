@@ -1,7 +1,7 @@
 /**
  * The catalog as a cache of the bucket, on the in-memory store: listing and
- * reading manifests (src/snapshots.ts), rebuilding the catalog's rows from them
- * (src/rebuild.ts, Catalog.importBackups), the attacks on what is believed (a
+ * reading manifests (src/repo/snapshots.ts), rebuilding the catalog's rows from them
+ * (src/catalog/rebuild.ts, Catalog.importBackups), the attacks on what is believed (a
  * later version at a manifest key, versions stored at the same moment, a
  * manifest under another job, a lost archive version, a hostile body, a size
  * that does not match), a failing server (nothing recorded), and catalogs
@@ -16,18 +16,18 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { runAudit } from "../src/audit.js";
-import { runBackup } from "../src/backup.js";
-import { backupsFromBucket } from "../src/browse.js";
-import { type BackupRow, Catalog } from "../src/catalog.js";
+import { type BackupRow, Catalog } from "../src/catalog/catalog.js";
+import { type ScanResult, scanTarget, toImported } from "../src/catalog/rebuild.js";
+import { Secret } from "../src/config/secret.js";
 import { StorageError } from "../src/errors.js";
-import { deriveSseKey } from "../src/keys.js";
+import { runAudit } from "../src/flows/audit.js";
+import { runBackup } from "../src/flows/backup.js";
+import { backupsFromBucket } from "../src/flows/browse.js";
 import { createLogger } from "../src/log.js";
-import { decodeManifest, encodeManifest } from "../src/manifest.js";
-import { manifestKey, objectKey } from "../src/naming.js";
-import { type ScanResult, scanTarget, toImported } from "../src/rebuild.js";
-import { Secret } from "../src/secret.js";
-import { listBucket, listManifests, placeOf, readManifest } from "../src/snapshots.js";
+import { deriveSseKey } from "../src/repo/keys.js";
+import { decodeManifest, encodeManifest } from "../src/repo/manifest.js";
+import { manifestKey, objectKey } from "../src/repo/naming.js";
+import { listBucket, listManifests, placeOf, readManifest } from "../src/repo/snapshots.js";
 import { MemoryBucket, type MemoryStore } from "../src/store/memory.js";
 import type { ObjectStore, Target } from "../src/store/store.js";
 import { fullConfig, jobConfig, targetConfig } from "./support/target.js";

@@ -1,5 +1,5 @@
 /**
- * Crash recovery against the real Ceph RGW (src/recovery.ts): `immutd backup`
+ * Crash recovery against the real Ceph RGW (src/daemon/recovery.ts): `immutd backup`
  * killed with kill -9 at the worst moments, then `immutd backup`, `verify` or
  * the daemon started again without help. The child is stopped at an exact
  * request by test/support/hold-s3.ts and killed while the test watches the
@@ -19,7 +19,7 @@ import {
   PutObjectCommand,
 } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
-import { deriveSseKey } from "../src/keys.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { openTarget } from "../src/store/s3.js";
 import type { ObjectStore } from "../src/store/store.js";
 import { CLI, DaemonProcess, logRecords, runCli } from "./support/cli.js";

@@ -1,5 +1,5 @@
 /**
- * Crash recovery's decisions on the in-memory store (src/recovery.ts): which
+ * Crash recovery's decisions on the in-memory store (src/daemon/recovery.ts): which
  * runs are dead, what is recorded, which uploads may be aborted. The same on
  * the real server, with real kill -9, is in recovery.rgw.test.ts.
  */
@@ -11,17 +11,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
-import { runBackup } from "../src/backup.js";
-import { Catalog } from "../src/catalog.js";
-import type { TargetConfig } from "../src/config.js";
+import { Catalog } from "../src/catalog/catalog.js";
+import type { TargetConfig } from "../src/config/config.js";
+import { Secret } from "../src/config/secret.js";
+import { reconcile } from "../src/daemon/recovery.js";
 import { StorageError } from "../src/errors.js";
-import { deriveSseKey } from "../src/keys.js";
+import { runBackup } from "../src/flows/backup.js";
+import { runVerify } from "../src/flows/verify.js";
 import { createLogger } from "../src/log.js";
-import { manifestKey, objectKey } from "../src/naming.js";
-import { reconcile } from "../src/recovery.js";
-import { Secret } from "../src/secret.js";
+import { deriveSseKey } from "../src/repo/keys.js";
+import { manifestKey, objectKey } from "../src/repo/naming.js";
 import { MemoryBucket } from "../src/store/memory.js";
-import { runVerify } from "../src/verify.js";
 import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
 
 const work = mkdtempSync(join(tmpdir(), "immutd-recovery-"));

@@ -3,10 +3,10 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { describe, it } from "node:test";
-import type { Config, JobConfig } from "../src/config.js";
-import { jobPrefix, manifestKey } from "../src/naming.js";
-import { selectFromBucket } from "../src/restore.js";
-import { Secret } from "../src/secret.js";
+import type { Config, JobConfig } from "../src/config/config.js";
+import { Secret } from "../src/config/secret.js";
+import { selectFromBucket } from "../src/flows/restore.js";
+import { jobPrefix, manifestKey } from "../src/repo/naming.js";
 import { MemoryBucket } from "../src/store/memory.js";
 
 const NOW = new Date("2026-12-01T12:00:00Z");

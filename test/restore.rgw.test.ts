@@ -27,7 +27,7 @@ import { gzipSync } from "node:zlib";
 import { DeleteObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
 import { pack } from "tar-stream";
-import { deriveSseKey } from "../src/keys.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { byteTree, makeByteNamesTree } from "./support/byte-names.js";
 import { logRecords, runCli } from "./support/cli.js";
 import {

@@ -1,12 +1,12 @@
 /**
- * The named retry policies (src/retry.ts): which answers each retries, and how
+ * The named retry policies (src/store/retry.ts): which answers each retries, and how
  * often. Delays are the policy's own (250 ms doubling), so the lag cases take
  * a second or two.
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { StorageError } from "../src/errors.js";
-import { RetryPolicy, retry, withSignal } from "../src/retry.js";
+import { RetryPolicy, retry, withSignal } from "../src/store/retry.js";
 
 function failing(errors: Error[]) {
   let calls = 0;

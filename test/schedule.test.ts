@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { missedRun, nextRun } from "../src/schedule.js";
+import { missedRun, nextRun } from "../src/config/schedule.js";
 
 describe("schedule decisions", () => {
   const daily = { schedule: "0 3 * * *" };

@@ -2,14 +2,14 @@ import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
 import { Writable } from "node:stream";
 import { describe, it } from "node:test";
-import { createLogger } from "../src/log.js";
 import {
   cancelOnStopSignals,
   FORCED_EXIT_CODE,
   onStopSignals,
   REPEAT_SIGNAL_MS,
   signalMeaning,
-} from "../src/signals.js";
+} from "../src/cli/signals.js";
+import { createLogger } from "../src/log.js";
 
 /** A fake process: signals are emitted by hand, the clock is moved by hand. */
 function harness() {

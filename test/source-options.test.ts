@@ -15,18 +15,18 @@ import type { Readable } from "node:stream";
 import { Writable } from "node:stream";
 import { after, describe, it } from "node:test";
 import { extract } from "tar-stream";
+import { jobExcludes, loadConfig, parseConfig } from "../src/config/config.js";
+import { missedRun, nextRun } from "../src/config/schedule.js";
+import { Daemon } from "../src/daemon/daemon.js";
+import { ConfigError } from "../src/errors.js";
+import { createLogger } from "../src/log.js";
 import {
   type ArchiveOptions,
   createArchive,
   type ListedEntry,
   type SkipReport,
-} from "../src/archive.js";
-import { jobExcludes, loadConfig, parseConfig } from "../src/config.js";
-import { Daemon } from "../src/daemon.js";
-import { ConfigError } from "../src/errors.js";
-import { compileExcludeIndex, compileExcludes } from "../src/exclude.js";
-import { createLogger } from "../src/log.js";
-import { missedRun, nextRun } from "../src/schedule.js";
+} from "../src/pipeline/archive.js";
+import { compileExcludeIndex, compileExcludes } from "../src/pipeline/exclude.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import { runCli } from "./support/cli.js";
 

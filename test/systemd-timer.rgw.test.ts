@@ -11,8 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { Catalog } from "../src/catalog.js";
-import { DEFAULT_CONFIG_PATH } from "../src/config.js";
+import { Catalog } from "../src/catalog/catalog.js";
+import { DEFAULT_CONFIG_PATH } from "../src/config/config.js";
 import { runCli } from "./support/cli.js";
 import {
   createLockedBucket,

@@ -23,7 +23,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { DEFAULT_CONFIG_PATH, parseConfig } from "../src/config.js";
+import { DEFAULT_CONFIG_PATH, parseConfig } from "../src/config/config.js";
 import { CLI, runCli } from "./support/cli.js";
 import { settings } from "./support/unit-file.js";
 
@@ -80,7 +80,7 @@ describe("systemd/immutd.service", () => {
     assert.equal(one("RestartPreventExitStatus"), "78");
     assert.equal(one("KillMode"), "mixed");
     // immutd waits 30 s for running backups and exits by its own watchdog at 45 s
-    // (src/commands/run.ts); systemd must not SIGKILL it before that.
+    // (src/cli/run.ts); systemd must not SIGKILL it before that.
     const stop = /^(\d+)s$/.exec(one("TimeoutStopSec") ?? "");
     assert.ok(stop && Number(stop[1]) > 45, `TimeoutStopSec=${one("TimeoutStopSec")}`);
   });

@@ -4,9 +4,9 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { Catalog } from "../src/catalog.js";
+import { Catalog } from "../src/catalog/catalog.js";
+import { parseTimeBound } from "../src/cli/time.js";
 import { UsageError } from "../src/errors.js";
-import { parseTimeBound } from "../src/time.js";
 import { logRecords, runCli } from "./support/cli.js";
 
 const iso = (text: string) => parseTimeBound("--at", text).toISOString();

@@ -11,7 +11,7 @@ import { type AddressInfo, createServer, type Socket } from "node:net";
 import { Readable, Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { explainReadRefusal, StorageError } from "../src/errors.js";
-import { RestoreError, type RestoreSource, restore } from "../src/restore.js";
+import { RestoreError, type RestoreSource, restore } from "../src/flows/restore.js";
 import { S3Store } from "../src/store/s3.js";
 import type { ObjectStore } from "../src/store/store.js";
 import { targetConfig } from "./support/target.js";

@@ -13,12 +13,12 @@ import {
   PutObjectLockConfigurationCommand,
   type S3Client,
 } from "@aws-sdk/client-s3";
-import { Catalog } from "../src/catalog.js";
-import { loadConfig } from "../src/config.js";
-import { deriveSseKey } from "../src/keys.js";
+import { Catalog } from "../src/catalog/catalog.js";
+import { loadConfig } from "../src/config/config.js";
+import { extendLatestLocks } from "../src/flows/verify.js";
 import { createLogger } from "../src/log.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { openTarget } from "../src/store/s3.js";
-import { extendLatestLocks } from "../src/verify.js";
 import { listBackups, type TestConfig, writeConfig } from "./support/assurance.js";
 import { logRecords, runCli } from "./support/cli.js";
 import {

@@ -6,12 +6,12 @@
  * sink sends with every request for this object, and the scheme and
  * key-derivation id that the catalog and the manifest record so that a
  * restore years later derives the same key. Today the server encrypts
- * (SSE-C, AES256 with a key derived per object by HKDF, src/keys.ts); a
+ * (SSE-C, AES256 with a key derived per object by HKDF, src/repo/keys.ts); a
  * client-side scheme (age) would return its encrypting Transform here and a
  * new scheme name, and restore would pick the decrypting one by that name.
  */
 import type { Transform } from "node:stream";
-import { deriveSseKey, KEY_DERIVATION } from "../keys.js";
+import { deriveSseKey, KEY_DERIVATION } from "../repo/keys.js";
 
 export interface Cipher {
   /** What the manifest records as encryption.scheme. */

@@ -1,7 +1,7 @@
 /**
  * The restore pipeline's source stage: the decrypted bytes of one archive
  * version as a stream, read by version ID with its SSE-C key, either whole or
- * as a list of byte ranges (a ranged restore, src/ranged.ts), and resumed
+ * as a list of byte ranges (a ranged restore, src/flows/ranged.ts), and resumed
  * across broken or stalled connections either way.
  */
 import { Readable } from "node:stream";

@@ -3,7 +3,7 @@
  * sink. Each stage lives in its own module here and states its contract;
  * this one only connects them and decides which failure is reported.
  *
- * In: the archive (source and tar, src/archive.ts), the Transforms between
+ * In: the archive (source and tar, src/pipeline/archive.ts), the Transforms between
  * (codec, then cipher), the hash stage and the sink. Out: once every stage
  * has finished, the walk's counts, the version the sink stored and the
  * SHA-256 and size of exactly the bytes the sink was given. Backpressure runs
@@ -14,7 +14,7 @@
  */
 import type { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import type { Archive } from "../archive.js";
+import type { Archive } from "./archive.js";
 import type { HashingCounter } from "./hash.js";
 import type { Sink } from "./sink.js";
 import type { ArchiveResult } from "./source.js";

@@ -11,7 +11,7 @@
  * beyond the headers it asks headerFor to build. It reads ahead at most
  * LOOKAHEAD small files and otherwise only as fast as the writer accepts.
  * The walk's rules (names as bytes, what a live filesystem may do, what is
- * skipped and why) are those of src/archive.ts, which composes this stage
+ * skipped and why) are those of src/pipeline/archive.ts, which composes this stage
  * with the writer.
  */
 
@@ -27,8 +27,8 @@ import {
 } from "node:fs";
 import { type FileHandle, lstat, open, readdir, readlink } from "node:fs/promises";
 import path from "node:path";
-import { fileKind } from "../file-kind.js";
-import { byteStringFrom, byteStringOf, displayName, fsPath, matchForm } from "../file-names.js";
+import { fileKind } from "./file-kind.js";
+import { byteStringFrom, byteStringOf, displayName, fsPath, matchForm } from "./file-names.js";
 import {
   type ArchiveEntry,
   type EntryHeader,
@@ -57,7 +57,7 @@ export interface ArchiveProgress {
 export interface ArchiveOptions {
   /** Absolute paths to archive (validated by the caller). Overlaps are archived once. */
   paths: readonly string[];
-  /** Exclude patterns, see src/exclude.ts. They never exclude a configured path itself. */
+  /** Exclude patterns, see src/pipeline/exclude.ts. They never exclude a configured path itself. */
   exclude?: readonly string[];
   /**
    * Like `tar --one-file-system`: a directory on another device (st_dev) than
@@ -95,7 +95,7 @@ export interface ArchiveOptions {
   onEntry?: (e: Readonly<ArchiveEntry>) => void;
 }
 
-/** One entry as it goes into the tar, for an index of the archive (src/manifest.ts). */
+/** One entry as it goes into the tar, for an index of the archive (src/repo/manifest.ts). */
 
 export interface ListedEntry {
   /** Absolute path, printable (displayName). */

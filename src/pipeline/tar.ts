@@ -10,8 +10,8 @@
  * Out: `out`, a plain Node Readable of the tar bytes (tar-stream underneath),
  * and for every entry, as it starts, its index entry with the offset of its
  * first header block in the uncompressed tar (onEntry, for the manifest).
- * Names are byte strings (src/file-names.ts); one that is not UTF-8 gets a
- * raw-byte pax header (src/pax.ts). Ending early: `stop` aborted makes every
+ * Names are byte strings (src/pipeline/file-names.ts); one that is not UTF-8 gets a
+ * raw-byte pax header (src/pipeline/pax.ts). Ending early: `stop` aborted makes every
  * wait reject with its reason; destroy() tears the stream down; `out`
  * destroyed before the end of the archive calls onDestroyed.
  */
@@ -19,12 +19,12 @@
 import type { BigIntStats } from "node:fs";
 import { Readable } from "node:stream";
 import { type Header, type Pack, pack as tarPack } from "tar-stream";
-import { fsPath, textOf } from "../file-names.js";
-import { paxHeader, paxRecord } from "../pax.js";
+import { fsPath, textOf } from "./file-names.js";
+import { paxHeader, paxRecord } from "./pax.js";
 
-/** One entry as it goes into the tar, for an index of the archive (src/manifest.ts). */
+/** One entry as it goes into the tar, for an index of the archive (src/repo/manifest.ts). */
 export interface ArchiveEntry {
-  /** Byte string (src/file-names.ts), as archived. */
+  /** Byte string (src/pipeline/file-names.ts), as archived. */
   name: string;
   type: "file" | "directory" | "symlink" | "link";
   size: number;
@@ -42,7 +42,7 @@ export interface ArchiveEntry {
 
 /**
  * `pax` records go into a pax extended header that tar-stream writes before
- * the entry. `name` and `linkname` are byte strings (see src/file-names.ts).
+ * the entry. `name` and `linkname` are byte strings (see src/pipeline/file-names.ts).
  */
 export type EntryHeader = Partial<Header> & { name: string; pax?: Record<string, string> };
 type EntrySink = ReturnType<Pack["entry"]>;
@@ -188,7 +188,7 @@ export class TarWriter implements EntryWriter {
   /**
    * Starts an entry in the pack. A name and link target that are valid UTF-8
    * go to tar-stream as text, as they always did. Otherwise the raw-byte pax
-   * header (src/pax.ts) is pushed into the pack first, and tar-stream writes
+   * header (src/pipeline/pax.ts) is pushed into the pack first, and tar-stream writes
    * the entry under an ASCII stand-in name that fits plain ustar, so it adds
    * no pax header of its own (whose `path` would override ours). Pushing
    * directly is in order because the walk adds one entry at a time and waits

@@ -13,9 +13,9 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
-import type { RetentionMode } from "../config.js";
+import type { RetentionMode } from "../config/config.js";
 import { StorageError } from "../errors.js";
-import { assertManifestKey } from "../naming.js";
+import { assertManifestKey } from "../repo/naming.js";
 import {
   assertCanaryKey,
   type BucketLockState,

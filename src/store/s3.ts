@@ -36,9 +36,9 @@ import {
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
-import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config.js";
+import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config/config.js";
 import { ConfigError, RefusedError, StorageError, UsageError } from "../errors.js";
-import { assertManifestKey } from "../naming.js";
+import { assertManifestKey } from "../repo/naming.js";
 import {
   assertCanaryKey,
   type BucketLockState,

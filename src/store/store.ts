@@ -15,7 +15,7 @@
  * (assertCanaryKey).
  */
 import type { Readable } from "node:stream";
-import type { RetentionMode } from "../config.js";
+import type { RetentionMode } from "../config/config.js";
 
 export interface BucketLockState {
   versioning: "Enabled" | "Suspended" | "Off";
@@ -81,7 +81,7 @@ export interface CanaryRequest {
 }
 
 export interface ManifestRequest {
-  /** Must pass assertManifestKey (src/naming.ts). */
+  /** Must pass assertManifestKey (src/repo/naming.ts). */
   key: string;
   body: Buffer;
   /** 32-byte AES256 SSE-C key. */
@@ -213,7 +213,7 @@ export interface ObjectStore {
    * Writes a backup's manifest: one PutObject, SSE-C encrypted, with a checksum
    * the server verifies. Refuses any key that is not a manifest key, so it can
    * never write a version at an archive's key. The version gets the bucket's
-   * default retention; the caller locks it (src/lock.ts).
+   * default retention; the caller locks it (src/retention/lock.ts).
    */
   putManifest(req: ManifestRequest): Promise<{ versionId: string }>;
   /** Writes doctor's canary (one small PutObject with a checksum). Refuses any key that is not a canary key. */

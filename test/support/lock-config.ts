@@ -9,7 +9,7 @@
  * It reads the server from IMMUTD_TEST_S3_ENV, which hooks inherit.
  */
 import { PutObjectLockConfigurationCommand } from "@aws-sdk/client-s3";
-import type { RetentionMode } from "../../src/config.js";
+import type { RetentionMode } from "../../src/config/config.js";
 import { client, type S3Env, s3env } from "./s3env.js";
 
 export const LOCK_CONFIG_SCRIPT = new URL(import.meta.url).pathname;

@@ -15,8 +15,8 @@ import {
   S3Client,
 } from "@aws-sdk/client-s3";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
-import type { TargetConfig } from "../../src/config.js";
-import { Secret } from "../../src/secret.js";
+import type { TargetConfig } from "../../src/config/config.js";
+import { Secret } from "../../src/config/secret.js";
 
 export interface Cred {
   accessKeyId: string;

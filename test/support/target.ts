@@ -1,5 +1,5 @@
-import type { Config, JobConfig, TargetConfig } from "../../src/config.js";
-import { Secret } from "../../src/secret.js";
+import type { Config, JobConfig, TargetConfig } from "../../src/config/config.js";
+import { Secret } from "../../src/config/secret.js";
 
 /** A target config as loadConfig would resolve it, for tests that skip the YAML. */
 export function targetConfig(over: Partial<TargetConfig> = {}): TargetConfig {

@@ -1,0 +1,320 @@
+/**
+ * The catalog as a cache of the bucket: what the manifests under a target's
+ * prefix say, each believed only as far as the server confirms it, as rows
+ * the catalog can take (`immutd catalog rebuild`) or a listing can print
+ * (`immutd list --from-bucket`). Reads with the reader credential and the
+ * master key only; writes nothing to the bucket.
+ *
+ * What is believed, and why:
+ * - At a manifest key, only the oldest version: immutd writes one version per
+ *   manifest key, right after its archive, so later versions were written by
+ *   someone else with the writer credential. They are warnings, never read.
+ *   Versions stored at the very same moment as the oldest cannot be told
+ *   apart: none is believed (a finding).
+ * - A manifest must sit under the host and job it names, name the archive its
+ *   key belongs to, and decode (src/repo/snapshots.ts readManifest).
+ * - Its archive version must exist, SSE-C encrypted with the key derived for
+ *   it, with the size the manifest names (HEAD with that key). Otherwise the
+ *   manifest is a finding and nothing is imported: a manifest alone does not
+ *   make a backup restorable.
+ * - Retain-until and mode come from the server (GetObjectRetention), not the
+ *   manifest: the status is "ok" while it holds, "expired" once it has passed,
+ *   "unlocked" when the version has none.
+ *
+ * What cannot come back: runs (their attempts, failures and warnings) live
+ * only in the catalog; rebuilt backups have no run (runId null). Backups made
+ * before manifests (immutd 0.1.0) have no manifest to rebuild from: they are
+ * counted and left to `restore --from-bucket`. An attacker holding the writer
+ * credential can still upload an archive and a manifest of his own under a new
+ * key; that is a backup like any other to everyone who reads the bucket, and
+ * its lock keeps it from replacing anything.
+ */
+
+import type { Compression, RetentionMode } from "../config/config.js";
+import { CancelledError, describeError, StorageError } from "../errors.js";
+import { deriveSseKey, KEY_DERIVATION } from "../repo/keys.js";
+import type { Manifest } from "../repo/manifest.js";
+import {
+  type BareArchive,
+  isGone,
+  listBucket,
+  type ManifestKey,
+  type ManifestScope,
+  readManifest,
+} from "../repo/snapshots.js";
+import { mapLimit } from "../store/parallel.js";
+import { retry } from "../store/retry.js";
+import type { Target } from "../store/store.js";
+import type { BackupStatus, ImportedBackup } from "./catalog.js";
+
+const RETRY = { attempts: 4, lagAttempts: 2, baseMs: 250 };
+
+/** Manifests read at once: each costs two small requests (GET, HEAD; GetObjectRetention too where HEAD does not report the lock). */
+export const REBUILD_CONCURRENCY = 16;
+
+/** One backup as the bucket describes it, checked against the server. */
+export interface FoundBackup {
+  host: string;
+  job: string;
+  target: string;
+  bucket: string;
+  key: string;
+  versionId: string;
+  size: number;
+  sha256: string;
+  compression: Compression;
+  createdAt: string;
+  retentionMode: RetentionMode | null;
+  retainUntil: string | null;
+  status: Extract<BackupStatus, "ok" | "expired" | "unlocked">;
+  files: number;
+  keyDerivation: string;
+  manifestKey: string;
+  manifestVersionId: string;
+}
+
+export interface ScanNote {
+  /**
+   * forged-version: a later version at a manifest key (ignored). hidden: the
+   * manifest key's latest entry is a delete marker (its version is intact and
+   * read). no-manifest: an archive without a manifest beside it.
+   * Findings (nothing imported): ambiguous, unreadable, archive-missing,
+   * archive-mismatch.
+   */
+  kind:
+    | "forged-version"
+    | "hidden"
+    | "no-manifest"
+    | "ambiguous"
+    | "unreadable"
+    | "archive-missing"
+    | "archive-mismatch";
+  target: string;
+  key: string;
+  versionId: string;
+  message: string;
+}
+
+export interface ScanResult {
+  backups: FoundBackup[];
+  /** Manifests not believed: nothing of theirs is imported. */
+  findings: ScanNote[];
+  /** Worth knowing, imported all the same (or nothing to import). */
+  warnings: ScanNote[];
+}
+
+export interface ScanOptions {
+  masterKey: Buffer;
+  scope: ManifestScope;
+  now?: Date;
+  concurrency?: number;
+  signal?: AbortSignal;
+  /** Called after each manifest, with how many are done out of how many found. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * Reads every manifest under a target's prefix (within scope) with the
+ * target's reader credential, checks each against its archive version, and
+ * returns what can be believed. A request that keeps failing (5xx, network)
+ * after its retries throws a StorageError naming the key and version: a scan
+ * is all or nothing, so a rebuild never records half a bucket.
+ */
+export async function scanTarget(target: Target, o: ScanOptions): Promise<ScanResult> {
+  const store = target.reader;
+  const now = o.now ?? new Date();
+  const { manifests, bare } = await listBucket(store, target.prefix, o.scope, o.signal);
+  const out: ScanResult = { backups: [], findings: [], warnings: [] };
+  const note = (kind: ScanNote["kind"], key: string, versionId: string, message: string) => ({
+    kind,
+    target: target.name,
+    key,
+    versionId,
+    message: `s3://${target.bucket}/${key} version ${versionId}: ${message}`,
+  });
+  for (const b of bare) out.warnings.push(bareNote(note, b));
+  let done = 0;
+  const found = new Map<ManifestKey, FoundBackup>();
+  await mapLimit(
+    manifests,
+    o.concurrency ?? REBUILD_CONCURRENCY,
+    o.signal,
+    async (m) => {
+      for (const v of m.extra)
+        out.warnings.push(
+          note(
+            "forged-version",
+            m.key,
+            v.versionId,
+            `a later version at manifest key (immutd writes one per key; version ${m.version.versionId} is believed): ignored`,
+          ),
+        );
+      if (m.hidden)
+        out.warnings.push(
+          note(
+            "hidden",
+            m.key,
+            m.version.versionId,
+            "the manifest key is hidden behind a delete marker; its version is intact and read",
+          ),
+        );
+      const problem = await check(target, m, o, now);
+      if ("kind" in problem)
+        out.findings.push(note(problem.kind, m.key, m.version.versionId, problem.message));
+      else found.set(m, problem);
+      o.onProgress?.(++done, manifests.length);
+    },
+    "catalog rebuild",
+  );
+  // In listing order (host, job, newest first), whatever order the requests finished in.
+  for (const m of manifests) {
+    const f = found.get(m);
+    if (f) out.backups.push(f);
+  }
+  return out;
+}
+
+type Problem = { kind: ScanNote["kind"]; message: string };
+
+/** One manifest version checked against the server: the backup it describes, or why it is not believed. */
+async function check(
+  target: Target,
+  m: ManifestKey,
+  o: ScanOptions,
+  now: Date,
+): Promise<FoundBackup | Problem> {
+  if (m.tied.length)
+    return {
+      kind: "ambiguous",
+      message: `${m.tied.length + 1} versions at this manifest key were stored at the same moment (${m.tied.map((v) => v.versionId).join(", ")} too); which one immutd wrote cannot be told, none is believed`,
+    };
+  const store = target.reader;
+  const opts = { ...RETRY, ...(o.signal ? { signal: o.signal } : {}) };
+  let doc: Manifest;
+  try {
+    doc = await readManifest(
+      store,
+      target.bucket,
+      o.masterKey,
+      { ...m, versionId: m.version.versionId },
+      o.signal ? { signal: o.signal } : {},
+    );
+  } catch (err) {
+    if (o.signal?.aborted) throw new CancelledError("catalog rebuild cancelled");
+    if (err instanceof StorageError && (err.transient || err.status === undefined))
+      throw failed(`manifest s3://${target.bucket}/${m.key} version ${m.version.versionId}`, err);
+    return { kind: "unreadable", message: `not believed: ${describeError(err)}` };
+  }
+  const a = doc.archive;
+  const createdAt = new Date(doc.createdAt);
+  if (Number.isNaN(createdAt.getTime()))
+    return {
+      kind: "unreadable",
+      message: `not believed: its createdAt ${doc.createdAt} is not a time`,
+    };
+  // The key is named at the run's start, to the second; the manifest records the same moment.
+  if (Math.floor(createdAt.getTime() / 1000) * 1000 !== m.createdAt.getTime())
+    return {
+      kind: "unreadable",
+      message: `not believed: its createdAt ${doc.createdAt} is not the time in its key`,
+    };
+  if (!/^[0-9a-f]{64}$/.test(a.sha256))
+    return { kind: "unreadable", message: `not believed: ${a.sha256} is not a SHA-256` };
+  if (doc.encryption.keyDerivation !== KEY_DERIVATION)
+    return {
+      kind: "unreadable",
+      message: `not believed: key derivation ${doc.encryption.keyDerivation} is not one this immutd knows`,
+    };
+  const what = `its archive s3://${target.bucket}/${a.key} version ${a.versionId}`;
+  const sseKey = deriveSseKey(o.masterKey, target.bucket, a.key);
+  let head: Awaited<ReturnType<typeof store.head>>;
+  try {
+    head = await retry(() => store.head(a.key, a.versionId, sseKey), opts);
+  } catch (err) {
+    if (isGone(err))
+      return { kind: "archive-missing", message: `${what} does not exist: not imported` };
+    if (err instanceof StorageError && !err.transient)
+      return {
+        kind: "archive-mismatch",
+        message: `${what} cannot be read with the key derived for it (${describeError(err)}): not imported`,
+      };
+    throw failed(`archive s3://${target.bucket}/${a.key} version ${a.versionId}`, err);
+  }
+  if (!head.encrypted)
+    return { kind: "archive-mismatch", message: `${what} is not SSE-C encrypted: not imported` };
+  if (head.size !== a.size)
+    return {
+      kind: "archive-mismatch",
+      message: `${what} holds ${head.size} bytes, the manifest says ${a.size}: not imported`,
+    };
+  // HEAD reports the lock to a reader allowed GetObjectRetention (RGW, AWS): one request less per backup.
+  const lock =
+    head.retention ??
+    (await retry(() => store.retention(a.key, a.versionId), opts).catch((err) => {
+      throw failed(`the retention of s3://${target.bucket}/${a.key} version ${a.versionId}`, err);
+    }));
+  return {
+    host: doc.host,
+    job: doc.job,
+    target: target.name,
+    bucket: target.bucket,
+    key: a.key,
+    versionId: a.versionId,
+    size: a.size,
+    sha256: a.sha256,
+    compression: a.compression,
+    createdAt: createdAt.toISOString(),
+    retentionMode: lock?.mode ?? null,
+    retainUntil: lock?.retainUntil.toISOString() ?? null,
+    status: !lock ? "unlocked" : lock.retainUntil <= now ? "expired" : "ok",
+    // The catalog counts regular files and hard links, as the archive walk does.
+    files: doc.files.filter((f) => f.type === "file" || f.type === "link").length,
+    keyDerivation: doc.encryption.keyDerivation,
+    manifestKey: m.key,
+    manifestVersionId: m.version.versionId,
+  };
+}
+
+/** A request that kept failing, as one line naming the object; nothing is recorded. */
+function failed(what: string, err: unknown): StorageError {
+  const s = err instanceof StorageError ? err : undefined;
+  return new StorageError(
+    `cannot read ${what} (${describeError(err)}); nothing was recorded, run the command again`,
+    { transient: s?.transient ?? false, status: s?.status, code: s?.code, cause: err },
+  );
+}
+
+function bareNote(
+  note: (kind: ScanNote["kind"], key: string, versionId: string, message: string) => ScanNote,
+  b: BareArchive,
+): ScanNote {
+  return note(
+    "no-manifest",
+    b.key,
+    b.versionId,
+    `archive of job ${b.job} without a manifest (made before manifests, or its manifest could not be written): not rebuilt; restore --from-bucket still finds it`,
+  );
+}
+
+/** A found backup as the catalog stores it, with its SSE-C key derived from the master key. */
+export function toImported(b: FoundBackup, masterKey: Buffer): ImportedBackup {
+  return {
+    job: b.job,
+    target: b.target,
+    bucket: b.bucket,
+    key: b.key,
+    versionId: b.versionId,
+    size: b.size,
+    sha256: b.sha256,
+    compression: b.compression,
+    sseKey: deriveSseKey(masterKey, b.bucket, b.key),
+    keyDerivation: b.keyDerivation,
+    createdAt: new Date(b.createdAt),
+    retentionMode: b.retentionMode,
+    retainUntil: b.retainUntil === null ? null : new Date(b.retainUntil),
+    status: b.status,
+    files: b.files,
+    manifestKey: b.manifestKey,
+    manifestVersionId: b.manifestVersionId,
+  };
+}

@@ -1,0 +1,174 @@
+import type { Command } from "commander";
+import { reconcile } from "../daemon/recovery.js";
+import { CancelledError, CatalogError, describeError, VerifyFindingsError } from "../errors.js";
+import { runVerify, type VerifyReport } from "../flows/verify.js";
+import type { Target } from "../store/store.js";
+import { selectJobs } from "./backup.js";
+import type { Cli, Context } from "./context.js";
+import { formatDuration } from "./progress.js";
+import { cancelOnStopSignals } from "./signals.js";
+import { openTargets } from "./targets.js";
+
+export const verifyHelp = `
+Proves that the backups in the catalog are still protected, with the reader
+credentials:
+  - each bucket: Object Lock and versioning on, a default retention of at least
+    the configured mode and days, no lifecycle rule that expires current
+    versions inside the retention (read with the reader, else admin; Ceph RGW
+    subusers cannot read lifecycle rules, which is then noted, not a finding)
+  - every backup whose retain-until is in the future or whose configured
+    period (created + retention days) has not ended, whatever newer backups
+    exist: its recorded version still exists, has the recorded size, opens
+    with its SSE-C key, is locked in COMPLIANCE mode (or what was
+    recorded/configured, if stricter), and its retain-until is not earlier
+    than recorded nor than its configured period (verify.concurrency at a time)
+  - --deep: also downloads the newest backup of each job (verify.deep.sample
+    of them, default 1), checks its SHA-256 against the catalog and that the
+    archive reads to its end; and every "unverified" backup (found by crash
+    recovery, SHA-256 unknown): it must be encrypted with the key immutd
+    derives, have its recorded size and read to its end, then it is ok (its
+    SHA-256 recorded), else corrupt. Without --deep each is a finding.
+  - each backup's manifest (its archive key + .manifest.json.gz): a finding
+    "manifest" if it was never written, its recorded version is gone, it does
+    not decode, names another archive version, size or SHA-256, or cannot be
+    locked as long as its archive (verify extends it with the archive). Backups
+    made before manifests have none and are not findings.
+Crash recovery runs first, as in immutd backup (see there).
+Backups past their retain-until are marked expired. A missing version is
+marked missing (and reported on every run until its retain-until passes); a
+deep-check mismatch marks the backup corrupt. A backup not locked as
+configured (not-locked, mode-weak, retention-short) is marked unlocked and
+locked for its configured period with the writer (PutObjectRetention, extend
+only); the finding says whether that worked, and the backup is ok again once
+it did.
+
+A delete marker on top of a backup's key is a WARNING, not a finding (exit
+code unchanged): someone with write access hid the latest version; the
+recorded version is still locked and restorable by its version ID. So is a
+newer version at a manifest's key (manifest-replaced): the recorded one counts.
+
+With keepLatestLocked (the default), each job's newest good backup is then
+kept locked at least the retention period ahead of now: when it is less, it
+is extended to the retention period plus one day (so at most once a day),
+with the writer credential (it needs s3:PutObjectRetention). Extending only:
+never shorter, and the version's mode is kept. A newest backup whose lock ran
+out while immutd was stopped is locked again if it still exists. Each
+extension is recorded in the catalog.
+
+Each finding is one line naming the job, object key, version and what is
+wrong; --json prints the whole report (findings, warnings, notes, extensions).
+
+Exit codes: 0 no findings, 4 any finding, 2 unknown job, 78 configuration
+error. Ctrl-C cancels.
+
+Examples:
+  immutd verify
+  immutd verify --job etc --deep
+  immutd verify --json | jq '.findings[]'
+`;
+
+export async function verifyCommand(
+  ctx: Context,
+  opts: { job?: string; deep?: boolean; json?: boolean },
+): Promise<void> {
+  if (opts.job !== undefined) selectJobs(ctx.config.jobs, [opts.job]);
+  const catalog = ctx.catalog();
+  if (catalog.readOnly !== undefined) {
+    // Refused before any request: verify records statuses, findings and the locks
+    // it sets, and a lock set on the server but not recorded would be invisible here.
+    throw new CatalogError(
+      `catalog ${catalog.path} is read-only (${catalog.readOnly}): verify records what it finds and the locks it extends, so it runs only where the catalog can be written`,
+    );
+  }
+  const open = openTargets(Object.values(ctx.config.targets), ctx.config.verify.concurrency);
+  const controller = new AbortController();
+  const removeSignals = cancelOnStopSignals(
+    controller,
+    ctx.log,
+    "cancelling",
+    (sig) => new Error(`received ${sig}`),
+  );
+  let report: VerifyReport;
+  try {
+    // Without a daemon (cron), this is where a crashed run is recovered; verify then checks what it found.
+    await reconcile({
+      config: ctx.config,
+      catalog: ctx.catalog(),
+      log: ctx.log,
+      target: (name) => open.targets[name] as Target,
+      ...(opts.job !== undefined ? { jobs: [opts.job] } : {}),
+      signal: controller.signal,
+    }).catch((err: unknown) => {
+      if (!controller.signal.aborted) ctx.log.warn(`crash recovery failed: ${describeError(err)}`);
+    });
+    report = await runVerify({
+      config: ctx.config,
+      catalog: ctx.catalog(),
+      targets: open.targets,
+      log: ctx.log,
+      signal: controller.signal,
+      ...(opts.job !== undefined ? { job: opts.job } : {}),
+      ...(opts.deep ? { deep: true } : {}),
+    });
+  } catch (err) {
+    if (controller.signal.aborted) throw new CancelledError("verify cancelled");
+    throw err;
+  } finally {
+    removeSignals();
+    open.close();
+  }
+  process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : render(report));
+  if (report.findings.length) {
+    throw new VerifyFindingsError(`verify found ${report.findings.length} problem(s)`);
+  }
+}
+
+function render(r: VerifyReport): string {
+  const lines: string[] = [];
+  for (const f of r.findings) {
+    const where = f.key ? `${f.job ?? "-"}  ${f.key}  ${f.versionId ?? "-"}` : `target ${f.target}`;
+    lines.push(`FINDING  ${f.kind}  ${where}\n  ${f.message}`);
+  }
+  for (const w of r.warnings) {
+    lines.push(
+      `WARNING  ${w.kind}  ${w.job ?? "-"}  ${w.key ?? "-"}  ${w.versionId ?? "-"}\n  ${w.message}`,
+    );
+  }
+  for (const n of r.notes) lines.push(`NOTE  ${n}`);
+  for (const e of r.extensions.filter((x) => x.action === "extended")) {
+    lines.push(`LOCK  ${e.job}  ${e.key}: ${e.message}`);
+  }
+  for (const d of r.deepChecked.filter((x) => x.ok)) {
+    lines.push(
+      `DEEP  ${d.job}  ${d.key}: SHA-256 matches, ${d.entries} archive entries read to the end`,
+    );
+  }
+  const parts = [
+    `${r.checked} backup(s) checked`,
+    `${r.targets.length} bucket(s)`,
+    ...(r.expired ? [`${r.expired} marked expired`] : []),
+    ...(r.warnings.length ? [`${r.warnings.length} warning(s)`] : []),
+    ...(r.deep ? [`${r.deepChecked.length} downloaded`] : []),
+    ...(r.extensions.length
+      ? [`${r.extensions.filter((e) => e.action === "extended").length} lock(s) extended`]
+      : []),
+  ];
+  lines.push(
+    `${parts.join(", ")} in ${formatDuration(r.durationMs)}: ${
+      r.findings.length ? `${r.findings.length} finding(s)` : "no findings"
+    }`,
+  );
+  return `${lines.join("\n")}\n`;
+}
+
+export function registerVerify(p: Command, cli: Cli): void {
+  p.command("verify")
+    .description("prove that every backup is still there, locked and readable; exit 4 on findings")
+    .option("--job <name>", "only this job's backups")
+    .option("--deep", "also download the newest backup of each job and check its SHA-256")
+    .option("--json", "machine-readable report")
+    .addHelpText("after", verifyHelp)
+    .action((opts: { job?: string; deep?: boolean; json?: boolean }) =>
+      cli.withContext((ctx) => verifyCommand(ctx, opts)),
+    );
+}

@@ -1,0 +1,630 @@
+/**
+ * One backup run of one job: preflight the bucket, run the stages of
+ * src/pipeline/ (source → tar → codec → cipher → hash → SSE-C multipart
+ * upload), then record, lock and check the version and write its manifest.
+ * This file is the catalog bookkeeping around the stages, one step a function.
+ *
+ * The catalog sees the run before anything is uploaded ("running"), and a
+ * backup row only once the server has named the version. Any failure or
+ * cancellation aborts the multipart upload (ObjectStore.upload's contract) and
+ * ends the run as failed or interrupted with its reason; nothing is ever
+ * deleted or overwritten.
+ */
+import { realpathSync } from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
+import { type Catalog, UPLOAD_UNSETTLED } from "../catalog/catalog.js";
+import { type Config, type JobConfig, jobExcludes, type TargetConfig } from "../config/config.js";
+import { CancelledError, describeError, RefusedError, StorageError } from "../errors.js";
+import type { Logger } from "../log.js";
+import {
+  type ArchiveOptions,
+  type ArchiveWarning,
+  createArchive,
+  missingPaths,
+} from "../pipeline/archive.js";
+import { type Cipher, cipherFor } from "../pipeline/cipher.js";
+import { encoderFor } from "../pipeline/codec.js";
+import { HashingCounter } from "../pipeline/hash.js";
+import { runStages, type Streamed } from "../pipeline/index.js";
+import { s3Sink } from "../pipeline/sink.js";
+import { encodeManifest, MANIFEST_FORMAT, type Manifest, ManifestIndex } from "../repo/manifest.js";
+import { manifestKey, objectKey } from "../repo/naming.js";
+import {
+  configuredLock,
+  describeRetention,
+  LOCK_SLACK_MS,
+  lockProblems,
+} from "../retention/bucket-check.js";
+import { type LockOutcome, lockAtLeast } from "../retention/lock.js";
+import { withReadFallback } from "../store/fallback.js";
+import { retry } from "../store/retry.js";
+import type { BucketLockState, Retention, Target } from "../store/store.js";
+import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
+
+/** Restore hashes what it downloads with the same stage. */
+export { HashingCounter } from "../pipeline/hash.js";
+
+export interface BackupProgress {
+  /** Archive bytes handed to the uploader so far (after compression). */
+  bytes: number;
+  /** File content bytes read so far. */
+  read: number;
+  files: number;
+}
+
+export interface BackupDeps {
+  config: Config;
+  catalog: Catalog;
+  target: Target;
+  targetConfig: TargetConfig;
+  log: Logger;
+  signal?: AbortSignal;
+  onProgress?: (p: Readonly<BackupProgress>) => void;
+  /** The clock; tests move it. */
+  now?: () => Date;
+}
+
+export interface BackupResult {
+  job: string;
+  runId: number;
+  status: "succeeded" | "failed" | "interrupted";
+  key: string;
+  backupId?: number;
+  versionId?: string;
+  /** Bytes stored (the archive as uploaded). */
+  bytes: number;
+  files: number;
+  warnings: number;
+  durationMs: number;
+  retainUntil?: Date;
+  error?: string;
+}
+
+/** Attempts of each retention call right after an upload, where providers may lag (250 ms doubling: ~8 s). */
+const LOCK_ATTEMPTS = 6;
+
+/** Warnings logged one by one before they are only counted, so a tree of unreadable files cannot flood the log. */
+const LOGGED_WARNINGS = 100;
+
+/**
+ * Runs one job: the backup, with the job's hooks around it. `before` runs after
+ * the preflight and its failure fails the run with nothing uploaded; `after`
+ * (every outcome) and `onFailure` run once the run is recorded, and their own
+ * failure is logged but does not change the run's result.
+ * Throws LockHeldError (and records nothing) if the job is already running.
+ */
+export async function runBackup(job: JobConfig, deps: BackupDeps): Promise<BackupResult> {
+  const result = await attempt(job, deps);
+  const hooks = job.hooks;
+  if (!hooks) return result;
+  const env: HookEnv = {
+    IMMUTD_JOB: job.name,
+    IMMUTD_RUN_ID: String(result.runId),
+    IMMUTD_KEY: result.key,
+    IMMUTD_STATUS: result.status,
+    ...(result.versionId ? { IMMUTD_VERSION_ID: result.versionId } : {}),
+    ...(result.error ? { IMMUTD_ERROR: result.error } : {}),
+  };
+  const jlog = deps.log.child({ job: job.name, runId: result.runId });
+  const after: [string, string | undefined][] = [
+    ["onFailure", result.status === "succeeded" ? undefined : hooks.onFailure],
+    ["after", hooks.after],
+  ];
+  for (const [name, cmd] of after) {
+    if (!cmd) continue;
+    try {
+      await runHook(name, cmd, env, hooks.timeoutSeconds);
+      jlog.info(`${name} hook succeeded`);
+    } catch (err) {
+      jlog.error(`${describeError(err)} (the run's result stands)`);
+    }
+  }
+  return result;
+}
+
+/** What one attempt carries from step to step. */
+interface Run {
+  readonly job: JobConfig;
+  readonly deps: BackupDeps;
+  readonly now: () => Date;
+  readonly started: Date;
+  readonly key: string;
+  readonly runId: number;
+  readonly jlog: Logger;
+  readonly warnings: ArchiveWarning[];
+  readonly progress: BackupProgress;
+  readonly base: Pick<BackupResult, "job" | "runId" | "key" | "backupId" | "versionId">;
+  /**
+   * Set once the upload's first request is sent: from then on the server may hold
+   * a version at the key even if this process never hears of it.
+   */
+  uploadSent: boolean;
+}
+
+/** The stages' result with what the run needs of them afterwards. */
+interface Uploaded extends Streamed {
+  cipher: Cipher;
+  index: ManifestIndex;
+}
+
+/** The recorded and locked version. */
+interface Stored {
+  backupId: number;
+  retention: Retention;
+  /** The size the server reports, equal to the bytes sent. */
+  size: number;
+}
+
+async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> {
+  const run = startRun(job, deps);
+  let spooled: Spooled | undefined;
+  try {
+    spooled = await prepare(run);
+    const uploaded = await upload(run, spooled);
+    const stored = await recordVersion(run, uploaded);
+    return await succeeded(run, uploaded, stored);
+  } catch (err) {
+    return failed(run, err);
+  } finally {
+    await spooled?.cleanup();
+  }
+}
+
+/** Names the object and records the run as running before anything else happens. */
+function startRun(job: JobConfig, deps: BackupDeps): Run {
+  const { config, catalog, target, log } = deps;
+  const now = deps.now ?? (() => new Date());
+  const started = now();
+  const key = objectKey({
+    prefix: target.prefix,
+    host: config.host,
+    job: job.name,
+    at: started,
+    compression: job.compression,
+  });
+  const runId = catalog.startRun({
+    job: job.name,
+    target: target.name,
+    objectKey: key,
+    startedAt: started,
+  });
+  return {
+    job,
+    deps,
+    now,
+    started,
+    key,
+    runId,
+    jlog: log.child({ job: job.name, runId }),
+    warnings: [],
+    progress: { bytes: 0, read: 0, files: 0 },
+    base: { job: job.name, runId, key },
+    uploadSent: false,
+  };
+}
+
+/** Everything before the upload: the paths exist, the bucket protects, the before hook, the commands' outputs. */
+async function prepare(run: Run): Promise<Spooled | undefined> {
+  const { job, deps } = run;
+  deps.signal?.throwIfAborted();
+  const missing = await missingPaths(job.paths);
+  if (missing.length) {
+    throw new RefusedError(
+      `job ${job.name}: configured path ${missing.join(", ")} does not exist; nothing was uploaded`,
+    );
+  }
+  await preflight(deps.target, deps.targetConfig);
+  deps.signal?.throwIfAborted();
+  const hookEnv: HookEnv = {
+    IMMUTD_JOB: job.name,
+    IMMUTD_RUN_ID: String(run.runId),
+    IMMUTD_KEY: run.key,
+  };
+  if (job.hooks?.before) {
+    await runHook("before", job.hooks.before, hookEnv, job.hooks.timeoutSeconds, deps.signal);
+    run.jlog.info("before hook succeeded");
+  }
+  if (!job.commands.length) return undefined;
+  return await spoolCommands(job.name, job.commands, hookEnv, deps.signal);
+}
+
+/** The stages composed (src/pipeline/): the walk's bytes into one new version at the key. */
+async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded> {
+  const { job, deps, key, runId, jlog, progress } = run;
+  const { config, catalog, target } = deps;
+  jlog.info({ key, paths: job.paths, commands: job.commands.map((c) => c.name) }, "backup started");
+  const cipher = cipherFor(config.masterKey.reveal(), target.bucket, key);
+  const index = new ManifestIndex();
+  const archive = createArchive({
+    ...jobWalk(
+      job,
+      catalog.path,
+      // Nor the spooled outputs a second time under their path.
+      (spooled?.files ?? []).map((f) => literalPattern(f.path)),
+    ),
+    ...(spooled ? { extraFiles: spooled.files } : {}),
+    ...(deps.signal ? { signal: deps.signal } : {}),
+    onWarning: (w) => warned(run, w),
+    onProgress: (p) => {
+      progress.files = p.files;
+      progress.read = p.bytes;
+    },
+    onEntry: (e) => index.add(e),
+  });
+  const hash = new HashingCounter((n) => {
+    progress.bytes = n;
+    deps.onProgress?.(progress);
+  });
+  let uploadId: string | undefined;
+  const sink = s3Sink(target.writer, {
+    key,
+    sseKey: cipher.sseKey,
+    onUploadId: (id) => {
+      uploadId = id;
+      catalog.setUploadId(runId, id);
+    },
+  });
+  run.uploadSent = true;
+  const streamed = await runStages({
+    archive,
+    between: [...encoderFor(job.compression), ...cipher.stages],
+    hash,
+    sink,
+    ...(deps.signal ? { signal: deps.signal } : {}),
+    cancelled: () => new CancelledError(`job ${job.name}: cancelled`),
+  });
+  progress.files = streamed.walk.files;
+  jlog.debug({ versionId: streamed.versionId, uploadId }, "upload complete");
+  return { ...streamed, cipher, index };
+}
+
+/** A walk warning: kept for the catalog, logged one by one up to LOGGED_WARNINGS. */
+function warned(run: Run, w: ArchiveWarning): void {
+  run.warnings.push(w);
+  const n = run.warnings.length;
+  if (n <= LOGGED_WARNINGS) run.jlog.warn({ path: w.path, code: w.code }, w.message);
+  else if (n === LOGGED_WARNINGS + 1)
+    run.jlog.warn("more warnings; only counting them from now on");
+}
+
+/**
+ * Records the new version in the catalog before anything else is asked of the
+ * server, so that it is never forgotten ("unlocked" until its lock is read
+ * back as configured), then locks it and checks its stored size.
+ */
+async function recordVersion(run: Run, u: Uploaded): Promise<Stored> {
+  const { job, deps, key } = run;
+  const { catalog, target } = deps;
+  const backupId = catalog.recordBackup({
+    runId: run.runId,
+    job: job.name,
+    target: target.name,
+    bucket: target.bucket,
+    key,
+    versionId: u.versionId,
+    size: u.bytes,
+    sha256: u.sha256,
+    compression: job.compression,
+    sseKey: u.cipher.sseKey,
+    keyDerivation: u.cipher.keyDerivation,
+    createdAt: run.started,
+    retentionMode: null,
+    retainUntil: null,
+    status: "unlocked",
+    files: u.walk.files,
+  });
+  // A run that fails from here on still names its version (hooks get IMMUTD_VERSION_ID).
+  run.base.backupId = backupId;
+  run.base.versionId = u.versionId;
+  const { lock, wanted } = await lockVersion(run, backupId, u.versionId);
+  const size = await checkStoredSize(run, backupId, u);
+  return {
+    backupId,
+    retention: lockedAsConfigured(run, backupId, u.versionId, lock, wanted),
+    size,
+  };
+}
+
+/**
+ * Sets the configured lock explicitly, whatever the bucket default gave the
+ * version (src/retention/lock.ts), and records what the server reports. Not
+ * cancellable: once the version exists, locking it is the point.
+ */
+async function lockVersion(
+  run: Run,
+  backupId: number,
+  versionId: string,
+): Promise<{ lock: LockOutcome; wanted: Retention }> {
+  const { deps, key } = run;
+  const completed = run.now();
+  const wanted = configuredLock(completed, deps.targetConfig.retention);
+  const lock = await lockAtLeast(deps.target, key, versionId, wanted, {
+    now: completed,
+    attempts: LOCK_ATTEMPTS,
+    slackMs: LOCK_SLACK_MS,
+  });
+  deps.catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
+  return { lock, wanted };
+}
+
+/** The version's retention, or the refusal the run fails with when it could not be locked. */
+function lockedAsConfigured(
+  run: Run,
+  backupId: number,
+  versionId: string,
+  lock: LockOutcome,
+  wanted: Retention,
+): Retention {
+  const retention = run.deps.targetConfig.retention;
+  if (lock.problem || !lock.after) {
+    throw new RefusedError(
+      `${versionName(run, versionId)} could not be locked ${describeRetention(retention)} (until ${wanted.retainUntil.toISOString()}): ${lock.problem ?? "it has no retention"}; it is recorded as unlocked (backup ${backupId}) and \`immutd verify\` reports it until it is`,
+    );
+  }
+  if (lock.changed) {
+    run.jlog.warn(
+      {
+        versionId,
+        from: lock.before ? `${lock.before.mode} ${lock.before.retainUntil.toISOString()}` : null,
+        retentionMode: lock.after.mode,
+        retainUntil: lock.after.retainUntil.toISOString(),
+      },
+      "the bucket default gave the new version less than the configured lock: set it explicitly",
+    );
+  }
+  return lock.after;
+}
+
+/**
+ * What the server stored must be what was sent (a client or server that stores
+ * transfer framing inside the object would change its size).
+ */
+async function checkStoredSize(run: Run, backupId: number, u: Uploaded): Promise<number> {
+  const { catalog, target } = run.deps;
+  const what = versionName(run, u.versionId);
+  let size: number;
+  try {
+    size = await storedSize(target, run.key, u.versionId, u.cipher.sseKey);
+  } catch (err) {
+    if (err instanceof StorageError && err.status === 404)
+      catalog.setBackupStatus(backupId, "missing");
+    throw new StorageError(
+      `${what}: its size could not be read back (${describeError(err)}); recorded as backup ${backupId}, which \`immutd verify\` checks`,
+      { transient: false, cause: err },
+    );
+  }
+  if (size !== u.bytes) {
+    catalog.setBackupStatus(backupId, "corrupt");
+    throw new StorageError(
+      `${what} holds ${size} bytes but ${u.bytes} were sent; the stored version is marked corrupt`,
+      { transient: false },
+    );
+  }
+  return size;
+}
+
+function versionName(run: Run, versionId: string): string {
+  return `job ${run.job.name}: s3://${run.deps.target.bucket}/${run.key} version ${versionId}`;
+}
+
+/** The manifest (a failure to write it is a warning), then the run recorded as succeeded. */
+async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupResult> {
+  const { job, deps, key, warnings } = run;
+  const { backupId, retention } = stored;
+  const manifestProblem = await writeManifest(deps, backupId, retention, {
+    formatVersion: MANIFEST_FORMAT,
+    host: deps.config.host,
+    job: job.name,
+    createdAt: run.started.toISOString(),
+    archive: {
+      key,
+      versionId: u.versionId,
+      size: stored.size,
+      sha256: u.sha256,
+      compression: job.compression,
+    },
+    encryption: { scheme: u.cipher.scheme, keyDerivation: u.cipher.keyDerivation },
+    parent: null,
+    schedule: job.schedule ?? null,
+    ...(job.timezone !== undefined ? { timezone: job.timezone } : {}),
+    files: u.index.files,
+  });
+  if (manifestProblem) {
+    warnings.push({
+      path: `s3://${deps.target.bucket}/${manifestKey(key)}`,
+      message: manifestProblem,
+    });
+    run.jlog.warn({ versionId: u.versionId }, manifestProblem);
+  }
+  const durationMs = run.now().getTime() - run.started.getTime();
+  const counts = { bytes: u.bytes, files: u.walk.files, warnings: warnings.length };
+  deps.catalog.addWarnings(run.runId, warnings);
+  deps.catalog.finishRun(run.runId, { status: "succeeded", ...counts });
+  const { versionId, sha256 } = u;
+  const retainUntil = retention.retainUntil;
+  run.jlog.info(
+    {
+      key,
+      versionId,
+      ...counts,
+      durationMs,
+      sha256,
+      retentionMode: retention.mode,
+      retainUntil: retainUntil.toISOString(),
+    },
+    "backup succeeded",
+  );
+  return {
+    ...run.base,
+    status: "succeeded",
+    backupId,
+    versionId,
+    ...counts,
+    durationMs,
+    retainUntil,
+  };
+}
+
+/** Records the run as failed or interrupted with its reason; the result says what is known. */
+function failed(run: Run, err: unknown): BackupResult {
+  const { deps, progress, warnings } = run;
+  const cancelled = err instanceof CancelledError || deps.signal?.aborted === true;
+  const status = cancelled ? "interrupted" : "failed";
+  const error = cancelled
+    ? `cancelled: ${describeError(deps.signal?.reason ?? err)}`
+    : partsHint(describeError(err), deps.targetConfig);
+  deps.catalog.addWarnings(run.runId, warnings);
+  // No backup row although the upload was sent: if its last answer was lost, the
+  // version exists. The run stays on crash recovery's list until one has looked.
+  const unsettled = run.uploadSent && run.base.backupId === undefined;
+  const counts = { bytes: progress.bytes, files: progress.files, warnings: warnings.length };
+  deps.catalog.finishRun(run.runId, {
+    status,
+    ...counts,
+    error: unsettled ? `${error}${UPLOAD_UNSETTLED}` : error,
+  });
+  run.jlog.error({ status }, `backup ${status}: ${error}`);
+  const durationMs = run.now().getTime() - run.started.getTime();
+  return { ...run.base, status, ...counts, durationMs, error };
+}
+
+/**
+ * Writes, locks and reads back the manifest of a backup that is recorded and
+ * locked. Its failure does not fail the run: the archive is restorable without
+ * it. It returns the problem as a warning (so `immutd backup` exits 5), and the
+ * row keeps the manifest's key without a version, which verify reports.
+ * The manifest is locked with the archive's own retention, so it lasts as long.
+ */
+async function writeManifest(
+  deps: BackupDeps,
+  backupId: number,
+  retention: Retention,
+  manifest: Manifest,
+): Promise<string | undefined> {
+  const { target, catalog, config } = deps;
+  const key = manifestKey(manifest.archive.key);
+  const what = `manifest s3://${target.bucket}/${key}`;
+  catalog.setBackupManifest(backupId, key, null);
+  const { sseKey } = cipherFor(config.masterKey.reveal(), target.bucket, key);
+  const body = encodeManifest(manifest);
+  let versionId: string;
+  try {
+    ({ versionId } = await retry(() => target.writer.putManifest({ key, body, sseKey }), {
+      attempts: LOCK_ATTEMPTS,
+      baseMs: 250,
+    }));
+  } catch (err) {
+    return `${what} could not be written (${describeError(err)}); the archive is recorded and restorable (backup ${backupId}), \`immutd verify\` reports the missing manifest`;
+  }
+  catalog.setBackupManifest(backupId, key, versionId);
+  const now = (deps.now ?? (() => new Date()))();
+  const lock = await lockAtLeast(target, key, versionId, retention, {
+    now,
+    attempts: LOCK_ATTEMPTS,
+    slackMs: LOCK_SLACK_MS,
+  });
+  if (lock.problem || !lock.after)
+    return `${what} version ${versionId} could not be locked until ${retention.retainUntil.toISOString()}: ${lock.problem ?? "it has no retention"}; \`immutd verify\` reports it until it is`;
+  try {
+    const size = await storedSize(target, key, versionId, sseKey);
+    if (size !== body.length)
+      return `${what} version ${versionId} holds ${size} bytes but ${body.length} were sent`;
+  } catch (err) {
+    return `${what} version ${versionId} could not be read back (${describeError(err)})`;
+  }
+  return undefined;
+}
+
+/**
+ * Refuses to upload into a bucket that would not protect the backup: versioning
+ * off, Object Lock off, no default retention, or a weaker one than configured.
+ */
+export async function preflight(target: Target, t: TargetConfig): Promise<BucketLockState> {
+  const state = await withReadFallback(target, (s) => s.lockState());
+  // The same checks as verify and doctor (src/retention/bucket-check.ts); the first problem is the refusal.
+  const [problem] = lockProblems(state, t);
+  if (problem) throw new RefusedError(`${problem.message}; nothing was uploaded`);
+  return state;
+}
+
+/**
+ * The stored size of the new version. Some providers answer AccessDenied or
+ * NoSuchKey for a moment after an upload, so those are retried with backoff.
+ */
+async function storedSize(
+  target: Target,
+  key: string,
+  versionId: string,
+  sseKey: Buffer,
+): Promise<number> {
+  const { size } = await retry(
+    () => withReadFallback(target, (s) => s.head(key, versionId, sseKey)),
+    { attempts: LOCK_ATTEMPTS, lagAttempts: LOCK_ATTEMPTS, baseMs: 250 },
+  );
+  return size;
+}
+
+function partsHint(message: string, t: TargetConfig): string {
+  if (!/Exceeded \d+ parts/.test(message)) return message;
+  const maxGiB = ((t.partSizeMiB * 10_000) / 1024).toFixed(0);
+  return `the archive is larger than ${maxGiB} GiB, the most a multipart upload of ${t.partSizeMiB} MiB parts can hold (10,000 parts); raise targets.${t.name}.partSizeMiB`;
+}
+
+/**
+ * What the walk of a job's tree is told: its paths, every exclude (the job's,
+ * its excludeFrom files', the live catalog's, then `extra`), oneFileSystem and
+ * excludeIfPresent. A backup and `backup --dry-run` both walk with exactly this.
+ */
+export function jobWalk(
+  job: JobConfig,
+  catalogPath: string,
+  extra: readonly string[] = [],
+): Pick<ArchiveOptions, "paths" | "exclude" | "oneFileSystem" | "excludeIfPresent"> {
+  return {
+    paths: job.paths,
+    // Never archive the live catalog.
+    exclude: [...jobExcludes(job), ...catalogFiles(catalogPath, job.paths), ...extra],
+    oneFileSystem: job.oneFileSystem,
+    excludeIfPresent: job.excludeIfPresent,
+  };
+}
+
+/**
+ * The catalog database and its companions: never archive the live files immutd
+ * is writing (they hold every SSE-C key). The walk may meet them under another
+ * name than the configured one: the catalog path can lead through symlinks
+ * (SQLite puts -wal and -shm beside the real file), and so can a job's path.
+ * The walk never follows a symlink below a job path, so an entry's walked
+ * path is the job path plus its real path's remainder below the job path's
+ * real path: each job path gets that name excluded too.
+ */
+function catalogFiles(path: string, jobPaths: readonly string[]): string[] {
+  const real = realPath(path);
+  const names = new Set([path, real]);
+  for (const p of jobPaths) {
+    const rel = relative(realPath(p), real);
+    if (rel !== "" && rel !== ".." && !rel.startsWith("../") && !isAbsolute(rel))
+      names.add(join(resolve(p), rel));
+  }
+  return [...names].flatMap((n) =>
+    ["", "-wal", "-shm", "-journal"].map((s) => literalPattern(n + s)),
+  );
+}
+
+/** The path with every symlink resolved; a missing last component is kept as it is. */
+function realPath(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    try {
+      return join(realpathSync(dirname(p)), basename(p));
+    } catch {
+      return resolve(p);
+    }
+  }
+}
+
+/** An exclude pattern that matches exactly this absolute path. */
+function literalPattern(path: string): string {
+  return path.replace(/[*?[\]{}()!+@\\]/g, "\\$&");
+}

@@ -1,0 +1,184 @@
+/**
+ * The manifest of a backup: a small object beside the archive that describes it
+ * without the catalog (format version, host, job, the archive's version, size
+ * and SHA-256, how it is encrypted, and an index of its entries with their
+ * offsets in the uncompressed tar). Pure: encoding, decoding and comparing with
+ * what the catalog recorded; writing and locking it is src/flows/backup.ts's.
+ *
+ * On the wire it is gzip of one JSON document (README "Manifests"): a tree of
+ * 25,000 files makes a few hundred kilobytes of JSON that gzip shrinks about
+ * tenfold. This layout is part of the bucket format; a change that old readers
+ * cannot take raises formatVersion.
+ */
+import { gunzipSync, gzipSync } from "node:zlib";
+import type { Compression } from "../config/config.js";
+import type { ArchiveEntry } from "../pipeline/archive.js";
+import {
+  byteStringFrom,
+  byteStringOf,
+  displayName,
+  fsPath,
+  textOf,
+} from "../pipeline/file-names.js";
+
+export const MANIFEST_FORMAT = 1;
+
+/** The largest manifest decodeManifest inflates: a hostile object must not exhaust memory. */
+const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
+
+export interface ManifestFile {
+  /** Printable form (src/pipeline/file-names.ts displayName), as `tar -t` shows it. */
+  path: string;
+  /** The name's raw bytes in base64, present when `path` does not spell them exactly (not UTF-8, or escaped). */
+  pathBytes?: string;
+  type: ArchiveEntry["type"];
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Seconds since the epoch. */
+  mtime: number;
+  /** Symlink target or hard link's earlier name, printable; `linkBytes` as for `pathBytes`. */
+  link?: string;
+  linkBytes?: string;
+  /** Where the entry's first header block starts in the uncompressed tar. */
+  offset: number;
+}
+
+export interface Manifest {
+  formatVersion: typeof MANIFEST_FORMAT;
+  host: string;
+  job: string;
+  /** ISO 8601, the run's start (the time in the archive key). */
+  createdAt: string;
+  archive: {
+    key: string;
+    versionId: string;
+    size: number;
+    sha256: string;
+    compression: Compression;
+  };
+  encryption: { scheme: "sse-c"; keyDerivation: string };
+  /** The backup this one builds on; always null until incremental backups exist. */
+  parent: null;
+  /**
+   * The job's cron schedule when it ran, null for a manual-only job; absent in
+   * manifests written before it existed. The auditor (src/flows/audit.ts), which has
+   * no other host's config, judges the newest backup's age by it.
+   */
+  schedule?: string | null;
+  /** The schedule's IANA time zone, when the job set one. */
+  timezone?: string;
+  files: ManifestFile[];
+}
+
+/** Collects the index while the archive is written (ArchiveOptions.onEntry). */
+export class ManifestIndex {
+  readonly files: ManifestFile[] = [];
+
+  add(e: Readonly<ArchiveEntry>): void {
+    const f: ManifestFile = {
+      path: displayName(e.name),
+      ...bytesOf("path", e.name),
+      type: e.type,
+      size: e.size,
+      mode: e.mode,
+      uid: e.uid,
+      gid: e.gid,
+      mtime: e.mtime,
+      offset: e.offset,
+    };
+    if (e.linkname !== undefined)
+      Object.assign(f, { link: displayName(e.linkname), ...bytesOf("link", e.linkname) });
+    this.files.push(f);
+  }
+}
+
+/** `{pathBytes}` / `{linkBytes}` when the printable form does not spell the name's bytes exactly. */
+function bytesOf(field: "path" | "link", name: string): Record<string, string> {
+  return textOf(name) === displayName(name)
+    ? {}
+    : { [`${field}Bytes`]: fsPath(name).toString("base64") };
+}
+
+/** The byte string (src/pipeline/file-names.ts) of an index entry's name. */
+export function fileName(f: Pick<ManifestFile, "path" | "pathBytes">): string {
+  return f.pathBytes === undefined
+    ? byteStringOf(f.path)
+    : byteStringFrom(Buffer.from(f.pathBytes, "base64"));
+}
+
+/** The byte string of an index entry's link target, if it has one. */
+export function linkName(f: Pick<ManifestFile, "link" | "linkBytes">): string | undefined {
+  if (f.linkBytes !== undefined) return byteStringFrom(Buffer.from(f.linkBytes, "base64"));
+  return f.link === undefined ? undefined : byteStringOf(f.link);
+}
+
+export function encodeManifest(m: Manifest): Buffer {
+  return gzipSync(JSON.stringify(m), { level: 9 });
+}
+
+/** Decodes a manifest object; throws one line saying what is wrong with it. */
+export function decodeManifest(body: Buffer): Manifest {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(gunzipSync(body, { maxOutputLength: MAX_MANIFEST_BYTES }).toString("utf8"));
+  } catch (err) {
+    throw new Error(`not a manifest (${(err as Error).message})`);
+  }
+  const m = doc as Partial<Manifest> | null;
+  if (typeof m !== "object" || m === null) throw new Error("not a manifest (not a JSON object)");
+  if (m.formatVersion !== MANIFEST_FORMAT)
+    throw new Error(`manifest format ${String(m.formatVersion)} is not one this immutd reads`);
+  const a = m.archive;
+  if (
+    typeof m.host !== "string" ||
+    typeof m.job !== "string" ||
+    typeof m.createdAt !== "string" ||
+    typeof a !== "object" ||
+    a === null ||
+    typeof a.key !== "string" ||
+    typeof a.versionId !== "string" ||
+    typeof a.size !== "number" ||
+    typeof a.sha256 !== "string" ||
+    (a.compression !== "none" && a.compression !== "gzip") ||
+    m.encryption?.scheme !== "sse-c" ||
+    typeof m.encryption.keyDerivation !== "string" ||
+    (m.schedule !== undefined && m.schedule !== null && typeof m.schedule !== "string") ||
+    (m.timezone !== undefined && typeof m.timezone !== "string") ||
+    !Array.isArray(m.files) ||
+    !m.files.every(isFile)
+  ) {
+    throw new Error("malformed manifest (a required field is missing or of the wrong type)");
+  }
+  return m as Manifest;
+}
+
+function isFile(f: unknown): f is ManifestFile {
+  const x = f as Partial<ManifestFile> | null;
+  return (
+    typeof x === "object" &&
+    x !== null &&
+    typeof x.path === "string" &&
+    typeof x.type === "string" &&
+    typeof x.offset === "number" &&
+    typeof x.size === "number"
+  );
+}
+
+/**
+ * Why a manifest does not describe the backup the catalog recorded, as a
+ * phrase; undefined when it does. Pure.
+ */
+export function manifestMismatch(
+  m: Manifest,
+  b: { key: string; versionId: string; size: number; sha256: string | null },
+): string | undefined {
+  if (m.archive.key !== b.key) return `it names archive ${m.archive.key}`;
+  if (m.archive.versionId !== b.versionId)
+    return `it names archive version ${m.archive.versionId}, not ${b.versionId}`;
+  if (m.archive.size !== b.size) return `it gives ${m.archive.size} bytes, not ${b.size}`;
+  if (b.sha256 !== null && m.archive.sha256 !== b.sha256)
+    return `its SHA-256 ${m.archive.sha256} is not the recorded ${b.sha256}`;
+  return undefined;
+}

@@ -1,0 +1,248 @@
+/**
+ * Reading the bucket as a repository of backups, without the catalog: which
+ * manifests exist under a target's prefix (for one host, one job, or all), and
+ * what one manifest version says. `catalog rebuild`, `list --from-bucket`,
+ * `ls`/`find` and `audit` all start here.
+ *
+ * The layout it reads is the one src/repo/naming.ts writes:
+ * `<prefix><host>/<job>/<stamp>-<random>.tar[.gz].manifest.json.gz`.
+ *
+ * Trust: anyone holding the writer credential can add versions, at a manifest
+ * key immutd used or at a new one. immutd writes exactly one version per
+ * manifest key, right after its archive, so at a key with several versions the
+ * oldest is immutd's and the later ones were written by someone else
+ * (ManifestKey.extra); versions stored at the same moment as the oldest
+ * (ManifestKey.tied) cannot be told apart, so none of them is believed. A manifest is believed only as far as its archive
+ * version exists with the size it names; callers check that.
+ */
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { buffer } from "node:stream/consumers";
+import { StorageError } from "../errors.js";
+import { RetryPolicy, retry, withSignal } from "../store/retry.js";
+import type { ObjectStore, VersionEntry } from "../store/store.js";
+import { deriveSseKey } from "./keys.js";
+import { decodeManifest, type Manifest } from "./manifest.js";
+import { MANIFEST_SUFFIX, parseObjectKey } from "./naming.js";
+
+/** One manifest key found in the bucket, with the versions stored under it. */
+export interface ManifestKey {
+  key: string;
+  /** The archive it belongs to: the key without MANIFEST_SUFFIX. */
+  archiveKey: string;
+  host: string;
+  job: string;
+  /** From the key's stamp; the manifest's own createdAt must agree. */
+  createdAt: Date;
+  /** The oldest version: the one immutd wrote. */
+  version: VersionEntry;
+  /**
+   * Other versions stored at the very same time as the oldest (listings give
+   * whole seconds on some servers): which one immutd wrote cannot be told, so
+   * callers believe none of them.
+   */
+  tied: VersionEntry[];
+  /** Later versions at the same key (not delete markers): written by someone else. */
+  extra: VersionEntry[];
+  /** The key's latest entry is a delete marker (the version itself is intact). */
+  hidden: boolean;
+}
+
+export interface ManifestScope {
+  host?: string;
+  job?: string;
+}
+
+/**
+ * The manifest keys under `prefix` (a target's prefix), newest backup first
+ * within each host and job; sorted by host, job, then createdAt descending.
+ * Lists with `store`'s credential (the reader's for every caller).
+ */
+export async function listManifests(
+  store: ObjectStore,
+  prefix: string,
+  scope: ManifestScope = {},
+  signal?: AbortSignal,
+): Promise<ManifestKey[]> {
+  return (await listBucket(store, prefix, scope, signal)).manifests;
+}
+
+/** An archive version with no manifest key beside it: a backup made before manifests (or whose manifest could not be written). */
+export interface BareArchive {
+  key: string;
+  versionId: string;
+  host: string;
+  job: string;
+}
+
+/** listManifests, and the archive versions in the same scope that have no manifest key. One listing. */
+export async function listBucket(
+  store: ObjectStore,
+  prefix: string,
+  scope: ManifestScope = {},
+  signal?: AbortSignal,
+): Promise<{ manifests: ManifestKey[]; bare: BareArchive[] }> {
+  let under = prefix;
+  if (scope.host !== undefined) {
+    under += `${scope.host}/`;
+    if (scope.job !== undefined) under += `${scope.job}/`;
+  }
+  const versions = await retry(
+    () => store.listVersions(under),
+    withSignal(RetryPolicy.read, signal),
+  );
+  const byKey = new Map<string, VersionEntry[]>();
+  const archives: VersionEntry[] = [];
+  for (const v of versions) {
+    if (!v.key.endsWith(MANIFEST_SUFFIX)) {
+      if (!v.deleteMarker) archives.push(v);
+      continue;
+    }
+    const list = byKey.get(v.key);
+    if (list) list.push(v);
+    else byKey.set(v.key, [v]);
+  }
+  const manifests: ManifestKey[] = [];
+  for (const [key, list] of byKey) {
+    const place = placeOf(prefix, key);
+    if (!place) continue;
+    if (scope.job !== undefined && place.job !== scope.job) continue;
+    const stored = list
+      .filter((v) => !v.deleteMarker)
+      .sort((a, b) => a.lastModified.getTime() - b.lastModified.getTime());
+    const [first, ...rest] = stored;
+    if (!first) continue;
+    const at = first.lastModified.getTime();
+    const tied = rest.filter((v) => v.lastModified.getTime() === at);
+    const extra = rest.filter((v) => v.lastModified.getTime() !== at);
+    const latest = list.find((v) => v.isLatest);
+    manifests.push({
+      ...place,
+      key,
+      version: first,
+      tied,
+      extra,
+      hidden: latest?.deleteMarker === true,
+    });
+  }
+  const bare: BareArchive[] = [];
+  for (const v of archives) {
+    if (byKey.has(`${v.key}${MANIFEST_SUFFIX}`)) continue;
+    const place = placeOf(prefix, `${v.key}${MANIFEST_SUFFIX}`);
+    if (!place || (scope.job !== undefined && place.job !== scope.job)) continue;
+    bare.push({ key: v.key, versionId: v.versionId, host: place.host, job: place.job });
+  }
+  manifests.sort(
+    (a, b) =>
+      compare(a.host, b.host) ||
+      compare(a.job, b.job) ||
+      b.createdAt.getTime() - a.createdAt.getTime() ||
+      compare(a.key, b.key),
+  );
+  return { manifests, bare };
+}
+
+/** Host, job, archive key and stamp of a manifest key under prefix; undefined for anything else. */
+export function placeOf(
+  prefix: string,
+  key: string,
+): Pick<ManifestKey, "host" | "job" | "archiveKey" | "createdAt"> | undefined {
+  if (!key.startsWith(prefix) || !key.endsWith(MANIFEST_SUFFIX)) return undefined;
+  const archiveKey = key.slice(0, -MANIFEST_SUFFIX.length);
+  const parts = archiveKey.slice(prefix.length).split("/");
+  const parsed = parseObjectKey(archiveKey);
+  if (parts.length !== 3 || !parsed || !parts[0] || !parts[1]) return undefined;
+  return { host: parts[0], job: parts[1], archiveKey, createdAt: parsed.createdAt };
+}
+
+export interface ReadManifestOptions {
+  /**
+   * A directory of decrypted manifests kept by version ID. A version's bytes
+   * never change, so an entry is valid for ever; an entry that does not decode
+   * is fetched again.
+   */
+  cacheDir?: string;
+  signal?: AbortSignal;
+}
+
+/**
+ * Fetches and decodes one manifest version (SSE-C key derived from the master
+ * key on the manifest's key), and checks that it describes the archive its key
+ * names and the host and job its key is under. Throws StorageError for the
+ * request (404: the version is gone) and Error for a manifest that does not fit.
+ */
+export async function readManifest(
+  store: ObjectStore,
+  bucket: string,
+  masterKey: Buffer,
+  m: Pick<ManifestKey, "key" | "archiveKey" | "host" | "job"> & { versionId: string },
+  o: ReadManifestOptions = {},
+): Promise<Manifest> {
+  const cached = o.cacheDir ? cacheFile(o.cacheDir, bucket, m.key, m.versionId) : undefined;
+  let manifest = cached ? fromCache(cached) : undefined;
+  if (!manifest) {
+    const sseKey = deriveSseKey(masterKey, bucket, m.key);
+    const signal = o.signal;
+    const body = await retry(
+      async () => buffer(await store.get(m.key, m.versionId, sseKey, signal ? { signal } : {})),
+      withSignal(RetryPolicy.read, signal),
+    );
+    try {
+      manifest = decodeManifest(body);
+    } catch (err) {
+      throw new Error(
+        `manifest s3://${bucket}/${m.key} version ${m.versionId}: ${(err as Error).message}`,
+      );
+    }
+    if (cached) toCache(cached, body);
+  }
+  const wrong = misplaced(manifest, m);
+  if (wrong) throw new Error(`manifest s3://${bucket}/${m.key} version ${m.versionId} ${wrong}`);
+  return manifest;
+}
+
+/** Why a manifest does not belong at its key, as a phrase; undefined when it does. */
+function misplaced(
+  doc: Manifest,
+  m: Pick<ManifestKey, "archiveKey" | "host" | "job">,
+): string | undefined {
+  if (doc.archive.key !== m.archiveKey) return `names archive ${doc.archive.key}`;
+  if (doc.host !== m.host) return `says host ${doc.host}, but is stored under host ${m.host}`;
+  if (doc.job !== m.job) return `says job ${doc.job}, but is stored under job ${m.job}`;
+  return undefined;
+}
+
+/** True when err says the version does not exist (any more). */
+export function isGone(err: unknown): boolean {
+  return err instanceof StorageError && err.status === 404;
+}
+
+function cacheFile(dir: string, bucket: string, key: string, versionId: string): string {
+  const id = createHash("sha256").update(`${bucket}\0${key}\0${versionId}`).digest("hex");
+  return join(dir, `${id}.json.gz`);
+}
+
+function fromCache(file: string): Manifest | undefined {
+  try {
+    return decodeManifest(readFileSync(file));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Written to a temporary name and renamed, so a crash leaves no half entry. A full disk only loses the cache. */
+function toCache(file: string, body: Buffer): void {
+  try {
+    mkdirSync(join(file, ".."), { recursive: true, mode: 0o700 });
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(tmp, body, { mode: 0o600 });
+    renameSync(tmp, file);
+  } catch {
+    // The cache is an optimisation; the manifest was read all the same.
+  }
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
