@@ -26,7 +26,7 @@ import { after, before, describe, it } from "node:test";
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { deriveSseKey } from "../src/repo/keys.js";
 import { encodeManifest, type Manifest } from "../src/repo/manifest.js";
-import { manifestKey, objectKey } from "../src/repo/naming.js";
+import { manifestKey, objectKey, parseObjectKey } from "../src/repo/naming.js";
 import { readManifest } from "../src/repo/snapshots.js";
 import { closeTarget, openTarget } from "../src/store/s3.js";
 import { listBackups, type TestConfig, writeConfig } from "./support/assurance.js";
@@ -187,7 +187,13 @@ describe("catalog rebuild (CLI, Ceph RGW)", () => {
     const mk = masterKey(cfg);
     const [files, raw] = [rows.find((r) => r.job === "files"), rows.find((r) => r.job === "raw")];
     assert.ok(files?.manifestKey && files.manifestVersionId && raw?.manifestKey);
-    const place = { key: files.manifestKey, archiveKey: files.key, host: "assure", job: "files" };
+    const place = {
+      key: files.manifestKey,
+      archiveKey: files.key,
+      host: "assure",
+      job: "files",
+      createdAt: (parseObjectKey(files.key) as { createdAt: Date }).createdAt,
+    };
     // Read with the reader credential through the code under test's own store (an S3 reader).
     const target = openTarget(rgwTarget(env, bucket));
     const real: Manifest = await readManifest(target.reader, bucket, mk, {

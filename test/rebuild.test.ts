@@ -20,9 +20,9 @@ import { type BackupRow, Catalog } from "../src/catalog/catalog.js";
 import { type ScanResult, scanTarget, toImported } from "../src/catalog/rebuild.js";
 import { Secret } from "../src/config/secret.js";
 import { StorageError } from "../src/errors.js";
-import { runAudit } from "../src/flows/audit.js";
+import { maxAge, runAudit } from "../src/flows/audit.js";
 import { runBackup } from "../src/flows/backup.js";
-import { backupsFromBucket } from "../src/flows/browse.js";
+import { archiveVersions, backupsFromBucket, manifestOf } from "../src/flows/browse.js";
 import { createLogger } from "../src/log.js";
 import { deriveSseKey } from "../src/repo/keys.js";
 import { decodeManifest, encodeManifest } from "../src/repo/manifest.js";
@@ -198,7 +198,14 @@ describe("snapshots.ts: listing and reading manifests (memory store)", () => {
 
 async function read(
   s: Awaited<ReturnType<typeof setup>>,
-  m: { key: string; archiveKey: string; host: string; job: string; version: { versionId: string } },
+  m: {
+    key: string;
+    archiveKey: string;
+    host: string;
+    job: string;
+    createdAt: Date;
+    version: { versionId: string };
+  },
 ) {
   return readManifest(s.target.reader, s.bucket.name, s.masterKey, {
     ...m,
@@ -619,5 +626,191 @@ describe("versions stored at the same moment as immutd's manifest", () => {
     );
     assert.equal(forgedFindings.length, 1, JSON.stringify(report.findings));
     assert.match(forgedFindings[0]?.message ?? "", /same moment/);
+  });
+});
+
+describe("what rebuild, ls/find and the audit believe (attacks with the writer credential or a host's own manifests)", () => {
+  const auditOf = (s: Awaited<ReturnType<typeof setup>>, audit = {}) =>
+    runAudit({
+      target: targetConfig({
+        name: "mem",
+        bucket: s.bucket.name,
+        retention: { mode: "COMPLIANCE", days: 7 },
+      }),
+      reader: s.target.reader,
+      masterKey: s.masterKey,
+      audit: { slackMinutes: 60, overrides: [], ...audit },
+      concurrency: 4,
+      now: s.now,
+    });
+  const source = (s: Awaited<ReturnType<typeof setup>>) => ({
+    reader: s.target.reader,
+    bucket: s.bucket.name,
+    prefix: "",
+    masterKey: s.masterKey,
+  });
+
+  /** A complete backup (archive and manifest) planted at a key dated `at`, as someone with the writer credential and the master key can. */
+  async function plant(s: Awaited<ReturnType<typeof setup>>, at: Date) {
+    const [m] = await listManifests(s.target.reader, "", { host: "h1", job: "etc" });
+    assert.ok(m);
+    const real = await read(s, m);
+    const key = objectKey({ prefix: "", host: "h1", job: "etc", at, compression: "gzip" });
+    const body = randomBytes(512);
+    const { versionId } = await s.target.writer.upload({
+      key,
+      body: Readable.from([body]),
+      sseKey: deriveSseKey(s.masterKey, s.bucket.name, key),
+    });
+    const mkey = manifestKey(key);
+    await s.target.writer.putManifest({
+      key: mkey,
+      body: encodeManifest({
+        ...real,
+        createdAt: at.toISOString(),
+        archive: { ...real.archive, key, versionId, size: body.length },
+      }),
+      sseKey: deriveSseKey(s.masterKey, s.bucket.name, mkey),
+    });
+    return key;
+  }
+
+  it("a job whose backups stopped longer ago than the retention days stays too-old", async () => {
+    const s = await setup(1);
+    const ok = await auditOf(s, { maxAgeHours: 48 });
+    assert.deepEqual(
+      ok.findings.filter((f) => f.kind === "too-old"),
+      [],
+    );
+    s.clock.t += 40 * 86_400_000; // 40 days on, retention is 7
+    const late = await auditOf(s, { maxAgeHours: 48 });
+    const tooOld = late.findings.filter((f) => f.kind === "too-old").map((f) => f.job);
+    assert.deepEqual(tooOld.sort(), ["etc", "raw"], JSON.stringify(late.findings));
+    assert.match(late.findings.find((f) => f.kind === "too-old")?.message ?? "", /retention/);
+  });
+
+  it("audit.maxAgeHours caps the limit a host's own manifest schedule gives", async () => {
+    const s = await setup(1);
+    s.clock.t += 3 * 86_400_000;
+    // jobConfig's schedule runs daily: two missed runs are past after three days.
+    const yearly = maxAge({ slackMinutes: 0, overrides: [], maxAgeHours: 24 }, "h1", "etc", {
+      schedule: "0 0 1 1 *",
+    });
+    const created = new Date("2026-01-02T00:00:00Z");
+    assert.equal(yearly?.(created).toISOString(), "2026-01-03T00:00:00.000Z");
+    const uncapped = maxAge({ slackMinutes: 0, overrides: [] }, "h1", "etc", {
+      schedule: "0 0 1 1 *",
+    });
+    assert.equal(uncapped?.(created).toISOString(), "2028-01-01T00:00:00.000Z");
+  });
+
+  it("a backup planted at a key dated in the future is reported and never taken for the newest", async () => {
+    const s = await setup(1);
+    s.clock.t += 30 * 86_400_000;
+    const key = await plant(s, new Date("2099-01-01T03:00:00Z"));
+    const report = await auditOf(s, { maxAgeHours: 48 });
+    const etc = report.jobs.find((j) => j.job === "etc");
+    assert.ok(etc?.newest && etc.newest < "2099", JSON.stringify(etc));
+    assert.ok(
+      report.findings.some((f) => f.kind === "manifest-forged" && f.key === manifestKey(key)),
+      JSON.stringify(report.findings),
+    );
+    assert.ok(report.findings.some((f) => f.kind === "too-old" && f.job === "etc"));
+    const scan = await s.scan();
+    assert.ok(scan.findings.some((f) => f.kind === "planted" && f.key === manifestKey(key)));
+    assert.ok(!scan.backups.some((b) => b.key === key));
+    const refs = await backupsFromBucket(source(s), "h1", "etc");
+    assert.ok(!refs.some((r) => r.archiveKey === key));
+  });
+
+  it("a manifest naming a later version at an old archive key is not believed", async () => {
+    const s = await setup(1);
+    const [bareKey] = (await s.target.reader.listVersions("h1/raw/")).map((v) => v.key);
+    assert.ok(bareKey);
+    // Stand in for a 0.1.0 backup: an archive key whose manifest was never written.
+    const at = (placeOf("", manifestKey(bareKey)) as { createdAt: Date }).createdAt;
+    const old = objectKey({
+      prefix: "",
+      host: "h1",
+      job: "etc",
+      at: new Date(at.getTime() - 86_400_000),
+      compression: "gzip",
+    });
+    const sse = deriveSseKey(s.masterKey, s.bucket.name, old);
+    await s.target.writer.upload({
+      key: old,
+      body: Readable.from([randomBytes(100)]),
+      sseKey: sse,
+    });
+    s.clock.t += 5000;
+    const body = randomBytes(200);
+    const forged = await s.target.writer.upload({
+      key: old,
+      body: Readable.from([body]),
+      sseKey: sse,
+    });
+    const [m] = await listManifests(s.target.reader, "", { host: "h1", job: "etc" });
+    assert.ok(m);
+    const real = await read(s, m);
+    const mkey = manifestKey(old);
+    await s.target.writer.putManifest({
+      key: mkey,
+      body: encodeManifest({
+        ...real,
+        createdAt: new Date(at.getTime() - 86_400_000).toISOString(),
+        archive: { ...real.archive, key: old, versionId: forged.versionId, size: body.length },
+      }),
+      sseKey: deriveSseKey(s.masterKey, s.bucket.name, mkey),
+    });
+    const scan = await s.scan();
+    const f = scan.findings.find((x) => x.key === mkey);
+    assert.ok(f, JSON.stringify(scan.findings));
+    assert.match(f.message, /first version at its archive key/);
+    assert.ok(!scan.backups.some((b) => b.key === old));
+    const refs = await backupsFromBucket(source(s), "h1", "etc");
+    const ref = refs.find((r) => r.archiveKey === old);
+    assert.ok(ref?.manifest);
+    const archives = await archiveVersions(source(s), "h1", "etc");
+    await assert.rejects(
+      manifestOf(source(s), { ...ref, manifest: ref.manifest }, archives),
+      /first version at its archive key/,
+    );
+    const report = await auditOf(s);
+    assert.ok(
+      report.findings.some((x) => x.kind === "manifest-invalid" && x.key === mkey),
+      JSON.stringify(report.findings),
+    );
+  });
+
+  it("keys whose host, job or file name is not what immutd writes are not listed (no terminal escapes from key names)", () => {
+    const tail = "2026-11-01T000000Z-0123abcd.tar.gz.manifest.json.gz";
+    assert.equal(placeOf("", `h\x1b[2J/etc/${tail}`), undefined);
+    assert.equal(placeOf("", `h1/e\x07tc/${tail}`), undefined);
+    assert.equal(placeOf("", `h1/etc/\x1b[1A${tail}`), undefined);
+    assert.equal(placeOf("", `h1/etc/x${tail}`), undefined);
+    assert.ok(placeOf("", `h1/etc/${tail}`));
+  });
+
+  it("a manifest whose fields are not what immutd writes does not decode (escapes in uid, a text mtime, a bad createdAt)", async () => {
+    const s = await setup(1);
+    const [m] = await listManifests(s.target.reader, "", { host: "h1", job: "etc" });
+    assert.ok(m);
+    const real = await read(s, m);
+    const file = real.files[0] as (typeof real.files)[number];
+    const bad: unknown[] = [
+      { ...real, files: [{ ...file, uid: "\x1b]0;owned\x07" }] },
+      { ...real, files: [{ ...file, mtime: "x" }] },
+      { ...real, files: [{ ...file, type: "file\x1b[2J" }] },
+      { ...real, files: [{ ...file, link: 5 }] },
+      { ...real, createdAt: "2026-11-01T00:00:00Z\x1b[2J" },
+      { ...real, createdAt: "yesterday" },
+    ];
+    for (const doc of bad)
+      assert.throws(
+        () => decodeManifest(encodeManifest(doc as never)),
+        /malformed manifest/,
+        JSON.stringify(doc).slice(0, 80),
+      );
+    assert.equal(decodeManifest(encodeManifest(real)).files.length, real.files.length);
   });
 });

@@ -79,13 +79,14 @@ export interface ScanNote {
    * manifest key's latest entry is a delete marker (its version is intact and
    * read). no-manifest: an archive without a manifest beside it.
    * Findings (nothing imported): ambiguous, unreadable, archive-missing,
-   * archive-mismatch.
+   * archive-mismatch, planted (a key dated in the future).
    */
   kind:
     | "forged-version"
     | "hidden"
     | "no-manifest"
     | "ambiguous"
+    | "planted"
     | "unreadable"
     | "archive-missing"
     | "archive-mismatch";
@@ -123,7 +124,13 @@ export interface ScanOptions {
 export async function scanTarget(target: Target, o: ScanOptions): Promise<ScanResult> {
   const store = target.reader;
   const now = o.now ?? new Date();
-  const { manifests, bare } = await listBucket(store, target.prefix, o.scope, o.signal);
+  const { manifests, bare, planted } = await listBucket(
+    store,
+    target.prefix,
+    o.scope,
+    o.signal,
+    now,
+  );
   const out: ScanResult = { backups: [], findings: [], warnings: [] };
   const note = (kind: ScanNote["kind"], key: string, versionId: string, message: string) => ({
     kind,
@@ -133,6 +140,15 @@ export async function scanTarget(target: Target, o: ScanOptions): Promise<ScanRe
     message: `s3://${target.bucket}/${key} version ${versionId}: ${message}`,
   });
   for (const b of bare) out.warnings.push(bareNote(note, b));
+  for (const p of planted)
+    out.findings.push(
+      note(
+        "planted",
+        p.key,
+        p.versionId,
+        `dated ${p.createdAt.toISOString()}, in the future: immutd names keys when a run starts, so someone with write access planted it; not imported`,
+      ),
+    );
   let done = 0;
   const found = new Map<ManifestKey, FoundBackup>();
   await mapLimit(

@@ -29,6 +29,7 @@ import { z } from "zod";
 import { ConfigError } from "../errors.js";
 import { compileExcludes } from "../pipeline/exclude.js";
 import { parseMasterKey } from "../repo/keys.js";
+import { NAME } from "../repo/naming.js";
 import {
   checkAliases,
   checkKeys,
@@ -226,7 +227,6 @@ export interface Config {
 }
 
 /** Names that end up in object keys: keep them to a portable character set. */
-const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const nameSchema = z
   .string()
   .regex(

@@ -27,7 +27,13 @@ import { nextRun } from "../config/schedule.js";
 import { CancelledError, describeError, explainReadRefusal, StorageError } from "../errors.js";
 import { deriveSseKey } from "../repo/keys.js";
 import type { Manifest } from "../repo/manifest.js";
-import { isGone, listManifests, type ManifestKey, readManifest } from "../repo/snapshots.js";
+import {
+  isGone,
+  listBucket,
+  ManifestError,
+  type ManifestKey,
+  readManifest,
+} from "../repo/snapshots.js";
 import { configuredLock, LOCK_SLACK_MS, lockShortfall } from "../retention/bucket-check.js";
 import { mapLimit } from "../store/parallel.js";
 import { retry } from "../store/retry.js";
@@ -141,6 +147,8 @@ const HOUR_MS = 3_600_000;
 interface Checked {
   findings: AuditFinding[];
   good?: { createdAt: Date; manifest: Manifest };
+  /** A manifest that decoded and fits its key, but is past its configured period (its archive was not checked). */
+  expired?: { createdAt: Date; manifest: Manifest };
   /** Retention could not be read for lack of permission: reported once per job. */
   lockRefused?: string;
 }
@@ -163,7 +171,17 @@ export async function runAudit(deps: AuditDeps): Promise<AuditReport> {
   };
   let keys: ManifestKey[];
   try {
-    keys = await listManifests(reader, tc.prefix, {}, signal);
+    const listed = await listBucket(reader, tc.prefix, {}, signal, now);
+    keys = listed.manifests;
+    for (const p of listed.planted)
+      add({
+        kind: "manifest-forged",
+        host: p.host,
+        job: p.job,
+        key: p.key,
+        versionId: p.versionId,
+        message: `host ${p.host} job ${p.job}: s3://${tc.bucket}/${p.key} version ${p.versionId} is dated ${p.createdAt.toISOString()}, in the future: immutd names keys when a run starts, so someone with write access planted it to pose as the newest backup; it is not believed`,
+      });
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("audit cancelled");
     add({
@@ -214,9 +232,13 @@ export async function runAudit(deps: AuditDeps): Promise<AuditReport> {
     }
     // Sorted newest first (listManifests): the first that checked out is the newest backup.
     const good = list.map((m) => checked.get(m)?.good).find((g) => g !== undefined);
-    const limit = maxAge(deps.audit, host, job, good?.manifest);
-    const dueBy = good && limit ? limit(good.createdAt) : null;
-    if (!good && limit) {
+    // With no backup inside its period, the newest one past it still says how
+    // often the job ran and when it last did: a job that stopped long ago must
+    // not read as fine once its last backups leave their period.
+    const newest = good ?? list.map((m) => checked.get(m)?.expired).find((g) => g !== undefined);
+    const limit = maxAge(deps.audit, host, job, newest?.manifest);
+    const dueBy = newest && limit ? limit(newest.createdAt) : null;
+    if (!newest && limit) {
       add({
         kind: "too-old",
         host,
@@ -225,16 +247,16 @@ export async function runAudit(deps: AuditDeps): Promise<AuditReport> {
         versionId: null,
         message: `host ${host} job ${job}: no backup whose archive checks out (${list.length} manifests found)`,
       });
-    } else if (good && dueBy && dueBy.getTime() < now.getTime()) {
+    } else if (newest && dueBy && dueBy.getTime() < now.getTime()) {
       add({
         kind: "too-old",
         host,
         job,
-        key: good.manifest.archive.key,
-        versionId: good.manifest.archive.versionId,
-        message: `host ${host} job ${job}: the newest backup is from ${good.createdAt.toISOString()}, older than allowed (due by ${dueBy.toISOString()}, ${limit?.why}): backups have stopped`,
+        key: newest.manifest.archive.key,
+        versionId: newest.manifest.archive.versionId,
+        message: `host ${host} job ${job}: the newest backup is from ${newest.createdAt.toISOString()}, older than allowed (due by ${dueBy.toISOString()}, ${limit?.why})${good ? "" : `, and past the target's ${tc.retention.days}-day retention`}: backups have stopped`,
       });
-    } else if (good && !limit) {
+    } else if (!limit) {
       report.notes.push(
         `host ${host} job ${job}: its age is not judged (its newest manifest records no schedule and audit sets no maxAgeHours for it)`,
       );
@@ -243,8 +265,10 @@ export async function runAudit(deps: AuditDeps): Promise<AuditReport> {
       host,
       job,
       backups: list.length,
-      newest: good ? good.createdAt.toISOString() : null,
-      ...(good && good.manifest.schedule !== undefined ? { schedule: good.manifest.schedule } : {}),
+      newest: newest ? newest.createdAt.toISOString() : null,
+      ...(newest && newest.manifest.schedule !== undefined
+        ? { schedule: newest.manifest.schedule }
+        : {}),
       dueBy: dueBy ? dueBy.toISOString() : null,
       findings: report.findings.length - before,
     });
@@ -258,8 +282,8 @@ export async function runAudit(deps: AuditDeps): Promise<AuditReport> {
  * time, with a phrase saying why; undefined when its age is not judged.
  * In order: an override for the host and job, one for the host, the schedule
  * its manifest recorded (too old = past the second scheduled time after it,
- * plus audit.slackMinutes: one missed run is tolerated, two are not),
- * audit.maxAgeHours. Pure.
+ * plus audit.slackMinutes: one missed run is tolerated, two are not; capped
+ * by audit.maxAgeHours when that is set), audit.maxAgeHours. Pure.
  */
 export function maxAge(
   audit: AuditConfig,
@@ -280,14 +304,21 @@ export function maxAge(
   if (typeof schedule === "string") {
     const tz = manifest?.timezone !== undefined ? { timezone: manifest.timezone } : {};
     const slack = audit.slackMinutes * 60_000;
+    // The schedule comes from the host's own manifests, which a host an
+    // attacker owns can write with a cron that rarely fires: the auditor's
+    // own maxAgeHours, when set, caps what the schedule allows.
+    const cap = audit.maxAgeHours;
     return Object.assign(
       (c: Date) => {
         const first = nextRun({ schedule, ...tz }, c);
         const second = first ? nextRun({ schedule, ...tz }, first) : null;
         // A schedule that never fires again: the backup cannot become overdue.
-        return new Date((second ?? new Date(8.64e15)).getTime() + slack);
+        const due = (second ?? new Date(8.64e15)).getTime() + slack;
+        return new Date(cap === undefined ? due : Math.min(due, c.getTime() + cap * HOUR_MS));
       },
-      { why: `two runs of schedule "${schedule}" plus ${audit.slackMinutes} minutes` },
+      {
+        why: `two runs of schedule "${schedule}" plus ${audit.slackMinutes} minutes${cap === undefined ? "" : `, at most audit.maxAgeHours ${cap}`}`,
+      },
     );
   }
   if (audit.maxAgeHours !== undefined)
@@ -337,8 +368,7 @@ async function checkBackup(deps: AuditDeps, m: ManifestKey, now: Date): Promise<
       finding("missing", `${where} version ${m.version.versionId} no longer exists: ${text}`);
     else if (err instanceof StorageError)
       finding("check-failed", `${where} version ${m.version.versionId} could not be read: ${text}`);
-    // readManifest names the manifest when it is well-formed but describes another backup.
-    else if (text.startsWith("manifest s3://"))
+    else if (err instanceof ManifestError && err.reason === "misplaced")
       finding(
         "manifest-invalid",
         `host ${m.host} job ${m.job}: does not belong at its key: ${text}`,
@@ -346,19 +376,30 @@ async function checkBackup(deps: AuditDeps, m: ManifestKey, now: Date): Promise<
     else
       finding(
         "manifest-invalid",
-        `${where} version ${m.version.versionId} is not a valid manifest: ${text}`,
+        `${where} version ${m.version.versionId} is not a valid manifest: ${err instanceof ManifestError ? err.detail : text}`,
       );
     return { findings };
   }
   const created = new Date(manifest.createdAt);
   const wanted = configuredLock(created, tc.retention);
   // Past its configured period a version may have gone legitimately (lifecycle).
-  if (wanted.retainUntil.getTime() <= now.getTime()) return { findings };
+  if (wanted.retainUntil.getTime() <= now.getTime())
+    return { findings, expired: { createdAt: created, manifest } };
   const { key, versionId, size } = manifest.archive;
   const what = `host ${m.host} job ${m.job}: s3://${tc.bucket}/${key} version ${versionId}`;
   const sseKey = deriveSseKey(masterKey, tc.bucket, key);
   try {
     const seen = await retry(() => reader.head(key, versionId, sseKey), opts);
+    if (!seen.encrypted) {
+      // Some servers (RGW 16) serve a plain object whatever SSE-C headers the request carries.
+      finding(
+        "unreadable",
+        `${what} is not SSE-C encrypted: immutd never stores a version so, so someone with write access wrote the version its manifest names`,
+        key,
+        versionId,
+      );
+      return { findings };
+    }
     if (seen.size !== size) {
       finding(
         "size-mismatch",

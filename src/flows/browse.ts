@@ -105,11 +105,21 @@ export async function manifestOf(
   const place = placeOf(src.prefix, b.manifest.key);
   if (!place || place.archiveKey !== b.archiveKey)
     throw new ImmutdError(`${where} is not where immutd puts the manifest of ${b.archiveKey}`);
+  // Without the catalog, only the first version at the archive key is immutd's.
+  let archiveFirst: VersionEntry | undefined;
+  for (const v of archives?.values() ?? [])
+    if (v.key === b.archiveKey && !(archiveFirst && archiveFirst.lastModified <= v.lastModified))
+      archiveFirst = v;
   const m = await readManifest(
     src.reader,
     src.bucket,
     src.masterKey,
-    { ...place, key: b.manifest.key, versionId: b.manifest.versionId },
+    {
+      ...place,
+      key: b.manifest.key,
+      versionId: b.manifest.versionId,
+      ...(!b.archive && archiveFirst ? { archiveFirst } : {}),
+    },
     {
       ...(src.cacheDir ? { cacheDir: src.cacheDir } : {}),
       ...(src.signal ? { signal: src.signal } : {}),

@@ -114,6 +114,9 @@ export function linkName(f: Pick<ManifestFile, "link" | "linkBytes">): string | 
   return f.link === undefined ? undefined : byteStringOf(f.link);
 }
 
+/** createdAt as immutd writes it (Date.toISOString). */
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
+
 export function encodeManifest(m: Manifest): Buffer {
   return gzipSync(JSON.stringify(m), { level: 9 });
 }
@@ -135,6 +138,8 @@ export function decodeManifest(body: Buffer): Manifest {
     typeof m.host !== "string" ||
     typeof m.job !== "string" ||
     typeof m.createdAt !== "string" ||
+    !ISO_TIME.test(m.createdAt) ||
+    Number.isNaN(Date.parse(m.createdAt)) ||
     typeof a !== "object" ||
     a === null ||
     typeof a.key !== "string" ||
@@ -154,6 +159,12 @@ export function decodeManifest(body: Buffer): Manifest {
   return m as Manifest;
 }
 
+/**
+ * Every field ls and find print or restore uses has the type and form immutd
+ * writes: a manifest is read with a key the host holds, so one forged on a
+ * host an attacker owns must not crash the reader or reach a terminal as
+ * escape sequences.
+ */
 function isFile(f: unknown): f is ManifestFile {
   const x = f as Partial<ManifestFile> | null;
   return (
@@ -161,9 +172,25 @@ function isFile(f: unknown): f is ManifestFile {
     x !== null &&
     typeof x.path === "string" &&
     typeof x.type === "string" &&
-    typeof x.offset === "number" &&
-    typeof x.size === "number"
+    /^[a-z-]{1,32}$/.test(x.type) &&
+    isCount(x.offset) &&
+    isCount(x.size) &&
+    isCount(x.mode) &&
+    isCount(x.uid) &&
+    isCount(x.gid) &&
+    Number.isSafeInteger(x.mtime) &&
+    optionalString(x.pathBytes) &&
+    optionalString(x.link) &&
+    optionalString(x.linkBytes)
   );
+}
+
+function isCount(n: unknown): boolean {
+  return Number.isSafeInteger(n) && (n as number) >= 0;
+}
+
+function optionalString(s: unknown): boolean {
+  return s === undefined || typeof s === "string";
 }
 
 /**

@@ -6,6 +6,13 @@
 import { randomBytes } from "node:crypto";
 import type { Compression } from "../config/config.js";
 
+/**
+ * Host and job names: what the config accepts, and so all that can stand
+ * between the slashes of a key immutd wrote. Keys whose segments are anything
+ * else were not written by immutd (and may carry terminal escapes).
+ */
+export const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
 export function jobPrefix(prefix: string, host: string, job: string): string {
   return `${prefix}${host}/${job}/`;
 }
@@ -53,6 +60,11 @@ export function assertManifestKey(key: string): void {
 }
 
 const KEY_TAIL = /(\d{4})-(\d{2})-(\d{2})T(\d{2})(\d{2})(\d{2})Z-[0-9a-f]{8}\.tar(\.gz)?$/;
+
+/** True when `name` is exactly the last segment of an archive key immutd makes (stamp, random, extension). */
+export function isArchiveFileName(name: string): boolean {
+  return KEY_TAIL.exec(name)?.index === 0;
+}
 
 /** Reads the creation time and compression back from a key immutd made; undefined for any other key. */
 export function parseObjectKey(

@@ -24,7 +24,13 @@ import { RetryPolicy, retry, withSignal } from "../store/retry.js";
 import type { ObjectStore, VersionEntry } from "../store/store.js";
 import { deriveSseKey } from "./keys.js";
 import { decodeManifest, type Manifest } from "./manifest.js";
-import { MANIFEST_SUFFIX, parseObjectKey } from "./naming.js";
+import {
+  isArchiveFileName,
+  isDatedInFuture,
+  MANIFEST_SUFFIX,
+  NAME,
+  parseObjectKey,
+} from "./naming.js";
 
 /** One manifest key found in the bucket, with the versions stored under it. */
 export interface ManifestKey {
@@ -47,6 +53,26 @@ export interface ManifestKey {
   extra: VersionEntry[];
   /** The key's latest entry is a delete marker (the version itself is intact). */
   hidden: boolean;
+  /**
+   * The oldest version stored at archiveKey, in the same listing; undefined
+   * when none is listed. immutd writes one version per archive key, so a
+   * manifest naming any other version was written by someone else.
+   */
+  archiveFirst?: VersionEntry;
+}
+
+/**
+ * A manifest key or archive key dated after now (plus the clock skew
+ * allowed, src/repo/naming.ts): immutd names keys when a run starts, so
+ * someone with write access planted it, typically to pose as the newest
+ * backup. Listed so callers can report it; never believed.
+ */
+export interface PlantedKey {
+  key: string;
+  versionId: string;
+  host: string;
+  job: string;
+  createdAt: Date;
 }
 
 export interface ManifestScope {
@@ -76,13 +102,17 @@ export interface BareArchive {
   job: string;
 }
 
-/** listManifests, and the archive versions in the same scope that have no manifest key. One listing. */
+/**
+ * listManifests, the archive versions in the same scope that have no manifest
+ * key, and the keys dated in the future (left out of both). One listing.
+ */
 export async function listBucket(
   store: ObjectStore,
   prefix: string,
   scope: ManifestScope = {},
   signal?: AbortSignal,
-): Promise<{ manifests: ManifestKey[]; bare: BareArchive[] }> {
+  now: Date = new Date(),
+): Promise<{ manifests: ManifestKey[]; bare: BareArchive[]; planted: PlantedKey[] }> {
   let under = prefix;
   if (scope.host !== undefined) {
     under += `${scope.host}/`;
@@ -103,11 +133,22 @@ export async function listBucket(
     if (list) list.push(v);
     else byKey.set(v.key, [v]);
   }
+  const firstArchive = new Map<string, VersionEntry>();
+  for (const v of archives) {
+    const seen = firstArchive.get(v.key);
+    if (!seen || v.lastModified.getTime() < seen.lastModified.getTime()) firstArchive.set(v.key, v);
+  }
+  const planted: PlantedKey[] = [];
   const manifests: ManifestKey[] = [];
   for (const [key, list] of byKey) {
     const place = placeOf(prefix, key);
     if (!place) continue;
     if (scope.job !== undefined && place.job !== scope.job) continue;
+    if (isDatedInFuture(place.createdAt, now)) {
+      for (const v of list)
+        if (!v.deleteMarker) planted.push({ ...place, key, versionId: v.versionId });
+      continue;
+    }
     const stored = list
       .filter((v) => !v.deleteMarker)
       .sort((a, b) => a.lastModified.getTime() - b.lastModified.getTime());
@@ -124,6 +165,9 @@ export async function listBucket(
       tied,
       extra,
       hidden: latest?.deleteMarker === true,
+      ...(firstArchive.has(place.archiveKey)
+        ? { archiveFirst: firstArchive.get(place.archiveKey) as VersionEntry }
+        : {}),
     });
   }
   const bare: BareArchive[] = [];
@@ -131,6 +175,10 @@ export async function listBucket(
     if (byKey.has(`${v.key}${MANIFEST_SUFFIX}`)) continue;
     const place = placeOf(prefix, `${v.key}${MANIFEST_SUFFIX}`);
     if (!place || (scope.job !== undefined && place.job !== scope.job)) continue;
+    if (isDatedInFuture(place.createdAt, now)) {
+      planted.push({ ...place, key: v.key, versionId: v.versionId });
+      continue;
+    }
     bare.push({ key: v.key, versionId: v.versionId, host: place.host, job: place.job });
   }
   manifests.sort(
@@ -140,7 +188,7 @@ export async function listBucket(
       b.createdAt.getTime() - a.createdAt.getTime() ||
       compare(a.key, b.key),
   );
-  return { manifests, bare };
+  return { manifests, bare, planted };
 }
 
 /** Host, job, archive key and stamp of a manifest key under prefix; undefined for anything else. */
@@ -150,10 +198,15 @@ export function placeOf(
 ): Pick<ManifestKey, "host" | "job" | "archiveKey" | "createdAt"> | undefined {
   if (!key.startsWith(prefix) || !key.endsWith(MANIFEST_SUFFIX)) return undefined;
   const archiveKey = key.slice(0, -MANIFEST_SUFFIX.length);
-  const parts = archiveKey.slice(prefix.length).split("/");
+  const [host, job, file, ...more] = archiveKey.slice(prefix.length).split("/");
   const parsed = parseObjectKey(archiveKey);
-  if (parts.length !== 3 || !parsed || !parts[0] || !parts[1]) return undefined;
-  return { host: parts[0], job: parts[1], archiveKey, createdAt: parsed.createdAt };
+  // Exactly <host>/<job>/<stamp>-<random>.tar…, with names the config accepts:
+  // a key that is anything else was not written by immutd, and its segments
+  // could carry control characters to a terminal.
+  if (more.length || !parsed || host === undefined || job === undefined || file === undefined)
+    return undefined;
+  if (!NAME.test(host) || !NAME.test(job) || !isArchiveFileName(file)) return undefined;
+  return { host, job, archiveKey, createdAt: parsed.createdAt };
 }
 
 export interface ReadManifestOptions {
@@ -176,7 +229,9 @@ export async function readManifest(
   store: ObjectStore,
   bucket: string,
   masterKey: Buffer,
-  m: Pick<ManifestKey, "key" | "archiveKey" | "host" | "job"> & { versionId: string },
+  m: Pick<ManifestKey, "key" | "archiveKey" | "host" | "job" | "createdAt" | "archiveFirst"> & {
+    versionId: string;
+  },
   o: ReadManifestOptions = {},
 ): Promise<Manifest> {
   const cached = o.cacheDir ? cacheFile(o.cacheDir, bucket, m.key, m.versionId) : undefined;
@@ -191,25 +246,55 @@ export async function readManifest(
     try {
       manifest = decodeManifest(body);
     } catch (err) {
-      throw new Error(
-        `manifest s3://${bucket}/${m.key} version ${m.versionId}: ${(err as Error).message}`,
+      throw new ManifestError(
+        "undecodable",
+        `manifest s3://${bucket}/${m.key} version ${m.versionId}`,
+        (err as Error).message,
       );
     }
     if (cached) toCache(cached, body);
   }
   const wrong = misplaced(manifest, m);
-  if (wrong) throw new Error(`manifest s3://${bucket}/${m.key} version ${m.versionId} ${wrong}`);
+  if (wrong)
+    throw new ManifestError(
+      "misplaced",
+      `manifest s3://${bucket}/${m.key} version ${m.versionId}`,
+      wrong,
+    );
   return manifest;
+}
+
+/**
+ * A manifest version that was read but is not believed: it does not decode
+ * (`undecodable`), or it decodes but does not belong at its key (`misplaced`).
+ * `detail` is the reason alone, for callers that name the manifest themselves.
+ */
+export class ManifestError extends Error {
+  constructor(
+    readonly reason: "undecodable" | "misplaced",
+    where: string,
+    readonly detail: string,
+  ) {
+    super(reason === "undecodable" ? `${where}: ${detail}` : `${where} ${detail}`);
+    this.name = "ManifestError";
+  }
 }
 
 /** Why a manifest does not belong at its key, as a phrase; undefined when it does. */
 function misplaced(
   doc: Manifest,
-  m: Pick<ManifestKey, "archiveKey" | "host" | "job">,
+  m: Pick<ManifestKey, "archiveKey" | "host" | "job" | "createdAt" | "archiveFirst">,
 ): string | undefined {
   if (doc.archive.key !== m.archiveKey) return `names archive ${doc.archive.key}`;
   if (doc.host !== m.host) return `says host ${doc.host}, but is stored under host ${m.host}`;
   if (doc.job !== m.job) return `says job ${doc.job}, but is stored under job ${m.job}`;
+  // The key is named at the run's start, to the second; the manifest records the same moment.
+  const created = new Date(doc.createdAt).getTime();
+  if (Math.floor(created / 1000) * 1000 !== m.createdAt.getTime())
+    return `its createdAt ${doc.createdAt} is not the time in its key (${m.createdAt.toISOString()})`;
+  const first = m.archiveFirst;
+  if (first && doc.archive.versionId !== first.versionId)
+    return `names archive version ${doc.archive.versionId}, but the first version at its archive key is ${first.versionId}: immutd writes one version per key, so someone with write access wrote the one it names`;
   return undefined;
 }
 
