@@ -535,6 +535,55 @@ export class Catalog {
       .all() as { job: string; retainUntil: string }[];
   }
 
+  /**
+   * For /metrics, in one query: per named job its last finished run (status,
+   * start, duration, bytes, files, warnings), the start of its last success
+   * and whether a live process (this one, a daemon or `immutd backup`) runs it
+   * now. Whoever ran the job: the catalog is the record, not the process that
+   * scrapes it. Walks the (job, started_at) index backwards per job.
+   */
+  jobStates(jobs: readonly string[]): JobState[] {
+    const rows = this.db
+      .prepare(
+        `SELECT j.value AS job, r.status, r.started_at AS startedAt, r.finished_at AS finishedAt,
+           r.bytes, r.files, r.warnings,
+           (SELECT started_at FROM runs WHERE job = j.value AND status = 'succeeded'
+              ORDER BY started_at DESC, id DESC LIMIT 1) AS lastSuccess,
+           (SELECT json_group_array(json_array(id, pid)) FROM runs
+              WHERE job = j.value AND status = 'running') AS open
+         FROM json_each(?) j
+         LEFT JOIN runs r ON r.id = (SELECT id FROM runs WHERE job = j.value AND status != 'running'
+                                     ORDER BY started_at DESC, id DESC LIMIT 1)`,
+      )
+      .all(JSON.stringify(jobs)) as (Omit<JobState, "lastRun" | "running"> & {
+      status: Exclude<RunStatus, "running"> | null;
+      startedAt: string | null;
+      finishedAt: string | null;
+      bytes: number | null;
+      files: number | null;
+      warnings: number | null;
+      open: string;
+    })[];
+    return rows.map((r) => ({
+      job: r.job,
+      lastRun:
+        r.status && r.startedAt
+          ? {
+              status: r.status,
+              startedAt: r.startedAt,
+              durationMs: r.finishedAt ? Date.parse(r.finishedAt) - Date.parse(r.startedAt) : 0,
+              bytes: r.bytes ?? 0,
+              files: r.files ?? 0,
+              warnings: r.warnings ?? 0,
+            }
+          : null,
+      lastSuccess: r.lastSuccess,
+      running: (JSON.parse(r.open) as [number, number | null][]).some(
+        ([id, pid]) => !this.#dead(id, pid),
+      ),
+    }));
+  }
+
   /** Whether the catalog can be written now (for /healthz). */
   writable(): boolean {
     try {
@@ -893,6 +942,21 @@ export class Catalog {
       ? { ...row, deep: row.deep === 1, report: JSON.parse(row.report) as unknown }
       : undefined;
   }
+}
+
+/** A job as /metrics shows it (Catalog.jobStates). */
+export interface JobState {
+  job: string;
+  lastRun: {
+    status: Exclude<RunStatus, "running">;
+    startedAt: string;
+    durationMs: number;
+    bytes: number;
+    files: number;
+    warnings: number;
+  } | null;
+  lastSuccess: string | null;
+  running: boolean;
 }
 
 export interface LockExtensionRow {

@@ -1,14 +1,18 @@
 /**
  * Prometheus metrics of the daemon (prom-client): per job the last success,
- * last run's status, duration, bytes, files and warnings, the next scheduled
- * time, whether it is running now and its lock horizon (read from the catalog
- * at each scrape); verification's findings and schedule; the auditor's newest
- * backup, due time and findings per host and job;
- * whether the last config reload worked (named as Prometheus names its own).
+ * last run's status, duration, bytes, files and warnings, whether it is
+ * running now (all read from the catalog at each scrape, so they are there
+ * right after a restart and count a manual `immutd backup` as well) and its
+ * lock horizon (also from the catalog); the next scheduled time; verification's
+ * findings and schedule; the auditor's newest backup, due time and findings per
+ * host and job; whether the last config reload worked (named as Prometheus
+ * names its own); and prom-client's default process and Node.js metrics under
+ * their usual names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, …),
+ * which Node.js dashboards expect.
  */
 import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
+import type { JobState } from "../catalog/catalog.js";
 import type { AuditReport } from "../flows/audit.js";
-import type { BackupResult } from "../flows/backup.js";
 
 const STATUSES = ["succeeded", "failed", "interrupted"] as const;
 
@@ -45,6 +49,10 @@ export class Metrics {
     "Unix time of the job's next scheduled run",
   );
   readonly #running = this.#gauge("immutd_job_running", "1 while the job runs");
+  /** The configured jobs' state in the catalog, read at each scrape (see exposition()). */
+  #readJobs: () => readonly JobState[] = () => [];
+  /** Jobs this process is running now, also while a run waits out its jitter (no run row yet). */
+  readonly #runningHere = new Set<string>();
   #readHorizons: () => readonly { job: string; retainUntil: string }[] = () => [];
   readonly #lockHorizon: Gauge<"job"> = new Gauge({
     name: "immutd_job_lock_horizon_timestamp_seconds",
@@ -127,7 +135,7 @@ export class Metrics {
   });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: "immutd_process_" });
+    collectDefaultMetrics({ register: this.registry });
     this.#up.set(1);
   }
 
@@ -135,32 +143,66 @@ export class Metrics {
     return new Gauge({ name, help, labelNames: ["job"], registers: [this.registry] });
   }
 
-  lastSuccess(job: string, at: Date): void {
-    this.#lastSuccess.set({ job }, at.getTime() / 1000);
-  }
-
   /** Where the lock horizons come from (the catalog), read at each scrape. */
   lockHorizonsFrom(read: () => readonly { job: string; retainUntil: string }[]): void {
     this.#readHorizons = read;
   }
 
+  /** Where the jobs' runs come from (one catalog query), read at each scrape. */
+  jobsFrom(read: () => readonly JobState[]): void {
+    this.#readJobs = read;
+  }
+
+  /** Whether this process runs the job now (from before its jitter to after its run is recorded). */
   running(job: string, yes: boolean): void {
+    if (yes) this.#runningHere.add(job);
+    else this.#runningHere.delete(job);
     this.#running.set({ job }, yes ? 1 : 0);
+  }
+
+  /**
+   * The text for GET /metrics: the job series are read from the catalog first
+   * (one query). If the catalog fails, the last values stay (/healthz says
+   * the catalog is not writable) and the scrape still answers.
+   */
+  async exposition(): Promise<string> {
+    this.#refreshJobs();
+    return this.registry.metrics();
+  }
+
+  #refreshJobs(): void {
+    let jobs: readonly JobState[];
+    try {
+      jobs = this.#readJobs();
+    } catch {
+      return;
+    }
+    const perJob = [
+      this.#lastSuccess,
+      this.#lastStatus,
+      this.#duration,
+      this.#bytes,
+      this.#files,
+      this.#warnings,
+      this.#running,
+    ];
+    for (const g of perJob) g.reset(); // a job removed from the config loses its series
+    for (const { job, lastRun, lastSuccess, running } of jobs) {
+      this.#running.set({ job }, running || this.#runningHere.has(job) ? 1 : 0);
+      if (lastSuccess) this.#lastSuccess.set({ job }, Date.parse(lastSuccess) / 1000);
+      if (!lastRun) continue;
+      for (const s of STATUSES)
+        this.#lastStatus.set({ job, status: s }, lastRun.status === s ? 1 : 0);
+      this.#duration.set({ job }, lastRun.durationMs / 1000);
+      this.#bytes.set({ job }, lastRun.bytes);
+      this.#files.set({ job }, lastRun.files);
+      this.#warnings.set({ job }, lastRun.warnings);
+    }
   }
 
   next(job: string, at: Date | null): void {
     if (at) this.#next.set({ job }, at.getTime() / 1000);
     else this.#next.remove({ job });
-  }
-
-  finished(r: BackupResult, startedAt: Date): void {
-    const job = r.job;
-    for (const s of STATUSES) this.#lastStatus.set({ job, status: s }, r.status === s ? 1 : 0);
-    this.#duration.set({ job }, r.durationMs / 1000);
-    this.#bytes.set({ job }, r.bytes);
-    this.#files.set({ job }, r.files);
-    this.#warnings.set({ job }, r.warnings);
-    if (r.status === "succeeded") this.lastSuccess(job, startedAt);
   }
 
   verified(findings: readonly { kind: string }[], deep: boolean, at: Date): void {
