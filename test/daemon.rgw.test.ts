@@ -347,7 +347,9 @@ ${jobs.replaceAll("DIR", dir)}`,
 
     const status = await runCli(["--config", e.cfg, "status", "--json"], { env: cliEnv });
     assert.equal(status.code, 0, status.stderr);
-    const st = JSON.parse(status.stdout) as { job: string; lastRun: { status: string } | null }[];
+    const st = (
+      JSON.parse(status.stdout) as { jobs: { job: string; lastRun: { status: string } | null }[] }
+    ).jobs;
     assert.equal(st.find((s) => s.job === "guarded")?.lastRun?.status, "failed");
     assert.equal(st.find((s) => s.job === "dump")?.lastRun?.status, "succeeded");
   });
