@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -198,6 +198,49 @@ describe("job metrics from the catalog", () => {
   });
 });
 
+describe("verify metrics from the catalog", () => {
+  it("a restarted daemon exports the last verify's findings and each kind's last time; a later verify (a timer's) replaces them", async () => {
+    const path = fresh();
+    const catalog = Catalog.open(path);
+    try {
+      const record = (at: string, deep: boolean, kinds: string[]) =>
+        catalog.recordVerifyRun({
+          startedAt: new Date(at),
+          finishedAt: new Date(Date.parse(at) + 5000),
+          deep,
+          job: null,
+          checked: 4,
+          findings: kinds.length,
+          report: { findings: kinds.map((kind) => ({ kind, message: kind })) },
+        });
+      record("2026-11-29T05:00:00Z", true, []);
+      record("2026-12-01T04:00:00Z", false, ["missing", "missing", "not-locked"]);
+      const m = new Metrics();
+      m.verifiesFrom(() => catalog.lastVerifyRuns());
+      let text = await m.exposition();
+      assert.equal(gauge(text, 'immutd_verify_findings{kind="missing"}'), 2);
+      assert.equal(gauge(text, 'immutd_verify_findings{kind="not-locked"}'), 1);
+      assert.equal(
+        gauge(text, 'immutd_verify_last_run_timestamp_seconds{deep="false"}'),
+        Date.parse("2026-12-01T04:00:05Z") / 1000,
+      );
+      assert.equal(
+        gauge(text, 'immutd_verify_last_run_timestamp_seconds{deep="true"}'),
+        Date.parse("2026-11-29T05:00:05Z") / 1000,
+      );
+      record("2026-12-02T04:00:00Z", false, []);
+      text = await m.exposition();
+      assert.equal(gauge(text, 'immutd_verify_findings{kind="none"}'), 0);
+      assert.equal(gauge(text, 'immutd_verify_findings{kind="missing"}'), undefined);
+      catalog.close();
+      text = await m.exposition(); // the catalog fails: the last values stay
+      assert.equal(gauge(text, 'immutd_verify_findings{kind="none"}'), 0);
+    } finally {
+      if (catalog.db.open) catalog.close();
+    }
+  });
+});
+
 describe("process metrics", () => {
   it("keep prom-client's names (no immutd_process_process_ prefix) and pass promtool check metrics", async () => {
     const text = await new Metrics().exposition();
@@ -250,6 +293,11 @@ describe("the daemon lock, as status reads it", () => {
     const other = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60000)", "immutd", "run"]);
     try {
       await new Promise((r) => other.once("spawn", r));
+      // until the child's exec shows in /proc (under load it can lag the spawn event)
+      for (let i = 0; i < 100; i++) {
+        if (readFileSync(`/proc/${other.pid}/cmdline`, "utf8").includes("immutd")) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
       writeFileSync(l.path, `${other.pid}\n`);
       const owner = lockOwner(l.path, l.file);
       assert.equal(owner.state, "stale", JSON.stringify(owner));
@@ -351,7 +399,6 @@ jobs:
 
   it("never verified, verify off: says so", async () => {
     const { cfg } = setup();
-    const { readFileSync } = await import("node:fs");
     writeFileSync(
       cfg,
       readFileSync(cfg, "utf8").replace(/^verify: .*$/m, "verify: { schedule: off }"),

@@ -932,16 +932,38 @@ export class Catalog {
   lastVerifyRun(opts: { deep?: boolean } = {}): VerifyRunRow | undefined {
     const row = this.db
       .prepare(
-        `SELECT id, started_at AS startedAt, finished_at AS finishedAt, deep, job, checked, findings, report
-         FROM verify_runs ${opts.deep ? "WHERE deep = 1" : ""} ORDER BY started_at DESC, id DESC LIMIT 1`,
+        `SELECT ${VERIFY_COLUMNS} FROM verify_runs ${opts.deep ? "WHERE deep = 1" : ""}
+         ORDER BY started_at DESC, id DESC LIMIT 1`,
       )
-      .get() as
-      | (Omit<VerifyRunRow, "deep" | "report"> & { deep: number; report: string })
-      | undefined;
-    return row
-      ? { ...row, deep: row.deep === 1, report: JSON.parse(row.report) as unknown }
-      : undefined;
+      .get() as StoredVerifyRun | undefined;
+    return row ? verifyRun(row) : undefined;
   }
+
+  /** For /metrics, in one query: the latest verify run of each kind (deep or not), newest first. */
+  lastVerifyRuns(): VerifyRunRow[] {
+    const latest = (deep: number) =>
+      `SELECT id FROM verify_runs WHERE deep = ${deep} ORDER BY started_at DESC, id DESC LIMIT 1`;
+    return (
+      this.db
+        .prepare(
+          `SELECT ${VERIFY_COLUMNS} FROM verify_runs
+           WHERE id IN (${latest(0)}) OR id IN (${latest(1)}) ORDER BY started_at DESC, id DESC`,
+        )
+        .all() as StoredVerifyRun[]
+    ).map(verifyRun);
+  }
+}
+
+/** The kind of each finding a recorded verify run's report holds (src/flows/verify.ts records them). */
+export function findingKinds(run: VerifyRunRow): string[] {
+  const report = run.report as { findings?: { kind?: unknown }[] } | null;
+  return (report?.findings ?? []).map((f) => String(f.kind ?? "unknown"));
+}
+
+const VERIFY_COLUMNS = `id, started_at AS startedAt, finished_at AS finishedAt, deep, job, checked, findings, report`;
+type StoredVerifyRun = Omit<VerifyRunRow, "deep" | "report"> & { deep: number; report: string };
+function verifyRun(row: StoredVerifyRun): VerifyRunRow {
+  return { ...row, deep: row.deep === 1, report: JSON.parse(row.report) as unknown };
 }
 
 /** A job as /metrics shows it (Catalog.jobStates). */

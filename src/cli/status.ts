@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import type { VerifyRunRow } from "../catalog/catalog.js";
+import { findingKinds, type VerifyRunRow } from "../catalog/catalog.js";
 import { nextRun } from "../config/schedule.js";
 import { daemonLockPath, lockOwner } from "../daemon/lockfile.js";
 import type { Cli, Context } from "./context.js";
@@ -26,12 +26,8 @@ interface VerifySummary {
 
 function verifySummary(v: VerifyRunRow | undefined): VerifySummary | null {
   if (!v) return null;
-  const report = v.report as { findings?: { kind?: unknown }[] } | null;
   const kinds: Record<string, number> = {};
-  for (const f of report?.findings ?? []) {
-    const kind = String(f.kind ?? "unknown");
-    kinds[kind] = (kinds[kind] ?? 0) + 1;
-  }
+  for (const kind of findingKinds(v)) kinds[kind] = (kinds[kind] ?? 0) + 1;
   return {
     startedAt: v.startedAt,
     finishedAt: v.finishedAt,

@@ -105,6 +105,7 @@ export class Daemon {
       // Runs are read from the catalog at each scrape: a restart or a manual
       // `immutd backup` (another process) shows at once, not after the daemon's own next run.
       this.#metrics.jobsFrom(() => catalog.jobStates(this.#config.jobs.map((j) => j.name)));
+      this.#metrics.verifiesFrom(() => catalog.lastVerifyRuns());
       for (const w of this.#catalog.warnings) this.#log.warn(w);
       await this.#recover();
       if (cfg.http) {

@@ -11,7 +11,7 @@
  * which Node.js dashboards expect.
  */
 import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
-import type { JobState } from "../catalog/catalog.js";
+import { findingKinds, type JobState, type VerifyRunRow } from "../catalog/catalog.js";
 import type { AuditReport } from "../flows/audit.js";
 
 const STATUSES = ["succeeded", "failed", "interrupted"] as const;
@@ -51,6 +51,8 @@ export class Metrics {
   readonly #running = this.#gauge("immutd_job_running", "1 while the job runs");
   /** The configured jobs' state in the catalog, read at each scrape (see exposition()). */
   #readJobs: () => readonly JobState[] = () => [];
+  /** The latest verify run of each kind in the catalog, read at each scrape. */
+  #readVerifies: () => readonly VerifyRunRow[] = () => [];
   /** Jobs this process is running now, also while a run waits out its jitter (no run row yet). */
   readonly #runningHere = new Set<string>();
   #readHorizons: () => readonly { job: string; retainUntil: string }[] = () => [];
@@ -153,6 +155,11 @@ export class Metrics {
     this.#readJobs = read;
   }
 
+  /** Where the verify runs come from (the catalog: also `immutd verify` from a timer), read at each scrape. */
+  verifiesFrom(read: () => readonly VerifyRunRow[]): void {
+    this.#readVerifies = read;
+  }
+
   /** Whether this process runs the job now (from before its jitter to after its run is recorded). */
   running(job: string, yes: boolean): void {
     if (yes) this.#runningHere.add(job);
@@ -167,6 +174,7 @@ export class Metrics {
    */
   async exposition(): Promise<string> {
     this.#refreshJobs();
+    this.#refreshVerifies();
     return this.registry.metrics();
   }
 
@@ -200,18 +208,37 @@ export class Metrics {
     }
   }
 
+  /** The newest verify's findings, and each kind's (deep or not) last time; kept if the catalog fails. */
+  #refreshVerifies(): void {
+    let runs: readonly VerifyRunRow[];
+    try {
+      runs = this.#readVerifies();
+    } catch {
+      return;
+    }
+    const [newest] = runs;
+    if (!newest) return;
+    this.#setFindings(findingKinds(newest).map((kind) => ({ kind })));
+    for (const r of runs)
+      this.#verifiedAt.set({ deep: String(r.deep) }, Date.parse(r.finishedAt) / 1000);
+  }
+
   next(job: string, at: Date | null): void {
     if (at) this.#next.set({ job }, at.getTime() / 1000);
     else this.#next.remove({ job });
   }
 
   verified(findings: readonly { kind: string }[], deep: boolean, at: Date): void {
+    this.#setFindings(findings);
+    this.#verifiedAt.set({ deep: String(deep) }, at.getTime() / 1000);
+  }
+
+  #setFindings(findings: readonly { kind: string }[]): void {
     this.#findings.reset();
     const counts = new Map<string, number>();
     for (const f of findings) counts.set(f.kind, (counts.get(f.kind) ?? 0) + 1);
     if (counts.size === 0) this.#findings.set({ kind: "none" }, 0);
     for (const [kind, n] of counts) this.#findings.set({ kind }, n);
-    this.#verifiedAt.set({ deep: String(deep) }, at.getTime() / 1000);
   }
 
   verifyNext(deep: boolean, at: Date | null): void {
