@@ -7,12 +7,11 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { DaemonProcess, runCli } from "./support/cli.js";
+import { freePort, gauge } from "./support/metrics.js";
 import {
   createLockedBucket,
   type S3Env,
@@ -20,19 +19,6 @@ import {
   targetYaml,
   uniqueBucket,
 } from "./support/s3env.js";
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
-
-function gauge(text: string, series: string): number | undefined {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
-}
 
 interface Status {
   daemon: { running: boolean | null; pid: number | null; stale?: string };

@@ -18,6 +18,7 @@ import { startHttp } from "../src/daemon/http.js";
 import { daemonLockPath, lockOwner } from "../src/daemon/lockfile.js";
 import { Metrics } from "../src/daemon/metrics.js";
 import { runCli } from "./support/cli.js";
+import { gauge } from "./support/metrics.js";
 
 const work = mkdtempSync(join(tmpdir(), "immutd-status-"));
 after(() => rmSync(work, { recursive: true, force: true }));
@@ -35,11 +36,6 @@ function foreignRun(
      VALUES (?, 't', 'k', ?, ?, ?, 2048, 3, 1, ?)`,
   ).run(r.job, r.started, r.finished ?? null, r.status, r.pid ?? 999_999_999);
   db.close();
-}
-
-function gauge(text: string, series: string): number | undefined {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 
 /** A pid that existed and is gone now. */
