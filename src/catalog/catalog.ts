@@ -540,7 +540,10 @@ export class Catalog {
    * start, duration, bytes, files, warnings), the start of its last success
    * and whether a live process (this one, a daemon or `immutd backup`) runs it
    * now. Whoever ran the job: the catalog is the record, not the process that
-   * scrapes it. Walks the (job, started_at) index backwards per job.
+   * scrapes it. Walks the (job, started_at) index backwards per job, a few rows
+   * each: a live run is among a job's newest, since startRun lets no run of the
+   * job start while another live one runs (older "running" rows are dead ones
+   * left by a crash; a scan of all of them took 10 ms per job at 20,000 runs).
    */
   jobStates(jobs: readonly string[]): JobState[] {
     const rows = this.db
@@ -549,8 +552,10 @@ export class Catalog {
            r.bytes, r.files, r.warnings,
            (SELECT started_at FROM runs WHERE job = j.value AND status = 'succeeded'
               ORDER BY started_at DESC, id DESC LIMIT 1) AS lastSuccess,
-           (SELECT json_group_array(json_array(id, pid)) FROM runs
-              WHERE job = j.value AND status = 'running') AS open
+           (SELECT json_group_array(json_array(id, pid)) FROM
+              (SELECT id, pid, status FROM runs WHERE job = j.value
+               ORDER BY started_at DESC, id DESC LIMIT 8)
+              WHERE status = 'running') AS open
          FROM json_each(?) j
          LEFT JOIN runs r ON r.id = (SELECT id FROM runs WHERE job = j.value AND status != 'running'
                                      ORDER BY started_at DESC, id DESC LIMIT 1)`,
