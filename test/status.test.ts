@@ -96,6 +96,9 @@ describe("job metrics from the catalog", () => {
       const jobs = ["etc"];
       const m = new Metrics();
       m.jobsFrom(() => catalog.jobStates(jobs));
+      // crashes left a dozen dead "running" rows behind; the newest run is live
+      for (let h = 10; h < 22; h++)
+        foreignRun(path, { job: "etc", status: "running", started: `2026-11-20T${h}:00:00.000Z` });
       foreignRun(path, {
         job: "etc",
         status: "running",
@@ -106,8 +109,8 @@ describe("job metrics from the catalog", () => {
       assert.equal(gauge(text, 'immutd_job_running{job="etc"}'), 1);
       const db = new Database(path);
       db.prepare(
-        `UPDATE runs SET status = 'succeeded', finished_at = '2026-12-01T03:01:00.000Z'`,
-      ).run();
+        `UPDATE runs SET status = 'succeeded', finished_at = '2026-12-01T03:01:00.000Z' WHERE pid = ?`,
+      ).run(other.pid);
       db.close();
       text = await m.exposition();
       assert.equal(gauge(text, 'immutd_job_running{job="etc"}'), 0);
