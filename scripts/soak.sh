@@ -72,7 +72,7 @@ while :; do
   now=$(($(date +%s) - start))
   kill -0 "$pid" 2>/dev/null || { echo "daemon exited:"; tail -5 "$work/log"; exit 1; }
   rss=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")
-  heap=$(metric immutd_process_nodejs_heap_size_used_bytes | awk '{ printf "%.1f", $1 / 1048576 }')
+  heap=$(metric nodejs_heap_size_used_bytes | awk '{ printf "%.1f", $1 / 1048576 }')
   ok=$(grep -c '"msg":"backup succeeded"' "$work/log" || true)
   echo "$now $rss ${heap:--} $ok" | tee -a "$out"
   [ "$now" -ge "$seconds" ] && break

@@ -216,7 +216,9 @@ describe("catalog paths and states (CLI)", () => {
 
     const status = await runCli(["--config", cfg, "status", "--json"], asNobody);
     assert.equal(status.code, 0, status.stderr);
-    const [row] = JSON.parse(status.stdout) as { lastRun: { status: string; warnings: number } }[];
+    const [row] = (
+      JSON.parse(status.stdout) as { jobs: { lastRun: { status: string; warnings: number } }[] }
+    ).jobs;
     assert.deepEqual(row?.lastRun.status, "succeeded");
     assert.equal(row?.lastRun.warnings, 2);
     assert.match(status.stderr, /cannot be written .*is not writable: EACCES/);

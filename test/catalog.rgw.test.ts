@@ -114,7 +114,9 @@ ${o.hooks ?? ""}`,
 
     execFileSync("rm", [join(mnt, "fill")]);
     const status = await runCli(["--config", cfg, "status", "--json"]);
-    const [row] = JSON.parse(status.stdout) as { lastRun: { status: string; error: string } }[];
+    const [row] = (
+      JSON.parse(status.stdout) as { jobs: { lastRun: { status: string; error: string } }[] }
+    ).jobs;
     assert.equal(row?.lastRun.status, "failed", "not left running");
     assert.match(
       row?.lastRun.error ?? "",
@@ -168,7 +170,8 @@ ${o.hooks ?? ""}`,
     const status = await runCli(["--config", cfg, "status", "--json"]);
     assert.equal(status.code, 0, status.stderr);
     assert.equal(
-      (JSON.parse(status.stdout) as { lastRun: { status: string } }[])[0]?.lastRun.status,
+      (JSON.parse(status.stdout) as { jobs: { lastRun: { status: string } }[] }).jobs[0]?.lastRun
+        .status,
       "succeeded",
     );
     const out = join(dir, "restored");

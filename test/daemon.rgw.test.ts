@@ -27,6 +27,7 @@ import Database from "better-sqlite3";
 import { nextRun } from "../src/config/schedule.js";
 import { openTarget } from "../src/store/s3.js";
 import { CLI, DaemonProcess, logRecords, runCli } from "./support/cli.js";
+import { freePort, gauge } from "./support/metrics.js";
 import {
   adminRemoveVersion,
   createLockedBucket,
@@ -36,14 +37,6 @@ import {
   targetYaml,
   uniqueBucket,
 } from "./support/s3env.js";
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** A local webhook endpoint that keeps every JSON body it is sent. */
 async function webhookReceiver() {
@@ -347,7 +340,9 @@ ${jobs.replaceAll("DIR", dir)}`,
 
     const status = await runCli(["--config", e.cfg, "status", "--json"], { env: cliEnv });
     assert.equal(status.code, 0, status.stderr);
-    const st = JSON.parse(status.stdout) as { job: string; lastRun: { status: string } | null }[];
+    const st = (
+      JSON.parse(status.stdout) as { jobs: { job: string; lastRun: { status: string } | null }[] }
+    ).jobs;
     assert.equal(st.find((s) => s.job === "guarded")?.lastRun?.status, "failed");
     assert.equal(st.find((s) => s.job === "dump")?.lastRun?.status, "succeeded");
   });
@@ -408,11 +403,6 @@ notify: [{ url: "http://127.0.0.1:${hookPort}/hook", events: [failure] }]`,
 
   async function metricsText(port: number): Promise<string> {
     return (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  }
-
-  function gauge(text: string, series: string): number | undefined {
-    const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-    return line === undefined ? undefined : Number(line.slice(series.length + 1));
   }
 
   it("verifies daily by default (next run in /metrics); `verify.schedule: off` is warned about at start", async () => {

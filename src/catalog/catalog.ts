@@ -535,6 +535,60 @@ export class Catalog {
       .all() as { job: string; retainUntil: string }[];
   }
 
+  /**
+   * For /metrics, in one query: per named job its last finished run (status,
+   * start, duration, bytes, files, warnings), the start of its last success
+   * and whether a live process (this one, a daemon or `immutd backup`) runs it
+   * now. Whoever ran the job: the catalog is the record, not the process that
+   * scrapes it. Walks the (job, started_at) index backwards per job, a few rows
+   * each: a live run is among a job's newest, since startRun lets no run of the
+   * job start while another live one runs (older "running" rows are dead ones
+   * left by a crash; a scan of all of them took 10 ms per job at 20,000 runs).
+   */
+  jobStates(jobs: readonly string[]): JobState[] {
+    const rows = this.db
+      .prepare(
+        `SELECT j.value AS job, r.status, r.started_at AS startedAt, r.finished_at AS finishedAt,
+           r.bytes, r.files, r.warnings,
+           (SELECT started_at FROM runs WHERE job = j.value AND status = 'succeeded'
+              ORDER BY started_at DESC, id DESC LIMIT 1) AS lastSuccess,
+           (SELECT json_group_array(json_array(id, pid)) FROM
+              (SELECT id, pid, status FROM runs WHERE job = j.value
+               ORDER BY started_at DESC, id DESC LIMIT 8)
+              WHERE status = 'running') AS open
+         FROM json_each(?) j
+         LEFT JOIN runs r ON r.id = (SELECT id FROM runs WHERE job = j.value AND status != 'running'
+                                     ORDER BY started_at DESC, id DESC LIMIT 1)`,
+      )
+      .all(JSON.stringify(jobs)) as (Omit<JobState, "lastRun" | "running"> & {
+      status: Exclude<RunStatus, "running"> | null;
+      startedAt: string | null;
+      finishedAt: string | null;
+      bytes: number | null;
+      files: number | null;
+      warnings: number | null;
+      open: string;
+    })[];
+    return rows.map((r) => ({
+      job: r.job,
+      lastRun:
+        r.status && r.startedAt
+          ? {
+              status: r.status,
+              startedAt: r.startedAt,
+              durationMs: r.finishedAt ? Date.parse(r.finishedAt) - Date.parse(r.startedAt) : 0,
+              bytes: r.bytes ?? 0,
+              files: r.files ?? 0,
+              warnings: r.warnings ?? 0,
+            }
+          : null,
+      lastSuccess: r.lastSuccess,
+      running: (JSON.parse(r.open) as [number, number | null][]).some(
+        ([id, pid]) => !this.#dead(id, pid),
+      ),
+    }));
+  }
+
   /** Whether the catalog can be written now (for /healthz). */
   writable(): boolean {
     try {
@@ -883,16 +937,53 @@ export class Catalog {
   lastVerifyRun(opts: { deep?: boolean } = {}): VerifyRunRow | undefined {
     const row = this.db
       .prepare(
-        `SELECT id, started_at AS startedAt, finished_at AS finishedAt, deep, job, checked, findings, report
-         FROM verify_runs ${opts.deep ? "WHERE deep = 1" : ""} ORDER BY started_at DESC, id DESC LIMIT 1`,
+        `SELECT ${VERIFY_COLUMNS} FROM verify_runs ${opts.deep ? "WHERE deep = 1" : ""}
+         ORDER BY started_at DESC, id DESC LIMIT 1`,
       )
-      .get() as
-      | (Omit<VerifyRunRow, "deep" | "report"> & { deep: number; report: string })
-      | undefined;
-    return row
-      ? { ...row, deep: row.deep === 1, report: JSON.parse(row.report) as unknown }
-      : undefined;
+      .get() as StoredVerifyRun | undefined;
+    return row ? verifyRun(row) : undefined;
   }
+
+  /** For /metrics, in one query: the latest verify run of each kind (deep or not), newest first. */
+  lastVerifyRuns(): VerifyRunRow[] {
+    const latest = (deep: number) =>
+      `SELECT id FROM verify_runs WHERE deep = ${deep} ORDER BY started_at DESC, id DESC LIMIT 1`;
+    return (
+      this.db
+        .prepare(
+          `SELECT ${VERIFY_COLUMNS} FROM verify_runs
+           WHERE id IN (${latest(0)}) OR id IN (${latest(1)}) ORDER BY started_at DESC, id DESC`,
+        )
+        .all() as StoredVerifyRun[]
+    ).map(verifyRun);
+  }
+}
+
+/** The kind of each finding a recorded verify run's report holds (src/flows/verify.ts records them). */
+export function findingKinds(run: VerifyRunRow): string[] {
+  const report = run.report as { findings?: { kind?: unknown }[] } | null;
+  return (report?.findings ?? []).map((f) => String(f.kind ?? "unknown"));
+}
+
+const VERIFY_COLUMNS = `id, started_at AS startedAt, finished_at AS finishedAt, deep, job, checked, findings, report`;
+type StoredVerifyRun = Omit<VerifyRunRow, "deep" | "report"> & { deep: number; report: string };
+function verifyRun(row: StoredVerifyRun): VerifyRunRow {
+  return { ...row, deep: row.deep === 1, report: JSON.parse(row.report) as unknown };
+}
+
+/** A job as /metrics shows it (Catalog.jobStates). */
+export interface JobState {
+  job: string;
+  lastRun: {
+    status: Exclude<RunStatus, "running">;
+    startedAt: string;
+    durationMs: number;
+    bytes: number;
+    files: number;
+    warnings: number;
+  } | null;
+  lastSuccess: string | null;
+  running: boolean;
 }
 
 export interface LockExtensionRow {

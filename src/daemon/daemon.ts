@@ -25,7 +25,7 @@ import type { Logger } from "../log.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { ObjectStore, Target } from "../store/store.js";
 import { startHttp } from "./http.js";
-import { acquireLock, type Lock } from "./lockfile.js";
+import { acquireLock, daemonLockPath, type Lock } from "./lockfile.js";
 import { Metrics } from "./metrics.js";
 import { Notifier, resultPayload } from "./notify.js";
 import { reconcile } from "./recovery.js";
@@ -95,13 +95,17 @@ export class Daemon {
     // The lock file goes beside the catalog: its path must be usable and writable first.
     prepareCatalog(cfg.catalog, { write: true });
     this.#lock = acquireLock(
-      `${cfg.catalog}.daemon.lock`,
+      daemonLockPath(cfg.catalog),
       `an immutd daemon for catalog ${cfg.catalog}`,
     );
     try {
       this.#catalog = Catalog.open(cfg.catalog);
       const catalog = this.#catalog;
       this.#metrics.lockHorizonsFrom(() => catalog.lockHorizons());
+      // Runs are read from the catalog at each scrape: a restart or a manual
+      // `immutd backup` (another process) shows at once, not after the daemon's own next run.
+      this.#metrics.jobsFrom(() => catalog.jobStates(this.#config.jobs.map((j) => j.name)));
+      this.#metrics.verifiesFrom(() => catalog.lastVerifyRuns());
       for (const w of this.#catalog.warnings) this.#log.warn(w);
       await this.#recover();
       if (cfg.http) {
@@ -197,7 +201,6 @@ export class Daemon {
         log: this.#log,
         signal: controller.signal,
       });
-      this.#metrics.finished(r, startedAt);
       this.#notifier.send(notify, resultPayload(r, cfg.host));
     } catch (err) {
       if (err instanceof LockHeldError) this.#log.warn({ job: name }, `${err.message}; skipped`);
@@ -237,8 +240,6 @@ export class Daemon {
       const st = this.#states.get(job.name) ?? { queued: false };
       this.#states.set(job.name, st);
       st.cron?.stop();
-      const last = this.#catalog?.jobSummary(job.name).lastSuccess;
-      if (last) this.#metrics.lastSuccess(job.name, new Date(last.startedAt));
       if (job.schedule === undefined) {
         delete st.cron;
         this.#log.info(

@@ -34,7 +34,7 @@ export async function startHttp(
       return;
     }
     if (path === "/metrics") {
-      metrics.registry.metrics().then(
+      metrics.exposition().then(
         (text) => res.writeHead(200, { "content-type": metrics.registry.contentType }).end(text),
         () => res.writeHead(500).end(),
       );

@@ -1,14 +1,18 @@
 /**
  * Prometheus metrics of the daemon (prom-client): per job the last success,
- * last run's status, duration, bytes, files and warnings, the next scheduled
- * time, whether it is running now and its lock horizon (read from the catalog
- * at each scrape); verification's findings and schedule; the auditor's newest
- * backup, due time and findings per host and job;
- * whether the last config reload worked (named as Prometheus names its own).
+ * last run's status, duration, bytes, files and warnings, whether it is
+ * running now (all read from the catalog at each scrape, so they are there
+ * right after a restart and count a manual `immutd backup` as well) and its
+ * lock horizon (also from the catalog); the next scheduled time; verification's
+ * findings and schedule; the auditor's newest backup, due time and findings per
+ * host and job; whether the last config reload worked (named as Prometheus
+ * names its own); and prom-client's default process and Node.js metrics under
+ * their usual names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, …),
+ * which Node.js dashboards expect.
  */
 import { collectDefaultMetrics, Gauge, Registry } from "prom-client";
+import { findingKinds, type JobState, type VerifyRunRow } from "../catalog/catalog.js";
 import type { AuditReport } from "../flows/audit.js";
-import type { BackupResult } from "../flows/backup.js";
 
 const STATUSES = ["succeeded", "failed", "interrupted"] as const;
 
@@ -45,6 +49,12 @@ export class Metrics {
     "Unix time of the job's next scheduled run",
   );
   readonly #running = this.#gauge("immutd_job_running", "1 while the job runs");
+  /** The configured jobs' state in the catalog, read at each scrape (see exposition()). */
+  #readJobs: () => readonly JobState[] = () => [];
+  /** The latest verify run of each kind in the catalog, read at each scrape. */
+  #readVerifies: () => readonly VerifyRunRow[] = () => [];
+  /** Jobs this process is running now, also while a run waits out its jitter (no run row yet). */
+  readonly #runningHere = new Set<string>();
   #readHorizons: () => readonly { job: string; retainUntil: string }[] = () => [];
   readonly #lockHorizon: Gauge<"job"> = new Gauge({
     name: "immutd_job_lock_horizon_timestamp_seconds",
@@ -127,7 +137,7 @@ export class Metrics {
   });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: "immutd_process_" });
+    collectDefaultMetrics({ register: this.registry });
     this.#up.set(1);
   }
 
@@ -135,17 +145,82 @@ export class Metrics {
     return new Gauge({ name, help, labelNames: ["job"], registers: [this.registry] });
   }
 
-  lastSuccess(job: string, at: Date): void {
-    this.#lastSuccess.set({ job }, at.getTime() / 1000);
-  }
-
   /** Where the lock horizons come from (the catalog), read at each scrape. */
   lockHorizonsFrom(read: () => readonly { job: string; retainUntil: string }[]): void {
     this.#readHorizons = read;
   }
 
+  /** Where the jobs' runs come from (one catalog query), read at each scrape. */
+  jobsFrom(read: () => readonly JobState[]): void {
+    this.#readJobs = read;
+  }
+
+  /** Where the verify runs come from (the catalog: also `immutd verify` from a timer), read at each scrape. */
+  verifiesFrom(read: () => readonly VerifyRunRow[]): void {
+    this.#readVerifies = read;
+  }
+
+  /** Whether this process runs the job now (from before its jitter to after its run is recorded). */
   running(job: string, yes: boolean): void {
+    if (yes) this.#runningHere.add(job);
+    else this.#runningHere.delete(job);
     this.#running.set({ job }, yes ? 1 : 0);
+  }
+
+  /**
+   * The text for GET /metrics: the job series are read from the catalog first
+   * (one query). If the catalog fails, the last values stay (/healthz says
+   * the catalog is not writable) and the scrape still answers.
+   */
+  async exposition(): Promise<string> {
+    this.#refreshJobs();
+    this.#refreshVerifies();
+    return this.registry.metrics();
+  }
+
+  #refreshJobs(): void {
+    let jobs: readonly JobState[];
+    try {
+      jobs = this.#readJobs();
+    } catch {
+      return;
+    }
+    const perJob = [
+      this.#lastSuccess,
+      this.#lastStatus,
+      this.#duration,
+      this.#bytes,
+      this.#files,
+      this.#warnings,
+      this.#running,
+    ];
+    for (const g of perJob) g.reset(); // a job removed from the config loses its series
+    for (const { job, lastRun, lastSuccess, running } of jobs) {
+      this.#running.set({ job }, running || this.#runningHere.has(job) ? 1 : 0);
+      if (lastSuccess) this.#lastSuccess.set({ job }, Date.parse(lastSuccess) / 1000);
+      if (!lastRun) continue;
+      for (const s of STATUSES)
+        this.#lastStatus.set({ job, status: s }, lastRun.status === s ? 1 : 0);
+      this.#duration.set({ job }, lastRun.durationMs / 1000);
+      this.#bytes.set({ job }, lastRun.bytes);
+      this.#files.set({ job }, lastRun.files);
+      this.#warnings.set({ job }, lastRun.warnings);
+    }
+  }
+
+  /** The newest verify's findings, and each kind's (deep or not) last time; kept if the catalog fails. */
+  #refreshVerifies(): void {
+    let runs: readonly VerifyRunRow[];
+    try {
+      runs = this.#readVerifies();
+    } catch {
+      return;
+    }
+    const [newest] = runs;
+    if (!newest) return;
+    this.#setFindings(findingKinds(newest).map((kind) => ({ kind })));
+    for (const r of runs)
+      this.#verifiedAt.set({ deep: String(r.deep) }, Date.parse(r.finishedAt) / 1000);
   }
 
   next(job: string, at: Date | null): void {
@@ -153,23 +228,17 @@ export class Metrics {
     else this.#next.remove({ job });
   }
 
-  finished(r: BackupResult, startedAt: Date): void {
-    const job = r.job;
-    for (const s of STATUSES) this.#lastStatus.set({ job, status: s }, r.status === s ? 1 : 0);
-    this.#duration.set({ job }, r.durationMs / 1000);
-    this.#bytes.set({ job }, r.bytes);
-    this.#files.set({ job }, r.files);
-    this.#warnings.set({ job }, r.warnings);
-    if (r.status === "succeeded") this.lastSuccess(job, startedAt);
+  verified(findings: readonly { kind: string }[], deep: boolean, at: Date): void {
+    this.#setFindings(findings);
+    this.#verifiedAt.set({ deep: String(deep) }, at.getTime() / 1000);
   }
 
-  verified(findings: readonly { kind: string }[], deep: boolean, at: Date): void {
+  #setFindings(findings: readonly { kind: string }[]): void {
     this.#findings.reset();
     const counts = new Map<string, number>();
     for (const f of findings) counts.set(f.kind, (counts.get(f.kind) ?? 0) + 1);
     if (counts.size === 0) this.#findings.set({ kind: "none" }, 0);
     for (const [kind, n] of counts) this.#findings.set({ kind }, n);
-    this.#verifiedAt.set({ deep: String(deep) }, at.getTime() / 1000);
   }
 
   verifyNext(deep: boolean, at: Date | null): void {
