@@ -159,6 +159,11 @@ describe("npm package", () => {
       const undated = (s: string) => s.replace(/^\.TH .*$/m, ""); // the page's date is the build's
       assert.equal(undated(readFileSync(join(root, file), "utf8")), undated(printed.stdout), file);
     }
+    // npm links the page (package.json "man") where man(1) finds it under the prefix
+    assert.equal(
+      realpathSync(join(prefix, "share/man/man1/immutd.1")),
+      join(root, "dist/man/immutd.1"),
+    );
     const completes = run(
       "bash",
       [
