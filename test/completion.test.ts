@@ -171,6 +171,10 @@ describe("shell completion and man page", () => {
     assert.deepEqual(bashComplete(s, ["immutd", "--log-format", ""]), ["json", "pretty"]);
     assert.deepEqual(bashComplete(s, ["immutd", "list", "--log-level", "w"]), ["warn"]);
     assert.deepEqual(bashComplete(s, ["immutd", "completion", "z"]), ["zsh"]);
+    // as readline splits --opt=value: "--opt" "=" "value"
+    assert.deepEqual(bashComplete(s, ["immutd", "--log-format", "=", "p"]), ["pretty"]);
+    assert.deepEqual(bashComplete(s, ["immutd", "--log-format", "="]), ["json", "pretty"]);
+    assert.deepEqual(bashComplete(s, ["immutd", "--log-format", "=", "json", "ca"]), ["catalog"]);
     // a file argument and --config complete paths; an option's value is not taken for a command
     assert.deepEqual(bashComplete(s, ["immutd", "key", "generate", join(work, "config.y")]), [
       config,
@@ -189,6 +193,7 @@ describe("shell completion and man page", () => {
     const b = scripts.bash;
     assert.deepEqual(bashComplete(b, ["immutd", "-c", config, "restore", ""]), jobs);
     assert.deepEqual(bashComplete(b, ["immutd", `--config=${config}`, "backup", "etc", ""]), jobs);
+    assert.deepEqual(bashComplete(b, ["immutd", "--config", "=", config, "restore", ""]), jobs);
     assert.deepEqual(bashComplete(b, ["immutd", "list", "--config", config, "--job", "h"]), [
       "home.daily",
     ]);

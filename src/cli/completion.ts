@@ -199,7 +199,7 @@ _immutd() {
   while ((i < COMP_CWORD)); do
     word="\${COMP_WORDS[i]}"
     case $word in
-${config.map((n) => `      ${n}) config="\${COMP_WORDS[i + 1]}" ;;`).join("\n")}
+${config.map((n) => `      ${n}) config="\${COMP_WORDS[i + 1]}"; [[ $config == = ]] && config="\${COMP_WORDS[i + 2]}" ;;`).join("\n")}
 ${config
   .filter((n) => n.startsWith("--"))
   .map((n) => `      ${n}=*) config="\${word#*=}" ;;`)
@@ -207,7 +207,9 @@ ${config
     esac
     if [[ $word == -* ]]; then
       if [[ $word != *=* ]] && kind=$(_immutd_value_kind "$cmd" "$word"); then
+        # readline splits --opt=value into "--opt" "=" "value" (COMP_WORDBREAKS)
         ((i++))
+        [[ \${COMP_WORDS[i]} == = ]] && ((i < COMP_CWORD)) && ((i++))
         ((i == COMP_CWORD)) && value=$kind
       fi
     elif [[ " \${_immutd_subs[$cmd]} " == *" $word "* ]]; then
@@ -219,6 +221,7 @@ ${config
     ((i++))
   done
   if [[ -n $value ]]; then
+    [[ $cur == = ]] && cur=""
     _immutd_complete_value "$value" "$cur"
   elif [[ $cur == -* ]]; then
     mapfile -t COMPREPLY < <(compgen -W "\${_immutd_opts[$cmd]}" -- "$cur")
