@@ -32,7 +32,9 @@ export function registerCompletion(p: Command, cli: Cli): void {
   c.addHelpText(
     "after",
     `
-Installed with the package and the image; to load it by hand:
+The package ships the three scripts in dist/completion/ and the image has them
+where bash-completion, zsh and fish look (README: "Shell completion and man
+page"). To load one by hand:
   bash: source <(immutd completion bash)
   zsh:  immutd completion zsh > "\${fpath[1]}/_immutd"
   fish: immutd completion fish > ~/.config/fish/completions/immutd.fish
