@@ -46,6 +46,13 @@ RUN apt-get update \
 COPY --from=build /build/package.json /opt/immutd/package.json
 COPY --from=build /build/node_modules /opt/immutd/node_modules
 COPY --from=build /build/dist/src /opt/immutd/dist/src
+# Shell completion and the man page, written by `npm run build` from the
+# command definitions. The slim image has no man(1): `docker run --rm IMAGE
+# man | man -l -` reads it on the host.
+COPY --from=build /build/dist/completion/immutd.bash /usr/share/bash-completion/completions/immutd
+COPY --from=build /build/dist/completion/_immutd /usr/share/zsh/vendor-completions/_immutd
+COPY --from=build /build/dist/completion/immutd.fish /usr/share/fish/vendor_completions.d/immutd.fish
+COPY --from=build /build/dist/man/immutd.1 /usr/share/man/man1/immutd.1
 COPY config.example.yaml README.md /opt/immutd/
 
 # Config: /etc/immutd/config.yaml (mount it read-only). Secrets: files (…File

@@ -251,6 +251,27 @@ describe("Dockerfile (replayed outside a container; Ceph RGW)", () => {
     assert.ok(
       !existsSync(inImage("/opt/immutd/src")) && !existsSync(inImage("/opt/immutd/dist/test")),
     );
+    // Completion and man page where Debian's bash-completion, zsh, fish and man look,
+    // each what the image's own immutd prints.
+    for (const [file, args] of [
+      ["/usr/share/bash-completion/completions/immutd", ["completion", "bash"]],
+      ["/usr/share/zsh/vendor-completions/_immutd", ["completion", "zsh"]],
+      ["/usr/share/fish/vendor_completions.d/immutd.fish", ["completion", "fish"]],
+      ["/usr/share/man/man1/immutd.1", ["man"]],
+    ] as const) {
+      const printed = spawnSync(
+        process.execPath,
+        [inImage("/opt/immutd/dist/src/cli.js"), ...args],
+        {
+          encoding: "utf8",
+        },
+      );
+      assert.equal(printed.status, 0, printed.stderr);
+      const installed = readFileSync(inImage(file), "utf8");
+      // the page's date is the build's
+      const undated = (s: string) => s.replace(/^\.TH .*$/m, "");
+      assert.equal(undated(installed), undated(printed.stdout), file);
+    }
     const du = spawnSync("du", ["-sm", inImage("/opt/immutd")], { encoding: "utf8" });
     t.diagnostic(`/opt/immutd in the image: ${du.stdout.split("\t")[0]} MiB`);
 

@@ -3,7 +3,8 @@
  * of the tarball into an empty prefix (outside this repository, so nothing
  * resolves to its node_modules), then the installed `immutd`: --version,
  * --help, `config check` of the shipped config.example.yaml, and a command
- * that opens the SQLite catalog (the native addon, prebuilt, loaded).
+ * that opens the SQLite catalog (the native addon, prebuilt, loaded), and the
+ * shipped shell completion and man page (README's install lines use them).
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
@@ -78,7 +79,7 @@ describe("npm package", () => {
     for (const p of paths) {
       assert.match(
         p,
-        /^(dist\/src\/.+\.js(\.map)?|package\.json|README\.md|config\.example\.yaml|systemd\/.+|monitoring\/.+)$/,
+        /^(dist\/src\/.+\.js(\.map)?|dist\/man\/immutd\.1|dist\/completion\/(immutd\.bash|_immutd|immutd\.fish)|package\.json|README\.md|config\.example\.yaml|systemd\/.+|monitoring\/.+)$/,
         `unexpected file in the package: ${p}`,
       );
     }
@@ -95,6 +96,10 @@ describe("npm package", () => {
       "systemd/tmpfiles.d/immutd.conf",
       "monitoring/immutd.rules.yml",
       "monitoring/grafana-dashboard.json",
+      "dist/man/immutd.1",
+      "dist/completion/immutd.bash",
+      "dist/completion/_immutd",
+      "dist/completion/immutd.fish",
     ]) {
       assert.ok(paths.includes(p ?? ""), `the package contains ${p}`);
     }
@@ -140,6 +145,36 @@ describe("npm package", () => {
     for (const command of ["backup", "run", "status", "list", "restore", "config", "key"]) {
       assert.match(help.stdout, new RegExp(`^  ${command}\\b`, "m"), `--help lists ${command}`);
     }
+
+    // The shipped completion scripts and man page are what this immutd prints, and
+    // the bash one completes through the installed command.
+    for (const [file, args] of [
+      ["dist/completion/immutd.bash", ["completion", "bash"]],
+      ["dist/completion/_immutd", ["completion", "zsh"]],
+      ["dist/completion/immutd.fish", ["completion", "fish"]],
+      ["dist/man/immutd.1", ["man"]],
+    ] as const) {
+      const printed = run(bin, [...args], { cwd, env });
+      assert.equal(printed.status, 0, printed.stderr);
+      const undated = (s: string) => s.replace(/^\.TH .*$/m, ""); // the page's date is the build's
+      assert.equal(undated(readFileSync(join(root, file), "utf8")), undated(printed.stdout), file);
+    }
+    // npm links the page (package.json "man") where man(1) finds it under the prefix
+    assert.equal(
+      realpathSync(join(prefix, "share/man/man1/immutd.1")),
+      join(root, "dist/man/immutd.1"),
+    );
+    const completes = run(
+      "bash",
+      [
+        "-c",
+        `source "$1"; COMP_WORDS=(immutd catalog re); COMP_CWORD=2; _immutd; echo "\${COMPREPLY[@]}"`,
+        "bash",
+        join(root, "dist/completion/immutd.bash"),
+      ],
+      { cwd, env: { ...env, PATH: `${join(prefix, "bin")}:${npmEnv().PATH}` } },
+    );
+    assert.deepEqual([completes.stdout, completes.stderr], ["rebuild\n", ""]);
 
     // The shipped example config, with its files moved under this scratch directory.
     const etc = join(work, "etc");

@@ -12,12 +12,14 @@ import { registerAudit } from "./audit.js";
 import { registerBackup } from "./backup.js";
 import { registerFind, registerLs } from "./browse.js";
 import { registerCatalog } from "./catalog.js";
+import { registerCompletion } from "./completion.js";
 import { registerConfig } from "./config.js";
 import { type Cli, type GlobalOptions, openContext } from "./context.js";
 import { registerDoctor } from "./doctor.js";
 import { registerInit } from "./init.js";
 import { registerKey } from "./key.js";
 import { registerList } from "./list.js";
+import { registerMan } from "./manpage.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./restore.js";
 import { registerRun } from "./run.js";
 import { registerStatus } from "./status.js";
@@ -68,6 +70,9 @@ const COMMANDS: readonly ((p: Command, cli: Cli) => void)[] = [
   registerCatalog,
   registerConfig,
   registerKey,
+  // Generated from the commands above: shell completion and the man page.
+  registerCompletion,
+  registerMan,
 ];
 
 function program(): Command {
