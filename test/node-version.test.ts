@@ -10,12 +10,12 @@ import { describe, it } from "node:test";
 import { nodeSupport, packageEngines, parseEngines } from "../src/cli/node-version.js";
 import { CLI } from "./support/cli.js";
 
-const ENGINES = "^22.14.0 || ^24.0.0 || ^26.0.0";
+const ENGINES = "^22.15.0 || ^24.0.0 || ^26.0.0";
 
 describe("node-version", () => {
   it("parses engines as one ^X.Y.Z range per release line, and rejects anything else", () => {
     assert.deepEqual(parseEngines(ENGINES), [
-      [22, 14, 0],
+      [22, 15, 0],
       [24, 0, 0],
       [26, 0, 0],
     ]);
@@ -27,16 +27,22 @@ describe("node-version", () => {
 
   it("supports the ranges, refuses what is older, and calls the rest untested", () => {
     const verdict = (v: string) => nodeSupport(v, ENGINES).verdict;
-    for (const v of ["v22.14.0", "22.23.3", "24.0.0", "v24.21.0", "26.10.0"]) {
+    for (const v of ["v22.15.0", "22.23.3", "24.0.0", "v24.21.0", "26.10.0"]) {
       assert.equal(verdict(v), "supported", v);
     }
-    for (const v of ["v22.13.1", "22.0.0", "20.20.2", "18.19.0", "v0.10.48"]) {
+    for (const v of ["v22.14.0", "v22.13.1", "22.0.0", "20.20.2", "18.19.0", "v0.10.48"]) {
       assert.equal(verdict(v), "too-old", v);
     }
     for (const v of ["23.11.0", "25.0.0", "27.0.0", "28.1.0"])
       assert.equal(verdict(v), "untested", v);
-    assert.equal(nodeSupport("24.1.0", ENGINES).supported, "22.14 or a newer 22.x, 24 or 26");
+    assert.equal(nodeSupport("24.1.0", ENGINES).supported, "22.15 or a newer 22.x, 24 or 26");
     assert.throws(() => nodeSupport("lts", ENGINES), /not a Node\.js version: lts/);
+  });
+
+  it("package.json refuses every Node.js whose zlib lacks zstd (before 22.15 and 23.8), so compression: zstd never meets a missing zlib.createZstdCompress", () => {
+    for (const v of ["22.14.0", "22.0.0", "20.19.0"])
+      assert.equal(nodeSupport(v).verdict, "too-old", v);
+    assert.equal(nodeSupport("22.15.0").verdict, "supported");
   });
 
   it("the Node.js running the tests is supported", () => {
