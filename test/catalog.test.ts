@@ -125,6 +125,37 @@ describe("catalog", () => {
     c.close();
   });
 
+  it("migrates schema 4 to 5: rows and manifest columns kept, compression zstd accepted", () => {
+    const path = join(dir, "v4.db");
+    const c4 = Catalog.open(path);
+    const runId = startRun(c4);
+    const id = c4.recordBackup({ ...backup(runId, "v1"), compression: "gzip" });
+    c4.setBackupManifest(id, "h/etc/k.tar.manifest.json.gz", "mv1");
+    c4.close();
+    // Back to what a schema-4 immutd left: the CHECK without zstd.
+    const raw = new Database(path);
+    raw.exec(
+      "ALTER TABLE backups RENAME COLUMN compression TO c_old; ALTER TABLE backups ADD COLUMN compression TEXT NOT NULL DEFAULT 'none' CHECK (compression IN ('none','gzip')); UPDATE backups SET compression = c_old; ALTER TABLE backups DROP COLUMN c_old; PRAGMA user_version = 4",
+    );
+    assert.throws(
+      () => raw.exec("UPDATE backups SET compression = 'zstd'"),
+      /CHECK/,
+      "schema 4 refuses zstd",
+    );
+    raw.close();
+    const c = Catalog.open(path);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 5);
+    assert.equal(c.backup(id)?.compression, "gzip");
+    assert.equal(c.backup(id)?.manifestVersionId, "mv1");
+    const z = c.recordBackup({
+      ...backup(runId, "v2"),
+      key: "h/etc/k.tar.zst",
+      compression: "zstd",
+    });
+    assert.equal(c.backup(z)?.compression, "zstd");
+    c.close();
+  });
+
   it("is created 0600 (with its WAL files) in a new 0700 directory, in WAL mode", () => {
     const path = join(dir, "sub", "catalog.db");
     const c = Catalog.open(path);
