@@ -5,7 +5,16 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, realpathSync } from "node:fs";
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { nodeSupport, packageEngines, parseEngines } from "../src/cli/node-version.js";
 import { CLI } from "./support/cli.js";
@@ -47,6 +56,52 @@ describe("node-version", () => {
 
   it("the Node.js running the tests is supported", () => {
     assert.equal(nodeSupport(process.versions.node).verdict, "supported", process.version);
+  });
+
+  it("on a Node.js without zlib zstd (an untested 23.0-23.7), compression: zstd is a config error naming the version, not a crash in zlib", () => {
+    const dir = mkdtempSync(join(tmpdir(), "immutd-nozstd-"));
+    // Takes zstd out of node:zlib before immutd loads, as on Node.js 23.7.
+    const preload = join(dir, "no-zstd.cjs");
+    writeFileSync(
+      preload,
+      'const z = require("node:zlib"); delete z.createZstdCompress; delete z.createZstdDecompress; require("node:module").syncBuiltinESMExports();\n',
+    );
+    const cfg = join(dir, "config.yaml");
+    writeFileSync(
+      cfg,
+      `catalog: ${dir}/catalog.db
+masterKey: "${"ab".repeat(32)}"
+targets:
+  t:
+    endpoint: https://s3.example.com
+    bucket: backups
+    credentials:
+      writer: { accessKeyId: w, secretAccessKey: w }
+      reader: { accessKeyId: r, secretAccessKey: r }
+jobs:
+  - name: j
+    target: t
+    paths: [/etc]
+    compression: zstd
+`,
+    );
+    const run = (compression: string) => {
+      writeFileSync(cfg, readFileSync(cfg, "utf8").replace(/compression: \w+/, compression));
+      return spawnSync(process.execPath, ["-r", preload, CLI, "--config", cfg, "config", "check"], {
+        encoding: "utf8",
+        env: { ...process.env, IMMUTD_CONFIG: "" },
+      });
+    };
+    const r = run("compression: zstd");
+    assert.equal(r.status, 78, r.stderr);
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `jobs\\[0\\] \\(j\\)\\.compression: zstd needs Node\\.js 22\\.15 or 23\\.8 or newer, this is ${process.version.replace(/\./g, "\\.")}; use compression: gzip`,
+      ),
+    );
+    assert.equal(run("compression: gzip").status, 0, "gzip still runs there");
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it("immutd refuses an older Node.js with exit 78 and one clear line", (t) => {
