@@ -52,6 +52,7 @@ jobs:
     target: local
     schedule: "0 3 * * *"
     paths: [$repo/src]
+    compression: zstd
 YAML
 
 # .quickstart/immutd: this checkout's immutd with the Node.js chosen above and this config.

@@ -58,7 +58,7 @@ describe("catalog", () => {
     const path = join(dir, "old.db");
     copyFileSync(new URL("../../test/fixtures/catalog-0.1.0.db", import.meta.url), path);
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 4);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 5);
     const [b] = c.listBackups();
     assert.equal(b?.versionId, "v1");
     // A backup from before manifests has none (and verify does not ask for one).
@@ -115,13 +115,44 @@ describe("catalog", () => {
     );
     c3.close();
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 4);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 5);
     const b = c.backup(id);
     assert.equal(b?.sha256, "b".repeat(64));
     assert.equal(b?.manifestKey, null);
     c.setBackupManifest(id, "h/j/k.tar.manifest.json.gz", null);
     c.setBackupManifest(id, "h/j/k.tar.manifest.json.gz", "mv1");
     assert.equal(c.backup(id)?.manifestVersionId, "mv1");
+    c.close();
+  });
+
+  it("migrates schema 4 to 5: rows and manifest columns kept, compression zstd accepted", () => {
+    const path = join(dir, "v4.db");
+    const c4 = Catalog.open(path);
+    const runId = startRun(c4);
+    const id = c4.recordBackup({ ...backup(runId, "v1"), compression: "gzip" });
+    c4.setBackupManifest(id, "h/etc/k.tar.manifest.json.gz", "mv1");
+    c4.close();
+    // Back to what a schema-4 immutd left: the CHECK without zstd.
+    const raw = new Database(path);
+    raw.exec(
+      "ALTER TABLE backups RENAME COLUMN compression TO c_old; ALTER TABLE backups ADD COLUMN compression TEXT NOT NULL DEFAULT 'none' CHECK (compression IN ('none','gzip')); UPDATE backups SET compression = c_old; ALTER TABLE backups DROP COLUMN c_old; PRAGMA user_version = 4",
+    );
+    assert.throws(
+      () => raw.exec("UPDATE backups SET compression = 'zstd'"),
+      /CHECK/,
+      "schema 4 refuses zstd",
+    );
+    raw.close();
+    const c = Catalog.open(path);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 5);
+    assert.equal(c.backup(id)?.compression, "gzip");
+    assert.equal(c.backup(id)?.manifestVersionId, "mv1");
+    const z = c.recordBackup({
+      ...backup(runId, "v2"),
+      key: "h/etc/k.tar.zst",
+      compression: "zstd",
+    });
+    assert.equal(c.backup(z)?.compression, "zstd");
     c.close();
   });
 
@@ -133,7 +164,7 @@ describe("catalog", () => {
     assert.equal(statSync(`${path}-wal`).mode & 0o777, 0o600);
     assert.equal(statSync(join(dir, "sub")).mode & 0o777, 0o700);
     assert.equal(c.db.pragma("journal_mode", { simple: true }), "wal");
-    assert.equal(c.db.pragma("user_version", { simple: true }), 4);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 5);
     c.close();
   });
 

@@ -88,6 +88,30 @@ describe("config", () => {
     );
   });
 
+  it("takes compression zstd with a level in its range; gzip stays the default of a config that omits it", () => {
+    const job = (lines: string) =>
+      parseConfig(valid(lines), "/x/config.yaml", { env }).config.jobs[0];
+    assert.equal(job("")?.compression, "gzip");
+    assert.equal(job("")?.compressionLevel, undefined);
+    const z = job("    compression: zstd\n    compressionLevel: 19\n");
+    assert.equal(z?.compression, "zstd");
+    assert.equal(z?.compressionLevel, 19);
+    assert.equal(job("    compression: gzip\n    compressionLevel: 9\n")?.compressionLevel, 9);
+    assert.match(
+      problem(valid("    compression: zstd\n    compressionLevel: 20\n")),
+      /jobs\[0\] \(etc\)\.compressionLevel: must be 1 to 19 for zstd/,
+    );
+    assert.match(
+      problem(valid("    compression: gzip\n    compressionLevel: 10\n")),
+      /compressionLevel: must be 1 to 9 for gzip/,
+    );
+    assert.match(
+      problem(valid("    compression: none\n    compressionLevel: 3\n")),
+      /compressionLevel: is set, but compression is none/,
+    );
+    assert.match(problem(valid("    compression: lz4\n")), /jobs\[0\] \(etc\)\.compression/);
+  });
+
   it("rejects an invalid cron expression", () => {
     assert.match(
       problem(valid().replace('"0 3 * * *"', '"0 25 * * *"')),

@@ -153,6 +153,27 @@ describe("manifest format", () => {
     );
   });
 
+  it("decodes manifests of zstd archives, and those of gzip and uncompressed ones as before", () => {
+    for (const compression of ["zstd", "gzip", "none"] as const) {
+      const m = sample([]);
+      const key = m.archive.key.replace(/\.tar\.gz$/, compression === "zstd" ? ".tar.zst" : ".tar");
+      const doc = { ...m, archive: { ...m.archive, key, compression } };
+      assert.equal(decodeManifest(encodeManifest(doc)).archive.compression, compression);
+      // As written by an older immutd: gzip of the JSON, no field of the new codec.
+      assert.equal(decodeManifest(gzipSync(JSON.stringify(doc))).archive.compression, compression);
+    }
+    const m = sample([]);
+    for (const compression of ["lz4", "ZSTD", 1, null])
+      assert.throws(
+        () =>
+          decodeManifest(
+            gzipSync(JSON.stringify({ ...m, archive: { ...m.archive, compression } })),
+          ),
+        /malformed manifest/,
+        String(compression),
+      );
+  });
+
   it("says what differs from the catalog's record", () => {
     const m = sample([]);
     const row = { key: m.archive.key, versionId: "v1", size: 10, sha256: "ab".repeat(32) };

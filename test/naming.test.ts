@@ -38,6 +38,31 @@ describe("object keys", () => {
     assert.equal(parseObjectKey("h/j/notes.txt"), undefined);
   });
 
+  it("name zstd archives .tar.zst and read all three extensions back", () => {
+    const z = objectKey({
+      prefix: "",
+      host: "h",
+      job: "j",
+      at,
+      compression: "zstd",
+      random: "0a1b2c3d",
+    });
+    assert.equal(z, "h/j/2026-11-25T030405Z-0a1b2c3d.tar.zst");
+    const created = new Date("2026-11-25T03:04:05Z");
+    for (const [ext, compression] of [
+      ["", "none"],
+      [".gz", "gzip"],
+      [".zst", "zstd"],
+    ] as const) {
+      assert.deepEqual(parseObjectKey(`h/j/2026-11-25T030405Z-0a1b2c3d.tar${ext}`), {
+        createdAt: created,
+        compression,
+      });
+    }
+    for (const other of [".tar.zstd", ".tar.zst.manifest.json.gz", ".tar.bz2", ".zst"])
+      assert.equal(parseObjectKey(`h/j/2026-11-25T030405Z-0a1b2c3d${other}`), undefined, other);
+  });
+
   it("a key dated beyond now plus the clock skew counts as planted, up to it does not", () => {
     const now = new Date("2026-12-01T12:00:00Z");
     const at = (ms: number) => new Date(now.getTime() + ms);

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
@@ -89,7 +90,7 @@ describe("codec stage", () => {
     Buffer.alloc(2 * MiB, "text, text "),
     randomBytes(7),
   ]);
-  for (const c of ["none", "gzip"] as const) {
+  for (const c of ["none", "gzip", "zstd"] as const) {
     it(`${c}: decoderFor undoes encoderFor`, async () => {
       const chunks: Buffer[] = [];
       await pipeline([
@@ -111,6 +112,68 @@ describe("codec stage", () => {
     const out = await collect(Readable.from([data]).pipe(encoderFor("gzip")[0] as Transform));
     assert.ok(out.equals(gzipSync(data, { level: 6 })));
     assert.equal(encoderFor("none").length, 0, "no compression costs no stage");
+  });
+});
+
+describe("codec stage: zstd", () => {
+  const tarOf = async () => {
+    const { top } = makePinnedTree();
+    cleanups.push(() => fs.rmSync(top, { recursive: true, force: true }));
+    fs.writeFileSync(path.join(top, "big.txt"), Buffer.alloc(3 * MiB, "log line 42\n"));
+    fs.writeFileSync(path.join(top, "noise.bin"), randomBytes(MiB));
+    const a = createArchive({ paths: [top] });
+    const tar = await collect(a.stream);
+    await a.done;
+    return tar;
+  };
+  const zstd = async (tar: Buffer, level?: number) =>
+    collect(
+      Readable.from([tar.subarray(0, 4096), tar.subarray(4096)]).pipe(
+        encoderFor("zstd", level)[0] as Transform,
+      ),
+    );
+  const unzstd = async (z: Buffer) =>
+    collect(Readable.from([z]).pipe(decoderFor("zstd")[0] as Transform));
+
+  it("the standard zstd -d reads immutd's archive back byte for byte into the tar", async () => {
+    const tar = await tarOf();
+    const z = await zstd(tar);
+    assert.ok(z.length < tar.length / 2, `compressed ${tar.length} to ${z.length}`);
+    const r = spawnSync("zstd", ["-d", "-c", "-q"], { input: z, maxBuffer: 64 * MiB });
+    assert.equal(r.status, 0, String(r.stderr));
+    assert.ok(r.stdout.equals(tar), "zstd -d gives back the tar");
+    const t = spawnSync("zstd", ["-t", "-q"], { input: z });
+    assert.equal(t.status, 0, String(t.stderr));
+    // And immutd's own decoder reads what `zstd -19` wrote, so an archive made by any zstd restores.
+    const cli = spawnSync("zstd", ["-19", "-c", "-q"], { input: tar, maxBuffer: 64 * MiB });
+    assert.ok((await unzstd(cli.stdout)).equals(tar));
+  });
+
+  it("compressionLevel reaches the encoder (19 smaller than 1)", async () => {
+    const tar = await tarOf();
+    const [fast, small] = [await zstd(tar, 1), await zstd(tar, 19)];
+    assert.ok(small.length < fast.length, `level 1: ${fast.length}, level 19: ${small.length}`);
+    assert.ok((await unzstd(small)).equals(tar));
+  });
+
+  it("a truncated or corrupted zstd archive fails decoding instead of yielding a short tar", async () => {
+    const tar = await tarOf();
+    const z = await zstd(tar);
+    const flipped = Buffer.from(z);
+    for (let i = z.length >> 1; i < (z.length >> 1) + 16; i++)
+      flipped[i] = (flipped[i] ?? 0) ^ 0x5a;
+    for (const [what, bad] of [
+      ["cut in half", z.subarray(0, z.length >> 1)],
+      ["cut before the checksum", z.subarray(0, z.length - 20)],
+      ["16 bytes flipped", flipped],
+      ["not zstd at all", tar.subarray(0, 4096)],
+    ] as const) {
+      await assert.rejects(
+        unzstd(bad),
+        /unexpected end of file|checksum|ZSTD|Unknown frame|corrupt/i,
+        what,
+      );
+    }
   });
 });
 

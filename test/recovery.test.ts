@@ -191,6 +191,40 @@ describe("reconcile (memory store)", () => {
   });
 });
 
+describe("reconcile of a zstd run (memory store)", () => {
+  it("records a dead run's .tar.zst version as zstd, and a deep verify reads it as zstd and settles it ok", async () => {
+    const { bucket, target, catalog, config } = setup("zst", ["tree"]);
+    const k = objectKey({
+      prefix: "",
+      host: "h",
+      job: "tree",
+      at: new Date(),
+      compression: "zstd",
+    });
+    catalog.db
+      .prepare(
+        `INSERT INTO runs (job, target, object_key, started_at, status, pid) VALUES ('tree', 'memory', ?, ?, 'running', NULL)`,
+      )
+      .run(k, new Date().toISOString());
+    const archive = execFileSync("sh", ["-c", `tar -cf - -C ${work} tree | zstd -q -c`]);
+    await target.writer.upload({
+      key: k,
+      body: Readable.from([archive]),
+      sseKey: deriveSseKey(masterKey, bucket.name, k),
+    });
+    const report = await reconcile({ config, catalog, log, target: () => target });
+    assert.deepEqual(
+      report.recovered.map((r) => r.key),
+      [k],
+    );
+    assert.equal(catalog.listBackups()[0]?.compression, "zstd");
+    const deep = await runVerify({ config, catalog, targets: { memory: target }, log, deep: true });
+    assert.deepEqual(deep.findings, []);
+    assert.equal(catalog.listBackups()[0]?.status, "ok");
+    catalog.close();
+  });
+});
+
 describe("reconcile and manifests (memory store)", () => {
   it("a manifest at a dead run's key plus its suffix is not taken for the archive", async () => {
     const { bucket, target, catalog, config } = setup("mfrec", ["tree"]);

@@ -13,12 +13,14 @@ const NOW = new Date("2026-12-01T12:00:00Z");
 const config = { masterKey: new Secret(randomBytes(32)) } as unknown as Config;
 const job = { name: "j" } as JobConfig;
 
+/** Stamps may end in an extension (`.gz`, `.zst`) that follows `.tar` in their key. */
 async function bucketWith(stamps: string[]) {
   const bucket = new MemoryBucket("select");
   const target = bucket.target("memory", "p/");
   const ids = new Map<string, string>();
-  for (const [i, stamp] of stamps.entries()) {
-    const key = `${jobPrefix("p/", "h", "j")}${stamp}-0000000${i}.tar`;
+  for (const [i, stamped] of stamps.entries()) {
+    const [stamp = "", ext = ""] = stamped.split(/(?=\.)/);
+    const key = `${jobPrefix("p/", "h", "j")}${stamp}-0000000${i}.tar${ext}`;
     const body = Readable.from([Buffer.from("x")]);
     const { versionId } = await target.writer.upload({ key, body, sseKey: randomBytes(32) });
     ids.set(stamp, versionId);
@@ -73,6 +75,42 @@ describe("selectFromBucket: keys dated in the future", () => {
       { now: NOW },
     );
     assert.equal(src.versionId, versionId);
+  });
+
+  it("finds .tar.zst keys beside .tar.gz and .tar ones, and refuses a planted .tar.zst dated in the future", async () => {
+    const { target } = await bucketWith([
+      "2026-11-29T030000Z",
+      "2026-11-30T030000Z.gz",
+      "2026-12-01T030000Z.zst",
+      "2099-01-01T000000Z.zst",
+    ]);
+    const warnings: string[] = [];
+    const src = await selectFromBucket(
+      target.reader,
+      config,
+      target,
+      job,
+      "h",
+      {},
+      { now: NOW, onWarning: (m) => warnings.push(m) },
+    );
+    assert.match(src.key, /2026-12-01T030000Z-00000002\.tar\.zst$/);
+    assert.equal(src.compression, "zstd");
+    assert.equal(warnings.length, 1, warnings.join("\n"));
+    assert.match(
+      warnings[0] ?? "",
+      /2099-01-01T000000Z-00000003\.tar\.zst version \S+ skipped: its key is dated/,
+    );
+    const gz = await selectFromBucket(
+      target.reader,
+      config,
+      target,
+      job,
+      "h",
+      { at: new Date("2026-11-30T12:00:00Z") },
+      { now: NOW },
+    );
+    assert.equal(gz.compression, "gzip");
   });
 
   it("with only planted keys, says there is no backup", async () => {

@@ -220,6 +220,38 @@ const MIGRATIONS: string[] = [
   ALTER TABLE backups ADD COLUMN manifest_key TEXT;
   ALTER TABLE backups ADD COLUMN manifest_version_id TEXT;
   `,
+  // 5: compression zstd. The CHECK is rebuilt as in 3, every row kept.
+  `
+  CREATE TABLE backups_v5 (
+    id             INTEGER PRIMARY KEY,
+    run_id         INTEGER REFERENCES runs (id),
+    job            TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    bucket         TEXT NOT NULL,
+    object_key     TEXT NOT NULL,
+    version_id     TEXT NOT NULL,
+    size           INTEGER NOT NULL,
+    sha256         TEXT,
+    compression    TEXT NOT NULL CHECK (compression IN ('none','gzip','zstd')),
+    sse_key        BLOB NOT NULL,
+    key_derivation TEXT NOT NULL,
+    created_at     TEXT NOT NULL,
+    retention_mode TEXT,
+    retain_until   TEXT,
+    status         TEXT NOT NULL CHECK (status IN ('ok','corrupt','missing','expired','unlocked','unverified')),
+    files          INTEGER NOT NULL DEFAULT 0,
+    manifest_key   TEXT,
+    manifest_version_id TEXT,
+    UNIQUE (bucket, object_key, version_id),
+    CHECK (sha256 IS NOT NULL OR status IN ('unverified','corrupt','missing','expired','unlocked'))
+  );
+  INSERT INTO backups_v5 SELECT id, run_id, job, target, bucket, object_key, version_id, size, sha256,
+    compression, sse_key, key_derivation, created_at, retention_mode, retain_until, status, files,
+    manifest_key, manifest_version_id FROM backups;
+  DROP TABLE backups;
+  ALTER TABLE backups_v5 RENAME TO backups;
+  CREATE INDEX backups_job_created ON backups (job, created_at);
+  `,
 ];
 
 const RUN_COLUMNS = `id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,

@@ -3,7 +3,7 @@
  * "engines", one `^X.Y.Z` per release line (README "Node.js support" says
  * why these). src/cli.ts asks before anything else is loaded: an older
  * Node.js is refused (better-sqlite3 needs Node-API 10, the AWS SDK drops
- * Node 20), a newer line that CI has not run is a warning. scripts/node.sh
+ * Node 20, zlib has zstd from 22.15), a newer line that CI has not run is a warning. scripts/node.sh
  * runs this file as a script to decide whether to fetch a supported Node.js.
  */
 import { readFileSync } from "node:fs";

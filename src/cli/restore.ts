@@ -74,7 +74,7 @@ Exactly one of:
   --to DIR    extract into DIR (created if missing; must be empty unless
               --overwrite). Nothing is written outside DIR: absolute paths,
               '..' and paths through symlinks in the archive are refused.
-  --stdout    write the decrypted archive (tar or tar.gz, as stored) to stdout
+  --stdout    write the decrypted archive (tar, tar.gz or tar.zst, as stored) to stdout
   --list      print the archive's entries, write nothing
 
 Exit codes: 0 restored, 2 usage (no such job or backup), 3 the restore failed

@@ -27,6 +27,7 @@ import {
 } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "../errors.js";
+import { LEVELS, zstdUnavailable } from "../pipeline/codec.js";
 import { compileExcludes } from "../pipeline/exclude.js";
 import { parseMasterKey } from "../repo/keys.js";
 import { NAME } from "../repo/naming.js";
@@ -90,7 +91,9 @@ export type RetentionMode = "COMPLIANCE" | "GOVERNANCE";
  * SDK's flexible checksums (x-amz-checksum-*), which some servers ignore.
  */
 export type ChecksumMode = "md5" | "crc32" | "crc32c" | "sha1" | "sha256";
-export type Compression = "none" | "gzip";
+/** How a job's archive is compressed; the name also picks the key's extension (src/repo/naming.ts). */
+export type Compression = "none" | "gzip" | "zstd";
+export const COMPRESSIONS = ["none", "gzip", "zstd"] as const satisfies readonly Compression[];
 
 export interface Credential {
   accessKeyId: string;
@@ -198,6 +201,8 @@ export interface JobConfig {
   /** Do not descend into directories on another device than their job path. */
   oneFileSystem: boolean;
   compression: Compression;
+  /** The codec's level (src/pipeline/codec.ts LEVELS); unset: its default. */
+  compressionLevel?: number | undefined;
   hooks?: HooksConfig;
   commands: CommandSource[];
   notify: NotifyConfig[];
@@ -381,7 +386,11 @@ const jobSchema = z.strictObject({
   excludeFrom: oneOrMany(absolutePath),
   excludeIfPresent: oneOrMany(markerName),
   oneFileSystem: z.boolean().default(DEFAULTS.oneFileSystem),
-  compression: z.enum(["none", "gzip"]).default(DEFAULTS.compression),
+  // The default stays gzip for configs that omit it: changing it would change
+  // the format (and key extension) of existing installations' next backups
+  // behind their operators' backs; new configs say `compression: zstd`.
+  compression: z.enum(COMPRESSIONS).default(DEFAULTS.compression),
+  compressionLevel: z.number().int().optional(),
   hooks: z
     .strictObject({
       before: z.string().min(1).optional(),
@@ -487,6 +496,11 @@ const configSchema = z
           message: "must list at least one path (or give commands)",
         });
       }
+      const level = compressionProblem(job.compression, job.compressionLevel);
+      if (level) {
+        const at = job.compressionLevel === undefined ? "compression" : "compressionLevel";
+        ctx.addIssue({ code: "custom", path: ["jobs", i, at], message: level });
+      }
       const names = new Set<string>();
       job.commands.forEach((c, k) => {
         if (names.has(c.name)) {
@@ -529,6 +543,15 @@ const configSchema = z
     }
     requireOneOf(ctx, cfg as Record<string, unknown>, [], "masterKey");
   });
+
+/** Why a job's compression and level cannot run here, or undefined. */
+function compressionProblem(c: Compression, level: number | undefined): string | undefined {
+  if (c === "zstd" && zstdUnavailable()) return `${zstdUnavailable()}; use compression: gzip`;
+  if (level === undefined) return undefined;
+  if (c === "none") return "is set, but compression is none";
+  const { min, max } = LEVELS[c];
+  return level < min || level > max ? `must be ${min} to ${max} for ${c}` : undefined;
+}
 
 function requireOneOf(
   ctx: z.RefinementCtx,

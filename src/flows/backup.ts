@@ -267,7 +267,7 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
   run.uploadSent = true;
   const streamed = await runStages({
     archive,
-    between: [...encoderFor(job.compression), ...cipher.stages],
+    between: [...encoderFor(job.compression, job.compressionLevel), ...cipher.stages],
     hash,
     sink,
     ...(deps.signal ? { signal: deps.signal } : {}),

@@ -11,7 +11,7 @@
  * cannot take raises formatVersion.
  */
 import { gunzipSync, gzipSync } from "node:zlib";
-import type { Compression } from "../config/config.js";
+import { COMPRESSIONS, type Compression } from "../config/config.js";
 import type { ArchiveEntry } from "../pipeline/archive.js";
 import {
   byteStringFrom,
@@ -146,7 +146,7 @@ export function decodeManifest(body: Buffer): Manifest {
     typeof a.versionId !== "string" ||
     typeof a.size !== "number" ||
     typeof a.sha256 !== "string" ||
-    (a.compression !== "none" && a.compression !== "gzip") ||
+    !(COMPRESSIONS as readonly unknown[]).includes(a.compression) ||
     m.encryption?.scheme !== "sse-c" ||
     typeof m.encryption.keyDerivation !== "string" ||
     (m.schedule !== undefined && m.schedule !== null && typeof m.schedule !== "string") ||

@@ -1,5 +1,5 @@
 /**
- * Object keys of backups: `<prefix><host>/<job>/<UTC yyyy-mm-ddTHHMMSSZ>-<8 hex>.tar[.gz]`.
+ * Object keys of backups: `<prefix><host>/<job>/<UTC yyyy-mm-ddTHHMMSSZ>-<8 hex>.tar[.gz|.zst]`.
  * Pure. The random suffix makes a key unique even for two runs in one second, so
  * immutd never writes a second version under a key it has used.
  */
@@ -12,6 +12,9 @@ import type { Compression } from "../config/config.js";
  * else were not written by immutd (and may carry terminal escapes).
  */
 export const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** What follows `.tar` in a key, per compression: the extension `zstd -d`, `gunzip` and `tar -a` go by. */
+const EXTENSIONS: Record<Compression, string> = { none: "", gzip: ".gz", zstd: ".zst" };
 
 export function jobPrefix(prefix: string, host: string, job: string): string {
   return `${prefix}${host}/${job}/`;
@@ -32,14 +35,14 @@ export function objectKey(opts: {
   // 20261125T065430Z -> 2026-11-25T065430Z: dashes in the date keep it readable, none in the time.
   const readable = `${stamp.slice(0, 4)}-${stamp.slice(4, 6)}-${stamp.slice(6, 8)}${stamp.slice(8)}`;
   const random = opts.random ?? randomBytes(4).toString("hex");
-  const ext = opts.compression === "gzip" ? ".tar.gz" : ".tar";
+  const ext = `.tar${EXTENSIONS[opts.compression]}`;
   return `${jobPrefix(opts.prefix, opts.host, opts.job)}${readable}-${random}${ext}`;
 }
 
 /**
  * The manifest of a backup lives at its archive key plus this suffix
  * (`….tar.gz.manifest.json.gz`): beside the archive under the job prefix, and
- * never matching KEY_TAIL (which ends in `.tar` or `.tar.gz`), so neither a
+ * never matching KEY_TAIL (which ends in `.tar`, `.tar.gz` or `.tar.zst`), so neither a
  * catalog-free restore's selection nor crash recovery (which lists versions at an
  * archive's exact key) takes it for an archive.
  */
@@ -59,7 +62,7 @@ export function assertManifestKey(key: string): void {
   }
 }
 
-const KEY_TAIL = /(\d{4})-(\d{2})-(\d{2})T(\d{2})(\d{2})(\d{2})Z-[0-9a-f]{8}\.tar(\.gz)?$/;
+const KEY_TAIL = /(\d{4})-(\d{2})-(\d{2})T(\d{2})(\d{2})(\d{2})Z-[0-9a-f]{8}\.tar(\.gz|\.zst)?$/;
 
 /** True when `name` is exactly the last segment of an archive key immutd makes (stamp, random, extension). */
 export function isArchiveFileName(name: string): boolean {
@@ -72,10 +75,10 @@ export function parseObjectKey(
 ): { createdAt: Date; compression: Compression } | undefined {
   const m = KEY_TAIL.exec(key);
   if (!m) return undefined;
-  const [, y, mo, d, h, mi, s, gz] = m;
+  const [, y, mo, d, h, mi, s, ext] = m;
   return {
     createdAt: new Date(`${y}-${mo}-${d}T${h}:${mi}:${s}Z`),
-    compression: gz ? "gzip" : "none",
+    compression: ext === ".zst" ? "zstd" : ext === ".gz" ? "gzip" : "none",
   };
 }
 
