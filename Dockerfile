@@ -7,7 +7,7 @@
 # container (no container engine runs where the tests run); keep the build
 # stage's RUN lines free of absolute paths so that the replay stays exact.
 
-# Node.js 24 LTS (supported until April 2028). 22 and 26 work too, e.g.
+# Node.js 24 LTS (supported until April 2028). 26 works too:
 # --build-arg NODE_VERSION=26; README "Node.js support" says why these.
 ARG NODE_VERSION=24
 

@@ -19,14 +19,13 @@ import { describe, it } from "node:test";
 import { nodeSupport, packageEngines, parseEngines } from "../src/cli/node-version.js";
 import { CLI } from "./support/cli.js";
 
-const ENGINES = "^22.15.0 || ^24.0.0 || ^26.0.0";
+const ENGINES = "^24.20.0 || ^26.6.0";
 
 describe("node-version", () => {
   it("parses engines as one ^X.Y.Z range per release line, and rejects anything else", () => {
     assert.deepEqual(parseEngines(ENGINES), [
-      [22, 15, 0],
-      [24, 0, 0],
-      [26, 0, 0],
+      [24, 20, 0],
+      [26, 6, 0],
     ]);
     assert.throws(() => parseEngines(">=22"), /">=22" is not a \^X\.Y\.Z range/);
     assert.throws(() => parseEngines("^22.14.0 | ^24.0.0"), /not a \^X\.Y\.Z range/);
@@ -36,22 +35,32 @@ describe("node-version", () => {
 
   it("supports the ranges, refuses what is older, and calls the rest untested", () => {
     const verdict = (v: string) => nodeSupport(v, ENGINES).verdict;
-    for (const v of ["v22.15.0", "22.23.3", "24.0.0", "v24.21.0", "26.10.0"]) {
+    for (const v of ["24.20.0", "v24.21.0", "26.6.0", "26.10.0"]) {
       assert.equal(verdict(v), "supported", v);
     }
-    for (const v of ["v22.14.0", "v22.13.1", "22.0.0", "20.20.2", "18.19.0", "v0.10.48"]) {
+    for (const v of [
+      "v24.19.0",
+      "v24.0.0",
+      "v22.23.3",
+      "22.0.0",
+      "20.20.2",
+      "18.19.0",
+      "v0.10.48",
+    ]) {
       assert.equal(verdict(v), "too-old", v);
     }
-    for (const v of ["23.11.0", "25.0.0", "27.0.0", "28.1.0"])
-      assert.equal(verdict(v), "untested", v);
-    assert.equal(nodeSupport("24.1.0", ENGINES).supported, "22.15 or a newer 22.x, 24 or 26");
+    for (const v of ["25.0.0", "27.0.0", "28.1.0"]) assert.equal(verdict(v), "untested", v);
+    assert.equal(
+      nodeSupport("24.21.0", ENGINES).supported,
+      "24.20 or a newer 24.x or 26.6 or a newer 26.x",
+    );
     assert.throws(() => nodeSupport("lts", ENGINES), /not a Node\.js version: lts/);
   });
 
-  it("package.json refuses every Node.js whose zlib lacks zstd (before 22.15 and 23.8), so compression: zstd never meets a missing zlib.createZstdCompress", () => {
-    for (const v of ["22.14.0", "22.0.0", "20.19.0"])
+  it("package.json refuses every Node.js whose zstd decoder does not notice a cut-off stream (22.x, 24 before 24.20)", () => {
+    for (const v of ["22.23.3", "22.15.0", "24.0.0", "24.19.0", "20.19.0"])
       assert.equal(nodeSupport(v).verdict, "too-old", v);
-    assert.equal(nodeSupport("22.15.0").verdict, "supported");
+    assert.equal(nodeSupport("24.20.0").verdict, "supported");
   });
 
   it("the Node.js running the tests is supported", () => {
@@ -97,7 +106,7 @@ jobs:
     assert.match(
       r.stderr,
       new RegExp(
-        `jobs\\[0\\] \\(j\\)\\.compression: zstd needs Node\\.js 22\\.15 or 23\\.8 or newer, this is ${process.version.replace(/\./g, "\\.")}; use compression: gzip`,
+        `jobs\\[0\\] \\(j\\)\\.compression: zstd needs Node\\.js 24\\.20 or 26\\.6 or newer, this is ${process.version.replace(/\./g, "\\.")}; use compression: gzip`,
       ),
     );
     assert.equal(run("compression: gzip").status, 0, "gzip still runs there");

@@ -3,7 +3,7 @@
  * "engines", one `^X.Y.Z` per release line (README "Node.js support" says
  * why these). src/cli.ts asks before anything else is loaded: an older
  * Node.js is refused (better-sqlite3 needs Node-API 10, the AWS SDK drops
- * Node 20, zlib has zstd from 22.15), a newer line that CI has not run is a warning. scripts/node.sh
+ * Node 20, zlib zstd before 24.20 and 26.6 does not notice a cut-off stream), a newer line that CI has not run is a warning. scripts/node.sh
  * runs this file as a script to decide whether to fetch a supported Node.js.
  */
 import { readFileSync } from "node:fs";
@@ -14,7 +14,7 @@ export type Version = readonly [major: number, minor: number, patch: number];
 export interface NodeSupport {
   /** supported: in a range; too-old: below every range; untested: neither (a newer or odd line). */
   verdict: "supported" | "too-old" | "untested";
-  /** The supported versions in words, e.g. "22.14 or a newer 22.x, 24, 26". */
+  /** The supported versions in words, e.g. "24.20 or a newer 24.x or 26.6 or a newer 26.x". */
   supported: string;
 }
 

@@ -10,7 +10,9 @@
  * value of Compression, whose name also goes into the object key
  * (src/repo/naming.ts).
  *
- * zstd is Node's own zlib binding of libzstd (Node.js 22.15 and 23.8 on,
+ * zstd is Node's own zlib binding of libzstd (Node.js 24.20 and 26.6 on;
+ * earlier versions have it too, but their decoder ends a cut-off stream
+ * without an error, so engines starts there;
  * still marked experimental there). Its output is a standard zstd frame with
  * a content checksum, which `zstd -d` reads. Its `ZSTD_c_nbWorkers` parameter
  * is never set: with workers on, Node's stream emits 'end' before end() is
@@ -36,7 +38,7 @@ export const LEVELS = {
 export function zstdUnavailable(): string | undefined {
   return typeof zlib.createZstdCompress === "function"
     ? undefined
-    : `zstd needs Node.js 22.15 or 23.8 or newer, this is ${process.version}`;
+    : `zstd needs Node.js 24.20 or 26.6 or newer, this is ${process.version}`;
 }
 
 function needZstd(): void {
