@@ -75,12 +75,12 @@ describe("ls, find and ranged restore (CLI, Ceph RGW)", () => {
     proxy.log.slice(from).filter((r) => isGetObject(key)(r));
 
   /** A bucket, a config through the proxy, and one backup of a tree with awkward names. */
-  async function backedUp(label: string, compression = "none") {
+  async function backedUp(label: string, compression = "none", target: string[] = []) {
     const bucket = uniqueBucket(label);
     await createLockedBucket(env, bucket, 1);
     const cfg = writeConfig(
       { ...env, endpoint: proxy.endpoint },
-      { bucket, job: [`compression: ${compression}`] },
+      { bucket, job: [`compression: ${compression}`], target },
     );
     mkdirSync(join(cfg.data, "d".repeat(70)));
     writeFileSync(join(cfg.data, LONG), "long name\n");
@@ -283,6 +283,39 @@ describe("ls, find and ranged restore (CLI, Ceph RGW)", () => {
     ]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, new RegExp(`compressed \\(gzip\\).*whole archive.*${row.size} bytes`));
+  });
+
+  it("a range that stalls mid-body is given up after the idle timeout and resumed from the last byte received", async () => {
+    const { cfg, row } = await backedUp("rangedstall", "none", ["idleTimeoutSeconds: 2"]);
+    const rel = cfg.data.slice(1);
+    const fault = proxy.fault({
+      match: (q) => isGetObject(row.key)(q) && q.range !== undefined,
+      times: 1,
+      action: { kind: "stall", afterBytes: 30_000 },
+    });
+    const from = proxy.log.length;
+    const dest = mkdtempSync(join(tmpdir(), "immutd-ranged-"));
+    const r = await runCli([
+      "--config",
+      cfg.file,
+      "restore",
+      "files",
+      "--include",
+      `${rel}/b.bin`,
+      "--to",
+      dest,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(fault.hits, 1);
+    assert.match(r.stderr, /resuming/);
+    const ranges = gets(from, row.key).map((g) => g.range);
+    assert.equal(ranges.length, 2, JSON.stringify(ranges));
+    const [first, second] = ranges.map((x) => Number(/bytes=(\d+)-/.exec(x ?? "")?.[1]));
+    assert.ok(
+      first !== undefined && second !== undefined && second > first,
+      JSON.stringify(ranges),
+    );
+    assert.deepEqual(readFileSync(join(dest, rel, "b.bin")), readFileSync(join(cfg.data, "b.bin")));
   });
 
   it("a connection reset in the middle of a range resumes it; a refused range fails with one clear line", async () => {

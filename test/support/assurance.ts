@@ -32,6 +32,8 @@ export function writeConfig(
     prefix?: string;
     /** More keys of the job, one YAML line each at the job's indentation. */
     job?: string[];
+    /** More keys of the target, one YAML line each, e.g. `idleTimeoutSeconds: 2`. */
+    target?: string[];
   },
 ): TestConfig {
   const dir = mkdtempSync(join(tmpdir(), "immutd-assure-"));
@@ -56,7 +58,7 @@ targets:
 ${targetYaml(env, {
   bucket: o.bucket,
   days: o.days ?? 1,
-  extra: [`prefix: "${o.prefix ?? ""}"`, "partSizeMiB: 5"],
+  extra: [`prefix: "${o.prefix ?? ""}"`, "partSizeMiB: 5", ...(o.target ?? [])],
   writer: credYaml(writer),
   reader: credYaml(reader),
   ...(admin ? { admin: credYaml(admin) } : {}),
