@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { CancelledError, VerifyFindingsError } from "../errors.js";
 import { type AuditReport, auditTargets } from "../flows/audit.js";
 import type { Cli, Context } from "./context.js";
+import { plural, writeJson, writeResult } from "./output.js";
 import { cancelOnStopSignals } from "./signals.js";
 import { selectTargets } from "./targets.js";
 
@@ -59,13 +60,10 @@ export async function auditCommand(
   } finally {
     removeSignals();
   }
-  process.stdout.write(
-    opts.json
-      ? `${JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2)}\n`
-      : render(reports),
-  );
+  if (opts.json) writeJson(reports.length === 1 ? reports[0] : reports);
+  else writeResult(render(reports));
   const n = reports.reduce((s, r) => s + r.findings.length, 0);
-  if (n > 0) throw new VerifyFindingsError(`audit found ${n} problem(s)`);
+  if (n > 0) throw new VerifyFindingsError(`audit found ${plural(n, "problem")}`);
 }
 
 function render(reports: readonly AuditReport[]): string {

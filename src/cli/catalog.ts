@@ -9,6 +9,7 @@ import { type FoundBackup, type ScanNote, scanTarget, toImported } from "../cata
 import { CatalogError, UsageError, VerifyFindingsError } from "../errors.js";
 import type { ManifestScope } from "../repo/snapshots.js";
 import type { Cli, Context } from "./context.js";
+import { writeJson } from "./output.js";
 import { cancelOnStopSignals } from "./signals.js";
 import { openTargets, selectTargets } from "./targets.js";
 
@@ -68,9 +69,7 @@ export async function catalogRebuildCommand(ctx: Context, o: RebuildOptions): Pr
   const added = catalog.importBackups(scan.backups.map((b) => toImported(b, masterKey)));
   const { findings, warnings } = scan;
   if (o.json) {
-    process.stdout.write(
-      `${JSON.stringify({ catalog: catalog.path, host, added, backups: scan.backups, findings, warnings }, null, 2)}\n`,
-    );
+    writeJson({ catalog: catalog.path, host, added, backups: scan.backups, findings, warnings });
   } else {
     printNotes(warnings, findings);
     const kept = scan.backups.length - added;

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
-import { describeError, ExitCode, exitCodeFor, ImmutdError } from "../errors.js";
+import { ExitCode, ImmutdError } from "../errors.js";
 import { serializeError } from "../log.js";
 import { registerAudit } from "./audit.js";
 import { registerBackup } from "./backup.js";
@@ -20,6 +20,7 @@ import { registerInit } from "./init.js";
 import { registerKey } from "./key.js";
 import { registerList } from "./list.js";
 import { registerMan } from "./manpage.js";
+import { jsonMode, reportFailure, reportUsageError, setJsonMode } from "./output.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./restore.js";
 import { registerRun } from "./run.js";
 import { registerStatus } from "./status.js";
@@ -94,30 +95,34 @@ function program(): Command {
 
 /** `immutd` itself: its description, global options and the exit codes in --help. */
 function rootCommand(): Command {
-  return new Command("immutd")
-    .description(
-      "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",
-    )
-    .version(pkg.version, "-V, --version")
-    .option(
-      "-c, --config <file>",
-      "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)",
-    )
-    .addOption(
-      new Option(
-        "--log-level <level>",
-        "log level (default: $IMMUTD_LOG_LEVEL, else warn at a terminal and info otherwise)",
-      ).choices(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
-    )
-    .addOption(
-      new Option(
-        "--log-format <format>",
-        "log format (default: pretty on a terminal, json otherwise)",
-      ).choices(["json", "pretty"]),
-    )
-    .addHelpText("after", EXIT_CODES)
-    .showHelpAfterError("(run with --help for usage)")
-    .exitOverride();
+  return (
+    new Command("immutd")
+      .description(
+        "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",
+      )
+      .version(pkg.version, "-V, --version")
+      .option(
+        "-c, --config <file>",
+        "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)",
+      )
+      .addOption(
+        new Option(
+          "--log-level <level>",
+          "log level (default: $IMMUTD_LOG_LEVEL, else warn at a terminal and info otherwise)",
+        ).choices(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
+      )
+      .addOption(
+        new Option(
+          "--log-format <format>",
+          "log format (default: pretty on a terminal, json otherwise)",
+        ).choices(["json", "pretty"]),
+      )
+      .addHelpText("after", EXIT_CODES)
+      .showHelpAfterError("(run with --help for usage)")
+      .exitOverride()
+      // --json decides where a failure is reported (src/cli/output.ts).
+      .hook("preAction", (_root, action) => setJsonMode(action.opts().json === true))
+  );
 }
 
 /**
@@ -153,6 +158,7 @@ function registerRestore(p: Command, cli: Cli): void {
       "--whole-archive",
       "with --include: read and verify the whole archive, not only the entries' byte ranges",
     )
+    .option("--json", "with --to or --list: print the result as one JSON document on stdout")
     .addHelpText("after", restoreHelp)
     .action((job: string, opts: RestoreCliOptions) =>
       cli.withContext((ctx) => restoreCommand(ctx, job, opts)),
@@ -173,14 +179,13 @@ export async function main(argv: string[]): Promise<number> {
       ) {
         return ExitCode.ok;
       }
-      return ExitCode.usage; // commander already printed the message
+      // Commander already printed the message on stderr; a --json caller gets its document too.
+      if (argv.includes("--json")) setJsonMode(true);
+      return reportUsageError(err.message.replace(/^error: /, ""));
     }
-    const code = exitCodeFor(err);
-    if (err instanceof ImmutdError) {
-      process.stderr.write(`immutd: ${err.message}\n`);
-    } else {
-      process.stderr.write(`immutd: unexpected error: ${describeError(err)}\n`);
-      process.stderr.write(`${JSON.stringify(serializeError(err))}\n`);
+    const code = reportFailure(err);
+    if (!(err instanceof ImmutdError) && !jsonMode()) {
+      process.stderr.write(`${JSON.stringify(serializeError(err))}\n`); // for a bug report
     }
     return code;
   }
