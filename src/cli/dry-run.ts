@@ -13,6 +13,7 @@ import { jobWalk } from "../flows/backup.js";
 import { type ArchiveResult, createArchive, missingPaths } from "../pipeline/archive.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
+import { writeJson } from "./output.js";
 import { formatBytes, formatTable } from "./progress.js";
 
 export interface DryRunReport {
@@ -36,15 +37,17 @@ export interface DryRunReport {
 export async function dryRunCommand(
   ctx: Context,
   names: string[],
-  opts: { list?: boolean },
+  opts: { list?: boolean; json?: boolean },
 ): Promise<void> {
   const jobs = selectJobs(ctx.config.jobs, names);
   const reports: DryRunReport[] = [];
   for (const job of jobs) {
     const report = await dryRunJob(ctx, job, opts.list === true);
     reports.push(report);
-    process.stdout.write(describe(report));
+    if (!opts.json) process.stdout.write(describe(report));
   }
+  // --json: {"jobs": [DryRunReport...]} (README "JSON output").
+  if (opts.json) writeJson({ jobs: reports });
   const failed = reports.filter((r) => r.error !== undefined);
   if (failed.length) {
     throw new JobsFailedError(
