@@ -232,7 +232,7 @@ function summary(r: BackupResult, bucket: string): string {
   return `${r.job}: backup ${r.status}: ${r.error}\n  (${stats}; nothing partial was left in the bucket)`;
 }
 
-/** `backup --json`: one document per selected job, in the order they were named. */
+/** `backup --json`: one document per selected job, in the order of the config (the order they ran). */
 function jobDocuments(
   ctx: Context,
   jobs: readonly JobConfig[],

@@ -171,7 +171,7 @@ export async function restoreCommand(
           onProgress: (p: { bytes: number; files: number }) =>
             progress.update({
               ...p,
-              ...(current !== undefined ? { current: () => displayName(current ?? "") } : {}),
+              ...(current !== undefined ? { current: () => `/${displayName(current ?? "")}` } : {}),
             }),
           onHeader: (h: { name: string }) => {
             current = h.name;
