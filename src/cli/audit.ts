@@ -71,9 +71,9 @@ function render(reports: readonly AuditReport[]): string {
   for (const r of reports) {
     lines.push(`target ${r.target}  s3://${r.bucket}/${r.prefix}`);
     for (const j of r.jobs) {
-      const state = j.findings ? `${j.findings} finding(s)` : "ok";
+      const state = j.findings ? plural(j.findings, "finding") : "ok";
       lines.push(
-        `  ${j.host}/${j.job}  ${j.backups} backup(s)  newest ${j.newest ?? "none"}  due by ${j.dueBy ?? "-"}  ${state}`,
+        `  ${j.host}/${j.job}  ${plural(j.backups, "backup")}  newest ${j.newest ?? "none"}  due by ${j.dueBy ?? "-"}  ${state}`,
       );
     }
     for (const f of r.findings) {

@@ -189,7 +189,9 @@ export async function backupCommand(
   const failed = results.filter((r) => r.status !== "succeeded");
   const skipped = jobs.length - results.length - locked.length;
   if (locked.length && !failed.length && !skipped) {
-    throw new LockHeldError(`job(s) ${locked.join(", ")} already running elsewhere; not started`);
+    throw new LockHeldError(
+      `${locked.length === 1 ? "job" : "jobs"} ${locked.join(", ")} already running elsewhere; not started`,
+    );
   }
   if (failed.length || skipped) {
     const names = [
@@ -199,7 +201,7 @@ export async function backupCommand(
     // The cause of each failure too: the exit message is often all a cron mail shows.
     const causes = failed.filter((r) => r.error).map((r) => `. ${r.job}: ${r.error}`);
     const err = new JobsFailedError(
-      `${failed.length + skipped + locked.length} of ${jobs.length} job(s) did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}${causes.join("")}`,
+      `${failed.length + skipped + locked.length} of ${plural(jobs.length, "job")} did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}${causes.join("")}`,
     );
     // One job whose summary said it all: the exit message would only repeat it.
     throw jobs.length === 1 && summaries && failed.length === 1 ? markShown(err) : err;
@@ -208,7 +210,7 @@ export async function backupCommand(
   const warned = results.filter((r) => r.warnings > 0);
   if (warned.length) {
     throw new WarningsError(
-      `${warned.length} of ${jobs.length} job(s) succeeded with warnings (files left out, see the log or the run's warnings): ${warned.map((r) => `${r.job} (${plural(r.warnings, "warning")}, run ${r.runId})`).join(", ")}`,
+      `${warned.length} of ${plural(jobs.length, "job")} succeeded with warnings (files left out, see the log or the run's warnings): ${warned.map((r) => `${r.job} (${plural(r.warnings, "warning")}, run ${r.runId})`).join(", ")}`,
     );
   }
 }

@@ -46,6 +46,12 @@ Exit codes:
   130 a second SIGINT/SIGTERM more than 1 s after the first: exited at once,
       without cleaning up (the next backup, verify or daemon start reconciles)
 
+Output: results (tables, reports, summaries) on stdout; logs, the progress
+line (at a terminal only) and the closing "immutd: ..." message on stderr.
+With --json a command prints exactly one JSON document on stdout; a failure
+before it has a result prints {"error": {"type", "message", "exitCode"}}
+instead, with the same exit code (README: "JSON output").
+
 Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
 A fully commented example is config.example.yaml in the package.
 `;
