@@ -99,36 +99,37 @@ function program(): Command {
   return p;
 }
 
-/** `immutd` itself: its description, global options and the exit codes in --help. */
+/**
+ * `immutd` itself: its description, global options and the exit codes in
+ * --help. Before each action, --json decides where a failure is reported
+ * (src/cli/output.ts).
+ */
 function rootCommand(): Command {
-  return (
-    new Command("immutd")
-      .description(
-        "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",
-      )
-      .version(pkg.version, "-V, --version")
-      .option(
-        "-c, --config <file>",
-        "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)",
-      )
-      .addOption(
-        new Option(
-          "--log-level <level>",
-          "log level (default: $IMMUTD_LOG_LEVEL, else warn at a terminal and info otherwise)",
-        ).choices(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
-      )
-      .addOption(
-        new Option(
-          "--log-format <format>",
-          "log format (default: pretty on a terminal, json otherwise)",
-        ).choices(["json", "pretty"]),
-      )
-      .addHelpText("after", EXIT_CODES)
-      .showHelpAfterError("(run with --help for usage)")
-      .exitOverride()
-      // --json decides where a failure is reported (src/cli/output.ts).
-      .hook("preAction", (_root, action) => setJsonMode(action.opts().json === true))
-  );
+  return new Command("immutd")
+    .description(
+      "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",
+    )
+    .version(pkg.version, "-V, --version")
+    .option(
+      "-c, --config <file>",
+      "configuration file (default: $IMMUTD_CONFIG or /etc/immutd/config.yaml)",
+    )
+    .addOption(
+      new Option(
+        "--log-level <level>",
+        "log level (default: $IMMUTD_LOG_LEVEL, else warn at a terminal and info otherwise)",
+      ).choices(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
+    )
+    .addOption(
+      new Option(
+        "--log-format <format>",
+        "log format (default: pretty on a terminal, json otherwise)",
+      ).choices(["json", "pretty"]),
+    )
+    .addHelpText("after", EXIT_CODES)
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride()
+    .hook("preAction", (_root, action) => setJsonMode(action.opts().json === true));
 }
 
 /**
