@@ -3,16 +3,18 @@
  * as a script runs them (no terminal): stdout is exactly one JSON document
  * (JSON.parse of all of it), stderr holds only log lines (each an NDJSON
  * record) or the one "immutd: " exit message, and a failure still prints a
- * JSON error object with the documented exit code. The field names checked
- * here are the ones README "JSON output" documents.
+ * JSON error object with the documented exit code; so does a job that the
+ * server fails (a fault proxy answering 500). The field names checked here
+ * are the ones README "JSON output" documents.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { before, describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import { type CliResult, runCli } from "./support/cli.js";
+import { FaultProxy, isUploadPart } from "./support/fault-proxy.js";
 import {
   adminRemoveVersion,
   createLockedBucket,
@@ -245,5 +247,57 @@ ${targetYaml(env, { bucket, admin: credYaml(env.main) })}jobs:
     assert.equal(e.type, "ConfigError");
     assert.match(e.message, /nope\.yaml/);
     assert.equal(missing.stderr, "", "the message is in the document, not said twice");
+  });
+});
+
+describe("--json under faults (CLI, Ceph RGW through a fault proxy)", () => {
+  let env: S3Env;
+  let proxy: FaultProxy;
+  before(async () => {
+    env = s3env();
+    proxy = await FaultProxy.start(env.endpoint, {
+      caFile: env.caFile,
+      certFile: join(env.caFile, "..", "cert.pem"),
+      keyFile: join(env.caFile, "..", "key.pem"),
+    });
+  });
+  after(() => proxy.close());
+
+  it("every part answered 500: backup --json is still one document, the job failed with the server's error, exit 3", async () => {
+    const bucket = uniqueBucket("json500");
+    await createLockedBucket(env, bucket, 1);
+    const dir = mkdtempSync(join(tmpdir(), "immutd-json500-"));
+    writeFileSync(join(dir, "master.key"), `${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
+    mkdirSync(join(dir, "data"));
+    writeFileSync(join(dir, "data", "blob"), randomBytes(6 << 20));
+    const cfg = join(dir, "config.yaml");
+    writeFileSync(
+      cfg,
+      `catalog: ${dir}/catalog.db
+masterKeyFile: ${dir}/master.key
+host: json500
+targets:
+${targetYaml({ ...env, endpoint: proxy.endpoint }, { bucket, extra: ["partSizeMiB: 5"] })}jobs:
+  - name: data
+    target: local
+    compression: none
+    paths: [${dir}/data]
+`,
+    );
+    proxy.fault({
+      match: isUploadPart(),
+      times: Number.POSITIVE_INFINITY,
+      action: { kind: "status", status: 500, code: "InternalError", message: "disk on fire" },
+    });
+    try {
+      const r = await runCli(["--config", cfg, "backup", "--json"]);
+      assert.equal(r.code, 3, r.stderr);
+      const doc = oneDocument(r, "backup (500)") as { jobs: Doc[] };
+      assert.equal(doc.jobs[0]?.status, "failed");
+      assert.match(String(doc.jobs[0]?.error), /InternalError, HTTP 500: disk on fire/);
+      assert.equal(doc.jobs[0]?.versionId, null);
+    } finally {
+      proxy.clear();
+    }
   });
 });

@@ -6,7 +6,8 @@
  * a time left to be shown whatever the machine's speed; nothing is timed.
  *
  * Checked: the last frame before the line is cleared shows the percent of a
- * known total, the ETA and the current file; a run without a terminal writes
+ * known total, the ETA and the current file (a hostile name escaped, never
+ * sent raw to the terminal); a run without a terminal writes
  * no progress at all (no carriage return, nothing on stdout); Ctrl-C at the
  * terminal says each fact once.
  */
@@ -29,6 +30,8 @@ import {
 } from "./support/s3env.js";
 
 const MiB = 1024 * 1024;
+/** Clears the screen and sets the window title if a terminal is sent it raw. */
+const EVIL = "large\x1b[2J\x1b]0;pwned\x07.bin";
 
 /** A CLI run inside a pty (script -q: no banner; -e: its exit code; -f: flushed at once). */
 class TerminalRun {
@@ -83,7 +86,9 @@ describe("progress at a terminal (pty, Ceph RGW)", () => {
     const data = join(dir, "data");
     mkdirSync(data);
     // Large against one 5 MiB part in flight: most of it is read after the hold.
-    writeFileSync(join(data, "large.bin"), randomBytes(40 * MiB));
+    // Named with terminal control sequences (a hostile file name): the line must
+    // show them escaped, never send them to the terminal.
+    writeFileSync(join(data, EVIL), randomBytes(40 * MiB));
     writeFileSync(join(data, "small.txt"), "small\n");
     cfg = join(dir, "config.yaml");
     writeFileSync(
@@ -127,9 +132,13 @@ ${targetYaml(env, { bucket, extra: ["partSizeMiB: 5", "queueSize: 1"] })}jobs:
       last,
       /^data: \d{1,2}% [\d.]+ MiB of 40\.0 MiB {2}[\d.]+ (KiB|MiB|GiB)\/s {2}\d of 2 files {2}ETA \d+s/,
     );
-    // The current file ends the line, shortened from the left to the terminal's 80 columns.
-    assert.match(last, /large\.bin$/);
+    // The current file ends the line, escaped as tar -t shows it, shortened from the left to 80 columns.
+    assert.match(last, /pwned\\a\.bin$/);
     assert.ok(last.length <= 80, last);
+    assert.ok(
+      !t.screen.includes("\x1b[2J") && !t.screen.includes("\x07"),
+      "raw control sequences reached the terminal",
+    );
     // One summary, after the line was cleared, naming the job once.
     const summary = t.screen.slice(t.screen.lastIndexOf("\r\x1b[2K") + 5);
     assert.match(summary, /data: backup succeeded: [\d.]+ MiB, 2 files, 0 warnings in /);
