@@ -31,11 +31,13 @@ total, percent, rate, files, time left, the current file; the total comes
 from the previous run at once and from a quick walk of the paths beside the
 backup, "~" while it is an estimate) and one summary per job to stdout;
 otherwise nothing but log lines on stderr. --json prints one JSON document
-on stdout when all jobs are done ({"jobs": [...]}, README "JSON output").
-Ctrl-C (SIGINT) or SIGTERM cancels: the multipart
-upload is aborted and the run is recorded as interrupted; a second signal
-more than 1 s later exits at once (signals within 1 s, as timeout(1) sends
-them to the process group, are one request).
+on stdout when all jobs are done ({"jobs": [...]}, README "JSON output";
+with --dry-run the walk's report per job).
+
+Ctrl-C (SIGINT) or SIGTERM cancels: the multipart upload is aborted and the
+run is recorded as interrupted; a second signal more than 1 s later exits at
+once (signals within 1 s, as timeout(1) sends them to the process group, are
+one request).
 
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice. A job without schedule (manual only) runs here like any other.
