@@ -158,7 +158,8 @@ export async function restoreCommand(
         process.stderr,
         process.stderr.isTTY === true && (mode.kind !== "list" || o.json === true),
       );
-      if (src.size !== undefined) progress.setTotal({ bytes: src.size });
+      // A ranged restore reads only the selected entries: the archive's size is no total for it.
+      if (src.size !== undefined && manifest === undefined) progress.setTotal({ bytes: src.size });
       let current: string | undefined;
       const where = { job: job.name, key: src.key, versionId: src.versionId };
       ctx.log.info({ ...where, createdAt: src.createdAt.toISOString(), dest }, "restore started");
