@@ -10,9 +10,13 @@ import { ExitCode } from "./errors.js";
 
 const node = nodeSupport(process.versions.node);
 if (node.verdict === "too-old") {
-  process.stderr.write(
-    `immutd: Node.js ${process.version} is too old: immutd runs on Node.js ${node.supported} (README: "Node.js support")\n`,
-  );
+  const message = `Node.js ${process.version} is too old: immutd runs on Node.js ${node.supported} (README: "Node.js support")`;
+  process.stderr.write(`immutd: ${message}\n`);
+  // --json callers get the error document all failures print (src/cli/output.ts).
+  if (process.argv.includes("--json")) {
+    const error = { type: "ConfigError", message, exitCode: ExitCode.config };
+    process.stdout.write(`${JSON.stringify({ error }, null, 2)}\n`);
+  }
   process.exit(ExitCode.config);
 }
 if (node.verdict === "untested") {

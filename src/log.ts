@@ -3,7 +3,9 @@
  * {job, runId}. The daemon logs to stdout (journald and Docker collect it); the
  * one-off commands log to stderr, because their stdout is their output
  * (`list --json`, `config check`). On a terminal the lines are shown in a short
- * human form instead of JSON.
+ * human form instead of JSON. A command whose printed report is its result
+ * (verify, doctor) has its flow log what the report says at debug only, so a
+ * cron mail that gets both streams says each fact once (src/cli/output.ts).
  *
  * Secrets are kept out in three layers: config secrets are Secret objects that
  * serialise as "<redacted>", errors are logged by message only (SDK errors carry

@@ -132,7 +132,7 @@ describe("immutd backup / list (CLI, Ceph RGW)", () => {
 
     const r = await runCli(["--config", cfg, "backup"], { env: cliEnv });
     assert.equal(r.code, 3, r.stderr);
-    assert.match(r.stderr, /1 of 2 job\(s\) did not succeed: broken \(failed\)/);
+    assert.match(r.stderr, /1 of 2 jobs did not succeed: broken \(failed\)/);
     const unknown = await runCli(["--config", cfg, "backup", "nosuchjob"], { env: cliEnv });
     assert.equal(unknown.code, 2);
     assert.match(unknown.stderr, /unknown job nosuchjob; configured jobs: files, broken/);
@@ -164,7 +164,7 @@ describe("immutd backup / list (CLI, Ceph RGW)", () => {
     assert.equal(done?.warnings, 1);
     assert.match(
       r.stderr,
-      /^immutd: 1 of 1 job\(s\) succeeded with warnings \(files left out, see the log or the run's warnings\): files \(1 warning, run 1\)$/m,
+      /^immutd: 1 of 1 job succeeded with warnings \(files left out, see the log or the run's warnings\): files \(1 warning, run 1\)$/m,
     );
     const asUser = asNobody ? { uid: NOBODY, gid: NOBODY } : {};
     const status = await runCli(["--config", cfg, "status"], { env: cliEnv, ...asUser });
@@ -176,6 +176,6 @@ describe("immutd backup / list (CLI, Ceph RGW)", () => {
     writeFileSync(cfg, configYaml(env, { dir, bucket, paths: [data], jobs: broken }));
     const both = await runCli(["--config", cfg, "backup"], { env: cliEnv, ...asUser });
     assert.equal(both.code, 3, both.stderr);
-    assert.match(both.stderr, /1 of 2 job\(s\) did not succeed: broken \(failed\)/);
+    assert.match(both.stderr, /1 of 2 jobs did not succeed: broken \(failed\)/);
   });
 });

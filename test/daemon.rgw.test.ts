@@ -573,7 +573,7 @@ ${extra}`;
       );
     } else {
       assert.deepEqual(exit, { code: null, signal: "SIGTERM" }, b.stderr());
-      assert.match(b.stderr(), /1 of 1 job\(s\) did not succeed: big \(interrupted\)/);
+      assert.match(b.stderr(), /1 of 1 job did not succeed: big \(interrupted\)/);
     }
     const last = runs(e, "big").at(-1);
     assert.equal(last?.status, "interrupted");

@@ -204,7 +204,7 @@ describe("the lock of each backup (CLI, Ceph RGW)", () => {
       new RegExp(`WARNING  delete-marker  files  ${row.key}  ${row.versionId}`),
     );
     assert.match(r.stdout, /hid its latest version.*still there and restorable/);
-    assert.match(r.stdout, /1 warning\(s\)/);
+    assert.match(r.stdout, /, 1 warning in /);
     const { report } = await verifyJson(cfg, 0);
     assert.deepEqual(
       report.warnings.map((w) => [w.kind, w.versionId]),

@@ -113,7 +113,10 @@ describe("cancelOnStopSignals (backup, restore, verify)", () => {
     source.emit("SIGINT", "SIGINT");
     assert.deepEqual(exits, [FORCED_EXIT_CODE]);
     const msgs = lines.map((l) => JSON.parse(l).msg as string);
-    assert.equal(msgs[0], "SIGTERM received: stopping the restore; send it again to exit at once");
+    assert.equal(
+      msgs[0],
+      "SIGTERM received: stopping the restore; send it again after 1 s to exit at once",
+    );
     assert.match(msgs[1] ?? "", /taken as the same stop request/);
     assert.match(msgs[2] ?? "", /exiting now, without cleaning up/);
   });

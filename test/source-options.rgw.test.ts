@@ -113,7 +113,7 @@ ${targetYaml(env, { bucket })}jobs:
     // data/ cache/ cache/.nobackup keep/ keep/a.txt keep/big.bin link mnt/
     assert.match(
       dry.stdout,
-      /^data: would archive 8 entries \(3 files, 4 directories, 1 symlinks\)/m,
+      /^data: would archive 8 entries \(3 files, 4 directories, 1 symlink\)/m,
     );
     assert.match(dry.stdout, /exclude "\*\.log"\s+1$/m);
     assert.match(dry.stdout, /excludeIfPresent "\.nobackup"\s+2$/m);

@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { CancelledError, VerifyFindingsError } from "../errors.js";
 import { type AuditReport, auditTargets } from "../flows/audit.js";
 import type { Cli, Context } from "./context.js";
+import { plural, writeJson, writeResult } from "./output.js";
 import { cancelOnStopSignals } from "./signals.js";
 import { selectTargets } from "./targets.js";
 
@@ -59,13 +60,10 @@ export async function auditCommand(
   } finally {
     removeSignals();
   }
-  process.stdout.write(
-    opts.json
-      ? `${JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2)}\n`
-      : render(reports),
-  );
+  if (opts.json) writeJson(reports.length === 1 ? reports[0] : reports);
+  else writeResult(render(reports));
   const n = reports.reduce((s, r) => s + r.findings.length, 0);
-  if (n > 0) throw new VerifyFindingsError(`audit found ${n} problem(s)`);
+  if (n > 0) throw new VerifyFindingsError(`audit found ${plural(n, "problem")}`);
 }
 
 function render(reports: readonly AuditReport[]): string {
@@ -73,9 +71,9 @@ function render(reports: readonly AuditReport[]): string {
   for (const r of reports) {
     lines.push(`target ${r.target}  s3://${r.bucket}/${r.prefix}`);
     for (const j of r.jobs) {
-      const state = j.findings ? `${j.findings} finding(s)` : "ok";
+      const state = j.findings ? plural(j.findings, "finding") : "ok";
       lines.push(
-        `  ${j.host}/${j.job}  ${j.backups} backup(s)  newest ${j.newest ?? "none"}  due by ${j.dueBy ?? "-"}  ${state}`,
+        `  ${j.host}/${j.job}  ${plural(j.backups, "backup")}  newest ${j.newest ?? "none"}  due by ${j.dueBy ?? "-"}  ${state}`,
       );
     }
     for (const f of r.findings) {

@@ -11,10 +11,13 @@ import {
   WarningsError,
 } from "../errors.js";
 import { type BackupResult, runBackup } from "../flows/backup.js";
+import { displayName } from "../pipeline/file-names.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { Target } from "../store/store.js";
 import type { Cli, Context } from "./context.js";
 import { dryRunCommand } from "./dry-run.js";
+import { estimateBackupTotal } from "./estimate.js";
+import { markShown, plural, writeJson, writeResult } from "./output.js";
 import { formatBytes, formatDuration, ProgressLine } from "./progress.js";
 import { cancelOnStopSignals } from "./signals.js";
 
@@ -23,11 +26,18 @@ Runs the named jobs now, one after another (all jobs when none are named).
 Each job becomes one new, encrypted, locked version in its target's bucket,
 recorded in the catalog. A failing job does not stop the others.
 
-On a terminal a progress line and a summary go to stderr; otherwise only
-log lines are written. Ctrl-C (SIGINT) or SIGTERM cancels: the multipart
-upload is aborted and the run is recorded as interrupted; a second signal
-more than 1 s later exits at once (signals within 1 s, as timeout(1) sends
-them to the process group, are one request).
+On a terminal a progress line goes to stderr (source bytes read of the
+total, percent, rate, files, time left, the current file; the total comes
+from the previous run at once and from a quick walk of the paths beside the
+backup, "~" while it is an estimate) and one summary per job to stdout;
+otherwise nothing but log lines on stderr. --json prints one JSON document
+on stdout when all jobs are done ({"jobs": [...]}, README "JSON output";
+with --dry-run the walk's report per job).
+
+Ctrl-C (SIGINT) or SIGTERM cancels: the multipart upload is aborted and the
+run is recorded as interrupted; a second signal more than 1 s later exits at
+once (signals within 1 s, as timeout(1) sends them to the process group, are
+one request).
 
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice. A job without schedule (manual only) runs here like any other.
@@ -63,9 +73,31 @@ Examples:
   immutd backup etc db        # two jobs
   immutd backup --dry-run etc # what job etc would archive
   immutd backup --dry-run --list etc | grep cache
+  immutd backup --json etc | jq -r '.jobs[0].versionId'
 `;
 
-export async function backupCommand(ctx: Context, names: string[]): Promise<void> {
+/** One job of `backup --json` (README "JSON output"): every field present, null where unknown. */
+export interface BackupJobDocument {
+  job: string;
+  status: BackupResult["status"] | "already-running" | "not-started";
+  runId: number | null;
+  bucket: string | null;
+  key: string | null;
+  versionId: string | null;
+  backupId: number | null;
+  bytes: number;
+  files: number;
+  warnings: number;
+  durationMs: number;
+  retainUntil: string | null;
+  error: string | null;
+}
+
+export async function backupCommand(
+  ctx: Context,
+  names: string[],
+  opts: { json?: boolean } = {},
+): Promise<void> {
   const jobs = selectJobs(ctx.config.jobs, names);
   const controller = new AbortController();
   const removeSignals = cancelOnStopSignals(
@@ -91,6 +123,8 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
   // The same webhooks as the daemon's runs (a systemd timer or cron has no daemon).
   const notifier = new Notifier(ctx.log);
   const notify = (job: JobConfig) => [...ctx.config.notify, ...job.notify];
+  // At a terminal each job's summary (stdout) is its outcome; without one, the log line is.
+  const summaries = process.stderr.isTTY === true && !opts.json;
   try {
     // Without a daemon (cron), this is where a crashed run of these jobs is recovered.
     await reconcile({
@@ -108,6 +142,7 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
       const tc = ctx.config.targets[job.target];
       if (!tc) throw new UsageError(`job ${job.name}: unknown target ${job.target}`);
       const progress = new ProgressLine(job.name);
+      const stopEstimate = estimateBackupTotal(job, ctx.catalog(), progress);
       let result: BackupResult;
       const host = ctx.config.host;
       const time = new Date().toISOString();
@@ -120,19 +155,29 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
           targetConfig: tc,
           log: ctx.log,
           signal: controller.signal,
-          onProgress: (p) => progress.update(p),
+          ...(summaries ? { outcomeShown: true } : {}),
+          onProgress: (p) =>
+            progress.update({
+              bytes: p.read,
+              files: p.files,
+              ...(p.current !== undefined
+                ? { current: () => `/${displayName(p.current ?? "")}` }
+                : {}),
+            }),
         });
       } catch (err) {
+        stopEstimate();
         progress.clear();
         if (!(err instanceof LockHeldError)) throw err;
         ctx.log.error({ job: job.name }, err.message);
         locked.push(job.name);
         continue;
       }
+      stopEstimate();
       progress.clear();
       notifier.send(notify(job), resultPayload(result, host));
       results.push(result);
-      if (process.stderr.isTTY) process.stderr.write(`${summary(result, tc.bucket)}\n`);
+      if (summaries) writeResult(summary(result, tc.bucket));
     }
   } finally {
     // A stalled receiver delays the exit by at most one attempt's timeout, never
@@ -142,10 +187,13 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
     removeSignals();
     for (const t of targets.values()) closeTarget(t);
   }
+  if (opts.json) writeJson({ jobs: jobDocuments(ctx, jobs, results, locked) });
   const failed = results.filter((r) => r.status !== "succeeded");
   const skipped = jobs.length - results.length - locked.length;
   if (locked.length && !failed.length && !skipped) {
-    throw new LockHeldError(`job(s) ${locked.join(", ")} already running elsewhere; not started`);
+    throw new LockHeldError(
+      `${locked.length === 1 ? "job" : "jobs"} ${locked.join(", ")} already running elsewhere; not started`,
+    );
   }
   if (failed.length || skipped) {
     const names = [
@@ -154,15 +202,17 @@ export async function backupCommand(ctx: Context, names: string[]): Promise<void
     ];
     // The cause of each failure too: the exit message is often all a cron mail shows.
     const causes = failed.filter((r) => r.error).map((r) => `. ${r.job}: ${r.error}`);
-    throw new JobsFailedError(
-      `${failed.length + skipped + locked.length} of ${jobs.length} job(s) did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}${causes.join("")}`,
+    const err = new JobsFailedError(
+      `${failed.length + skipped + locked.length} of ${plural(jobs.length, "job")} did not succeed: ${[...names, ...(skipped ? [`${skipped} not started`] : [])].join(", ")}${causes.join("")}`,
     );
+    // One job whose summary said it all: the exit message would only repeat it.
+    throw jobs.length === 1 && summaries && failed.length === 1 ? markShown(err) : err;
   }
   // Exit 5, not 0: a script must see that files were left out of a backup.
   const warned = results.filter((r) => r.warnings > 0);
   if (warned.length) {
     throw new WarningsError(
-      `${warned.length} of ${jobs.length} job(s) succeeded with warnings (files left out, see the log or the run's warnings): ${warned.map((r) => `${r.job} (${r.warnings} warning${r.warnings === 1 ? "" : "s"}, run ${r.runId})`).join(", ")}`,
+      `${warned.length} of ${plural(jobs.length, "job")} succeeded with warnings (files left out, see the log or the run's warnings): ${warned.map((r) => `${r.job} (${plural(r.warnings, "warning")}, run ${r.runId})`).join(", ")}`,
     );
   }
 }
@@ -179,11 +229,57 @@ export function selectJobs(all: JobConfig[], names: string[]): JobConfig[] {
 }
 
 function summary(r: BackupResult, bucket: string): string {
-  const stats = `${formatBytes(r.bytes)}, ${r.files.toLocaleString("en-US")} files, ${r.warnings} warning(s) in ${formatDuration(r.durationMs)}`;
+  const stats = `${formatBytes(r.bytes)}, ${plural(r.files, "file")}, ${plural(r.warnings, "warning")} in ${formatDuration(r.durationMs)}`;
   if (r.status === "succeeded") {
     return `${r.job}: backup succeeded: ${stats}\n  s3://${bucket}/${r.key}\n  version ${r.versionId}, locked until ${r.retainUntil?.toISOString()}`;
   }
   return `${r.job}: backup ${r.status}: ${r.error}\n  (${stats}; nothing partial was left in the bucket)`;
+}
+
+/** `backup --json`: one document per selected job, in the order of the config (the order they ran). */
+function jobDocuments(
+  ctx: Context,
+  jobs: readonly JobConfig[],
+  results: readonly BackupResult[],
+  locked: readonly string[],
+): BackupJobDocument[] {
+  return jobs.map((job) => {
+    const r = results.find((x) => x.job === job.name);
+    const bucket = ctx.config.targets[job.target]?.bucket ?? null;
+    if (!r) {
+      const running = locked.includes(job.name);
+      return {
+        job: job.name,
+        status: running ? "already-running" : "not-started",
+        runId: null,
+        bucket,
+        key: null,
+        versionId: null,
+        backupId: null,
+        bytes: 0,
+        files: 0,
+        warnings: 0,
+        durationMs: 0,
+        retainUntil: null,
+        error: running ? "already running elsewhere; not started" : "not started (cancelled)",
+      };
+    }
+    return {
+      job: r.job,
+      status: r.status,
+      runId: r.runId,
+      bucket,
+      key: r.key,
+      versionId: r.versionId ?? null,
+      backupId: r.backupId ?? null,
+      bytes: r.bytes,
+      files: r.files,
+      warnings: r.warnings,
+      durationMs: r.durationMs,
+      retainUntil: r.retainUntil?.toISOString() ?? null,
+      error: r.error ?? null,
+    };
+  });
 }
 
 export function registerBackup(p: Command, cli: Cli): void {
@@ -195,11 +291,14 @@ export function registerBackup(p: Command, cli: Cli): void {
       "walk the jobs' paths as a backup would and print what it would archive; nothing is run, uploaded or recorded",
     )
     .option("--list", "with --dry-run: print every path that would be archived")
+    .option("--json", "print the jobs' results as one JSON document (README: JSON output)")
     .addHelpText("after", backupHelp)
-    .action((jobs: string[], opts: { dryRun?: boolean; list?: boolean }) =>
+    .action((jobs: string[], opts: { dryRun?: boolean; list?: boolean; json?: boolean }) =>
       cli.withContext((ctx) => {
         if (opts.list && !opts.dryRun) throw new UsageError("--list needs --dry-run");
-        return opts.dryRun ? dryRunCommand(ctx, jobs, opts) : backupCommand(ctx, jobs);
+        if (opts.json && opts.list)
+          throw new UsageError("--list prints paths; it goes without --json");
+        return opts.dryRun ? dryRunCommand(ctx, jobs, opts) : backupCommand(ctx, jobs, opts);
       }),
     );
 }

@@ -20,6 +20,7 @@ import { fileName, linkName, type Manifest, type ManifestFile } from "../repo/ma
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import type { Cli, Context } from "./context.js";
+import { writeJson } from "./output.js";
 import { parseTimeBound } from "./time.js";
 
 export const lsHelp = `
@@ -94,7 +95,7 @@ export async function lsCommand(ctx: Context, jobName: string, o: LsOptions): Pr
     const m = await manifestOf(ms, { ...b, manifest: b.manifest }, archives);
     if (o.json) {
       const backup = { id: b.id ?? null, job: job.name, createdAt: m.createdAt, ...m.archive };
-      process.stdout.write(`${JSON.stringify({ backup, files: m.files }, null, 2)}\n`);
+      writeJson({ backup, files: m.files });
       return;
     }
     for (const f of m.files) process.stdout.write(`${tvLine(f)}\n`);
@@ -133,7 +134,7 @@ export async function findCommand(ctx: Context, pattern: string, o: FindOptions)
       }
     });
   }
-  if (o.json) process.stdout.write(`${JSON.stringify(found, null, 2)}\n`);
+  if (o.json) writeJson(found);
   if (failures.length > 0) {
     throw new ImmutdError(
       `${failures.length} manifest${failures.length === 1 ? "" : "s"} not searched: ${failures.join("; ")}`,

@@ -9,6 +9,7 @@ import { type FoundBackup, type ScanNote, scanTarget, toImported } from "../cata
 import { CatalogError, UsageError, VerifyFindingsError } from "../errors.js";
 import type { ManifestScope } from "../repo/snapshots.js";
 import type { Cli, Context } from "./context.js";
+import { plural, writeJson } from "./output.js";
 import { cancelOnStopSignals } from "./signals.js";
 import { openTargets, selectTargets } from "./targets.js";
 
@@ -68,14 +69,12 @@ export async function catalogRebuildCommand(ctx: Context, o: RebuildOptions): Pr
   const added = catalog.importBackups(scan.backups.map((b) => toImported(b, masterKey)));
   const { findings, warnings } = scan;
   if (o.json) {
-    process.stdout.write(
-      `${JSON.stringify({ catalog: catalog.path, host, added, backups: scan.backups, findings, warnings }, null, 2)}\n`,
-    );
+    writeJson({ catalog: catalog.path, host, added, backups: scan.backups, findings, warnings });
   } else {
     printNotes(warnings, findings);
     const kept = scan.backups.length - added;
     process.stdout.write(
-      `catalog ${catalog.path}: ${added} backups of host ${host} rebuilt from the bucket${kept ? ` (${kept} already recorded, left as they were)` : ""}; ${findings.length} manifests not believed, ${warnings.length} warnings\n`,
+      `catalog ${catalog.path}: ${plural(added, "backup")} of host ${host} rebuilt from the bucket${kept ? ` (${kept} already recorded, left as they were)` : ""}; ${plural(findings.length, "manifest")} not believed, ${plural(warnings.length, "warning")}\n`,
     );
   }
   if (findings.length)

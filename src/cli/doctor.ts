@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { VerifyFindingsError } from "../errors.js";
 import { type Check, type DoctorReport, runDoctor } from "../flows/doctor.js";
 import type { Cli, Context } from "./context.js";
+import { plural, writeJson, writeResult } from "./output.js";
 import { openTargets, selectTargets } from "./targets.js";
 
 export const doctorHelp = `
@@ -40,6 +41,11 @@ default retention back unchanged. Where the writer may put a delete marker, one
 is left on the canary, which lets immutd's lifecycle rule remove the canary
 once its lock has passed; otherwise it stays, like a backup.
 
+Each check is one line of the report on stdout (and not logged as well);
+--json prints the reports as one JSON document, an array of {target,
+bucket, checks: [{target, name, status, message, fix?}], canary?}
+(README "JSON output").
+
 Exit codes: 0 no FAIL (WARNs allowed), 4 any FAIL, 2 unknown target, 78
 configuration error.
 
@@ -63,18 +69,19 @@ export async function doctorCommand(
         targetConfig: tc,
         target: open.targets[tc.name] as NonNullable<(typeof open.targets)[string]>,
         log: ctx.log,
+        reportShown: true,
       });
       reports.push(report);
-      if (!opts.json) process.stdout.write(render(report));
+      if (!opts.json) writeResult(render(report));
     }
   } finally {
     open.close();
   }
-  if (opts.json) process.stdout.write(`${JSON.stringify(reports, null, 2)}\n`);
+  if (opts.json) writeJson(reports);
   const fails = reports.flatMap((r) => r.checks).filter((c) => c.status === "FAIL");
   if (fails.length) {
     throw new VerifyFindingsError(
-      `doctor: ${fails.length} check(s) failed: ${fails.map((c) => `${c.target}/${c.name}`).join(", ")}`,
+      `doctor: ${plural(fails.length, "check")} failed: ${fails.map((c) => `${c.target}/${c.name}`).join(", ")}`,
     );
   }
 }

@@ -13,6 +13,7 @@ import { jobWalk } from "../flows/backup.js";
 import { type ArchiveResult, createArchive, missingPaths } from "../pipeline/archive.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
+import { plural, writeJson } from "./output.js";
 import { formatBytes, formatTable } from "./progress.js";
 
 export interface DryRunReport {
@@ -36,25 +37,27 @@ export interface DryRunReport {
 export async function dryRunCommand(
   ctx: Context,
   names: string[],
-  opts: { list?: boolean },
+  opts: { list?: boolean; json?: boolean },
 ): Promise<void> {
   const jobs = selectJobs(ctx.config.jobs, names);
   const reports: DryRunReport[] = [];
   for (const job of jobs) {
     const report = await dryRunJob(ctx, job, opts.list === true);
     reports.push(report);
-    process.stdout.write(describe(report));
+    if (!opts.json) process.stdout.write(describe(report));
   }
+  // --json: {"jobs": [DryRunReport...]} (README "JSON output").
+  if (opts.json) writeJson({ jobs: reports });
   const failed = reports.filter((r) => r.error !== undefined);
   if (failed.length) {
     throw new JobsFailedError(
-      `dry run: ${failed.length} of ${jobs.length} job(s) could not be walked: ${failed.map((r) => `${r.job}: ${r.error}`).join("; ")}`,
+      `dry run: ${failed.length} of ${plural(jobs.length, "job")} could not be walked: ${failed.map((r) => `${r.job}: ${r.error}`).join("; ")}`,
     );
   }
   const warned = reports.filter((r) => r.warnings > 0);
   if (warned.length) {
     throw new WarningsError(
-      `dry run: ${warned.map((r) => `${r.job} (${r.warnings} warning${r.warnings === 1 ? "" : "s"})`).join(", ")}: a backup would leave those entries out (see the log)`,
+      `dry run: ${warned.map((r) => `${r.job} (${plural(r.warnings, "warning")})`).join(", ")}: a backup would leave those entries out (see the log)`,
     );
   }
 }
@@ -107,9 +110,9 @@ function describe(r: DryRunReport): string {
   if (r.error !== undefined) return `${r.job}: dry run: ${r.error}; a backup would fail\n`;
   const n = (x: number) => x.toLocaleString("en-US");
   let out =
-    `${r.job}: would archive ${n(r.entries)} entries (${n(r.files)} files, ${n(r.dirs)} ` +
-    `directories, ${n(r.symlinks)} symlinks), ${formatBytes(r.bytes)} before compression` +
-    `${r.warnings ? `, ${n(r.warnings)} warning${r.warnings === 1 ? "" : "s"}` : ""}\n`;
+    `${r.job}: would archive ${plural(r.entries, "entry", "entries")} (${plural(r.files, "file")}, ` +
+    `${plural(r.dirs, "directory", "directories")}, ${plural(r.symlinks, "symlink")}), ${formatBytes(r.bytes)} before compression` +
+    `${r.warnings ? `, ${plural(r.warnings, "warning")}` : ""}\n`;
   if (r.commandsNotRun.length) {
     out += `  commands not run (their output is not counted): ${r.commandsNotRun.join(", ")}\n`;
   }

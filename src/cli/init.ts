@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { VerifyFindingsError } from "../errors.js";
 import { type InitResult, runInit } from "../flows/init.js";
 import type { Cli, Context } from "./context.js";
+import { plural, writeJson, writeResult } from "./output.js";
 import { openTargets, selectTargets } from "./targets.js";
 
 export const initHelp = `
@@ -24,6 +25,11 @@ done (ok, create, set, add, update, kept, cannot-fix).
 Needs targets.<name>.credentials.admin (the bucket owner; the tutorial's main
 user). The writer and reader cannot and should not do this.
 
+--json prints one JSON document on stdout instead of the lines: {"dryRun",
+"targets": [{"target", "bucket", "endpoint", "changed", "steps": [{"action",
+"setting", "detail"}], "problems": [{"kind", "message", "fix"}]}]} (README
+"JSON output").
+
 Exit codes: 0 the bucket is as configured (or stricter), 4 something is still
 wrong that init cannot or will not fix (e.g. an existing bucket without Object
 Lock, or someone else's lifecycle rule that expires backups inside their
@@ -32,16 +38,18 @@ retention), 2 unknown target, 78 configuration error (e.g. no admin credential).
 Examples:
   immutd init                 # every target
   immutd init offsite --dry-run
+  immutd init --json | jq '.targets[].problems'
 `;
 
 export async function initCommand(
   ctx: Context,
   name: string | undefined,
-  opts: { dryRun?: boolean },
+  opts: { dryRun?: boolean; json?: boolean },
 ): Promise<void> {
   const list = selectTargets(ctx.config, name);
   const open = openTargets(list);
   const problems: string[] = [];
+  const docs: InitTargetDocument[] = [];
   try {
     for (const tc of list) {
       const result = await runInit({
@@ -50,17 +58,41 @@ export async function initCommand(
         log: ctx.log,
         ...(opts.dryRun ? { dryRun: true } : {}),
       });
-      process.stdout.write(render(result, tc.endpoint, opts.dryRun === true));
+      if (opts.json) docs.push(targetDocument(result, tc.endpoint));
+      else writeResult(render(result, tc.endpoint, opts.dryRun === true));
       problems.push(...result.problems.map((p) => p.message));
     }
   } finally {
     open.close();
   }
+  if (opts.json) writeJson({ dryRun: opts.dryRun === true, targets: docs });
   if (problems.length) {
+    // Each problem is on stdout already (a PROBLEM line, or in the document): the exit message counts them.
     throw new VerifyFindingsError(
-      `${problems.length} problem(s) remain that init does not fix:\n${problems.map((p) => `  ${p}`).join("\n")}`,
+      `${plural(problems.length, "problem")} ${problems.length === 1 ? "remains" : "remain"} that init does not fix (see above)`,
     );
   }
+}
+
+/** One target of `init --json` (README "JSON output"). */
+export interface InitTargetDocument {
+  target: string;
+  bucket: string;
+  endpoint: string;
+  changed: boolean;
+  steps: { action: string; setting: string; detail: string }[];
+  problems: { kind: string; message: string; fix: string }[];
+}
+
+function targetDocument(r: InitResult, endpoint: string): InitTargetDocument {
+  return {
+    target: r.target,
+    bucket: r.bucket,
+    endpoint,
+    changed: r.changed,
+    steps: r.plan.steps.map((s) => ({ action: s.action, setting: s.setting, detail: s.detail })),
+    problems: r.problems.map((p) => ({ kind: p.kind, message: p.message, fix: p.fix })),
+  };
 }
 
 function render(r: InitResult, endpoint: string, dryRun: boolean): string {
@@ -86,8 +118,9 @@ export function registerInit(p: Command, cli: Cli): void {
     .description("create or tighten a target's bucket: Object Lock, default retention, lifecycle")
     .argument("[target]", "target name (default: every target)")
     .option("--dry-run", "show what would change, change nothing")
+    .option("--json", "print the result as one JSON document (README: JSON output)")
     .addHelpText("after", initHelp)
-    .action((target: string | undefined, opts: { dryRun?: boolean }) =>
+    .action((target: string | undefined, opts: { dryRun?: boolean; json?: boolean }) =>
       cli.withContext((ctx) => initCommand(ctx, target, opts)),
     );
 }

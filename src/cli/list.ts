@@ -4,6 +4,7 @@ import type { FoundBackup } from "../catalog/rebuild.js";
 import { UsageError } from "../errors.js";
 import { printNotes, scanBucket } from "./catalog.js";
 import type { Cli, Context } from "./context.js";
+import { writeJson } from "./output.js";
 import { formatBytes, formatTable } from "./progress.js";
 
 export const listHelp = `
@@ -45,7 +46,7 @@ export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }
     );
   }
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    writeJson(rows);
     return;
   }
   if (rows.length === 0) {
@@ -78,7 +79,7 @@ export async function listFromBucketCommand(ctx: Context, o: ListFromBucketOptio
   };
   const scan = await scanBucket(ctx, scope, undefined);
   if (o.json) {
-    process.stdout.write(`${JSON.stringify(scan.backups, null, 2)}\n`);
+    writeJson(scan.backups);
   } else if (scan.backups.length === 0) {
     process.stdout.write(
       `no backups with manifests in the bucket for ${o.allHosts ? "any host" : `host ${host}`}\n`,

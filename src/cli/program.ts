@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
-import { describeError, ExitCode, exitCodeFor, ImmutdError } from "../errors.js";
+import { ExitCode, ImmutdError } from "../errors.js";
 import { serializeError } from "../log.js";
 import { registerAudit } from "./audit.js";
 import { registerBackup } from "./backup.js";
@@ -20,6 +20,7 @@ import { registerInit } from "./init.js";
 import { registerKey } from "./key.js";
 import { registerList } from "./list.js";
 import { registerMan } from "./manpage.js";
+import { jsonMode, reportFailure, reportUsageError, setJsonMode } from "./output.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./restore.js";
 import { registerRun } from "./run.js";
 import { registerStatus } from "./status.js";
@@ -44,6 +45,12 @@ Exit codes:
       command that records, a full disk), or a Node.js older than immutd supports
   130 a second SIGINT/SIGTERM more than 1 s after the first: exited at once,
       without cleaning up (the next backup, verify or daemon start reconciles)
+
+Output: results (tables, reports, summaries) on stdout; logs, the progress
+line (at a terminal only) and the closing "immutd: ..." message on stderr.
+With --json a command prints exactly one JSON document on stdout; a failure
+before it has a result prints {"error": {"type", "message", "exitCode"}}
+instead, with the same exit code (README: "JSON output").
 
 Configuration: --config FILE, else $IMMUTD_CONFIG, else /etc/immutd/config.yaml.
 A fully commented example is config.example.yaml in the package.
@@ -92,7 +99,11 @@ function program(): Command {
   return p;
 }
 
-/** `immutd` itself: its description, global options and the exit codes in --help. */
+/**
+ * `immutd` itself: its description, global options and the exit codes in
+ * --help. Before each action, --json decides where a failure is reported
+ * (src/cli/output.ts).
+ */
 function rootCommand(): Command {
   return new Command("immutd")
     .description(
@@ -117,7 +128,8 @@ function rootCommand(): Command {
     )
     .addHelpText("after", EXIT_CODES)
     .showHelpAfterError("(run with --help for usage)")
-    .exitOverride();
+    .exitOverride()
+    .hook("preAction", (_root, action) => setJsonMode(action.opts().json === true));
 }
 
 /**
@@ -153,6 +165,7 @@ function registerRestore(p: Command, cli: Cli): void {
       "--whole-archive",
       "with --include: read and verify the whole archive, not only the entries' byte ranges",
     )
+    .option("--json", "with --to or --list: print the result as one JSON document on stdout")
     .addHelpText("after", restoreHelp)
     .action((job: string, opts: RestoreCliOptions) =>
       cli.withContext((ctx) => restoreCommand(ctx, job, opts)),
@@ -173,14 +186,13 @@ export async function main(argv: string[]): Promise<number> {
       ) {
         return ExitCode.ok;
       }
-      return ExitCode.usage; // commander already printed the message
+      // Commander already printed the message on stderr; a --json caller gets its document too.
+      if (argv.includes("--json")) setJsonMode(true);
+      return reportUsageError(err.message.replace(/^error: /, ""));
     }
-    const code = exitCodeFor(err);
-    if (err instanceof ImmutdError) {
-      process.stderr.write(`immutd: ${err.message}\n`);
-    } else {
-      process.stderr.write(`immutd: unexpected error: ${describeError(err)}\n`);
-      process.stderr.write(`${JSON.stringify(serializeError(err))}\n`);
+    const code = reportFailure(err);
+    if (!(err instanceof ImmutdError) && !jsonMode()) {
+      process.stderr.write(`${JSON.stringify(serializeError(err))}\n`); // for a bug report
     }
     return code;
   }

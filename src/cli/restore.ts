@@ -20,11 +20,13 @@ import {
   selectFromCatalog,
 } from "../flows/restore.js";
 import type { ExtractWarning, TarEntryInfo } from "../pipeline/extract.js";
+import { displayName } from "../pipeline/file-names.js";
 import type { Manifest } from "../repo/manifest.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
+import { plural, writeJson } from "./output.js";
 import { formatBytes, formatDuration, ProgressLine } from "./progress.js";
 import { cancelOnStopSignals } from "./signals.js";
 import { parseTimeBound } from "./time.js";
@@ -77,6 +79,12 @@ Exactly one of:
   --stdout    write the decrypted archive (tar, tar.gz or tar.zst, as stored) to stdout
   --list      print the archive's entries, write nothing
 
+At a terminal a progress line goes to stderr (bytes downloaded of the
+archive's size, percent, rate, time left, the current file); the summary
+goes to stdout (to stderr with --stdout, whose stdout is the archive).
+--json (with --to or --list) prints one JSON document on stdout instead of
+the summary and the --list lines (README "JSON output").
+
 Exit codes: 0 restored, 2 usage (no such job or backup), 3 the restore failed
 or is incomplete (integrity mismatch, truncated download, wrong key, refused
 entries, entries that could not be written, an --include that matched
@@ -88,6 +96,7 @@ Examples:
   immutd restore etc --include /etc/hosts --whole-archive --to /tmp/hosts
   immutd restore etc --from-bucket --host web-1 --to /srv/restore
   immutd restore db --stdout | tar -tzvf -
+  immutd restore etc --list --json | jq -r '.entries[].name'
 `;
 
 export interface RestoreCliOptions {
@@ -103,6 +112,7 @@ export interface RestoreCliOptions {
   fromBucket?: boolean;
   host?: string;
   wholeArchive?: boolean;
+  json?: boolean;
 }
 
 /** restore JOB: check the options, pick the backup and the output, run it under the stop signals. */
@@ -135,13 +145,22 @@ export async function restoreCommand(
         `backup ${src.id ?? ""} is in bucket ${src.bucket}, but job ${job.name}'s target ${tc.name} now points at ${tc.bucket}`,
       );
     }
-    const { mode, dest } = outputMode(o);
+    const listed: TarEntryInfo[] = [];
+    const { mode, dest } = outputMode(o, listed);
     const manifest =
       mode.kind === "extract" && o.include?.length && !o.wholeArchive
         ? await rangedManifest(ctx, target, src, o.host ?? ctx.config.host)
         : undefined;
     await withStopSignals(ctx, async (signal) => {
-      const progress = new ProgressLine(`restore ${job.name}`);
+      // --list's own lines are its progress (a line redrawn beside them would garble both).
+      const progress = new ProgressLine(
+        `restore ${job.name}`,
+        process.stderr,
+        process.stderr.isTTY === true && (mode.kind !== "list" || o.json === true),
+      );
+      // A ranged restore reads only the selected entries: the archive's size is no total for it.
+      if (src.size !== undefined && manifest === undefined) progress.setTotal({ bytes: src.size });
+      let current: string | undefined;
       const where = { job: job.name, key: src.key, versionId: src.versionId };
       ctx.log.info({ ...where, createdAt: src.createdAt.toISOString(), dest }, "restore started");
       try {
@@ -150,7 +169,14 @@ export async function restoreCommand(
           signal,
           onWarning: (w: ExtractWarning) =>
             ctx.log.warn({ job: job.name, path: w.path }, w.message),
-          onProgress: (p: { bytes: number; files: number }) => progress.update(p),
+          onProgress: (p: { bytes: number; files: number }) =>
+            progress.update({
+              ...p,
+              ...(current !== undefined ? { current: () => `/${displayName(current ?? "")}` } : {}),
+            }),
+          onHeader: (h: { name: string }) => {
+            current = h.name;
+          },
           onResume: (r: { offset: number; attempt: number; error: string }) =>
             ctx.log.warn(
               { ...where, ...r },
@@ -165,7 +191,9 @@ export async function restoreCommand(
               })
             : await restore(target.reader, src, mode, opts);
         progress.clear();
-        report(ctx, src, s, dest, manifest !== undefined);
+        report(ctx, src, s, dest, manifest !== undefined, mode.kind === "raw", o.json === true);
+        if (o.json)
+          writeJson(restoreDocument(src, s, mode.kind, dest, manifest !== undefined, listed));
       } finally {
         progress.clear();
       }
@@ -183,6 +211,8 @@ function checkOptions(o: RestoreCliOptions): void {
   if (o.host !== undefined && !o.fromBucket) throw new UsageError("--host goes with --from-bucket");
   if (o.include?.length && o.stdout === true)
     throw new UsageError("--include goes with --to or --list; --stdout writes the whole archive");
+  if (o.json && o.stdout === true)
+    throw new UsageError("--json goes with --to or --list; --stdout writes the archive to stdout");
   if (o.wholeArchive && !(o.include?.length && o.to !== undefined))
     throw new UsageError("--whole-archive goes with --include and --to");
   if (o.devices && process.getuid?.() !== 0) throw new UsageError("--devices needs root");
@@ -201,14 +231,23 @@ function selector(o: RestoreCliOptions): Selector {
 }
 
 /** Where the restore goes: DIR (prepared), a listing on stdout, or the raw archive on stdout. */
-function outputMode(o: RestoreCliOptions): { mode: RestoreMode; dest?: string } {
+function outputMode(
+  o: RestoreCliOptions,
+  listed: TarEntryInfo[],
+): { mode: RestoreMode; dest?: string } {
   if (o.to !== undefined) {
     const dest = isAbsolute(o.to) ? o.to : resolve(o.to);
     prepareDest(dest, o.overwrite === true);
     const overwrite = o.overwrite === true;
     return { mode: { kind: "extract", dest, overwrite, devices: o.devices === true }, dest };
   }
-  if (o.list) return { mode: { kind: "list", onEntry: (e) => process.stdout.write(listLine(e)) } };
+  if (o.list) {
+    // With --json the entries go into the one document instead of lines.
+    const onEntry = o.json
+      ? (e: TarEntryInfo) => void listed.push(e)
+      : (e: TarEntryInfo) => void process.stdout.write(listLine(e));
+    return { mode: { kind: "list", onEntry } };
+  }
   if (process.stdout.isTTY)
     throw new UsageError("--stdout would write binary data to the terminal; pipe it somewhere");
   return { mode: { kind: "raw", out: process.stdout } };
@@ -295,13 +334,101 @@ async function withStopSignals(
   }
 }
 
-/** The "restore finished" log line, and at a terminal one summary line. */
+/** One entry of `restore --list --json`. */
+export interface RestoreEntryDocument {
+  name: string;
+  type: string;
+  size: number;
+  mode: string;
+  uid: number;
+  gid: number;
+  mtime: string;
+  linkname: string | null;
+}
+
+/** `restore --json` (README "JSON output"): every field present, null where it does not apply. */
+export interface RestoreDocument {
+  job: string;
+  backupId: number | null;
+  createdAt: string;
+  bucket: string;
+  key: string;
+  versionId: string;
+  mode: "extract" | "list";
+  dest: string | null;
+  /** Archive bytes downloaded. */
+  bytes: number;
+  sha256: string;
+  /** "catalog": SHA-256 compared with the catalog's; "size": only the size (from the bucket); "headers": a ranged restore, tar headers checked against the manifest. */
+  integrity: "catalog" | "size" | "headers";
+  ranges: number | null;
+  durationMs: number;
+  files: number | null;
+  dirs: number | null;
+  symlinks: number | null;
+  skipped: number | null;
+  refused: number | null;
+  warnings: number | null;
+  entries: RestoreEntryDocument[] | null;
+}
+
+function restoreDocument(
+  src: RestoreSource,
+  s: RestoreSummary & { ranges?: number },
+  mode: RestoreMode["kind"],
+  dest: string | undefined,
+  ranged: boolean,
+  listed: readonly TarEntryInfo[],
+): RestoreDocument {
+  const r = s.result;
+  return {
+    job: src.job,
+    backupId: src.id ?? null,
+    createdAt: src.createdAt.toISOString(),
+    bucket: src.bucket,
+    key: src.key,
+    versionId: src.versionId,
+    mode: mode === "list" ? "list" : "extract",
+    dest: dest ?? null,
+    bytes: s.bytes,
+    sha256: s.sha256,
+    integrity: ranged ? "headers" : src.sha256 ? "catalog" : "size",
+    ranges: s.ranges ?? null,
+    durationMs: s.durationMs,
+    files: r?.files ?? null,
+    dirs: r?.dirs ?? null,
+    symlinks: r?.symlinks ?? null,
+    skipped: r?.skipped ?? null,
+    refused: r?.refused ?? null,
+    warnings: r?.warnings ?? null,
+    entries:
+      mode === "list"
+        ? listed.map((e) => ({
+            name: displayName(e.name),
+            type: e.type,
+            size: e.size,
+            mode: e.mode.toString(8).padStart(4, "0"),
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime.toISOString(),
+            linkname: e.linkname !== undefined ? displayName(e.linkname) : null,
+          }))
+        : null,
+  };
+}
+
+/**
+ * The "restore finished" log line, and at a terminal one summary line: on
+ * stdout, or on stderr when stdout carries the archive (--stdout); none with --json.
+ */
 function report(
   ctx: Context,
   src: RestoreSource,
   s: RestoreSummary & { ranges?: number },
   dest: string | undefined,
   ranged: boolean,
+  raw: boolean,
+  json: boolean,
 ): void {
   const r = s.result;
   ctx.log.info(
@@ -326,16 +453,16 @@ function report(
     },
     "restore finished",
   );
-  if (!process.stderr.isTTY) return;
+  if (!process.stderr.isTTY || json) return;
   const what = r
-    ? `${r.files.toLocaleString("en-US")} files, ${r.dirs} dirs, ${r.symlinks} symlinks, ${formatBytes(r.bytes)} into ${dest}`
+    ? `${plural(r.files, "file")}, ${plural(r.dirs, "dir")}, ${plural(r.symlinks, "symlink")}, ${formatBytes(r.bytes)} into ${dest}`
     : s.listed !== undefined
-      ? `${s.listed} entries listed`
+      ? `${plural(s.listed, "entry", "entries")} listed`
       : `${formatBytes(s.bytes)} written to stdout`;
   const integrity = ranged
     ? `read ${formatBytes(s.bytes)} in ${s.ranges} ranges; headers checked against the manifest, whole-archive SHA-256 not checked (immutd verify does)`
     : `SHA-256 ${src.sha256 ? "verified" : "not recorded (from bucket), size verified"}`;
-  process.stderr.write(
+  (raw ? process.stderr : process.stdout).write(
     `restored ${src.job} from ${src.createdAt.toISOString()} (version ${src.versionId}): ${what} in ${formatDuration(s.durationMs)}; ${integrity}\n`,
   );
 }

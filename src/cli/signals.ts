@@ -100,7 +100,7 @@ export function cancelOnStopSignals(
     ...test,
     log,
     stop: (sig) => {
-      log.warn(`${sig} received: ${doing}; send it again to exit at once`);
+      log.warn(`${sig} received: ${doing}; send it again after 1 s to exit at once`);
       controller.abort(reason(sig));
     },
   });

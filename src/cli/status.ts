@@ -3,6 +3,7 @@ import { findingKinds, type VerifyRunRow } from "../catalog/catalog.js";
 import { nextRun } from "../config/schedule.js";
 import { daemonLockPath, lockOwner } from "../daemon/lockfile.js";
 import type { Cli, Context } from "./context.js";
+import { writeJson } from "./output.js";
 import { formatTable } from "./progress.js";
 
 export const statusHelp = `
@@ -86,7 +87,7 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
     };
   });
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify({ daemon, verify, jobs }, null, 2)}\n`);
+    writeJson({ daemon, verify, jobs });
     return;
   }
   const t = (s: string | null | undefined) => (s ? s.slice(0, 19).replace("T", " ") : "never");

@@ -5,7 +5,8 @@ import { runVerify, type VerifyReport } from "../flows/verify.js";
 import type { Target } from "../store/store.js";
 import { selectJobs } from "./backup.js";
 import type { Cli, Context } from "./context.js";
-import { formatDuration } from "./progress.js";
+import { plural, writeJson, writeResult } from "./output.js";
+import { formatDuration, ProgressLine } from "./progress.js";
 import { cancelOnStopSignals } from "./signals.js";
 import { openTargets } from "./targets.js";
 
@@ -56,7 +57,13 @@ out while immutd was stopped is locked again if it still exists. Each
 extension is recorded in the catalog.
 
 Each finding is one line naming the job, object key, version and what is
-wrong; --json prints the whole report (findings, warnings, notes, extensions).
+wrong; --json prints the whole report (findings, warnings, notes, extensions)
+as one JSON document (README "JSON output"). The report on stdout is the
+result: its findings, warnings and notes are not logged on stderr as well,
+nor the info lines it repeats (at the default level; --log-level debug shows
+them). At a terminal a progress line on stderr shows the backups checked of
+those due and, with --deep, the bytes downloaded of the total, the percent,
+the time left and the object being read.
 
 Exit codes: 0 no findings, 4 any finding, 2 unknown job, 78 configuration
 error. Ctrl-C cancels.
@@ -89,6 +96,8 @@ export async function verifyCommand(
     (sig) => new Error(`received ${sig}`),
   );
   let report: VerifyReport;
+  // One line per phase: the deep downloads' rate and time left count from their start.
+  let progress = new ProgressLine("verify");
   try {
     // Without a daemon (cron), this is where a crashed run is recovered; verify then checks what it found.
     await reconcile({
@@ -105,8 +114,23 @@ export async function verifyCommand(
       config: ctx.config,
       catalog: ctx.catalog(),
       targets: open.targets,
-      log: ctx.log,
+      log: reportLogger(ctx),
       signal: controller.signal,
+      reportShown: true,
+      onProgress: (p) => {
+        if (p.phase === "backups") {
+          progress.setTotal({ files: p.total, noun: ["backup", "backups"] });
+          progress.update({ files: p.done, ...(p.key ? { current: p.key } : {}) }, p.done === 0);
+        } else {
+          if (p.done === 0 && p.bytes === 0) {
+            progress.clear();
+            progress = new ProgressLine("verify --deep");
+          }
+          progress.setTotal({ bytes: p.totalBytes, files: p.total, noun: ["backup", "backups"] });
+          const at = { bytes: p.bytes, files: p.done, ...(p.key ? { current: p.key } : {}) };
+          progress.update(at, p.bytes === 0);
+        }
+      },
       ...(opts.job !== undefined ? { job: opts.job } : {}),
       ...(opts.deep ? { deep: true } : {}),
     });
@@ -114,13 +138,26 @@ export async function verifyCommand(
     if (controller.signal.aborted) throw new CancelledError("verify cancelled");
     throw err;
   } finally {
+    progress.clear();
     removeSignals();
     open.close();
   }
-  process.stdout.write(opts.json ? `${JSON.stringify(report, null, 2)}\n` : render(report));
+  if (opts.json) writeJson(report);
+  else writeResult(render(report));
   if (report.findings.length) {
-    throw new VerifyFindingsError(`verify found ${report.findings.length} problem(s)`);
+    throw new VerifyFindingsError(`verify found ${plural(report.findings.length, "problem")}`);
   }
+}
+
+/**
+ * The logger verify's flow gets: the report is the result, so at the default
+ * info level its info lines (deep check passed, lock extended, the summary)
+ * would only repeat it; they are shown from --log-level debug on.
+ */
+function reportLogger(ctx: Context): Context["log"] {
+  const log = ctx.log.child({});
+  if (log.level === "info") log.level = "warn";
+  return log;
 }
 
 function render(r: VerifyReport): string {
@@ -144,18 +181,18 @@ function render(r: VerifyReport): string {
     );
   }
   const parts = [
-    `${r.checked} backup(s) checked`,
-    `${r.targets.length} bucket(s)`,
+    `${plural(r.checked, "backup")} checked`,
+    plural(r.targets.length, "bucket"),
     ...(r.expired ? [`${r.expired} marked expired`] : []),
-    ...(r.warnings.length ? [`${r.warnings.length} warning(s)`] : []),
+    ...(r.warnings.length ? [plural(r.warnings.length, "warning")] : []),
     ...(r.deep ? [`${r.deepChecked.length} downloaded`] : []),
     ...(r.extensions.length
-      ? [`${r.extensions.filter((e) => e.action === "extended").length} lock(s) extended`]
+      ? [`${plural(r.extensions.filter((e) => e.action === "extended").length, "lock")} extended`]
       : []),
   ];
   lines.push(
     `${parts.join(", ")} in ${formatDuration(r.durationMs)}: ${
-      r.findings.length ? `${r.findings.length} finding(s)` : "no findings"
+      r.findings.length ? plural(r.findings.length, "finding") : "no findings"
     }`,
   );
   return `${lines.join("\n")}\n`;

@@ -50,6 +50,8 @@ export interface BackupProgress {
   /** File content bytes read so far. */
   read: number;
   files: number;
+  /** The entry being archived (its archive name, a byte string: displayName prints it). */
+  current?: string;
 }
 
 export interface BackupDeps {
@@ -60,6 +62,12 @@ export interface BackupDeps {
   log: Logger;
   signal?: AbortSignal;
   onProgress?: (p: Readonly<BackupProgress>) => void;
+  /**
+   * The caller shows the run's outcome itself (immutd backup at a terminal
+   * prints a summary): a failed or interrupted run is then logged at info, not
+   * error, so the fact is said once.
+   */
+  outcomeShown?: boolean;
   /** The clock; tests move it. */
   now?: () => Date;
 }
@@ -248,8 +256,12 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
     onProgress: (p) => {
       progress.files = p.files;
       progress.read = p.bytes;
+      deps.onProgress?.(progress);
     },
-    onEntry: (e) => index.add(e),
+    onEntry: (e) => {
+      index.add(e);
+      progress.current = e.name;
+    },
   });
   const hash = new HashingCounter((n) => {
     progress.bytes = n;
@@ -483,7 +495,7 @@ function failed(run: Run, err: unknown): BackupResult {
     ...counts,
     error: unsettled ? `${error}${UPLOAD_UNSETTLED}` : error,
   });
-  run.jlog.error({ status }, `backup ${status}: ${error}`);
+  run.jlog[deps.outcomeShown ? "info" : "error"]({ status }, `backup ${status}: ${error}`);
   const durationMs = run.now().getTime() - run.started.getTime();
   return { ...run.base, status, ...counts, durationMs, error };
 }

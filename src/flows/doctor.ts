@@ -71,6 +71,8 @@ export interface DoctorDeps {
   log: Logger;
   /** The clock; tests move it. */
   now?: () => Date;
+  /** The caller prints the report (immutd doctor): every check is then logged at debug, said once. */
+  reportShown?: boolean;
 }
 
 const DAY_MS = 86_400_000;
@@ -338,7 +340,12 @@ function startRun(deps: DoctorDeps): Run {
   const checks: Check[] = [];
   const add = (c: Omit<Check, "target">) => {
     checks.push({ target: t.name, ...c });
-    const level = c.status === "FAIL" ? "error" : c.status === "WARN" ? "warn" : "debug";
+    const level =
+      deps.reportShown || (c.status !== "FAIL" && c.status !== "WARN")
+        ? "debug"
+        : c.status === "FAIL"
+          ? "error"
+          : "warn";
     log[level]({ target: t.name, check: c.name, status: c.status }, c.message);
   };
   return {

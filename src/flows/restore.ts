@@ -205,7 +205,7 @@ export async function restore(
   reader: ObjectStore,
   src: RestoreSource,
   mode: RestoreMode,
-  opts: RestoreOptions = {},
+  opts: RestoreOptions & Pick<ExtractOptions, "onHeader"> = {},
 ): Promise<RestoreSummary> {
   const started = Date.now();
   const where = whereOf(src);

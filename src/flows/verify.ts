@@ -172,6 +172,25 @@ export interface VerifyDeps {
   signal?: AbortSignal;
   /** The clock; tests move it. */
   now?: () => Date;
+  /**
+   * The caller prints the report (immutd verify): findings, warnings and notes
+   * are then logged at debug, so each is said once, in the report.
+   */
+  reportShown?: boolean;
+  /** Called as the run goes: backups checked of those due, then bytes of the deep downloads. */
+  onProgress?: (p: Readonly<VerifyProgress>) => void;
+}
+
+export interface VerifyProgress {
+  phase: "backups" | "deep";
+  /** Backups done in this phase, of `total`. */
+  done: number;
+  total: number;
+  /** Deep: archive bytes downloaded so far, of `totalBytes` (the sizes the catalog recorded). */
+  bytes: number;
+  totalBytes: number;
+  /** The object being checked. */
+  key?: string;
 }
 
 /** How far a server's retain-until may be off what was recorded or asked before it counts as changed (servers round). */
@@ -189,7 +208,7 @@ interface Collected {
   warn(f: Finding): void;
 }
 
-function collector(log: Logger): Collected {
+function collector(log: Logger, shown: boolean): Collected {
   const fields = (f: Finding) => ({
     kind: f.kind,
     target: f.target,
@@ -203,11 +222,11 @@ function collector(log: Logger): Collected {
     notes: [],
     report: (f) => {
       c.findings.push(f);
-      log.error(fields(f), f.message);
+      log[shown ? "debug" : "error"](fields(f), f.message);
     },
     warn: (f) => {
       c.warnings.push(f);
-      log.warn(fields(f), f.message);
+      log[shown ? "debug" : "warn"](fields(f), f.message);
     },
   };
   return c;
@@ -225,7 +244,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   const { config, catalog, log } = deps;
   const now = deps.now ?? (() => new Date());
   const started = now();
-  const c = collector(log);
+  const c = collector(log, deps.reportShown === true);
   const jobFilter = deps.job !== undefined ? { job: deps.job } : {};
   const targetsChecked = await checkTargets(deps, c);
   const expired = markExpired(deps, started);
@@ -330,7 +349,19 @@ async function checkBackups(
 ): Promise<void> {
   const { config, catalog, log } = deps;
   const masterKey = config.masterKey.reveal();
+  let done = 0;
+  const progress = (key?: string) =>
+    deps.onProgress?.({
+      phase: "backups",
+      done,
+      total: due.length,
+      bytes: 0,
+      totalBytes: 0,
+      ...(key !== undefined ? { key } : {}),
+    });
+  progress();
   await mapLimit(due, config.verify.concurrency, deps.signal, async (row) => {
+    progress(row.key);
     const tc = config.targets[row.target] as TargetConfig;
     const target = deps.targets[row.target] as Target;
     const seen = await checkBackup(
@@ -348,6 +379,8 @@ async function checkBackups(
       if (!WARNING_KINDS.has(f.kind)) c.report(f);
       else c.warn(f);
     }
+    done++;
+    progress();
   });
 }
 
@@ -358,32 +391,59 @@ async function checkBackups(
 async function deepChecks(deps: VerifyDeps, scope: Scope, c: Collected): Promise<DeepResult[]> {
   const { config, catalog, log } = deps;
   const deepChecked: DeepResult[] = [];
-  const check = async (row: BackupRow, target: Target) => {
-    deps.signal?.throwIfAborted();
-    const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
-    deepChecked.push(result);
-    if (finding) c.report(finding);
+  // What will be downloaded, planned first so that progress knows the total.
+  const planned: { row: BackupRow; target: Target }[] = [];
+  const plan = (row: BackupRow, target: Target) => {
+    if (!planned.some((p) => p.row.id === row.id)) planned.push({ row, target });
   };
   for (const row of catalog
     .listBackups(deps.job !== undefined ? { job: deps.job } : {})
     .filter((r) => r.status === "unverified" && scope.live(r) && scope.reachable(r))) {
     const target = deps.targets[row.target];
-    if (target) await check(row, target);
+    if (target) plan(row, target);
   }
   const sample = deps.sample ?? config.verify.deep?.sample ?? 1;
   for (const job of config.jobs.filter((j) => deps.job === undefined || j.name === deps.job)) {
     const good = catalog
       .listBackups({ job: job.name })
-      .filter((r) => r.status === "ok" && scope.reachable(r));
+      // An unverified one planned above counts as good (once its check settles it, it is).
+      .filter(
+        (r) => (r.status === "ok" || planned.some((p) => p.row.id === r.id)) && scope.reachable(r),
+      );
     if (good.length === 0) {
       c.notes.push(`job ${job.name} has no good backup to check deeply`);
       continue;
     }
     for (const row of good.slice(-sample).reverse()) {
       const target = deps.targets[row.target];
-      if (!target || deepChecked.some((d) => d.backupId === row.id)) continue;
-      await check(row, target);
+      if (target) plan(row, target);
     }
+  }
+  const totalBytes = planned.reduce((n, p) => n + p.row.size, 0);
+  let before = 0;
+  for (const [i, { row, target }] of planned.entries()) {
+    deps.signal?.throwIfAborted();
+    const onBytes = (bytes: number) =>
+      deps.onProgress?.({
+        phase: "deep",
+        done: i,
+        total: planned.length,
+        bytes: before + bytes,
+        totalBytes,
+        key: row.key,
+      });
+    onBytes(0);
+    const { result, finding } = await deepCheck(
+      row,
+      target.reader,
+      catalog,
+      log,
+      deps.signal,
+      onBytes,
+    );
+    deepChecked.push(result);
+    if (finding) c.report(finding);
+    before += row.size;
   }
   return deepChecked;
 }
@@ -423,7 +483,12 @@ async function extendPhase(
 }
 
 /** Records the run in the catalog and logs its notes and summary. */
-function recordRun({ catalog, log }: VerifyDeps, r: VerifyReport, started: Date, finished: Date) {
+function recordRun(
+  { catalog, log, reportShown }: VerifyDeps,
+  r: VerifyReport,
+  started: Date,
+  finished: Date,
+) {
   const { findings, warnings, notes, extensions } = r;
   catalog.recordVerifyRun({
     startedAt: started,
@@ -434,7 +499,7 @@ function recordRun({ catalog, log }: VerifyDeps, r: VerifyReport, started: Date,
     findings: findings.length,
     report: { findings, warnings, notes, expired: r.expired, extensions },
   });
-  for (const n of notes) log.warn(n);
+  for (const n of notes) log[reportShown ? "debug" : "warn"](n);
   log.info(
     {
       checked: r.checked,
@@ -855,6 +920,7 @@ async function deepCheck(
   catalog: Catalog,
   log: Logger,
   signal: AbortSignal | undefined,
+  onBytes?: (bytes: number) => void,
 ): Promise<{ result: DeepResult; finding?: Finding }> {
   const src = selectFromCatalog(catalog, row.job, { id: row.id });
   // Compared here rather than inside restore, to tell a changed object from an unreadable archive.
@@ -898,7 +964,10 @@ async function deepCheck(
       reader,
       unchecked as RestoreSource,
       { kind: "list", onEntry: () => entries++ },
-      signal ? { signal } : {},
+      {
+        ...(signal ? { signal } : {}),
+        ...(onBytes ? { onProgress: (p: { bytes: number }) => onBytes(p.bytes) } : {}),
+      },
     );
     const bad = mismatch(s.bytes, s.sha256);
     if (bad) {

@@ -83,7 +83,7 @@ export interface ArchiveOptions {
   signal?: AbortSignal;
   /** Called synchronously for every warning; must not throw (a throw fails the archive). */
   onWarning?: (w: ArchiveWarning) => void;
-  /** Called after each entry with a fresh snapshot; keep it cheap. */
+  /** Called after each entry, and after each chunk of a large file, with a fresh snapshot; keep it cheap. */
   onProgress?: (p: Readonly<ArchiveProgress>) => void;
   /**
    * Files archived first under a name of the caller's choosing instead of their
@@ -526,6 +526,8 @@ export class SourceWalk {
       if (n === 0) break;
       got += n;
       this.progress.bytes += n;
+      // Also within a large file: a progress display must not stand still for its whole read.
+      this.reportProgress();
       await this.tar.write(entry, n === len ? buf : buf.subarray(0, n));
     }
     await this.endFile(entry, got, name);
