@@ -22,11 +22,13 @@ import {
   AgeError,
   ageDecrypt,
   ageEncrypt,
+} from "../src/pipeline/age.js";
+import {
   generateIdentity,
   parseIdentities,
   parseRecipient,
   recipientOf,
-} from "../src/pipeline/age.js";
+} from "../src/repo/age-keys.js";
 
 const dir = mkdtempSync(join(tmpdir(), "immutd-age-"));
 

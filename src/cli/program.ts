@@ -153,6 +153,7 @@ function registerRestore(p: Command, cli: Cli): void {
       "--whole-archive",
       "with --include: read and verify the whole archive, not only the entries' byte ranges",
     )
+    .option("--identity <file>", "age identity file for an age-encrypted backup")
     .addHelpText("after", restoreHelp)
     .action((job: string, opts: RestoreCliOptions) =>
       cli.withContext((ctx) => restoreCommand(ctx, job, opts)),

@@ -27,7 +27,9 @@ import type { BackupRow, Catalog } from "../catalog/catalog.js";
 import type { Config, TargetConfig } from "../config/config.js";
 import { CancelledError, describeError, explainReadRefusal, StorageError } from "../errors.js";
 import type { Logger } from "../log.js";
-import { deriveSseKey } from "../repo/keys.js";
+import type { AgeIdentity } from "../pipeline/age.js";
+import { isAgeEncrypted, schemeOf, sseKeyFor, storedSseKey } from "../pipeline/cipher.js";
+import { KEY_DERIVATION } from "../repo/keys.js";
 import { decodeManifest, manifestMismatch } from "../repo/manifest.js";
 import {
   configuredLock,
@@ -169,6 +171,12 @@ export interface VerifyDeps {
   job?: string;
   /** Deep: how many newest good backups of each job to download (default: config.verify.deep.sample, else 1). */
   sample?: number;
+  /**
+   * Deep: the age identities that read age-encrypted archives to their end.
+   * Without them an age backup's deep check downloads it and compares size
+   * and SHA-256 of the stored bytes only (the host holds no identity).
+   */
+  identities?: readonly AgeIdentity[];
   signal?: AbortSignal;
   /** The clock; tests move it. */
   now?: () => Date;
@@ -360,7 +368,18 @@ async function deepChecks(deps: VerifyDeps, scope: Scope, c: Collected): Promise
   const deepChecked: DeepResult[] = [];
   const check = async (row: BackupRow, target: Target) => {
     deps.signal?.throwIfAborted();
-    const { result, finding } = await deepCheck(row, target.reader, catalog, log, deps.signal);
+    const { result, finding } = await deepCheck(
+      row,
+      target.reader,
+      catalog,
+      log,
+      deps.signal,
+      deps.identities,
+    );
+    if (!deps.identities?.length && isAgeEncrypted(catalog.backupKeyDerivation(row.id) ?? ""))
+      c.notes.push(
+        `job ${row.job}: backup ${row.id} is age-encrypted and no identity was given: its stored bytes match the recorded SHA-256, but the archive was not read (verify --deep --identity FILE reads it)`,
+      );
     deepChecked.push(result);
     if (finding) c.report(finding);
   };
@@ -655,7 +674,19 @@ async function checkBackup(
   }
   recordObserved(row, catalog, log, status, seen.retention);
   findings.push(
-    ...(await checkManifest(row, target, masterKey, locked ?? seen.retention, now, signal)),
+    ...(await checkManifest(
+      row,
+      target,
+      sseKeyFor(
+        masterKey,
+        row.bucket,
+        row.manifestKey ?? "",
+        schemeOf(catalog.backupKeyDerivation(row.id) ?? KEY_DERIVATION) ?? "sse-c",
+      ),
+      locked ?? seen.retention,
+      now,
+      signal,
+    )),
   );
   return findings.map((f) => ({
     ...f,
@@ -675,7 +706,7 @@ async function observe(
   catalog: Catalog,
   signal: AbortSignal | undefined,
 ): Promise<Observed> {
-  const sseKey = catalog.backupKey(row.id) as Buffer;
+  const sseKey = storedSseKey(catalog.backupKey(row.id) as Buffer);
   const opts = withSignal(RetryPolicy.read, signal);
   const seen: Observed = {};
   try {
@@ -771,7 +802,8 @@ function recordObserved(
 async function checkManifest(
   row: BackupRow,
   target: Target,
-  masterKey: Buffer,
+  /** The manifest's SSE-C key (none for an age-only backup). */
+  sseKey: Buffer | undefined,
   archiveLock: Retention | undefined,
   now: Date,
   signal: AbortSignal | undefined,
@@ -790,7 +822,6 @@ async function checkManifest(
   }
   const out: { kind: FindingKind; message: string }[] = [];
   const opts = withSignal(RetryPolicy.read, signal);
-  const sseKey = deriveSseKey(masterKey, row.bucket, key);
   try {
     const body = await retry(
       async () => buffer(await target.reader.get(key, versionId, sseKey, signal ? { signal } : {})),
@@ -855,8 +886,11 @@ async function deepCheck(
   catalog: Catalog,
   log: Logger,
   signal: AbortSignal | undefined,
+  identities: readonly AgeIdentity[] | undefined,
 ): Promise<{ result: DeepResult; finding?: Finding }> {
   const src = selectFromCatalog(catalog, row.job, { id: row.id });
+  // An age backup without an identity: its stored bytes are all the host can check.
+  const sealed = isAgeEncrypted(src.keyDerivation ?? KEY_DERIVATION) && !identities?.length;
   // Compared here rather than inside restore, to tell a changed object from an unreadable archive.
   const { size: _size, sha256: _sha, ...unchecked } = src;
   const started = Date.now();
@@ -889,17 +923,33 @@ async function deepCheck(
           message: `${what}: downloaded ${bytes} bytes with SHA-256 ${sha256}, the catalog recorded ${row.size} bytes with ${row.sha256}; marked corrupt`,
         }
       : undefined;
+  if (row.sha256 === null && sealed)
+    return {
+      result: result(false, 0),
+      finding: {
+        ...base,
+        kind: "unverified",
+        message: `${what} was found by crash recovery and is age-encrypted: only reading it with an identity settles it (immutd verify --deep --identity FILE)`,
+      },
+    };
   if (row.sha256 === null) {
     const refused = await foreignVersion(row, reader, catalog, signal);
     if (refused) return { result: result(false, 0), finding: { ...base, ...refused } };
   }
   try {
-    const s = await restore(
-      reader,
-      unchecked as RestoreSource,
-      { kind: "list", onEntry: () => entries++ },
-      signal ? { signal } : {},
-    );
+    const s = sealed
+      ? await restore(
+          reader,
+          storedBytes(unchecked as RestoreSource),
+          { kind: "raw", out: sink() },
+          signal ? { signal } : {},
+        )
+      : await restore(
+          reader,
+          unchecked as RestoreSource,
+          { kind: "list", onEntry: () => entries++ },
+          { ...(signal ? { signal } : {}), ...(identities ? { identities } : {}) },
+        );
     const bad = mismatch(s.bytes, s.sha256);
     if (bad) {
       catalog.setBackupStatus(row.id, "corrupt");
@@ -944,6 +994,14 @@ async function deepCheck(
   }
 }
 
+/**
+ * The source read as the bytes the server stores (SSE-C undone by the server,
+ * an age layer left as it is): what the recorded size and SHA-256 cover.
+ */
+function storedBytes(src: RestoreSource): RestoreSource {
+  return { ...src, keyDerivation: KEY_DERIVATION };
+}
+
 /** The size and SHA-256 of a backup's decrypted bytes as stored, or why the download failed. */
 async function rawDigest(
   reader: ObjectStore,
@@ -951,7 +1009,12 @@ async function rawDigest(
   signal: AbortSignal | undefined,
 ): Promise<{ bytes: number; sha256: string } | { error: string }> {
   try {
-    const raw = await restore(reader, src, { kind: "raw", out: sink() }, signal ? { signal } : {});
+    const raw = await restore(
+      reader,
+      storedBytes(src),
+      { kind: "raw", out: sink() },
+      signal ? { signal } : {},
+    );
     return { bytes: raw.bytes, sha256: raw.sha256 };
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("verify cancelled");
@@ -1017,7 +1080,11 @@ async function foreignVersion(
   signal: AbortSignal | undefined,
 ): Promise<{ kind: FindingKind; message: string } | undefined> {
   const what = `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId}`;
-  const sseKey = catalog.backupKey(row.id) as Buffer;
+  const sseKey = storedSseKey(catalog.backupKey(row.id) as Buffer);
+  // age alone: the server holds no key to check, and anyone with the writer
+  // credential can encrypt to public recipients, so only the deep check's
+  // reading decides (with an identity).
+  if (sseKey === undefined) return undefined;
   let encrypted: boolean;
   try {
     const opts = withSignal(RetryPolicy.read, signal);

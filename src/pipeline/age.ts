@@ -21,24 +21,28 @@
  * Every primitive is Node's own crypto (X25519, HKDF, HMAC, and the payload's
  * chacha20-poly1305, which OpenSSL runs at hundreds of MB/s where a JavaScript
  * ChaCha runs at tens); only bech32 for `age1…` / `AGE-SECRET-KEY-1…` comes
- * from @scure/base.
+ * from @scure/base (src/repo/age-keys.ts).
  */
 import {
   createCipheriv,
   createDecipheriv,
   createHmac,
-  createPrivateKey,
-  createPublicKey,
   diffieHellman,
   generateKeyPairSync,
   hkdfSync,
-  type KeyObject,
   randomBytes,
   timingSafeEqual,
 } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
-import { bech32 } from "@scure/base";
-import { ExitCode, ImmutdError } from "../errors.js";
+import {
+  AgeError,
+  type AgeIdentity,
+  type AgeRecipient,
+  publicKeyObject,
+  rawPublic,
+} from "../repo/age-keys.js";
+
+export { AgeError, type AgeIdentity, type AgeRecipient } from "../repo/age-keys.js";
 
 const VERSION_LINE = "age-encryption.org/v1";
 const X25519_INFO = "age-encryption.org/v1/X25519";
@@ -50,119 +54,6 @@ const TAG_BYTES = 16;
 const SEALED_CHUNK = AGE_CHUNK + TAG_BYTES;
 /** The most header bytes a reader buffers before it gives up: a hostile object must not exhaust memory. */
 const MAX_HEADER_BYTES = 1024 * 1024;
-const RECIPIENT_HRP = "age";
-const IDENTITY_HRP = "age-secret-key-";
-/** age's own keys are longer than bech32's 90-character limit. */
-const BECH32_LIMIT = 1024;
-
-/** DER prefixes around a raw 32-byte X25519 key (RFC 8410), for Node's KeyObject. */
-const PKCS8_PREFIX = Buffer.from("302e020100300506032b656e04220420", "hex");
-const SPKI_PREFIX = Buffer.from("302a300506032b656e032100", "hex");
-
-/**
- * A file or archive could not be decrypted: no identity matches, or its bytes
- * are not what was encrypted (tampered, truncated, not age). Exit 3, as a
- * failed restore.
- */
-export class AgeError extends ImmutdError {
-  override readonly exitCode = ExitCode.jobsFailed;
-}
-
-/** A recipient (`age1…`): who can decrypt. */
-export interface AgeRecipient {
-  /** The `age1…` text, as configured. */
-  text: string;
-  publicKey: Buffer;
-}
-
-/** An identity (`AGE-SECRET-KEY-1…`): what decrypts. Never logged. */
-export interface AgeIdentity {
-  privateKey: KeyObject;
-  /** Its recipient's raw public key. */
-  publicKey: Buffer;
-}
-
-/** Parses an `age1…` X25519 recipient; throws one line naming it when it is not one. */
-export function parseRecipient(text: string): AgeRecipient {
-  const t = text.trim();
-  let data: Uint8Array;
-  try {
-    const d = bech32.decode(t as `${string}1${string}`, BECH32_LIMIT);
-    if (d.prefix !== RECIPIENT_HRP) throw new Error(`prefix ${d.prefix}`);
-    data = bech32.fromWords(d.words);
-  } catch (err) {
-    throw new Error(
-      `${JSON.stringify(t.slice(0, 80))} is not an age X25519 recipient (age1…): ${(err as Error).message}`,
-    );
-  }
-  if (data.length !== 32 || t !== t.toLowerCase())
-    throw new Error(`${JSON.stringify(t.slice(0, 80))} is not an age X25519 recipient (age1…)`);
-  return { text: t, publicKey: Buffer.from(data) };
-}
-
-/**
- * Parses an identity file as age writes it: one `AGE-SECRET-KEY-1…` a line,
- * `#` comments and blank lines ignored. `what` names the file in errors,
- * which never quote a line (it would be a secret).
- */
-export function parseIdentities(contents: string, what: string): AgeIdentity[] {
-  const ids: AgeIdentity[] = [];
-  const lines = contents.split(/\r?\n/);
-  for (const [i, raw] of lines.entries()) {
-    const line = raw.trim();
-    if (line === "" || line.startsWith("#")) continue;
-    let data: Uint8Array | undefined;
-    try {
-      const d = bech32.decode(line as `${string}1${string}`, BECH32_LIMIT);
-      if (d.prefix === IDENTITY_HRP && line === line.toUpperCase())
-        data = bech32.fromWords(d.words);
-    } catch {
-      data = undefined;
-    }
-    if (data?.length !== 32)
-      throw new AgeError(
-        `${what}: line ${i + 1} is not an age X25519 identity (AGE-SECRET-KEY-1…); passphrase and plugin identities are not supported`,
-      );
-    ids.push(identityOf(Buffer.from(data)));
-  }
-  if (!ids.length) throw new AgeError(`${what} holds no age identity (AGE-SECRET-KEY-1…)`);
-  return ids;
-}
-
-function identityOf(secret: Buffer): AgeIdentity {
-  const privateKey = createPrivateKey({
-    key: Buffer.concat([PKCS8_PREFIX, secret]),
-    format: "der",
-    type: "pkcs8",
-  });
-  return { privateKey, publicKey: rawPublic(createPublicKey(privateKey)) };
-}
-
-function rawPublic(k: KeyObject): Buffer {
-  return (k.export({ format: "der", type: "spki" }) as Buffer).subarray(SPKI_PREFIX.length);
-}
-
-function publicKeyObject(raw: Buffer): KeyObject {
-  return createPublicKey({ key: Buffer.concat([SPKI_PREFIX, raw]), format: "der", type: "spki" });
-}
-
-/** A new identity: the identity file's line and its recipient. */
-export function generateIdentity(): { identity: string; recipient: string } {
-  const { privateKey } = generateKeyPairSync("x25519");
-  const der = privateKey.export({ format: "der", type: "pkcs8" }) as Buffer;
-  const secret = der.subarray(PKCS8_PREFIX.length);
-  const identity = bech32.encode(IDENTITY_HRP, bech32.toWords(secret), BECH32_LIMIT).toUpperCase();
-  return { identity, recipient: recipientText(identityOf(Buffer.from(secret)).publicKey) };
-}
-
-/** The `age1…` text of an identity's recipient. */
-export function recipientOf(id: AgeIdentity): string {
-  return recipientText(id.publicKey);
-}
-
-function recipientText(publicKey: Buffer): string {
-  return bech32.encode(RECIPIENT_HRP, bech32.toWords(publicKey), BECH32_LIMIT);
-}
 
 function hkdf(ikm: Buffer, salt: Buffer, info: string): Buffer {
   return Buffer.from(hkdfSync("sha256", ikm, salt, Buffer.from(info, "utf8"), 32));
@@ -281,7 +172,7 @@ function parseHeader(
   if (i !== lines.length - 1) throw bad("the header continues after its MAC");
   const macLine = lines[i] ?? "";
   const mac = unb64(macLine.slice(4));
-  if (!mac || mac.length !== 32) throw bad("its MAC is malformed");
+  if (mac?.length !== 32) throw bad("its MAC is malformed");
   const macInput = Buffer.from(text.slice(0, text.length - macLine.length + 3 - 1), "latin1");
   return { stanzas, macInput, mac };
 }
@@ -297,7 +188,7 @@ function unwrapFileKey(header: Buffer, identities: readonly AgeIdentity[], what:
   for (const s of stanzas) {
     if (s.args[0] !== "X25519") continue;
     const share = s.args.length === 2 ? unb64(s.args[1] ?? "") : undefined;
-    if (!share || share.length !== 32 || s.body.length !== FILE_KEY_BYTES + TAG_BYTES)
+    if (share?.length !== 32 || s.body.length !== FILE_KEY_BYTES + TAG_BYTES)
       throw new AgeError(`${what} is not a valid age file: a malformed X25519 stanza`);
     for (const id of identities) {
       let shared: Buffer;
