@@ -335,6 +335,52 @@ ${o.viaProxy ? t.replace(env.endpoint, proxy.endpoint) : t}jobs:
     }
   });
 
+  it("doctor: a bucket that refuses SSE-C fails an SSE-C target with the way out, and an age-only one sends no SSE-C key at all", async () => {
+    const s = await setup("doctor", { viaProxy: true });
+    proxy.clear();
+    proxy.fault({
+      match: (r) => r.sseC === true && r.method === "PUT",
+      times: 1000,
+      action: { kind: "status", status: 403, code: "AccessDenied", message: "SSE-C is blocked" },
+    });
+    const doctor = async (cfg: string) => {
+      const r = await runCli(["--config", cfg, "doctor", "--json"]);
+      const [report] = JSON.parse(r.stdout || "[]") as {
+        checks: { name: string; status: string; message: string; fix?: string }[];
+      }[];
+      assert.ok(report, r.stderr);
+      return { r, check: (name: string) => report.checks.find((c) => c.name === name) };
+    };
+    try {
+      const mixed = await doctor(s.cfg);
+      assert.equal(mixed.r.code, 4);
+      const sse = mixed.check("sse-c");
+      assert.equal(sse?.status, "FAIL");
+      assert.match(sse?.message ?? "", /refuses SSE-C uploads/);
+      assert.match(sse?.fix ?? "", /scheme: age/);
+      assert.match(sse?.fix ?? "", /BlockedEncryptionTypes/);
+
+      const ageOnly = join(s.dir, "age-only.yaml");
+      writeFileSync(
+        ageOnly,
+        readFileSync(s.cfg, "utf8").replace(/\n {2}- name: both[\s\S]*$/, "\n"),
+      );
+      const start = proxy.log.length;
+      const only = await doctor(ageOnly);
+      assert.equal(only.check("sse-c")?.status, "OK");
+      assert.match(only.check("sse-c")?.message ?? "", /not used/);
+      assert.equal(only.check("writer upload")?.status, "OK");
+      assert.equal(only.check("reader read")?.status, "OK");
+      assert.deepEqual(
+        proxy.log.slice(start).filter((x) => x.sseC),
+        [],
+        "no SSE-C key in any doctor request",
+      );
+    } finally {
+      proxy.clear();
+    }
+  });
+
   it("bytes altered in flight fail the restore on their age chunk, and nothing of it is trusted", async () => {
     const s = await setup("tamper", { viaProxy: true, bigMiB: 1 });
     assert.equal((await cli(s, "backup", "a")).code, 0);

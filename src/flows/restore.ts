@@ -172,7 +172,7 @@ export async function selectFromBucket(
     }
   }
   // Without the catalog the scheme is the one configured for the job now.
-  const tc = config.targets[job.target];
+  const tc = config.targets?.[job.target];
   const scheme = tc ? encryptionOf(job, tc).scheme : "sse-c";
   return {
     job: job.name,

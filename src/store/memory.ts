@@ -412,7 +412,7 @@ export class MemoryStore implements ObjectStore {
         { transient: false, status: 403 },
       );
     }
-    const v = this.#find(key, versionId, undefined);
+    const v = this.#find(key, versionId, null);
     const cur = v.retention;
     const now = this.#b.now();
     if (cur && cur.retainUntil > now) {
