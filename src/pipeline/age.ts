@@ -268,6 +268,12 @@ export class AgeEncrypt extends Transform {
     let at = 0;
     while (at < chunk.length) {
       if (this.#fill === AGE_CHUNK) yield* this.#sealStage(false);
+      // A whole chunk inside the input with more input after it: sealed in place, not copied.
+      if (this.#fill === 0 && chunk.length - at > AGE_CHUNK) {
+        yield* this.#seal(chunk.subarray(at, at + AGE_CHUNK), false);
+        at += AGE_CHUNK;
+        continue;
+      }
       const n = chunk.copy(this.#stage, this.#fill, at);
       this.#fill += n;
       at += n;
@@ -275,16 +281,20 @@ export class AgeEncrypt extends Transform {
   }
 
   *#sealStage(last: boolean): Generator<Buffer> {
+    yield* this.#seal(this.#stage.subarray(0, this.#fill), last);
+    this.#fill = 0;
+  }
+
+  *#seal(plain: Buffer, last: boolean): Generator<Buffer> {
     if (this.#prefix) yield this.#prefix;
     this.#prefix = undefined;
     const nonce = chunkNonce(this.#counter++, last);
     const c = createCipheriv("chacha20-poly1305", this.#payloadKey, nonce, {
       authTagLength: TAG_BYTES,
     });
-    yield c.update(this.#stage.subarray(0, this.#fill));
+    yield c.update(plain);
     c.final();
     yield c.getAuthTag();
-    this.#fill = 0;
   }
 }
 
