@@ -10,7 +10,7 @@
  * upload and a stalled download are survived.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import {
   existsSync,
@@ -26,11 +26,16 @@ import { buffer } from "node:stream/consumers";
 import { after, before, describe, it } from "node:test";
 import { gunzipSync } from "node:zlib";
 import { GetObjectCommand, HeadObjectCommand } from "@aws-sdk/client-s3";
-import { runCli } from "./support/cli.js";
+import Database from "better-sqlite3";
+import { openTarget } from "../src/store/s3.js";
+import type { ObjectStore } from "../src/store/store.js";
+import { CLI, runCli } from "./support/cli.js";
 import { FaultProxy, isGetObject, isUploadPart } from "./support/fault-proxy.js";
+import { holdEnv } from "./support/hold-s3.js";
 import {
   client,
   createLockedBucket,
+  rgwTarget,
   type S3Env,
   s3env,
   targetYaml,
@@ -442,5 +447,68 @@ ${o.viaProxy ? t.replace(env.endpoint, proxy.endpoint) : t}jobs:
       maxBuffer: 64 * MiB,
     });
     assert.equal(d.status, 0, String(d.stderr));
+  });
+
+  it("kill -9 right after an age upload completes: recovery records it as age (no SSE-C key), and only a deep check with an identity settles it", async () => {
+    const s = await setup("crash", { bigMiB: 12 });
+    const admin = openTarget(rgwTarget(env, s.bucket)).admin as ObjectStore;
+    const child = spawn(process.execPath, [CLI, "--config", s.cfg, "backup", "a"], {
+      env: {
+        ...process.env,
+        IMMUTD_CONFIG: "",
+        ...holdEnv([
+          {
+            command: "CompleteMultipartUploadCommand",
+            when: "after",
+            gate: join(s.dir, "never"),
+          },
+        ]),
+      },
+      stdio: "ignore",
+    });
+    const exited = new Promise((r) => child.on("exit", r));
+    let version: { key: string; versionId: string } | undefined;
+    for (let i = 0; i < 1200 && !version; i++) {
+      version = (await admin.listVersions("age-test/a/")).find(
+        (v) => !v.deleteMarker && !v.key.endsWith(".gz"),
+      );
+      if (!version) await new Promise((r) => setTimeout(r, 100));
+    }
+    child.kill("SIGKILL");
+    await exited;
+    assert.ok(version, "the upload completed");
+    const again = await cli(s, "backup", "a");
+    assert.equal(again.code, 0, again.stderr);
+    const db = new Database(join(s.dir, "catalog.db"), { readonly: true });
+    const rec = db
+      .prepare(
+        "SELECT status, key_derivation AS kd, length(sse_key) AS n FROM backups WHERE version_id = ?",
+      )
+      .get(version.versionId) as { status: string; kd: string; n: number } | undefined;
+    db.close();
+    assert.deepEqual(rec, { status: "unverified", kd: "age-encryption.org/v1", n: 0 });
+    const without = await cli(s, "verify", "--deep", "--job", "a", "--json");
+    assert.equal(without.code, 4);
+    assert.match(without.stdout, /only reading it with an identity settles it/);
+    const withId = await cli(s, "verify", "--deep", "--job", "a", "--identity", s.theirs);
+    assert.equal(withId.code, 0, withId.stdout + withId.stderr);
+    const settled = (await rows(s)).find((r) => r.versionId === version?.versionId) as
+      | (Row & { status: string })
+      | undefined;
+    assert.equal(settled?.status, "ok");
+    const to = join(s.dir, "restored");
+    const r = await cli(
+      s,
+      "restore",
+      "a",
+      "--id",
+      String(settled?.id),
+      "--identity",
+      s.ours,
+      "--to",
+      to,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    sameFile(s, to, "noise.bin");
   });
 });

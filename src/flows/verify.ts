@@ -965,7 +965,9 @@ async function deepCheck(
     }
     log.info(
       { job: row.job, key: row.key, versionId: row.versionId, bytes: s.bytes, entries },
-      "deep check passed: SHA-256 matches and the archive reads to the end",
+      sealed
+        ? "deep check passed: SHA-256 matches (age-encrypted, not read: no identity given)"
+        : "deep check passed: SHA-256 matches and the archive reads to the end",
     );
     return { result: result(true, s.bytes) };
   } catch (err) {
