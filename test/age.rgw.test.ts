@@ -511,4 +511,69 @@ ${o.viaProxy ? t.replace(env.endpoint, proxy.endpoint) : t}jobs:
     assert.equal(r.code, 0, r.stderr);
     sameFile(s, to, "noise.bin");
   });
+
+  it("switching a target from SSE-C to age: old backups restore as SSE-C, new ones need an identity; without the catalog, rebuild and --from-bucket read both", async () => {
+    const s = await setup("switch");
+    const sseOnly = readFileSync(s.cfg, "utf8");
+    writeFileSync(s.cfg, sseOnly.replace(/ {4}encryption: \{ scheme: age, [^\n]*\n/, ""));
+    assert.equal((await cli(s, "backup", "a")).code, 0);
+    const old = await row(s, "a");
+    writeFileSync(s.cfg, sseOnly);
+    assert.equal((await cli(s, "backup", "a")).code, 0);
+    const fresh = await row(s, "a");
+    assert.notEqual(old.id, fresh.id);
+    const oldTo = join(s.dir, "old");
+    const o = await cli(s, "restore", "a", "--id", String(old.id), "--to", oldTo);
+    assert.equal(o.code, 0, `an SSE-C backup needs no identity: ${o.stderr}`);
+    sameFile(s, oldTo, "log.txt");
+    const n = await cli(s, "restore", "a", "--id", String(fresh.id), "--to", join(s.dir, "new"));
+    assert.equal(n.code, 2);
+    const v = await cli(s, "verify", "--job", "a");
+    assert.equal(v.code, 0, v.stdout);
+
+    // The catalog is lost: rebuild believes both manifests, and the bucket alone restores.
+    const rebuilt = join(s.dir, "rebuilt.yaml");
+    writeFileSync(rebuilt, sseOnly.replace(`${s.dir}/catalog.db`, `${s.dir}/rebuilt.db`));
+    const rb = await runCli(["--config", rebuilt, "catalog", "rebuild", "--json"]);
+    assert.equal(rb.code, 0, rb.stdout + rb.stderr);
+    const again = JSON.parse(
+      (await runCli(["--config", rebuilt, "list", "--json", "--job", "a"])).stdout,
+    ) as Row[];
+    assert.deepEqual(
+      again.map((r) => [r.versionId, r.sha256]),
+      [
+        [old.versionId, old.sha256],
+        [fresh.versionId, fresh.sha256],
+      ],
+    );
+    const fromCatalog = join(s.dir, "from-rebuilt");
+    const rr = await runCli([
+      "--config",
+      rebuilt,
+      "restore",
+      "a",
+      "--identity",
+      s.theirs,
+      "--to",
+      fromCatalog,
+    ]);
+    assert.equal(rr.code, 0, rr.stderr);
+    sameFile(s, fromCatalog, "noise.bin");
+    const fb = join(s.dir, "from-bucket");
+    const r = await cli(s, "restore", "a", "--from-bucket", "--identity", s.ours, "--to", fb);
+    assert.equal(r.code, 0, r.stderr);
+    sameFile(s, fb, "secret-dir/passwords.txt");
+    const ls = await runCli([
+      "--config",
+      rebuilt,
+      "ls",
+      "a",
+      "--host",
+      "age-test",
+      "--identity",
+      s.ours,
+    ]);
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.match(ls.stdout, /passwords\.txt/);
+  });
 });
