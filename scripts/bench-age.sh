@@ -69,6 +69,7 @@ head -c "$((half * 1024 * 1024))" /dev/urandom >"$tree/random.bin"
 identity="$work/id.txt"
 recipient=$(node dist/src/cli.js key generate --age "$identity" 2>/dev/null)
 node -e 'process.stdout.write(require("crypto").randomBytes(32).toString("hex"))' >"$work/master.key"
+chmod 600 "$work/master.key"
 bucket="immutd-bench-age-$(node -e 'process.stdout.write(require("crypto").randomBytes(4).toString("hex"))')"
 node --input-type=module -e '
 import { readFileSync, writeFileSync } from "node:fs";

@@ -241,7 +241,9 @@ export class AgeEncrypt extends Transform {
   #counter = 0;
 
   constructor(recipients: readonly AgeRecipient[]) {
-    super();
+    // Room for a few sealed chunks each way, so that the codec before and the
+    // hash after do not wait on every 64 KiB chunk.
+    super({ readableHighWaterMark: 4 * SEALED_CHUNK, writableHighWaterMark: 4 * AGE_CHUNK });
     const fileKey = randomBytes(FILE_KEY_BYTES);
     const nonce = randomBytes(NONCE_BYTES);
     this.#prefix = Buffer.concat([writeHeader(fileKey, recipients), nonce]);
