@@ -58,7 +58,6 @@ const raw = (n * piece.length) / 1e6 / (Number(process.hrtime.bigint() - t) / 1e
 console.log(`encrypt ${e.toFixed(0)} MB/s, decrypt ${d.toFixed(0)} MB/s; Node chacha20-poly1305 in one call ${raw.toFixed(0)} MB/s (age / raw ${(e / raw).toFixed(2)}); target: encrypt >= 400`);
 ' || true
 
-echo "== backup of a ${size_mb} MB tree: SSE-C vs age, ${runs} runs each, interleaved"
 tree="$work/tree"
 mkdir -p "$tree"
 # Half incompressible, half text, as a server's tree roughly is.
@@ -102,7 +101,40 @@ jobs:
     encryption: { scheme: age, recipients: [${recipient}] }
 `);
 ' "$env_file" "$work" "$bucket" "$tree" "$recipient"
-node dist/src/cli.js --config "$work/config.yaml" init >/dev/null 2>&1
+echo "== the backup's stages in-process (walk, tar, zstd, [age], SHA-256; no upload), ${runs} runs each, interleaved"
+node --input-type=module -e '
+import { createArchive } from "./dist/src/pipeline/archive.js";
+import { AgeEncrypt } from "./dist/src/pipeline/age.js";
+import { encoderFor } from "./dist/src/pipeline/codec.js";
+import { HashingCounter } from "./dist/src/pipeline/hash.js";
+import { runStages } from "./dist/src/pipeline/index.js";
+import { parseRecipient } from "./dist/src/repo/age-keys.js";
+const [tree, recipient, runs] = process.argv.slice(1);
+const once = async (age) => {
+  const t = process.hrtime.bigint();
+  const s = await runStages({
+    archive: createArchive({ paths: [tree] }),
+    between: [...encoderFor("zstd"), ...(age ? [new AgeEncrypt([parseRecipient(recipient)])] : [])],
+    hash: new HashingCounter(() => {}),
+    sink: async (body) => {
+      for await (const _ of body);
+      return { versionId: "none" };
+    },
+    cancelled: () => new Error("cancelled"),
+  });
+  return { s: Number(process.hrtime.bigint() - t) / 1e9, bytes: s.bytes };
+};
+const times = { plain: [], age: [] };
+for (let i = 0; i < Number(runs); i++) for (const k of ["plain", "age"]) times[k].push((await once(k === "age")).s);
+const med = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+for (const k of ["plain", "age"]) console.log(`${k}: ${times[k].map((x) => x.toFixed(2)).join(" ")} s (median ${med(times[k]).toFixed(2)} s)`);
+console.log(`age / plain: ${(med(times.age) / med(times.plain)).toFixed(3)}`);
+' "$tree" "$recipient" "$runs"
+node dist/src/cli.js --config "$work/config.yaml" init >"$work/init.out" 2>&1 || {
+  cat "$work/init.out"
+  exit 1
+}
+echo "== backup of a ${size_mb} MB tree: SSE-C vs age, ${runs} runs each, interleaved"
 declare -A times
 for i in $(seq 1 "$runs"); do
   for job in ssec age; do
