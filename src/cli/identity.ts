@@ -8,10 +8,6 @@ import type { EncryptionConfig } from "../config/config.js";
 import { UsageError } from "../errors.js";
 import { type AgeIdentity, readIdentityFile } from "../repo/age-keys.js";
 
-export const identityHelp = `an age identity file (AGE-SECRET-KEY-1…, as age-keygen or
-immutd key generate --age writes it) to decrypt age-encrypted backups; default:
-the job's encryption.identityFile`;
-
 /** The identities to use, or undefined when none is given or configured. */
 export function identitiesFrom(
   flag: string | undefined,
