@@ -848,6 +848,17 @@ export class Catalog {
     return row?.k;
   }
 
+  /**
+   * How one backup is encrypted, as its key-derivation id (src/pipeline/cipher.ts
+   * schemeOf: SSE-C, age, or both); undefined for no such backup.
+   */
+  backupKeyDerivation(id: number): string | undefined {
+    const row = this.db.prepare(`SELECT key_derivation AS d FROM backups WHERE id = ?`).get(id) as
+      | { d: string }
+      | undefined;
+    return row?.d;
+  }
+
   // Verification and lock extension (src/flows/verify.ts). Statuses only move as
   // verify observes the server: ok -> missing/corrupt/expired, missing -> ok if
   // the version is back; nothing here deletes a row.

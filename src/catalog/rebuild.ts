@@ -32,7 +32,7 @@
 
 import type { Compression, RetentionMode } from "../config/config.js";
 import { CancelledError, describeError, StorageError } from "../errors.js";
-import { deriveSseKey, KEY_DERIVATION } from "../repo/keys.js";
+import { catalogSseKey, schemeOf, sseKeyFor } from "../pipeline/cipher.js";
 import type { Manifest } from "../repo/manifest.js";
 import {
   type BareArchive,
@@ -227,13 +227,15 @@ async function check(
   const createdAt = new Date(doc.createdAt);
   if (!/^[0-9a-f]{64}$/.test(a.sha256))
     return { kind: "unreadable", message: `not believed: ${a.sha256} is not a SHA-256` };
-  if (doc.encryption.keyDerivation !== KEY_DERIVATION)
+  const scheme = schemeOf(doc.encryption.keyDerivation);
+  if (scheme === undefined || scheme !== doc.encryption.scheme)
     return {
       kind: "unreadable",
-      message: `not believed: key derivation ${doc.encryption.keyDerivation} is not one this immutd knows`,
+      message: `not believed: key derivation ${doc.encryption.keyDerivation} (scheme ${doc.encryption.scheme}) is not one this immutd knows`,
     };
   const what = `its archive s3://${target.bucket}/${a.key} version ${a.versionId}`;
-  const sseKey = deriveSseKey(o.masterKey, target.bucket, a.key);
+  // age alone: stored without SSE-C, so no key is sent and "encrypted" means nothing.
+  const sseKey = sseKeyFor(o.masterKey, target.bucket, a.key, scheme);
   let head: Awaited<ReturnType<typeof store.head>>;
   try {
     head = await retry(() => store.head(a.key, a.versionId, sseKey), opts);
@@ -247,7 +249,7 @@ async function check(
       };
     throw failed(`archive s3://${target.bucket}/${a.key} version ${a.versionId}`, err);
   }
-  if (!head.encrypted)
+  if (sseKey && !head.encrypted)
     return { kind: "archive-mismatch", message: `${what} is not SSE-C encrypted: not imported` };
   if (head.size !== a.size)
     return {
@@ -314,7 +316,9 @@ export function toImported(b: FoundBackup, masterKey: Buffer): ImportedBackup {
     size: b.size,
     sha256: b.sha256,
     compression: b.compression,
-    sseKey: deriveSseKey(masterKey, b.bucket, b.key),
+    sseKey: catalogSseKey({
+      sseKey: sseKeyFor(masterKey, b.bucket, b.key, schemeOf(b.keyDerivation) ?? "sse-c"),
+    }),
     keyDerivation: b.keyDerivation,
     createdAt: new Date(b.createdAt),
     retentionMode: b.retentionMode,

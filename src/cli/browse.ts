@@ -2,9 +2,11 @@
  * `immutd ls` and `immutd find`: what backups hold, answered from their
  * manifests (src/flows/browse.ts), never from the archives.
  */
+
 import type { Command } from "commander";
 import picomatch from "picomatch";
 import type { JobConfig } from "../config/config.js";
+import { encryptionOf } from "../config/config.js";
 import { describeError, ImmutdError, UsageError } from "../errors.js";
 import {
   archiveVersions,
@@ -20,6 +22,7 @@ import { fileName, linkName, type Manifest, type ManifestFile } from "../repo/ma
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import type { Cli, Context } from "./context.js";
+import { identitiesFrom } from "./identity.js";
 import { writeJson } from "./output.js";
 import { parseTimeBound } from "./time.js";
 
@@ -44,6 +47,9 @@ immutd restore JOB --id N --list, which downloads the archive.
 --json prints {"backup": {...}, "files": [...]} with the manifest's fields
 (path, pathBytes, type, size, mode, uid, gid, mtime, link, linkBytes, offset).
 
+An age-encrypted backup's file index is encrypted to its recipients: give
+--identity FILE (or set encryption.identityFile); a wrong one is exit 3.
+
 Exit codes: 0 listed, 1 the manifest is missing, unreadable or does not fit
 its backup, 2 usage (no such job or backup), 78 configuration error.
 `;
@@ -61,6 +67,9 @@ are not searched; immutd says how many.
 --json prints an array of {job, id, createdAt, key, versionId, path, type,
 size, mtime, mode}.
 
+An age-encrypted backup's file index is encrypted to its recipients: give
+--identity FILE (or set encryption.identityFile); a wrong one is exit 3.
+
 Exit codes: 0 searched (with or without matches), 1 a manifest could not
 be read (the others were searched), 2 usage, 78 configuration error.
 `;
@@ -70,12 +79,14 @@ export interface LsOptions {
   id?: string;
   host?: string;
   json?: boolean;
+  identity?: string;
 }
 
 export interface FindOptions {
   job?: string;
   host?: string;
   json?: boolean;
+  identity?: string;
 }
 
 /** ls JOB: the files of one backup. */
@@ -85,7 +96,7 @@ export async function lsCommand(ctx: Context, jobName: string, o: LsOptions): Pr
   if (o.id !== undefined && o.host !== undefined)
     throw new UsageError("--id names a catalog entry; --host reads the bucket");
   const job = jobOf(ctx, jobName);
-  await withBackups(ctx, job, o.host, async (ms, refs, archives) => {
+  await withBackups(ctx, job, o, async (ms, refs, archives) => {
     const b = pick(job.name, refs, o);
     if (!b.manifest) {
       throw new ImmutdError(
@@ -109,7 +120,7 @@ export async function findCommand(ctx: Context, pattern: string, o: FindOptions)
   const found: Record<string, unknown>[] = [];
   const failures: string[] = [];
   for (const job of jobs) {
-    await withBackups(ctx, job, o.host, async (ms, refs, archives) => {
+    await withBackups(ctx, job, o, async (ms, refs, archives) => {
       const old = refs.filter((b) => !b.manifest);
       if (old.length > 0) {
         process.stderr.write(
@@ -156,7 +167,7 @@ function jobOf(ctx: Context, name: string): JobConfig {
 async function withBackups(
   ctx: Context,
   job: JobConfig,
-  host: string | undefined,
+  o: { host?: string | undefined; identity?: string | undefined },
   fn: (
     ms: ManifestSource,
     refs: BackupRef[],
@@ -165,6 +176,8 @@ async function withBackups(
 ): Promise<void> {
   const tc = ctx.config.targets[job.target];
   if (!tc) throw new UsageError(`job ${job.name}: unknown target ${job.target}`);
+  const host = o.host;
+  const identities = identitiesFrom(o.identity, encryptionOf(job, tc));
   const target = openTarget(tc);
   try {
     const ms: ManifestSource = {
@@ -173,6 +186,7 @@ async function withBackups(
       prefix: target.prefix,
       masterKey: ctx.config.masterKey.reveal(),
       cacheDir: manifestCacheDir(ctx.config.catalog),
+      ...(identities ? { identities } : {}),
     };
     const known = host === undefined ? backupsFromCatalog(ctx.catalog(), job.name, tc.bucket) : [];
     if (known.length > 0) return await fn(ms, known, undefined);
@@ -292,6 +306,7 @@ export function registerLs(p: Command, cli: Cli): void {
     .option("--id <n>", "the backup with this catalog id")
     .option("--host <name>", "read the manifests in the bucket made under this host name")
     .option("--json", "machine-readable output")
+    .option("--identity <file>", "age identity file: an age backup's file index is encrypted")
     .addHelpText("after", lsHelp)
     .action((job: string, opts: LsOptions) => cli.withContext((ctx) => lsCommand(ctx, job, opts)));
 }
@@ -303,6 +318,7 @@ export function registerFind(p: Command, cli: Cli): void {
     .option("--job <name>", "only this job")
     .option("--host <name>", "read the manifests in the bucket made under this host name")
     .option("--json", "machine-readable output")
+    .option("--identity <file>", "age identity file: an age backup's file index is encrypted")
     .addHelpText("after", findHelp)
     .action((pattern: string, opts: FindOptions) =>
       cli.withContext((ctx) => findCommand(ctx, pattern, opts)),

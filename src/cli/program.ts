@@ -166,6 +166,7 @@ function registerRestore(p: Command, cli: Cli): void {
       "with --include: read and verify the whole archive, not only the entries' byte ranges",
     )
     .option("--json", "with --to or --list: print the result as one JSON document on stdout")
+    .option("--identity <file>", "age identity file for an age-encrypted backup")
     .addHelpText("after", restoreHelp)
     .action((job: string, opts: RestoreCliOptions) =>
       cli.withContext((ctx) => restoreCommand(ctx, job, opts)),

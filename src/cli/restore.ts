@@ -1,5 +1,6 @@
 import { mkdirSync, readdirSync, statSync } from "node:fs";
 import { isAbsolute, resolve } from "node:path";
+import { encryptionOf } from "../config/config.js";
 import { CancelledError, describeError, UsageError } from "../errors.js";
 import {
   archiveVersions,
@@ -19,13 +20,16 @@ import {
   selectFromBucket,
   selectFromCatalog,
 } from "../flows/restore.js";
+import { isAgeEncrypted } from "../pipeline/cipher.js";
 import type { ExtractWarning, TarEntryInfo } from "../pipeline/extract.js";
 import { displayName } from "../pipeline/file-names.js";
+import { KEY_DERIVATION } from "../repo/keys.js";
 import type { Manifest } from "../repo/manifest.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import { selectJobs } from "./backup.js";
 import type { Context } from "./context.js";
+import { requireIdentities } from "./identity.js";
 import { plural, writeJson } from "./output.js";
 import { formatBytes, formatDuration, ProgressLine } from "./progress.js";
 import { cancelOnStopSignals } from "./signals.js";
@@ -72,6 +76,11 @@ immutd says so and how many bytes first. --whole-archive always reads and
 verifies the whole archive. To see what a backup holds without
 downloading it, use immutd ls JOB or immutd find PATTERN.
 
+An age-encrypted backup (encryption: age or both) needs --identity FILE, an
+age identity file of one of its recipients, or the job's
+encryption.identityFile; a wrong identity fails before anything is written
+(exit 3). Without immutd: age -d -i FILE < archive | zstd -d | tar -x.
+
 Exactly one of:
   --to DIR    extract into DIR (created if missing; must be empty unless
               --overwrite). Nothing is written outside DIR: absolute paths,
@@ -97,6 +106,7 @@ Examples:
   immutd restore etc --from-bucket --host web-1 --to /srv/restore
   immutd restore db --stdout | tar -tzvf -
   immutd restore etc --list --json | jq -r '.entries[].name'
+  immutd restore etc --identity /root/recovery.age.txt --to /srv/restore/etc
 `;
 
 export interface RestoreCliOptions {
@@ -113,6 +123,7 @@ export interface RestoreCliOptions {
   host?: string;
   wholeArchive?: boolean;
   json?: boolean;
+  identity?: string;
 }
 
 /** restore JOB: check the options, pick the backup and the output, run it under the stop signals. */
@@ -145,6 +156,10 @@ export async function restoreCommand(
         `backup ${src.id ?? ""} is in bucket ${src.bucket}, but job ${job.name}'s target ${tc.name} now points at ${tc.bucket}`,
       );
     }
+    // An age backup: the identity is read before anything is downloaded or written.
+    const identities = isAgeEncrypted(src.keyDerivation ?? KEY_DERIVATION)
+      ? requireIdentities(o.identity, encryptionOf(job, tc), `backup ${src.key}`)
+      : undefined;
     const listed: TarEntryInfo[] = [];
     const { mode, dest } = outputMode(o, listed);
     const manifest =
@@ -166,6 +181,7 @@ export async function restoreCommand(
       try {
         const opts = {
           ...(o.include?.length ? { include: o.include } : {}),
+          ...(identities ? { identities } : {}),
           signal,
           onWarning: (w: ExtractWarning) =>
             ctx.log.warn({ job: job.name, path: w.path }, w.message),
@@ -281,6 +297,8 @@ async function rangedManifest(
   };
   if (src.compression !== "none")
     return whole(`backup ${src.key} is compressed (${src.compression})`);
+  if (isAgeEncrypted(src.keyDerivation ?? KEY_DERIVATION))
+    return whole(`backup ${src.key} is age-encrypted`);
   const ms: ManifestSource = {
     reader: target.reader,
     bucket: target.bucket,

@@ -1,7 +1,14 @@
 import type { Command } from "commander";
 import { reconcile } from "../daemon/recovery.js";
-import { CancelledError, CatalogError, describeError, VerifyFindingsError } from "../errors.js";
+import {
+  CancelledError,
+  CatalogError,
+  describeError,
+  UsageError,
+  VerifyFindingsError,
+} from "../errors.js";
 import { runVerify, type VerifyReport } from "../flows/verify.js";
+import { readIdentityFile } from "../repo/age-keys.js";
 import type { Target } from "../store/store.js";
 import { selectJobs } from "./backup.js";
 import type { Cli, Context } from "./context.js";
@@ -29,6 +36,9 @@ credentials:
     recovery, SHA-256 unknown): it must be encrypted with the key immutd
     derives, have its recorded size and read to its end, then it is ok (its
     SHA-256 recorded), else corrupt. Without --deep each is a finding.
+    An age-encrypted backup is read to its end only with --identity FILE;
+    without one its stored bytes are still checked against the recorded
+    size and SHA-256 (the host that backs up holds no identity).
   - each backup's manifest (its archive key + .manifest.json.gz): a finding
     "manifest" if it was never written, its recorded version is gone, it does
     not decode, names another archive version, size or SHA-256, or cannot be
@@ -71,14 +81,17 @@ error. Ctrl-C cancels.
 Examples:
   immutd verify
   immutd verify --job etc --deep
+  immutd verify --job etc --deep --identity /root/immutd-recovery.age.txt
   immutd verify --json | jq '.findings[]'
 `;
 
 export async function verifyCommand(
   ctx: Context,
-  opts: { job?: string; deep?: boolean; json?: boolean },
+  opts: { job?: string; deep?: boolean; json?: boolean; identity?: string },
 ): Promise<void> {
   if (opts.job !== undefined) selectJobs(ctx.config.jobs, [opts.job]);
+  if (opts.identity !== undefined && !opts.deep)
+    throw new UsageError("--identity goes with --deep: only a deep check reads archives");
   const catalog = ctx.catalog();
   if (catalog.readOnly !== undefined) {
     // Refused before any request: verify records statuses, findings and the locks
@@ -133,6 +146,7 @@ export async function verifyCommand(
       },
       ...(opts.job !== undefined ? { job: opts.job } : {}),
       ...(opts.deep ? { deep: true } : {}),
+      ...(opts.identity !== undefined ? { identities: readIdentityFile(opts.identity) } : {}),
     });
   } catch (err) {
     if (controller.signal.aborted) throw new CancelledError("verify cancelled");
@@ -204,8 +218,9 @@ export function registerVerify(p: Command, cli: Cli): void {
     .option("--job <name>", "only this job's backups")
     .option("--deep", "also download the newest backup of each job and check its SHA-256")
     .option("--json", "machine-readable report")
+    .option("--identity <file>", "with --deep: age identity file to read age-encrypted archives")
     .addHelpText("after", verifyHelp)
-    .action((opts: { job?: string; deep?: boolean; json?: boolean }) =>
+    .action((opts: { job?: string; deep?: boolean; json?: boolean; identity?: string }) =>
       cli.withContext((ctx) => verifyCommand(ctx, opts)),
     );
 }

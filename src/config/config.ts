@@ -29,6 +29,7 @@ import { z } from "zod";
 import { ConfigError } from "../errors.js";
 import { LEVELS, zstdUnavailable } from "../pipeline/codec.js";
 import { compileExcludes } from "../pipeline/exclude.js";
+import { parseRecipient } from "../repo/age-keys.js";
 import { parseMasterKey } from "../repo/keys.js";
 import { NAME } from "../repo/naming.js";
 import {
@@ -126,6 +127,44 @@ export interface TargetConfig {
   idleTimeoutSeconds: number;
   /** Days after the retention period before `immutd init`'s lifecycle rule expires noncurrent versions. */
   lifecycleGraceDays: number;
+  /** How this target's backups are encrypted; absent: SSE-C (the default, as before age existed). */
+  encryption?: EncryptionConfig;
+  /** Plain http without SSE-C (an age-only target) is allowed: for a test server only. */
+  allowInsecureTransport?: boolean;
+}
+
+/**
+ * sse-c: the server encrypts with a per-backup key derived from the master key
+ * (the host can read its backups). age: the host encrypts to age recipients
+ * and sends no SSE-C key (only an identity holder can read them). both: age
+ * inside SSE-C.
+ */
+export type EncryptionScheme = "sse-c" | "age" | "both";
+export const ENCRYPTION_SCHEMES = [
+  "sse-c",
+  "age",
+  "both",
+] as const satisfies readonly EncryptionScheme[];
+
+export interface EncryptionConfig {
+  scheme: EncryptionScheme;
+  /** age recipients (`age1…`), for age and both; new backups are encrypted to all of them. */
+  recipients: string[];
+  /** The age identity file restore, `verify --deep`, ls and find use when no --identity is given. */
+  identityFile?: string;
+}
+
+/** The encryption a job's backups get: the job's own section, else its target's, else SSE-C. */
+export function encryptionOf(
+  job: Pick<JobConfig, "encryption">,
+  t: TargetConfig,
+): EncryptionConfig {
+  return job.encryption ?? t.encryption ?? { scheme: "sse-c", recipients: [] };
+}
+
+/** Whether a scheme sends SSE-C keys. */
+export function usesSseC(scheme: EncryptionScheme): boolean {
+  return scheme !== "age";
 }
 
 export interface VerifyConfig {
@@ -206,6 +245,8 @@ export interface JobConfig {
   hooks?: HooksConfig;
   commands: CommandSource[];
   notify: NotifyConfig[];
+  /** Replaces the target's `encryption:` for this job. */
+  encryption?: EncryptionConfig;
 }
 
 export interface Config {
@@ -273,6 +314,37 @@ const credentialSchema = z.strictObject({
   ...secretPair("secretAccessKey"),
 });
 
+const encryptionSchema = z
+  .strictObject({
+    scheme: z.enum(ENCRYPTION_SCHEMES).default("sse-c"),
+    recipients: z
+      .array(
+        z.string().superRefine((r, ctx) => {
+          try {
+            parseRecipient(r);
+          } catch (err) {
+            ctx.addIssue({ code: "custom", message: (err as Error).message });
+          }
+        }),
+      )
+      .default([]),
+    identityFile: absolutePath.optional(),
+  })
+  .superRefine((e, ctx) => {
+    if (e.scheme !== "sse-c" && e.recipients.length === 0)
+      ctx.addIssue({
+        code: "custom",
+        path: ["recipients"],
+        message: `scheme ${e.scheme} needs at least one age recipient (age1…; \`immutd key generate --age FILE\` prints one)`,
+      });
+    if (e.scheme === "sse-c" && e.recipients.length > 0)
+      ctx.addIssue({
+        code: "custom",
+        path: ["scheme"],
+        message: "is sse-c, so the recipients are not used: set scheme: age or both",
+      });
+  });
+
 const targetSchema = z.strictObject({
   endpoint: httpUrl("the credentials go under credentials:"),
   region: z.string().min(1).default(DEFAULTS.region),
@@ -309,6 +381,8 @@ const targetSchema = z.strictObject({
   connectTimeoutSeconds: z.number().min(1).max(300).default(DEFAULTS.connectTimeoutSeconds),
   idleTimeoutSeconds: z.number().min(1).max(3600).default(DEFAULTS.idleTimeoutSeconds),
   lifecycleGraceDays: z.number().int().min(0).max(3650).default(DEFAULTS.lifecycleGraceDays),
+  encryption: encryptionSchema.optional(),
+  allowInsecureTransport: z.boolean().default(false),
 });
 
 const cronSchema = z.string().superRefine(checkCron);
@@ -414,6 +488,7 @@ const jobSchema = z.strictObject({
     )
     .default([]),
   notify: z.array(notifySchema).default([]),
+  encryption: encryptionSchema.optional(),
 });
 
 const configSchema = z
@@ -527,7 +602,25 @@ const configSchema = z
       }
     });
     for (const [name, t] of Object.entries(cfg.targets)) {
-      if (t.endpoint.startsWith("http://") && !t.allowInsecureSseC) {
+      // Which schemes reach this target: its own, and any job's that replaces it.
+      const schemes = new Set([
+        t.encryption?.scheme ?? "sse-c",
+        ...cfg.jobs
+          .filter((j) => j.target === name && j.encryption)
+          .map((j) => j.encryption?.scheme),
+      ]);
+      const sseC = [...schemes].some((x) => x !== "age");
+      if (t.endpoint.startsWith("http://") && !sseC && !t.allowInsecureTransport) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["targets", name, "endpoint"],
+          message:
+            "is plain http: age keeps the backups secret, but anyone on the path could alter or " +
+            "replace what is uploaded and read. Use https, or set allowInsecureTransport: true " +
+            "for a local test server only",
+        });
+      }
+      if (t.endpoint.startsWith("http://") && sseC && !t.allowInsecureSseC) {
         ctx.addIssue({
           code: "custom",
           path: ["targets", name, "endpoint"],
@@ -870,9 +963,19 @@ function resolveTargets(
       connectTimeoutSeconds: t.connectTimeoutSeconds,
       idleTimeoutSeconds: t.idleTimeoutSeconds,
       lifecycleGraceDays: t.lifecycleGraceDays,
+      ...(t.encryption ? { encryption: resolveEncryption(t.encryption) } : {}),
+      ...(t.allowInsecureTransport ? { allowInsecureTransport: true } : {}),
     };
   }
   return targets;
+}
+
+function resolveEncryption(e: z.infer<typeof encryptionSchema>): EncryptionConfig {
+  return {
+    scheme: e.scheme,
+    recipients: e.recipients.map((r) => r.trim()),
+    ...(e.identityFile !== undefined ? { identityFile: e.identityFile } : {}),
+  };
 }
 
 function masterKeyOf(
@@ -891,7 +994,7 @@ function masterKeyOf(
 
 function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
   return cfg.jobs.map((j, i) => {
-    const { hooks, timezone, schedule, excludeFrom, ...rest } = j;
+    const { hooks, timezone, schedule, excludeFrom, encryption, ...rest } = j;
     const at = src.at(["jobs", i, "excludeFrom"]);
     return {
       ...rest,
@@ -903,6 +1006,7 @@ function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
       ...(timezone !== undefined ? { timezone } : {}),
       ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
       commands: j.commands.map((c) => definedOnly(c)),
+      ...(encryption !== undefined ? { encryption: resolveEncryption(encryption) } : {}),
     };
   });
 }

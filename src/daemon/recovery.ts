@@ -35,10 +35,10 @@
  * stop the backup or verification that called reconcile.
  */
 import type { Catalog, RunRow } from "../catalog/catalog.js";
-import type { Config } from "../config/config.js";
+import { type Config, encryptionOf } from "../config/config.js";
 import { describeError, StorageError } from "../errors.js";
 import type { Logger } from "../log.js";
-import { deriveSseKey, KEY_DERIVATION } from "../repo/keys.js";
+import { keyDerivationOf, sseKeyFor } from "../pipeline/cipher.js";
 import { jobPrefix, parseObjectKey } from "../repo/naming.js";
 import { isRefused } from "../store/fallback.js";
 import { type RetryOptions, RetryPolicy, retry, withSignal } from "../store/retry.js";
@@ -140,7 +140,9 @@ async function recoverRun(
     );
     return undefined;
   }
-  const sseKey = deriveSseKey(config.masterKey.reveal(), tc.bucket, key);
+  // As the run would have encrypted it: the job's scheme now (a dead run is recent).
+  const scheme = encryptionOf(config.jobs.find((j) => j.name === run.job) ?? {}, tc).scheme;
+  const sseKey = sseKeyFor(config.masterKey.reveal(), tc.bucket, key, scheme);
   const ids: string[] = [];
   for (const v of versions) {
     const { size, retention } = await inspect(target, tc.bucket, key, v, sseKey, opts, jlog);
@@ -154,8 +156,8 @@ async function recoverRun(
       size,
       sha256: null,
       compression: parseObjectKey(key)?.compression ?? "none",
-      sseKey,
-      keyDerivation: KEY_DERIVATION,
+      sseKey: sseKey ?? Buffer.alloc(0),
+      keyDerivation: keyDerivationOf(scheme),
       createdAt: new Date(run.startedAt),
       retentionMode: retention?.mode ?? null,
       retainUntil: retention?.retainUntil ?? null,
@@ -196,7 +198,7 @@ async function inspect(
   bucket: string,
   key: string,
   v: { versionId: string; size: number },
-  sseKey: Buffer,
+  sseKey: Buffer | undefined,
   opts: RetryOptions,
   jlog: Logger,
 ): Promise<{ size: number; retention: Retention | undefined }> {
@@ -205,7 +207,7 @@ async function inspect(
   try {
     const head = await retry(() => target.reader.head(key, v.versionId, sseKey), opts);
     size = head.size;
-    if (!head.encrypted) {
+    if (sseKey && !head.encrypted) {
       jlog.warn(
         { key, versionId: v.versionId },
         `${where} is not encrypted with the key immutd derives for it: immutd did not write it`,

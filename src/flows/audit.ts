@@ -25,7 +25,7 @@
 import { type AuditConfig, type Config, DEFAULTS, type TargetConfig } from "../config/config.js";
 import { nextRun } from "../config/schedule.js";
 import { CancelledError, describeError, explainReadRefusal, StorageError } from "../errors.js";
-import { deriveSseKey } from "../repo/keys.js";
+import { schemeOf, sseKeyFor } from "../pipeline/cipher.js";
 import type { Manifest } from "../repo/manifest.js";
 import {
   isGone,
@@ -387,10 +387,16 @@ async function checkBackup(deps: AuditDeps, m: ManifestKey, now: Date): Promise<
     return { findings, expired: { createdAt: created, manifest } };
   const { key, versionId, size } = manifest.archive;
   const what = `host ${m.host} job ${m.job}: s3://${tc.bucket}/${key} version ${versionId}`;
-  const sseKey = deriveSseKey(masterKey, tc.bucket, key);
+  // The scheme the manifest names: an age-only archive is stored without SSE-C.
+  const sseKey = sseKeyFor(
+    masterKey,
+    tc.bucket,
+    key,
+    schemeOf(manifest.encryption.keyDerivation) ?? "sse-c",
+  );
   try {
     const seen = await retry(() => reader.head(key, versionId, sseKey), opts);
-    if (!seen.encrypted) {
+    if (sseKey && !seen.encrypted) {
       // Some servers (RGW 16) serve a plain object whatever SSE-C headers the request carries.
       finding(
         "unreadable",

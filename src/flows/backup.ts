@@ -13,7 +13,13 @@
 import { realpathSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { type Catalog, UPLOAD_UNSETTLED } from "../catalog/catalog.js";
-import { type Config, type JobConfig, jobExcludes, type TargetConfig } from "../config/config.js";
+import {
+  type Config,
+  encryptionOf,
+  type JobConfig,
+  jobExcludes,
+  type TargetConfig,
+} from "../config/config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "../errors.js";
 import type { Logger } from "../log.js";
 import {
@@ -22,11 +28,12 @@ import {
   createArchive,
   missingPaths,
 } from "../pipeline/archive.js";
-import { type Cipher, cipherFor } from "../pipeline/cipher.js";
+import { type Cipher, catalogSseKey, cipherFor, sseKeyFor } from "../pipeline/cipher.js";
 import { encoderFor } from "../pipeline/codec.js";
 import { HashingCounter } from "../pipeline/hash.js";
 import { runStages, type Streamed } from "../pipeline/index.js";
 import { s3Sink } from "../pipeline/sink.js";
+import { sealIndex } from "../repo/age-manifest.js";
 import { encodeManifest, MANIFEST_FORMAT, type Manifest, ManifestIndex } from "../repo/manifest.js";
 import { manifestKey, objectKey } from "../repo/naming.js";
 import {
@@ -241,7 +248,12 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
   const { job, deps, key, runId, jlog, progress } = run;
   const { config, catalog, target } = deps;
   jlog.info({ key, paths: job.paths, commands: job.commands.map((c) => c.name) }, "backup started");
-  const cipher = cipherFor(config.masterKey.reveal(), target.bucket, key);
+  const cipher = cipherFor(
+    config.masterKey.reveal(),
+    target.bucket,
+    key,
+    encryptionOf(job, deps.targetConfig),
+  );
   const index = new ManifestIndex();
   const archive = createArchive({
     ...jobWalk(
@@ -317,7 +329,7 @@ async function recordVersion(run: Run, u: Uploaded): Promise<Stored> {
     size: u.bytes,
     sha256: u.sha256,
     compression: job.compression,
-    sseKey: u.cipher.sseKey,
+    sseKey: catalogSseKey(u.cipher),
     keyDerivation: u.cipher.keyDerivation,
     createdAt: run.started,
     retentionMode: null,
@@ -423,7 +435,7 @@ function versionName(run: Run, versionId: string): string {
 async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupResult> {
   const { job, deps, key, warnings } = run;
   const { backupId, retention } = stored;
-  const manifestProblem = await writeManifest(deps, backupId, retention, {
+  const manifestProblem = await writeManifest(deps, u.cipher, backupId, retention, {
     formatVersion: MANIFEST_FORMAT,
     host: deps.config.host,
     job: job.name,
@@ -436,6 +448,7 @@ async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupR
       compression: job.compression,
     },
     encryption: { scheme: u.cipher.scheme, keyDerivation: u.cipher.keyDerivation },
+    // sealIndex (in writeManifest) adds the recipients and encrypts `files` for age.
     parent: null,
     schedule: job.schedule ?? null,
     ...(job.timezone !== undefined ? { timezone: job.timezone } : {}),
@@ -509,6 +522,7 @@ function failed(run: Run, err: unknown): BackupResult {
  */
 async function writeManifest(
   deps: BackupDeps,
+  archiveCipher: Cipher,
   backupId: number,
   retention: Retention,
   manifest: Manifest,
@@ -517,8 +531,10 @@ async function writeManifest(
   const key = manifestKey(manifest.archive.key);
   const what = `manifest s3://${target.bucket}/${key}`;
   catalog.setBackupManifest(backupId, key, null);
-  const { sseKey } = cipherFor(config.masterKey.reveal(), target.bucket, key);
-  const body = encodeManifest(manifest);
+  // The manifest is stored as its archive is: SSE-C unless age alone, the index sealed with age.
+  const sseKey = sseKeyFor(config.masterKey.reveal(), target.bucket, key, archiveCipher.scheme);
+  const recipients = archiveCipher.recipients;
+  const body = encodeManifest(recipients.length ? sealIndex(manifest, recipients) : manifest);
   let versionId: string;
   try {
     ({ versionId } = await retry(() => target.writer.putManifest({ key, body, sseKey }), {
@@ -567,7 +583,7 @@ async function storedSize(
   target: Target,
   key: string,
   versionId: string,
-  sseKey: Buffer,
+  sseKey: Buffer | undefined,
 ): Promise<number> {
   const { size } = await retry(
     () => withReadFallback(target, (s) => s.head(key, versionId, sseKey)),

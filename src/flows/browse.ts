@@ -18,7 +18,9 @@
  */
 import { dirname, join } from "node:path";
 import type { Catalog } from "../catalog/catalog.js";
-import { ImmutdError } from "../errors.js";
+import { ImmutdError, UsageError } from "../errors.js";
+import type { AgeIdentity } from "../repo/age-keys.js";
+import { isSealed, openIndex } from "../repo/age-manifest.js";
 import { type Manifest, manifestMismatch } from "../repo/manifest.js";
 import { jobPrefix } from "../repo/naming.js";
 import { listManifests, placeOf, readManifest } from "../repo/snapshots.js";
@@ -51,6 +53,8 @@ export interface ManifestSource {
   masterKey: Buffer;
   cacheDir?: string;
   signal?: AbortSignal;
+  /** The age identities that open an age backup's file index (src/repo/age-manifest.ts). */
+  identities?: readonly AgeIdentity[];
 }
 
 /** The catalog's backups of `job` in `bucket`, oldest first; empty when it has none. */
@@ -135,7 +139,12 @@ export async function manifestOf(
       wrong = `it gives ${m.archive.size} bytes, but the archive version has ${v.size}`;
   }
   if (wrong) throw new ImmutdError(`${where} does not describe the backup: ${wrong}`);
-  return m;
+  if (!isSealed(m)) return m;
+  if (!src.identities?.length)
+    throw new UsageError(
+      `${where}: the file index of this age-encrypted backup is encrypted too: give --identity FILE (the age identity of one of its recipients) or set encryption.identityFile`,
+    );
+  return openIndex(m, src.identities, where);
 }
 
 /** The archive versions under a job's prefix by version ID, for manifestOf without a catalog. */

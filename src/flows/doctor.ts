@@ -23,7 +23,12 @@
  * writes the bucket's current default retention back unchanged with each.
  */
 import { createHash, randomBytes } from "node:crypto";
-import type { Config, TargetConfig } from "../config/config.js";
+import {
+  type Config,
+  type EncryptionScheme,
+  encryptionOf,
+  type TargetConfig,
+} from "../config/config.js";
 import { describeError, explainReadRefusal, refusalWords, StorageError } from "../errors.js";
 import type { Logger } from "../log.js";
 import {
@@ -94,10 +99,31 @@ function statusOf(err: unknown): number | undefined {
   return err instanceof StorageError ? err.status : undefined;
 }
 
+/**
+ * The encryption schemes that reach a target: its jobs' (each job's own
+ * `encryption:` or the target's), or the target's alone when no job uses it.
+ */
+export function targetSchemes(
+  config: Pick<Config, "jobs">,
+  t: TargetConfig,
+): Set<EncryptionScheme> {
+  const jobs = config.jobs.filter((j) => j.target === t.name);
+  const schemes = new Set(jobs.map((j) => encryptionOf(j, t).scheme));
+  if (!schemes.size) schemes.add(encryptionOf({}, t).scheme);
+  return schemes;
+}
+
+/** Whether every backup to the target is age alone, so no SSE-C key is ever sent to it. */
+export function ageOnly(config: Pick<Config, "jobs">, t: TargetConfig): boolean {
+  const s = targetSchemes(config, t);
+  return s.size === 1 && s.has("age");
+}
+
 /** Pure: the endpoint line. */
 export function judgeEndpoint(
   probe: Outcome<EndpointProbe>,
   t: TargetConfig,
+  noSseC = false,
 ): Omit<Check, "target"> {
   if (!probe.ok) {
     return {
@@ -108,6 +134,14 @@ export function judgeEndpoint(
     };
   }
   const p = probe.value;
+  if (p.protocol === "http:" && noSseC) {
+    return {
+      name: "endpoint",
+      status: t.allowInsecureTransport ? "WARN" : "FAIL",
+      message: `${p.url} is plain http: every backup here is age-encrypted and no SSE-C key is sent, but anyone on the path can read the credentials' requests and alter or replace what is uploaded and downloaded`,
+      fix: "use the https endpoint (allowInsecureTransport is for a local test server only)",
+    };
+  }
   if (p.protocol === "http:") {
     return {
       name: "endpoint",
@@ -297,6 +331,8 @@ interface Canary {
   versionId: string;
   /** False where the server refused SSE-C and doctor fell back to a plain upload. */
   encrypted: boolean;
+  /** Uploaded without SSE-C because the target is age-only: read back without a key. */
+  ageOnly?: boolean;
   sseKey: Buffer;
   body: Buffer;
   retainUntil: Date;
@@ -362,9 +398,10 @@ function startRun(deps: DoctorDeps): Run {
 }
 
 /** Reachability, TLS and the clock; false if the endpoint cannot be reached. */
-async function checkEndpoint({ t, target, add, skip }: Run): Promise<boolean> {
+async function checkEndpoint(run: Run): Promise<boolean> {
+  const { t, target, add, skip } = run;
   const probe = await attempt(() => target.reader.probeEndpoint());
-  add(judgeEndpoint(probe, t));
+  add(judgeEndpoint(probe, t, ageOnly(run.config, t)));
   if (!probe.ok) {
     skip(["everything else"], "the endpoint cannot be reached");
     return false;
@@ -421,9 +458,26 @@ async function uploadCanary(run: Run, state: BucketLockState): Promise<Canary | 
   );
   const sseKey = randomBytes(32);
   const base = { sseKey, body, retainUntil, state, deleted: false };
-  const put = await attempt(() => target.writer.putCanary({ key, body, sseKey, retainUntil }));
+  // An age-only target never gets an SSE-C key, not even the canary's.
+  const noSseC = ageOnly(run.config, t);
+  const put = noSseC
+    ? await attempt(() => target.writer.putCanary({ key, body, retainUntil }))
+    : await attempt(() => target.writer.putCanary({ key, body, sseKey, retainUntil }));
   let canary: Canary;
-  if (put.ok) {
+  if (put.ok && noSseC) {
+    canary = { ...base, key, versionId: put.value.versionId, encrypted: false, ageOnly: true };
+    add({
+      name: "writer upload",
+      status: "OK",
+      message: `the writer uploaded the canary s3://${t.bucket}/${key} (without SSE-C: every job here uses encryption: age)`,
+    });
+    add({
+      name: "sse-c",
+      status: "OK",
+      message:
+        "not used: every backup to this target is age-encrypted on the host, and no request carries an SSE-C key",
+    });
+  } else if (put.ok) {
     canary = { ...base, key, versionId: put.value.versionId, encrypted: true };
     add({
       name: "writer upload",
@@ -432,9 +486,9 @@ async function uploadCanary(run: Run, state: BucketLockState): Promise<Canary | 
     });
   } else {
     const plainKey = `${key}-unencrypted`;
-    const plain = await attempt(() =>
-      target.writer.putCanary({ key: plainKey, body, retainUntil }),
-    );
+    const plain = noSseC
+      ? put
+      : await attempt(() => target.writer.putCanary({ key: plainKey, body, retainUntil }));
     if (!plain.ok) {
       add({
         name: "writer upload",
@@ -454,8 +508,8 @@ async function uploadCanary(run: Run, state: BucketLockState): Promise<Canary | 
     add({
       name: "sse-c",
       status: "FAIL",
-      message: `the server refused an SSE-C upload that it accepted unencrypted: ${describeError(put.error)}`,
-      fix: "allow SSE-C on the bucket: on AWS, remove SSE-C from the bucket's blocked encryption types (PutBucketEncryption), which new buckets have since April 2026",
+      message: `the server refuses SSE-C uploads (it accepted the same one unencrypted): ${describeError(put.error)}; this target's backups use SSE-C, so they would fail`,
+      fix: `either encrypt on the host instead: set targets.${t.name}.encryption: { scheme: age, recipients: [age1…] } (see \`immutd key generate --age\`), which sends no SSE-C key; or allow SSE-C on the bucket: on AWS, PutBucketEncryption with BlockedEncryptionTypes: { EncryptionType: [NONE] } (permission s3:PutEncryptionConfiguration), which new buckets block since April 2026`,
     });
   }
   run.report.canary = {
@@ -569,12 +623,13 @@ async function checkCanaryLock({ target, add }: Run, c: Canary): Promise<void> {
 
 /** The reader reads the canary back intact; the writer cannot read it at all. */
 async function checkReads({ target, add, skip }: Run, c: Canary): Promise<void> {
-  if (!c.encrypted) {
+  if (!c.encrypted && !c.ageOnly) {
     skip(["reader read", "writer read"], "needs an SSE-C canary");
     return;
   }
+  const key = c.encrypted ? c.sseKey : undefined;
   const read = await attempt(async () => {
-    const s = await target.reader.get(c.key, c.versionId, c.sseKey);
+    const s = await target.reader.get(c.key, c.versionId, key);
     const chunks: Buffer[] = [];
     for await (const chunk of s) chunks.push(Buffer.from(chunk as Buffer));
     return Buffer.concat(chunks);
@@ -596,7 +651,7 @@ async function checkReads({ target, add, skip }: Run, c: Canary): Promise<void> 
         },
   );
   const writerRead = await attempt(() =>
-    target.writer.get(c.key, c.versionId, c.sseKey).then((s) => s.resume()),
+    target.writer.get(c.key, c.versionId, key).then((s) => s.resume()),
   );
   add(
     writerRead.ok

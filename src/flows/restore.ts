@@ -10,8 +10,10 @@
  */
 import { pipeline } from "node:stream/promises";
 import type { Catalog } from "../catalog/catalog.js";
-import type { Compression, Config, JobConfig } from "../config/config.js";
+import { type Compression, type Config, encryptionOf, type JobConfig } from "../config/config.js";
 import { UsageError } from "../errors.js";
+import { AgeError } from "../pipeline/age.js";
+import { decryptStages, keyDerivationOf, sseKeyFor, storedSseKey } from "../pipeline/cipher.js";
 import { decoderFor } from "../pipeline/codec.js";
 import { type DownloadOptions, download, RestoreError, whereOf } from "../pipeline/download.js";
 import {
@@ -24,7 +26,8 @@ import {
   type TarEntryInfo,
 } from "../pipeline/extract.js";
 import { HashingCounter } from "../pipeline/hash.js";
-import { deriveSseKey } from "../repo/keys.js";
+import type { AgeIdentity } from "../repo/age-keys.js";
+import { KEY_DERIVATION } from "../repo/keys.js";
 import { isDatedInFuture, jobPrefix, parseObjectKey } from "../repo/naming.js";
 import type { ObjectStore, Target } from "../store/store.js";
 
@@ -37,7 +40,10 @@ export interface RestoreSource {
   key: string;
   versionId: string;
   compression: Compression;
-  sseKey: Buffer;
+  /** undefined for a backup stored without SSE-C (age alone). */
+  sseKey: Buffer | undefined;
+  /** How it is encrypted (src/pipeline/cipher.ts schemeOf): an age backup needs an identity. Absent: SSE-C. */
+  keyDerivation?: string;
   createdAt: Date;
   /** Expected size and SHA-256 when known (from the catalog); the bucket listing only knows the size. */
   size?: number;
@@ -85,8 +91,9 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
       );
     }
   }
-  const sseKey = catalog.backupKey(row.id);
-  if (!sseKey) throw new UsageError(`backup ${row.id} has no key in the catalog`);
+  const stored = catalog.backupKey(row.id);
+  if (!stored) throw new UsageError(`backup ${row.id} has no key in the catalog`);
+  const sseKey = storedSseKey(stored);
   return {
     id: row.id,
     job: row.job,
@@ -95,6 +102,7 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
     versionId: row.versionId,
     compression: row.compression,
     sseKey,
+    keyDerivation: catalog.backupKeyDerivation(row.id) ?? KEY_DERIVATION,
     createdAt: new Date(row.createdAt),
     size: row.size,
     ...(row.sha256 !== null ? { sha256: row.sha256 } : {}),
@@ -163,13 +171,17 @@ export async function selectFromBucket(
       );
     }
   }
+  // Without the catalog the scheme is the one configured for the job now.
+  const tc = config.targets?.[job.target];
+  const scheme = tc ? encryptionOf(job, tc).scheme : "sse-c";
   return {
     job: job.name,
     bucket: target.bucket,
     key: pick.v.key,
     versionId: pick.v.versionId,
     compression: pick.parsed?.compression ?? "none",
-    sseKey: deriveSseKey(config.masterKey.reveal(), target.bucket, pick.v.key),
+    sseKey: sseKeyFor(config.masterKey.reveal(), target.bucket, pick.v.key, scheme),
+    keyDerivation: keyDerivationOf(scheme),
     createdAt: pick.parsed?.createdAt ?? pick.v.lastModified,
     size: pick.v.size,
   };
@@ -182,6 +194,8 @@ export type RestoreMode =
 
 export interface RestoreOptions extends DownloadOptions {
   include?: readonly string[];
+  /** For an age-encrypted backup: the identities to decrypt it with. */
+  identities?: readonly AgeIdentity[];
   onWarning?: (w: ExtractWarning) => void;
   onProgress?: (p: { bytes: number; files: number }) => void;
 }
@@ -209,22 +223,25 @@ export async function restore(
 ): Promise<RestoreSummary> {
   const started = Date.now();
   const where = whereOf(src);
+  // Before any request: an age backup without an identity cannot be read.
+  const decrypt = decryptStages(src.keyDerivation ?? KEY_DERIVATION, opts.identities, where);
   const body = await download(reader, src, opts);
   let files = 0;
   const hasher = new HashingCounter((n) => opts.onProgress?.({ bytes: n, files }));
-  const decode = decoderFor(src.compression);
+  // The hash is over the stored bytes (the age file), as the backup recorded it.
+  const decode = [...decrypt, ...decoderFor(src.compression)];
 
   let out: TarOutcome = {};
   let failure: unknown;
   try {
     if (mode.kind === "raw") {
-      await pipeline([body, hasher, mode.out]);
+      await pipeline([body, hasher, ...decrypt, mode.out]);
     } else {
       // The tar reader consumes its input to the very end, so the hash covers every byte.
       const piping = pipeline([body, hasher, ...decode]).catch((e: unknown) => {
         failure ??= e;
       });
-      out = await readTar(decode[0] ?? hasher, mode, opts, (n) => {
+      out = await readTar(decode.at(-1) ?? hasher, mode, opts, (n) => {
         files = n;
       });
       await piping;
@@ -299,6 +316,11 @@ export function failed(
 ): unknown {
   if (signal?.aborted) return signal.reason;
   if (failure instanceof RestoreError) return failure;
+  // A wrong identity or a forged header fails before the first byte reaches the tar reader.
+  if (failure instanceof AgeError)
+    return /no identity given matches/.test(failure.message)
+      ? new AgeError(`${failure.message}; nothing was restored`)
+      : new AgeError(`${failure.message}.${incomplete}`);
   return new RestoreError(
     `restore of ${where} failed: ${(failure as Error).message ?? String(failure)}.${incomplete}`,
     { cause: failure },

@@ -27,7 +27,9 @@ import type { BackupRow, Catalog } from "../catalog/catalog.js";
 import type { Config, TargetConfig } from "../config/config.js";
 import { CancelledError, describeError, explainReadRefusal, StorageError } from "../errors.js";
 import type { Logger } from "../log.js";
-import { deriveSseKey } from "../repo/keys.js";
+import type { AgeIdentity } from "../pipeline/age.js";
+import { isAgeEncrypted, schemeOf, sseKeyFor, storedSseKey } from "../pipeline/cipher.js";
+import { KEY_DERIVATION } from "../repo/keys.js";
 import { decodeManifest, manifestMismatch } from "../repo/manifest.js";
 import {
   configuredLock,
@@ -169,6 +171,12 @@ export interface VerifyDeps {
   job?: string;
   /** Deep: how many newest good backups of each job to download (default: config.verify.deep.sample, else 1). */
   sample?: number;
+  /**
+   * Deep: the age identities that read age-encrypted archives to their end.
+   * Without them an age backup's deep check downloads it and compares size
+   * and SHA-256 of the stored bytes only (the host holds no identity).
+   */
+  identities?: readonly AgeIdentity[];
   signal?: AbortSignal;
   /** The clock; tests move it. */
   now?: () => Date;
@@ -440,7 +448,12 @@ async function deepChecks(deps: VerifyDeps, scope: Scope, c: Collected): Promise
       log,
       deps.signal,
       onBytes,
+      deps.identities,
     );
+    if (!deps.identities?.length && isAgeEncrypted(catalog.backupKeyDerivation(row.id) ?? ""))
+      c.notes.push(
+        `job ${row.job}: backup ${row.id} is age-encrypted and no identity was given: its stored bytes match the recorded SHA-256, but the archive was not read (verify --deep --identity FILE reads it)`,
+      );
     deepChecked.push(result);
     if (finding) c.report(finding);
     before += row.size;
@@ -720,7 +733,19 @@ async function checkBackup(
   }
   recordObserved(row, catalog, log, status, seen.retention);
   findings.push(
-    ...(await checkManifest(row, target, masterKey, locked ?? seen.retention, now, signal)),
+    ...(await checkManifest(
+      row,
+      target,
+      sseKeyFor(
+        masterKey,
+        row.bucket,
+        row.manifestKey ?? "",
+        schemeOf(catalog.backupKeyDerivation(row.id) ?? KEY_DERIVATION) ?? "sse-c",
+      ),
+      locked ?? seen.retention,
+      now,
+      signal,
+    )),
   );
   return findings.map((f) => ({
     ...f,
@@ -740,7 +765,7 @@ async function observe(
   catalog: Catalog,
   signal: AbortSignal | undefined,
 ): Promise<Observed> {
-  const sseKey = catalog.backupKey(row.id) as Buffer;
+  const sseKey = storedSseKey(catalog.backupKey(row.id) as Buffer);
   const opts = withSignal(RetryPolicy.read, signal);
   const seen: Observed = {};
   try {
@@ -836,7 +861,8 @@ function recordObserved(
 async function checkManifest(
   row: BackupRow,
   target: Target,
-  masterKey: Buffer,
+  /** The manifest's SSE-C key (none for an age-only backup). */
+  sseKey: Buffer | undefined,
   archiveLock: Retention | undefined,
   now: Date,
   signal: AbortSignal | undefined,
@@ -855,7 +881,6 @@ async function checkManifest(
   }
   const out: { kind: FindingKind; message: string }[] = [];
   const opts = withSignal(RetryPolicy.read, signal);
-  const sseKey = deriveSseKey(masterKey, row.bucket, key);
   try {
     const body = await retry(
       async () => buffer(await target.reader.get(key, versionId, sseKey, signal ? { signal } : {})),
@@ -921,8 +946,11 @@ async function deepCheck(
   log: Logger,
   signal: AbortSignal | undefined,
   onBytes?: (bytes: number) => void,
+  identities?: readonly AgeIdentity[],
 ): Promise<{ result: DeepResult; finding?: Finding }> {
   const src = selectFromCatalog(catalog, row.job, { id: row.id });
+  // An age backup without an identity: its stored bytes are all the host can check.
+  const sealed = isAgeEncrypted(src.keyDerivation ?? KEY_DERIVATION) && !identities?.length;
   // Compared here rather than inside restore, to tell a changed object from an unreadable archive.
   const { size: _size, sha256: _sha, ...unchecked } = src;
   const started = Date.now();
@@ -955,20 +983,40 @@ async function deepCheck(
           message: `${what}: downloaded ${bytes} bytes with SHA-256 ${sha256}, the catalog recorded ${row.size} bytes with ${row.sha256}; marked corrupt`,
         }
       : undefined;
+  if (row.sha256 === null && sealed)
+    return {
+      result: result(false, 0),
+      finding: {
+        ...base,
+        kind: "unverified",
+        message: `${what} was found by crash recovery and is age-encrypted: only reading it with an identity settles it (immutd verify --deep --identity FILE)`,
+      },
+    };
   if (row.sha256 === null) {
     const refused = await foreignVersion(row, reader, catalog, signal);
     if (refused) return { result: result(false, 0), finding: { ...base, ...refused } };
   }
   try {
-    const s = await restore(
-      reader,
-      unchecked as RestoreSource,
-      { kind: "list", onEntry: () => entries++ },
-      {
-        ...(signal ? { signal } : {}),
-        ...(onBytes ? { onProgress: (p: { bytes: number }) => onBytes(p.bytes) } : {}),
-      },
-    );
+    const s = sealed
+      ? await restore(
+          reader,
+          storedBytes(unchecked as RestoreSource),
+          { kind: "raw", out: sink() },
+          {
+            ...(signal ? { signal } : {}),
+            ...(onBytes ? { onProgress: (p: { bytes: number }) => onBytes(p.bytes) } : {}),
+          },
+        )
+      : await restore(
+          reader,
+          unchecked as RestoreSource,
+          { kind: "list", onEntry: () => entries++ },
+          {
+            ...(signal ? { signal } : {}),
+            ...(identities ? { identities } : {}),
+            ...(onBytes ? { onProgress: (p: { bytes: number }) => onBytes(p.bytes) } : {}),
+          },
+        );
     const bad = mismatch(s.bytes, s.sha256);
     if (bad) {
       catalog.setBackupStatus(row.id, "corrupt");
@@ -984,7 +1032,9 @@ async function deepCheck(
     }
     log.info(
       { job: row.job, key: row.key, versionId: row.versionId, bytes: s.bytes, entries },
-      "deep check passed: SHA-256 matches and the archive reads to the end",
+      sealed
+        ? "deep check passed: SHA-256 matches (age-encrypted, not read: no identity given)"
+        : "deep check passed: SHA-256 matches and the archive reads to the end",
     );
     return { result: result(true, s.bytes) };
   } catch (err) {
@@ -1013,6 +1063,14 @@ async function deepCheck(
   }
 }
 
+/**
+ * The source read as the bytes the server stores (SSE-C undone by the server,
+ * an age layer left as it is): what the recorded size and SHA-256 cover.
+ */
+function storedBytes(src: RestoreSource): RestoreSource {
+  return { ...src, keyDerivation: KEY_DERIVATION };
+}
+
 /** The size and SHA-256 of a backup's decrypted bytes as stored, or why the download failed. */
 async function rawDigest(
   reader: ObjectStore,
@@ -1020,7 +1078,12 @@ async function rawDigest(
   signal: AbortSignal | undefined,
 ): Promise<{ bytes: number; sha256: string } | { error: string }> {
   try {
-    const raw = await restore(reader, src, { kind: "raw", out: sink() }, signal ? { signal } : {});
+    const raw = await restore(
+      reader,
+      storedBytes(src),
+      { kind: "raw", out: sink() },
+      signal ? { signal } : {},
+    );
     return { bytes: raw.bytes, sha256: raw.sha256 };
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("verify cancelled");
@@ -1086,7 +1149,11 @@ async function foreignVersion(
   signal: AbortSignal | undefined,
 ): Promise<{ kind: FindingKind; message: string } | undefined> {
   const what = `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId}`;
-  const sseKey = catalog.backupKey(row.id) as Buffer;
+  const sseKey = storedSseKey(catalog.backupKey(row.id) as Buffer);
+  // age alone: the server holds no key to check, and anyone with the writer
+  // credential can encrypt to public recipients, so only the deep check's
+  // reading decides (with an identity).
+  if (sseKey === undefined) return undefined;
   let encrypted: boolean;
   try {
     const opts = withSignal(RetryPolicy.read, signal);

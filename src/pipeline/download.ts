@@ -21,7 +21,8 @@ export interface VersionRef {
   bucket: string;
   key: string;
   versionId: string;
-  sseKey: Buffer;
+  /** undefined: the version is stored without SSE-C (age alone). */
+  sseKey: Buffer | undefined;
 }
 
 export interface DownloadOptions {

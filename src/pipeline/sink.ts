@@ -18,7 +18,7 @@ export type Sink = (body: Readable) => Promise<{ versionId: string }>;
 
 export function s3Sink(
   store: ObjectStore,
-  req: { key: string; sseKey: Buffer; onUploadId?: (uploadId: string) => void },
+  req: { key: string; sseKey: Buffer | undefined; onUploadId?: (uploadId: string) => void },
 ): Sink {
   return (body) =>
     store.upload({ ...req, body }).catch((err: unknown) => {

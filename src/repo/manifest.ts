@@ -11,7 +11,12 @@
  * cannot take raises formatVersion.
  */
 import { gunzipSync, gzipSync } from "node:zlib";
-import { COMPRESSIONS, type Compression } from "../config/config.js";
+import {
+  COMPRESSIONS,
+  type Compression,
+  ENCRYPTION_SCHEMES,
+  type EncryptionScheme,
+} from "../config/config.js";
 import type { ArchiveEntry } from "../pipeline/archive.js";
 import {
   byteStringFrom,
@@ -22,6 +27,12 @@ import {
 } from "../pipeline/file-names.js";
 
 export const MANIFEST_FORMAT = 1;
+/**
+ * A manifest whose file index is age-encrypted (encryption scheme age or
+ * both, src/repo/age-manifest.ts): `files` is empty and `sealedFiles` holds
+ * the index. Readers of format 1 refuse it by its number.
+ */
+export const SEALED_MANIFEST_FORMAT = 2;
 
 /** The largest manifest decodeManifest inflates: a hostile object must not exhaust memory. */
 const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
@@ -46,7 +57,7 @@ export interface ManifestFile {
 }
 
 export interface Manifest {
-  formatVersion: typeof MANIFEST_FORMAT;
+  formatVersion: typeof MANIFEST_FORMAT | typeof SEALED_MANIFEST_FORMAT;
   host: string;
   job: string;
   /** ISO 8601, the run's start (the time in the archive key). */
@@ -58,7 +69,8 @@ export interface Manifest {
     sha256: string;
     compression: Compression;
   };
-  encryption: { scheme: "sse-c"; keyDerivation: string };
+  /** `recipients`: the age recipients (`age1…`) the archive and the index were encrypted to (age and both). */
+  encryption: { scheme: EncryptionScheme; keyDerivation: string; recipients?: string[] };
   /** The backup this one builds on; always null until incremental backups exist. */
   parent: null;
   /**
@@ -70,6 +82,8 @@ export interface Manifest {
   /** The schedule's IANA time zone, when the job set one. */
   timezone?: string;
   files: ManifestFile[];
+  /** SEALED_MANIFEST_FORMAT: base64 of an age file holding gzip of the index's JSON array. */
+  sealedFiles?: string;
 }
 
 /** Collects the index while the archive is written (ArchiveOptions.onEntry). */
@@ -131,8 +145,9 @@ export function decodeManifest(body: Buffer): Manifest {
   }
   const m = doc as Partial<Manifest> | null;
   if (typeof m !== "object" || m === null) throw new Error("not a manifest (not a JSON object)");
-  if (m.formatVersion !== MANIFEST_FORMAT)
+  if (m.formatVersion !== MANIFEST_FORMAT && m.formatVersion !== SEALED_MANIFEST_FORMAT)
     throw new Error(`manifest format ${String(m.formatVersion)} is not one this immutd reads`);
+  const sealed = m.formatVersion === SEALED_MANIFEST_FORMAT;
   const a = m.archive;
   if (
     typeof m.host !== "string" ||
@@ -147,8 +162,14 @@ export function decodeManifest(body: Buffer): Manifest {
     typeof a.size !== "number" ||
     typeof a.sha256 !== "string" ||
     !(COMPRESSIONS as readonly unknown[]).includes(a.compression) ||
-    m.encryption?.scheme !== "sse-c" ||
-    typeof m.encryption.keyDerivation !== "string" ||
+    !(ENCRYPTION_SCHEMES as readonly unknown[]).includes(m.encryption?.scheme) ||
+    (m.encryption?.scheme === "sse-c") === sealed ||
+    typeof m.encryption?.keyDerivation !== "string" ||
+    (sealed &&
+      (typeof m.sealedFiles !== "string" ||
+        !Array.isArray(m.encryption.recipients) ||
+        !m.encryption.recipients.every((r) => typeof r === "string") ||
+        m.files?.length !== 0)) ||
     (m.schedule !== undefined && m.schedule !== null && typeof m.schedule !== "string") ||
     (m.timezone !== undefined && typeof m.timezone !== "string") ||
     !Array.isArray(m.files) ||
@@ -165,7 +186,7 @@ export function decodeManifest(body: Buffer): Manifest {
  * host an attacker owns must not crash the reader or reach a terminal as
  * escape sequences.
  */
-function isFile(f: unknown): f is ManifestFile {
+export function isFile(f: unknown): f is ManifestFile {
   const x = f as Partial<ManifestFile> | null;
   return (
     typeof x === "object" &&

@@ -19,7 +19,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buffer } from "node:stream/consumers";
-import { StorageError } from "../errors.js";
+import { RefusedError, StorageError } from "../errors.js";
 import { RetryPolicy, retry, withSignal } from "../store/retry.js";
 import type { ObjectStore, VersionEntry } from "../store/store.js";
 import { deriveSseKey } from "./keys.js";
@@ -239,10 +239,21 @@ export async function readManifest(
   if (!manifest) {
     const sseKey = deriveSseKey(masterKey, bucket, m.key);
     const signal = o.signal;
-    const body = await retry(
-      async () => buffer(await store.get(m.key, m.versionId, sseKey, signal ? { signal } : {})),
-      withSignal(RetryPolicy.read, signal),
-    );
+    const fetch = (k: Buffer | undefined) =>
+      retry(
+        async () => buffer(await store.get(m.key, m.versionId, k, signal ? { signal } : {})),
+        withSignal(RetryPolicy.read, signal),
+      );
+    let body: Buffer;
+    try {
+      body = await fetch(sseKey);
+    } catch (err) {
+      // The manifest of an age-only backup is stored without SSE-C: AWS refuses
+      // the key for it (400), and plain http refuses to send one at all.
+      if (!(err instanceof RefusedError || (err instanceof StorageError && err.status === 400)))
+        throw err;
+      body = await fetch(undefined);
+    }
     try {
       manifest = decodeManifest(body);
     } catch (err) {

@@ -102,6 +102,8 @@ export class MemoryBucket {
   retentionLag = 0;
   /** Accept wrong checksums, like a server that does not verify them. */
   ignoresChecksums = false;
+  /** Refuse SSE-C writes with 403 AccessDenied, as AWS does on buckets created since April 2026. */
+  blocksSseC = false;
   readonly versions: StoredVersion[] = [];
   readonly uploads = new Map<string, { key: string; initiated: Date }>();
   /** The clock; tests move it to expire retention. */
@@ -202,7 +204,9 @@ export class MemoryStore implements ObjectStore {
 
   async upload(req: UploadRequest): Promise<{ versionId: string }> {
     this.#allow("upload", req.key);
-    if (req.sseKey.length !== 32) throw new Error("SSE-C key must be 32 bytes");
+    if (req.sseKey !== undefined && req.sseKey.length !== 32)
+      throw new Error("SSE-C key must be 32 bytes");
+    if (req.sseKey) this.#refuseSseC(req.key);
     const uploadId = randomBytes(8).toString("hex");
     this.#b.uploads.set(uploadId, { key: req.key, initiated: this.#b.now() });
     req.onUploadId?.(uploadId);
@@ -217,8 +221,17 @@ export class MemoryStore implements ObjectStore {
     return { versionId: this.#store(req.key, Buffer.concat(chunks), req.sseKey) };
   }
 
-  /** Stores a new SSE-C version with the bucket's default retention, as a PutObject or a completed upload does. */
-  #store(key: string, data: Buffer, sseKey: Buffer): string {
+  /** As AWS answers an SSE-C write to a bucket whose encryption configuration blocks SSE-C. */
+  #refuseSseC(key: string): void {
+    if (!this.#b.blocksSseC) return;
+    throw new StorageError(
+      `cannot write s3://${this.bucket}/${key}: the bucket blocks SSE-C (BlockedEncryptionTypes): AccessDenied, HTTP 403`,
+      { transient: false, status: 403, code: "AccessDenied" },
+    );
+  }
+
+  /** Stores a new version (SSE-C when given a key) with the bucket's default retention, as a PutObject or a completed upload does. */
+  #store(key: string, data: Buffer, sseKey: Buffer | undefined): string {
     const created = this.#b.now();
     const d = this.#b.defaultRetention;
     const versionId = randomBytes(12).toString("hex");
@@ -226,7 +239,7 @@ export class MemoryStore implements ObjectStore {
       key,
       versionId,
       data,
-      keyHash: hashKey(sseKey),
+      keyHash: sseKey ? hashKey(sseKey) : undefined,
       created,
       retention: d
         ? { mode: d.mode, retainUntil: new Date(created.getTime() + d.days * 86_400_000) }
@@ -236,7 +249,8 @@ export class MemoryStore implements ObjectStore {
     return versionId;
   }
 
-  #find(key: string, versionId: string, sseKey: Buffer | undefined): StoredVersion {
+  /** `sseKey` null: any (a request that carries no key, such as GetObjectRetention). */
+  #find(key: string, versionId: string, sseKey: Buffer | undefined | null): StoredVersion {
     const v = this.#b.versions.find(
       (x) => x.key === key && x.versionId === versionId && !x.deleteMarker,
     );
@@ -249,7 +263,7 @@ export class MemoryStore implements ObjectStore {
         },
       );
     }
-    if (sseKey !== undefined && v.keyHash !== hashKey(sseKey)) {
+    if (sseKey !== null && v.keyHash !== (sseKey ? hashKey(sseKey) : undefined)) {
       // As Ceph RGW answers it (AWS says 403 AccessDenied).
       throw new StorageError(
         `cannot read s3://${this.bucket}/${key}: the SSE-C key does not match: InvalidArgument, HTTP 400`,
@@ -262,28 +276,28 @@ export class MemoryStore implements ObjectStore {
   async head(
     key: string,
     versionId: string,
-    sseKey: Buffer,
+    sseKey: Buffer | undefined,
   ): Promise<{ size: number; encrypted: boolean; retention?: Retention }> {
     this.#allow("head", key);
-    // #find refuses any other key, and a version stored without one.
+    // #find refuses any other key, a version stored without one, and a key for a plain one.
     const v = this.#find(key, versionId, sseKey);
     return {
       size: v.data.length,
-      encrypted: true,
+      encrypted: sseKey !== undefined,
       ...(v.retention ? { retention: { ...v.retention } } : {}),
     };
   }
 
   async retention(key: string, versionId: string): Promise<Retention | undefined> {
     this.#allow("retention", key);
-    const r = this.#find(key, versionId, undefined).retention;
+    const r = this.#find(key, versionId, null).retention;
     return r ? { ...r } : undefined;
   }
 
   async get(
     key: string,
     versionId: string,
-    sseKey: Buffer,
+    sseKey: Buffer | undefined,
     opts: { start?: number; end?: number } = {},
   ): Promise<Readable> {
     this.#allow("get", key);
@@ -398,7 +412,7 @@ export class MemoryStore implements ObjectStore {
         { transient: false, status: 403 },
       );
     }
-    const v = this.#find(key, versionId, undefined);
+    const v = this.#find(key, versionId, null);
     const cur = v.retention;
     const now = this.#b.now();
     if (cur && cur.retainUntil > now) {
@@ -424,7 +438,9 @@ export class MemoryStore implements ObjectStore {
   async putManifest(req: ManifestRequest): Promise<{ versionId: string }> {
     assertManifestKey(req.key);
     this.#allow("upload", req.key);
-    if (req.sseKey.length !== 32) throw new Error("SSE-C key must be 32 bytes");
+    if (req.sseKey !== undefined && req.sseKey.length !== 32)
+      throw new Error("SSE-C key must be 32 bytes");
+    if (req.sseKey) this.#refuseSseC(req.key);
     return { versionId: this.#store(req.key, Buffer.from(req.body), req.sseKey) };
   }
 
@@ -443,6 +459,7 @@ export class MemoryStore implements ObjectStore {
     if (req.retainUntil <= this.#b.now()) throw fail("InvalidArgument", 400);
     if (req.sseKey !== undefined && req.sseKey.length !== 32)
       throw new Error("SSE-C key must be 32 bytes");
+    if (req.sseKey) this.#refuseSseC(req.key);
     const versionId = randomBytes(12).toString("hex");
     this.#b.versions.push({
       key: req.key,

@@ -171,7 +171,7 @@ export class S3Store implements ObjectStore {
         Key: req.key,
         Body: req.body,
         ContentType: "application/x-tar",
-        ...sseParams(req.sseKey),
+        ...(req.sseKey ? sseParams(req.sseKey) : {}),
         ...checksumParam(this.#target.checksum),
       },
     });
@@ -218,7 +218,7 @@ export class S3Store implements ObjectStore {
   async head(
     key: string,
     versionId: string,
-    sseKey: Buffer,
+    sseKey: Buffer | undefined,
   ): Promise<{ size: number; encrypted: boolean; retention?: Retention }> {
     const res = await this.#call("read", key, () =>
       this.client.send(
@@ -226,13 +226,14 @@ export class S3Store implements ObjectStore {
           Bucket: this.bucket,
           Key: key,
           VersionId: versionId,
-          ...sseParams(sseKey),
+          ...(sseKey ? sseParams(sseKey) : {}),
         }),
       ),
     );
-    const md5 = createHash("md5").update(sseKey).digest("base64");
     const size = res.ContentLength ?? 0;
-    const encrypted = res.SSECustomerKeyMD5 === md5;
+    const encrypted =
+      sseKey !== undefined &&
+      res.SSECustomerKeyMD5 === createHash("md5").update(sseKey).digest("base64");
     const mode = res.ObjectLockMode;
     const until = res.ObjectLockRetainUntilDate;
     if ((mode !== "COMPLIANCE" && mode !== "GOVERNANCE") || !until) return { size, encrypted };
@@ -263,7 +264,7 @@ export class S3Store implements ObjectStore {
   async get(
     key: string,
     versionId: string,
-    sseKey: Buffer,
+    sseKey: Buffer | undefined,
     opts: { signal?: AbortSignal; start?: number; end?: number } = {},
   ): Promise<Readable> {
     const start = opts.start ?? 0;
@@ -277,7 +278,7 @@ export class S3Store implements ObjectStore {
           Key: key,
           VersionId: versionId,
           ...(ranged ? { Range: `bytes=${start}-${last}` } : {}),
-          ...sseParams(sseKey),
+          ...(sseKey ? sseParams(sseKey) : {}),
         }),
         opts.signal ? { abortSignal: opts.signal } : {},
       ),
@@ -518,7 +519,7 @@ export class S3Store implements ObjectStore {
           Key: req.key,
           Body: req.body,
           ContentType: "application/gzip",
-          ...sseParams(req.sseKey),
+          ...(req.sseKey ? sseParams(req.sseKey) : {}),
           ...checksumParam(this.#target.checksum),
         }),
       ),

@@ -84,8 +84,8 @@ export interface ManifestRequest {
   /** Must pass assertManifestKey (src/repo/naming.ts). */
   key: string;
   body: Buffer;
-  /** 32-byte AES256 SSE-C key. */
-  sseKey: Buffer;
+  /** 32-byte AES256 SSE-C key; undefined: no SSE-C header at all (an age-only target). */
+  sseKey: Buffer | undefined;
 }
 
 export interface EndpointProbe {
@@ -106,8 +106,8 @@ export interface EndpointProbe {
 export interface UploadRequest {
   key: string;
   body: Readable;
-  /** 32-byte AES256 SSE-C key. */
-  sseKey: Buffer;
+  /** 32-byte AES256 SSE-C key; undefined: no SSE-C header at all (an age-only target). */
+  sseKey: Buffer | undefined;
   /** Called with the multipart upload ID as soon as the server assigns one. */
   onUploadId?: (uploadId: string) => void;
 }
@@ -145,7 +145,8 @@ export interface ObjectStore {
    */
   upload(req: UploadRequest): Promise<{ versionId: string }>;
   /**
-   * Size of one version, read with its SSE-C key (which the server checks).
+   * Size of one version, read with its SSE-C key (which the server checks;
+   * undefined for a version stored without SSE-C, as age-only backups are).
    * `encrypted`: the server confirmed the version is SSE-C encrypted with
    * exactly this key (it echoed the key's MD5). false for a version stored
    * without SSE-C, which Ceph RGW 16 serves in plain despite the key headers.
@@ -156,7 +157,7 @@ export interface ObjectStore {
   head(
     key: string,
     versionId: string,
-    sseKey: Buffer,
+    sseKey: Buffer | undefined,
   ): Promise<{ size: number; encrypted: boolean; retention?: Retention }>;
   /** The version's retention, or undefined if it has none. */
   retention(key: string, versionId: string): Promise<Retention | undefined>;
@@ -169,7 +170,7 @@ export interface ObjectStore {
   get(
     key: string,
     versionId: string,
-    sseKey: Buffer,
+    sseKey: Buffer | undefined,
     opts?: { signal?: AbortSignal; start?: number; end?: number },
   ): Promise<Readable>;
   /** Every version and delete marker under prefix. */

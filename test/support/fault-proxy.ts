@@ -54,6 +54,8 @@ export interface RequestInfo {
   query: URLSearchParams;
   /** The Range header, if the request had one. */
   range?: string;
+  /** The request carries an SSE-C key (x-amz-server-side-encryption-customer-key). */
+  sseC?: boolean;
 }
 
 export type FaultAction =
@@ -178,6 +180,7 @@ export class FaultProxy {
       path: decodeURIComponent(url.pathname),
       query: url.searchParams,
       ...(req.headers.range ? { range: req.headers.range } : {}),
+      ...(req.headers["x-amz-server-side-encryption-customer-key"] ? { sseC: true } : {}),
     };
     const action = this.#pick(info);
     const entry: LoggedRequest = {
