@@ -13,7 +13,13 @@
 import { realpathSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { type Catalog, UPLOAD_UNSETTLED } from "../catalog/catalog.js";
-import { type Config, type JobConfig, jobExcludes, type TargetConfig } from "../config/config.js";
+import {
+  type Config,
+  DEFAULTS,
+  type JobConfig,
+  jobExcludes,
+  type TargetConfig,
+} from "../config/config.js";
 import { CancelledError, describeError, RefusedError, StorageError } from "../errors.js";
 import type { Logger } from "../log.js";
 import {
@@ -267,7 +273,14 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
   run.uploadSent = true;
   const streamed = await runStages({
     archive,
-    between: [...encoderFor(job.compression, job.compressionLevel), ...cipher.stages],
+    between: [
+      ...encoderFor(
+        job.compression,
+        job.compressionLevel,
+        job.compressionThreads ?? DEFAULTS.compressionThreads,
+      ),
+      ...cipher.stages,
+    ],
     hash,
     sink,
     ...(deps.signal ? { signal: deps.signal } : {}),

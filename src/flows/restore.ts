@@ -224,7 +224,7 @@ export async function restore(
       const piping = pipeline([body, hasher, ...decode]).catch((e: unknown) => {
         failure ??= e;
       });
-      out = await readTar(decode[0] ?? hasher, mode, opts, (n) => {
+      out = await readTar(decode.at(-1) ?? hasher, mode, opts, (n) => {
         files = n;
       });
       await piping;
