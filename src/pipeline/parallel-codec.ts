@@ -67,12 +67,13 @@ class CodecPool {
         const job = slot.jobs.get(a.id);
         if (!job) return;
         slot.jobs.delete(a.id);
+        if (slot.jobs.size === 0) w.unref();
         if ("error" in a) job.reject(new Error(`${what} failed: ${a.error}`));
         else job.resolve(Buffer.from(a.buf, a.offset, a.length));
       });
       w.on("error", (err) => die(`failed: ${err.message}`));
       w.on("exit", (code) => die(`exited (code ${code}) with blocks unfinished`));
-      // A worker waiting for work must not keep the process alive on its own.
+      // A worker keeps the process alive only while it holds blocks (see run and the answer).
       w.unref();
       this.#workers.push(slot);
     }
@@ -87,6 +88,7 @@ class CodecPool {
     }
     return new Promise((resolve, reject) => {
       slot.jobs.set(req.id, { resolve, reject });
+      slot.w.ref();
       slot.w.postMessage(req, [req.buf]);
     });
   }
