@@ -62,7 +62,7 @@ export class ZstdFrameCheck extends Transform {
     if (this.#inFrame || this.#got.length > 0) {
       cb(
         new Error(
-          `the zstd stream ends inside a frame (after ${this.#pos} bytes): the archive is truncated`,
+          `unexpected end of file: the zstd stream ends inside a frame (after ${this.#pos} bytes), the archive is truncated`,
         ),
       );
     } else cb();

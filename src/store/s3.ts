@@ -38,6 +38,7 @@ import { Upload } from "@aws-sdk/lib-storage";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config/config.js";
 import { ConfigError, RefusedError, StorageError, UsageError } from "../errors.js";
+import { md5Base64 } from "../pipeline/workers/digest.js";
 import { assertManifestKey } from "../repo/naming.js";
 import {
   assertCanaryKey,
@@ -811,7 +812,10 @@ function installGuards(client: S3Client, t: TargetConfig): void {
         const present = lower(req.headers);
         const md5 = t.checksum === "md5" || MD5_ALWAYS.has(context.commandName ?? "");
         if (md5 && !("content-md5" in present)) {
-          req.headers["content-md5"] = createHash("md5").update(req.body).digest("base64");
+          // A part's MD5 on the hashing worker (the main thread copies the part
+          // once, at memory speed); small bodies here.
+          req.headers["content-md5"] =
+            (await md5Base64(req.body)) ?? createHash("md5").update(req.body).digest("base64");
         }
         // Over TLS the part is already protected in transit and its checksum is
         // verified by the server, so SigV4 need not hash the payload a second time
