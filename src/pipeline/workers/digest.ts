@@ -15,7 +15,7 @@ export type DigestRequest =
   | { op: "update"; id: number; stream: number; buf: ArrayBuffer; length: number }
   | { op: "final"; id: number; stream: number }
   | { op: "drop"; id: number; stream: number }
-  | { op: "md5"; id: number; buf: ArrayBuffer; length: number };
+  | { op: "md5"; id: number; buf: ArrayBuffer | SharedArrayBuffer; offset: number; length: number };
 
 type Answer = { id: number; digest?: string; error?: string };
 
@@ -71,8 +71,13 @@ const INLINE_BELOW = 256 * 1024;
 /** Base64 MD5 of `body` (a part's Content-MD5), computed in the worker. */
 export function md5Base64(body: Uint8Array): Promise<string> | undefined {
   if (body.length < INLINE_BELOW) return undefined;
+  // A part in shared memory (src/store/multipart.ts) is read in place; it must not change until this resolves.
+  if (body.buffer instanceof SharedArrayBuffer) {
+    const { buffer: buf, byteOffset: offset, length } = body;
+    return ask({ op: "md5", id: nextId++, buf, offset, length });
+  }
   const buf = own(body);
-  return ask({ op: "md5", id: nextId++, buf, length: body.length }, [buf]);
+  return ask({ op: "md5", id: nextId++, buf, offset: 0, length: body.length }, [buf]);
 }
 
 let nextStream = 1;
