@@ -81,7 +81,8 @@ if [ "$small" -gt 0 ]; then
 const fs=require("fs"),path=require("path"),crypto=require("crypto");
 const [dir,n]=[process.argv[1],Number(process.argv[2])];
 const line="small file line, somewhat repetitive 0123456789\n".repeat(90);
-for(let i=0;i<n;i++){const d=path.join(dir,String(i%100),String((i>>7)%50));if(i<5000)fs.mkdirSync(d,{recursive:true});
+const made=new Set();
+for(let i=0;i<n;i++){const d=path.join(dir,String(i%100),String((i>>7)%50));if(!made.has(d)){fs.mkdirSync(d,{recursive:true});made.add(d);}
  const size=512+((i*2654435761)>>>0)%3585;
  fs.writeFileSync(path.join(d,"s"+i),i%2?crypto.randomBytes(size):line.slice(0,size));}
 ' "$sdata" "$small"

@@ -25,7 +25,9 @@ export class HashingCounter extends Transform {
   bytes = 0;
   readonly #hash = new StreamSha256();
   readonly #onBytes: ((n: number) => void) | undefined;
-  readonly #inFlight: Promise<string>[] = [];
+  readonly #inFlight: Promise<unknown>[] = [];
+  /** Batches the worker handed back, to fill again. */
+  readonly #free: ArrayBuffer[] = [];
   #batch: Buffer | undefined;
   #fill = 0;
   #digest: string | undefined;
@@ -40,7 +42,10 @@ export class HashingCounter extends Transform {
     this.#onBytes?.(this.bytes);
     let off = 0;
     while (off < chunk.length) {
-      this.#batch ??= Buffer.allocUnsafeSlow(BATCH);
+      if (!this.#batch) {
+        const reused = this.#free.pop();
+        this.#batch = reused ? Buffer.from(reused) : Buffer.allocUnsafeSlow(BATCH);
+      }
       const n = chunk.copy(this.#batch, this.#fill, off);
       this.#fill += n;
       off += n;
@@ -75,7 +80,9 @@ export class HashingCounter extends Transform {
   #handOver(): void {
     const b = this.#batch;
     if (!b) return;
-    const p = this.#hash.updateOwned(b.buffer as ArrayBuffer, this.#fill);
+    const p = this.#hash.updateOwned(b.buffer as ArrayBuffer, this.#fill).then((back) => {
+      if (back?.byteLength === BATCH && this.#free.length <= IN_FLIGHT) this.#free.push(back);
+    });
     // Awaited in order by #settle; a rejection is seen there, never unhandled.
     p.catch(() => {});
     this.#inFlight.push(p);

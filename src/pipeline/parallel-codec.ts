@@ -48,12 +48,15 @@ interface Job {
   reject: (e: Error) => void;
 }
 
+/** What a block's input buffer is handed back to, for reuse. */
+type Recycle = (input: ArrayBuffer) => void;
+
 /** Worker threads that compress blocks; a job goes to the one with the fewest waiting. */
 class CodecPool {
   readonly #workers: { w: Worker; jobs: Map<number, Job>; dead?: Error }[] = [];
   #closed = false;
 
-  constructor(threads: number, script: URL, what: string) {
+  constructor(threads: number, script: URL, what: string, recycle: Recycle) {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(script);
       const slot: { w: Worker; jobs: Map<number, Job>; dead?: Error } = { w, jobs: new Map() };
@@ -68,6 +71,7 @@ class CodecPool {
         if (!job) return;
         slot.jobs.delete(a.id);
         if (slot.jobs.size === 0) w.unref();
+        if (a.input) recycle(a.input);
         if ("error" in a) job.reject(new Error(`${what} failed: ${a.error}`));
         else job.resolve(Buffer.from(a.buf, a.offset, a.length));
       });
@@ -116,6 +120,8 @@ export class ParallelEncoder extends Transform {
   readonly #limit: number;
   readonly #pool: CodecPool;
   readonly #inFlight: InFlight[] = [];
+  /** Input blocks the workers handed back, to fill again (at most one per block in flight). */
+  readonly #free: ArrayBuffer[] = [];
   #block: Buffer | undefined;
   #fill = 0;
   #id = 0;
@@ -129,13 +135,18 @@ export class ParallelEncoder extends Transform {
     this.#level = o.level;
     this.#blockBytes = o.blockBytes ?? BLOCK_BYTES[o.codec];
     this.#limit = 2 * o.threads;
-    this.#pool = new CodecPool(o.threads, o.worker ?? WORKER, `${o.codec} compression`);
+    this.#pool = new CodecPool(o.threads, o.worker ?? WORKER, `${o.codec} compression`, (b) => {
+      if (b.byteLength === this.#blockBytes && this.#free.length < this.#limit) this.#free.push(b);
+    });
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     let off = 0;
     while (off < chunk.length) {
-      this.#block ??= Buffer.allocUnsafeSlow(this.#blockBytes);
+      if (!this.#block) {
+        const reused = this.#free.pop();
+        this.#block = reused ? Buffer.from(reused) : Buffer.allocUnsafeSlow(this.#blockBytes);
+      }
       const n = chunk.copy(this.#block, this.#fill, off);
       this.#fill += n;
       off += n;

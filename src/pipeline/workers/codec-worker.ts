@@ -11,9 +11,10 @@ if (!port) throw new Error("codec-worker.js runs only as a worker thread");
 port.on("message", (req: BlockRequest) => {
   try {
     const out = compressBlock(req.codec, req.level, new Uint8Array(req.buf, 0, req.length));
-    const { answer, transfer } = answerOf(req.id, out);
+    const { answer, transfer } = answerOf(req.id, out, req.buf);
     port.postMessage(answer, transfer);
   } catch (err) {
-    port.postMessage({ id: req.id, error: (err as Error).message ?? String(err) });
+    const error = (err as Error).message ?? String(err);
+    port.postMessage({ id: req.id, error, input: req.buf }, [req.buf]);
   }
 });

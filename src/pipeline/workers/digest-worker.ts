@@ -18,7 +18,8 @@ port.on("message", (req: DigestRequest) => {
         const h = streams.get(req.stream) ?? createHash("sha256");
         streams.set(req.stream, h);
         h.update(new Uint8Array(req.buf, 0, req.length));
-        port.postMessage({ id: req.id });
+        // The batch goes back to be filled again (left here, it would wait for this thread's GC).
+        port.postMessage({ id: req.id, input: req.buf }, [req.buf]);
         break;
       }
       case "final": {

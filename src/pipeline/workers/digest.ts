@@ -17,14 +17,14 @@ export type DigestRequest =
   | { op: "drop"; id: number; stream: number }
   | { op: "md5"; id: number; buf: ArrayBuffer | SharedArrayBuffer; offset: number; length: number };
 
-type Answer = { id: number; digest?: string; error?: string };
+type Answer = { id: number; digest?: string; error?: string; input?: ArrayBuffer };
 
 const SCRIPT = new URL("./digest-worker.js", import.meta.url);
 
 let worker: Worker | undefined;
 /** Counts the workers started: a stream hashed by one must never continue on the next. */
 let generation = 0;
-const waiting = new Map<number, { resolve: (d: string) => void; reject: (e: Error) => void }>();
+const waiting = new Map<number, { resolve: (a: Answer) => void; reject: (e: Error) => void }>();
 let nextId = 1;
 
 function start(): Worker {
@@ -42,7 +42,7 @@ function start(): Worker {
     waiting.delete(a.id);
     if (waiting.size === 0) w.unref();
     if (a.error !== undefined) j.reject(new Error(`hashing failed: ${a.error}`));
-    else j.resolve(a.digest ?? "");
+    else j.resolve(a);
   });
   w.on("error", (err) => fail(`failed: ${err.message}`));
   w.on("exit", (code) => fail(`exited (code ${code})`));
@@ -50,7 +50,7 @@ function start(): Worker {
   return w;
 }
 
-function ask(req: DigestRequest, transfer: ArrayBuffer[] = []): Promise<string> {
+function ask(req: DigestRequest, transfer: ArrayBuffer[] = []): Promise<Answer> {
   worker ??= start();
   const w = worker;
   return new Promise((resolve, reject) => {
@@ -74,10 +74,12 @@ export function md5Base64(body: Uint8Array): Promise<string> | undefined {
   // A part in shared memory (src/store/multipart.ts) is read in place; it must not change until this resolves.
   if (body.buffer instanceof SharedArrayBuffer) {
     const { buffer: buf, byteOffset: offset, length } = body;
-    return ask({ op: "md5", id: nextId++, buf, offset, length });
+    return ask({ op: "md5", id: nextId++, buf, offset, length }).then((a) => a.digest ?? "");
   }
   const buf = own(body);
-  return ask({ op: "md5", id: nextId++, buf, offset: 0, length: body.length }, [buf]);
+  return ask({ op: "md5", id: nextId++, buf, offset: 0, length: body.length }, [buf]).then(
+    (a) => a.digest ?? "",
+  );
 }
 
 let nextStream = 1;
@@ -93,21 +95,28 @@ export class StreamSha256 {
   /** The worker generation holding this stream's state. */
   #gen: number | undefined;
 
-  update(b: Uint8Array): Promise<string> {
+  update(b: Uint8Array): Promise<ArrayBuffer | undefined> {
     return this.updateOwned(own(b), b.length);
   }
 
-  /** Hands `buf` itself over (it is detached here): its first `length` bytes are the next ones. */
-  updateOwned(buf: ArrayBuffer, length: number): Promise<string> {
-    return this.#ask({ op: "update", id: nextId++, stream: this.#stream, buf, length }, [buf]);
+  /**
+   * Hands `buf` itself over (it is detached here): its first `length` bytes
+   * are the next ones. Resolves with the buffer, handed back to be reused.
+   */
+  updateOwned(buf: ArrayBuffer, length: number): Promise<ArrayBuffer | undefined> {
+    return this.#ask({ op: "update", id: nextId++, stream: this.#stream, buf, length }, [buf]).then(
+      (a) => a.input,
+    );
   }
 
   digest(): Promise<string> {
     this.#done = true;
-    return this.#ask({ op: "final", id: nextId++, stream: this.#stream });
+    return this.#ask({ op: "final", id: nextId++, stream: this.#stream }).then(
+      (a) => a.digest ?? "",
+    );
   }
 
-  #ask(req: DigestRequest, transfer: ArrayBuffer[] = []): Promise<string> {
+  #ask(req: DigestRequest, transfer: ArrayBuffer[] = []): Promise<Answer> {
     worker ??= start();
     this.#gen ??= generation;
     if (this.#gen !== generation) {

@@ -20,8 +20,8 @@ export interface BlockRequest {
 }
 
 export type BlockAnswer =
-  | { id: number; buf: ArrayBuffer; offset: number; length: number }
-  | { id: number; error: string };
+  | { id: number; buf: ArrayBuffer; offset: number; length: number; input?: ArrayBuffer }
+  | { id: number; error: string; input?: ArrayBuffer };
 
 /**
  * One block as a complete gzip member or zstd frame (with its content
@@ -29,10 +29,13 @@ export type BlockAnswer =
  */
 export function compressBlock(codec: BlockCodec, level: number, block: Uint8Array): Buffer {
   switch (codec) {
+    // One output chunk large enough for the whole member or frame: zlib then
+    // returns a view of it instead of concatenating 16 KiB pieces.
     case "gzip":
-      return zlib.gzipSync(block, { level });
+      return zlib.gzipSync(block, { level, chunkSize: bound(block.length) });
     case "zstd":
       return zlib.zstdCompressSync(block, {
+        chunkSize: bound(block.length),
         params: {
           [zlib.constants.ZSTD_c_compressionLevel]: level,
           [zlib.constants.ZSTD_c_checksumFlag]: 1,
@@ -41,15 +44,28 @@ export function compressBlock(codec: BlockCodec, level: number, block: Uint8Arra
   }
 }
 
-/** The answer to send for `out`, and what to transfer: a buffer of its own, never Node's shared pool. */
+/** More than any member or frame of `n` input bytes can take (deflate's and zstd's bounds are below it). */
+function bound(n: number): number {
+  return Math.max(64 * 1024, n + (n >> 7) + 1024);
+}
+
+/**
+ * The answer to send for `out`, and what to transfer: the output's own
+ * buffer (never Node's shared pool, which a small Buffer may sit in) and the
+ * request's input block, handed back so that the main thread reuses it: a
+ * block left here would be freed only at this thread's next GC, which a
+ * thread that allocates little seldom runs.
+ */
 export function answerOf(
   id: number,
   out: Buffer,
+  input?: ArrayBuffer,
 ): { answer: BlockAnswer; transfer: ArrayBuffer[] } {
-  const own =
-    out.byteOffset === 0 && out.byteLength === out.buffer.byteLength && out.byteLength >= 4096
-      ? out
-      : new Uint8Array(out);
+  const own = out.buffer.byteLength > Buffer.poolSize ? out : new Uint8Array(out);
   const buf = own.buffer as ArrayBuffer;
-  return { answer: { id, buf, offset: own.byteOffset, length: own.byteLength }, transfer: [buf] };
+  const back = input && input !== buf ? { input } : {};
+  return {
+    answer: { id, buf, offset: own.byteOffset, length: own.byteLength, ...back },
+    transfer: input && input !== buf ? [buf, input] : [buf],
+  };
 }
