@@ -118,16 +118,19 @@ for comp in none gzip zstd; do write_config "$comp" "$comp" "$data"; done
 [ "$small" -gt 0 ] && write_config small none "$sdata"
 
 calc() { awk "BEGIN { print $1 }"; }
-# Peak RSS of a backup at the default part size and queue, in MiB (README, Benchmark):
-# the Node.js process with its SDK and worker threads (base), the part buffers
-# (queueSize + 1, reused), and per compressing thread two blocks in flight,
-# each held as input and output: 4 x threads x block (zstd 4 MiB, gzip 1 MiB).
+# Peak RSS of a backup at the default part size and queue, in MiB (README,
+# Benchmark): the process with the SDK and the hashing worker (about 105) plus
+# the file and TLS buffers that wait for V8's next GC (about 85): base 190;
+# the part buffers (queueSize + 1, reused); per compressing thread its worker
+# (about 13) and two blocks in flight, each held as input and output
+# (4 x block: zstd 4 MiB, gzip 1 MiB). Independent of the data size.
 threads=$(nproc)
-base_mib=110
+base_mib=190
 rss_formula() { # $1 compression
-  local block=0
+  local block=0 per_thread=0
   case $1 in gzip) block=1 ;; zstd) block=4 ;; esac
-  echo $((base_mib + part * (queue + 1) + 4 * threads * block))
+  [ "$block" -gt 0 ] && per_thread=$((16 + 4 * block))
+  echo $((base_mib + part * (queue + 1) + threads * per_thread))
 }
 comps=${IMMUTD_BENCH_COMPRESSIONS:-none gzip zstd}
 
