@@ -12,6 +12,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { describe, it } from "node:test";
+import { createZstdDecompress } from "node:zlib";
 import { decoderFor, encoderFor } from "../src/pipeline/codec.js";
 import { ParallelEncoder, type ParallelOptions } from "../src/pipeline/parallel-codec.js";
 import { type BlockCodec, compressBlock } from "../src/pipeline/workers/protocol.js";
@@ -180,6 +181,16 @@ describe("zstd archives of several frames, cut short", () => {
         /the zstd stream ends inside a frame .*truncated/,
       );
     }
+    // The case Node's decoder misses on its own (24.20): frames of raw blocks, in one write.
+    const two = Buffer.concat([
+      compressBlock("zstd", 3, randomBytes(300_000)),
+      compressBlock("zstd", 3, randomBytes(300_000)),
+    ]);
+    const quiet = two.subarray(0, two.length - 1000);
+    const alone: Buffer[] = [];
+    await pipeline([Readable.from([quiet]), createZstdDecompress(), keep(alone)]);
+    assert.equal(Buffer.concat(alone).length, 300_000, "Node's decoder alone: one frame, no error");
+    await assert.rejects(decode("zstd", quiet), /ends inside a frame/);
     // A frame boundary is no cut the codec can see: size and SHA-256 checks catch those.
     assert.ok((await decode("zstd", out)).equals(input));
   });

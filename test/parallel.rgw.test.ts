@@ -3,8 +3,9 @@
  * job compressed on several worker threads store exactly the blocks' frames
  * or members in order, which `zstd -d` / `gzip -d` read back into the tar an
  * uncompressed job stores, and which immutd restores and verify --deep
- * accepts; and a codec worker that dies mid-upload fails the run with an
- * error naming the block, leaving no version and no open multipart upload.
+ * accepts; a multi-frame archive cut inside its last frame fails restore
+ * (Node's zstd decoder alone can miss such a cut: parallel-codec.test.ts); and a codec worker that dies mid-upload fails the run with
+ * an error naming the block, leaving no version and no open multipart upload.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -13,15 +14,19 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
+import { PutObjectCommand } from "@aws-sdk/client-s3";
+import { restore } from "../src/flows/restore.js";
 import { createArchive } from "../src/pipeline/archive.js";
 import { HashingCounter } from "../src/pipeline/hash.js";
 import { runStages } from "../src/pipeline/index.js";
 import { BLOCK_BYTES, ParallelEncoder } from "../src/pipeline/parallel-codec.js";
 import { s3Sink } from "../src/pipeline/sink.js";
 import { compressBlock } from "../src/pipeline/workers/protocol.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { closeTarget, openTarget } from "../src/store/s3.js";
 import { CLI, runCli } from "./support/cli.js";
 import {
+  client,
   createLockedBucket,
   rgwTarget,
   type S3Env,
@@ -35,8 +40,10 @@ const FAULTY = new URL("./support/faulty-codec-worker.js", import.meta.url);
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 interface Row {
+  id: number;
   job: string;
   key: string;
+  versionId: string;
   compression: string;
   status: string;
 }
@@ -120,6 +127,91 @@ ${job("z", "    compression: zstd\n    compressionThreads: 3\n")}${job("g", "   
     }
     const v = await cli("verify", "--deep");
     assert.equal(v.code, 0, v.stdout + v.stderr);
+  });
+
+  it("a multi-frame zstd archive cut inside a later frame, with the cut's own size and SHA-256, fails restore", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "immutd-parallel-cut-"));
+    const bucket = uniqueBucket("parc");
+    await createLockedBucket(env, bucket, 1);
+    const masterKey = randomBytes(32);
+    writeFileSync(join(dir, "master.key"), `${masterKey.toString("hex")}\n`, { mode: 0o600 });
+    // Random data last: its frames are raw blocks, where Node's decoder misses a cut.
+    const data = tree(dir, 0);
+    writeFileSync(join(data, "sub", "z-noise.bin"), randomBytes(10 * MiB));
+    const cfg = join(dir, "config.yaml");
+    writeFileSync(
+      cfg,
+      `catalog: ${dir}/catalog.db
+masterKeyFile: ${dir}/master.key
+host: par-test
+targets:
+${targetYaml(env, { bucket })}jobs:
+  - name: z
+    target: local
+    paths: [${data}]
+    compression: zstd
+    compressionThreads: 2
+`,
+    );
+    const cli = (...args: string[]) => runCli(["--config", cfg, ...args]);
+    assert.equal((await cli("backup")).code, 0);
+    const [row] = JSON.parse((await cli("list", "--json")).stdout) as Row[];
+    assert.ok(row);
+    const r0 = spawnSync(process.execPath, [CLI, "--config", cfg, "restore", "z", "--stdout"], {
+      maxBuffer: 128 * MiB,
+      env: { ...process.env, IMMUTD_CONFIG: "" },
+    });
+    const good = r0.stdout;
+    // Frame boundaries: the archive is the tar's 4 MiB blocks, each compressed on its own.
+    const tar = spawnSync("zstd", ["-d", "-c", "-q"], { input: good, maxBuffer: 128 * MiB }).stdout;
+    const ends: number[] = [];
+    for (let off = 0, end = 0; off < tar.length; off += BLOCK_BYTES.zstd) {
+      end += compressBlock("zstd", 3, tar.subarray(off, off + BLOCK_BYTES.zstd)).length;
+      ends.push(end);
+    }
+    assert.equal(ends.at(-1), good.length);
+    assert.ok(ends.length >= 3, `${ends.length} frames`);
+    // 100 bytes into the last frame: the tar in the frames before it is whole.
+    const cut = good.subarray(0, (ends.at(-2) ?? 0) + 100);
+    const put = await client(env, env.writer).send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: row.key,
+        Body: cut,
+        SSECustomerAlgorithm: "AES256",
+        SSECustomerKey: deriveSseKey(masterKey, bucket, row.key).toString("base64"),
+      }),
+    );
+    assert.ok(put.VersionId);
+    // Restored as immutd restores a version it recorded with this size and SHA-256.
+    const target = openTarget(rgwTarget(env, bucket));
+    try {
+      const source = (versionId: string, body: Buffer) => ({
+        job: "z",
+        bucket,
+        key: row.key,
+        versionId,
+        compression: "zstd" as const,
+        sseKey: deriveSseKey(masterKey, bucket, row.key),
+        createdAt: new Date(),
+        size: body.length,
+        sha256: sha256(body),
+      });
+      let listed = 0;
+      const list = { kind: "list" as const, onEntry: () => void listed++ };
+      await restore(target.reader, source(row.versionId, good), list);
+      assert.ok(listed >= 53, `the whole archive lists (${listed} entries)`);
+      await assert.rejects(
+        restore(target.reader, source(put.VersionId, cut), list),
+        (err: Error) => {
+          assert.ok(err.message.includes(row.key), err.message);
+          assert.match(err.message, /unexpected end of file: the zstd stream ends inside a frame/);
+          return true;
+        },
+      );
+    } finally {
+      closeTarget(target);
+    }
   });
 
   for (const mode of ["exit", "throw"] as const) {

@@ -2,9 +2,10 @@
  * A check on the way down, before the zstd decoder: the compressed bytes
  * pass unchanged, and the stream must end where a frame ends.
  *
- * Node's zstd decoder (seen on 24.20) ends without an error when a stream of
- * several frames is cut inside any frame but the first: it returns what the
- * complete frames held. Parallel compression (parallel-codec.ts) writes one
+ * Node's zstd decoder (seen on 24.20) can end without an error when a stream
+ * of several frames is cut inside a later frame (frames of raw blocks, the
+ * cut arriving in the same write as the previous frame's end): it returns
+ * what the complete frames held. Parallel compression (parallel-codec.ts) writes one
  * frame per block, so without this check a truncated archive would restore
  * as a shorter tar. This stage reads only the frame structure (RFC 8878:
  * frame header, block headers, content checksum, skippable frames) and skips
