@@ -248,9 +248,9 @@ fail=0
 # target NAME RATIO LIMIT: prints the verdict, records a miss.
 target() {
   if [ "$(calc "($2 <= $3) ? 1 : 0")" = 1 ]; then
-    printf '   target %-40s %.2f <= %.2f  met\n' "$1" "$2" "$3"
+    printf '   target %-40s %.3g <= %.3g  met\n' "$1" "$2" "$3"
   else
-    printf '   target %-40s %.2f >  %.2f  MISSED\n' "$1" "$2" "$3"
+    printf '   target %-40s %.3g >  %.3g  MISSED\n' "$1" "$2" "$3"
     fail=1
   fi
 }
