@@ -1,30 +1,38 @@
 #!/usr/bin/env bash
-# Benchmark: stream a generated tree into a local Ceph RGW (bluestore, https,
-# SSE-C) with `immutd backup`, and report throughput and peak memory.
-# Targets checked here, not in the tests (timing tests flake on shared CPUs):
-#   - throughput of an uncompressed backup >= 100 MB/s on 2 cores
-#     (reference on this machine: plain lib-storage 137 MB/s, aws s3 cp 147 MB/s)
-#   - peak RSS <= 3 x partSizeMiB x (queueSize + 1) + 150 MiB, whatever the data size
-#     (lib-storage keeps each part plus a concatenation copy, and V8 frees
-#     Buffers only at its next GC; measured: 303 MiB for 300 MB and 320 MiB for
-#     1.5 GB with the default 16 MiB x 4, so memory does not grow with the data)
-# Peers, in the same run and interleaved with immutd (run 1 of each, then run 2
-# of each, …), so that a noisy neighbour slows all of them alike: for each
-# compression the same tree through `tar -cf - | [gzip -6 | pigz -6 | zstd -3 -T0]`
-# into `aws s3 cp -` (if aws-cli is installed) and `rclone rcat` (if rclone is),
-# both with SSE-C and 16 MiB parts. Each row prints immutd's median wall time
-# over the peer's (below 1: immutd is faster) and both peak RSS figures (GNU
-# time's %M: the largest single process of a pipeline, not their sum).
+# Benchmark: immutd against its peers in the same run, on a local Ceph RGW
+# (bluestore, https, SSE-C), and a check of the targets (exit 1 if one is
+# missed; 0 if all are met; targets that need aws-cli are reported as not
+# checked when it is missing).
+#
+# Rows, interleaved (run 1 of every row, then run 2 of every row, ...), so
+# that a noisy neighbour slows all of them alike; the summary takes each
+# row's median wall time and its highest peak RSS (GNU time's %M: for a
+# pipeline, its largest process, not their sum) and CPU (%U + %S, the whole
+# pipeline's):
+#   backup, big-file tree (80% random data in 1-8 MiB files, 20% 4 KiB text),
+#     for each compression: `immutd backup` and `tar -cf - | [gzip -6 | pigz -6 |
+#     zstd -3 -T0] | aws s3 cp -` (and `| rclone rcat` if installed);
+#   restore of that backup: `immutd restore --to` and `aws s3 cp - - | [gzip -d
+#     | zstd -d] | tar -x`;
+#   backup of a tree of IMMUTD_BENCH_SMALL_FILES (default 100,000) files of
+#     0.5-4 KiB, uncompressed: `immutd backup` and `tar | aws s3 cp -`.
+# Targets (ratio = immutd / peer, from the medians):
+#   backup none <= 0.85 x tar | aws; gzip <= 1.0 x pigz -6 | aws;
+#   zstd <= 1.0 x zstd -3 -T0 | aws; small files: wall <= 1.0 x tar | aws
+#   (files/s >= 1.0 x); restore wall <= 1.0 x and CPU <= 1.5 x aws | [decoder |] tar -x;
+#   peak RSS of every immutd backup <= that of tar | aws s3 cp - (none), and
+#   <= the formula RSS_FORMULA below.
 # aws-cli runs with AWS_REQUEST_CHECKSUM_CALCULATION=when_required: its default
 # checksum mode gets HTTP 411 on every part from Ceph RGW 16, and with it
 # aws-cli sends no part checksum at all (AWS itself would refuse that on a
 # lock bucket; immutd sends Content-MD5 on every part), so it does less work.
-# The peer ratios are printed, not checked.
 # Usage: bash scripts/bench.sh [SIZE_MB (default 500)] [RUNS (default 3)]
 #   IMMUTD_BENCH_COMPRESSIONS="none" runs only those (default "none gzip zstd").
 #   IMMUTD_BENCH_PEERS="" runs no peer (default: "aws rclone", those installed).
+#   IMMUTD_BENCH_SMALL_FILES=0 skips the small-file tree.
 #   IMMUTD_BENCH_S3_ENV=FILE uses that running test server (an env.json as
-#   scripts/s3-test-server.sh writes it) instead of starting a bluestore one.
+#   scripts/s3-test-server.sh writes it) instead of starting a bluestore one
+#   (in IMMUTD_BENCH_S3_DIR, default a temporary directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-500}
@@ -37,7 +45,8 @@ immutd_install_deps
 npm run --silent build
 immutd_use_supported_node
 work=$(mktemp -d /tmp/immutd-bench.XXXXXX)
-s3dir="$work/s3"
+s3dir=${IMMUTD_BENCH_S3_DIR:-$work/s3}
+small=${IMMUTD_BENCH_SMALL_FILES:-100000}
 if [ -n "${IMMUTD_BENCH_S3_ENV:-}" ]; then
   cleanup() { rm -rf "$work"; }
   export IMMUTD_TEST_S3_ENV="$IMMUTD_BENCH_S3_ENV"
@@ -65,12 +74,28 @@ while(text>0){const d=path.join(dir,"txt",String(i%200));fs.mkdirSync(d,{recursi
 bytes=$(du -sb "$data" | cut -f1)
 files=$(find "$data" -type f | wc -l)
 echo "   $files files, $bytes bytes"
+sdata="$work/small"
+if [ "$small" -gt 0 ]; then
+  echo "== generating $small files of 0.5..4 KiB (half text, half random)"
+  node -e '
+const fs=require("fs"),path=require("path"),crypto=require("crypto");
+const [dir,n]=[process.argv[1],Number(process.argv[2])];
+const line="small file line, somewhat repetitive 0123456789\n".repeat(90);
+const made=new Set();
+for(let i=0;i<n;i++){const d=path.join(dir,String(i%100),String((i>>7)%50));if(!made.has(d)){fs.mkdirSync(d,{recursive:true});made.add(d);}
+ const size=512+((i*2654435761)>>>0)%3585;
+ fs.writeFileSync(path.join(d,"s"+i),i%2?crypto.randomBytes(size):line.slice(0,size));}
+' "$sdata" "$small"
+  sbytes=$(du -sb "$sdata" | cut -f1)
+  echo "   $small files, $sbytes bytes"
+fi
 
 node dist/src/cli.js key generate "$work/master.key" 2>/dev/null
 val() { node -e "const e=require('$IMMUTD_TEST_S3_ENV'); console.log($1)"; }
 node dist/test/support/make-bucket.js "$bucket" 1 >/dev/null
-for comp in none gzip zstd; do
-  cat > "$work/$comp.yaml" <<YAML
+# One config per row, each with its own job (restore takes the job's latest backup).
+write_config() { # $1 name, $2 compression, $3 path
+  cat > "$work/$1.yaml" <<YAML
 catalog: $work/catalog.db
 masterKeyFile: $work/master.key
 targets:
@@ -86,12 +111,27 @@ targets:
       writer: { accessKeyId: $(val e.writer.accessKeyId), secretAccessKey: $(val e.writer.secretAccessKey) }
       reader: { accessKeyId: $(val e.reader.accessKeyId), secretAccessKey: $(val e.reader.secretAccessKey) }
 jobs:
-  - { name: bench, target: local, schedule: "@daily", paths: [$data], compression: $comp }
+  - { name: bench-$1, target: local, schedule: "@daily", paths: [$3], compression: $2 }
 YAML
-done
+}
+for comp in none gzip zstd; do write_config "$comp" "$comp" "$data"; done
+[ "$small" -gt 0 ] && write_config small none "$sdata"
 
 calc() { awk "BEGIN { print $1 }"; }
-limit_mib=$((3 * part * (queue + 1) + 150))
+# Peak RSS of a backup at the default part size and queue, in MiB (README,
+# Benchmark): the process with the SDK and the hashing worker (about 105) plus
+# the file and TLS buffers that wait for V8's next GC (about 85): base 190;
+# the part buffers (queueSize + 1, reused); per compressing thread its worker
+# (about 13) and two blocks in flight, each held as input and output
+# (4 x block: zstd 4 MiB, gzip 1 MiB). Independent of the data size.
+threads=$(nproc)
+base_mib=190
+rss_formula() { # $1 compression
+  local block=0 per_thread=0
+  case $1 in gzip) block=1 ;; zstd) block=4 ;; esac
+  [ "$block" -gt 0 ] && per_thread=$((16 + 4 * block))
+  echo $((base_mib + part * (queue + 1) + threads * per_thread))
+}
 comps=${IMMUTD_BENCH_COMPRESSIONS:-none gzip zstd}
 
 # The peers: tar, a compressor, an uploader; all read the same tree.
@@ -103,10 +143,13 @@ for p in ${IMMUTD_BENCH_PEERS-aws rclone}; do
   *) echo "unknown peer $p (aws, rclone)" >&2; exit 2 ;;
   esac
 done
+have_aws=0
+for p in "${peers[@]}"; do [ "$p" = aws ] && have_aws=1; done
 head -c 32 /dev/urandom > "$work/ssec.key"
 export AWS_ACCESS_KEY_ID=$(val e.writer.accessKeyId) AWS_SECRET_ACCESS_KEY=$(val e.writer.secretAccessKey)
 export AWS_DEFAULT_REGION=$(val e.region) AWS_REQUEST_CHECKSUM_CALCULATION=when_required
 export AWS_CONFIG_FILE="$work/aws.config" AWS_SHARED_CREDENTIALS_FILE=/dev/null
+export READER_ID=$(val e.reader.accessKeyId) READER_SECRET=$(val e.reader.secretAccessKey)
 printf '[default]\ns3 =\n  multipart_chunksize = %dMB\n  max_concurrent_requests = %d\n' "$part" "$queue" > "$AWS_CONFIG_FILE"
 export RCLONE_CONFIG=/dev/null RCLONE_CONFIG_BENCH_TYPE=s3 RCLONE_CONFIG_BENCH_PROVIDER=Ceph
 # rclone 1.60 HEADs a multipart upload's version when it completes (--s3-no-head
@@ -123,6 +166,13 @@ compressor() {
   zstd) zstd -q -3 -T0 ;;
   esac
 }
+decompressor() {
+  case $1 in
+  none) cat ;;
+  gzip) gzip -d ;;
+  zstd) zstd -q -d ;;
+  esac
+}
 upload() { # $1 peer, $2 key
   case $1 in
   aws) aws s3 cp - "s3://$bucket/$2" --only-show-errors --endpoint-url "$endpoint" --ca-bundle "$ca" \
@@ -132,18 +182,23 @@ upload() { # $1 peer, $2 key
     --s3-chunk-size "${part}M" --s3-upload-concurrency "$queue" ;;
   esac
 }
-export -f compressor upload
-export bucket endpoint ca work data part queue
-# measure NAME CMD...: runs CMD under GNU time, appends "secs rss_kb" to $work/res/NAME.
+download() { # $1 key: with the reader's credential, as immutd restores
+  AWS_ACCESS_KEY_ID=$READER_ID AWS_SECRET_ACCESS_KEY=$READER_SECRET aws s3 cp "s3://$bucket/$1" - \
+    --only-show-errors --endpoint-url "$endpoint" --ca-bundle "$ca" --sse-c AES256 --sse-c-key "fileb://$work/ssec.key"
+}
+export -f compressor decompressor upload download
+export bucket endpoint ca work data sdata part queue
+# measure NAME CMD...: runs CMD under GNU time, appends "secs rss_kb cpu_secs" to $work/res/NAME.
 mkdir -p "$work/res"
 measure() {
-  local name=$1
+  local name=$1 n=$bytes
   shift
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-  cat "$work/time" >> "$work/res/$name"
-  read -r secs rss_kb < "$work/time"
-  printf '   %-22s %6.2f s  %6.1f MB/s  peak RSS %4d MiB\n' "$name" "$secs" \
-    "$(calc "$bytes / $secs / 1000000")" "$((rss_kb / 1024))"
+  case $name in *small*) n=${sbytes:-1} ;; esac
+  /usr/bin/time -f "%e %M %U %S" -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  read -r secs rss_kb usr sys < "$work/time"
+  echo "$secs $rss_kb $(calc "$usr + $sys")" >> "$work/res/$name"
+  printf '   %-22s %6.2f s  %6.1f MB/s  CPU %6.2f s  peak RSS %4d MiB\n' "$name" "$secs" \
+    "$(calc "$n / $secs / 1000000")" "$(calc "$usr + $sys")" "$((rss_kb / 1024))"
 }
 peer_rows() { # the peer pipelines of one compression
   local c=$1 p
@@ -154,6 +209,8 @@ peer_rows() { # the peer pipelines of one compression
     esac
   done
 }
+fresh() { rm -rf "$1" && mkdir -p "$1"; }
+decoder_label() { case $1 in none) echo "tar -x" ;; gzip) echo "gzip -d" ;; zstd) echo "zstd -d" ;; esac; }
 for r in $(seq "$runs"); do
   echo "== run $r of $runs"
   for comp in $comps; do
@@ -163,24 +220,94 @@ for r in $(seq "$runs"); do
       measure "$row" bash -c "set -o pipefail; tar -cf - -C \"\$data\" . | compressor $c | upload $p peer/$row/run$r"
     done
   done
+  for comp in $comps; do
+    fresh "$work/out"
+    measure "immutd:restore-$comp" node dist/src/cli.js --config "$work/$comp.yaml" --log-level warn \
+      restore "bench-$comp" --to "$work/out"
+    if [ "$have_aws" = 1 ]; then
+      obj=aws:$comp
+      [ "$comp" = gzip ] && obj=aws:gzip-6
+      fresh "$work/out"
+      measure "aws:restore-$comp" bash -c "set -o pipefail; download peer/$obj/run$r | decompressor $comp | tar -xf - -C \"\$work/out\""
+    fi
+  done
+  rm -rf "$work/out"
+  if [ "$small" -gt 0 ]; then
+    measure "immutd:small" node dist/src/cli.js --config "$work/small.yaml" --log-level warn backup
+    if [ "$have_aws" = 1 ]; then
+      measure "aws:small" bash -c "set -o pipefail; tar -cf - -C \"\$sdata\" . | upload aws peer/small/run$r"
+    fi
+  fi
 done
 
-# median NAME: "secs rss_kb" of the median run by time; maxrss NAME: the largest peak.
+# median NAME: "secs rss_kb cpu" of the median run by time; maxrss NAME: the largest peak; median_cpu NAME.
 median() { sort -n "$work/res/$1" | sed -n "$(( (runs + 1) / 2 ))p"; }
 maxrss() { awk '{print $2}' "$work/res/$1" | sort -n | tail -1; }
+median_cpu() { awk '{print $3}' "$work/res/$1" | sort -n | sed -n "$(( (runs + 1) / 2 ))p"; }
 fail=0
-echo "== medians of $runs run(s); ratio = immutd wall / peer wall; RSS in MiB"
+# target NAME RATIO LIMIT: prints the verdict, records a miss.
+target() {
+  if [ "$(calc "($2 <= $3) ? 1 : 0")" = 1 ]; then
+    printf '   target %-40s %.3g <= %.3g  met\n' "$1" "$2" "$3"
+  else
+    printf '   target %-40s %.3g >  %.3g  MISSED\n' "$1" "$2" "$3"
+    fail=1
+  fi
+}
+nocheck() { printf '   target %-40s not checked (no aws-cli peer)\n' "$1"; }
+aws_rss=0
+[ "$have_aws" = 1 ] && [ -f "$work/res/aws:none" ] && aws_rss=$(($(maxrss aws:none) / 1024))
+echo "== medians of $runs run(s), interleaved on a shared machine; ratio = immutd / peer; RSS in MiB"
 for comp in $comps; do
   read -r secs _ <<<"$(median "immutd:$comp")"
-  mbps=$(calc "$bytes / $secs / 1000000")
   rss=$(($(maxrss "immutd:$comp") / 1024))
-  printf '%-8s immutd %.2f s, %.1f MB/s; max peak RSS %d MiB (limit %d MiB)\n' "$comp" "$secs" "$mbps" "$rss" "$limit_mib"
+  limit=$(rss_formula "$comp")
+  printf '%-8s backup: immutd %.2f s, %.1f MB/s, CPU %.2f s, peak RSS %d MiB (formula %d MiB)\n' "$comp" "$secs" \
+    "$(calc "$bytes / $secs / 1000000")" "$(median_cpu "immutd:$comp")" "$rss" "$limit"
   for row in $(peer_rows "$comp"); do
     read -r psecs _ <<<"$(median "$row")"
-    printf '         vs %-16s %6.2f s  ratio %.2f  peer peak RSS %d MiB\n' "$row" "$psecs" \
-      "$(calc "$secs / $psecs")" "$(($(maxrss "$row") / 1024))"
+    printf '         vs %-16s %6.2f s  ratio %.2f  CPU %.2f s  peer peak RSS %d MiB\n' "$row" "$psecs" \
+      "$(calc "$secs / $psecs")" "$(median_cpu "$row")" "$(($(maxrss "$row") / 1024))"
   done
-  if [ "$rss" -gt "$limit_mib" ]; then echo "   FAIL: memory above limit"; fail=1; fi
-  if [ "$comp" = none ] && [ "$(calc "($mbps < 100) ? 1 : 0")" = 1 ]; then echo "   FAIL: below 100 MB/s"; fail=1; fi
+  target "$comp: peak RSS <= formula" "$rss" "$limit"
+  peer=aws:$comp limit_ratio=1.0
+  case $comp in none) limit_ratio=0.85 ;; gzip) peer=aws:pigz-6 ;; esac
+  if [ "$have_aws" = 1 ]; then
+    read -r psecs _ <<<"$(median "$peer")"
+    target "$comp: wall vs $peer" "$(calc "$secs / $psecs")" "$limit_ratio"
+    target "$comp: peak RSS vs aws:none ($aws_rss MiB)" "$rss" "$aws_rss"
+  else
+    nocheck "$comp: wall vs $peer"
+  fi
+  read -r rsecs _ <<<"$(median "immutd:restore-$comp")"
+  rcpu=$(median_cpu "immutd:restore-$comp")
+  printf '%-8s restore: immutd %.2f s, CPU %.2f s, peak RSS %d MiB\n' "$comp" "$rsecs" "$rcpu" \
+    "$(($(maxrss "immutd:restore-$comp") / 1024))"
+  if [ "$have_aws" = 1 ]; then
+    read -r asecs _ <<<"$(median "aws:restore-$comp")"
+    acpu=$(median_cpu "aws:restore-$comp")
+    printf '         vs aws s3 cp | %-8s %6.2f s  ratio %.2f  CPU %.2f s (ratio %.2f)  peer peak RSS %d MiB\n' \
+      "$(decoder_label "$comp")" \
+      "$asecs" "$(calc "$rsecs / $asecs")" "$acpu" "$(calc "$rcpu / $acpu")" "$(($(maxrss "aws:restore-$comp") / 1024))"
+    target "$comp restore: wall vs aws s3 cp | tar -x" "$(calc "$rsecs / $asecs")" 1.0
+    target "$comp restore: CPU vs aws s3 cp | tar -x" "$(calc "$rcpu / $acpu")" 1.5
+  else
+    nocheck "$comp restore"
+  fi
 done
+if [ "$small" -gt 0 ]; then
+  read -r secs _ <<<"$(median immutd:small)"
+  rss=$(($(maxrss immutd:small) / 1024))
+  printf 'small    backup of %d files: immutd %.2f s, %.0f files/s, CPU %.2f s, peak RSS %d MiB\n' "$small" "$secs" \
+    "$(calc "$small / $secs")" "$(median_cpu immutd:small)" "$rss"
+  if [ "$have_aws" = 1 ]; then
+    read -r psecs _ <<<"$(median aws:small)"
+    printf '         vs tar | aws s3 cp -  %6.2f s  %.0f files/s  ratio (files/s) %.2f  peer peak RSS %d MiB\n' "$psecs" \
+      "$(calc "$small / $psecs")" "$(calc "$psecs / $secs")" "$(($(maxrss aws:small) / 1024))"
+    target "small files: wall vs tar | aws" "$(calc "$secs / $psecs")" 1.0
+    target "small files: peak RSS vs aws:none ($aws_rss MiB)" "$rss" "$aws_rss"
+  else
+    nocheck "small files"
+  fi
+fi
 exit "$fail"

@@ -13,7 +13,7 @@
  * no prototype, so a name like "constructor" finds only what was configured.
  */
 import { closeSync, fstatSync, openSync, readSync, statSync } from "node:fs";
-import { hostname } from "node:os";
+import { availableParallelism, hostname } from "node:os";
 import { isAbsolute } from "node:path";
 import { Cron } from "croner";
 import {
@@ -66,6 +66,8 @@ export const DEFAULTS = {
   exclude: [] as string[],
   oneFileSystem: false,
   compression: "gzip",
+  /** Worker threads compressing a job's archive: every core (what `zstd -T0` and pigz use). */
+  compressionThreads: availableParallelism(),
   catchUp: true,
   jitter: 0,
   hookTimeoutSeconds: 300,
@@ -242,6 +244,8 @@ export interface JobConfig {
   compression: Compression;
   /** The codec's level (src/pipeline/codec.ts LEVELS); unset: its default. */
   compressionLevel?: number | undefined;
+  /** Threads compressing in parallel (src/pipeline/parallel-codec.ts); 1: one zlib stream; unset: DEFAULTS. */
+  compressionThreads?: number | undefined;
   hooks?: HooksConfig;
   commands: CommandSource[];
   notify: NotifyConfig[];
@@ -465,6 +469,7 @@ const jobSchema = z.strictObject({
   // behind their operators' backs; new configs say `compression: zstd`.
   compression: z.enum(COMPRESSIONS).default(DEFAULTS.compression),
   compressionLevel: z.number().int().optional(),
+  compressionThreads: z.number().int().min(1).max(256).default(DEFAULTS.compressionThreads),
   hooks: z
     .strictObject({
       before: z.string().min(1).optional(),

@@ -15,6 +15,7 @@ import { basename, dirname, isAbsolute, join, relative, resolve } from "node:pat
 import { type Catalog, UPLOAD_UNSETTLED } from "../catalog/catalog.js";
 import {
   type Config,
+  DEFAULTS,
   encryptionOf,
   type JobConfig,
   jobExcludes,
@@ -291,7 +292,14 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
   run.uploadSent = true;
   const streamed = await runStages({
     archive,
-    between: [...encoderFor(job.compression, job.compressionLevel), ...cipher.stages],
+    between: [
+      ...encoderFor(
+        job.compression,
+        job.compressionLevel,
+        job.compressionThreads ?? DEFAULTS.compressionThreads,
+      ),
+      ...cipher.stages,
+    ],
     hash,
     sink,
     ...(deps.signal ? { signal: deps.signal } : {}),

@@ -5,9 +5,12 @@
  * In: bytes (the uncompressed tar). Out: bytes, compressed as the job's
  * `compression` says. encoderFor and decoderFor return the Transforms to put
  * in a stream pipeline, in order; "none" needs none, so they cost nothing.
- * decoderFor(c) undoes encoderFor(c, level) for every c and level. A new codec
- * (parallel compression on several cores) is one more case here and one more
- * value of Compression, whose name also goes into the object key
+ * decoderFor(c) undoes encoderFor(c, level, threads) for every c, level and
+ * thread count. With threads > 1 the encoder is parallel-codec.ts: independent
+ * members or frames compressed on that many worker threads, which the same
+ * decoder (and `gunzip`, `zstd -d`) reads as one stream; with 1 it is one
+ * zlib stream on the libuv pool, as before. A new codec is one more case here
+ * and one more value of Compression, whose name also goes into the object key
  * (src/repo/naming.ts).
  *
  * zstd is Node's own zlib binding of libzstd (Node.js 24.20 and 26.6 on;
@@ -21,6 +24,8 @@
 import type { Transform } from "node:stream";
 import * as zlib from "node:zlib";
 import type { Compression } from "../config/config.js";
+import { ParallelEncoder } from "./parallel-codec.js";
+import { ZstdFrameCheck } from "./zstd-frames.js";
 
 /** Each codec's levels and default; the default is what a config without `compressionLevel` gets. */
 export const LEVELS = {
@@ -46,7 +51,21 @@ function needZstd(): void {
   if (why) throw new Error(why);
 }
 
-export function encoderFor(compression: Compression, level?: number): Transform[] {
+/**
+ * The compressing Transforms; `threads` > 1 compresses on that many worker
+ * threads (parallel-codec.ts). The default 1 is a single zlib stream.
+ */
+export function encoderFor(compression: Compression, level?: number, threads = 1): Transform[] {
+  if (compression !== "none" && threads > 1) {
+    if (compression === "zstd") needZstd();
+    return [
+      new ParallelEncoder({
+        codec: compression,
+        level: level ?? LEVELS[compression].default,
+        threads,
+      }),
+    ];
+  }
   switch (compression) {
     case "gzip":
       return [zlib.createGzip({ level: level ?? LEVELS.gzip.default })];
@@ -66,13 +85,15 @@ export function encoderFor(compression: Compression, level?: number): Transform[
   }
 }
 
+/** The decoding Transforms, in pipeline order: the last one's output is the tar. */
 export function decoderFor(compression: Compression): Transform[] {
   switch (compression) {
     case "gzip":
       return [zlib.createGunzip()];
     case "zstd":
       needZstd();
-      return [zlib.createZstdDecompress()];
+      // The frame check first: Node's decoder misses a cut inside any frame but the first.
+      return [new ZstdFrameCheck(), zlib.createZstdDecompress()];
     case "none":
       return [];
   }

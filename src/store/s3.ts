@@ -1,5 +1,5 @@
 /**
- * ObjectStore on a real S3 server through @aws-sdk/client-s3 and lib-storage.
+ * ObjectStore on a real S3 server through @aws-sdk/client-s3 (uploads: multipart.ts).
  *
  * Two guards live in the client's middleware so that no code path can bypass
  * them: an SSE-C key is never sent over plain http unless the target allows it,
@@ -34,11 +34,12 @@ import {
   type S3ClientConfig,
   type LifecycleRule as SdkLifecycleRule,
 } from "@aws-sdk/client-s3";
-import { Upload } from "@aws-sdk/lib-storage";
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config/config.js";
 import { ConfigError, RefusedError, StorageError, UsageError } from "../errors.js";
+import { md5Base64 } from "../pipeline/workers/digest.js";
 import { assertManifestKey } from "../repo/naming.js";
+import { MultipartUpload } from "./multipart.js";
 import {
   assertCanaryKey,
   type BucketLockState,
@@ -159,22 +160,6 @@ export class S3Store implements ObjectStore {
   }
 
   async upload(req: UploadRequest): Promise<{ versionId: string }> {
-    const upload = new Upload({
-      client: this.client,
-      partSize: this.#target.partSizeMiB * 1024 * 1024,
-      queueSize: this.#target.queueSize,
-      // immutd aborts the upload itself (below): when lib-storage aborts and that
-      // request fails too, it rejects with the abort's error and the part's is lost.
-      leavePartsOnError: true,
-      params: {
-        Bucket: this.bucket,
-        Key: req.key,
-        Body: req.body,
-        ContentType: "application/x-tar",
-        ...(req.sseKey ? sseParams(req.sseKey) : {}),
-        ...checksumParam(this.#target.checksum),
-      },
-    });
     let reported = false;
     const report = () => {
       if (!reported && upload.uploadId && req.onUploadId) {
@@ -182,7 +167,21 @@ export class S3Store implements ObjectStore {
         req.onUploadId(upload.uploadId);
       }
     };
-    upload.on("httpUploadProgress", report);
+    // Our own part loop (multipart.ts): one copy per byte into reused part buffers.
+    const upload = new MultipartUpload({
+      client: this.client,
+      partSize: this.#target.partSizeMiB * 1024 * 1024,
+      queueSize: this.#target.queueSize,
+      body: req.body,
+      params: {
+        Bucket: this.bucket,
+        Key: req.key,
+        ContentType: "application/x-tar",
+        ...(req.sseKey ? sseParams(req.sseKey) : {}),
+        ...checksumParam(this.#target.checksum),
+      },
+      onUploadId: report,
+    });
     try {
       const res = await upload.done();
       if (!res.VersionId) {
@@ -812,7 +811,10 @@ function installGuards(client: S3Client, t: TargetConfig): void {
         const present = lower(req.headers);
         const md5 = t.checksum === "md5" || MD5_ALWAYS.has(context.commandName ?? "");
         if (md5 && !("content-md5" in present)) {
-          req.headers["content-md5"] = createHash("md5").update(req.body).digest("base64");
+          // A part's MD5 on the hashing worker (the main thread copies the part
+          // once, at memory speed); small bodies here.
+          req.headers["content-md5"] =
+            (await md5Base64(req.body)) ?? createHash("md5").update(req.body).digest("base64");
         }
         // Over TLS the part is already protected in transit and its checksum is
         // verified by the server, so SigV4 need not hash the payload a second time

@@ -1,0 +1,132 @@
+/**
+ * A check on the way down, before the zstd decoder: the compressed bytes
+ * pass unchanged, and the stream must end where a frame ends.
+ *
+ * Node's zstd decoder (seen on 24.20) can end without an error when a stream
+ * of several frames is cut inside a later frame (frames of raw blocks, the
+ * cut arriving in the same write as the previous frame's end): it returns
+ * what the complete frames held. Parallel compression (parallel-codec.ts) writes one
+ * frame per block, so without this check a truncated archive would restore
+ * as a shorter tar. This stage reads only the frame structure (RFC 8878:
+ * frame header, block headers, content checksum, skippable frames) and skips
+ * over block contents, so it costs next to nothing; the decoder still checks
+ * each frame's contents and checksum.
+ */
+import { Transform, type TransformCallback } from "node:stream";
+
+const FRAME_MAGIC = 0xfd2fb528;
+
+type Step = { want: number; next: (b: Buffer) => void } | { skip: number; next: () => void };
+
+export class ZstdFrameCheck extends Transform {
+  /** Bytes seen so far; for the error text. */
+  #pos = 0;
+  #step: Step;
+  #got: number[] = [];
+  #inFrame = false;
+  #checksum = false;
+
+  constructor() {
+    super();
+    this.#step = this.#magic();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    try {
+      let i = 0;
+      while (i < chunk.length) {
+        const s = this.#step;
+        if ("skip" in s) {
+          const n = Math.min(s.skip, chunk.length - i);
+          s.skip -= n;
+          i += n;
+          this.#pos += n;
+          if (s.skip === 0) s.next();
+          continue;
+        }
+        this.#got.push(chunk[i] as number);
+        i++;
+        this.#pos++;
+        if (this.#got.length === s.want) {
+          const b = Buffer.from(this.#got);
+          this.#got = [];
+          s.next(b);
+        }
+      }
+      cb(null, chunk);
+    } catch (err) {
+      cb(err as Error);
+    }
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.#inFrame || this.#got.length > 0) {
+      cb(
+        new Error(
+          `unexpected end of file: the zstd stream ends inside a frame (after ${this.#pos} bytes), the archive is truncated`,
+        ),
+      );
+    } else cb();
+  }
+
+  #go(step: Step): void {
+    if ("skip" in step && step.skip === 0) step.next();
+    else this.#step = step;
+  }
+
+  #magic(): Step {
+    this.#inFrame = false;
+    return {
+      want: 4,
+      next: (b) => {
+        const m = b.readUInt32LE(0);
+        if (m === FRAME_MAGIC) {
+          this.#inFrame = true;
+          this.#go(this.#header());
+        } else if ((m & 0xfffffff0) >>> 0 === 0x184d2a50) {
+          this.#inFrame = true;
+          this.#go({
+            want: 4,
+            next: (s) => this.#go({ skip: s.readUInt32LE(0), next: () => this.#go(this.#magic()) }),
+          });
+        } else {
+          throw new Error(`not a zstd frame at byte ${this.#pos - 4} of the archive`);
+        }
+      },
+    };
+  }
+
+  #header(): Step {
+    return {
+      want: 1,
+      next: (b) => {
+        const fhd = b[0] as number;
+        const fcsFlag = fhd >> 6;
+        const single = (fhd >> 5) & 1;
+        if ((fhd >> 3) & 1)
+          throw new Error(`zstd frame header with a reserved bit set at byte ${this.#pos - 1}`);
+        this.#checksum = ((fhd >> 2) & 1) === 1;
+        const dict = [0, 1, 2, 4][fhd & 3] as number;
+        const fcs = [single, 2, 4, 8][fcsFlag] as number;
+        this.#go({ skip: (single ? 0 : 1) + dict + fcs, next: () => this.#go(this.#block()) });
+      },
+    };
+  }
+
+  #block(): Step {
+    return {
+      want: 3,
+      next: (b) => {
+        const h = b.readUIntLE(0, 3);
+        const last = h & 1;
+        const type = (h >> 1) & 3;
+        const size = h >>> 3;
+        if (type === 3) throw new Error(`zstd block of reserved type at byte ${this.#pos - 3}`);
+        const after = last
+          ? () => this.#go({ skip: this.#checksum ? 4 : 0, next: () => this.#go(this.#magic()) })
+          : () => this.#go(this.#block());
+        this.#go({ skip: type === 1 ? 1 : size, next: after });
+      },
+    };
+  }
+}
