@@ -86,6 +86,17 @@ export const DEFAULTS = {
 
 export type RetentionMode = "COMPLIANCE" | "GOVERNANCE";
 /**
+ * A `keep:` policy (src/retention/tiers.ts): how many days, ISO weeks, months
+ * and years the first backup of each such period stays locked. Unset or 0: no
+ * such tier.
+ */
+export interface KeepPolicy {
+  daily?: number;
+  weekly?: number;
+  monthly?: number;
+  yearly?: number;
+}
+/**
  * How each uploaded part is checksummed. md5 (Content-MD5) is understood and
  * verified by every S3 implementation, old Ceph RGW included; the others use the
  * SDK's flexible checksums (x-amz-checksum-*), which some servers ignore.
@@ -126,6 +137,8 @@ export interface TargetConfig {
   idleTimeoutSeconds: number;
   /** Days after the retention period before `immutd init`'s lifecycle rule expires noncurrent versions. */
   lifecycleGraceDays: number;
+  /** The keep policy of jobs on this target that set none (src/retention/tiers.ts). */
+  keep?: KeepPolicy;
 }
 
 export interface VerifyConfig {
@@ -206,6 +219,8 @@ export interface JobConfig {
   hooks?: HooksConfig;
   commands: CommandSource[];
   notify: NotifyConfig[];
+  /** This job's keep policy; unset: its target's `keep`, if any (keepPolicyOf). */
+  keep?: KeepPolicy;
 }
 
 export interface Config {
@@ -273,6 +288,13 @@ const credentialSchema = z.strictObject({
   ...secretPair("secretAccessKey"),
 });
 
+const keepSchema = z.strictObject({
+  daily: z.number().int().min(0).max(36500).optional(),
+  weekly: z.number().int().min(0).max(5200).optional(),
+  monthly: z.number().int().min(0).max(1200).optional(),
+  yearly: z.number().int().min(0).max(100).optional(),
+});
+
 const targetSchema = z.strictObject({
   endpoint: httpUrl("the credentials go under credentials:"),
   region: z.string().min(1).default(DEFAULTS.region),
@@ -309,6 +331,7 @@ const targetSchema = z.strictObject({
   connectTimeoutSeconds: z.number().min(1).max(300).default(DEFAULTS.connectTimeoutSeconds),
   idleTimeoutSeconds: z.number().min(1).max(3600).default(DEFAULTS.idleTimeoutSeconds),
   lifecycleGraceDays: z.number().int().min(0).max(3650).default(DEFAULTS.lifecycleGraceDays),
+  keep: keepSchema.optional(),
 });
 
 const cronSchema = z.string().superRefine(checkCron);
@@ -414,6 +437,7 @@ const jobSchema = z.strictObject({
     )
     .default([]),
   notify: z.array(notifySchema).default([]),
+  keep: keepSchema.optional(),
 });
 
 const configSchema = z
@@ -870,6 +894,7 @@ function resolveTargets(
       connectTimeoutSeconds: t.connectTimeoutSeconds,
       idleTimeoutSeconds: t.idleTimeoutSeconds,
       lifecycleGraceDays: t.lifecycleGraceDays,
+      ...(t.keep !== undefined ? { keep: definedOnly(t.keep) } : {}),
     };
   }
   return targets;
@@ -891,7 +916,7 @@ function masterKeyOf(
 
 function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
   return cfg.jobs.map((j, i) => {
-    const { hooks, timezone, schedule, excludeFrom, ...rest } = j;
+    const { hooks, timezone, schedule, excludeFrom, keep, ...rest } = j;
     const at = src.at(["jobs", i, "excludeFrom"]);
     return {
       ...rest,
@@ -902,6 +927,7 @@ function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
       ...(schedule !== undefined ? { schedule } : {}),
       ...(timezone !== undefined ? { timezone } : {}),
       ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
+      ...(keep !== undefined ? { keep: definedOnly(keep) } : {}),
       commands: j.commands.map((c) => definedOnly(c)),
     };
   });
@@ -1053,4 +1079,12 @@ export function redactedView(config: Config): unknown {
     maxConcurrentJobs: config.maxConcurrentJobs,
     ...(config.http !== undefined ? { http: config.http } : {}),
   };
+}
+
+/** A job's keep policy: its own, else its target's default; undefined when neither sets one. */
+export function keepPolicyOf(
+  job: Pick<JobConfig, "keep">,
+  t: Pick<TargetConfig, "keep">,
+): KeepPolicy | undefined {
+  return job.keep ?? t.keep;
 }

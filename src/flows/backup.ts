@@ -35,7 +35,9 @@ import {
   LOCK_SLACK_MS,
   lockProblems,
 } from "../retention/bucket-check.js";
+import { assignJob, heldLock, tagVersion } from "../retention/keep.js";
 import { type LockOutcome, lockAtLeast } from "../retention/lock.js";
+import type { Assignment, PolicyTime } from "../retention/tiers.js";
 import { withReadFallback } from "../store/fallback.js";
 import { retry } from "../store/retry.js";
 import type { BucketLockState, Retention, Target } from "../store/store.js";
@@ -62,6 +64,8 @@ export interface BackupDeps {
   onProgress?: (p: Readonly<BackupProgress>) => void;
   /** The clock; tests move it. */
   now?: () => Date;
+  /** The calendar a keep policy counts in (src/retention/tiers.ts); tests shorten its days. Default: real days. */
+  policyTime?: PolicyTime;
 }
 
 export interface BackupResult {
@@ -139,6 +143,8 @@ interface Run {
    * a version at the key even if this process never hears of it.
    */
   uploadSent: boolean;
+  /** The job's keep policy's say on this backup (tiers, hold, tag), once decided; undefined without a policy. */
+  keep?: Assignment;
 }
 
 /** The stages' result with what the run needs of them afterwards. */
@@ -337,14 +343,33 @@ async function lockVersion(
 ): Promise<{ lock: LockOutcome; wanted: Retention }> {
   const { deps, key } = run;
   const completed = run.now();
-  const wanted = configuredLock(completed, deps.targetConfig.retention);
+  // The keep policy's tiers, decided with every backup of the job the catalog knows.
+  const rows = deps.catalog.listBackups({ job: run.job.name });
+  const keep = assignJob(rows, run.job, deps.targetConfig, {
+    ...(deps.policyTime ? { time: deps.policyTime } : {}),
+  }).assigned?.get(backupId);
+  if (keep) run.keep = keep;
+  const wanted = heldLock(configuredLock(completed, deps.targetConfig.retention), keep);
   const lock = await lockAtLeast(deps.target, key, versionId, wanted, {
     now: completed,
     attempts: LOCK_ATTEMPTS,
     slackMs: LOCK_SLACK_MS,
   });
   deps.catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
+  if (keep) await tagArchive(run, backupId, versionId, keep);
   return { lock, wanted };
+}
+
+/** Tags a new archive for the lifecycle rules after its upload completed (RGW drops tags sent with the upload); a failure is a warning. */
+async function tagArchive(run: Run, backupId: number, versionId: string, keep: Assignment) {
+  const { deps, key } = run;
+  const problem = await tagVersion(deps.target, key, versionId, keep.tag);
+  deps.catalog.setBackupTiers(backupId, keep.tiers, problem ? null : keep.tag);
+  if (problem) {
+    const message = `${versionName(run, versionId)}: ${problem}; it is locked for its tiers (${keep.tiers.join(", ") || "none"}) but no lifecycle rule will ever remove it until it is tagged (\`immutd verify\` tags it)`;
+    run.warnings.push({ path: `s3://${deps.target.bucket}/${key}`, message });
+    run.jlog.warn({ versionId }, message);
+  }
 }
 
 /** The version's retention, or the refusal the run fails with when it could not be locked. */
@@ -411,7 +436,7 @@ function versionName(run: Run, versionId: string): string {
 async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupResult> {
   const { job, deps, key, warnings } = run;
   const { backupId, retention } = stored;
-  const manifestProblem = await writeManifest(deps, backupId, retention, {
+  const manifestProblem = await writeManifest(deps, backupId, retention, run.keep?.tag, {
     formatVersion: MANIFEST_FORMAT,
     host: deps.config.host,
     job: job.name,
@@ -499,6 +524,7 @@ async function writeManifest(
   deps: BackupDeps,
   backupId: number,
   retention: Retention,
+  tag: string | undefined,
   manifest: Manifest,
 ): Promise<string | undefined> {
   const { target, catalog, config } = deps;
@@ -525,6 +551,9 @@ async function writeManifest(
   });
   if (lock.problem || !lock.after)
     return `${what} version ${versionId} could not be locked until ${retention.retainUntil.toISOString()}: ${lock.problem ?? "it has no retention"}; \`immutd verify\` reports it until it is`;
+  // The manifest expires with its archive: the same keep tag.
+  const tagProblem = tag ? await tagVersion(target, key, versionId, tag) : undefined;
+  if (tagProblem) return `${what} version ${versionId}: ${tagProblem}`;
   try {
     const size = await storedSize(target, key, versionId, sseKey);
     if (size !== body.length)

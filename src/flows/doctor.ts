@@ -42,6 +42,7 @@ import {
   type ObjectStore,
   type Target,
 } from "../store/store.js";
+import { judgeKeep } from "./doctor-keep.js";
 import { readLifecycle, readLockState } from "./verify.js";
 
 export type CheckStatus = "OK" | "WARN" | "FAIL" | "SKIP";
@@ -367,7 +368,8 @@ async function checkEndpoint({ t, target, add, skip }: Run): Promise<boolean> {
 }
 
 /** The bucket, as verify checks it; its lock settings, or undefined where a canary cannot follow. */
-async function checkBucket({ t, target, add, skip }: Run): Promise<BucketLockState | undefined> {
+async function checkBucket(run: Run): Promise<BucketLockState | undefined> {
+  const { t, target, add, skip } = run;
   const state = await attempt(() => readLockState(target));
   if (!state.ok) {
     const missing = statusOf(state.error) === 404;
@@ -393,6 +395,7 @@ async function checkBucket({ t, target, add, skip }: Run): Promise<BucketLockSta
     rules.ok ? undefined : describeError(rules.error),
   ))
     add(c);
+  for (const c of judgeKeep(rules.ok ? rules.value : undefined, t, run.config)) add(c);
   if (!state.value.objectLock) {
     skip(["credentials"], "without Object Lock there is nothing to prove with a canary");
     return undefined;
