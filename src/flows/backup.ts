@@ -35,7 +35,7 @@ import {
   LOCK_SLACK_MS,
   lockProblems,
 } from "../retention/bucket-check.js";
-import { assignJob, heldLock, tagVersion } from "../retention/keep.js";
+import { keepNewBackup, tagVersion } from "../retention/keep.js";
 import { type LockOutcome, lockAtLeast } from "../retention/lock.js";
 import type { Assignment, PolicyTime } from "../retention/tiers.js";
 import { withReadFallback } from "../store/fallback.js";
@@ -343,33 +343,28 @@ async function lockVersion(
 ): Promise<{ lock: LockOutcome; wanted: Retention }> {
   const { deps, key } = run;
   const completed = run.now();
-  // The keep policy's tiers, decided with every backup of the job the catalog knows.
-  const rows = deps.catalog.listBackups({ job: run.job.name });
-  const keep = assignJob(rows, run.job, deps.targetConfig, {
-    ...(deps.policyTime ? { time: deps.policyTime } : {}),
-  }).assigned?.get(backupId);
-  if (keep) run.keep = keep;
-  const wanted = heldLock(configuredLock(completed, deps.targetConfig.retention), keep);
-  const lock = await lockAtLeast(deps.target, key, versionId, wanted, {
+  // The keep policy's tiers decide the lock (never below the configured one) and the tag.
+  const { keep, wanted, lock, tagProblem } = await keepNewBackup({
+    catalog: deps.catalog,
+    target: deps.target,
+    job: run.job,
+    tc: deps.targetConfig,
+    backupId,
+    key,
+    versionId,
+    floor: configuredLock(completed, deps.targetConfig.retention),
     now: completed,
     attempts: LOCK_ATTEMPTS,
     slackMs: LOCK_SLACK_MS,
+    ...(deps.policyTime ? { time: deps.policyTime } : {}),
   });
-  deps.catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
-  if (keep) await tagArchive(run, backupId, versionId, keep);
-  return { lock, wanted };
-}
-
-/** Tags a new archive for the lifecycle rules after its upload completed (RGW drops tags sent with the upload); a failure is a warning. */
-async function tagArchive(run: Run, backupId: number, versionId: string, keep: Assignment) {
-  const { deps, key } = run;
-  const problem = await tagVersion(deps.target, key, versionId, keep.tag);
-  deps.catalog.setBackupTiers(backupId, keep.tiers, problem ? null : keep.tag);
-  if (problem) {
-    const message = `${versionName(run, versionId)}: ${problem}; it is locked for its tiers (${keep.tiers.join(", ") || "none"}) but no lifecycle rule will ever remove it until it is tagged (\`immutd verify\` tags it)`;
+  if (keep) run.keep = keep;
+  if (keep && tagProblem) {
+    const message = `${versionName(run, versionId)}: ${tagProblem}; it is locked for its tiers (${keep.tiers.join(", ") || "none"}) but no lifecycle rule removes it until it is tagged (\`immutd verify\` tags it)`;
     run.warnings.push({ path: `s3://${deps.target.bucket}/${key}`, message });
     run.jlog.warn({ versionId }, message);
   }
+  return { lock, wanted };
 }
 
 /** The version's retention, or the refusal the run fails with when it could not be locked. */

@@ -11,13 +11,14 @@
  * where the writer is refused. A failed tag is reported, never fatal: an
  * untagged backup matches no expiry rule, so it is kept, not lost.
  */
-import type { BackupRow } from "../catalog/catalog.js";
+import type { BackupRow, Catalog } from "../catalog/catalog.js";
 import type { JobConfig, TargetConfig } from "../config/config.js";
 import { keepPolicyOf } from "../config/config.js";
 import { describeError } from "../errors.js";
 import { isRefused } from "../store/fallback.js";
 import { type RetryOptions, retry } from "../store/retry.js";
 import type { Retention, Target } from "../store/store.js";
+import { type LockOutcome, lockAtLeast } from "./lock.js";
 import {
   type Assignment,
   assignTiers,
@@ -117,4 +118,50 @@ export async function readKeepTag(
     }
   }
   return undefined;
+}
+
+export interface NewBackupKeep {
+  catalog: Catalog;
+  target: Target;
+  job: Pick<JobConfig, "name" | "keep" | "timezone">;
+  tc: Pick<TargetConfig, "keep" | "retention">;
+  /** The recorded (catalog) row of the new archive. */
+  backupId: number;
+  key: string;
+  versionId: string;
+  /** The configured lock (from the upload's completion): the least it gets. */
+  floor: Retention;
+  now: Date;
+  time?: PolicyTime;
+  attempts?: number;
+  slackMs?: number;
+}
+
+/**
+ * A new archive's lock and tag: its tiers decided with every backup of its
+ * job in the catalog, locked until the longest (at least `floor`), the lock
+ * recorded as the server reports it, then tagged. What the backup run does
+ * after CompleteMultipartUpload; a failed tag is returned, not thrown.
+ */
+export async function keepNewBackup(o: NewBackupKeep): Promise<{
+  keep: Assignment | undefined;
+  wanted: Retention;
+  lock: LockOutcome;
+  tagProblem?: string;
+}> {
+  const rows = o.catalog.listBackups({ job: o.job.name });
+  const keep = assignJob(rows, o.job, o.tc, o.time ? { time: o.time } : {}).assigned?.get(
+    o.backupId,
+  );
+  const wanted = heldLock(o.floor, keep);
+  const lock = await lockAtLeast(o.target, o.key, o.versionId, wanted, {
+    now: o.now,
+    ...(o.attempts !== undefined ? { attempts: o.attempts } : {}),
+    ...(o.slackMs !== undefined ? { slackMs: o.slackMs } : {}),
+  });
+  o.catalog.setBackupLock(o.backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
+  if (!keep) return { keep, wanted, lock };
+  const tagProblem = await tagVersion(o.target, o.key, o.versionId, keep.tag);
+  o.catalog.setBackupTiers(o.backupId, keep.tiers, tagProblem ? null : keep.tag);
+  return { keep, wanted, lock, ...(tagProblem ? { tagProblem } : {}) };
 }
