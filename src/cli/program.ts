@@ -20,6 +20,7 @@ import { registerInit } from "./init.js";
 import { registerKey } from "./key.js";
 import { registerList } from "./list.js";
 import { registerMan } from "./manpage.js";
+import { registerPlan } from "./plan.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./restore.js";
 import { registerRun } from "./run.js";
 import { registerStatus } from "./status.js";
@@ -59,6 +60,7 @@ const COMMANDS: readonly ((p: Command, cli: Cli) => void)[] = [
   registerRun,
   registerStatus,
   registerList,
+  registerPlan,
   registerRestore,
   registerLs,
   registerFind,

@@ -69,3 +69,44 @@ export function steadyState(o: SteadyStateOptions): {
   }
   return { backups: n, byTag };
 }
+
+/** Statuses of a backup still on the server as far as the catalog knows. */
+const PRESENT = new Set(["ok", "unlocked", "unverified"]);
+
+export interface RemovalRow {
+  createdAt: string;
+  retainUntil: string | null;
+  keepTag?: string | null;
+  status: string;
+}
+
+/**
+ * When the server removes a backup, as `immutd list` and `plan` show it:
+ * its tag's removal date, never before its retain-until (lifecycle cannot
+ * remove a locked version). `kind` says why there is no date.
+ */
+export function serverRemoval(
+  row: RemovalRow,
+  o: { graceDays: number; newest: boolean; keepLatestLocked: boolean; time?: PolicyTime },
+): { kind: "date"; date: Date } | { kind: "newest" | "untagged" | "gone" } {
+  if (!PRESENT.has(row.status)) return { kind: "gone" };
+  if (o.newest && o.keepLatestLocked) return { kind: "newest" };
+  const d = removalDate(new Date(row.createdAt), row.keepTag ?? null, o.graceDays, o.time);
+  if (!d) return { kind: "untagged" };
+  const locked = row.retainUntil ? Date.parse(row.retainUntil) : 0;
+  return { kind: "date", date: new Date(Math.max(d.getTime(), locked)) };
+}
+
+/** The removal as one short cell: a date, "newest: kept", "never (no tag)", or "-". */
+export function describeRemoval(r: ReturnType<typeof serverRemoval>): string {
+  switch (r.kind) {
+    case "date":
+      return r.date.toISOString().slice(0, 10);
+    case "newest":
+      return "kept (newest)";
+    case "untagged":
+      return "never (no tag)";
+    case "gone":
+      return "-";
+  }
+}
