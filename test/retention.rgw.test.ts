@@ -24,6 +24,8 @@ import { runVerify } from "../src/flows/verify.js";
 import { createLogger } from "../src/log.js";
 import { KEEP_TAG } from "../src/retention/tiers.js";
 import { closeTarget, openTarget } from "../src/store/s3.js";
+import { writeConfig } from "./support/assurance.js";
+import { runCli } from "./support/cli.js";
 import { FaultProxy } from "./support/fault-proxy.js";
 import { createLockedBucket, rgwTarget, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
 import { fullConfig, jobConfig } from "./support/target.js";
@@ -241,5 +243,74 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
       closeTarget(target);
       closeTarget(good);
     }
+  });
+
+  it("CLI: init writes the tier rules, list shows tiers and expiry, plan --json what goes when and the steady state, doctor says OK", async () => {
+    const bucket = uniqueBucket("keepcli");
+    const cfg = writeConfig(env, {
+      bucket,
+      job: ["timezone: UTC", "keep: { daily: 7, weekly: 4 }"],
+    });
+    const cli = (...a: string[]) => runCli(["--config", cfg.file, ...a]);
+    const init = await cli("init");
+    assert.equal(init.code, 0, init.stderr + init.stdout);
+    assert.match(
+      init.stdout,
+      /add\s+lifecycle immutd-keep-weekly-4\s+current versions tagged immutd-keep=weekly-4 expire after 35 days, then are removed 1 day later \(never while locked\)/,
+    );
+    for (let i = 0; i < 2; i++) {
+      const b = await cli("backup", "files");
+      assert.equal(b.code, 0, b.stderr);
+    }
+    const list = await cli("list");
+    assert.equal(list.code, 0, list.stderr);
+    assert.match(list.stdout, /TIERS\s+EXPIRES/);
+    assert.match(list.stdout, /daily,weekly\s+\d{4}-\d{2}-\d{2}\s+ok/);
+    assert.match(list.stdout, /\s-\s+kept \(newest\)\s+ok/);
+    const json = JSON.parse((await cli("list", "--json")).stdout) as {
+      keepTag: string;
+      expiresAfter: string | null;
+    }[];
+    assert.deepEqual(
+      json.map((r) => r.keepTag),
+      ["weekly-4", "floor-1"],
+    );
+    const first = json[0]?.expiresAfter ?? "";
+    // weekly-4: 28 days + 7 grace + 1 day after creation.
+    assert.ok(Math.abs(Date.parse(first) - (Date.now() + 36 * 86_400_000)) < 3_600_000, first);
+    assert.equal(json[1]?.expiresAfter, null);
+    const plan = await cli("plan", "--json");
+    assert.equal(plan.code, 0, plan.stderr);
+    const [p] = JSON.parse(plan.stdout) as {
+      job: string;
+      noExpiry: string | null;
+      backups: { tag: string; removedAfter: string | null; note: string | null }[];
+      steadyState: { backups: number; bytes: number; byTag: Record<string, number> };
+    }[];
+    assert.equal(p?.noExpiry, null);
+    assert.deepEqual(
+      p?.backups.map((b) => [b.tag, b.note]),
+      [
+        ["weekly-4", null],
+        ["floor-1", "newest"],
+      ],
+    );
+    // One run a day, {daily: 7, weekly: 4}, floor 1, grace 7: the daily ones for 15 days, weekly ones for 36.
+    assert.ok(
+      (p?.steadyState.backups ?? 0) >= 17 && (p?.steadyState.backups ?? 0) <= 21,
+      JSON.stringify(p?.steadyState),
+    );
+    assert.ok((p?.steadyState.bytes ?? 0) > 0);
+    const text = await cli("plan");
+    assert.match(
+      text.stdout,
+      /job files \(target local\): keep daily 7, weekly 4\n {2}steady state: \d+ backups, about/,
+    );
+    const doctor = await cli("doctor", "--json");
+    const checks = JSON.parse(doctor.stdout) as
+      | { checks?: { name: string; status: string }[] }[]
+      | { name: string; status: string }[];
+    const flat = JSON.stringify(checks);
+    assert.match(flat, /"name":"keep policy","status":"OK"/);
   });
 });

@@ -75,7 +75,9 @@ export function planJobs(config: Config, catalog: Catalog, only?: string): JobPl
         keepLatestLocked: config.keepLatestLocked,
       }),
     );
-    backups.sort((a, b) => (a.removedAfter ?? "~").localeCompare(b.removedAfter ?? "~"));
+    // Soonest removal first; the ones never removed (newest, untagged) last.
+    const order = (x: PlannedRemoval) => (x.removedAfter ? Date.parse(x.removedAfter) : Infinity);
+    backups.sort((a, b) => order(a) - order(b));
     out.push({
       job: job.name,
       target: tc.name,

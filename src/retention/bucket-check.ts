@@ -183,6 +183,10 @@ export function missingLifecycle(
 }
 
 export function describeRule(r: LifecycleRule): string {
+  if (r.tag && r.expirationDays !== undefined && r.noncurrentDays !== undefined) {
+    const days = (n: number) => `${n} day${n === 1 ? "" : "s"}`;
+    return `current versions tagged ${r.tag.key}=${r.tag.value} expire after ${days(r.expirationDays)}, then are removed ${days(r.noncurrentDays)} later (never while locked)${r.prefix ? ` (prefix ${r.prefix})` : ""}${r.enabled ? "" : " [disabled]"}`;
+  }
   const parts: string[] = [];
   if (r.noncurrentDays !== undefined)
     parts.push(`noncurrent versions expire after ${r.noncurrentDays} days`);
