@@ -12,6 +12,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import Database from "better-sqlite3";
 import { Catalog } from "../src/catalog/catalog.js";
 import { type KeepPolicy, loadConfig } from "../src/config/config.js";
 import { Secret } from "../src/config/secret.js";
@@ -473,5 +474,54 @@ ${extraJob}  - name: k
     assert.deepEqual(c.targets.t?.keep, { daily: 14, weekly: 8 });
     writeFileSync(file, base("", "    keep: { hourly: 24 }\n"));
     assert.throws(() => loadConfig(file), /hourly/);
+  });
+});
+
+describe("catalog schema 6: tiers and keep tag", () => {
+  it("migrates a schema-5 catalog: every row kept, tiers and tag NULL (never expired by a rule), then recorded", () => {
+    const dir = mkdtempSync(join(tmpdir(), "immutd-tiers-cat-"));
+    const path = join(dir, "v5.db");
+    const c5 = Catalog.open(path);
+    const runId = c5.startRun({
+      job: "etc",
+      target: "t",
+      objectKey: "h/etc/k.tar.gz",
+      startedAt: new Date(),
+    });
+    const id = c5.recordBackup({
+      runId,
+      job: "etc",
+      target: "t",
+      bucket: "b",
+      key: "h/etc/k.tar.gz",
+      versionId: "v1",
+      size: 10,
+      sha256: "ab".repeat(32),
+      compression: "gzip",
+      sseKey: randomBytes(32),
+      keyDerivation: "hkdf",
+      createdAt: new Date("2026-11-01T03:00:00Z"),
+      retentionMode: "COMPLIANCE",
+      retainUntil: new Date("2026-12-01T03:00:00Z"),
+      status: "ok",
+      files: 3,
+    });
+    c5.close();
+    // Back to what a schema-5 immutd left.
+    const raw = new Database(path);
+    raw.exec(
+      "ALTER TABLE backups DROP COLUMN tiers; ALTER TABLE backups DROP COLUMN keep_tag; PRAGMA user_version = 5",
+    );
+    raw.close();
+    const c = Catalog.open(path);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 6);
+    const row = c.backup(id);
+    assert.equal(row?.versionId, "v1");
+    assert.equal(row?.retainUntil, "2026-12-01T03:00:00.000Z");
+    assert.equal(row?.tiers, null);
+    assert.equal(row?.keepTag, null);
+    c.setBackupTiers(id, ["daily", "monthly"], "monthly-12");
+    assert.deepEqual([c.backup(id)?.tiers, c.backup(id)?.keepTag], ["daily,monthly", "monthly-12"]);
+    c.close();
   });
 });
