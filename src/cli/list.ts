@@ -64,24 +64,15 @@ export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }
   process.stdout.write(table(rows, expires));
 }
 
+const HEAD = ["ID", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
+
 function table(rows: BackupRow[], expires: Map<number, { cell: string }>): string {
-  const head = [
-    "ID",
-    "JOB",
-    "CREATED (UTC)",
-    "SIZE",
-    "LOCKED UNTIL",
-    "TIERS",
-    "EXPIRES",
-    "STATUS",
-    "KEY",
-    "VERSION",
-  ];
+  const head = [...HEAD, "TIERS", "EXPIRES"];
   return formatTable(
     head,
     rows.map((r) => {
       const c = cells(r);
-      return [...c.slice(0, 5), r.tiers || "-", expires.get(r.id)?.cell ?? "-", ...c.slice(5)];
+      return [...c, r.tiers || "-", expires.get(r.id)?.cell ?? "-"];
     }),
   );
 }

@@ -90,9 +90,9 @@ export function serverRemoval(
   o: { graceDays: number; newest: boolean; keepLatestLocked: boolean; time?: PolicyTime },
 ): { kind: "date"; date: Date } | { kind: "newest" | "untagged" | "gone" } {
   if (!PRESENT.has(row.status)) return { kind: "gone" };
-  if (o.newest && o.keepLatestLocked) return { kind: "newest" };
   const d = removalDate(new Date(row.createdAt), row.keepTag ?? null, o.graceDays, o.time);
   if (!d) return { kind: "untagged" };
+  if (o.newest && o.keepLatestLocked) return { kind: "newest" };
   const locked = row.retainUntil ? Date.parse(row.retainUntil) : 0;
   return { kind: "date", date: new Date(Math.max(d.getTime(), locked)) };
 }
