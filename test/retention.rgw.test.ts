@@ -312,5 +312,6 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
       | { name: string; status: string }[];
     const flat = JSON.stringify(checks);
     assert.match(flat, /"name":"keep policy","status":"OK"/);
+    assert.match(flat, /"name":"keep tagging","status":"OK"/);
   });
 });
