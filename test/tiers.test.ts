@@ -13,13 +13,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { Catalog } from "../src/catalog/catalog.js";
+import { type BackupRow, Catalog } from "../src/catalog/catalog.js";
 import { type KeepPolicy, loadConfig } from "../src/config/config.js";
 import { Secret } from "../src/config/secret.js";
 import { runBackup } from "../src/flows/backup.js";
 import { runVerify } from "../src/flows/verify.js";
 import { createLogger } from "../src/log.js";
 import { desiredLifecycle, planInit } from "../src/retention/bucket-check.js";
+import { assignJob, recordedOf } from "../src/retention/keep.js";
 import { expiryMechanism, tierRuleProblems, tierRules } from "../src/retention/lifecycle.js";
 import { removalDate, steadyState } from "../src/retention/plan.js";
 import {
@@ -143,6 +144,31 @@ describe("tiers", () => {
       keepTag: "monthly-12",
     }));
     assert.deepEqual(promotions(longer, assigned, now), []);
+  });
+
+  it("an expired backup served its period and keeps its tier; a corrupt or missing one passes it on", () => {
+    const row = (id: number, status: BackupRow["status"]) =>
+      ({
+        id,
+        createdAt: `2026-11-0${id}T03:00:00.000Z`,
+        status,
+        retainUntil: null,
+        tiers: null,
+        keepTag: null,
+      }) as unknown as BackupRow;
+    const eligible = recordedOf([
+      row(1, "expired"),
+      row(2, "corrupt"),
+      row(3, "missing"),
+      row(4, "ok"),
+    ]).map((r) => r.eligible);
+    assert.deepEqual(eligible, [true, false, false, true]);
+    const { assigned } = assignJob(
+      [row(1, "expired"), row(2, "ok")],
+      { keep: { monthly: 1 }, timezone: "UTC" },
+      { retention: { mode: "COMPLIANCE", days: 1 } },
+    );
+    assert.deepEqual([assigned?.get(1)?.tiers, assigned?.get(2)?.tiers], [["monthly"], []]);
   });
 
   it("backups that must expire together keep the longest member's hold (the chains hook)", () => {

@@ -84,7 +84,7 @@ function expiryCells(
 ): Map<number, { cell: string; date: string | null }> {
   const newest = new Map<string, number>();
   for (const r of rows)
-    if (["ok", "unlocked", "unverified"].includes(r.status)) newest.set(r.job, r.id);
+    if (["ok", "unlocked", "unverified", "expired"].includes(r.status)) newest.set(r.job, r.id);
   const out = new Map<number, { cell: string; date: string | null }>();
   for (const r of rows) {
     const tc = ctx.config.targets[r.target];

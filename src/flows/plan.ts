@@ -65,8 +65,19 @@ export function planJobs(config: Config, catalog: Catalog, only?: string): JobPl
       : m.kind === "none"
         ? `${m.why}: nothing is removed`
         : null;
-    const present = rows.filter((r) => ["ok", "unlocked", "unverified"].includes(r.status));
-    const newestId = present.at(-1)?.id;
+    const now = Date.now();
+    const live = rows.filter((r) => ["ok", "unlocked", "unverified", "expired"].includes(r.status));
+    const newestId = live.at(-1)?.id;
+    // An expired backup (its lock ended) is listed until the date its rule removes it.
+    const present = live.filter((r) => {
+      if (r.status !== "expired" || r.id === newestId) return true;
+      const gone = serverRemoval(r, {
+        graceDays: tc.lifecycleGraceDays,
+        newest: false,
+        keepLatestLocked: false,
+      });
+      return gone.kind === "date" && gone.date.getTime() > now;
+    });
     const assigned = assignJob(rows, job, tc).assigned;
     const backups = present.map((r) =>
       planned(r, assigned?.get(r.id)?.tiers, {

@@ -30,8 +30,17 @@ import {
   type TierBackup,
 } from "./tiers.js";
 
-/** Statuses of a backup that can stand for a tier: its version exists and is good. */
-const ELIGIBLE: ReadonlySet<BackupRow["status"]> = new Set(["ok", "unlocked", "unverified"]);
+/**
+ * Statuses of a backup that stands for its tier: good when it was made
+ * ("expired" only says its lock has ended: it served its period, which must not
+ * pass to a later backup). A corrupt or missing one passes its tier on.
+ */
+const ELIGIBLE: ReadonlySet<BackupRow["status"]> = new Set([
+  "ok",
+  "unlocked",
+  "unverified",
+  "expired",
+]);
 
 export function recordedOf(rows: readonly BackupRow[]): RecordedBackup[] {
   return rows.map((r) => ({

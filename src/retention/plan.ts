@@ -70,8 +70,8 @@ export function steadyState(o: SteadyStateOptions): {
   return { backups: n, byTag };
 }
 
-/** Statuses of a backup still on the server as far as the catalog knows. */
-const PRESENT = new Set(["ok", "unlocked", "unverified"]);
+/** Statuses of a backup still on the server as far as the catalog knows ("expired": unlocked, until a rule removes it). */
+const PRESENT = new Set(["ok", "unlocked", "unverified", "expired"]);
 
 export interface RemovalRow {
   createdAt: string;
