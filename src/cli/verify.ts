@@ -55,8 +55,17 @@ never shorter, and the version's mode is kept. A newest backup whose lock ran
 out while immutd was stopped is locked again if it still exists. Each
 extension is recorded in the catalog.
 
+With a keep policy (README, Retention that ends), each backup's lock is
+checked against its tiers (retention-short), its immutd-keep tag against its
+hold (keep-tag: missing or re-tagged shorter; verify tags it again), and the
+bucket's rules against the policy (lifecycle-tier-rule). A backup that should
+stand for a tier it was not given (a missed tier, a longer policy) is
+promoted first: its lock and tag are extended (PROMOTED lines, "promoted" in
+--json); nothing is ever shortened.
+
 Each finding is one line naming the job, object key, version and what is
-wrong; --json prints the whole report (findings, warnings, notes, extensions).
+wrong; --json prints the whole report (findings, warnings, notes, extensions,
+promoted).
 
 Exit codes: 0 no findings, 4 any finding, 2 unknown job, 78 configuration
 error. Ctrl-C cancels.
@@ -138,6 +147,11 @@ function render(r: VerifyReport): string {
   for (const e of r.extensions.filter((x) => x.action === "extended")) {
     lines.push(`LOCK  ${e.job}  ${e.key}: ${e.message}`);
   }
+  for (const p of r.promoted.filter((x) => !x.problem)) {
+    lines.push(
+      `PROMOTED  ${p.job}  ${p.key}: stands for ${p.tiers.join(", ") || "no tier"}, tagged immutd-keep=${p.tag}, locked until ${p.retainUntil ?? "-"}`,
+    );
+  }
   for (const d of r.deepChecked.filter((x) => x.ok)) {
     lines.push(
       `DEEP  ${d.job}  ${d.key}: SHA-256 matches, ${d.entries} archive entries read to the end`,
@@ -152,6 +166,7 @@ function render(r: VerifyReport): string {
     ...(r.extensions.length
       ? [`${r.extensions.filter((e) => e.action === "extended").length} lock(s) extended`]
       : []),
+    ...(r.promoted.length ? [`${r.promoted.length} promoted to their tiers`] : []),
   ];
   lines.push(
     `${parts.join(", ")} in ${formatDuration(r.durationMs)}: ${
