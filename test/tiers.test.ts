@@ -17,6 +17,7 @@ import { type BackupRow, Catalog } from "../src/catalog/catalog.js";
 import { type KeepPolicy, loadConfig } from "../src/config/config.js";
 import { Secret } from "../src/config/secret.js";
 import { runBackup } from "../src/flows/backup.js";
+import { judgeKeep } from "../src/flows/doctor-keep.js";
 import { runVerify } from "../src/flows/verify.js";
 import { createLogger } from "../src/log.js";
 import { desiredLifecycle, planInit } from "../src/retention/bucket-check.js";
@@ -286,6 +287,41 @@ describe("tier lifecycle rules", () => {
     assert.ok(
       onB2.steps.some((s) => s.setting === "keep-policy expiry" && s.action === "cannot-fix"),
     );
+  });
+
+  it("doctor: OK with the rules, WARN where the provider cannot expire by tag or a rule was weakened, nothing without a policy", () => {
+    const job = jobConfig({ name: "j", target: tc.name, keep: policy });
+    const cfg = (t: typeof tc) =>
+      fullConfig({
+        catalog: "/x",
+        masterKey: new Secret(randomBytes(32)),
+        targets: { [t.name]: t },
+        jobs: [job],
+      });
+    const rules = tierRules(tc, [policy]);
+    assert.deepEqual(
+      judgeKeep(rules, tc, cfg(tc)).map((c) => c.status),
+      ["OK"],
+    );
+    const weak = rules.map((r) => ({ ...r, expirationDays: 2 }));
+    assert.deepEqual(
+      judgeKeep(weak, tc, cfg(tc)).map((c) => c.status),
+      ["WARN"],
+    );
+    const hetzner = { ...tc, endpoint: "https://fsn1.your-objectstorage.com" };
+    const [h] = judgeKeep([], hetzner, cfg(hetzner));
+    assert.equal(h?.status, "WARN");
+    assert.match(
+      h?.message ?? "",
+      /nothing will ever remove them: Hetzner Object Storage does not support object tagging/,
+    );
+    const none = fullConfig({
+      catalog: "/x",
+      masterKey: new Secret(randomBytes(32)),
+      targets: { [tc.name]: tc },
+      jobs: [jobConfig({ name: "j", target: tc.name })],
+    });
+    assert.deepEqual(judgeKeep([], tc, none), []);
   });
 
   it("removal dates and the steady state follow the rules", () => {
