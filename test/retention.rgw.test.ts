@@ -10,6 +10,7 @@
  * Expiry by lifecycle itself is in retention-lifecycle.rgw.test.ts.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -25,8 +26,9 @@ import { createLogger } from "../src/log.js";
 import { KEEP_TAG } from "../src/retention/tiers.js";
 import { closeTarget, openTarget } from "../src/store/s3.js";
 import { writeConfig } from "./support/assurance.js";
-import { runCli } from "./support/cli.js";
+import { CLI, runCli } from "./support/cli.js";
 import { FaultProxy } from "./support/fault-proxy.js";
+import { HOLD_MARK, holdEnv } from "./support/hold-s3.js";
 import { createLockedBucket, rgwTarget, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
 import { fullConfig, jobConfig } from "./support/target.js";
 
@@ -313,5 +315,61 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
     const flat = JSON.stringify(checks);
     assert.match(flat, /"name":"keep policy","status":"OK"/);
     assert.match(flat, /"name":"keep tagging","status":"OK"/);
+  });
+
+  it("fault: kill -9 at the archive's PutObjectTagging: the version is recorded and locked for its tiers; the next verify tags it", async () => {
+    const bucket = uniqueBucket("keepk");
+    const cfg = writeConfig(env, {
+      bucket,
+      job: ["timezone: UTC", "keep: { daily: 7, monthly: 6 }"],
+    });
+    const init = await runCli(["--config", cfg.file, "init"]);
+    assert.equal(init.code, 0, init.stdout + init.stderr);
+    const gate = join(cfg.dir, "gate");
+    const child = spawn(process.execPath, [CLI, "--config", cfg.file, "backup", "files"], {
+      env: {
+        ...process.env,
+        IMMUTD_CONFIG: "",
+        ...holdEnv([{ command: "PutObjectTaggingCommand", when: "before", gate }]),
+      },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const exited = new Promise((r) => child.on("close", r));
+    for (let i = 0; !stderr.includes(`${HOLD_MARK} PutObjectTaggingCommand before`); i++) {
+      assert.ok(i < 3000, `never reached PutObjectTagging: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    child.kill("SIGKILL");
+    await exited;
+    const rows = JSON.parse((await runCli(["--config", cfg.file, "list", "--json"])).stdout) as {
+      key: string;
+      versionId: string;
+      status: string;
+      keepTag: string | null;
+      retainUntil: string;
+    }[];
+    assert.equal(rows.length, 1);
+    const [row] = rows;
+    assert.ok(row);
+    // Locked for its monthly tier before the tag was asked for; no tag recorded.
+    assert.deepEqual([row.status, row.keepTag], ["ok", null]);
+    assert.ok(Date.parse(row.retainUntil) > Date.now() + 150 * 86_400_000, row.retainUntil);
+    const t = openTarget(rgwTarget(env, bucket));
+    try {
+      assert.deepEqual(await t.reader.tags(row.key, row.versionId), {});
+      const v = await runCli(["--config", cfg.file, "verify"]);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+      assert.match(
+        v.stdout,
+        /PROMOTED {2}files {2}\S+: stands for daily, monthly, tagged immutd-keep=monthly-6/,
+      );
+      assert.equal((await t.reader.tags(row.key, row.versionId))[KEEP_TAG], "monthly-6");
+    } finally {
+      closeTarget(t);
+    }
   });
 });
