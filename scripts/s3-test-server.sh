@@ -9,6 +9,10 @@
 #   IMMUTD_S3_STORE=memstore (default, RAM) | bluestore (sparse 20G file, benchmarks)
 #   IMMUTD_S3_MEMSTORE_BYTES (default 4 GiB)
 #   IMMUTD_S3_MON_PORT, IMMUTD_S3_HTTP_PORT, IMMUTD_S3_HTTPS_PORT (default: free ports)
+#   IMMUTD_S3_LC_DEBUG_INTERVAL=N: a lifecycle "day" lasts N seconds and lifecycle
+#     runs all day (Ceph's rgw lc debug interval), for the retention tests; unset
+#     (default): real days. Never on a server other tests share: its rules would
+#     remove their noncurrent versions within seconds.
 # `start` writes DIR/env.json (read by test/support/s3env.ts) and DIR/env.sh; `stop`
 # removes them. `status` exits 0 when S3 answers, 1 when not, 3 when nothing runs.
 set -euo pipefail
@@ -112,6 +116,13 @@ start() {
   pick_port IMMUTD_S3_HTTPS_PORT https
   fsid=$(uuidgen)
 
+  local lc=${IMMUTD_S3_LC_DEBUG_INTERVAL:-} lcconf=""
+  if [ -n "$lc" ]; then
+    [[ $lc =~ ^[1-9][0-9]*$ ]] || die "IMMUTD_S3_LC_DEBUG_INTERVAL must be a number of seconds"
+    lcconf="# A lifecycle day lasts $lc s, and lifecycle runs at any hour (IMMUTD_S3_LC_DEBUG_INTERVAL).
+rgw lc debug interval = $lc"
+  fi
+
   local objstore
   [[ ${IMMUTD_S3_MEMSTORE_BYTES:-0} =~ ^[0-9]+$ ]] || die "IMMUTD_S3_MEMSTORE_BYTES must be a number of bytes"
   case $store in
@@ -170,6 +181,7 @@ rgw frontends = beast endpoint=127.0.0.1:$http ssl_endpoint=127.0.0.1:$https ssl
 rgw gc obj min wait = 60
 rgw gc processor period = 30
 rgw gc processor max time = 30
+$lcconf
 EOF
 
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
@@ -222,6 +234,7 @@ EOF
   "region": "us-east-1",
   "caFile": "$dir/tls/cert.pem",
   "cephConf": "$conf",
+  "lcDebugIntervalSeconds": ${lc:-null},
   "main": { "accessKeyId": "$MAIN_AK", "secretAccessKey": "$MAIN_SK" },
   "writer": { "accessKeyId": "$WRITER_AK", "secretAccessKey": "$WRITER_SK" },
   "reader": { "accessKeyId": "$READER_AK", "secretAccessKey": "$READER_SK" },

@@ -108,6 +108,10 @@ export interface BackupRow {
   /** The manifest object beside the archive (src/repo/manifest.ts); null for a backup made before manifests. A key without a version: the manifest could not be written. */
   manifestKey: string | null;
   manifestVersionId: string | null;
+  /** The keep-policy tiers it stands for ("daily,weekly"; "" none); null: made before tiers, or not decided yet (src/retention/tiers.ts). */
+  tiers?: string | null;
+  /** The immutd-keep tag immutd set on it ("weekly-8"); null: none set (made without a policy, or tagging failed). */
+  keepTag?: string | null;
 }
 
 /** Warnings stored per run; the count in runs.warnings is always complete. */
@@ -252,6 +256,12 @@ const MIGRATIONS: string[] = [
   ALTER TABLE backups_v5 RENAME TO backups;
   CREATE INDEX backups_job_created ON backups (job, created_at);
   `,
+  // 6: keep-policy tiers (src/retention/tiers.ts) and the tag the lifecycle rules
+  // key on. NULL for every backup made before: no tier, no tag, never expired by a rule.
+  `
+  ALTER TABLE backups ADD COLUMN tiers TEXT;
+  ALTER TABLE backups ADD COLUMN keep_tag TEXT;
+  `,
 ];
 
 const RUN_COLUMNS = `id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
@@ -287,7 +297,7 @@ function unreconciled(row: { status: RunStatus; error: string | null }): boolean
 const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
   size, sha256, compression, created_at AS createdAt, retention_mode AS retentionMode,
   retain_until AS retainUntil, status, files, manifest_key AS manifestKey,
-  manifest_version_id AS manifestVersionId`;
+  manifest_version_id AS manifestVersionId, tiers, keep_tag AS keepTag`;
 
 /**
  * The runs this process started, as "catalog path#run id". A run is only
@@ -887,6 +897,13 @@ export class Catalog {
     this.db
       .prepare(`UPDATE backups SET retention_mode = ?, retain_until = ?, status = ? WHERE id = ?`)
       .run(lock?.mode ?? null, lock?.retainUntil.toISOString() ?? null, status, id);
+  }
+
+  /** Records the tiers a backup stands for and the keep tag set on it (null: not set); a promotion records them again. */
+  setBackupTiers(id: number, tiers: readonly string[], keepTag: string | null): void {
+    this.db
+      .prepare(`UPDATE backups SET tiers = ?, keep_tag = ? WHERE id = ?`)
+      .run(tiers.join(","), keepTag, id);
   }
 
   /** Marks good backups whose retain-until is at or before `now` as expired; returns them as they were. */

@@ -12,6 +12,9 @@ one line per check, OK, WARN or FAIL, with what to do:
   clock               skew against the server's Date header (FAIL over 15 min)
   object lock, default retention, lifecycle
                       the bucket settings, as verify checks them
+  keep policy         with a keep policy on a job: WARN where the provider
+                      cannot expire by tag (Backblaze B2, Hetzner) or the tier
+                      rules \`immutd init\` writes are missing or weakened
   writer upload, sse-c, checksum
                       the writer uploads a canary with SSE-C (AWS blocks SSE-C
                       on new buckets since April 2026) and the configured
@@ -22,6 +25,9 @@ one line per check, OK, WARN or FAIL, with what to do:
   lock extension      the writer can set and extend a version's lock (each
                       backup sets its own when the bucket default gives less
                       than configured; keepLatestLocked extends)
+  keep tagging        with a keep policy: the writer tags the canary as each
+                      backup is tagged, and the tag reads back (WARN if not:
+                      backups stay locked for their tiers but are never removed)
   lock config         the writer and reader cannot change the bucket's default
                       retention (written back unchanged to find out)
   delete (role)       no credential can delete the locked canary

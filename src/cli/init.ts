@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { VerifyFindingsError } from "../errors.js";
+import { policiesOn } from "../flows/doctor-keep.js";
 import { type InitResult, runInit } from "../flows/init.js";
 import type { Cli, Context } from "./context.js";
 import { plural, writeJson, writeResult } from "./output.js";
@@ -14,6 +15,11 @@ the tutorial does by hand, and sets:
     retention + lifecycleGraceDays days after they became noncurrent (never
     while locked), delete markers with nothing behind them are removed, and
     incomplete multipart uploads are aborted after 1 day
+  - with a keep policy on any of the target's jobs: one rule per hold the
+    policies can give (tag immutd-keep=weekly-8 and so on), expiring a backup
+    that hold (a month counts 31 days) + lifecycleGraceDays after it was made
+    and removing it a day later, never while locked; not on providers whose
+    rules cannot filter by tag (Backblaze B2, Hetzner): see README, Retention
 
 On an existing bucket it shows what differs and changes only what makes the
 bucket stricter: a longer default retention, GOVERNANCE to COMPLIANCE, missing
@@ -55,6 +61,7 @@ export async function initCommand(
       const result = await runInit({
         target: open.targets[tc.name] as NonNullable<(typeof open.targets)[string]>,
         targetConfig: tc,
+        policies: policiesOn(ctx.config, tc),
         log: ctx.log,
         ...(opts.dryRun ? { dryRun: true } : {}),
       });

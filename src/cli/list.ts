@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import type { BackupRow } from "../catalog/catalog.js";
 import type { FoundBackup } from "../catalog/rebuild.js";
 import { UsageError } from "../errors.js";
+import { describeRemoval, serverRemoval } from "../retention/plan.js";
 import { printNotes, scanBucket } from "./catalog.js";
 import type { Cli, Context } from "./context.js";
 import { writeJson } from "./output.js";
@@ -18,10 +19,16 @@ server last reported (LOCKED UNTIL, mode) and the status:
   missing     the version is gone
   expired     its lock has ended
   unverified  found by crash recovery; verify --deep settles it
+TIERS are the keep-policy tiers a backup stands for (daily, weekly, monthly,
+yearly; "-" none or no policy) and EXPIRES the earliest date the bucket's
+lifecycle rules remove it (see \`immutd plan\`): "kept (newest)" while
+keepLatestLocked keeps a job's newest backup locked, "never (no tag)" for a
+backup without an immutd-keep tag.
 Key material is never shown. --json prints an array of objects with the fields
 id, job, target, bucket, key, versionId, size, sha256, compression,
 createdAt, retainUntil, retentionMode, status, files, runId, manifestKey,
-manifestVersionId (null for a backup without a manifest).
+manifestVersionId (null for a backup without a manifest), tiers ("daily,weekly";
+"" none; null before tiers), keepTag, expiresAfter (ISO date or null).
 
 --from-bucket lists what the bucket holds instead, from the manifests, with
 the reader credential and the master key; the catalog is not opened, so this
@@ -45,20 +52,54 @@ export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }
       `unknown job ${job}: not configured and not in the catalog; configured jobs: ${ctx.config.jobs.map((j) => j.name).join(", ")}`,
     );
   }
+  const expires = expiryCells(ctx, rows);
   if (opts.json) {
-    writeJson(rows);
+    writeJson(rows.map((r) => ({ ...r, expiresAfter: expires.get(r.id)?.date ?? null })));
     return;
   }
   if (rows.length === 0) {
     process.stdout.write(opts.job ? `no backups of job ${opts.job}\n` : "no backups yet\n");
     return;
   }
-  process.stdout.write(table(rows));
+  process.stdout.write(table(rows, expires));
 }
 
-function table(rows: BackupRow[]): string {
-  const head = ["ID", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
-  return formatTable(head, rows.map(cells));
+const HEAD = ["ID", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
+
+function table(rows: BackupRow[], expires: Map<number, { cell: string }>): string {
+  const head = [...HEAD, "TIERS", "EXPIRES"];
+  return formatTable(
+    head,
+    rows.map((r) => {
+      const c = cells(r);
+      return [...c, r.tiers || "-", expires.get(r.id)?.cell ?? "-"];
+    }),
+  );
+}
+
+/** Each row's server removal (src/retention/plan.ts): a cell, and the ISO date for --json. */
+function expiryCells(
+  ctx: Context,
+  rows: BackupRow[],
+): Map<number, { cell: string; date: string | null }> {
+  const newest = new Map<string, number>();
+  for (const r of rows)
+    if (["ok", "unlocked", "unverified", "expired"].includes(r.status)) newest.set(r.job, r.id);
+  const out = new Map<number, { cell: string; date: string | null }>();
+  for (const r of rows) {
+    const tc = ctx.config.targets[r.target];
+    const removal = serverRemoval(r, {
+      graceDays: tc?.lifecycleGraceDays ?? 0,
+      newest: newest.get(r.job) === r.id,
+      keepLatestLocked:
+        ctx.config.keepLatestLocked && ctx.config.jobs.some((j) => j.name === r.job),
+    });
+    out.set(r.id, {
+      cell: describeRemoval(removal),
+      date: removal.kind === "date" ? removal.date.toISOString() : null,
+    });
+  }
+  return out;
 }
 
 export interface ListFromBucketOptions {

@@ -21,6 +21,7 @@ import { registerKey } from "./key.js";
 import { registerList } from "./list.js";
 import { registerMan } from "./manpage.js";
 import { jsonMode, reportFailure, reportUsageError, setJsonMode } from "./output.js";
+import { registerPlan } from "./plan.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./restore.js";
 import { registerRun } from "./run.js";
 import { registerStatus } from "./status.js";
@@ -66,6 +67,7 @@ const COMMANDS: readonly ((p: Command, cli: Cli) => void)[] = [
   registerRun,
   registerStatus,
   registerList,
+  registerPlan,
   registerRestore,
   registerLs,
   registerFind,

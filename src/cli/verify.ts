@@ -66,9 +66,17 @@ never shorter, and the version's mode is kept. A newest backup whose lock ran
 out while immutd was stopped is locked again if it still exists. Each
 extension is recorded in the catalog.
 
+With a keep policy (README, Retention that ends), each backup's lock is
+checked against its tiers (retention-short), its immutd-keep tag against its
+hold (keep-tag: missing or re-tagged shorter; verify tags it again), and the
+bucket's rules against the policy (lifecycle-tier-rule). A backup that should
+stand for a tier it was not given (a missed tier, a longer policy) is
+promoted first: its lock and tag are extended (PROMOTED lines, "promoted" in
+--json); nothing is ever shortened.
+
 Each finding is one line naming the job, object key, version and what is
-wrong; --json prints the whole report (findings, warnings, notes, extensions)
-as one JSON document (README "JSON output"). The report on stdout is the
+wrong; --json prints the whole report (findings, warnings, notes, extensions,
+promoted) as one JSON document (README "JSON output"). The report on stdout is the
 result: its findings, warnings and notes are not logged on stderr as well,
 nor the info lines it repeats (at the default level; --log-level debug shows
 them). At a terminal a progress line on stderr shows the backups checked of
@@ -189,6 +197,11 @@ function render(r: VerifyReport): string {
   for (const e of r.extensions.filter((x) => x.action === "extended")) {
     lines.push(`LOCK  ${e.job}  ${e.key}: ${e.message}`);
   }
+  for (const p of r.promoted.filter((x) => !x.problem)) {
+    lines.push(
+      `PROMOTED  ${p.job}  ${p.key}: stands for ${p.tiers.join(", ") || "no tier"}, tagged immutd-keep=${p.tag}, locked until ${p.retainUntil ?? "-"}`,
+    );
+  }
   for (const d of r.deepChecked.filter((x) => x.ok)) {
     lines.push(
       `DEEP  ${d.job}  ${d.key}: SHA-256 matches, ${d.entries} archive entries read to the end`,
@@ -203,6 +216,7 @@ function render(r: VerifyReport): string {
     ...(r.extensions.length
       ? [`${plural(r.extensions.filter((e) => e.action === "extended").length, "lock")} extended`]
       : []),
+    ...(r.promoted.length ? [`${r.promoted.length} promoted to their tiers`] : []),
   ];
   lines.push(
     `${parts.join(", ")} in ${formatDuration(r.durationMs)}: ${

@@ -89,6 +89,17 @@ export const DEFAULTS = {
 
 export type RetentionMode = "COMPLIANCE" | "GOVERNANCE";
 /**
+ * A `keep:` policy (src/retention/tiers.ts): how many days, ISO weeks, months
+ * and years the first backup of each such period stays locked. Unset or 0: no
+ * such tier.
+ */
+export interface KeepPolicy {
+  daily?: number;
+  weekly?: number;
+  monthly?: number;
+  yearly?: number;
+}
+/**
  * How each uploaded part is checksummed. md5 (Content-MD5) is understood and
  * verified by every S3 implementation, old Ceph RGW included; the others use the
  * SDK's flexible checksums (x-amz-checksum-*), which some servers ignore.
@@ -133,6 +144,8 @@ export interface TargetConfig {
   encryption?: EncryptionConfig;
   /** Plain http without SSE-C (an age-only target) is allowed: for a test server only. */
   allowInsecureTransport?: boolean;
+  /** The keep policy of jobs on this target that set none (src/retention/tiers.ts). */
+  keep?: KeepPolicy;
 }
 
 /**
@@ -251,6 +264,8 @@ export interface JobConfig {
   notify: NotifyConfig[];
   /** Replaces the target's `encryption:` for this job. */
   encryption?: EncryptionConfig;
+  /** This job's keep policy; unset: its target's `keep`, if any (keepPolicyOf). */
+  keep?: KeepPolicy;
 }
 
 export interface Config {
@@ -348,6 +363,12 @@ const encryptionSchema = z
         message: "is sse-c, so the recipients are not used: set scheme: age or both",
       });
   });
+const keepSchema = z.strictObject({
+  daily: z.number().int().min(0).max(36500).optional(),
+  weekly: z.number().int().min(0).max(5200).optional(),
+  monthly: z.number().int().min(0).max(1200).optional(),
+  yearly: z.number().int().min(0).max(100).optional(),
+});
 
 const targetSchema = z.strictObject({
   endpoint: httpUrl("the credentials go under credentials:"),
@@ -387,6 +408,7 @@ const targetSchema = z.strictObject({
   lifecycleGraceDays: z.number().int().min(0).max(3650).default(DEFAULTS.lifecycleGraceDays),
   encryption: encryptionSchema.optional(),
   allowInsecureTransport: z.boolean().default(false),
+  keep: keepSchema.optional(),
 });
 
 const cronSchema = z.string().superRefine(checkCron);
@@ -494,6 +516,7 @@ const jobSchema = z.strictObject({
     .default([]),
   notify: z.array(notifySchema).default([]),
   encryption: encryptionSchema.optional(),
+  keep: keepSchema.optional(),
 });
 
 const configSchema = z
@@ -970,6 +993,7 @@ function resolveTargets(
       lifecycleGraceDays: t.lifecycleGraceDays,
       ...(t.encryption ? { encryption: resolveEncryption(t.encryption) } : {}),
       ...(t.allowInsecureTransport ? { allowInsecureTransport: true } : {}),
+      ...(t.keep !== undefined ? { keep: definedOnly(t.keep) } : {}),
     };
   }
   return targets;
@@ -999,7 +1023,7 @@ function masterKeyOf(
 
 function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
   return cfg.jobs.map((j, i) => {
-    const { hooks, timezone, schedule, excludeFrom, encryption, ...rest } = j;
+    const { hooks, timezone, schedule, excludeFrom, encryption, keep, ...rest } = j;
     const at = src.at(["jobs", i, "excludeFrom"]);
     return {
       ...rest,
@@ -1010,6 +1034,7 @@ function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
       ...(schedule !== undefined ? { schedule } : {}),
       ...(timezone !== undefined ? { timezone } : {}),
       ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
+      ...(keep !== undefined ? { keep: definedOnly(keep) } : {}),
       commands: j.commands.map((c) => definedOnly(c)),
       ...(encryption !== undefined ? { encryption: resolveEncryption(encryption) } : {}),
     };
@@ -1162,4 +1187,12 @@ export function redactedView(config: Config): unknown {
     maxConcurrentJobs: config.maxConcurrentJobs,
     ...(config.http !== undefined ? { http: config.http } : {}),
   };
+}
+
+/** A job's keep policy: its own, else its target's default; undefined when neither sets one. */
+export function keepPolicyOf(
+  job: Pick<JobConfig, "keep">,
+  t: Pick<TargetConfig, "keep">,
+): KeepPolicy | undefined {
+  return job.keep ?? t.keep;
 }

@@ -43,7 +43,9 @@ import {
   LOCK_SLACK_MS,
   lockProblems,
 } from "../retention/bucket-check.js";
+import { keepNewBackup, tagVersion } from "../retention/keep.js";
 import { type LockOutcome, lockAtLeast } from "../retention/lock.js";
+import type { Assignment, PolicyTime } from "../retention/tiers.js";
 import { withReadFallback } from "../store/fallback.js";
 import { retry } from "../store/retry.js";
 import type { BucketLockState, Retention, Target } from "../store/store.js";
@@ -78,6 +80,8 @@ export interface BackupDeps {
   outcomeShown?: boolean;
   /** The clock; tests move it. */
   now?: () => Date;
+  /** The calendar a keep policy counts in (src/retention/tiers.ts); tests shorten its days. Default: real days. */
+  policyTime?: PolicyTime;
 }
 
 export interface BackupResult {
@@ -155,6 +159,8 @@ interface Run {
    * a version at the key even if this process never hears of it.
    */
   uploadSent: boolean;
+  /** The job's keep policy's say on this backup (tiers, hold, tag), once decided; undefined without a policy. */
+  keep?: Assignment;
 }
 
 /** The stages' result with what the run needs of them afterwards. */
@@ -369,13 +375,27 @@ async function lockVersion(
 ): Promise<{ lock: LockOutcome; wanted: Retention }> {
   const { deps, key } = run;
   const completed = run.now();
-  const wanted = configuredLock(completed, deps.targetConfig.retention);
-  const lock = await lockAtLeast(deps.target, key, versionId, wanted, {
+  // The keep policy's tiers decide the lock (never below the configured one) and the tag.
+  const { keep, wanted, lock, tagProblem } = await keepNewBackup({
+    catalog: deps.catalog,
+    target: deps.target,
+    job: run.job,
+    tc: deps.targetConfig,
+    backupId,
+    key,
+    versionId,
+    floor: configuredLock(completed, deps.targetConfig.retention),
     now: completed,
     attempts: LOCK_ATTEMPTS,
     slackMs: LOCK_SLACK_MS,
+    ...(deps.policyTime ? { time: deps.policyTime } : {}),
   });
-  deps.catalog.setBackupLock(backupId, lock.after ?? lock.before, lock.problem ? "unlocked" : "ok");
+  if (keep) run.keep = keep;
+  if (keep && tagProblem) {
+    const message = `${versionName(run, versionId)}: ${tagProblem}; it is locked for its tiers (${keep.tiers.join(", ") || "none"}) but no lifecycle rule removes it until it is tagged (\`immutd verify\` tags it)`;
+    run.warnings.push({ path: `s3://${deps.target.bucket}/${key}`, message });
+    run.jlog.warn({ versionId }, message);
+  }
   return { lock, wanted };
 }
 
@@ -443,7 +463,7 @@ function versionName(run: Run, versionId: string): string {
 async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupResult> {
   const { job, deps, key, warnings } = run;
   const { backupId, retention } = stored;
-  const manifestProblem = await writeManifest(deps, u.cipher, backupId, retention, {
+  const manifestProblem = await writeManifest(deps, u.cipher, backupId, retention, run.keep?.tag, {
     formatVersion: MANIFEST_FORMAT,
     host: deps.config.host,
     job: job.name,
@@ -533,6 +553,7 @@ async function writeManifest(
   archiveCipher: Cipher,
   backupId: number,
   retention: Retention,
+  tag: string | undefined,
   manifest: Manifest,
 ): Promise<string | undefined> {
   const { target, catalog, config } = deps;
@@ -561,6 +582,9 @@ async function writeManifest(
   });
   if (lock.problem || !lock.after)
     return `${what} version ${versionId} could not be locked until ${retention.retainUntil.toISOString()}: ${lock.problem ?? "it has no retention"}; \`immutd verify\` reports it until it is`;
+  // The manifest expires with its archive: the same keep tag.
+  const tagProblem = tag ? await tagVersion(target, key, versionId, tag) : undefined;
+  if (tagProblem) return `${what} version ${versionId}: ${tagProblem}`;
   try {
     const size = await storedSize(target, key, versionId, sseKey);
     if (size !== body.length)

@@ -38,6 +38,7 @@ import {
   lockProblems,
   missingLifecycle,
 } from "../retention/bucket-check.js";
+import { KEEP_TAG } from "../retention/tiers.js";
 import { RetryPolicy, retry } from "../store/retry.js";
 import {
   type BucketLockState,
@@ -47,6 +48,7 @@ import {
   type ObjectStore,
   type Target,
 } from "../store/store.js";
+import { judgeKeep, policiesOn } from "./doctor-keep.js";
 import { readLifecycle, readLockState } from "./verify.js";
 
 export type CheckStatus = "OK" | "WARN" | "FAIL" | "SKIP";
@@ -354,6 +356,7 @@ const CANARY_CHECKS: readonly ((run: Run, c: Canary) => Promise<void>)[] = [
   checkReads,
   checkReaderWrite,
   checkLockExtension,
+  checkKeepTagging,
   checkLockConfig,
   checkDelete,
   checkDeleteMarker,
@@ -411,7 +414,8 @@ async function checkEndpoint(run: Run): Promise<boolean> {
 }
 
 /** The bucket, as verify checks it; its lock settings, or undefined where a canary cannot follow. */
-async function checkBucket({ t, target, add, skip }: Run): Promise<BucketLockState | undefined> {
+async function checkBucket(run: Run): Promise<BucketLockState | undefined> {
+  const { t, target, add, skip } = run;
   const state = await attempt(() => readLockState(target));
   if (!state.ok) {
     const missing = statusOf(state.error) === 404;
@@ -437,6 +441,7 @@ async function checkBucket({ t, target, add, skip }: Run): Promise<BucketLockSta
     rules.ok ? undefined : describeError(rules.error),
   ))
     add(c);
+  for (const c of judgeKeep(rules.ok ? rules.value : undefined, t, run.config)) add(c);
   if (!state.value.objectLock) {
     skip(["credentials"], "without Object Lock there is nothing to prove with a canary");
     return undefined;
@@ -737,6 +742,58 @@ async function checkLockExtension({ config, target, add }: Run, c: Canary): Prom
           status: "FAIL",
           message: `the writer cannot set a version's lock (${describeError(ext.error)}): a backup that the bucket default locks for less than configured would fail and stay unlocked${config.keepLatestLocked ? ", and keepLatestLocked cannot extend locks" : ""}`,
           fix: "give the writer s3:PutObjectRetention (Ceph subusers with --access=write have it)",
+        },
+  );
+}
+
+/**
+ * With a keep policy: the writer tags the canary as each backup is tagged, and
+ * the tag is read back. A server that refuses or drops tags (Hetzner, R2, a
+ * proxy) leaves every backup untagged: locked for its tiers, never removed.
+ */
+async function checkKeepTagging({ t, target, add, config }: Run, c: Canary): Promise<void> {
+  if (policiesOn(config, t).length === 0) return;
+  const tag = { [KEEP_TAG]: "doctor-probe" };
+  const put = await attempt(() =>
+    retry(() => target.writer.putTags(c.key, c.versionId, tag), RetryPolicy.probe),
+  );
+  if (!put.ok) {
+    add({
+      name: "keep tagging",
+      status: "WARN",
+      message: `the writer cannot tag a version (${describeError(put.error)}): backups are locked for their tiers, but no lifecycle rule will remove them`,
+      fix: "give the writer s3:PutObjectTagging (Ceph subusers with --access=write have it), or expect storage to grow",
+    });
+    return;
+  }
+  let read: Record<string, string> | undefined;
+  for (const s of [target.reader, target.admin]) {
+    if (!s || read) continue;
+    const r = await attempt(() => retry(() => s.tags(c.key, c.versionId), RetryPolicy.probe));
+    if (r.ok) read = r.value;
+  }
+  if (read === undefined) {
+    add({
+      name: "keep tagging",
+      status: "WARN",
+      message:
+        "the writer tagged the canary, but neither the reader nor admin may read tags, so verify cannot check backups' tags",
+      fix: "give the reader s3:GetObjectTagging",
+    });
+    return;
+  }
+  add(
+    read[KEEP_TAG] === "doctor-probe"
+      ? {
+          name: "keep tagging",
+          status: "OK",
+          message: "the writer's tags are kept: the tier rules can find each backup",
+        }
+      : {
+          name: "keep tagging",
+          status: "WARN",
+          message: `the server accepted the writer's tag but does not keep it (read back: ${JSON.stringify(read)}): backups are locked for their tiers, but no lifecycle rule will remove them`,
+          fix: "use a provider whose lifecycle rules filter by tag (README, Retention that ends), or expect storage to grow",
         },
   );
 }

@@ -6,7 +6,7 @@
  * reads the bucket back afterwards to confirm. Uses the admin credential.
  */
 
-import type { TargetConfig } from "../config/config.js";
+import type { KeepPolicy, TargetConfig } from "../config/config.js";
 import { ConfigError, StorageError } from "../errors.js";
 import type { Logger } from "../log.js";
 import {
@@ -23,6 +23,8 @@ import type { ObjectStore, Target } from "../store/store.js";
 export interface InitDeps {
   target: Target;
   targetConfig: TargetConfig;
+  /** The keep policies of the jobs on this target (keepPolicyOf): init adds their tier rules. */
+  policies?: readonly (KeepPolicy | undefined)[];
   log: Logger;
   /** Show the plan, change nothing. */
   dryRun?: boolean;
@@ -57,7 +59,8 @@ export async function runInit(deps: InitDeps): Promise<InitResult> {
   const t = deps.targetConfig;
   const admin = adminStore(deps.target, t);
   const log = deps.log.child({ target: t.name, bucket: t.bucket });
-  const plan = planInit(await readSnapshot(admin), t);
+  const policies = deps.policies ?? [];
+  const plan = planInit(await readSnapshot(admin), t, policies);
   const result = { target: t.name, bucket: t.bucket, plan };
   const changes =
     plan.createBucket || plan.defaultRetention !== undefined || plan.lifecycle !== undefined;
@@ -90,7 +93,7 @@ export async function runInit(deps: InitDeps): Promise<InitResult> {
       },
     );
   }
-  const again = planInit(after, t);
+  const again = planInit(after, t, policies);
   if (again.lifecycle || again.defaultRetention) {
     const what = again.steps.filter(
       (s) => s.action === "add" || s.action === "update" || s.action === "set",

@@ -41,11 +41,19 @@ import {
   stricterMode,
 } from "../retention/bucket-check.js";
 import { lockAtLeast } from "../retention/lock.js";
+import type { Assignment, PolicyTime } from "../retention/tiers.js";
 import { isRefused, withReadFallback } from "../store/fallback.js";
 import { mapLimit } from "../store/parallel.js";
 import { RetryPolicy, retry, withSignal } from "../store/retry.js";
 import type { BucketLockState, ObjectStore, Retention, Target } from "../store/store.js";
 import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
+import {
+  checkKeepTag,
+  keepHolds,
+  type Promoted,
+  promoteBackups,
+  tierRuleFindings,
+} from "./verify-keep.js";
 
 export type FindingKind =
   /** The bucket: from src/retention/bucket-check.ts. */
@@ -97,7 +105,11 @@ export type FindingKind =
    * recorded one. Someone with write access wrote another (a forged manifest);
    * the recorded version is what immutd trusts.
    */
-  | "manifest-replaced";
+  | "manifest-replaced"
+  /** The keep policy: the archive's immutd-keep tag is missing or for a shorter hold than its tiers (src/flows/verify-keep.ts). */
+  | "keep-tag"
+  /** The keep policy: a lifecycle rule that should expire backups after their tier is missing, weakened, or another rule expires them sooner. */
+  | "lifecycle-tier-rule";
 
 /** Kinds that go to the report's warnings, not its findings. */
 const WARNING_KINDS: ReadonlySet<FindingKind> = new Set(["delete-marker", "manifest-replaced"]);
@@ -153,6 +165,8 @@ export interface VerifyReport {
   expired: number;
   deepChecked: DeepResult[];
   extensions: LockExtension[];
+  /** Backups whose lock and tag this run extended to tiers they had not been given (a missed tier, a longer policy). */
+  promoted: Promoted[];
   findings: Finding[];
   /** What deserves attention but endangers no backup (delete markers); they do not change the exit code. */
   warnings: Finding[];
@@ -187,6 +201,8 @@ export interface VerifyDeps {
   reportShown?: boolean;
   /** Called as the run goes: backups checked of those due, then bytes of the deep downloads. */
   onProgress?: (p: Readonly<VerifyProgress>) => void;
+  /** The calendar keep policies count in (src/retention/tiers.ts); tests shorten its days. */
+  policyTime?: PolicyTime;
 }
 
 export interface VerifyProgress {
@@ -256,6 +272,20 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   const jobFilter = deps.job !== undefined ? { job: deps.job } : {};
   const targetsChecked = await checkTargets(deps, c);
   const expired = markExpired(deps, started);
+  const holds = keepHolds(config, catalog, deps.job, deps.policyTime);
+  const promoted = await promoteBackups(
+    config,
+    catalog,
+    deps.targets,
+    holds,
+    started,
+    log,
+    deps.job,
+  );
+  for (const p of promoted) {
+    if (p.problem)
+      c.notes.push(`promoting backup ${p.backupId} (job ${p.job}) failed: ${p.problem}`);
+  }
   const scope = scopeAt(deps, started);
   // Read again: markExpired has just changed statuses.
   const current = catalog.listBackups(jobFilter);
@@ -268,7 +298,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   for (const b of elsewhere) {
     c.notes.push(`backups in bucket ${b} were not checked: the target now names another bucket`);
   }
-  await checkBackups(deps, due, started, c);
+  await checkBackups(deps, due, started, c, holds);
   for (const w of await hiddenBackups(due, config, deps.targets, c.notes)) c.warn(w);
   const deepChecked = deps.deep ? await deepChecks(deps, scope, c) : [];
   const extensions = await extendPhase(deps, now, c);
@@ -284,6 +314,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     expired: expired.length,
     deepChecked,
     extensions,
+    promoted,
     findings: c.findings,
     warnings: c.warnings,
     notes: c.notes,
@@ -309,7 +340,7 @@ async function checkTargets(deps: VerifyDeps, c: Collected): Promise<VerifyRepor
       continue;
     }
     deps.signal?.throwIfAborted();
-    const lifecycleChecked = await checkBucket(tc, target, c.report, c.notes);
+    const lifecycleChecked = await checkBucket(tc, target, c.report, c.notes, config);
     checked.push({ name, bucket: tc.bucket, lifecycleChecked });
   }
   return checked;
@@ -354,6 +385,7 @@ async function checkBackups(
   due: BackupRow[],
   at: Date,
   c: Collected,
+  holds: ReadonlyMap<number, Assignment> = new Map(),
 ): Promise<void> {
   const { config, catalog, log } = deps;
   const masterKey = config.masterKey.reveal();
@@ -382,6 +414,7 @@ async function checkBackups(
       deps.signal,
       deps.deep,
       masterKey,
+      holds.get(row.id),
     );
     for (const f of seen) {
       if (!WARNING_KINDS.has(f.kind)) c.report(f);
@@ -533,6 +566,7 @@ async function checkBucket(
   target: Target,
   report: (f: Finding) => void,
   notes: string[],
+  config?: Config,
 ): Promise<boolean> {
   const base = {
     target: tc.name,
@@ -564,6 +598,8 @@ async function checkBucket(
   }
   for (const p of lifecycleProblems(rules, tc))
     report({ ...base, kind: p.kind, message: `${p.message}; ${p.fix}` });
+  for (const message of config ? tierRuleFindings(config, tc, rules) : [])
+    report({ ...base, kind: "lifecycle-tier-rule", message });
   return true;
 }
 
@@ -602,11 +638,11 @@ export function configuredEnd(row: BackupRow, tc: TargetConfig): number {
   return configuredLock(new Date(row.createdAt), tc.retention).retainUntil.getTime();
 }
 
-/** The lock a catalog backup must have: its configured period, in the stricter of the recorded and configured modes. */
-function requiredLock(row: BackupRow, tc: TargetConfig): Retention {
+/** The lock a catalog backup must have: its configured period or its keep-policy hold if longer, in the stricter of the recorded and configured modes. */
+function requiredLock(row: BackupRow, tc: TargetConfig, hold?: Assignment): Retention {
   return {
     mode: stricterMode(row.retentionMode ?? tc.retention.mode, tc.retention.mode),
-    retainUntil: new Date(configuredEnd(row, tc)),
+    retainUntil: new Date(Math.max(configuredEnd(row, tc), hold?.keepUntil.getTime() ?? 0)),
   };
 }
 
@@ -626,6 +662,7 @@ export function judgeBackup(
   row: BackupRow,
   seen: Observed,
   tc: TargetConfig,
+  hold?: Assignment,
 ): {
   findings: { kind: FindingKind; message: string }[];
   status: "ok" | "missing" | "unlocked" | undefined;
@@ -675,7 +712,7 @@ export function judgeBackup(
     });
   } else {
     const r = seen.retention;
-    const required = requiredLock(row, tc);
+    const required = requiredLock(row, tc, hold);
     if (required.mode === "COMPLIANCE" && r.mode !== "COMPLIANCE") {
       out.push({
         kind: "mode-weak",
@@ -691,7 +728,7 @@ export function judgeBackup(
     if (r.retainUntil.getTime() < required.retainUntil.getTime() - LOCK_SLACK_MS) {
       out.push({
         kind: "retention-short",
-        message: `${what} is locked until ${r.retainUntil.toISOString()}, short of its configured ${tc.retention.days} days (until ${required.retainUntil.toISOString()}): it can be deleted early`,
+        message: `${what} is locked until ${r.retainUntil.toISOString()}, short of its ${hold && hold.keepUntil.getTime() > configuredEnd(row, tc) ? `tiers (${hold.tiers.join(", ")})` : `configured ${tc.retention.days} days`} (until ${required.retainUntil.toISOString()}): it can be deleted early`,
       });
     }
   }
@@ -711,13 +748,15 @@ async function checkBackup(
   signal: AbortSignal | undefined,
   deep: boolean | undefined,
   masterKey: Buffer,
+  hold?: Assignment,
 ): Promise<Finding[]> {
   const seen = await observe(row, target.reader, catalog, signal);
-  const judged = judgeBackup(row, seen, tc);
+  const judged = judgeBackup(row, seen, tc, hold);
   let { findings, status } = judged;
   let locked: Retention | undefined;
-  if (status === "unlocked" && configuredEnd(row, tc) > now.getTime()) {
-    const relocked = await relock(row, tc, target, catalog, seen, now, signal);
+  const heldUntil = Math.max(configuredEnd(row, tc), hold?.keepUntil.getTime() ?? 0);
+  if (status === "unlocked" && heldUntil > now.getTime()) {
+    const relocked = await relock(row, tc, target, catalog, seen, now, signal, hold);
     if (relocked.ok) status = "ok";
     locked = relocked.after;
     findings = findings.map((f) =>
@@ -732,6 +771,10 @@ async function checkBackup(
     });
   }
   recordObserved(row, catalog, log, status, seen.retention);
+  if (!seen.error) {
+    for (const message of (await checkKeepTag(row, target, hold)) ?? [])
+      findings.push({ kind: "keep-tag", message });
+  }
   findings.push(
     ...(await checkManifest(
       row,
@@ -799,8 +842,9 @@ async function relock(
   seen: Observed,
   now: Date,
   signal: AbortSignal | undefined,
+  hold?: Assignment,
 ): Promise<{ ok: boolean; outcome: string; after: Retention | undefined }> {
-  const lock = await lockAtLeast(target, row.key, row.versionId, requiredLock(row, tc), {
+  const lock = await lockAtLeast(target, row.key, row.versionId, requiredLock(row, tc, hold), {
     now,
     slackMs: LOCK_SLACK_MS,
     before: seen.retention,

@@ -11,8 +11,9 @@
  * own noncurrent-version rule lengthened; it never shortens, disables or
  * removes anything, and it leaves rules it did not write untouched.
  */
-import type { RetentionMode, TargetConfig } from "../config/config.js";
+import type { KeepPolicy, RetentionMode, TargetConfig } from "../config/config.js";
 import type { BucketLockState, LifecycleRule } from "../store/store.js";
+import { expiryMechanism, tierRules } from "./lifecycle.js";
 
 export type BucketProblemKind =
   | "object-lock-disabled"
@@ -136,8 +137,22 @@ export function lifecycleProblems(
   return out;
 }
 
-/** The rules `immutd init` sets, limited to the target's prefix. */
-export function desiredLifecycle(t: TargetConfig): LifecycleRule[] {
+/**
+ * The rules `immutd init` sets, limited to the target's prefix: the cleanup
+ * rules, plus the keep-tier rules for the policies of the target's jobs where
+ * the provider can filter by tag (src/retention/lifecycle.ts).
+ */
+export function desiredLifecycle(
+  t: TargetConfig,
+  policies: readonly (KeepPolicy | undefined)[] = [],
+): LifecycleRule[] {
+  return [
+    ...cleanupLifecycle(t),
+    ...(expiryMechanism(t.endpoint).kind === "tags" ? tierRules(t, policies) : []),
+  ];
+}
+
+function cleanupLifecycle(t: TargetConfig): LifecycleRule[] {
   const id = (name: string) => `immutd-${name}${t.prefix ? `:${t.prefix}` : ""}`;
   return [
     {
@@ -157,13 +172,21 @@ export function desiredLifecycle(t: TargetConfig): LifecycleRule[] {
 }
 
 /** immutd's rules that are missing or disabled (doctor suggests `immutd init`). */
-export function missingLifecycle(rules: readonly LifecycleRule[], t: TargetConfig): string[] {
-  return desiredLifecycle(t)
+export function missingLifecycle(
+  rules: readonly LifecycleRule[],
+  t: TargetConfig,
+  policies: readonly (KeepPolicy | undefined)[] = [],
+): string[] {
+  return desiredLifecycle(t, policies)
     .filter((d) => !rules.some((r) => r.id === d.id && r.enabled))
     .map((d) => d.id);
 }
 
 export function describeRule(r: LifecycleRule): string {
+  if (r.tag && r.expirationDays !== undefined && r.noncurrentDays !== undefined) {
+    const days = (n: number) => `${n} day${n === 1 ? "" : "s"}`;
+    return `current versions tagged ${r.tag.key}=${r.tag.value} expire after ${days(r.expirationDays)}, then are removed ${days(r.noncurrentDays)} later (never while locked)${r.prefix ? ` (prefix ${r.prefix})` : ""}${r.enabled ? "" : " [disabled]"}`;
+  }
   const parts: string[] = [];
   if (r.noncurrentDays !== undefined)
     parts.push(`noncurrent versions expire after ${r.noncurrentDays} days`);
@@ -177,7 +200,8 @@ export function describeRule(r: LifecycleRule): string {
   if (r.expirationDate !== undefined)
     parts.push(`current versions expire on ${r.expirationDate.toISOString().slice(0, 10)}`);
   const what = parts.join(", ") || "no action immutd knows";
-  return `${what}${r.prefix ? ` (prefix ${r.prefix})` : ""}${r.enabled ? "" : " [disabled]"}`;
+  const tag = r.tag ? ` (tag ${r.tag.key}=${r.tag.value})` : "";
+  return `${what}${r.prefix ? ` (prefix ${r.prefix})` : ""}${tag}${r.enabled ? "" : " [disabled]"}`;
 }
 
 export type InitAction = "create" | "set" | "add" | "update" | "ok" | "kept" | "cannot-fix";
@@ -212,10 +236,20 @@ export interface BucketSnapshot {
  * for a new bucket; for an existing one, only changes that make it stricter.
  * Pure: the caller reads the snapshot and applies the plan.
  */
-export function planInit(current: BucketSnapshot, t: TargetConfig): InitPlan {
+export function planInit(
+  current: BucketSnapshot,
+  t: TargetConfig,
+  policies: readonly (KeepPolicy | undefined)[] = [],
+): InitPlan {
   const wanted = { mode: t.retention.mode, days: t.retention.days };
-  const rules = desiredLifecycle(t);
-  if (!current.exists) return planNewBucket(wanted, rules);
+  const rules = desiredLifecycle(t, policies);
+  const expiry = expiryMechanism(t.endpoint);
+  if (!current.exists) {
+    const plan = planNewBucket(wanted, rules);
+    if (expiry.kind === "none" && policies.some((p) => p !== undefined))
+      plan.steps.push(noExpiryStep(expiry.why));
+    return plan;
+  }
 
   const lock = current.lock as BucketLockState;
   const steps: InitStep[] = [{ setting: "bucket", action: "ok", detail: "exists" }];
@@ -243,11 +277,21 @@ export function planInit(current: BucketSnapshot, t: TargetConfig): InitPlan {
   if (retention) plan.defaultRetention = retention;
   const existing = planLifecycle(current.lifecycle ?? [], rules, steps);
   if (existing.changed) plan.lifecycle = existing.rules;
+  if (expiry.kind === "none" && policies.some((p) => p !== undefined))
+    steps.push(noExpiryStep(expiry.why));
   plan.problems.push(...lifecycleProblems(existing.rules, t));
   return plan;
 }
 
 type PlannedRetention = NonNullable<InitPlan["defaultRetention"]>;
+
+function noExpiryStep(why: string): InitStep {
+  return {
+    setting: "keep-policy expiry",
+    action: "cannot-fix",
+    detail: `not set: ${why}; backups are locked for their tiers but no rule removes them (storage grows)`,
+  };
+}
 
 /** Everything, for a bucket that does not exist yet. */
 function planNewBucket(wanted: PlannedRetention, rules: LifecycleRule[]): InitPlan {
@@ -358,6 +402,8 @@ function sameActions(a: LifecycleRule, b: LifecycleRule): boolean {
   return (
     a.enabled === b.enabled &&
     a.prefix === b.prefix &&
+    a.tag?.key === b.tag?.key &&
+    a.tag?.value === b.tag?.value &&
     a.noncurrentDays === b.noncurrentDays &&
     (a.expiredObjectDeleteMarker ?? false) === (b.expiredObjectDeleteMarker ?? false) &&
     a.abortIncompleteDays === b.abortIncompleteDays &&
@@ -374,6 +420,13 @@ function sameActions(a: LifecycleRule, b: LifecycleRule): boolean {
 function strengthenRule(have: LifecycleRule, want: LifecycleRule): LifecycleRule {
   const next: LifecycleRule = { ...have, enabled: true };
   delete next.native;
+  // A keep-tier rule: back to immutd's filter, expiring no sooner than it should.
+  if (want.tag !== undefined) {
+    next.prefix = want.prefix;
+    next.tag = want.tag;
+    next.expirationDays = Math.max(have.expirationDays ?? 0, want.expirationDays ?? 0);
+    delete next.expirationDate;
+  }
   if (want.noncurrentDays !== undefined) {
     next.noncurrentDays = Math.max(have.noncurrentDays ?? 0, want.noncurrentDays);
   }
@@ -387,6 +440,11 @@ function strengthenRule(have: LifecycleRule, want: LifecycleRule): LifecycleRule
   }
   const unchanged =
     next.enabled === have.enabled &&
+    next.prefix === have.prefix &&
+    next.tag?.key === have.tag?.key &&
+    next.tag?.value === have.tag?.value &&
+    next.expirationDays === have.expirationDays &&
+    next.expirationDate === have.expirationDate &&
     next.noncurrentDays === have.noncurrentDays &&
     next.expiredObjectDeleteMarker === have.expiredObjectDeleteMarker &&
     next.abortIncompleteDays === have.abortIncompleteDays;

@@ -42,6 +42,8 @@ interface StoredVersion {
   created: Date;
   retention: Retention | undefined;
   deleteMarker: boolean;
+  /** Object tags (PutObjectTagging); absent: none. */
+  tags?: Record<string, string>;
 }
 
 const PERMS: Record<Role, ReadonlySet<string>> = {
@@ -53,6 +55,7 @@ const PERMS: Record<Role, ReadonlySet<string>> = {
     "delete",
     "extendRetention",
     "putDefaultRetention",
+    "putTags",
   ]),
   reader: new Set([
     "lockState",
@@ -63,6 +66,7 @@ const PERMS: Record<Role, ReadonlySet<string>> = {
     "listUploads",
     "bucketExists",
     "putDefaultRetention",
+    "tags",
   ]),
   admin: new Set([
     "lockState",
@@ -81,6 +85,8 @@ const PERMS: Record<Role, ReadonlySet<string>> = {
     "createBucket",
     "lifecycle",
     "putLifecycle",
+    "putTags",
+    "tags",
   ]),
 };
 
@@ -433,6 +439,16 @@ export class MemoryStore implements ObjectStore {
       );
     }
     v.retention = { mode: r.mode, retainUntil: new Date(r.retainUntil) };
+  }
+
+  async putTags(key: string, versionId: string, tags: Record<string, string>): Promise<void> {
+    this.#allow("putTags", key);
+    this.#find(key, versionId, undefined).tags = { ...tags };
+  }
+
+  async tags(key: string, versionId: string): Promise<Record<string, string>> {
+    this.#allow("tags", key);
+    return { ...(this.#find(key, versionId, undefined).tags ?? {}) };
   }
 
   async putManifest(req: ManifestRequest): Promise<{ versionId: string }> {

@@ -22,6 +22,7 @@ import {
   GetObjectCommand,
   GetObjectLockConfigurationCommand,
   GetObjectRetentionCommand,
+  GetObjectTaggingCommand,
   HeadBucketCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
@@ -30,6 +31,7 @@ import {
   PutObjectCommand,
   PutObjectLockConfigurationCommand,
   PutObjectRetentionCommand,
+  PutObjectTaggingCommand,
   S3Client,
   type S3ClientConfig,
   type LifecycleRule as SdkLifecycleRule,
@@ -65,6 +67,7 @@ const MD5_ALWAYS = new Set([
   "PutObjectLockConfigurationCommand",
   "PutBucketLifecycleConfigurationCommand",
   "PutObjectRetentionCommand",
+  "PutObjectTaggingCommand",
 ]);
 
 export interface S3StoreOptions {
@@ -500,6 +503,28 @@ export class S3Store implements ObjectStore {
     );
   }
 
+  async putTags(key: string, versionId: string, tags: Record<string, string>): Promise<void> {
+    await this.#call("tag", key, () =>
+      this.client.send(
+        new PutObjectTaggingCommand({
+          Bucket: this.bucket,
+          Key: key,
+          VersionId: versionId,
+          Tagging: { TagSet: Object.entries(tags).map(([Key, Value]) => ({ Key, Value })) },
+        }),
+      ),
+    );
+  }
+
+  async tags(key: string, versionId: string): Promise<Record<string, string>> {
+    const res = await this.#call("read the tags of", key, () =>
+      this.client.send(
+        new GetObjectTaggingCommand({ Bucket: this.bucket, Key: key, VersionId: versionId }),
+      ),
+    );
+    return Object.fromEntries((res.TagSet ?? []).map((t) => [t.Key ?? "", t.Value ?? ""]));
+  }
+
   /** The version ID a PutObject answered with; a bucket without versioning answers none. */
   #versionOf(versionId: string | undefined, key: string): string {
     if (versionId) return versionId;
@@ -700,11 +725,15 @@ function fromSdkRule(r: SdkLifecycleRule): LifecycleRule {
   // Old servers (Ceph RGW 16) answer with the rule-level Prefix instead of a Filter.
   const legacyPrefix = (r as { Prefix?: string }).Prefix;
   const prefix = r.Filter?.Prefix ?? r.Filter?.And?.Prefix ?? legacyPrefix ?? "";
+  // Ceph RGW 16 answers an And{Prefix, Tag} filter as Prefix and Tag side by side.
+  const t = r.Filter?.Tag ?? r.Filter?.And?.Tags?.[0];
+  const tagged = (r.Filter?.And?.Tags?.length ?? 0) <= 1 && t?.Key !== undefined;
   const e = r.Expiration;
   return {
     id: r.ID ?? "",
     enabled: r.Status === "Enabled",
     prefix,
+    ...(tagged && t?.Key !== undefined ? { tag: { key: t.Key, value: t.Value ?? "" } } : {}),
     ...(e?.Days !== undefined ? { expirationDays: e.Days } : {}),
     ...(e?.Date !== undefined ? { expirationDate: new Date(e.Date) } : {}),
     ...(e?.ExpiredObjectDeleteMarker ? { expiredObjectDeleteMarker: true } : {}),
@@ -729,7 +758,9 @@ function toSdkRule(r: LifecycleRule): SdkLifecycleRule {
   return {
     ID: r.id,
     Status: r.enabled ? "Enabled" : "Disabled",
-    Filter: { Prefix: r.prefix },
+    Filter: r.tag
+      ? { And: { Prefix: r.prefix, Tags: [{ Key: r.tag.key, Value: r.tag.value }] } }
+      : { Prefix: r.prefix },
     ...(Object.keys(expiration).length ? { Expiration: expiration } : {}),
     ...(r.noncurrentDays !== undefined
       ? { NoncurrentVersionExpiration: { NoncurrentDays: r.noncurrentDays } }

@@ -45,6 +45,8 @@ export interface LifecycleRule {
   enabled: boolean;
   /** The key prefix the rule is limited to ("" for the whole bucket); a tag or size filter is not represented, so checks treat such a rule as applying to every key under the prefix. */
   prefix: string;
+  /** Limited to versions with this object tag too (immutd's keep-tier rules: src/retention/lifecycle.ts). */
+  tag?: { key: string; value: string };
   /** Current versions: expire (in a versioned bucket: get a delete marker) this many days after creation, or on a date. */
   expirationDays?: number;
   expirationDate?: Date;
@@ -210,6 +212,15 @@ export interface ObjectStore {
     r: Retention,
     opts?: { upgradeGovernance?: boolean },
   ): Promise<void>;
+  /**
+   * Replaces one version's object tags (PutObjectTagging). Tags only steer
+   * lifecycle rules; they protect nothing (whoever may write may re-tag), the
+   * lock does. Ceph RGW 16 drops tags sent with CreateMultipartUpload, so a
+   * backup is tagged after its upload completed.
+   */
+  putTags(key: string, versionId: string, tags: Record<string, string>): Promise<void>;
+  /** One version's object tags (GetObjectTagging); {} when it has none. */
+  tags(key: string, versionId: string): Promise<Record<string, string>>;
   /**
    * Writes a backup's manifest: one PutObject, SSE-C encrypted, with a checksum
    * the server verifies. Refuses any key that is not a manifest key, so it can
