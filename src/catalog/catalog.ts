@@ -80,12 +80,16 @@ export interface NewBackup {
   retainUntil: Date | null;
   status: BackupStatus;
   files: number;
+  /** The backup an incremental builds on (src/repo/chain.ts); absent or null for a full backup. */
+  parentId?: number | null;
 }
 
 /** A backup rebuilt from its manifest (src/catalog/rebuild.ts): no run, since runs live only in the catalog. */
 export type ImportedBackup = Omit<NewBackup, "runId"> & {
   manifestKey: string;
   manifestVersionId: string;
+  /** An incremental's parent archive as its manifest names it; linked to that backup's row once both are imported. */
+  parent?: { key: string; versionId: string } | null;
 };
 
 /** A backup as shown to people and scripts: everything but the key. */
@@ -108,6 +112,10 @@ export interface BackupRow {
   /** The manifest object beside the archive (src/repo/manifest.ts); null for a backup made before manifests. A key without a version: the manifest could not be written. */
   manifestKey: string | null;
   manifestVersionId: string | null;
+  /** The backup this incremental builds on; null for a full backup (every backup before chains). */
+  parentId: number | null;
+  /** The id of its chain's full backup (its own for a full). */
+  chainId: number;
 }
 
 /** Warnings stored per run; the count in runs.warnings is always complete. */
@@ -252,6 +260,13 @@ const MIGRATIONS: string[] = [
   ALTER TABLE backups_v5 RENAME TO backups;
   CREATE INDEX backups_job_created ON backups (job, created_at);
   `,
+  // 6: incremental backups (src/repo/chain.ts): the backup each builds on. NULL,
+  // a full backup, for every row before: old catalogs hold only full backups.
+  `
+  ALTER TABLE backups ADD COLUMN parent_id INTEGER REFERENCES backups (id);
+  ALTER TABLE backups ADD COLUMN chain_id INTEGER;
+  CREATE INDEX backups_parent ON backups (parent_id);
+  `,
 ];
 
 const RUN_COLUMNS = `id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
@@ -287,7 +302,8 @@ function unreconciled(row: { status: RunStatus; error: string | null }): boolean
 const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
   size, sha256, compression, created_at AS createdAt, retention_mode AS retentionMode,
   retain_until AS retainUntil, status, files, manifest_key AS manifestKey,
-  manifest_version_id AS manifestVersionId`;
+  manifest_version_id AS manifestVersionId, parent_id AS parentId,
+  coalesce(chain_id, id) AS chainId`;
 
 /**
  * The runs this process started, as "catalog path#run id". A run is only
@@ -767,6 +783,25 @@ export class Catalog {
           manifest.run(b.manifestKey, b.manifestVersionId, Number(info.lastInsertRowid));
           added++;
         }
+        // Chains: each incremental's parent, once every row is in (a parent is found
+        // by its bucket, key and version; one not imported leaves the link NULL
+        // and the chain broken, which restore and verify report).
+        const parentOf = this.db.prepare(
+          `SELECT id FROM backups WHERE bucket = ? AND object_key = ? AND version_id = ?`,
+        );
+        const link = this.db.prepare(
+          `UPDATE backups SET parent_id = ?, chain_id = (SELECT coalesce(chain_id, id) FROM backups WHERE id = ?)
+           WHERE bucket = ? AND object_key = ? AND version_id = ? AND parent_id IS NULL`,
+        );
+        // Oldest first, so a parent's own chain is linked before its children take it.
+        const byAge = [...rows].sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime());
+        for (const b of byAge) {
+          if (!b.parent) continue;
+          const p = parentOf.get(b.bucket, b.parent.key, b.parent.versionId) as
+            | { id: number }
+            | undefined;
+          if (p) link.run(p.id, p.id, b.bucket, b.key, b.versionId);
+        }
         return added;
       })
       .immediate();
@@ -788,8 +823,10 @@ export class Catalog {
     return this.db
       .prepare(
         `INSERT INTO backups (run_id, job, target, bucket, object_key, version_id, size, sha256, compression,
-           sse_key, key_derivation, created_at, retention_mode, retain_until, status, files)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ${onConflict}`,
+           sse_key, key_derivation, created_at, retention_mode, retain_until, status, files, parent_id,
+           chain_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+           (SELECT coalesce(chain_id, id) FROM backups WHERE id = ?)) ${onConflict}`,
       )
       .run(
         b.runId,
@@ -808,6 +845,8 @@ export class Catalog {
         b.retainUntil?.toISOString() ?? null,
         b.status,
         b.files,
+        b.parentId ?? null,
+        b.parentId ?? null,
       );
   }
 

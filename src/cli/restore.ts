@@ -9,6 +9,7 @@ import {
   manifestCacheDir,
   manifestOf,
 } from "../flows/browse.js";
+import { type ChainSource, chainFromBucket, chainFromCatalog, restoreChain } from "../flows/chain-restore.js";
 import { restoreRanges } from "../flows/ranged.js";
 import {
   type RestoreMode,
@@ -69,6 +70,17 @@ compressed backup, or one without a manifest (immutd 0.1.0), is read whole:
 immutd says so and how many bytes first. --whole-archive always reads and
 verifies the whole archive. To see what a backup holds without
 downloading it, use immutd ls JOB or immutd find PATTERN.
+
+Incremental backups (the job's incremental: option): restoring any point of
+a chain streams the chain's full backup and then each incremental up to
+that point, each once, and writes from each only the entries the point's
+index takes from it, so deleted files, old names of renamed ones and
+replaced types never appear. --include downloads only the members that
+hold a selected entry. Every member's size and SHA-256 are checked; a
+missing member makes the points after it unrestorable (exit 3, naming it).
+--from-bucket checks the chain against every member's manifest. --stdout
+writes only the named backup's own archive (for an incremental: the
+entries that changed in that run).
 
 Exactly one of:
   --to DIR    extract into DIR (created if missing; must be empty unless
@@ -136,8 +148,9 @@ export async function restoreCommand(
       );
     }
     const { mode, dest } = outputMode(o);
+    const chain = mode.kind === "raw" ? undefined : await chainOf(ctx, target, src, o);
     const manifest =
-      mode.kind === "extract" && o.include?.length && !o.wholeArchive
+      !chain && mode.kind === "extract" && o.include?.length && !o.wholeArchive
         ? await rangedManifest(ctx, target, src, o.host ?? ctx.config.host)
         : undefined;
     await withStopSignals(ctx, async (signal) => {
@@ -158,12 +171,14 @@ export async function restoreCommand(
             ),
         };
         const s =
-          manifest && mode.kind === "extract" && o.include
-            ? await restoreRanges(target.reader, src, manifest, mode, {
-                ...opts,
-                include: o.include,
-              })
-            : await restore(target.reader, src, mode, opts);
+          chain && mode.kind !== "raw"
+            ? await restoreChain(target.reader, chain, mode, opts)
+            : manifest && mode.kind === "extract" && o.include
+              ? await restoreRanges(target.reader, src, manifest, mode, {
+                  ...opts,
+                  include: o.include,
+                })
+              : await restore(target.reader, src, mode, opts);
         progress.clear();
         report(ctx, src, s, dest, manifest !== undefined);
       } finally {
@@ -275,6 +290,31 @@ async function rangedManifest(
   }
 }
 
+/** The chain an incremental backup needs (src/flows/chain-restore.ts); undefined for a full backup. */
+async function chainOf(
+  ctx: Context,
+  target: ReturnType<typeof openTarget>,
+  src: RestoreSource,
+  o: RestoreCliOptions,
+): Promise<ChainSource | undefined> {
+  const ms: ManifestSource = {
+    reader: target.reader,
+    bucket: target.bucket,
+    prefix: target.prefix,
+    masterKey: ctx.config.masterKey.reveal(),
+    cacheDir: manifestCacheDir(ctx.config.catalog),
+  };
+  const chain = o.fromBucket
+    ? await chainFromBucket(ms, src, o.host ?? ctx.config.host)
+    : await chainFromCatalog(ctx.catalog(), src, ms);
+  if (chain)
+    ctx.log.info(
+      { job: src.job, key: src.key, members: chain.members.length },
+      "incremental backup: restoring its chain's members in order",
+    );
+  return chain;
+}
+
 /** Installs the SIGINT/SIGTERM handlers for one restore and runs it with their abort signal. */
 async function withStopSignals(
   ctx: Context,
@@ -299,7 +339,7 @@ async function withStopSignals(
 function report(
   ctx: Context,
   src: RestoreSource,
-  s: RestoreSummary & { ranges?: number },
+  s: RestoreSummary & { ranges?: number; streamed?: number; members?: number },
   dest: string | undefined,
   ranged: boolean,
 ): void {
@@ -312,6 +352,7 @@ function report(
       bytes: s.bytes,
       ...(s.sha256 ? { sha256: s.sha256 } : {}),
       ...(s.ranges !== undefined ? { ranges: s.ranges } : {}),
+      ...(s.members !== undefined ? { members: s.members, streamed: s.streamed } : {}),
       durationMs: s.durationMs,
       ...(r
         ? {
@@ -332,7 +373,12 @@ function report(
     : s.listed !== undefined
       ? `${s.listed} entries listed`
       : `${formatBytes(s.bytes)} written to stdout`;
-  const integrity = ranged
+  const members = s.members;
+  const chained =
+    members !== undefined
+      ? `${s.streamed ?? 0} of the chain's ${members} members read, each one's size and SHA-256 verified`
+      : "";
+  const integrity = members !== undefined ? chained : ranged
     ? `read ${formatBytes(s.bytes)} in ${s.ranges} ranges; headers checked against the manifest, whole-archive SHA-256 not checked (immutd verify does)`
     : `SHA-256 ${src.sha256 ? "verified" : "not recorded (from bucket), size verified"}`;
   process.stderr.write(

@@ -206,6 +206,16 @@ export interface JobConfig {
   hooks?: HooksConfig;
   commands: CommandSource[];
   notify: NotifyConfig[];
+  /** Incremental backups in chains (src/repo/chain.ts); unset: every run is a full backup. */
+  incremental?: IncrementalConfig;
+}
+
+/**
+ * When a chain ends and the next run is a full backup again: after `runs`
+ * members (the full included), or once the chain's full is `ms` old.
+ */
+export interface IncrementalConfig {
+  fullEvery: { runs?: number; ms?: number; text: string };
 }
 
 export interface Config {
@@ -414,7 +424,25 @@ const jobSchema = z.strictObject({
     )
     .default([]),
   notify: z.array(notifySchema).default([]),
+  incremental: z
+    .strictObject({
+      fullEvery: z.union([
+        z.number().int().min(1).max(10_000),
+        z
+          .string()
+          .regex(/^[1-9]\d{0,4}[hdw]$/, 'must be a count of runs or a duration such as "7d", "36h", "2w"'),
+      ]),
+    })
+    .transform((i): IncrementalConfig => ({ fullEvery: fullEvery(i.fullEvery) }))
+    .optional(),
 });
+
+/** incremental.fullEvery: a count of runs per chain, or the age ("7d", "36h", "2w") at which a chain's full is renewed. */
+function fullEvery(v: number | string): IncrementalConfig["fullEvery"] {
+  if (typeof v === "number") return { runs: v, text: String(v) };
+  const unit = { h: 3_600_000, d: 86_400_000, w: 604_800_000 }[v.slice(-1) as "h" | "d" | "w"];
+  return { ms: Number(v.slice(0, -1)) * unit, text: v };
+}
 
 const configSchema = z
   .strictObject({
@@ -891,7 +919,7 @@ function masterKeyOf(
 
 function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
   return cfg.jobs.map((j, i) => {
-    const { hooks, timezone, schedule, excludeFrom, ...rest } = j;
+    const { hooks, timezone, schedule, excludeFrom, incremental, ...rest } = j;
     const at = src.at(["jobs", i, "excludeFrom"]);
     return {
       ...rest,
@@ -902,6 +930,7 @@ function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
       ...(schedule !== undefined ? { schedule } : {}),
       ...(timezone !== undefined ? { timezone } : {}),
       ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
+      ...(incremental !== undefined ? { incremental } : {}),
       commands: j.commands.map((c) => definedOnly(c)),
     };
   });

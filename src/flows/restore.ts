@@ -85,6 +85,14 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
       );
     }
   }
+  return sourceOfRow(catalog, row);
+}
+
+/** A catalog row as a RestoreSource, with its key from the catalog. */
+export function sourceOfRow(
+  catalog: Catalog,
+  row: ReturnType<Catalog["listBackups"]>[number],
+): RestoreSource {
   const sseKey = catalog.backupKey(row.id);
   if (!sseKey) throw new UsageError(`backup ${row.id} has no key in the catalog`);
   return {
