@@ -266,6 +266,7 @@ const MIGRATIONS: string[] = [
   ALTER TABLE backups ADD COLUMN parent_id INTEGER REFERENCES backups (id);
   ALTER TABLE backups ADD COLUMN chain_id INTEGER;
   CREATE INDEX backups_parent ON backups (parent_id);
+  ALTER TABLE runs ADD COLUMN parent_id INTEGER;
   `,
 ];
 
@@ -646,6 +647,23 @@ export class Catalog {
     } catch {
       return false;
     }
+  }
+
+  /**
+   * Records that a run is an incremental on `parentId`, before its upload: a
+   * version crash recovery finds at its key is then recorded with that parent
+   * (an incremental's archive alone is not the tree).
+   */
+  setRunParent(runId: number, parentId: number): void {
+    this.db.prepare(`UPDATE runs SET parent_id = ? WHERE id = ?`).run(parentId, runId);
+  }
+
+  /** The parent setRunParent recorded, or null for a full backup's run. */
+  runParent(runId: number): number | null {
+    const row = this.db.prepare(`SELECT parent_id AS p FROM runs WHERE id = ?`).get(runId) as
+      | { p: number | null }
+      | undefined;
+    return row?.p ?? null;
   }
 
   setUploadId(runId: number, uploadId: string): void {

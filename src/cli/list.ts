@@ -17,10 +17,14 @@ server last reported (LOCKED UNTIL, mode) and the status:
   missing     the version is gone
   expired     its lock has ended
   unverified  found by crash recovery; verify --deep settles it
-Key material is never shown. --json prints an array of objects with the fields
-id, job, target, bucket, key, versionId, size, sha256, compression,
-createdAt, retainUntil, retentionMode, status, files, runId, manifestKey,
-manifestVersionId (null for a backup without a manifest).
+KIND is full or incr: an incremental backup (the job's incremental: option)
+holds only what changed since the backup before it, and restoring it reads
+every earlier member of its chain; CHAIN is the id of the chain's full
+backup. Key material is never shown. --json prints an array of objects with
+the fields id, job, target, bucket, key, versionId, size, sha256,
+compression, createdAt, retainUntil, retentionMode, status, files, runId,
+manifestKey, manifestVersionId (null for a backup without a manifest),
+parentId (null for a full backup) and chainId.
 
 --from-bucket lists what the bucket holds instead, from the manifests, with
 the reader credential and the master key; the catalog is not opened, so this
@@ -56,8 +60,30 @@ export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }
 }
 
 function table(rows: BackupRow[]): string {
-  const head = ["ID", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
-  return formatTable(head, rows.map(cells));
+  const head = [
+    "ID",
+    "JOB",
+    "CREATED (UTC)",
+    "SIZE",
+    "LOCKED UNTIL",
+    "STATUS",
+    "KIND",
+    "CHAIN",
+    "KEY",
+    "VERSION",
+  ];
+  return formatTable(
+    head,
+    rows.map((r) => {
+      const c = cells(r);
+      return [...c.slice(0, 6), chainKind(r), String(r.chainId), ...c.slice(6)];
+    }),
+  );
+}
+
+/** full, or incr (an incremental: restoring it needs every earlier member of its chain). */
+function chainKind(r: Pick<BackupRow, "parentId">): string {
+  return r.parentId === null ? "full" : "incr";
 }
 
 export interface ListFromBucketOptions {

@@ -9,7 +9,12 @@ import {
   manifestCacheDir,
   manifestOf,
 } from "../flows/browse.js";
-import { type ChainSource, chainFromBucket, chainFromCatalog, restoreChain } from "../flows/chain-restore.js";
+import {
+  type ChainSource,
+  chainFromBucket,
+  chainFromCatalog,
+  restoreChain,
+} from "../flows/chain-restore.js";
 import { restoreRanges } from "../flows/ranged.js";
 import {
   type RestoreMode,
@@ -378,9 +383,12 @@ function report(
     members !== undefined
       ? `${s.streamed ?? 0} of the chain's ${members} members read, each one's size and SHA-256 verified`
       : "";
-  const integrity = members !== undefined ? chained : ranged
-    ? `read ${formatBytes(s.bytes)} in ${s.ranges} ranges; headers checked against the manifest, whole-archive SHA-256 not checked (immutd verify does)`
-    : `SHA-256 ${src.sha256 ? "verified" : "not recorded (from bucket), size verified"}`;
+  const integrity =
+    members !== undefined
+      ? chained
+      : ranged
+        ? `read ${formatBytes(s.bytes)} in ${s.ranges} ranges; headers checked against the manifest, whole-archive SHA-256 not checked (immutd verify does)`
+        : `SHA-256 ${src.sha256 ? "verified" : "not recorded (from bucket), size verified"}`;
   process.stderr.write(
     `restored ${src.job} from ${src.createdAt.toISOString()} (version ${src.versionId}): ${what} in ${formatDuration(s.durationMs)}; ${integrity}\n`,
   );

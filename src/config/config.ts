@@ -430,7 +430,10 @@ const jobSchema = z.strictObject({
         z.number().int().min(1).max(10_000),
         z
           .string()
-          .regex(/^[1-9]\d{0,4}[hdw]$/, 'must be a count of runs or a duration such as "7d", "36h", "2w"'),
+          .regex(
+            /^[1-9]\d{0,4}[hdw]$/,
+            'must be a count of runs or a duration such as "7d", "36h", "2w"',
+          ),
       ]),
     })
     .transform((i): IncrementalConfig => ({ fullEvery: fullEvery(i.fullEvery) }))

@@ -262,12 +262,19 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
   });
   if (chain.kind === "incremental")
     jlog.info(
-      { kind: "incremental", parentId: chain.parentRow?.id, parent: chain.parentRow?.key, members: chain.members?.length },
+      {
+        kind: "incremental",
+        parentId: chain.parentRow?.id,
+        parent: chain.parentRow?.key,
+        members: chain.members?.length,
+      },
       "incremental backup: only entries changed since the previous backup are archived",
     );
-  else if (job.incremental) jlog.info({ kind: "full", reason: chain.reason }, `full backup: ${chain.reason}`);
+  else if (job.incremental)
+    jlog.info({ kind: "full", reason: chain.reason }, `full backup: ${chain.reason}`);
   else jlog.debug({ kind: "full", reason: chain.reason }, "full backup");
   run.base.kind = chain.kind;
+  if (chain.parentRow) catalog.setRunParent(runId, chain.parentRow.id);
   if (chain.kind === "full" && job.incremental && chain.reason) run.base.fullReason = chain.reason;
   deps.signal?.throwIfAborted();
   const archive = createArchive({

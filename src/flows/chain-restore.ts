@@ -18,7 +18,12 @@ import { pipeline } from "node:stream/promises";
 import type { Catalog } from "../catalog/catalog.js";
 import { decoderFor } from "../pipeline/codec.js";
 import { download, RestoreError, whereOf } from "../pipeline/download.js";
-import { compileIncludes, type ExtractResult, listTar, openExtractSession } from "../pipeline/extract.js";
+import {
+  compileIncludes,
+  type ExtractResult,
+  listTar,
+  openExtractSession,
+} from "../pipeline/extract.js";
 import { HashingCounter } from "../pipeline/hash.js";
 import { chainMismatch, namesByMember } from "../repo/chain.js";
 import { deriveSseKey } from "../repo/keys.js";
@@ -26,7 +31,13 @@ import { fileName, INCREMENTAL_FORMAT, type Manifest } from "../repo/manifest.js
 import { manifestKey } from "../repo/naming.js";
 import { listManifests } from "../repo/snapshots.js";
 import type { ObjectStore } from "../store/store.js";
-import { archiveVersions, type BackupRef, backupsFromBucket, type ManifestSource, manifestOf } from "./browse.js";
+import {
+  archiveVersions,
+  type BackupRef,
+  backupsFromBucket,
+  type ManifestSource,
+  manifestOf,
+} from "./browse.js";
 import {
   checkComplete,
   failed,
@@ -70,7 +81,9 @@ export async function chainFromCatalog(
   while (row.parentId !== null) {
     const parent = catalog.backup(row.parentId);
     if (!parent || seen.has(parent.id))
-      throw new RestoreError(`${whereOf(point)}: its chain is broken: backup ${row.parentId}, which it builds on, is not in the catalog`);
+      throw new RestoreError(
+        `${whereOf(point)}: its chain is broken: backup ${row.parentId}, which it builds on, is not in the catalog`,
+      );
     seen.add(parent.id);
     rows.unshift(parent);
     row = parent;
@@ -82,7 +95,9 @@ export async function chainFromCatalog(
       );
   }
   if (!point.manifest)
-    throw new RestoreError(`${whereOf(point)} is an incremental backup without a manifest: it cannot be restored`);
+    throw new RestoreError(
+      `${whereOf(point)} is an incremental backup without a manifest: it cannot be restored`,
+    );
   const ref: BackupRef = {
     id: point.id,
     job: point.job,
@@ -120,9 +135,13 @@ export async function chainFromBucket(
   if (!ref?.manifest) return undefined;
   const archives = await archiveVersions(ms, host, point.job);
   const m = await manifestOf(ms, { ...ref, manifest: ref.manifest }, archives);
-  if (m.archive.versionId !== point.versionId || m.formatVersion !== INCREMENTAL_FORMAT) return undefined;
+  if (m.archive.versionId !== point.versionId || m.formatVersion !== INCREMENTAL_FORMAT)
+    return undefined;
   const listed = new Map(
-    (await listManifests(ms.reader, ms.prefix, { host, job: point.job }, ms.signal)).map((k) => [k.key, k]),
+    (await listManifests(ms.reader, ms.prefix, { host, job: point.job }, ms.signal)).map((k) => [
+      k.key,
+      k,
+    ]),
   );
   const members: Manifest[] = [];
   for (const c of m.chain ?? []) {
@@ -135,14 +154,21 @@ export async function chainFromBucket(
     members.push(
       await manifestOf(
         ms,
-        { job: point.job, createdAt: k.createdAt, archiveKey: c.key, manifest: { key, versionId: c.manifestVersionId } },
+        {
+          job: point.job,
+          createdAt: k.createdAt,
+          archiveKey: c.key,
+          manifest: { key, versionId: c.manifestVersionId },
+        },
         archives,
       ),
     );
   }
   const wrong = chainMismatch(m, members);
   if (wrong)
-    throw new RestoreError(`${whereOf(point)}: its manifest's chain does not hold: ${wrong}; it is not restored`);
+    throw new RestoreError(
+      `${whereOf(point)}: its manifest's chain does not hold: ${wrong}; it is not restored`,
+    );
   const sources: RestoreSource[] = (m.chain ?? []).map((c) => ({
     job: point.job,
     bucket: point.bucket,
@@ -171,7 +197,9 @@ export async function restoreChain(
   const select = opts.include ? compileIncludes(opts.include) : () => true;
   const names = namesByMember(c.manifest, select);
   if (names.length !== c.members.length)
-    throw new RestoreError(`${where}: its manifest names ${names.length} members, the chain has ${c.members.length}`);
+    throw new RestoreError(
+      `${where}: its manifest names ${names.length} members, the chain has ${c.members.length}`,
+    );
   let files = 0;
   let bytes = 0;
   let listed = 0;
@@ -209,7 +237,8 @@ export async function restoreChain(
       const tar = (decode.at(-1) ?? hasher) as NodeJS.ReadableStream;
       const filter = (name: string) => keep.has(name);
       if (session) await session.add(tar, filter);
-      else if (mode.kind === "list") listed += (await listTar(tar, mode.onEntry, undefined, filter)).listed;
+      else if (mode.kind === "list")
+        listed += (await listTar(tar, mode.onEntry, undefined, filter)).listed;
       await piping;
     } catch (err) {
       failure ??= err;
@@ -219,7 +248,9 @@ export async function restoreChain(
     if (failure !== undefined) break;
     const what = whereOf(src);
     if (src.size !== undefined && hasher.bytes !== src.size)
-      failure = new RestoreError(`${what}: received ${hasher.bytes} bytes, but the backup has ${src.size}; the download was truncated.${incomplete}`);
+      failure = new RestoreError(
+        `${what}: received ${hasher.bytes} bytes, but the backup has ${src.size}; the download was truncated.${incomplete}`,
+      );
     const digest = hasher.digest();
     if (failure === undefined && src.sha256 !== undefined && digest !== src.sha256)
       failure = new RestoreError(

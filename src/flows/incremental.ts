@@ -13,7 +13,7 @@
 import type { BackupRow, Catalog } from "../catalog/catalog.js";
 import type { JobConfig, TargetConfig } from "../config/config.js";
 import { describeError } from "../errors.js";
-import { planChanges, type ChangePlan } from "../pipeline/changes.js";
+import { type ChangePlan, planChanges } from "../pipeline/changes.js";
 import {
   type ChainNode,
   decideChain,
@@ -22,7 +22,12 @@ import {
   walkFingerprint,
 } from "../repo/chain.js";
 import { deriveSseKey } from "../repo/keys.js";
-import { type ChainMember, type Manifest, type ManifestIndex, manifestMismatch } from "../repo/manifest.js";
+import {
+  type ChainMember,
+  type Manifest,
+  type ManifestIndex,
+  manifestMismatch,
+} from "../repo/manifest.js";
 import { parseObjectKey } from "../repo/naming.js";
 import { isGone, readManifest } from "../repo/snapshots.js";
 import { configuredLock, LOCK_SLACK_MS } from "../retention/bucket-check.js";
@@ -57,7 +62,12 @@ export interface ChainDeps {
 /** Full or incremental for this run, with the planner for an incremental (see the module comment). */
 export async function chainStep(
   job: JobConfig,
-  walkOf: { paths: readonly string[]; exclude?: readonly string[]; oneFileSystem?: boolean; excludeIfPresent?: readonly string[] },
+  walkOf: {
+    paths: readonly string[];
+    exclude?: readonly string[];
+    oneFileSystem?: boolean;
+    excludeIfPresent?: readonly string[];
+  },
   index: ManifestIndex,
   d: ChainDeps,
 ): Promise<ChainStep> {
@@ -66,9 +76,11 @@ export async function chainStep(
     .listBackups({ job: job.name })
     .filter((r) => r.bucket === d.target.bucket && r.target === d.target.name);
   const byId = new Map<number, ChainNode>(rows.map((r) => [r.id, r]));
+  // The newest backup with a manifest: one crash recovery found (no manifest,
+  // content unknown until verify --deep) is never built on.
   const decision = decideChain({
     incremental: job.incremental,
-    previous: rows.at(-1),
+    previous: rows.filter((r) => r.manifestVersionId !== null).at(-1),
     byId,
     now: d.now,
   });
@@ -97,8 +109,17 @@ export async function chainStep(
     );
   const missing = await missingMember(members, d);
   if (missing) return full(missing);
-  const lockProblem = await extendMembers(members, configuredLock(d.now, d.targetConfig.retention), d);
-  if (lockProblem) return full(`the lock of an earlier chain member cannot be extended: ${lockProblem}`);
+  // A probe before anything is uploaded (the slack spares a request per member
+  // when the lock already reaches about that far); the exact extension to the
+  // new member's retain-until follows once it is locked.
+  const lockProblem = await extendMembers(
+    members,
+    configuredLock(d.now, d.targetConfig.retention),
+    d,
+    LOCK_SLACK_MS,
+  );
+  if (lockProblem)
+    return full(`the lock of an earlier chain member cannot be extended: ${lockProblem}`);
   return {
     kind: "incremental",
     walk,
@@ -142,11 +163,17 @@ async function parentManifest(row: BackupRow, job: JobConfig, d: ChainDeps): Pro
 }
 
 /** The first member whose archive version is gone or has another size, as the reason for a full; it is marked missing or corrupt. */
-async function missingMember(members: readonly BackupRow[], d: ChainDeps): Promise<string | undefined> {
+async function missingMember(
+  members: readonly BackupRow[],
+  d: ChainDeps,
+): Promise<string | undefined> {
   for (const m of members) {
     const sseKey = d.catalog.backupKey(m.id) ?? deriveSseKey(d.masterKey, m.bucket, m.key);
     try {
-      const { size } = await retry(() => d.target.reader.head(m.key, m.versionId, sseKey), RetryPolicy.read);
+      const { size } = await retry(
+        () => d.target.reader.head(m.key, m.versionId, sseKey),
+        RetryPolicy.read,
+      );
       if (size !== m.size) {
         d.catalog.setBackupStatus(m.id, "corrupt");
         return `chain member ${m.key} (backup ${m.id}) holds ${size} bytes, not ${m.size}`;
@@ -164,25 +191,30 @@ async function missingMember(members: readonly BackupRow[], d: ChainDeps): Promi
 
 /**
  * Extends every member's archive and manifest to at least `wanted` (extend
- * only), recording each extension in the catalog. Returns the first problem as
+ * only; `slackMs` as in lockAtLeast, default none: no earlier than asked),
+ * recording each extension in the catalog. Returns the first problem as
  * a phrase; undefined when all are locked that long.
  */
 export async function extendMembers(
   members: readonly BackupRow[],
   wanted: Retention,
   d: Pick<ChainDeps, "catalog" | "target" | "now">,
+  slackMs = 0,
 ): Promise<string | undefined> {
+  // Every member is tried: one that is gone must not leave the others short.
+  const problems: string[] = [];
   for (const m of members) {
     const objects: [string, string, boolean][] = [[m.key, m.versionId, true]];
     if (m.manifestKey !== null && m.manifestVersionId !== null)
       objects.push([m.manifestKey, m.manifestVersionId, false]);
     for (const [key, versionId, isArchive] of objects) {
-      const lock = await lockAtLeast(d.target, key, versionId, wanted, {
-        now: d.now,
-        slackMs: LOCK_SLACK_MS,
-      });
-      if (lock.problem || !lock.after)
-        return `s3://${d.target.bucket}/${key} version ${versionId}: ${lock.problem ?? "it has no retention"}`;
+      const lock = await lockAtLeast(d.target, key, versionId, wanted, { now: d.now, slackMs });
+      if (lock.problem || !lock.after) {
+        problems.push(
+          `s3://${d.target.bucket}/${key} version ${versionId}: ${lock.problem ?? "it has no retention"}`,
+        );
+        break;
+      }
       if (isArchive && lock.changed)
         d.catalog.recordLockExtension({
           backupId: m.id,
@@ -194,5 +226,5 @@ export async function extendMembers(
       else if (isArchive) d.catalog.adoptRetainUntil(m.id, lock.after.retainUntil, lock.after.mode);
     }
   }
-  return undefined;
+  return problems.length ? problems.join("; ") : undefined;
 }

@@ -74,7 +74,11 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
       );
   } else {
     const good = rows.filter(
-      (r) => r.status === "ok" && (!sel.at || Date.parse(r.createdAt) <= sel.at.getTime()),
+      (r) =>
+        r.status === "ok" &&
+        // An incremental is a restore point only with its manifest (src/flows/chain-restore.ts).
+        (r.parentId === null || r.manifestVersionId !== null) &&
+        (!sel.at || Date.parse(r.createdAt) <= sel.at.getTime()),
     );
     row = good.at(-1);
     if (!row) {

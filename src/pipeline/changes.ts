@@ -21,7 +21,13 @@
  * always lands in the member that holds its first name.
  */
 import type { BigIntStats } from "node:fs";
-import { fileName, linkName, type Manifest, type ManifestFile, type ManifestIndex } from "../repo/manifest.js";
+import {
+  fileName,
+  linkName,
+  type Manifest,
+  type ManifestFile,
+  type ManifestIndex,
+} from "../repo/manifest.js";
 import type { EntryPlan } from "./source.js";
 
 export interface ChangeCounts {
@@ -61,7 +67,8 @@ export function planChanges(parent: Manifest, index: ManifestIndex): ChangePlan 
     },
     unchanged(name: string): void {
       const f = byName.get(name);
-      if (f === undefined) throw new Error(`planner: ${name} was left out but is not in the parent's index`);
+      if (f === undefined)
+        throw new Error(`planner: ${name} was left out but is not in the parent's index`);
       counts.unchanged++;
       index.carry({ ...f, member: f.member ?? parentMember });
     },
@@ -71,7 +78,13 @@ export function planChanges(parent: Manifest, index: ManifestIndex): ChangePlan 
 /** True when the entry on disk is not the one the index records (see the module comment). */
 export function differs(f: ManifestFile, st: BigIntStats): boolean {
   if (f.ino === undefined || f.mtimeNs === undefined || f.ctimeNs === undefined) return true;
-  const type = st.isDirectory() ? "directory" : st.isSymbolicLink() ? "symlink" : st.isFile() ? "file" : "other";
+  const type = st.isDirectory()
+    ? "directory"
+    : st.isSymbolicLink()
+      ? "symlink"
+      : st.isFile()
+        ? "file"
+        : "other";
   const recorded = f.type === "link" ? "file" : f.type;
   if (type !== recorded) return true;
   if (f.type === "file" && f.size !== Number(st.size)) return true;

@@ -269,8 +269,7 @@ export class SourceWalk {
     const name = abs.slice(1);
     const keep = prepared.keep;
     if (st.isDirectory()) await this.directory(abs, name, st, topDev ?? st.dev, keep);
-    else if (!keep && (st.isFile() || st.isSymbolicLink()))
-      await this.unchanged(abs, name, st);
+    else if (!keep && (st.isFile() || st.isSymbolicLink())) await this.unchanged(abs, name, st);
     else if (st.isFile()) await this.file(abs, name, st, prepared.loaded);
     else if (st.isSymbolicLink()) await this.symlink(abs, name, st);
     else
@@ -393,7 +392,9 @@ export class SourceWalk {
     }
     const plan = this.opts.plan;
     const keep =
-      plan === undefined || abs === "/" || plan.changed(abs.slice(1) + (st.isDirectory() ? "/" : ""), st);
+      plan === undefined ||
+      abs === "/" ||
+      plan.changed(abs.slice(1) + (st.isDirectory() ? "/" : ""), st);
     // Files with more links may become link entries: read them at their turn, if at all.
     const small =
       keep && !this.opts.dryRun && st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);

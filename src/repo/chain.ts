@@ -168,7 +168,7 @@ export function membersAfter(parent: Manifest, manifestVersionId: string): Chain
 
 /** The member (index into `[...chain, self]`) whose archive holds an index entry. */
 export function memberOf(m: Manifest, f: ManifestFile): number {
-  return f.member ?? (m.chain?.length ?? 0);
+  return f.member ?? m.chain?.length ?? 0;
 }
 
 /**
@@ -216,7 +216,10 @@ export function chainMismatch(m: Manifest, members: readonly Manifest[]): string
       mm.archive.sha256 !== c.sha256
     )
       return `${name}: its manifest describes archive ${mm.archive.key} version ${mm.archive.versionId} (${mm.archive.size} bytes, SHA-256 ${mm.archive.sha256}), not the one named`;
-    if (Date.parse(mm.createdAt) >= Date.parse(i + 1 < chain.length ? (chain[i + 1] as ChainMember).createdAt : m.createdAt))
+    if (
+      Date.parse(mm.createdAt) >=
+      Date.parse(i + 1 < chain.length ? (chain[i + 1] as ChainMember).createdAt : m.createdAt)
+    )
       return `${name} is not older than the member after it`;
     if (i === 0) {
       if (mm.formatVersion !== MANIFEST_FORMAT || mm.parent !== null)

@@ -132,21 +132,21 @@ export class ManifestIndex {
 
 /** The index record of an archived entry. */
 export function indexFile(e: Readonly<ArchiveEntry>): ManifestFile {
-    const f: ManifestFile = {
-      path: displayName(e.name),
-      ...bytesOf("path", e.name),
-      type: e.type,
-      size: e.size,
-      mode: e.mode,
-      uid: e.uid,
-      gid: e.gid,
-      mtime: e.mtime,
-      offset: e.offset,
-    };
-    if (e.linkname !== undefined)
-      Object.assign(f, { link: displayName(e.linkname), ...bytesOf("link", e.linkname) });
-    if (e.stat) Object.assign(f, e.stat);
-    return f;
+  const f: ManifestFile = {
+    path: displayName(e.name),
+    ...bytesOf("path", e.name),
+    type: e.type,
+    size: e.size,
+    mode: e.mode,
+    uid: e.uid,
+    gid: e.gid,
+    mtime: e.mtime,
+    offset: e.offset,
+  };
+  if (e.linkname !== undefined)
+    Object.assign(f, { link: displayName(e.linkname), ...bytesOf("link", e.linkname) });
+  if (e.stat) Object.assign(f, e.stat);
+  return f;
 }
 
 /** `{pathBytes}` / `{linkBytes}` when the printable form does not spell the name's bytes exactly. */
@@ -244,7 +244,12 @@ function chainShape(m: Manifest): string | undefined {
   if (last.key !== p.key || last.versionId !== p.versionId)
     return "its parent is not its chain's last member";
   const n = m.chain.length;
-  if (!m.files.every((f) => f.member === undefined || (Number.isInteger(f.member) && f.member >= 0 && f.member < n)))
+  if (
+    !m.files.every(
+      (f) =>
+        f.member === undefined || (Number.isInteger(f.member) && f.member >= 0 && f.member < n),
+    )
+  )
     return "an entry names a member outside the chain";
   return undefined;
 }
