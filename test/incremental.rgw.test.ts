@@ -36,6 +36,7 @@ import { decodeManifest, encodeManifest } from "../src/repo/manifest.js";
 import { manifestKey } from "../src/repo/naming.js";
 import { CLI, logRecords, runCli } from "./support/cli.js";
 import { HOLD_MARK, holdEnv } from "./support/hold-s3.js";
+import { denySubusersRetention } from "./support/rgw-admin.js";
 import {
   adminRemoveVersion,
   client,
@@ -105,10 +106,14 @@ describe("incremental backups (CLI, Ceph RGW)", () => {
     env = s3env();
   });
 
-  async function setup(label: string, incremental = "{ fullEvery: 10 }"): Promise<Setup> {
+  async function setup(
+    label: string,
+    incremental = "{ fullEvery: 10 }",
+    o: { bucketDays?: number; days?: number; exclude?: string } = {},
+  ): Promise<Setup> {
     const dir = mkdtempSync(join(tmpdir(), `immutd-incr-${label}-`));
     const bucket = uniqueBucket(label);
-    await createLockedBucket(env, bucket, 1);
+    await createLockedBucket(env, bucket, o.bucketDays ?? 1);
     const masterKey = randomBytes(32);
     writeFileSync(join(dir, "master.key"), `${masterKey.toString("hex")}\n`, { mode: 0o600 });
     const data = join(dir, "data");
@@ -120,13 +125,13 @@ describe("incremental backups (CLI, Ceph RGW)", () => {
 masterKeyFile: ${dir}/master.key
 host: incr-test
 targets:
-${targetYaml(env, { bucket })}jobs:
+${targetYaml(env, { bucket, days: o.days ?? 1 })}jobs:
   - name: data
     target: local
     paths: [${data}]
     compression: zstd
     incremental: ${incremental}
-`,
+${o.exclude ? `    exclude: ["${o.exclude}"]\n` : ""}`,
     );
     return { dir, cfg, data, bucket, masterKey, catalog: join(dir, "catalog.db") };
   }
@@ -485,5 +490,57 @@ ${targetYaml(env, { bucket })}jobs:
       [],
       v.stdout,
     );
+  });
+
+  /** The reason the run logged for being a full backup. */
+  function fullReason(logs: Record<string, unknown>[]): string {
+    const l = logs.find((x) => x.kind === "full" && typeof x.reason === "string");
+    return String(l?.reason);
+  }
+
+  it("starts a new full backup, with the reason logged, when the excludes change, the parent's manifest is gone, or the chain is as long as fullEvery", async () => {
+    const s = await setup("why", "{ fullEvery: 3 }");
+    writeFileSync(join(s.data, "a.txt"), "a\n");
+    writeFileSync(join(s.data, "skip.log"), "log\n");
+    await backup(s);
+    assert.equal((await backup(s)).find((l) => l.msg === "backup succeeded")?.kind, "incremental");
+    await backup(s);
+    // fullEvery: 3 — the chain has its three members.
+    assert.match(fullReason(await backup(s)), /the chain has 3 members \(fullEvery: 3\)/);
+    // The excludes change: a deletion could not be told from a newly excluded path.
+    writeFileSync(
+      s.cfg,
+      readFileSync(s.cfg, "utf8").replace(
+        "incremental: { fullEvery: 3 }",
+        'incremental: { fullEvery: 3 }\n    exclude: ["*.log"]',
+      ),
+    );
+    assert.match(
+      fullReason(await backup(s)),
+      /paths or excludes changed since the previous backup/,
+    );
+    // The parent's manifest removed behind S3's back.
+    const last = rows(s).at(-1) as Row;
+    adminRemoveVersion(env, s.bucket, last.manifestKey as string, last.manifestVersionId as string);
+    rmSync(join(s.dir, "manifests"), { recursive: true, force: true });
+    assert.match(fullReason(await backup(s)), /manifest \(backup \d+\) is missing/);
+    const r = rows(s);
+    assert.deepEqual(
+      r.map((x) => (x.parentId === null ? "full" : "incr")),
+      ["full", "incr", "incr", "full", "full", "full"],
+    );
+  });
+
+  it("starts a new full backup when an earlier member's lock cannot be extended", async () => {
+    // Bucket default 2 days; the first run is configured for 1, the second for 2:
+    // the first member must then be extended, which a policy denies the writer.
+    const s = await setup("lockx", "{ fullEvery: 10 }", { bucketDays: 2, days: 1 });
+    writeFileSync(join(s.data, "a.txt"), "a\n");
+    await backup(s);
+    writeFileSync(s.cfg, readFileSync(s.cfg, "utf8").replace("days: 1 }", "days: 2 }"));
+    await denySubusersRetention(env, s.bucket);
+    const logs = await backup(s);
+    assert.match(fullReason(logs), /lock of an earlier chain member cannot be extended/);
+    assert.equal(rows(s).at(-1)?.parentId, null);
   });
 });

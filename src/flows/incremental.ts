@@ -30,11 +30,14 @@ import {
 } from "../repo/manifest.js";
 import { parseObjectKey } from "../repo/naming.js";
 import { isGone, readManifest } from "../repo/snapshots.js";
-import { configuredLock, LOCK_SLACK_MS } from "../retention/bucket-check.js";
+import { configuredLock } from "../retention/bucket-check.js";
 import { lockAtLeast } from "../retention/lock.js";
 import { RetryPolicy, retry } from "../store/retry.js";
 import type { Retention, Target } from "../store/store.js";
 import { manifestCacheDir } from "./browse.js";
+
+/** How long a run may take before the members' locks, extended before its upload, must be extended again after it. */
+const PROBE_MARGIN_MS = 60 * 60_000;
 
 export interface ChainStep {
   kind: "full" | "incremental";
@@ -109,14 +112,15 @@ export async function chainStep(
     );
   const missing = await missingMember(members, d);
   if (missing) return full(missing);
-  // A probe before anything is uploaded (the slack spares a request per member
-  // when the lock already reaches about that far); the exact extension to the
-  // new member's retain-until follows once it is locked.
+  // Extended before anything is uploaded, so that a lock that cannot be
+  // extended makes this run a full backup: to where the new member's lock will
+  // reach if the run takes up to PROBE_MARGIN_MS (after it is locked, the
+  // members are extended to exactly its retain-until, a no-op unless the run
+  // took longer).
   const lockProblem = await extendMembers(
     members,
-    configuredLock(d.now, d.targetConfig.retention),
+    configuredLock(new Date(d.now.getTime() + PROBE_MARGIN_MS), d.targetConfig.retention),
     d,
-    LOCK_SLACK_MS,
   );
   if (lockProblem)
     return full(`the lock of an earlier chain member cannot be extended: ${lockProblem}`);
