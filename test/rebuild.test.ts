@@ -43,7 +43,7 @@ let n = 0;
 /** Rows as list shows them, without what a rebuild cannot know (the row id and its run). */
 function comparable(rows: BackupRow[]) {
   return rows
-    .map(({ id: _id, runId: _run, ...rest }) => rest)
+    .map(({ id: _id, runId: _run, chainId: _chain, ...rest }) => rest)
     .sort((a, b) => (a.key < b.key ? -1 : 1));
 }
 
@@ -551,7 +551,7 @@ describe("importBackups and migrated catalogs", () => {
     raw.prepare("DELETE FROM backups WHERE job = 'raw'").run();
     raw.close();
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 5);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 6);
     const before = c.listBackups();
     assert.equal(before.length, 1);
     assert.ok(before.every((r) => r.manifestKey === null && r.runId !== null));

@@ -266,7 +266,10 @@ const MIGRATIONS: string[] = [
   ALTER TABLE backups ADD COLUMN parent_id INTEGER REFERENCES backups (id);
   ALTER TABLE backups ADD COLUMN chain_id INTEGER;
   CREATE INDEX backups_parent ON backups (parent_id);
-  ALTER TABLE runs ADD COLUMN parent_id INTEGER;
+  CREATE TABLE IF NOT EXISTS run_parents (
+    run_id    INTEGER PRIMARY KEY REFERENCES runs (id),
+    parent_id INTEGER NOT NULL
+  );
   `,
 ];
 
@@ -655,14 +658,16 @@ export class Catalog {
    * (an incremental's archive alone is not the tree).
    */
   setRunParent(runId: number, parentId: number): void {
-    this.db.prepare(`UPDATE runs SET parent_id = ? WHERE id = ?`).run(parentId, runId);
+    this.db
+      .prepare(`INSERT OR REPLACE INTO run_parents (run_id, parent_id) VALUES (?, ?)`)
+      .run(runId, parentId);
   }
 
   /** The parent setRunParent recorded, or null for a full backup's run. */
   runParent(runId: number): number | null {
-    const row = this.db.prepare(`SELECT parent_id AS p FROM runs WHERE id = ?`).get(runId) as
-      | { p: number | null }
-      | undefined;
+    const row = this.db
+      .prepare(`SELECT parent_id AS p FROM run_parents WHERE run_id = ?`)
+      .get(runId) as { p: number | null } | undefined;
     return row?.p ?? null;
   }
 
