@@ -267,6 +267,20 @@ ${o.exclude ? `    exclude: ["${o.exclude}"]\n` : ""}`,
       const got = snapshot(await restoreTo(s, `p${i + 1}`, "--id", String(r[i]?.id)));
       assert.deepEqual(got, trees[i], `point ${i + 1}`);
     }
+    // ls reads a point's complete index: point 2 has renamed.txt and no b.txt.
+    const ls = await cli(s, "ls", "data", "--id", String(r[1]?.id), "--json");
+    assert.equal(ls.code, 0, ls.stderr);
+    const listed = (JSON.parse(ls.stdout) as { files: { path: string }[] }).files.map(
+      (e) => e.path,
+    );
+    assert.ok(
+      listed.some((p) => p.endsWith("/renamed.txt")),
+      ls.stdout,
+    );
+    assert.ok(!listed.some((p) => p.endsWith("/b.txt") || p.endsWith("/to-rename.txt")), ls.stdout);
+    const found = await cli(s, "find", "inside.txt", "--json");
+    assert.equal(found.code, 0, found.stderr);
+    assert.equal((JSON.parse(found.stdout) as unknown[]).length, 4, "in points 3 to 6");
     // Without the catalog: the newest point from the bucket alone, chain checked against every member's manifest.
     rmSync(s.catalog);
     const fromBucket = join(s.dir, "from-bucket");
