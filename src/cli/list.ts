@@ -60,24 +60,10 @@ export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }
 }
 
 function table(rows: BackupRow[]): string {
-  const head = [
-    "ID",
-    "JOB",
-    "CREATED (UTC)",
-    "SIZE",
-    "LOCKED UNTIL",
-    "STATUS",
-    "KIND",
-    "CHAIN",
-    "KEY",
-    "VERSION",
-  ];
+  const head = ["ID", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
   return formatTable(
-    head,
-    rows.map((r) => {
-      const c = cells(r);
-      return [...c.slice(0, 6), chainKind(r), String(r.chainId), ...c.slice(6)];
-    }),
+    [...head, "KIND", "CHAIN"],
+    rows.map((r) => [...cells(r), chainKind(r), String(r.chainId)]),
   );
 }
 

@@ -136,8 +136,8 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
     "LAST RUN (UTC)",
     "RESULT",
     "LAST SUCCESS (UTC)",
-    "NEWEST BACKUP",
     "NEXT RUN (UTC)",
+    "NEWEST BACKUP",
   ];
   const body = jobs.map((r) => [
     r.job,
@@ -146,12 +146,12 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
       ? `${r.lastRun.status}${r.lastRun.warnings ? ` (${r.lastRun.warnings} warning${r.lastRun.warnings === 1 ? "" : "s"})` : ""}`
       : "-",
     t(r.lastSuccess),
+    r.schedule === null ? "manual" : r.nextRun ? t(r.nextRun) : "never (schedule does not fire)",
     r.newestBackup
       ? r.newestBackup.kind === "full" && r.newestBackup.chainMembers === 1
         ? `${r.newestBackup.id} full`
         : `${r.newestBackup.id} ${r.newestBackup.kind === "full" ? "full" : "incr"} (chain ${r.newestBackup.chainId}, ${r.newestBackup.chainMembers} members)`
       : "-",
-    r.schedule === null ? "manual" : r.nextRun ? t(r.nextRun) : "never (schedule does not fire)",
   ]);
   process.stdout.write(formatTable(head, body));
   for (const r of jobs) {
