@@ -35,7 +35,9 @@ rebuild\` checks them: a manifest whose archive version is missing or differs
 is not listed but reported on stderr, as are later versions at a manifest key.
 --json prints an array of objects with the fields host, job, target, bucket,
 key, versionId, size, sha256, compression, createdAt, retentionMode,
-retainUntil, status, files, keyDerivation, manifestKey, manifestVersionId.
+retainUntil, status, files, keyDerivation, manifestKey, manifestVersionId,
+parent (an incremental's parent archive {key, versionId}; null for a full
+backup).
 `;
 
 export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }): void {
@@ -104,8 +106,8 @@ export async function listFromBucketCommand(ctx: Context, o: ListFromBucketOptio
 function bucketTable(rows: FoundBackup[]): string {
   const head = ["HOST", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
   return formatTable(
-    head,
-    rows.map((r) => [r.host, ...cells(r).slice(1)]),
+    [...head, "KIND"],
+    rows.map((r) => [r.host, ...cells(r).slice(1), r.parent === null ? "full" : "incr"]),
   );
 }
 
