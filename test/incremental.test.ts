@@ -468,6 +468,25 @@ describe("a chain on the in-memory store", () => {
       }
       assert.deepEqual(read(join(dest, tree.slice(1))), trees[i], `point ${i + 1}`);
     }
+    // keepLatestLocked keeps the whole newest chain locked: two days on, verify
+    // extends the newest backup and every member before it as far.
+    clock.t += 2 * DAY;
+    const extended = await runVerify({ config, catalog, targets: { mem: target }, log, now });
+    assert.deepEqual(extended.findings, []);
+    const newestUntil = Date.parse(catalog.backup(third.backupId as number)?.retainUntil ?? "");
+    assert.ok(newestUntil > clock.t + 7 * DAY - 60_000, "the newest backup was extended");
+    for (const r of [first, second]) {
+      const row = catalog.backup(r.backupId as number);
+      assert.ok(
+        Date.parse(row?.retainUntil ?? "") >= newestUntil,
+        `backup ${row?.id} until ${row?.retainUntil}`,
+      );
+      const stored = bucket.versions.find((v) => v.versionId === row?.versionId);
+      assert.ok(
+        (stored?.retention?.retainUntil.getTime() ?? 0) >= newestUntil,
+        "on the server too",
+      );
+    }
     // The second member vanishes: verify names the third point.
     const row2 = catalog.backup(second.backupId as number);
     bucket.versions.splice(
