@@ -327,6 +327,26 @@ ${o.exclude ? `    exclude: ["${o.exclude}"]\n` : ""}`,
     assert.equal(done?.streamed, 1, "big.bin never changed: only the full is read");
     assert.deepEqual(readdirSync(join(to, s.data.slice(1))), ["big.bin"]);
     assert.equal(snapshot(join(to, s.data.slice(1)))["big.bin"], trees[5]?.["big.bin"]);
+    // --list of a point lists exactly what it holds, from every member that holds something.
+    const listed = await cli(s, "restore", "data", "--id", String(r[2]?.id), "--list");
+    assert.equal(listed.code, 0, listed.stderr);
+    const names = listed.stdout
+      .trim()
+      .split("\n")
+      .map(
+        (l) =>
+          l
+            .replace(/ -> .*$/, "")
+            .split(" ")
+            .at(-1) ?? "",
+      )
+      .map((n) => n.replace(/\/$/, "").slice(s.data.length - 1))
+      .filter((n) => n !== "")
+      .sort();
+    const want = Object.keys(trees[2] ?? {})
+      .map((k) => `/${k}`)
+      .sort();
+    assert.deepEqual(names, want);
     assert.equal(r.length, 6);
   });
 

@@ -16,6 +16,7 @@
  */
 import { pipeline } from "node:stream/promises";
 import type { Catalog } from "../catalog/catalog.js";
+import { describeError, StorageError } from "../errors.js";
 import { decoderFor } from "../pipeline/codec.js";
 import { download, RestoreError, whereOf } from "../pipeline/download.js";
 import {
@@ -134,7 +135,19 @@ export async function chainFromBucket(
   const ref = refs.find((b) => b.archiveKey === point.key);
   if (!ref?.manifest) return undefined;
   const archives = await archiveVersions(ms, host, point.job);
-  const m = await manifestOf(ms, { ...ref, manifest: ref.manifest }, archives);
+  let m: Manifest;
+  try {
+    m = await manifestOf(ms, { ...ref, manifest: ref.manifest }, archives);
+  } catch (err) {
+    // The request failed (a wrong master key, the network): the archive's own
+    // download reports it as a restore does. A manifest that was read but is not
+    // believed may hide an incremental: restoring its archive as the whole tree
+    // would silently leave out everything it did not change.
+    if (err instanceof StorageError) return undefined;
+    throw new RestoreError(
+      `${whereOf(point)}: its manifest cannot be used (${describeError(err)}), so whether it is an incremental backup that needs earlier members is not known; it is not restored (--stdout writes its archive alone)`,
+    );
+  }
   if (m.archive.versionId !== point.versionId || m.formatVersion !== INCREMENTAL_FORMAT)
     return undefined;
   const listed = new Map(
