@@ -468,6 +468,38 @@ describe("a chain on the in-memory store", () => {
       }
       assert.deepEqual(read(join(dest, tree.slice(1))), trees[i], `point ${i + 1}`);
     }
+    // A point's index naming an entry its member does not hold is refused, not restored short.
+    {
+      const src = selectFromCatalog(catalog, "t", { id: third.backupId as number });
+      const ms = {
+        reader: target.reader,
+        bucket: bucket.name,
+        prefix: "",
+        masterKey: config.masterKey.reveal(),
+      };
+      const chain = await chainFromCatalog(catalog, src, ms);
+      assert.ok(chain);
+      const ghost = {
+        ...(chain.manifest.files[0] as ManifestFile),
+        path: "not/in/the/archive",
+        member: 0,
+      };
+      const forged = {
+        ...chain,
+        manifest: { ...chain.manifest, files: [...chain.manifest.files, ghost] },
+      };
+      const dest = join(work, "restored-ghost");
+      mkdirSync(dest);
+      await assert.rejects(
+        restoreChain(target.reader, forged, {
+          kind: "extract",
+          dest,
+          overwrite: false,
+          devices: false,
+        }),
+        /lacks 1 of the entries the point's manifest says it holds \(first: not\/in\/the\/archive\)/,
+      );
+    }
     // keepLatestLocked keeps the whole newest chain locked: two days on, verify
     // extends the newest backup and every member before it as far.
     clock.t += 2 * DAY;

@@ -25,6 +25,7 @@ import {
   listTar,
   openExtractSession,
 } from "../pipeline/extract.js";
+import { displayName } from "../pipeline/file-names.js";
 import { HashingCounter } from "../pipeline/hash.js";
 import { chainMismatch, namesByMember } from "../repo/chain.js";
 import { deriveSseKey } from "../repo/keys.js";
@@ -248,11 +249,24 @@ export async function restoreChain(
         failure ??= e;
       });
       const tar = (decode.at(-1) ?? hasher) as NodeJS.ReadableStream;
-      const filter = (name: string) => keep.has(name);
+      const seen = new Set<string>();
+      const filter = (name: string) => {
+        if (!keep.has(name)) return false;
+        seen.add(name);
+        return true;
+      };
       if (session) await session.add(tar, filter);
       else if (mode.kind === "list")
         listed += (await listTar(tar, mode.onEntry, undefined, filter)).listed;
       await piping;
+      // The point's index said this member holds these entries: one it lacks
+      // would be missing from the restore without a word.
+      if (failure === undefined && seen.size < keep.size) {
+        const lacking = [...keep].find((n) => !seen.has(n)) ?? "";
+        failure = new RestoreError(
+          `${whereOf(src)} lacks ${keep.size - seen.size} of the entries the point's manifest says it holds (first: ${displayName(lacking)}): the manifest does not match the chain.${incompleteText(mode)}`,
+        );
+      }
     } catch (err) {
       failure ??= err;
     }
