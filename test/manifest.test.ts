@@ -140,8 +140,8 @@ describe("manifest format", () => {
     assert.throws(() => decodeManifest(gzipSync("[1]")), /format undefined/);
     const m = sample([]) as unknown as Record<string, unknown>;
     assert.throws(
-      () => decodeManifest(gzipSync(JSON.stringify({ ...m, formatVersion: 3 }))),
-      /format 3 is not one/,
+      () => decodeManifest(gzipSync(JSON.stringify({ ...m, formatVersion: 4 }))),
+      /format 4 is not one/,
     );
     assert.throws(
       () => decodeManifest(gzipSync(JSON.stringify({ ...m, archive: { key: 1 } }))),

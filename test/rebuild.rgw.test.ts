@@ -62,7 +62,9 @@ const sse = (key: Buffer) => ({
 
 /** Rows without what a rebuild cannot know (row id, run), in key order. */
 const comparable = (rows: Row[]) =>
-  rows.map(({ id: _i, runId: _r, ...rest }) => rest).sort((a, b) => (a.key < b.key ? -1 : 1));
+  rows
+    .map(({ id: _i, runId: _r, chainId: _c, ...rest }) => rest)
+    .sort((a, b) => (a.key < b.key ? -1 : 1));
 
 const BOGUS_WRITER = "not-the-writer-secret-0000000000000000000";
 

@@ -43,7 +43,7 @@ let n = 0;
 /** Rows as list shows them, without what a rebuild cannot know (the row id and its run). */
 function comparable(rows: BackupRow[]) {
   return rows
-    .map(({ id: _id, runId: _run, ...rest }) => rest)
+    .map(({ id: _id, runId: _run, chainId: _chain, ...rest }) => rest)
     .sort((a, b) => (a.key < b.key ? -1 : 1));
 }
 

@@ -531,7 +531,7 @@ describe("immutd backup --dry-run (CLI)", () => {
     fs.writeFileSync(cfg, text);
     const r = await runCli(["--config", cfg, "status"]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^adhoc\s+never\s+-\s+never\s+manual$/m);
+    assert.match(r.stdout, /^adhoc\s+never\s+-\s+never\s+manual\s+-$/m);
     assert.doesNotMatch(r.stdout, /^files.*manual$/m);
     const check = await runCli(["--config", cfg, "config", "check"]);
     assert.equal(check.code, 0, check.stderr);

@@ -256,6 +256,8 @@ describe("runVerify (memory store)", () => {
       files: 1,
       manifestKey: null,
       manifestVersionId: null,
+      parentId: null,
+      chainId: 1,
     };
     const tc = targetConfig();
     const kind = (status: number | undefined) =>

@@ -80,12 +80,16 @@ export interface NewBackup {
   retainUntil: Date | null;
   status: BackupStatus;
   files: number;
+  /** The backup an incremental builds on (src/repo/chain.ts); absent or null for a full backup. */
+  parentId?: number | null;
 }
 
 /** A backup rebuilt from its manifest (src/catalog/rebuild.ts): no run, since runs live only in the catalog. */
 export type ImportedBackup = Omit<NewBackup, "runId"> & {
   manifestKey: string;
   manifestVersionId: string;
+  /** An incremental's parent archive as its manifest names it; linked to that backup's row once both are imported. */
+  parent?: { key: string; versionId: string } | null;
 };
 
 /** A backup as shown to people and scripts: everything but the key. */
@@ -112,6 +116,10 @@ export interface BackupRow {
   tiers?: string | null;
   /** The immutd-keep tag immutd set on it ("weekly-8"); null: none set (made without a policy, or tagging failed). */
   keepTag?: string | null;
+  /** The backup this incremental builds on; null for a full backup (every backup before chains). */
+  parentId: number | null;
+  /** The id of its chain's full backup (its own for a full). */
+  chainId: number;
 }
 
 /** Warnings stored per run; the count in runs.warnings is always complete. */
@@ -262,6 +270,17 @@ const MIGRATIONS: string[] = [
   ALTER TABLE backups ADD COLUMN tiers TEXT;
   ALTER TABLE backups ADD COLUMN keep_tag TEXT;
   `,
+  // 7: incremental backups (src/repo/chain.ts): the backup each builds on. NULL,
+  // a full backup, for every row before: old catalogs hold only full backups.
+  `
+  ALTER TABLE backups ADD COLUMN parent_id INTEGER REFERENCES backups (id);
+  ALTER TABLE backups ADD COLUMN chain_id INTEGER;
+  CREATE INDEX backups_parent ON backups (parent_id);
+  CREATE TABLE IF NOT EXISTS run_parents (
+    run_id    INTEGER PRIMARY KEY REFERENCES runs (id),
+    parent_id INTEGER NOT NULL
+  );
+  `,
 ];
 
 const RUN_COLUMNS = `id, job, target, object_key AS objectKey, upload_id AS uploadId, started_at AS startedAt,
@@ -297,7 +316,8 @@ function unreconciled(row: { status: RunStatus; error: string | null }): boolean
 const BACKUP_COLUMNS = `id, run_id AS runId, job, target, bucket, object_key AS key, version_id AS versionId,
   size, sha256, compression, created_at AS createdAt, retention_mode AS retentionMode,
   retain_until AS retainUntil, status, files, manifest_key AS manifestKey,
-  manifest_version_id AS manifestVersionId, tiers, keep_tag AS keepTag`;
+  manifest_version_id AS manifestVersionId, tiers, keep_tag AS keepTag, parent_id AS parentId,
+  coalesce(chain_id, id) AS chainId`;
 
 /**
  * The runs this process started, as "catalog path#run id". A run is only
@@ -642,6 +662,25 @@ export class Catalog {
     }
   }
 
+  /**
+   * Records that a run is an incremental on `parentId`, before its upload: a
+   * version crash recovery finds at its key is then recorded with that parent
+   * (an incremental's archive alone is not the tree).
+   */
+  setRunParent(runId: number, parentId: number): void {
+    this.db
+      .prepare(`INSERT OR REPLACE INTO run_parents (run_id, parent_id) VALUES (?, ?)`)
+      .run(runId, parentId);
+  }
+
+  /** The parent setRunParent recorded, or null for a full backup's run. */
+  runParent(runId: number): number | null {
+    const row = this.db
+      .prepare(`SELECT parent_id AS p FROM run_parents WHERE run_id = ?`)
+      .get(runId) as { p: number | null } | undefined;
+    return row?.p ?? null;
+  }
+
   setUploadId(runId: number, uploadId: string): void {
     this.db.prepare(`UPDATE runs SET upload_id = ? WHERE id = ?`).run(uploadId, runId);
   }
@@ -777,6 +816,25 @@ export class Catalog {
           manifest.run(b.manifestKey, b.manifestVersionId, Number(info.lastInsertRowid));
           added++;
         }
+        // Chains: each incremental's parent, once every row is in (a parent is found
+        // by its bucket, key and version; one not imported leaves the link NULL
+        // and the chain broken, which restore and verify report).
+        const parentOf = this.db.prepare(
+          `SELECT id FROM backups WHERE bucket = ? AND object_key = ? AND version_id = ?`,
+        );
+        const link = this.db.prepare(
+          `UPDATE backups SET parent_id = ?, chain_id = (SELECT coalesce(chain_id, id) FROM backups WHERE id = ?)
+           WHERE bucket = ? AND object_key = ? AND version_id = ? AND parent_id IS NULL`,
+        );
+        // Oldest first, so a parent's own chain is linked before its children take it.
+        const byAge = [...rows].sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime());
+        for (const b of byAge) {
+          if (!b.parent) continue;
+          const p = parentOf.get(b.bucket, b.parent.key, b.parent.versionId) as
+            | { id: number }
+            | undefined;
+          if (p) link.run(p.id, p.id, b.bucket, b.key, b.versionId);
+        }
         return added;
       })
       .immediate();
@@ -798,8 +856,10 @@ export class Catalog {
     return this.db
       .prepare(
         `INSERT INTO backups (run_id, job, target, bucket, object_key, version_id, size, sha256, compression,
-           sse_key, key_derivation, created_at, retention_mode, retain_until, status, files)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ${onConflict}`,
+           sse_key, key_derivation, created_at, retention_mode, retain_until, status, files, parent_id,
+           chain_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+           (SELECT coalesce(chain_id, id) FROM backups WHERE id = ?)) ${onConflict}`,
       )
       .run(
         b.runId,
@@ -818,6 +878,8 @@ export class Catalog {
         b.retainUntil?.toISOString() ?? null,
         b.status,
         b.files,
+        b.parentId ?? null,
+        b.parentId ?? null,
       );
   }
 

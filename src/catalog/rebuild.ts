@@ -71,6 +71,8 @@ export interface FoundBackup {
   keyDerivation: string;
   manifestKey: string;
   manifestVersionId: string;
+  /** An incremental's parent archive (src/repo/chain.ts), as its manifest names it; null for a full backup. */
+  parent: { key: string; versionId: string } | null;
 }
 
 export interface ScanNote {
@@ -281,6 +283,7 @@ async function check(
     keyDerivation: doc.encryption.keyDerivation,
     manifestKey: m.key,
     manifestVersionId: m.version.versionId,
+    parent: doc.parent ? { key: doc.parent.key, versionId: doc.parent.versionId } : null,
   };
 }
 
@@ -327,5 +330,6 @@ export function toImported(b: FoundBackup, masterKey: Buffer): ImportedBackup {
     files: b.files,
     manifestKey: b.manifestKey,
     manifestVersionId: b.manifestVersionId,
+    parent: b.parent,
   };
 }

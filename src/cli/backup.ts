@@ -39,6 +39,12 @@ run is recorded as interrupted; a second signal more than 1 s later exits at
 once (signals within 1 s, as timeout(1) sends them to the process group, are
 one request).
 
+A job with incremental: { fullEvery } archives only the entries that changed
+since its previous backup (README "Incremental backups"); the log says for
+each run whether it is full or incremental, and why a full one is full (first
+backup, chain at fullEvery, a missing or corrupt member or manifest, changed
+paths or excludes, a member's lock that could not be extended).
+
 A job that is already running (in the daemon, or another immutd backup) is
 not started twice. A job without schedule (manual only) runs here like any other.
 

@@ -24,11 +24,15 @@ yearly; "-" none or no policy) and EXPIRES the earliest date the bucket's
 lifecycle rules remove it (see \`immutd plan\`): "kept (newest)" while
 keepLatestLocked keeps a job's newest backup locked, "never (no tag)" for a
 backup without an immutd-keep tag.
-Key material is never shown. --json prints an array of objects with the fields
-id, job, target, bucket, key, versionId, size, sha256, compression,
-createdAt, retainUntil, retentionMode, status, files, runId, manifestKey,
-manifestVersionId (null for a backup without a manifest), tiers ("daily,weekly";
-"" none; null before tiers), keepTag, expiresAfter (ISO date or null).
+KIND is full or incr: an incremental backup (the job's incremental: option)
+holds only what changed since the backup before it, and restoring it reads
+every earlier member of its chain; CHAIN is the id of the chain's full
+backup. Key material is never shown. --json prints an array of objects with
+the fields id, job, target, bucket, key, versionId, size, sha256,
+compression, createdAt, retainUntil, retentionMode, status, files, runId,
+manifestKey, manifestVersionId (null for a backup without a manifest), tiers
+("daily,weekly"; "" none; null before tiers), keepTag, expiresAfter (ISO date
+or null), parentId (null for a full backup) and chainId.
 
 --from-bucket lists what the bucket holds instead, from the manifests, with
 the reader credential and the master key; the catalog is not opened, so this
@@ -39,7 +43,9 @@ rebuild\` checks them: a manifest whose archive version is missing or differs
 is not listed but reported on stderr, as are later versions at a manifest key.
 --json prints an array of objects with the fields host, job, target, bucket,
 key, versionId, size, sha256, compression, createdAt, retentionMode,
-retainUntil, status, files, keyDerivation, manifestKey, manifestVersionId.
+retainUntil, status, files, keyDerivation, manifestKey, manifestVersionId,
+parent (an incremental's parent archive {key, versionId}; null for a full
+backup).
 `;
 
 export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }): void {
@@ -67,12 +73,18 @@ export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }
 const HEAD = ["ID", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
 
 function table(rows: BackupRow[], expires: Map<number, { cell: string }>): string {
-  const head = [...HEAD, "TIERS", "EXPIRES"];
+  const head = [...HEAD, "TIERS", "EXPIRES", "KIND", "CHAIN"];
   return formatTable(
     head,
     rows.map((r) => {
       const c = cells(r);
-      return [...c, r.tiers || "-", expires.get(r.id)?.cell ?? "-"];
+      return [
+        ...c,
+        r.tiers || "-",
+        expires.get(r.id)?.cell ?? "-",
+        chainKind(r),
+        String(r.chainId),
+      ];
     }),
   );
 }
@@ -100,6 +112,11 @@ function expiryCells(
     });
   }
   return out;
+}
+
+/** full, or incr (an incremental: restoring it needs every earlier member of its chain). */
+function chainKind(r: Pick<BackupRow, "parentId">): string {
+  return r.parentId === null ? "full" : "incr";
 }
 
 export interface ListFromBucketOptions {
@@ -134,8 +151,8 @@ export async function listFromBucketCommand(ctx: Context, o: ListFromBucketOptio
 function bucketTable(rows: FoundBackup[]): string {
   const head = ["HOST", "JOB", "CREATED (UTC)", "SIZE", "LOCKED UNTIL", "STATUS", "KEY", "VERSION"];
   return formatTable(
-    head,
-    rows.map((r) => [r.host, ...cells(r).slice(1)]),
+    [...head, "KIND"],
+    rows.map((r) => [r.host, ...cells(r).slice(1), r.parent === null ? "full" : "incr"]),
   );
 }
 

@@ -10,6 +10,12 @@ import {
   manifestCacheDir,
   manifestOf,
 } from "../flows/browse.js";
+import {
+  type ChainSource,
+  chainFromBucket,
+  chainFromCatalog,
+  restoreChain,
+} from "../flows/chain-restore.js";
 import { restoreRanges } from "../flows/ranged.js";
 import {
   type RestoreMode,
@@ -80,6 +86,17 @@ An age-encrypted backup (encryption: age or both) needs --identity FILE, an
 age identity file of one of its recipients, or the job's
 encryption.identityFile; a wrong identity fails before anything is written
 (exit 3). Without immutd: age -d -i FILE < archive | zstd -d | tar -x.
+
+Incremental backups (the job's incremental: option): restoring any point of
+a chain streams the chain's full backup and then each incremental up to
+that point, each once, and writes from each only the entries the point's
+index takes from it, so deleted files, old names of renamed ones and
+replaced types never appear. --include downloads only the members that
+hold a selected entry. Every member's size and SHA-256 are checked; a
+missing member makes the points after it unrestorable (exit 3, naming it).
+--from-bucket checks the chain against every member's manifest. --stdout
+writes only the named backup's own archive (for an incremental: the
+entries that changed in that run).
 
 Exactly one of:
   --to DIR    extract into DIR (created if missing; must be empty unless
@@ -162,8 +179,9 @@ export async function restoreCommand(
       : undefined;
     const listed: TarEntryInfo[] = [];
     const { mode, dest } = outputMode(o, listed);
+    const chain = mode.kind === "raw" ? undefined : await chainOf(ctx, target, src, o);
     const manifest =
-      mode.kind === "extract" && o.include?.length && !o.wholeArchive
+      !chain && mode.kind === "extract" && o.include?.length && !o.wholeArchive
         ? await rangedManifest(ctx, target, src, o.host ?? ctx.config.host)
         : undefined;
     await withStopSignals(ctx, async (signal) => {
@@ -200,12 +218,14 @@ export async function restoreCommand(
             ),
         };
         const s =
-          manifest && mode.kind === "extract" && o.include
-            ? await restoreRanges(target.reader, src, manifest, mode, {
-                ...opts,
-                include: o.include,
-              })
-            : await restore(target.reader, src, mode, opts);
+          chain && mode.kind !== "raw"
+            ? await restoreChain(target.reader, chain, mode, opts)
+            : manifest && mode.kind === "extract" && o.include
+              ? await restoreRanges(target.reader, src, manifest, mode, {
+                  ...opts,
+                  include: o.include,
+                })
+              : await restore(target.reader, src, mode, opts);
         progress.clear();
         report(ctx, src, s, dest, manifest !== undefined, mode.kind === "raw", o.json === true);
         if (o.json)
@@ -332,6 +352,31 @@ async function rangedManifest(
   }
 }
 
+/** The chain an incremental backup needs (src/flows/chain-restore.ts); undefined for a full backup. */
+async function chainOf(
+  ctx: Context,
+  target: ReturnType<typeof openTarget>,
+  src: RestoreSource,
+  o: RestoreCliOptions,
+): Promise<ChainSource | undefined> {
+  const ms: ManifestSource = {
+    reader: target.reader,
+    bucket: target.bucket,
+    prefix: target.prefix,
+    masterKey: ctx.config.masterKey.reveal(),
+    cacheDir: manifestCacheDir(ctx.config.catalog),
+  };
+  const chain = o.fromBucket
+    ? await chainFromBucket(ms, src, o.host ?? ctx.config.host)
+    : await chainFromCatalog(ctx.catalog(), src, ms);
+  if (chain)
+    ctx.log.info(
+      { job: src.job, key: src.key, members: chain.members.length },
+      "incremental backup: restoring its chain's members in order",
+    );
+  return chain;
+}
+
 /** Installs the SIGINT/SIGTERM handlers for one restore and runs it with their abort signal. */
 async function withStopSignals(
   ctx: Context,
@@ -442,7 +487,7 @@ function restoreDocument(
 function report(
   ctx: Context,
   src: RestoreSource,
-  s: RestoreSummary & { ranges?: number },
+  s: RestoreSummary & { ranges?: number; streamed?: number; members?: number },
   dest: string | undefined,
   ranged: boolean,
   raw: boolean,
@@ -457,6 +502,7 @@ function report(
       bytes: s.bytes,
       ...(s.sha256 ? { sha256: s.sha256 } : {}),
       ...(s.ranges !== undefined ? { ranges: s.ranges } : {}),
+      ...(s.members !== undefined ? { members: s.members, streamed: s.streamed } : {}),
       durationMs: s.durationMs,
       ...(r
         ? {
@@ -477,9 +523,17 @@ function report(
     : s.listed !== undefined
       ? `${plural(s.listed, "entry", "entries")} listed`
       : `${formatBytes(s.bytes)} written to stdout`;
-  const integrity = ranged
-    ? `read ${formatBytes(s.bytes)} in ${s.ranges} ranges; headers checked against the manifest, whole-archive SHA-256 not checked (immutd verify does)`
-    : `SHA-256 ${src.sha256 ? "verified" : "not recorded (from bucket), size verified"}`;
+  const members = s.members;
+  const chained =
+    members !== undefined
+      ? `${s.streamed ?? 0} of the chain's ${members} members read, each one's size and SHA-256 verified`
+      : "";
+  const integrity =
+    members !== undefined
+      ? chained
+      : ranged
+        ? `read ${formatBytes(s.bytes)} in ${s.ranges} ranges; headers checked against the manifest, whole-archive SHA-256 not checked (immutd verify does)`
+        : `SHA-256 ${src.sha256 ? "verified" : "not recorded (from bucket), size verified"}`;
   (raw ? process.stderr : process.stdout).write(
     `restored ${src.job} from ${src.createdAt.toISOString()} (version ${src.versionId}): ${what} in ${formatDuration(s.durationMs)}; ${integrity}\n`,
   );

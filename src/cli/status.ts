@@ -10,8 +10,9 @@ export const statusHelp = `
 Shows whether the daemon runs (its pid, from its lock file, checked against
 the process), the last verification (when, and its findings by kind) and the
 next one, and each job's last run (when, result with its count of warnings,
-error), its last success and its next scheduled run, from the catalog and the
-config. --json for scripts. A read-only catalog (a mounted copy) is shown as it is.
+error), its last success, its newest backup (full, or incr with its chain:
+the id of the chain's full backup and how many members the chain has) and
+its next scheduled run, from the catalog and the config. --json for scripts. A read-only catalog (a mounted copy) is shown as it is.
 `;
 
 /** The last verification of one kind, as status shows it. */
@@ -70,6 +71,8 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
   };
   const jobs = cfg.jobs.map((job) => {
     const { lastRun, lastSuccess } = catalog.jobSummary(job.name);
+    const backups = catalog.listBackups({ job: job.name });
+    const newest = backups.at(-1);
     return {
       job: job.name,
       schedule: job.schedule ?? null,
@@ -83,6 +86,14 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
           }
         : null,
       lastSuccess: lastSuccess?.startedAt ?? null,
+      newestBackup: newest
+        ? {
+            id: newest.id,
+            kind: newest.parentId === null ? "full" : "incremental",
+            chainId: newest.chainId,
+            chainMembers: backups.filter((b) => b.chainId === newest.chainId).length,
+          }
+        : null,
       nextRun: nextRun(job, now)?.toISOString() ?? null,
     };
   });
@@ -121,7 +132,14 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
       out.push(`next deep verify: ${scheduled(verify.nextDeep, verify.deepSchedule)}`);
   }
   process.stdout.write(`${out.join("\n")}\n\n`);
-  const head = ["JOB", "LAST RUN (UTC)", "RESULT", "LAST SUCCESS (UTC)", "NEXT RUN (UTC)"];
+  const head = [
+    "JOB",
+    "LAST RUN (UTC)",
+    "RESULT",
+    "LAST SUCCESS (UTC)",
+    "NEXT RUN (UTC)",
+    "NEWEST BACKUP",
+  ];
   const body = jobs.map((r) => [
     r.job,
     t(r.lastRun?.startedAt),
@@ -130,6 +148,11 @@ export function statusCommand(ctx: Context, opts: { json?: boolean }): void {
       : "-",
     t(r.lastSuccess),
     r.schedule === null ? "manual" : r.nextRun ? t(r.nextRun) : "never (schedule does not fire)",
+    r.newestBackup
+      ? r.newestBackup.kind === "full" && r.newestBackup.chainMembers === 1
+        ? `${r.newestBackup.id} full`
+        : `${r.newestBackup.id} ${r.newestBackup.kind === "full" ? "full" : "incr"} (chain ${r.newestBackup.chainId}, ${r.newestBackup.chainMembers} members)`
+      : "-",
   ]);
   process.stdout.write(formatTable(head, body));
   for (const r of jobs) {

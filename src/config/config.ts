@@ -266,6 +266,16 @@ export interface JobConfig {
   encryption?: EncryptionConfig;
   /** This job's keep policy; unset: its target's `keep`, if any (keepPolicyOf). */
   keep?: KeepPolicy;
+  /** Incremental backups in chains (src/repo/chain.ts); unset: every run is a full backup. */
+  incremental?: IncrementalConfig;
+}
+
+/**
+ * When a chain ends and the next run is a full backup again: after `runs`
+ * members (the full included), or once the chain's full is `ms` old.
+ */
+export interface IncrementalConfig {
+  fullEvery: { runs?: number; ms?: number; text: string };
 }
 
 export interface Config {
@@ -517,7 +527,28 @@ const jobSchema = z.strictObject({
   notify: z.array(notifySchema).default([]),
   encryption: encryptionSchema.optional(),
   keep: keepSchema.optional(),
+  incremental: z
+    .strictObject({
+      fullEvery: z.union([
+        z.number().int().min(1).max(10_000),
+        z
+          .string()
+          .regex(
+            /^[1-9]\d{0,4}[hdw]$/,
+            'must be a count of runs or a duration such as "7d", "36h", "2w"',
+          ),
+      ]),
+    })
+    .transform((i): IncrementalConfig => ({ fullEvery: fullEvery(i.fullEvery) }))
+    .optional(),
 });
+
+/** incremental.fullEvery: a count of runs per chain, or the age ("7d", "36h", "2w") at which a chain's full is renewed. */
+function fullEvery(v: number | string): IncrementalConfig["fullEvery"] {
+  if (typeof v === "number") return { runs: v, text: String(v) };
+  const unit = { h: 3_600_000, d: 86_400_000, w: 604_800_000 }[v.slice(-1) as "h" | "d" | "w"];
+  return { ms: Number(v.slice(0, -1)) * unit, text: v };
+}
 
 const configSchema = z
   .strictObject({
@@ -620,6 +651,19 @@ const configSchema = z
           code: "custom",
           path: ["jobs", i, "target"],
           message: `target "${short(job.target)}" is not defined under targets (defined: ${defined || "none"})`,
+        });
+      } else if (
+        job.incremental &&
+        (job.encryption ?? cfg.targets[job.target]?.encryption)?.scheme !== undefined &&
+        (job.encryption ?? cfg.targets[job.target]?.encryption)?.scheme !== "sse-c"
+      ) {
+        // The next incremental compares the walk with the parent's file index, which
+        // age seals from the host: it would have to keep that index itself, and a
+        // host that keeps the names of old files is what age is there to prevent.
+        ctx.addIssue({
+          code: "custom",
+          path: ["jobs", i, "incremental"],
+          message: `cannot be combined with encryption scheme ${(job.encryption ?? cfg.targets[job.target]?.encryption)?.scheme}: the host cannot read the sealed file index an incremental compares against; remove incremental (every run a full backup) or use sse-c`,
         });
       } else if (cfg.targets[job.target]?.credentials.writer === undefined) {
         ctx.addIssue({
@@ -1023,7 +1067,7 @@ function masterKeyOf(
 
 function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
   return cfg.jobs.map((j, i) => {
-    const { hooks, timezone, schedule, excludeFrom, encryption, keep, ...rest } = j;
+    const { hooks, timezone, schedule, excludeFrom, encryption, keep, incremental, ...rest } = j;
     const at = src.at(["jobs", i, "excludeFrom"]);
     return {
       ...rest,
@@ -1035,6 +1079,7 @@ function resolveJobs(cfg: Parsed, src: Source): JobConfig[] {
       ...(timezone !== undefined ? { timezone } : {}),
       ...(hooks !== undefined ? { hooks: definedOnly(hooks) } : {}),
       ...(keep !== undefined ? { keep: definedOnly(keep) } : {}),
+      ...(incremental !== undefined ? { incremental } : {}),
       commands: j.commands.map((c) => definedOnly(c)),
       ...(encryption !== undefined ? { encryption: resolveEncryption(encryption) } : {}),
     };

@@ -163,6 +163,7 @@ async function recoverRun(
       retainUntil: retention?.retainUntil ?? null,
       status: "unverified",
       files: 0,
+      parentId: catalog.runParent(run.id),
     });
     if (backupId === undefined) continue; // already in the catalog (the run recorded it before it died)
     ids.push(v.versionId);

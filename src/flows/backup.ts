@@ -35,7 +35,13 @@ import { HashingCounter } from "../pipeline/hash.js";
 import { runStages, type Streamed } from "../pipeline/index.js";
 import { s3Sink } from "../pipeline/sink.js";
 import { sealIndex } from "../repo/age-manifest.js";
-import { encodeManifest, MANIFEST_FORMAT, type Manifest, ManifestIndex } from "../repo/manifest.js";
+import {
+  encodeManifest,
+  INCREMENTAL_FORMAT,
+  MANIFEST_FORMAT,
+  type Manifest,
+  ManifestIndex,
+} from "../repo/manifest.js";
 import { manifestKey, objectKey } from "../repo/naming.js";
 import {
   configuredLock,
@@ -50,6 +56,7 @@ import { withReadFallback } from "../store/fallback.js";
 import { retry } from "../store/retry.js";
 import type { BucketLockState, Retention, Target } from "../store/store.js";
 import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
+import { type ChainStep, chainStep, extendMembers } from "./incremental.js";
 
 /** Restore hashes what it downloads with the same stage. */
 export { HashingCounter } from "../pipeline/hash.js";
@@ -98,6 +105,12 @@ export interface BackupResult {
   durationMs: number;
   retainUntil?: Date;
   error?: string;
+  /** Full or incremental (src/flows/incremental.ts), known once the run got that far. */
+  kind?: "full" | "incremental";
+  /** Why a full backup, when incremental backups are configured or the chain could not go on. */
+  fullReason?: string;
+  /** An incremental's parent backup and how many entries it archived and carried over. */
+  incremental?: { parentId: number; changed: number; unchanged: number };
 }
 
 /** Attempts of each retention call right after an upload, where providers may lag (250 ms doubling: ~8 s). */
@@ -153,7 +166,10 @@ interface Run {
   readonly jlog: Logger;
   readonly warnings: ArchiveWarning[];
   readonly progress: BackupProgress;
-  readonly base: Pick<BackupResult, "job" | "runId" | "key" | "backupId" | "versionId">;
+  readonly base: Pick<
+    BackupResult,
+    "job" | "runId" | "key" | "backupId" | "versionId" | "kind" | "fullReason" | "incremental"
+  >;
   /**
    * Set once the upload's first request is sent: from then on the server may hold
    * a version at the key even if this process never hears of it.
@@ -167,6 +183,7 @@ interface Run {
 interface Uploaded extends Streamed {
   cipher: Cipher;
   index: ManifestIndex;
+  chain: ChainStep;
 }
 
 /** The recorded and locked version. */
@@ -262,6 +279,31 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
     encryptionOf(job, deps.targetConfig),
   );
   const index = new ManifestIndex();
+  const chain = await chainStep(job, jobWalk(job, catalog.path), index, {
+    catalog,
+    target,
+    targetConfig: deps.targetConfig,
+    masterKey: config.masterKey.reveal(),
+    host: config.host,
+    now: run.now(),
+  });
+  if (chain.kind === "incremental")
+    jlog.info(
+      {
+        kind: "incremental",
+        parentId: chain.parentRow?.id,
+        parent: chain.parentRow?.key,
+        members: chain.members?.length,
+      },
+      "incremental backup: only entries changed since the previous backup are archived",
+    );
+  else if (job.incremental)
+    jlog.info({ kind: "full", reason: chain.reason }, `full backup: ${chain.reason}`);
+  else jlog.debug({ kind: "full", reason: chain.reason }, "full backup");
+  run.base.kind = chain.kind;
+  if (chain.parentRow) catalog.setRunParent(runId, chain.parentRow.id);
+  if (chain.kind === "full" && job.incremental && chain.reason) run.base.fullReason = chain.reason;
+  deps.signal?.throwIfAborted();
   const archive = createArchive({
     ...jobWalk(
       job,
@@ -281,6 +323,7 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
       index.add(e);
       progress.current = e.name;
     },
+    ...(chain.plan ? { plan: chain.plan } : {}),
   });
   const hash = new HashingCounter((n) => {
     progress.bytes = n;
@@ -313,7 +356,13 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
   });
   progress.files = streamed.walk.files;
   jlog.debug({ versionId: streamed.versionId, uploadId }, "upload complete");
-  return { ...streamed, cipher, index };
+  if (chain.plan && chain.parentRow)
+    run.base.incremental = {
+      parentId: chain.parentRow.id,
+      changed: chain.plan.counts.changed,
+      unchanged: chain.plan.counts.unchanged,
+    };
+  return { ...streamed, cipher, index, chain };
 }
 
 /** A walk warning: kept for the catalog, logged one by one up to LOGGED_WARNINGS. */
@@ -350,17 +399,36 @@ async function recordVersion(run: Run, u: Uploaded): Promise<Stored> {
     retainUntil: null,
     status: "unlocked",
     files: u.walk.files,
+    parentId: u.chain.parentRow?.id ?? null,
   });
   // A run that fails from here on still names its version (hooks get IMMUTD_VERSION_ID).
   run.base.backupId = backupId;
   run.base.versionId = u.versionId;
   const { lock, wanted } = await lockVersion(run, backupId, u.versionId);
   const size = await checkStoredSize(run, backupId, u);
-  return {
-    backupId,
-    retention: lockedAsConfigured(run, backupId, u.versionId, lock, wanted),
-    size,
-  };
+  const retention = lockedAsConfigured(run, backupId, u.versionId, lock, wanted);
+  await extendChain(run, u, retention);
+  return { backupId, retention, size };
+}
+
+/**
+ * An incremental is worthless without the members before it: each gets a
+ * retain-until no earlier than the new member's (extend only). A failure is
+ * a warning of the run (the new member is stored and locked); verify reports
+ * the member locked shorter than the points that need it until it is fixed.
+ */
+async function extendChain(run: Run, u: Uploaded, retention: Retention): Promise<void> {
+  const members = u.chain.members;
+  if (!members?.length) return;
+  const problem = await extendMembers(members, retention, {
+    catalog: run.deps.catalog,
+    target: run.deps.target,
+    now: run.now(),
+  });
+  if (!problem) return;
+  const message = `the earlier members of the chain could not all be locked until ${retention.retainUntil.toISOString()} with the new backup: ${problem}; \`immutd verify\` reports the chain until they are`;
+  run.warnings.push({ path: `s3://${run.deps.target.bucket}/${members[0]?.key ?? ""}`, message });
+  run.jlog.warn(message);
 }
 
 /**
@@ -463,8 +531,9 @@ function versionName(run: Run, versionId: string): string {
 async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupResult> {
   const { job, deps, key, warnings } = run;
   const { backupId, retention } = stored;
+  const chain = u.chain;
   const manifestProblem = await writeManifest(deps, u.cipher, backupId, retention, run.keep?.tag, {
-    formatVersion: MANIFEST_FORMAT,
+    formatVersion: chain.kind === "incremental" ? INCREMENTAL_FORMAT : MANIFEST_FORMAT,
     host: deps.config.host,
     job: job.name,
     createdAt: run.started.toISOString(),
@@ -477,7 +546,16 @@ async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupR
     },
     encryption: { scheme: u.cipher.scheme, keyDerivation: u.cipher.keyDerivation },
     // sealIndex (in writeManifest) adds the recipients and encrypts `files` for age.
-    parent: null,
+    parent:
+      chain.kind === "incremental" && chain.parentRow
+        ? {
+            key: chain.parentRow.key,
+            versionId: chain.parentRow.versionId,
+            manifestVersionId: chain.parentRow.manifestVersionId as string,
+          }
+        : null,
+    ...(chain.kind === "incremental" && chain.chain ? { chain: chain.chain } : {}),
+    walk: chain.walk,
     schedule: job.schedule ?? null,
     ...(job.timezone !== undefined ? { timezone: job.timezone } : {}),
     files: u.index.files,
@@ -504,6 +582,8 @@ async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupR
       sha256,
       retentionMode: retention.mode,
       retainUntil: retainUntil.toISOString(),
+      kind: chain.kind,
+      ...(run.base.incremental ? run.base.incremental : {}),
     },
     "backup succeeded",
   );

@@ -80,7 +80,11 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
       );
   } else {
     const good = rows.filter(
-      (r) => r.status === "ok" && (!sel.at || Date.parse(r.createdAt) <= sel.at.getTime()),
+      (r) =>
+        r.status === "ok" &&
+        // An incremental is a restore point only with its manifest (src/flows/chain-restore.ts).
+        (r.parentId === null || r.manifestVersionId !== null) &&
+        (!sel.at || Date.parse(r.createdAt) <= sel.at.getTime()),
     );
     row = good.at(-1);
     if (!row) {
@@ -91,6 +95,14 @@ export function selectFromCatalog(catalog: Catalog, job: string, sel: Selector):
       );
     }
   }
+  return sourceOfRow(catalog, row);
+}
+
+/** A catalog row as a RestoreSource, with its key from the catalog. */
+export function sourceOfRow(
+  catalog: Catalog,
+  row: ReturnType<Catalog["listBackups"]>[number],
+): RestoreSource {
   const stored = catalog.backupKey(row.id);
   if (!stored) throw new UsageError(`backup ${row.id} has no key in the catalog`);
   const sseKey = storedSseKey(stored);

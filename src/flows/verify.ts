@@ -29,6 +29,7 @@ import { CancelledError, describeError, explainReadRefusal, StorageError } from 
 import type { Logger } from "../log.js";
 import type { AgeIdentity } from "../pipeline/age.js";
 import { isAgeEncrypted, schemeOf, sseKeyFor, storedSseKey } from "../pipeline/cipher.js";
+import { type ChainNode, chainOf, pointsBrokenBy } from "../repo/chain.js";
 import { KEY_DERIVATION } from "../repo/keys.js";
 import { decodeManifest, manifestMismatch } from "../repo/manifest.js";
 import {
@@ -46,6 +47,7 @@ import { isRefused, withReadFallback } from "../store/fallback.js";
 import { mapLimit } from "../store/parallel.js";
 import { RetryPolicy, retry, withSignal } from "../store/retry.js";
 import type { BucketLockState, ObjectStore, Retention, Target } from "../store/store.js";
+import { extendMembers } from "./incremental.js";
 import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
 import {
   checkKeepTag,
@@ -86,6 +88,12 @@ export type FindingKind =
   | "check-failed"
   /** keepLatestLocked could not extend the newest backup's retention. */
   | "lock-extension-failed"
+  /**
+   * A member of an incremental chain (src/repo/chain.ts) is missing, corrupt,
+   * unlocked, or locked shorter than a later member that needs it: the message
+   * names every restore point it breaks.
+   */
+  | "chain-broken"
   /**
    * A warning, not a finding: a delete marker is the latest version of a
    * backup's key. Someone with write access hid it; the pinned version is still
@@ -302,6 +310,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   for (const w of await hiddenBackups(due, config, deps.targets, c.notes)) c.warn(w);
   const deepChecked = deps.deep ? await deepChecks(deps, scope, c) : [];
   const extensions = await extendPhase(deps, now, c);
+  for (const f of chainFindings(deps, due)) c.report(f);
   const finished = now();
   const result: VerifyReport = {
     startedAt: started.toISOString(),
@@ -526,6 +535,53 @@ async function extendPhase(
     });
   }
   return extensions;
+}
+
+/**
+ * Chains: a member that is missing, corrupt or unlocked (as this run found
+ * it), or locked shorter than a later member of its chain, breaks every
+ * restore point built on it; one finding per such member names them all.
+ * Members without later points are left to their own findings.
+ */
+function chainFindings({ config, catalog, job }: VerifyDeps, due: readonly BackupRow[]): Finding[] {
+  const out: Finding[] = [];
+  const dueIds = new Set(due.map((r) => r.id));
+  const all = catalog.listBackups(job !== undefined ? { job } : {});
+  const byId = new Map<number, BackupRow>(all.map((r) => [r.id, r]));
+  const nodes = all as ChainNode[];
+  for (const m of all) {
+    if (!dueIds.has(m.id)) continue;
+    const points = pointsBrokenBy(m, nodes).filter((p) => p.id !== m.id);
+    if (points.length === 0) continue;
+    let why: string | undefined;
+    if (m.status === "missing" || m.status === "corrupt" || m.status === "unlocked")
+      why = `is ${m.status}`;
+    else {
+      const until = m.retainUntil === null ? 0 : Date.parse(m.retainUntil);
+      const needed = Math.max(
+        ...points.map((p) => {
+          const r = byId.get(p.id);
+          return r?.retainUntil ? Date.parse(r.retainUntil) : 0;
+        }),
+      );
+      if (until + TOLERANCE_MS < needed)
+        why = `is locked until ${m.retainUntil ?? "never"}, before the later members that need it (until ${new Date(needed).toISOString()})`;
+    }
+    if (!why) continue;
+    const named = points.map((p) => `${p.key} (backup ${p.id}, ${p.createdAt})`).join(", ");
+    const chain = chainOf(m, byId as ReadonlyMap<number, ChainNode>);
+    out.push({
+      kind: "chain-broken",
+      target: m.target,
+      bucket: config.targets[m.target]?.bucket ?? m.bucket,
+      job: m.job,
+      key: m.key,
+      versionId: m.versionId,
+      backupId: m.id,
+      message: `chain member s3://${m.bucket}/${m.key} version ${m.versionId} (backup ${m.id}, member ${chain?.length ?? "?"} of chain ${m.chainId}) ${why}: ${points.length} later restore point${points.length === 1 ? "" : "s"} cannot be restored: ${named}`,
+    });
+  }
+  return out;
 }
 
 /** Records the run in the catalog and logs its notes and summary. */
@@ -1270,12 +1326,56 @@ export async function extendLatestLocks(deps: ExtendDeps): Promise<LockExtension
     if (!tc || !target || tc.bucket !== row.bucket) continue;
     const e = await extendOne(row, tc, target, catalog, now(), deps.signal);
     out.push(e);
+    const chained = await extendChainOf(row, e, tc, target, catalog, now());
+    if (chained) out.push(chained);
     const fields = { job: e.job, key: e.key, versionId: e.versionId, from: e.from, to: e.to };
     if (e.action === "extended") log.info(fields, e.message);
     else if (e.action === "failed") log.error(fields, e.message);
     else log.debug(fields, e.message);
   }
   return out;
+}
+
+/**
+ * keepLatestLocked keeps the whole newest chain locked: every earlier member
+ * of the newest backup's chain is extended (extend only) to its retain-until.
+ * A failure is returned as a failed extension; undefined when there is
+ * nothing to do or all went well.
+ */
+async function extendChainOf(
+  row: BackupRow,
+  e: LockExtension,
+  tc: TargetConfig,
+  target: Target,
+  catalog: Catalog,
+  now: Date,
+): Promise<LockExtension | undefined> {
+  if (row.parentId === null || e.action === "failed" || e.to === null) return undefined;
+  const byId = new Map<number, BackupRow>(
+    catalog.listBackups({ job: row.job }).map((r) => [r.id, r]),
+  );
+  const chain = chainOf(row, byId as ReadonlyMap<number, ChainNode>);
+  const members = (chain ?? []).slice(0, -1).map((n) => byId.get(n.id) as BackupRow);
+  if (members.length === 0) return undefined;
+  const mode = catalog.backup(row.id)?.retentionMode ?? tc.retention.mode;
+  const problem = await extendMembers(
+    members,
+    { mode, retainUntil: new Date(e.to) },
+    { catalog, target, now },
+  );
+  if (!problem) return undefined;
+  const first = members[0] as BackupRow;
+  return {
+    job: row.job,
+    target: tc.name,
+    backupId: first.id,
+    key: first.key,
+    versionId: first.versionId,
+    action: "failed",
+    from: null,
+    to: e.to,
+    message: `cannot extend the earlier members of the newest backup's chain to ${e.to}: ${problem}`,
+  };
 }
 
 async function extendOne(

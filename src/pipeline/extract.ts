@@ -183,10 +183,50 @@ export async function extractTar(
       destroyInput(tar, err);
       throw err;
     }
-    return await new Extractor(tar, opts, root, include, stop).run();
+    return await new Extractor(opts, root, include, stop).run(tar);
   } finally {
     signal?.removeEventListener("abort", onAbort);
   }
+}
+
+/**
+ * One restore from several tar streams in turn (the members of a chain,
+ * src/flows/chain-restore.ts): as extractTar, but each stream's entries are
+ * written only where `keep` accepts their name (a byte string, trailing "/"
+ * removed), a hard link may point to a file an earlier stream wrote, and
+ * directory attributes are applied once, by finish(), after the last stream.
+ * A failure of one stream ends the session: finish() still applies the
+ * directory attributes and rejects with nothing further.
+ */
+export interface ExtractSession {
+  add(tar: NodeJS.ReadableStream, keep: (name: string) => boolean): Promise<void>;
+  finish(): Promise<ExtractResult>;
+}
+
+export async function openExtractSession(opts: ExtractOptions): Promise<ExtractSession> {
+  const include = opts.include === undefined ? null : new Includes(opts.include);
+  const root = await resolveDest(opts.dest);
+  const stop = new AbortController();
+  const signal = opts.signal;
+  const onAbort = () => stop.abort(signal?.reason);
+  signal?.addEventListener("abort", onAbort, { once: true });
+  const ex = new Extractor(opts, root, include, stop);
+  return {
+    add: async (tar, keep) => {
+      if (stop.signal.aborted) {
+        destroyInput(tar, stop.signal.reason);
+        throw stop.signal.reason;
+      }
+      await ex.one(tar, keep);
+    },
+    finish: async () => {
+      try {
+        return await ex.finish();
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+    },
+  };
 }
 
 /**
@@ -198,11 +238,13 @@ export async function listTar(
   tar: NodeJS.ReadableStream,
   onEntry: (e: TarEntryInfo) => void,
   include?: readonly string[],
+  keep?: (name: string) => boolean,
 ): Promise<ListResult> {
   const selected = include === undefined ? null : new Includes(include);
   let listed = 0;
   const reader = new TarReader(tar, new AbortController());
   await reader.run(async (h) => {
+    if (keep && !keep(h.name.replace(/\/+$/, ""))) return;
     if (selected !== null) {
       const norm = normaliseName(h.name);
       if (!norm.ok || !selected.selects(norm.rel, true)) return;
@@ -517,10 +559,11 @@ class Extractor {
   private readonly pendingDirs = new Map<string, DirMeta>();
   /** Files and symlinks this run created: only these may be hard link targets or be replaced freely. */
   private readonly created = new InodeSet();
-  private readonly reader: TarReader;
+  private reader: TarReader | null = null;
+  /** The current stream's filter (ExtractSession); null: every entry. */
+  private keep: ((name: string) => boolean) | null = null;
 
   constructor(
-    tar: NodeJS.ReadableStream,
     private readonly opts: ExtractOptions,
     private readonly root: string,
     private readonly include: Includes | null,
@@ -528,16 +571,32 @@ class Extractor {
   ) {
     this.owners = opts.owners ?? this.isRoot;
     this.overwrite = opts.overwrite ?? false;
-    this.reader = new TarReader(tar, stop);
   }
 
-  async run(): Promise<ExtractResult> {
+  async run(tar: NodeJS.ReadableStream): Promise<ExtractResult> {
     try {
-      await this.reader.run((h, data) => this.entry(h, data));
+      await this.one(tar, null);
     } finally {
       // Also after a failure or abort: what was created should not stay 0700.
       await this.finishDirs();
     }
+    return this.result();
+  }
+
+  /** Extracts one stream's entries (those `keep` accepts); directory attributes wait for finish(). */
+  async one(tar: NodeJS.ReadableStream, keep: ((name: string) => boolean) | null): Promise<void> {
+    this.reader = new TarReader(tar, this.stop);
+    this.keep = keep;
+    await this.reader.run((h, data) => this.entry(h, data));
+  }
+
+  async finish(): Promise<ExtractResult> {
+    await this.finishDirs();
+    if (this.stop.signal.aborted) throw this.stop.signal.reason;
+    return this.result();
+  }
+
+  private result(): ExtractResult {
     return {
       ...this.progress,
       refused: this.refused,
@@ -550,11 +609,12 @@ class Extractor {
   private async entry(h: RawHeader, data: EntryData): Promise<void> {
     this.checkStop();
     const raw = h.name;
+    if (this.keep !== null && !this.keep(raw.replace(/\/+$/, ""))) return;
     this.opts.onHeader?.({
       name: raw,
       type: h.type ?? "unknown",
       size: h.size,
-      end: this.reader.lastEnd,
+      end: this.reader?.lastEnd ?? 0,
     });
     const norm = normaliseName(raw);
     if (!norm.ok) return this.refuse(raw, norm.reason);

@@ -93,6 +93,22 @@ export interface ArchiveOptions {
   extraFiles?: readonly { name: string; path: string }[];
   /** Called synchronously as each entry is started; must not throw. */
   onEntry?: (e: Readonly<ArchiveEntry>) => void;
+  /**
+   * An incremental run's planner (src/pipeline/changes.ts): decides, from the
+   * lstat, which entries go into the tar. One left out is neither opened nor
+   * read; it is reported through `unchanged` in walk order, and a directory
+   * left out is still descended into. Extra files always go in.
+   */
+  plan?: EntryPlan;
+}
+
+/** See ArchiveOptions.plan. Names are archive names (byte strings, directories end with "/"). */
+export interface EntryPlan {
+  /** True when the entry must be archived. */
+  changed(name: string, st: BigIntStats): boolean;
+  /** True when a symlink the stat called unchanged points elsewhere now. */
+  retargeted(name: string, target: string): boolean;
+  unchanged(name: string): void;
 }
 
 /** One entry as it goes into the tar, for an index of the archive (src/repo/manifest.ts). */
@@ -151,6 +167,8 @@ interface Prepared {
   readonly st: BigIntStats | null;
   readonly statError: unknown;
   readonly loaded: Loaded | null;
+  /** False when the planner (ArchiveOptions.plan) leaves the entry out. */
+  readonly keep: boolean;
 }
 
 /**
@@ -249,7 +267,9 @@ export class SourceWalk {
       return;
     }
     const name = abs.slice(1);
-    if (st.isDirectory()) await this.directory(abs, name, st, topDev ?? st.dev);
+    const keep = prepared.keep;
+    if (st.isDirectory()) await this.directory(abs, name, st, topDev ?? st.dev, keep);
+    else if (!keep && (st.isFile() || st.isSymbolicLink())) await this.unchanged(abs, name, st);
     else if (st.isFile()) await this.file(abs, name, st, prepared.loaded);
     else if (st.isSymbolicLink()) await this.symlink(abs, name, st);
     else
@@ -261,9 +281,14 @@ export class SourceWalk {
     name: string,
     st: BigIntStats,
     topDev: bigint,
+    keep: boolean,
   ): Promise<void> {
     // "/" itself would get an empty name; its contents are still archived.
-    if (name !== "") {
+    if (name !== "" && !keep) {
+      this.opts.plan?.unchanged(`${name}/`);
+      this.progress.dirs++;
+      this.reportProgress();
+    } else if (name !== "") {
       await this.addVoid(headerFor(`${name}/`, "directory", st, 0));
       this.progress.dirs++;
       this.listed(abs, "directory", 0);
@@ -351,7 +376,8 @@ export class SourceWalk {
    * content. Never rejects: failures are data, reported when the entry's turn comes.
    */
   private async prepare(abs: string): Promise<Prepared> {
-    if (this.stop.aborted) return { st: null, statError: this.stop.reason, loaded: null };
+    if (this.stop.aborted)
+      return { st: null, statError: this.stop.reason, loaded: null, keep: true };
     // lstat and small-file reads are synchronous. On a tree of small files the
     // walk is bound by per-call overhead, and a promise-based fs call costs
     // about ten times its system call (measured: 25,600 files of 4 KiB took
@@ -362,13 +388,18 @@ export class SourceWalk {
     try {
       st = lstatSync(fsPath(abs), { bigint: true });
     } catch (err) {
-      return { st: null, statError: err, loaded: null };
+      return { st: null, statError: err, loaded: null, keep: true };
     }
+    const plan = this.opts.plan;
+    const keep =
+      plan === undefined ||
+      abs === "/" ||
+      plan.changed(abs.slice(1) + (st.isDirectory() ? "/" : ""), st);
     // Files with more links may become link entries: read them at their turn, if at all.
     const small =
-      !this.opts.dryRun && st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);
+      keep && !this.opts.dryRun && st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);
     const loaded = small ? this.load(abs) : null;
-    return { st, statError: null, loaded };
+    return { st, statError: null, loaded, keep };
   }
 
   private load(abs: string): Loaded {
@@ -427,6 +458,29 @@ export class SourceWalk {
       () => this.inflight.delete(promise),
     );
     return promise;
+  }
+
+  /**
+   * A file or symlink the planner left out: counted as archived (it is part of
+   * the backup, held by an earlier member), not read. A symlink whose target
+   * changed without its stat showing it is archived after all.
+   */
+  private async unchanged(abs: string, name: string, st: BigIntStats): Promise<void> {
+    const plan = this.opts.plan as EntryPlan;
+    if (st.isSymbolicLink()) {
+      let target: string | undefined;
+      try {
+        target = byteStringFrom(await readlink(fsPath(abs), { encoding: "buffer" }));
+      } catch {
+        target = undefined;
+      }
+      if (target === undefined || plan.retargeted(name, target)) return this.symlink(abs, name, st);
+      this.progress.symlinks++;
+    } else {
+      this.progress.files++;
+    }
+    plan.unchanged(name);
+    this.reportProgress();
   }
 
   private async symlink(abs: string, name: string, st: BigIntStats): Promise<void> {

@@ -38,13 +38,32 @@ export interface ArchiveEntry {
   linkname?: string;
   /** Where the entry's first header block (its pax header, if it has one) starts in the uncompressed tar. */
   offset: number;
+  /** What an incremental compares (src/pipeline/changes.ts); not written to the tar. */
+  stat?: EntryStat;
+}
+
+/** Inode, mtime and ctime (nanoseconds) as decimal strings: what the next incremental compares. */
+export interface EntryStat {
+  ino: string;
+  mtimeNs: string;
+  ctimeNs: string;
+}
+
+/** The EntryStat of an lstat/fstat result. */
+export function entryStat(st: BigIntStats): EntryStat {
+  return { ino: String(st.ino), mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs) };
 }
 
 /**
  * `pax` records go into a pax extended header that tar-stream writes before
  * the entry. `name` and `linkname` are byte strings (see src/pipeline/file-names.ts).
  */
-export type EntryHeader = Partial<Header> & { name: string; pax?: Record<string, string> };
+export type EntryHeader = Partial<Header> & {
+  name: string;
+  pax?: Record<string, string>;
+  /** For the index only (ArchiveEntry.stat); never written to the tar. */
+  stat?: EntryStat;
+};
 type EntrySink = ReturnType<Pack["entry"]>;
 
 /** A file entry whose header is written and whose content is being written. */
@@ -194,10 +213,11 @@ export class TarWriter implements EntryWriter {
    * directly is in order because the walk adds one entry at a time and waits
    * for it to finish: no other entry's bytes can be pending in the pack.
    */
-  private entry(header: EntryHeader, callback: (err?: Error | null) => void): EntrySink {
+  private entry(indexed: EntryHeader, callback: (err?: Error | null) => void): EntrySink {
     // The walk starts an entry only once the one before is finished and all its
     // bytes (padding included) are pushed, so `written` is where this one begins.
-    this.onEntry?.(indexEntry(header, this.written));
+    this.onEntry?.(indexEntry(indexed, this.written));
+    const { stat: _stat, ...header } = indexed;
     const name = textOf(header.name);
     const linkname = header.linkname === undefined ? null : textOf(header.linkname);
     if (name !== null && (header.linkname === undefined || linkname !== null)) {
@@ -325,6 +345,7 @@ export function headerFor(
     mtime,
   };
   if (linkname !== undefined) header.linkname = linkname;
+  header.stat = entryStat(st);
   // tar-stream writes a pax header whenever `pax` is set, even when empty.
   if (Object.keys(pax).length > 0) header.pax = pax;
   return header;
@@ -343,6 +364,7 @@ function indexEntry(header: EntryHeader, offset: number): ArchiveEntry {
     offset,
   };
   if (header.linkname !== undefined) e.linkname = header.linkname;
+  if (header.stat !== undefined) e.stat = header.stat;
   return e;
 }
 

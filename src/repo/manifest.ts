@@ -33,6 +33,13 @@ export const MANIFEST_FORMAT = 1;
  * the index. Readers of format 1 refuse it by its number.
  */
 export const SEALED_MANIFEST_FORMAT = 2;
+/**
+ * The format of an incremental backup's manifest (src/repo/chain.ts): its index
+ * names, per entry, the member of the chain whose archive holds it. An immutd
+ * that reads only formats 1 and 2 would take every entry for one of this
+ * archive's and restore a fraction of the tree without a word, so it must refuse.
+ */
+export const INCREMENTAL_FORMAT = 3;
 
 /** The largest manifest decodeManifest inflates: a hostile object must not exhaust memory. */
 const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
@@ -52,12 +59,38 @@ export interface ManifestFile {
   /** Symlink target or hard link's earlier name, printable; `linkBytes` as for `pathBytes`. */
   link?: string;
   linkBytes?: string;
-  /** Where the entry's first header block starts in the uncompressed tar. */
+  /** Where the entry's first header block starts in the uncompressed tar (of the member `member` names). */
   offset: number;
+  /**
+   * What the next incremental compares (src/pipeline/changes.ts), as decimal
+   * strings (nanoseconds and 64-bit inode numbers exceed a JSON number):
+   * inode, mtime and ctime in nanoseconds. Absent in manifests made before
+   * incremental backups; an index without them cannot be a parent.
+   */
+  ino?: string;
+  mtimeNs?: string;
+  ctimeNs?: string;
+  /**
+   * Format 3 only: the entry's bytes are in the archive of `chain[member]`, an
+   * earlier member of the chain; absent: in this manifest's own archive.
+   */
+  member?: number;
+}
+
+/** One earlier member of a chain, as an incremental's manifest names it (oldest, the full, first). */
+export interface ChainMember {
+  key: string;
+  versionId: string;
+  size: number;
+  sha256: string;
+  compression: Compression;
+  /** Its manifest's key and version (the manifest of the member before it names the one before, and so on). */
+  manifestVersionId: string;
+  createdAt: string;
 }
 
 export interface Manifest {
-  formatVersion: typeof MANIFEST_FORMAT | typeof SEALED_MANIFEST_FORMAT;
+  formatVersion: typeof MANIFEST_FORMAT | typeof SEALED_MANIFEST_FORMAT | typeof INCREMENTAL_FORMAT;
   host: string;
   job: string;
   /** ISO 8601, the run's start (the time in the archive key). */
@@ -71,8 +104,19 @@ export interface Manifest {
   };
   /** `recipients`: the age recipients (`age1…`) the archive and the index were encrypted to (age and both). */
   encryption: { scheme: EncryptionScheme; keyDerivation: string; recipients?: string[] };
-  /** The backup this one builds on; always null until incremental backups exist. */
-  parent: null;
+  /**
+   * The backup this one builds on: null for a full backup; for an incremental
+   * (format 3) the chain's previous member, which is `chain`'s last.
+   */
+  parent: null | { key: string; versionId: string; manifestVersionId: string };
+  /** Format 3: every earlier member of the chain, the full first; `files[].member` indexes it. */
+  chain?: ChainMember[];
+  /**
+   * What was walked (src/repo/chain.ts walkFingerprint: paths, excludes,
+   * oneFileSystem, excludeIfPresent): an incremental builds only on a parent
+   * that walked the same, or deletions and additions would be misread.
+   */
+  walk?: string;
   /**
    * The job's cron schedule when it ran, null for a manual-only job; absent in
    * manifests written before it existed. The auditor (src/flows/audit.ts), which has
@@ -91,21 +135,32 @@ export class ManifestIndex {
   readonly files: ManifestFile[] = [];
 
   add(e: Readonly<ArchiveEntry>): void {
-    const f: ManifestFile = {
-      path: displayName(e.name),
-      ...bytesOf("path", e.name),
-      type: e.type,
-      size: e.size,
-      mode: e.mode,
-      uid: e.uid,
-      gid: e.gid,
-      mtime: e.mtime,
-      offset: e.offset,
-    };
-    if (e.linkname !== undefined)
-      Object.assign(f, { link: displayName(e.linkname), ...bytesOf("link", e.linkname) });
+    this.files.push(indexFile(e));
+  }
+
+  /** An entry the incremental left out: its record as the parent's index has it, member resolved (src/pipeline/changes.ts). */
+  carry(f: ManifestFile): void {
     this.files.push(f);
   }
+}
+
+/** The index record of an archived entry. */
+export function indexFile(e: Readonly<ArchiveEntry>): ManifestFile {
+  const f: ManifestFile = {
+    path: displayName(e.name),
+    ...bytesOf("path", e.name),
+    type: e.type,
+    size: e.size,
+    mode: e.mode,
+    uid: e.uid,
+    gid: e.gid,
+    mtime: e.mtime,
+    offset: e.offset,
+  };
+  if (e.linkname !== undefined)
+    Object.assign(f, { link: displayName(e.linkname), ...bytesOf("link", e.linkname) });
+  if (e.stat) Object.assign(f, e.stat);
+  return f;
 }
 
 /** `{pathBytes}` / `{linkBytes}` when the printable form does not spell the name's bytes exactly. */
@@ -145,7 +200,11 @@ export function decodeManifest(body: Buffer): Manifest {
   }
   const m = doc as Partial<Manifest> | null;
   if (typeof m !== "object" || m === null) throw new Error("not a manifest (not a JSON object)");
-  if (m.formatVersion !== MANIFEST_FORMAT && m.formatVersion !== SEALED_MANIFEST_FORMAT)
+  if (
+    m.formatVersion !== MANIFEST_FORMAT &&
+    m.formatVersion !== SEALED_MANIFEST_FORMAT &&
+    m.formatVersion !== INCREMENTAL_FORMAT
+  )
     throw new Error(`manifest format ${String(m.formatVersion)} is not one this immutd reads`);
   const sealed = m.formatVersion === SEALED_MANIFEST_FORMAT;
   const a = m.archive;
@@ -173,11 +232,67 @@ export function decodeManifest(body: Buffer): Manifest {
     (m.schedule !== undefined && m.schedule !== null && typeof m.schedule !== "string") ||
     (m.timezone !== undefined && typeof m.timezone !== "string") ||
     !Array.isArray(m.files) ||
-    !m.files.every(isFile)
+    !m.files.every(isFile) ||
+    (m.walk !== undefined && typeof m.walk !== "string")
   ) {
     throw new Error("malformed manifest (a required field is missing or of the wrong type)");
   }
+  const chainProblem = chainShape(m as Manifest);
+  if (chainProblem) throw new Error(`malformed incremental manifest (${chainProblem})`);
   return m as Manifest;
+}
+
+/**
+ * A full backup (format 1) has no parent, chain or members; an incremental
+ * (format 3) names its parent as its chain's last member, and each entry's
+ * member lies inside the chain. Why not, as a phrase; undefined when it fits.
+ */
+function chainShape(m: Manifest): string | undefined {
+  if (m.formatVersion === MANIFEST_FORMAT) {
+    if (m.parent !== null && m.parent !== undefined) return "a format 1 manifest names a parent";
+    if (m.chain !== undefined || m.files.some((f) => f.member !== undefined))
+      return "a format 1 manifest names chain members";
+    return undefined;
+  }
+  const p = m.parent as unknown as Record<string, unknown> | null;
+  if (
+    typeof p !== "object" ||
+    p === null ||
+    typeof p.key !== "string" ||
+    typeof p.versionId !== "string" ||
+    typeof p.manifestVersionId !== "string"
+  )
+    return "no parent";
+  if (!Array.isArray(m.chain) || m.chain.length === 0 || !m.chain.every(isMember))
+    return "no chain";
+  const last = m.chain.at(-1) as ChainMember;
+  if (last.key !== p.key || last.versionId !== p.versionId)
+    return "its parent is not its chain's last member";
+  const n = m.chain.length;
+  if (
+    !m.files.every(
+      (f) =>
+        f.member === undefined || (Number.isInteger(f.member) && f.member >= 0 && f.member < n),
+    )
+  )
+    return "an entry names a member outside the chain";
+  return undefined;
+}
+
+function isMember(c: unknown): c is ChainMember {
+  const x = c as Partial<ChainMember> | null;
+  return (
+    typeof x === "object" &&
+    x !== null &&
+    typeof x.key === "string" &&
+    typeof x.versionId === "string" &&
+    isCount(x.size) &&
+    typeof x.sha256 === "string" &&
+    (COMPRESSIONS as readonly unknown[]).includes(x.compression) &&
+    typeof x.manifestVersionId === "string" &&
+    typeof x.createdAt === "string" &&
+    ISO_TIME.test(x.createdAt)
+  );
 }
 
 /**
@@ -202,12 +317,19 @@ export function isFile(f: unknown): f is ManifestFile {
     Number.isSafeInteger(x.mtime) &&
     optionalString(x.pathBytes) &&
     optionalString(x.link) &&
-    optionalString(x.linkBytes)
+    optionalString(x.linkBytes) &&
+    optionalDigits(x.ino) &&
+    optionalDigits(x.mtimeNs) &&
+    optionalDigits(x.ctimeNs)
   );
 }
 
 function isCount(n: unknown): boolean {
   return Number.isSafeInteger(n) && (n as number) >= 0;
+}
+
+function optionalDigits(s: unknown): boolean {
+  return s === undefined || (typeof s === "string" && /^-?\d{1,30}$/.test(s));
 }
 
 function optionalString(s: unknown): boolean {
