@@ -41,7 +41,7 @@ describe("catalog: verification and lock extension", () => {
     c.db.pragma("user_version = 1");
     c.close();
     const again = Catalog.open(path);
-    assert.equal(again.db.pragma("user_version", { simple: true }), 6);
+    assert.equal(again.db.pragma("user_version", { simple: true }), 7);
     assert.equal(again.backup(id)?.status, "ok");
     assert.deepEqual(again.lockExtensions(), []);
     again.close();

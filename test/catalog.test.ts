@@ -58,7 +58,7 @@ describe("catalog", () => {
     const path = join(dir, "old.db");
     copyFileSync(new URL("../../test/fixtures/catalog-0.1.0.db", import.meta.url), path);
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 6);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 7);
     const [b] = c.listBackups();
     assert.equal(b?.versionId, "v1");
     // A backup from before manifests has none (and verify does not ask for one).
@@ -115,7 +115,7 @@ describe("catalog", () => {
     );
     c3.close();
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 6);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 7);
     const b = c.backup(id);
     assert.equal(b?.sha256, "b".repeat(64));
     assert.equal(b?.manifestKey, null);
@@ -144,7 +144,7 @@ describe("catalog", () => {
     );
     raw.close();
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 6);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 7);
     assert.equal(c.backup(id)?.compression, "gzip");
     assert.equal(c.backup(id)?.manifestVersionId, "mv1");
     const z = c.recordBackup({
@@ -164,7 +164,7 @@ describe("catalog", () => {
     assert.equal(statSync(`${path}-wal`).mode & 0o777, 0o600);
     assert.equal(statSync(join(dir, "sub")).mode & 0o777, 0o700);
     assert.equal(c.db.pragma("journal_mode", { simple: true }), "wal");
-    assert.equal(c.db.pragma("user_version", { simple: true }), 6);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 7);
     c.close();
   });
 

@@ -551,7 +551,7 @@ describe("importBackups and migrated catalogs", () => {
     raw.prepare("DELETE FROM backups WHERE job = 'raw'").run();
     raw.close();
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 6);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 7);
     const before = c.listBackups();
     assert.equal(before.length, 1);
     assert.ok(before.every((r) => r.manifestKey === null && r.runId !== null));

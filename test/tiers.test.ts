@@ -572,11 +572,11 @@ describe("catalog schema 6: tiers and keep tag", () => {
     // Back to what a schema-5 immutd left.
     const raw = new Database(path);
     raw.exec(
-      "ALTER TABLE backups DROP COLUMN tiers; ALTER TABLE backups DROP COLUMN keep_tag; PRAGMA user_version = 5",
+      "DROP INDEX backups_parent; ALTER TABLE backups DROP COLUMN parent_id; ALTER TABLE backups DROP COLUMN chain_id; ALTER TABLE backups DROP COLUMN tiers; ALTER TABLE backups DROP COLUMN keep_tag; PRAGMA user_version = 5",
     );
     raw.close();
     const c = Catalog.open(path);
-    assert.equal(c.db.pragma("user_version", { simple: true }), 6);
+    assert.equal(c.db.pragma("user_version", { simple: true }), 7);
     const row = c.backup(id);
     assert.equal(row?.versionId, "v1");
     assert.equal(row?.retainUntil, "2026-12-01T03:00:00.000Z");

@@ -248,10 +248,11 @@ export function decodeManifest(body: Buffer): Manifest {
  * member lies inside the chain. Why not, as a phrase; undefined when it fits.
  */
 function chainShape(m: Manifest): string | undefined {
-  if (m.formatVersion === MANIFEST_FORMAT) {
-    if (m.parent !== null && m.parent !== undefined) return "a format 1 manifest names a parent";
+  if (m.formatVersion !== INCREMENTAL_FORMAT) {
+    const f = m.formatVersion;
+    if (m.parent !== null && m.parent !== undefined) return `a format ${f} manifest names a parent`;
     if (m.chain !== undefined || m.files.some((f) => f.member !== undefined))
-      return "a format 1 manifest names chain members";
+      return `a format ${f} manifest names chain members`;
     return undefined;
   }
   const p = m.parent as unknown as Record<string, unknown> | null;

@@ -443,12 +443,12 @@ export class MemoryStore implements ObjectStore {
 
   async putTags(key: string, versionId: string, tags: Record<string, string>): Promise<void> {
     this.#allow("putTags", key);
-    this.#find(key, versionId, undefined).tags = { ...tags };
+    this.#find(key, versionId, null).tags = { ...tags };
   }
 
   async tags(key: string, versionId: string): Promise<Record<string, string>> {
     this.#allow("tags", key);
-    return { ...(this.#find(key, versionId, undefined).tags ?? {}) };
+    return { ...(this.#find(key, versionId, null).tags ?? {}) };
   }
 
   async putManifest(req: ManifestRequest): Promise<{ versionId: string }> {
