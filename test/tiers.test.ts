@@ -188,6 +188,36 @@ describe("tiers", () => {
     assert.equal(a.get(3)?.keepUntil.toISOString(), "2027-02-01T01:00:00.000Z");
   });
 
+  it("an incremental chain expires as a unit: assignJob gives every member the longest member's hold", () => {
+    // Backups 1 (full, 1 Dec: the month's first) and 2, 3 (its increments) form chain 1;
+    // 4 is a full of its own (chain 4) on a later day.
+    const row = (id: number, day: string, chainId: number) =>
+      ({
+        id,
+        createdAt: `2026-12-${day}T03:00:00.000Z`,
+        status: "ok",
+        retainUntil: null,
+        tiers: null,
+        keepTag: null,
+        chainId,
+      }) as unknown as BackupRow;
+    const rows = [row(1, "01", 1), row(2, "02", 1), row(3, "03", 1), row(4, "04", 4)];
+    const { assigned } = assignJob(
+      rows,
+      { keep: { daily: 2, monthly: 3 }, timezone: "UTC" },
+      { retention: { mode: "COMPLIANCE", days: 1 } },
+    );
+    const month = assigned?.get(1)?.keepUntil.toISOString();
+    assert.equal(month, "2027-03-01T03:00:00.000Z");
+    for (const id of [2, 3]) {
+      assert.equal(assigned?.get(id)?.keepUntil.toISOString(), month, `member ${id}`);
+      assert.equal(assigned?.get(id)?.tag, "monthly-3");
+    }
+    // Not in the chain: its own daily hold.
+    assert.equal(assigned?.get(4)?.tag, "daily-2");
+    assert.equal(assigned?.get(4)?.keepUntil.toISOString(), "2026-12-06T03:00:00.000Z");
+  });
+
   it("policy time maps a compressed calendar onto real time and back", () => {
     const time: PolicyTime = { dayMs: 5000, origin: Date.parse("2026-12-02T00:00:00Z") };
     const real = new Date(time.origin + 7 * 5000);

@@ -74,9 +74,30 @@ export function assignJob(
     timezone: job.timezone,
     floorDays: tc.retention.days,
     ...(o.time ? { time: o.time } : {}),
-    ...(o.groups ? { groups: o.groups } : {}),
+    groups: o.groups ?? chainsOf(rows),
   });
   return { assigned, recorded };
+}
+
+/**
+ * Incremental chains expire as a unit: a member is worthless without the ones
+ * before it, so every member of a chain keeps the longest hold (and tag) of any
+ * member. Rows without a chain (made before chains) are each their own.
+ */
+export function chainsOf(
+  rows: readonly Pick<BackupRow, "id" | "chainId">[],
+): (b: readonly TierBackup[]) => TierBackup[][] {
+  const chainOfId = new Map(rows.map((r) => [r.id, r.chainId ?? r.id]));
+  return (backups) => {
+    const by = new Map<number, TierBackup[]>();
+    for (const b of backups) {
+      const c = chainOfId.get(b.id) ?? b.id;
+      const list = by.get(c);
+      if (list) list.push(b);
+      else by.set(c, [b]);
+    }
+    return [...by.values()].filter((g) => g.length > 1);
+  };
 }
 
 /** The lock a backup must have under its assignment: `floor` (the configured lock) or the hold, whichever ends later. */
