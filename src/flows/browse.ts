@@ -104,6 +104,8 @@ export async function manifestOf(
   src: ManifestSource,
   b: BackupRef & { manifest: NonNullable<BackupRef["manifest"]> },
   archives?: ReadonlyMap<string, VersionEntry>,
+  /** Return an age-sealed manifest as it is (its `files` empty) instead of opening its index. */
+  o: { keepSealed?: boolean } = {},
 ): Promise<Manifest> {
   const where = `manifest s3://${src.bucket}/${b.manifest.key} version ${b.manifest.versionId}`;
   const place = placeOf(src.prefix, b.manifest.key);
@@ -139,7 +141,7 @@ export async function manifestOf(
       wrong = `it gives ${m.archive.size} bytes, but the archive version has ${v.size}`;
   }
   if (wrong) throw new ImmutdError(`${where} does not describe the backup: ${wrong}`);
-  if (!isSealed(m)) return m;
+  if (!isSealed(m) || o.keepSealed) return m;
   if (!src.identities?.length)
     throw new UsageError(
       `${where}: the file index of this age-encrypted backup is encrypted too: give --identity FILE (the age identity of one of its recipients) or set encryption.identityFile`,

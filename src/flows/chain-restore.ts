@@ -138,7 +138,8 @@ export async function chainFromBucket(
   const archives = await archiveVersions(ms, host, point.job);
   let m: Manifest;
   try {
-    m = await manifestOf(ms, { ...ref, manifest: ref.manifest }, archives);
+    // Only its format and chain are read here: a sealed (age) manifest is never an incremental.
+    m = await manifestOf(ms, { ...ref, manifest: ref.manifest }, archives, { keepSealed: true });
   } catch (err) {
     // The request failed (a wrong master key, the network): the archive's own
     // download reports it as a restore does. A manifest that was read but is not
