@@ -330,7 +330,14 @@ function fromCache(file: string): Manifest | undefined {
 /** Written to a temporary name and renamed, so a crash leaves no half entry. A full disk only loses the cache. */
 function toCache(file: string, body: Buffer): void {
   try {
-    mkdirSync(join(file, ".."), { recursive: true, mode: 0o700 });
+    // Not recursive: the cache sits beside the catalog, whose directory exists
+    // wherever caching is worth it; and Node's recursive mkdir never returns
+    // under /proc (ENOENT on a parent that exists, retried for ever).
+    try {
+      mkdirSync(join(file, ".."), { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
     const tmp = `${file}.${process.pid}.tmp`;
     writeFileSync(tmp, body, { mode: 0o600 });
     renameSync(tmp, file);
