@@ -100,6 +100,10 @@ describe("encryption: config", () => {
       problem(yaml(["encryption: { scheme: age, recipients: [age1notakey] }"])),
       /targets\.offsite\.encryption\.recipients\[0\].*is not an age X25519 recipient/,
     );
+    // An identity pasted as a recipient: named as such, never echoed (it is a secret).
+    const pasted = problem(yaml([`encryption: { scheme: age, recipients: [${ops.identity}] }`]));
+    assert.match(pasted, /recipients\[0\].*is an age identity/);
+    assert.ok(!pasted.includes(ops.identity.slice(15, 40)), pasted);
     assert.match(
       problem(yaml(["encryption: { scheme: age }"])),
       /scheme age needs at least one age recipient/,

@@ -457,6 +457,30 @@ describe("keep policy: backup and verify (memory store)", () => {
     assert.deepEqual(report.findings, []);
   });
 
+  it("a delete marker the tier rule put after the hold is no warning; one before it still is", async () => {
+    const s = await setup({ daily: 2 });
+    await s.backup(); // the floor (7 days) outlasts daily: 2, so floor-7: its rule expires it after 7 + 7 (grace) days
+    const [row] = s.catalog.listBackups();
+    assert.ok(row);
+    assert.equal(row.keepTag, "floor-7");
+    s.bucket.store("writer").putDeleteMarker(row.key);
+    const markers = (r: Awaited<ReturnType<typeof s.verify>>) =>
+      r.warnings.filter((w) => w.kind === "delete-marker").map((w) => w.versionId);
+    // Day 1: far too early for the rule: someone hid it.
+    s.clock.t += 86_400_000;
+    assert.deepEqual(markers(await s.verify()), [row.versionId]);
+    // keepLatestLocked keeps the newest locked (and checked) past its hold.
+    s.clock.t += 5 * 86_400_000;
+    assert.deepEqual(markers(await s.verify()), [row.versionId]);
+    s.clock.t += 5 * 86_400_000;
+    assert.deepEqual(markers(await s.verify()), [row.versionId]);
+    // Day 15: 7 + 7 days have passed: the marker is the rule's own expiry.
+    s.clock.t += 4 * 86_400_000;
+    const late = await s.verify();
+    assert.equal(s.catalog.backup(row.id)?.status, "ok", "still locked, so still checked");
+    assert.deepEqual(markers(late), [], JSON.stringify(late.warnings));
+  });
+
   it("attacker: the writer re-tags a monthly backup to expire with the floor: the lock holds, verify reports and re-tags it", async () => {
     const s = await setup({ daily: 10, monthly: 3 });
     await s.backup();

@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { UsageError } from "../errors.js";
 import { type JobPlan, planJobs } from "../flows/plan.js";
 import type { Cli, Context } from "./context.js";
+import { writeJson } from "./output.js";
 import { formatBytes, formatTable } from "./progress.js";
 
 export const planHelp = `
@@ -41,7 +42,7 @@ export function planCommand(ctx: Context, opts: { job?: string; json?: boolean }
   }
   const plans = planJobs(ctx.config, ctx.catalog(), opts.job);
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify(plans, null, 2)}\n`);
+    writeJson(plans);
     return;
   }
   process.stdout.write(plans.map(render).join("\n") || "no jobs configured\n");

@@ -662,9 +662,7 @@ async function writeManifest(
   });
   if (lock.problem || !lock.after)
     return `${what} version ${versionId} could not be locked until ${retention.retainUntil.toISOString()}: ${lock.problem ?? "it has no retention"}; \`immutd verify\` reports it until it is`;
-  // The manifest expires with its archive: the same keep tag.
-  const tagProblem = tag ? await tagVersion(target, key, versionId, tag) : undefined;
-  if (tagProblem) return `${what} version ${versionId}: ${tagProblem}`;
+  // Read back first: a failed tag must not skip the check that the bytes arrived.
   try {
     const size = await storedSize(target, key, versionId, sseKey);
     if (size !== body.length)
@@ -672,6 +670,9 @@ async function writeManifest(
   } catch (err) {
     return `${what} version ${versionId} could not be read back (${describeError(err)})`;
   }
+  // The manifest expires with its archive: the same keep tag.
+  const tagProblem = tag ? await tagVersion(target, key, versionId, tag) : undefined;
+  if (tagProblem) return `${what} version ${versionId}: ${tagProblem}`;
   return undefined;
 }
 

@@ -41,8 +41,15 @@ import {
   RETAIN_TOLERANCE_MS,
   stricterMode,
 } from "../retention/bucket-check.js";
+import { expireAfterDays } from "../retention/lifecycle.js";
 import { lockAtLeast } from "../retention/lock.js";
-import type { Assignment, PolicyTime } from "../retention/tiers.js";
+import {
+  type Assignment,
+  type PolicyTime,
+  REAL_TIME,
+  toPolicy,
+  toReal,
+} from "../retention/tiers.js";
 import { isRefused, withReadFallback } from "../store/fallback.js";
 import { mapLimit } from "../store/parallel.js";
 import { RetryPolicy, retry, withSignal } from "../store/retry.js";
@@ -307,7 +314,11 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     c.notes.push(`backups in bucket ${b} were not checked: the target now names another bucket`);
   }
   await checkBackups(deps, due, started, c, holds);
-  for (const w of await hiddenBackups(due, config, deps.targets, c.notes)) c.warn(w);
+  for (const w of await hiddenBackups(due, config, deps.targets, c.notes, {
+    now: started,
+    ...(deps.policyTime ? { time: deps.policyTime } : {}),
+  }))
+    c.warn(w);
   const deepChecked = deps.deep ? await deepChecks(deps, scope, c) : [];
   const extensions = await extendPhase(deps, now, c);
   for (const f of chainFindings(deps, due)) c.report(f);
@@ -1203,8 +1214,23 @@ async function hiddenBackups(
   config: Config,
   targets: Readonly<Record<string, Target>>,
   notes: string[],
+  o: { now: Date; time?: PolicyTime },
 ): Promise<Finding[]> {
   const out: Finding[] = [];
+  // A keep policy's tier rule expires a backup's current version once its hold
+  // and the grace have passed (src/retention/lifecycle.ts): that marker is the
+  // policy at work, not someone hiding it. Judged by the tag immutd recorded, so
+  // a backup re-tagged shorter behind immutd's back still warns while it is early.
+  const expiredByPolicy = (r: BackupRow, graceDays: number): boolean => {
+    const days = r.keepTag ? expireAfterDays(r.keepTag, graceDays) : undefined;
+    if (days === undefined) return false;
+    const time = o.time ?? REAL_TIME;
+    const due = toReal(
+      time,
+      new Date(toPolicy(time, new Date(r.createdAt)).getTime() + days * 86_400_000),
+    );
+    return due.getTime() <= o.now.getTime();
+  };
   for (const name of new Set(rows.map((r) => r.target))) {
     const tc = config.targets[name] as TargetConfig;
     const target = targets[name] as Target;
@@ -1220,6 +1246,7 @@ async function hiddenBackups(
     }
     for (const r of rows) {
       if (r.target !== name || !hidden.has(r.key)) continue;
+      if (expiredByPolicy(r, tc.lifecycleGraceDays)) continue;
       out.push({
         kind: "delete-marker",
         target: name,

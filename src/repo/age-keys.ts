@@ -51,6 +51,12 @@ export interface AgeIdentity {
 /** Parses an `age1…` X25519 recipient; throws one line naming it when it is not one. */
 export function parseRecipient(text: string): AgeRecipient {
   const t = text.trim();
+  // An identity pasted where a recipient belongs must not be echoed into a
+  // config error (stderr, journald, the daemon's log): name it, never quote it.
+  if (/^age-secret-key-/i.test(t))
+    throw new Error(
+      "is an age identity (AGE-SECRET-KEY-1…), the secret half of a key pair, not a recipient: put its recipient (age1…, `age-keygen -y FILE` prints it) here and keep the identity off this host",
+    );
   let data: Uint8Array;
   try {
     const d = bech32.decode(t as `${string}1${string}`, BECH32_LIMIT);
