@@ -267,8 +267,9 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
     const list = await cli("list");
     assert.equal(list.code, 0, list.stderr);
     assert.match(list.stdout, /VERSION\s+TIERS\s+EXPIRES/);
-    assert.match(list.stdout, /\S+\s+daily,weekly\s+\d{4}-\d{2}-\d{2} *\n/);
-    assert.match(list.stdout, /\s-\s+kept \(newest\) *\n/);
+    // KIND and CHAIN (incremental backups) follow the keep columns.
+    assert.match(list.stdout, /\S+\s+daily,weekly\s+\d{4}-\d{2}-\d{2}\s+full\s+\d+ *\n/);
+    assert.match(list.stdout, /\s-\s+kept \(newest\)\s+full\s+\d+ *\n/);
     const json = JSON.parse((await cli("list", "--json")).stdout) as {
       keepTag: string;
       expiresAfter: string | null;

@@ -321,7 +321,7 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
     c.warn(w);
   const deepChecked = deps.deep ? await deepChecks(deps, scope, c) : [];
   const extensions = await extendPhase(deps, now, c);
-  for (const f of chainFindings(deps, due)) c.report(f);
+  for (const f of await chainFindings(deps, due, now())) c.report(f);
   const finished = now();
   const result: VerifyReport = {
     startedAt: started.toISOString(),
@@ -554,7 +554,11 @@ async function extendPhase(
  * restore point built on it; one finding per such member names them all.
  * Members without later points are left to their own findings.
  */
-function chainFindings({ config, catalog, job }: VerifyDeps, due: readonly BackupRow[]): Finding[] {
+async function chainFindings(
+  { config, catalog, job, targets }: VerifyDeps,
+  due: readonly BackupRow[],
+  now: Date,
+): Promise<Finding[]> {
   const out: Finding[] = [];
   const dueIds = new Set(due.map((r) => r.id));
   const all = catalog.listBackups(job !== undefined ? { job } : {});
@@ -575,8 +579,17 @@ function chainFindings({ config, catalog, job }: VerifyDeps, due: readonly Backu
           return r?.retainUntil ? Date.parse(r.retainUntil) : 0;
         }),
       );
-      if (until + TOLERANCE_MS < needed)
-        why = `is locked until ${m.retainUntil ?? "never"}, before the later members that need it (until ${new Date(needed).toISOString()})`;
+      if (until + TOLERANCE_MS < needed) {
+        // Repaired where it can be (extend only): a point promoted to a longer tier,
+        // or recovered after a crash, must not outlive the members it is built on.
+        const target = targets[m.target];
+        const mode = m.retentionMode ?? config.targets[m.target]?.retention.mode ?? "COMPLIANCE";
+        const problem = target
+          ? await extendMembers([m], { mode, retainUntil: new Date(needed) }, { catalog, target, now })
+          : "its target is not configured";
+        if (problem)
+          why = `is locked until ${m.retainUntil ?? "never"}, before the later members that need it (until ${new Date(needed).toISOString()}), and could not be extended: ${problem}`;
+      }
     }
     if (!why) continue;
     const named = points.map((p) => `${p.key} (backup ${p.id}, ${p.createdAt})`).join(", ");
