@@ -17,7 +17,7 @@ import {
   encryptionOf,
   type JobConfig,
 } from "../config/config.js";
-import { UsageError } from "../errors.js";
+import { describeError, StorageError, UsageError } from "../errors.js";
 import { AgeError } from "../pipeline/age.js";
 import {
   decryptStages,
@@ -255,13 +255,14 @@ async function manifestScheme(
     }
     return scheme;
   } catch (err) {
-    if (err instanceof ManifestError) {
-      opts.onWarning?.(
-        `${where} is not believed (${err.detail}): decrypting as configured (${configured})`,
-      );
-      return undefined;
-    }
-    throw err;
+    // One that cannot be used leaves the configured scheme, as for a backup without one;
+    // a request that keeps failing (5xx, network) fails the restore instead.
+    const unusable =
+      err instanceof ManifestError || (err instanceof StorageError && !err.transient);
+    if (!unusable) throw err;
+    const why = err instanceof ManifestError ? err.detail : describeError(err);
+    opts.onWarning?.(`${where} is not used (${why}): decrypting as configured (${configured})`);
+    return undefined;
   }
 }
 
