@@ -63,6 +63,7 @@ interface Row {
   sha256: string;
   manifestKey: string | null;
   manifestVersionId: string | null;
+  createdAt: string;
 }
 
 const MiB = 1024 * 1024;
@@ -575,5 +576,114 @@ ${o.viaProxy ? t.replace(env.endpoint, proxy.endpoint) : t}jobs:
     ]);
     assert.equal(ls.code, 0, ls.stderr);
     assert.match(ls.stdout, /passwords\.txt/);
+
+    // --from-bucket decrypts each backup as its manifest says, not as configured now:
+    // the old SSE-C one needs no identity although the job is age now...
+    const atOld = join(s.dir, "at-old");
+    const ao = await cli(s, "restore", "a", "--from-bucket", "--at", old.createdAt, "--to", atOld);
+    assert.equal(ao.code, 0, `an SSE-C backup needs no identity: ${ao.stderr}`);
+    sameFile(s, atOld, "log.txt");
+    // ...and after switching back to SSE-C, the age one is still opened with age.
+    writeFileSync(s.cfg, sseOnly.replace(/ {4}encryption: \{ scheme: age, [^\n]*\n/, ""));
+    const back = join(s.dir, "switched-back");
+    const sb = await cli(s, "restore", "a", "--from-bucket", "--identity", s.ours, "--to", back);
+    assert.equal(sb.code, 0, sb.stderr);
+    sameFile(s, back, "secret-dir/passwords.txt");
+  });
+
+  it("catalog rebuild does not believe an age backup sealed to recipients the config does not name (forged with the writer credential)", async () => {
+    const s = await setup("forged");
+    const cfg = readFileSync(s.cfg, "utf8");
+    const rS = recipientOf(s.stranger);
+    // The attacker holds the writer credential and the target's settings, not the master key's use:
+    // an age backup needs no SSE-C key, so he can make one with a config of his own.
+    const forger = join(s.dir, "forger.yaml");
+    writeFileSync(forger, cfg.replace(/recipients: \[age1[^\]]*\] \}/, `recipients: [${rS}] }`));
+    assert.equal((await runCli(["--config", forger, "backup", "a"])).code, 0);
+    const rebuild = async (text: string, db: string) => {
+      const c = join(s.dir, `${db}.yaml`);
+      writeFileSync(c, text.replace(`${s.dir}/catalog.db`, `${s.dir}/${db}.db`));
+      const r = await runCli(["--config", c, "catalog", "rebuild", "--json"]);
+      const listed = JSON.parse((await runCli(["--config", c, "list", "--json"])).stdout) as Row[];
+      return { r, listed };
+    };
+    // The victim's target is age to rA and rB: the one to the stranger is refused by name.
+    const mine = await rebuild(cfg, "mine");
+    assert.notEqual(mine.r.code, 0, "a manifest not believed fails the rebuild");
+    assert.match(
+      mine.r.stdout + mine.r.stderr,
+      new RegExp(`${rS}, not among the configured recipients`),
+    );
+    assert.deepEqual(mine.listed, []);
+    // An SSE-C-only config (no recipients anywhere) believes no age manifest at all.
+    const sseOnly = cfg
+      .replace(/ {4}encryption: \{ scheme: age, [^\n]*\n/, "")
+      .replace(/ {4}encryption: \{ scheme: both, [^\n]*\n/, "");
+    assert.doesNotMatch(sseOnly, /age1/);
+    const none = await rebuild(sseOnly, "none");
+    assert.notEqual(none.r.code, 0);
+    assert.match(none.r.stdout + none.r.stderr, /no age recipient is configured for this target/);
+    assert.deepEqual(none.listed, []);
+    // Its own recipients configured, the same backup is believed (the check is not blind).
+    const theirs = await rebuild(readFileSync(forger, "utf8"), "theirs");
+    assert.equal(theirs.r.code, 0, theirs.r.stdout + theirs.r.stderr);
+    assert.equal(theirs.listed.length, 1);
+  });
+
+  it("a bucket that refuses every SSE-C request (403): rebuild, ls --host and list --from-bucket of an age-only target send none and succeed", async () => {
+    const s = await setup("blockread", { viaProxy: true });
+    proxy.clear();
+    proxy.fault({
+      match: (r) => r.sseC === true,
+      times: 100000,
+      action: { kind: "status", status: 403, code: "AccessDenied", message: "SSE-C is blocked" },
+    });
+    try {
+      const start = proxy.log.length;
+      const a = await cli(s, "backup", "a");
+      assert.equal(a.code, 0, a.stderr);
+      const made = await row(s, "a");
+      const rebuilt = join(s.dir, "rebuilt.yaml");
+      writeFileSync(
+        rebuilt,
+        readFileSync(s.cfg, "utf8").replace(`${s.dir}/catalog.db`, `${s.dir}/rebuilt.db`),
+      );
+      const rb = await runCli(["--config", rebuilt, "catalog", "rebuild", "--json"]);
+      assert.equal(rb.code, 0, rb.stdout + rb.stderr);
+      const again = JSON.parse(
+        (await runCli(["--config", rebuilt, "list", "--json", "--job", "a"])).stdout,
+      ) as Row[];
+      assert.deepEqual(
+        again.map((r) => [r.versionId, r.sha256]),
+        [[made.versionId, made.sha256]],
+      );
+      const ls = await runCli([
+        "--config",
+        rebuilt,
+        "ls",
+        "a",
+        "--host",
+        "age-test",
+        "--identity",
+        s.ours,
+      ]);
+      assert.equal(ls.code, 0, ls.stderr);
+      assert.match(ls.stdout, /passwords\.txt/);
+      const lb = await runCli(["--config", rebuilt, "list", "--from-bucket", "--json"]);
+      assert.equal(lb.code, 0, lb.stderr);
+      assert.match(lb.stdout, new RegExp(made.versionId));
+      const seen = proxy.log.slice(start);
+      assert.ok(
+        seen.some((r) => r.path.includes(".manifest") || r.path.includes("/a/")),
+        "through the proxy",
+      );
+      assert.deepEqual(
+        seen.filter((r) => r.sseC).map((r) => `${r.method} ${r.path}`),
+        [],
+        "no SSE-C key in any request",
+      );
+    } finally {
+      proxy.clear();
+    }
   });
 });

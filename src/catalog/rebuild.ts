@@ -30,7 +30,7 @@
  * its lock keeps it from replacing anything.
  */
 
-import type { Compression, RetentionMode } from "../config/config.js";
+import type { Compression, EncryptionScheme, RetentionMode } from "../config/config.js";
 import { CancelledError, describeError, StorageError } from "../errors.js";
 import { catalogSseKey, schemeOf, sseKeyFor } from "../pipeline/cipher.js";
 import type { Manifest } from "../repo/manifest.js";
@@ -41,6 +41,7 @@ import {
   type ManifestKey,
   type ManifestScope,
   readManifest,
+  schemeOption,
 } from "../repo/snapshots.js";
 import { mapLimit } from "../store/parallel.js";
 import { retry } from "../store/retry.js";
@@ -114,6 +115,14 @@ export interface ScanOptions {
   signal?: AbortSignal;
   /** Called after each manifest, with how many are done out of how many found. */
   onProgress?: (done: number, total: number) => void;
+  /** The scheme configured for a job on this target: an age-only manifest is read without a key. */
+  schemeOf?: (job: string) => EncryptionScheme;
+  /**
+   * Every age recipient configured on this target (its own and its jobs'). An
+   * age manifest skips the SSE-C check that proves immutd wrote it, so one
+   * naming any other recipient (or any, when none is configured) is not believed.
+   */
+  recipients?: readonly string[];
 }
 
 /**
@@ -194,6 +203,24 @@ export async function scanTarget(target: Target, o: ScanOptions): Promise<ScanRe
 
 type Problem = { kind: ScanNote["kind"]; message: string };
 
+/**
+ * Why an age manifest cannot be believed on a target configured with
+ * `recipients`, or undefined. Without SSE-C nothing proves immutd wrote an age
+ * archive (anyone with write access can encrypt to any key), so only a backup
+ * sealed to recipients this config names, all of them, is taken.
+ */
+function ageForeignRecipients(doc: Manifest, recipients: readonly string[]): string | undefined {
+  if (doc.encryption.scheme === "sse-c") return undefined;
+  if (recipients.length === 0)
+    return `it says it is age-encrypted (${doc.encryption.scheme}), but no age recipient is configured for this target or its jobs: immutd did not write it with this config`;
+  const known = new Set(recipients);
+  const named = doc.encryption.recipients ?? [];
+  const other = named.filter((r) => !known.has(r));
+  if (named.length === 0 || other.length)
+    return `it is age-encrypted to ${other.length ? other.join(", ") : "no recipient"}, not among the configured recipients of this target and its jobs`;
+  return undefined;
+}
+
 /** One manifest version checked against the server: the backup it describes, or why it is not believed. */
 async function check(
   target: Target,
@@ -215,7 +242,10 @@ async function check(
       target.bucket,
       o.masterKey,
       { ...m, versionId: m.version.versionId },
-      o.signal ? { signal: o.signal } : {},
+      {
+        ...(o.signal ? { signal: o.signal } : {}),
+        ...schemeOption(undefined, o.schemeOf?.(m.job)),
+      },
     );
   } catch (err) {
     if (o.signal?.aborted) throw new CancelledError("catalog rebuild cancelled");
@@ -235,6 +265,8 @@ async function check(
       kind: "unreadable",
       message: `not believed: key derivation ${doc.encryption.keyDerivation} (scheme ${doc.encryption.scheme}) is not one this immutd knows`,
     };
+  const foreign = ageForeignRecipients(doc, o.recipients ?? []);
+  if (foreign) return { kind: "unreadable", message: `not believed: ${foreign}` };
   const what = `its archive s3://${target.bucket}/${a.key} version ${a.versionId}`;
   // age alone: stored without SSE-C, so no key is sent and "encrypted" means nothing.
   const sseKey = sseKeyFor(o.masterKey, target.bucket, a.key, scheme);

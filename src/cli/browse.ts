@@ -187,6 +187,7 @@ async function withBackups(
       masterKey: ctx.config.masterKey.reveal(),
       cacheDir: manifestCacheDir(ctx.config.catalog),
       ...(identities ? { identities } : {}),
+      scheme: encryptionOf(job, tc).scheme,
     };
     const known = host === undefined ? backupsFromCatalog(ctx.catalog(), job.name, tc.bucket) : [];
     if (known.length > 0) return await fn(ms, known, undefined);

@@ -6,6 +6,7 @@
 
 import type { Command } from "commander";
 import { type FoundBackup, type ScanNote, scanTarget, toImported } from "../catalog/rebuild.js";
+import { encryptionOf } from "../config/config.js";
 import { CatalogError, UsageError, VerifyFindingsError } from "../errors.js";
 import type { ManifestScope } from "../repo/snapshots.js";
 import type { Cli, Context } from "./context.js";
@@ -112,9 +113,14 @@ export async function scanBucket(
     for (const tc of list) {
       const target = open.targets[tc.name];
       if (!target) continue;
+      const jobs = ctx.config.jobs.filter((j) => j.target === tc.name);
       const r = await scanTarget(target, {
         masterKey: ctx.config.masterKey.reveal(),
         scope,
+        schemeOf: (job) => encryptionOf(jobs.find((j) => j.name === job) ?? {}, tc).scheme,
+        recipients: [...jobs.map((j) => encryptionOf(j, tc)), encryptionOf({}, tc)].flatMap(
+          (e) => e.recipients,
+        ),
         signal: controller.signal,
         onProgress: (done, total) => {
           const now = Date.now();

@@ -31,6 +31,7 @@ import type { ExtractWarning, TarEntryInfo } from "../pipeline/extract.js";
 import { displayName } from "../pipeline/file-names.js";
 import { KEY_DERIVATION } from "../repo/keys.js";
 import type { Manifest } from "../repo/manifest.js";
+import { schemeOption } from "../repo/snapshots.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import { selectJobs } from "./backup.js";
@@ -325,6 +326,7 @@ async function rangedManifest(
     prefix: target.prefix,
     masterKey: ctx.config.masterKey.reveal(),
     cacheDir: manifestCacheDir(ctx.config.catalog),
+    ...schemeOption(src.keyDerivation, undefined),
   };
   let ref: BackupRef | undefined;
   let archives: Map<string, VersionEntry> | undefined;
@@ -365,6 +367,7 @@ async function chainOf(
     prefix: target.prefix,
     masterKey: ctx.config.masterKey.reveal(),
     cacheDir: manifestCacheDir(ctx.config.catalog),
+    ...schemeOption(src.keyDerivation, undefined),
   };
   const chain = o.fromBucket
     ? await chainFromBucket(ms, src, o.host ?? ctx.config.host)

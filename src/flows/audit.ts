@@ -22,7 +22,14 @@
  * only as far as its archive version exists with its size.
  */
 
-import { type AuditConfig, type Config, DEFAULTS, type TargetConfig } from "../config/config.js";
+import {
+  type AuditConfig,
+  type Config,
+  DEFAULTS,
+  type EncryptionScheme,
+  encryptionOf,
+  type TargetConfig,
+} from "../config/config.js";
 import { nextRun } from "../config/schedule.js";
 import { CancelledError, describeError, explainReadRefusal, StorageError } from "../errors.js";
 import { schemeOf, sseKeyFor } from "../pipeline/cipher.js";
@@ -33,6 +40,7 @@ import {
   ManifestError,
   type ManifestKey,
   readManifest,
+  schemeOption,
 } from "../repo/snapshots.js";
 import { configuredLock, LOCK_SLACK_MS, lockShortfall } from "../retention/bucket-check.js";
 import { mapLimit } from "../store/parallel.js";
@@ -102,6 +110,8 @@ export interface AuditDeps {
   signal?: AbortSignal;
   /** Called with each finding as it is found (the daemon logs them). */
   onFinding?: (f: AuditFinding) => void;
+  /** The scheme configured for a job on this target: an age-only manifest is read without a key. */
+  schemeOf?: (job: string) => EncryptionScheme;
 }
 
 /**
@@ -129,6 +139,7 @@ export async function auditTargets(
           target: tc,
           reader,
           masterKey: config.masterKey.reveal(),
+          schemeOf: (job) => encryptionOf(config.jobs.find((j) => j.name === job) ?? {}, tc).scheme,
           audit: config.audit ?? { slackMinutes: DEFAULTS.auditSlackMinutes, overrides: [] },
           concurrency: config.verify.concurrency,
         }),
@@ -359,7 +370,7 @@ async function checkBackup(deps: AuditDeps, m: ManifestKey, now: Date): Promise<
       tc.bucket,
       masterKey,
       { ...m, versionId: m.version.versionId },
-      signal ? { signal } : {},
+      { ...(signal ? { signal } : {}), ...schemeOption(undefined, deps.schemeOf?.(m.job)) },
     );
   } catch (err) {
     if (signal?.aborted) throw new CancelledError("audit cancelled");

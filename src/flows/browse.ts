@@ -18,12 +18,13 @@
  */
 import { dirname, join } from "node:path";
 import type { Catalog } from "../catalog/catalog.js";
+import type { EncryptionScheme } from "../config/config.js";
 import { ImmutdError, UsageError } from "../errors.js";
 import type { AgeIdentity } from "../repo/age-keys.js";
 import { isSealed, openIndex } from "../repo/age-manifest.js";
 import { type Manifest, manifestMismatch } from "../repo/manifest.js";
 import { jobPrefix } from "../repo/naming.js";
-import { listManifests, placeOf, readManifest } from "../repo/snapshots.js";
+import { listManifests, placeOf, readManifest, schemeOption } from "../repo/snapshots.js";
 import type { ObjectStore, VersionEntry } from "../store/store.js";
 
 /** The manifest cache directory for a catalog file. */
@@ -42,6 +43,8 @@ export interface BackupRef {
   archive?: { versionId: string; size: number; sha256: string | null };
   /** Null: the backup has no manifest (made by immutd 0.1.0, or its manifest could not be written). */
   manifest: { key: string; versionId: string } | null;
+  /** The catalog's key_derivation, when the catalog knows the backup. */
+  keyDerivation?: string;
 }
 
 /** Where to read manifests: the reader credential, the bucket, the master key and the cache. */
@@ -53,6 +56,8 @@ export interface ManifestSource {
   masterKey: Buffer;
   cacheDir?: string;
   signal?: AbortSignal;
+  /** The job's configured scheme: how a manifest the catalog does not know is read first. */
+  scheme?: EncryptionScheme;
   /** The age identities that open an age backup's file index (src/repo/age-manifest.ts). */
   identities?: readonly AgeIdentity[];
 }
@@ -72,6 +77,7 @@ export function backupsFromCatalog(catalog: Catalog, job: string, bucket: string
         r.manifestKey !== null && r.manifestVersionId !== null
           ? { key: r.manifestKey, versionId: r.manifestVersionId }
           : null,
+      ...keyDerivationOf(catalog.backupKeyDerivation(r.id)),
     }));
 }
 
@@ -129,6 +135,7 @@ export async function manifestOf(
     {
       ...(src.cacheDir ? { cacheDir: src.cacheDir } : {}),
       ...(src.signal ? { signal: src.signal } : {}),
+      ...schemeOption(b.keyDerivation, src.scheme),
     },
   );
   let wrong: string | undefined;
@@ -157,4 +164,8 @@ export async function archiveVersions(
 ): Promise<Map<string, VersionEntry>> {
   const all = await src.reader.listVersions(jobPrefix(src.prefix, host, job));
   return new Map(all.filter((v) => !v.deleteMarker).map((v) => [v.versionId, v]));
+}
+
+function keyDerivationOf(d: string | undefined): { keyDerivation?: string } {
+  return d === undefined ? {} : { keyDerivation: d };
 }

@@ -29,7 +29,7 @@ import {
   manifestMismatch,
 } from "../repo/manifest.js";
 import { parseObjectKey } from "../repo/naming.js";
-import { isGone, readManifest } from "../repo/snapshots.js";
+import { isGone, readManifest, schemeOption } from "../repo/snapshots.js";
 import { configuredLock } from "../retention/bucket-check.js";
 import { lockAtLeast } from "../retention/lock.js";
 import { RetryPolicy, retry } from "../store/retry.js";
@@ -155,7 +155,10 @@ async function parentManifest(row: BackupRow, job: JobConfig, d: ChainDeps): Pro
         createdAt,
         versionId: row.manifestVersionId,
       },
-      { cacheDir: manifestCacheDir(d.catalog.path) },
+      {
+        cacheDir: manifestCacheDir(d.catalog.path),
+        ...schemeOption(d.catalog.backupKeyDerivation(row.id), undefined),
+      },
     );
   } catch (err) {
     if (isGone(err)) throw new Error(`${what} is missing (version ${row.manifestVersionId})`);

@@ -10,10 +10,22 @@
  */
 import { pipeline } from "node:stream/promises";
 import type { Catalog } from "../catalog/catalog.js";
-import { type Compression, type Config, encryptionOf, type JobConfig } from "../config/config.js";
-import { UsageError } from "../errors.js";
+import {
+  type Compression,
+  type Config,
+  type EncryptionScheme,
+  encryptionOf,
+  type JobConfig,
+} from "../config/config.js";
+import { describeError, StorageError, UsageError } from "../errors.js";
 import { AgeError } from "../pipeline/age.js";
-import { decryptStages, keyDerivationOf, sseKeyFor, storedSseKey } from "../pipeline/cipher.js";
+import {
+  decryptStages,
+  keyDerivationOf,
+  schemeOf,
+  sseKeyFor,
+  storedSseKey,
+} from "../pipeline/cipher.js";
 import { decoderFor } from "../pipeline/codec.js";
 import { type DownloadOptions, download, RestoreError, whereOf } from "../pipeline/download.js";
 import {
@@ -29,6 +41,7 @@ import { HashingCounter } from "../pipeline/hash.js";
 import type { AgeIdentity } from "../repo/age-keys.js";
 import { KEY_DERIVATION } from "../repo/keys.js";
 import { isDatedInFuture, jobPrefix, parseObjectKey } from "../repo/naming.js";
+import { listManifests, ManifestError, readManifest } from "../repo/snapshots.js";
 import type { ObjectStore, Target } from "../store/store.js";
 
 export { DOWNLOAD_RESUMES, RESTORE_EXIT_CODE, RestoreError } from "../pipeline/download.js";
@@ -183,9 +196,15 @@ export async function selectFromBucket(
       );
     }
   }
-  // Without the catalog the scheme is the one configured for the job now.
+  // Without the catalog the backup's own manifest says its scheme (readable
+  // without an identity: only its file index is sealed), so a backup made
+  // before the job switched schemes is still decrypted the way it was made;
+  // the scheme configured now is used only for a backup without a manifest.
   const tc = config.targets?.[job.target];
-  const scheme = tc ? encryptionOf(job, tc).scheme : "sse-c";
+  const configured = tc ? encryptionOf(job, tc).scheme : "sse-c";
+  const scheme =
+    (await manifestScheme(reader, config, target, host, job.name, pick.v, configured, opts)) ??
+    configured;
   return {
     job: job.name,
     bucket: target.bucket,
@@ -197,6 +216,54 @@ export async function selectFromBucket(
     createdAt: pick.parsed?.createdAt ?? pick.v.lastModified,
     size: pick.v.size,
   };
+}
+
+/**
+ * The scheme the manifest of archive version `v` records; undefined when it
+ * has none (immutd 0.1.0, or versions tied at its key) or one that does not
+ * describe `v` (said through onWarning).
+ */
+async function manifestScheme(
+  reader: ObjectStore,
+  config: Config,
+  target: Target,
+  host: string,
+  job: string,
+  v: { key: string; versionId: string },
+  configured: EncryptionScheme,
+  opts: FromBucketOptions,
+): Promise<EncryptionScheme | undefined> {
+  const m = (await listManifests(reader, target.prefix, { host, job })).find(
+    (x) => x.archiveKey === v.key,
+  );
+  if (!m || m.tied.length) return undefined;
+  const where = `manifest s3://${target.bucket}/${m.key} version ${m.version.versionId}`;
+  try {
+    const doc = await readManifest(
+      reader,
+      target.bucket,
+      config.masterKey.reveal(),
+      { ...m, versionId: m.version.versionId },
+      { scheme: configured },
+    );
+    const scheme = schemeOf(doc.encryption.keyDerivation);
+    if (doc.archive.versionId !== v.versionId || scheme !== doc.encryption.scheme) {
+      opts.onWarning?.(
+        `${where} does not describe version ${v.versionId} in a way this immutd knows: decrypting as configured (${configured})`,
+      );
+      return undefined;
+    }
+    return scheme;
+  } catch (err) {
+    // One that cannot be used leaves the configured scheme, as for a backup without one;
+    // a request that keeps failing (5xx, network) fails the restore instead.
+    const unusable =
+      err instanceof ManifestError || (err instanceof StorageError && !err.transient);
+    if (!unusable) throw err;
+    const why = err instanceof ManifestError ? err.detail : describeError(err);
+    opts.onWarning?.(`${where} is not used (${why}): decrypting as configured (${configured})`);
+    return undefined;
+  }
 }
 
 export type RestoreMode =

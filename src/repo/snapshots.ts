@@ -19,7 +19,9 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buffer } from "node:stream/consumers";
+import type { EncryptionScheme } from "../config/config.js";
 import { RefusedError, StorageError } from "../errors.js";
+import { schemeOf } from "../pipeline/cipher.js";
 import { RetryPolicy, retry, withSignal } from "../store/retry.js";
 import type { ObjectStore, VersionEntry } from "../store/store.js";
 import { deriveSseKey } from "./keys.js";
@@ -217,6 +219,27 @@ export interface ReadManifestOptions {
    */
   cacheDir?: string;
   signal?: AbortSignal;
+  /**
+   * The scheme the backup was made with, as far as the caller knows (the
+   * catalog's key_derivation, else the job's configured scheme). For "age" the
+   * manifest is read without an SSE-C key first, so an age-only target never
+   * sees one; otherwise the key goes first. Either way the other way is tried
+   * once when the server refuses the first (400, or 403 from a bucket policy
+   * that blocks SSE-C as AWS allows).
+   */
+  scheme?: EncryptionScheme;
+}
+
+/**
+ * The `scheme` option of readManifest: the one a catalog row's key_derivation
+ * records, else the configured one; none when neither is known.
+ */
+export function schemeOption(
+  keyDerivation: string | undefined,
+  configured: EncryptionScheme | undefined,
+): { scheme?: EncryptionScheme } {
+  const scheme = (keyDerivation === undefined ? undefined : schemeOf(keyDerivation)) ?? configured;
+  return scheme ? { scheme } : {};
 }
 
 /**
@@ -244,15 +267,19 @@ export async function readManifest(
         async () => buffer(await store.get(m.key, m.versionId, k, signal ? { signal } : {})),
         withSignal(RetryPolicy.read, signal),
       );
+    // The manifest of an age-only backup is stored without SSE-C: AWS refuses
+    // the key for it (400), a bucket blocking SSE-C refuses it (403), and plain
+    // http refuses to send one at all; an SSE-C manifest read without its key is 400.
+    const [first, second] = o.scheme === "age" ? [undefined, sseKey] : [sseKey, undefined];
     let body: Buffer;
     try {
-      body = await fetch(sseKey);
+      body = await fetch(first);
     } catch (err) {
-      // The manifest of an age-only backup is stored without SSE-C: AWS refuses
-      // the key for it (400), and plain http refuses to send one at all.
-      if (!(err instanceof RefusedError || (err instanceof StorageError && err.status === 400)))
-        throw err;
-      body = await fetch(undefined);
+      const refused =
+        err instanceof RefusedError ||
+        (err instanceof StorageError && (err.status === 400 || err.status === 403));
+      if (!refused) throw err;
+      body = await fetch(second);
     }
     try {
       manifest = decodeManifest(body);
