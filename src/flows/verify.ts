@@ -585,7 +585,11 @@ async function chainFindings(
         const target = targets[m.target];
         const mode = m.retentionMode ?? config.targets[m.target]?.retention.mode ?? "COMPLIANCE";
         const problem = target
-          ? await extendMembers([m], { mode, retainUntil: new Date(needed) }, { catalog, target, now })
+          ? await extendMembers(
+              [m],
+              { mode, retainUntil: new Date(needed) },
+              { catalog, target, now },
+            )
           : "its target is not configured";
         if (problem)
           why = `is locked until ${m.retainUntil ?? "never"}, before the later members that need it (until ${new Date(needed).toISOString()}), and could not be extended: ${problem}`;
