@@ -170,7 +170,7 @@ describe("parallel compression", () => {
 });
 
 describe("zstd archives of several frames, cut short", () => {
-  it("fail immutd's decoder when cut inside a later frame (Node's decoder alone ends quietly), as they fail zstd -t", async () => {
+  it("fail immutd's decoder when cut inside a later frame (where Node's decoder alone may end quietly), as they fail zstd -t", async () => {
     const input = data(2 * MiB);
     const out = await encode(input, { codec: "zstd", level: 3, threads: 2, blockBytes: 256 * KiB });
     for (const cut of [5, 1000, 40_000]) {
@@ -187,9 +187,13 @@ describe("zstd archives of several frames, cut short", () => {
       compressBlock("zstd", 3, randomBytes(300_000)),
     ]);
     const quiet = two.subarray(0, two.length - 1000);
+    // Node 24.20 ends after one frame without an error; Node 26 may refuse it
+    // itself. Either way it never yields the whole input, and immutd's check refuses it.
     const alone: Buffer[] = [];
-    await pipeline([Readable.from([quiet]), createZstdDecompress(), keep(alone)]);
-    assert.equal(Buffer.concat(alone).length, 300_000, "Node's decoder alone: one frame, no error");
+    const nodeAlone = await pipeline([Readable.from([quiet]), createZstdDecompress(), keep(alone)])
+      .then(() => "ended")
+      .catch(() => "refused");
+    if (nodeAlone === "ended") assert.ok(Buffer.concat(alone).length < 600_000);
     await assert.rejects(decode("zstd", quiet), /ends inside a frame/);
     // A frame boundary is no cut the codec can see: size and SHA-256 checks catch those.
     assert.ok((await decode("zstd", out)).equals(input));
