@@ -33,15 +33,21 @@ const MiB = 1024 * 1024;
 /** Clears the screen and sets the window title if a terminal is sent it raw. */
 const EVIL = "large\x1b[2J\x1b]0;pwned\x07.bin";
 
-/** A CLI run inside a pty (script -q: no banner; -e: its exit code; -f: flushed at once). */
+/**
+ * A CLI run inside a pty (script -q: no banner; -e: its exit code; -f: flushed at once).
+ * script runs the command through $SHELL -c; `exec` replaces that shell with immutd, so the
+ * exit code is immutd's own whatever the shell. Without it, dash (Debian's /bin/sh, which
+ * script uses where SHELL is unset) stays as immutd's parent, takes the Ctrl-C as well and
+ * reports 130 after immutd exited 3.
+ */
 class TerminalRun {
   readonly child: ChildProcess;
   screen = "";
   readonly exited: Promise<number | null>;
   constructor(args: string[], env: NodeJS.ProcessEnv) {
     const cmd = [process.execPath, CLI, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`);
-    this.child = spawn("script", ["-qfec", cmd.join(" "), "/dev/null"], {
-      env: { ...process.env, IMMUTD_CONFIG: "", TERM: "xterm", ...env },
+    this.child = spawn("script", ["-qfec", `exec ${cmd.join(" ")}`, "/dev/null"], {
+      env: { ...process.env, SHELL: "/bin/sh", IMMUTD_CONFIG: "", TERM: "xterm", ...env },
       stdio: ["pipe", "pipe", "pipe"],
     });
     this.child.stdout?.on("data", (d: Buffer) => {
