@@ -103,6 +103,13 @@ describe("one listing per command (CLI, Ceph RGW)", () => {
     assert.equal(r.listed, 1, "ListObjectVersions requests");
   });
 
+  it("restore --from-bucket --id is refused as a usage error before any listing", async () => {
+    const r = await counted("restore", "files", "--from-bucket", "--id", "1", "--list");
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--id names a catalog entry/);
+    assert.equal(r.listed, 0);
+  });
+
   it("ls and find from the bucket (--host) list once each", async () => {
     const ls = await counted("ls", "files", "--host", "assure");
     assert.equal(ls.code, 0, ls.stderr);

@@ -161,13 +161,15 @@ export async function restoreCommand(
     const host = o.host ?? ctx.config.host;
     // From the bucket, the job's prefix is listed once: the backup is picked,
     // its chain checked and its manifest read from that one listing.
-    const listing = o.fromBucket
-      ? await listScope(target.reader, target.prefix, { host, job: job.name })
-      : undefined;
-    const src: RestoreSource = listing
+    // (--id is refused by selectFromBucket before any listing.)
+    const listing =
+      o.fromBucket && sel.id === undefined
+        ? await listScope(target.reader, target.prefix, { host, job: job.name })
+        : undefined;
+    const src: RestoreSource = o.fromBucket
       ? await selectFromBucket(target.reader, ctx.config, target, job, host, sel, {
           onWarning: (message) => ctx.log.warn({ job: job.name }, message),
-          listing,
+          ...(listing ? { listing } : {}),
         })
       : selectFromCatalog(ctx.catalog(), job.name, sel);
     if (src.bucket !== tc.bucket) {
