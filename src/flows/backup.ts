@@ -33,15 +33,10 @@ import { type Cipher, catalogSseKey, cipherFor, sseKeyFor } from "../pipeline/ci
 import { encoderFor } from "../pipeline/codec.js";
 import { HashingCounter } from "../pipeline/hash.js";
 import { runStages, type Streamed } from "../pipeline/index.js";
+import { IndexSpool, spoolPattern, sweepStaleSpools } from "../pipeline/index-spool.js";
 import { s3Sink } from "../pipeline/sink.js";
-import { sealIndex } from "../repo/age-manifest.js";
-import {
-  encodeManifest,
-  INCREMENTAL_FORMAT,
-  MANIFEST_FORMAT,
-  type Manifest,
-  ManifestIndex,
-} from "../repo/manifest.js";
+import { INCREMENTAL_FORMAT, MANIFEST_FORMAT } from "../repo/manifest.js";
+import { encodeManifestStream, type ManifestHead } from "../repo/manifest-stream.js";
 import { manifestKey, objectKey } from "../repo/naming.js";
 import {
   configuredLock,
@@ -177,12 +172,14 @@ interface Run {
   uploadSent: boolean;
   /** The job's keep policy's say on this backup (tiers, hold, tag), once decided; undefined without a policy. */
   keep?: Assignment;
+  /** The manifest's index, spooled beside the catalog (src/pipeline/index-spool.ts); removed when the run ends. */
+  spool?: IndexSpool;
 }
 
 /** The stages' result with what the run needs of them afterwards. */
 interface Uploaded extends Streamed {
   cipher: Cipher;
-  index: ManifestIndex;
+  index: IndexSpool;
   chain: ChainStep;
 }
 
@@ -205,6 +202,7 @@ async function attempt(job: JobConfig, deps: BackupDeps): Promise<BackupResult> 
   } catch (err) {
     return failed(run, err);
   } finally {
+    run.spool?.remove();
     await spooled?.cleanup();
   }
 }
@@ -278,7 +276,10 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
     key,
     encryptionOf(job, deps.targetConfig),
   );
-  const index = new ManifestIndex();
+  // A spool left by a killed run is removed; this run's goes when it ends (attempt).
+  sweepStaleSpools(catalog.path);
+  const index = IndexSpool.open({ catalogPath: catalog.path, runId });
+  run.spool = index;
   const chain = await chainStep(job, jobWalk(job, catalog.path), index, {
     catalog,
     target,
@@ -342,6 +343,7 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
   const streamed = await runStages({
     archive,
     between: [
+      index.endOfIndex(),
       ...encoderFor(
         job.compression,
         job.compressionLevel,
@@ -532,34 +534,41 @@ async function succeeded(run: Run, u: Uploaded, stored: Stored): Promise<BackupR
   const { job, deps, key, warnings } = run;
   const { backupId, retention } = stored;
   const chain = u.chain;
-  const manifestProblem = await writeManifest(deps, u.cipher, backupId, retention, run.keep?.tag, {
-    formatVersion: chain.kind === "incremental" ? INCREMENTAL_FORMAT : MANIFEST_FORMAT,
-    host: deps.config.host,
-    job: job.name,
-    createdAt: run.started.toISOString(),
-    archive: {
-      key,
-      versionId: u.versionId,
-      size: stored.size,
-      sha256: u.sha256,
-      compression: job.compression,
+  const manifestProblem = await writeManifest(
+    deps,
+    u.cipher,
+    backupId,
+    retention,
+    run.keep?.tag,
+    {
+      formatVersion: chain.kind === "incremental" ? INCREMENTAL_FORMAT : MANIFEST_FORMAT,
+      host: deps.config.host,
+      job: job.name,
+      createdAt: run.started.toISOString(),
+      archive: {
+        key,
+        versionId: u.versionId,
+        size: stored.size,
+        sha256: u.sha256,
+        compression: job.compression,
+      },
+      encryption: { scheme: u.cipher.scheme, keyDerivation: u.cipher.keyDerivation },
+      // encodeManifestStream (in writeManifest) adds the index, sealed with age to the recipients for age.
+      parent:
+        chain.kind === "incremental" && chain.parentRow
+          ? {
+              key: chain.parentRow.key,
+              versionId: chain.parentRow.versionId,
+              manifestVersionId: chain.parentRow.manifestVersionId as string,
+            }
+          : null,
+      ...(chain.kind === "incremental" && chain.chain ? { chain: chain.chain } : {}),
+      walk: chain.walk,
+      schedule: job.schedule ?? null,
+      ...(job.timezone !== undefined ? { timezone: job.timezone } : {}),
     },
-    encryption: { scheme: u.cipher.scheme, keyDerivation: u.cipher.keyDerivation },
-    // sealIndex (in writeManifest) adds the recipients and encrypts `files` for age.
-    parent:
-      chain.kind === "incremental" && chain.parentRow
-        ? {
-            key: chain.parentRow.key,
-            versionId: chain.parentRow.versionId,
-            manifestVersionId: chain.parentRow.manifestVersionId as string,
-          }
-        : null,
-    ...(chain.kind === "incremental" && chain.chain ? { chain: chain.chain } : {}),
-    walk: chain.walk,
-    schedule: job.schedule ?? null,
-    ...(job.timezone !== undefined ? { timezone: job.timezone } : {}),
-    files: u.index.files,
-  });
+    u.index,
+  );
   if (manifestProblem) {
     warnings.push({
       path: `s3://${deps.target.bucket}/${manifestKey(key)}`,
@@ -634,7 +643,8 @@ async function writeManifest(
   backupId: number,
   retention: Retention,
   tag: string | undefined,
-  manifest: Manifest,
+  manifest: ManifestHead,
+  index: IndexSpool,
 ): Promise<string | undefined> {
   const { target, catalog, config } = deps;
   const key = manifestKey(manifest.archive.key);
@@ -643,7 +653,12 @@ async function writeManifest(
   // The manifest is stored as its archive is: SSE-C unless age alone, the index sealed with age.
   const sseKey = sseKeyFor(config.masterKey.reveal(), target.bucket, key, archiveCipher.scheme);
   const recipients = archiveCipher.recipients;
-  const body = encodeManifest(recipients.length ? sealIndex(manifest, recipients) : manifest);
+  let body: Buffer;
+  try {
+    body = await encodeManifestStream(manifest, index.contents(), recipients);
+  } catch (err) {
+    return `${what} could not be written (${describeError(err)}); the archive is recorded and restorable (backup ${backupId}), \`immutd verify\` reports the missing manifest`;
+  }
   let versionId: string;
   try {
     ({ versionId } = await retry(() => target.writer.putManifest({ key, body, sseKey }), {
@@ -747,9 +762,11 @@ function catalogFiles(path: string, jobPaths: readonly string[]): string[] {
     if (rel !== "" && rel !== ".." && !rel.startsWith("../") && !isAbsolute(rel))
       names.add(join(resolve(p), rel));
   }
-  return [...names].flatMap((n) =>
-    ["", "-wal", "-shm", "-journal"].map((s) => literalPattern(n + s)),
-  );
+  return [...names].flatMap((n) => [
+    ...["", "-wal", "-shm", "-journal"].map((s) => literalPattern(n + s)),
+    // The runs' index spools (src/pipeline/index-spool.ts).
+    spoolPattern(literalPattern(n)),
+  ]);
 }
 
 /** The path with every symlink resolved; a missing last component is kept as it is. */

@@ -24,8 +24,8 @@ import {
 import { deriveSseKey } from "../repo/keys.js";
 import {
   type ChainMember,
+  type IndexWriter,
   type Manifest,
-  type ManifestIndex,
   manifestMismatch,
 } from "../repo/manifest.js";
 import { parseObjectKey } from "../repo/naming.js";
@@ -71,7 +71,7 @@ export async function chainStep(
     oneFileSystem?: boolean;
     excludeIfPresent?: readonly string[];
   },
-  index: ManifestIndex,
+  index: IndexWriter,
   d: ChainDeps,
 ): Promise<ChainStep> {
   const walk = walkFingerprint(walkOf);

@@ -23,10 +23,10 @@
 import type { BigIntStats } from "node:fs";
 import {
   fileName,
+  type IndexWriter,
   linkName,
   type Manifest,
   type ManifestFile,
-  type ManifestIndex,
 } from "../repo/manifest.js";
 import type { EntryPlan } from "./source.js";
 
@@ -43,10 +43,10 @@ export interface ChangePlan extends EntryPlan {
 
 /**
  * A planner against `parent`'s index. Entries left out are added to `index`
- * (ManifestIndex.carry) with their member resolved for the new chain, whose
+ * (IndexWriter.carry) with their member resolved for the new chain, whose
  * members are the parent's chain followed by the parent.
  */
-export function planChanges(parent: Manifest, index: ManifestIndex): ChangePlan {
+export function planChanges(parent: Manifest, index: IndexWriter): ChangePlan {
   const byName = new Map<string, ManifestFile>();
   for (const f of parent.files) byName.set(fileName(f), f);
   const parentMember = parent.chain?.length ?? 0;

@@ -130,8 +130,18 @@ export interface Manifest {
   sealedFiles?: string;
 }
 
-/** Collects the index while the archive is written (ArchiveOptions.onEntry). */
-export class ManifestIndex {
+/**
+ * Where the index goes while the archive is written (ArchiveOptions.onEntry,
+ * and the incremental planner's carried entries): in memory (ManifestIndex)
+ * or spooled to disk (src/pipeline/index-spool.ts, what a backup uses).
+ */
+export interface IndexWriter {
+  add(e: Readonly<ArchiveEntry>): void;
+  carry(f: ManifestFile): void;
+}
+
+/** Collects the index in memory while the archive is written (ArchiveOptions.onEntry). */
+export class ManifestIndex implements IndexWriter {
   readonly files: ManifestFile[] = [];
 
   add(e: Readonly<ArchiveEntry>): void {

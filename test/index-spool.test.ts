@@ -1,0 +1,224 @@
+/**
+ * The manifest's index spooled to disk (src/pipeline/index-spool.ts) and the
+ * manifest encoded from the spool (src/repo/manifest-stream.ts): the same
+ * document as the in-memory encoders make, for every format; the file's
+ * mode, removal, and sweep of a killed run's spool; a failing disk.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { describe, it } from "node:test";
+import { type ArchiveEntry, createArchive } from "../src/pipeline/archive.js";
+import { IndexSpool, SpoolError, sweepStaleSpools } from "../src/pipeline/index-spool.js";
+import { generateIdentity, parseIdentities } from "../src/repo/age-keys.js";
+import { openIndex, sealIndex } from "../src/repo/age-manifest.js";
+import {
+  decodeManifest,
+  encodeManifest,
+  type Manifest,
+  ManifestIndex,
+} from "../src/repo/manifest.js";
+import { encodeManifestStream } from "../src/repo/manifest-stream.js";
+
+const work = mkdtempSync(join(tmpdir(), "immutd-spool-"));
+const tree = join(work, "tree");
+mkdirSync(join(tree, "sub"), { recursive: true });
+for (let i = 0; i < 300; i++) writeFileSync(join(tree, "sub", `f${i}`), randomBytes(i));
+writeFileSync(Buffer.concat([Buffer.from(join(tree, "caf")), Buffer.from([0xe9])]), "x");
+writeFileSync(join(tree, "tab\there"), "y");
+symlinkSync("sub/f1", join(tree, "link"));
+
+async function entriesOf(paths: string[]): Promise<ArchiveEntry[]> {
+  const entries: ArchiveEntry[] = [];
+  const a = createArchive({ paths, onEntry: (e) => entries.push({ ...e }) });
+  await pipeline(a.stream, new Writable({ write: (_c, _e, cb) => cb() }));
+  await a.done;
+  return entries;
+}
+
+function head(files: Manifest["files"]): Manifest {
+  return {
+    formatVersion: 1,
+    host: "h",
+    job: "j",
+    createdAt: "2026-01-01T00:00:00.000Z",
+    archive: { key: "k.tar", versionId: "v", size: 1, sha256: "0".repeat(64), compression: "none" },
+    encryption: { scheme: "sse-c", keyDerivation: "hkdf-sha256" },
+    parent: null,
+    walk: "w",
+    schedule: null,
+    files,
+  };
+}
+
+let runs = 0;
+function spoolOf(entries: ArchiveEntry[], catalogPath = join(work, "catalog.db")): IndexSpool {
+  const spool = IndexSpool.open({ catalogPath, runId: ++runs });
+  for (const e of entries) spool.add(e);
+  return spool;
+}
+
+describe("manifest index spool", () => {
+  it("encodes to the same manifest as the in-memory index, byte for byte, and for every entry", async () => {
+    const entries = await entriesOf([tree]);
+    const index = new ManifestIndex();
+    for (const e of entries) index.add(e);
+    // An incremental's carried entry goes the same way (a format 1 manifest names no member).
+    const carried = { ...(index.files[0] as Manifest["files"][number]), path: "carried/again" };
+    index.carry(carried);
+    const spool = spoolOf(entries);
+    spool.carry(carried);
+    assert.equal(spool.entries, entries.length + 1);
+    const { files: _f, ...rest } = head(index.files);
+    const streamed = await encodeManifestStream(rest, spool.contents());
+    spool.remove();
+    const inMemory = encodeManifest(head(index.files));
+    assert.deepEqual(decodeManifest(streamed), decodeManifest(inMemory));
+    assert.ok(streamed.equals(inMemory), "the same gzip bytes as gzipSync of the whole document");
+    assert.equal(decodeManifest(streamed).files.length, entries.length + 1);
+  });
+
+  it("encodes an empty index as files: []", async () => {
+    const spool = spoolOf([]);
+    const { files: _f, ...rest } = head([]);
+    const streamed = await encodeManifestStream(rest, spool.contents());
+    spool.remove();
+    assert.ok(streamed.equals(encodeManifest(head([]))));
+  });
+
+  it("seals the index for age as sealIndex does (format 2), and it opens with the identity", async () => {
+    const entries = await entriesOf([tree]);
+    const index = new ManifestIndex();
+    for (const e of entries) index.add(e);
+    const { identity, recipient } = generateIdentity();
+    const m = { ...head(index.files), encryption: { scheme: "age" as const, keyDerivation: "x" } };
+    const spool = spoolOf(entries);
+    const { files: _f, ...rest } = m;
+    const streamed = decodeManifest(
+      await encodeManifestStream(rest, spool.contents(), [recipient]),
+    );
+    spool.remove();
+    const reference = decodeManifest(encodeManifest(sealIndex(m, [recipient])));
+    assert.equal(streamed.formatVersion, 2);
+    assert.deepEqual(streamed.files, []);
+    const { sealedFiles: _a, ...s1 } = streamed;
+    const { sealedFiles: _b, ...s2 } = reference;
+    assert.deepEqual(s1, s2, "every field but the (randomly encrypted) index");
+    const ids = parseIdentities(identity, "test");
+    assert.deepEqual(openIndex(streamed, ids, "t").files, index.files);
+  });
+
+  it("is created 0600 beside the catalog and removed by remove()", () => {
+    const spool = spoolOf([]);
+    assert.equal(statSync(spool.path).mode & 0o777, 0o600);
+    assert.ok(spool.path.startsWith(join(work, "catalog.db.index-")), spool.path);
+    spool.remove();
+    assert.equal(existsSync(spool.path), false);
+    spool.remove(); // twice is fine
+  });
+
+  it("refuses a file or symlink already at its name, naming it", () => {
+    const catalogPath = join(work, "taken.db");
+    const name = `${catalogPath}.index-${process.pid}-7.spool`;
+    symlinkSync(join(work, "elsewhere"), name);
+    assert.throws(
+      () => IndexSpool.open({ catalogPath, runId: 7 }),
+      (err: Error) => err instanceof SpoolError && err.message.includes(name),
+    );
+    assert.equal(existsSync(join(work, "elsewhere")), false, "the symlink was not followed");
+  });
+
+  it("a directory it cannot write in fails the open with the path in the message", () => {
+    const catalogPath = join(work, "no-such-dir", "catalog.db");
+    assert.throws(
+      () => IndexSpool.open({ catalogPath, runId: 1 }),
+      (err: Error) =>
+        err instanceof SpoolError &&
+        err.message.includes(join(work, "no-such-dir", "catalog.db.index-")) &&
+        err.message.includes("nothing was uploaded"),
+    );
+  });
+
+  it("a full disk fails its stage (the upload) with the path, and contents() rejects", async () => {
+    const errors: SpoolError[] = [];
+    let budget = 64 * 1024;
+    const spool = IndexSpool.open({
+      catalogPath: join(work, "full.db"),
+      runId: 1,
+      onError: (err) => errors.push(err),
+      write: (_fd, _buf, _off, len) => {
+        if (budget <= 0)
+          throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
+        const n = Math.min(len, budget);
+        budget -= n;
+        return n;
+      },
+    });
+    const stage = spool.endOfIndex();
+    const failed = new Promise<Error>((resolve) => stage.on("error", resolve));
+    const entries = await entriesOf([tree]);
+    for (let i = 0; i < 20; i++) for (const e of entries) spool.add(e);
+    const err = await failed;
+    assert.equal(errors.length, 1);
+    assert.equal(err, errors[0]);
+    assert.match(err.message, /ENOSPC/);
+    assert.ok(err.message.includes(spool.path), err.message);
+    await assert.rejects(async () => {
+      for await (const _ of spool.contents());
+    }, SpoolError);
+    spool.remove();
+    assert.equal(existsSync(spool.path), false);
+  });
+
+  it("its stage passes the bytes through and fails when the last entries cannot be written", async () => {
+    let fail = false;
+    const spool = IndexSpool.open({
+      catalogPath: join(work, "last.db"),
+      runId: 1,
+      write: (_fd, _buf, _off, len) => {
+        if (fail) throw new Error("EIO: i/o error");
+        return len;
+      },
+    });
+    const stage = spool.endOfIndex();
+    spool.add((await entriesOf([join(tree, "link")]))[0] as ArchiveEntry);
+    fail = true;
+    const out: Buffer[] = [];
+    await assert.rejects(
+      pipeline(
+        Readable.from([Buffer.from("abc")]),
+        stage,
+        new Writable({
+          write: (c: Buffer, _e, cb) => {
+            out.push(c);
+            cb();
+          },
+        }),
+      ),
+      (err: Error) => err instanceof SpoolError && err.message.includes(spool.path),
+    );
+    spool.remove();
+  });
+
+  it("the sweep removes the spools of dead processes only", () => {
+    const dir = join(work, "sweep");
+    mkdirSync(dir);
+    const catalogPath = join(dir, "catalog.db");
+    // A pid that is certainly gone: a child that has exited.
+    const dead = spawnSync(process.execPath, ["-e", "0"]).pid;
+    const stale = `${catalogPath}.index-${dead}-3.spool`;
+    const live = `${catalogPath}.index-${process.pid}-4.spool`;
+    const other = `${join(dir, "other.db")}.index-${dead}-5.spool`;
+    const unrelated = join(dir, "catalog.db.index-notes.txt");
+    for (const f of [stale, live, other, unrelated]) writeFileSync(f, "[garbage");
+    assert.deepEqual(sweepStaleSpools(catalogPath), [stale]);
+    assert.equal(existsSync(stale), false);
+    for (const f of [live, other, unrelated]) assert.ok(existsSync(f), f);
+    assert.deepEqual(sweepStaleSpools(join(work, "missing-dir", "c.db")), []);
+  });
+});
