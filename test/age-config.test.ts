@@ -24,6 +24,7 @@ import { AgeError, ageDecrypt } from "../src/pipeline/age.js";
 import { schemeOf } from "../src/pipeline/cipher.js";
 import { generateIdentity, parseIdentities } from "../src/repo/age-keys.js";
 import { isSealed, openIndex } from "../src/repo/age-manifest.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { decodeManifest } from "../src/repo/manifest.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
@@ -133,6 +134,45 @@ describe("encryption: config", () => {
       /would send SSE-C encryption keys unencrypted/,
     );
     assert.match(problem(yaml([], [], http)), /allowInsecureSseC: true/);
+  });
+});
+
+describe("master key with age", () => {
+  const noKey = (text: string) => text.replace(/^masterKeyFile: .*\n/m, "");
+  const age = `encryption: { scheme: age, recipients: [${ops.recipient}] }`;
+
+  it("an age-only config needs no master key; an SSE-C object met anyway is a clear error", () => {
+    const c = parse(noKey(yaml([age])));
+    assert.equal(c.masterKeySource, "none");
+    assert.equal(c.masterKey.reveal().length, 0);
+    assert.throws(
+      () => deriveSseKey(c.masterKey.reveal(), "backups-web", "web-1/etc/old.tar.zst"),
+      (err: Error) =>
+        err instanceof ConfigError &&
+        /s3:\/\/backups-web\/web-1\/etc\/old\.tar\.zst is encrypted with SSE-C.*no masterKey or masterKeyFile/.test(
+          err.message,
+        ),
+    );
+    // A key given anyway is read (older SSE-C backups stay readable).
+    assert.equal(parse(yaml([age])).masterKey.reveal().length, 32);
+  });
+
+  it("a config that sends SSE-C keys and has no master key fails, naming what needs it", () => {
+    assert.match(
+      problem(noKey(yaml([]))),
+      /missing masterKey \(or masterKeyFile\): the SSE-C keys of target "offsite" \(scheme sse-c, the default\)/,
+    );
+    const both = problem(
+      noKey(yaml([age], [`encryption: { scheme: both, recipients: [${ops.recipient}] }`])),
+    );
+    assert.match(both, /missing masterKey.*job "etc" \(scheme both\)/);
+    assert.ok(!both.includes('target "offsite"'), both);
+    assert.match(
+      problem(
+        yaml([age]).replace("masterKeyFile:", `masterKey: ${"cd".repeat(32)}\nmasterKeyFile:`),
+      ),
+      /give either masterKey or masterKeyFile, not both/,
+    );
   });
 });
 
