@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Catalog } from "../src/catalog/catalog.js";
-import { encryptionOf, parseConfig } from "../src/config/config.js";
+import { acceptedRecipients, encryptionOf, parseConfig } from "../src/config/config.js";
 import { Secret } from "../src/config/secret.js";
 import { ConfigError } from "../src/errors.js";
 import { runBackup } from "../src/flows/backup.js";
@@ -120,6 +120,28 @@ describe("encryption: config", () => {
     assert.match(
       problem(yaml(["encryption: { scheme: aes }"])),
       /targets\.offsite\.encryption\.scheme/,
+    );
+  });
+
+  it("formerRecipients: taken with any scheme, checked like recipients, never encrypted to", () => {
+    const c = parse(
+      yaml([
+        `encryption: { scheme: sse-c, formerRecipients: [${ops.recipient}, ${offline.recipient}] }`,
+      ]),
+    );
+    const t = c.targets.offsite;
+    assert.ok(t && c.jobs[0]);
+    const e = encryptionOf(c.jobs[0], t);
+    assert.equal(e.scheme, "sse-c");
+    assert.deepEqual(e.recipients, []);
+    assert.deepEqual(acceptedRecipients(e), [ops.recipient, offline.recipient]);
+    assert.match(
+      problem(
+        yaml([
+          `encryption: { scheme: age, recipients: [${ops.recipient}], formerRecipients: [age1x] }`,
+        ]),
+      ),
+      /formerRecipients\[0\].*is not an age X25519 recipient/,
     );
   });
 

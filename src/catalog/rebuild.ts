@@ -226,7 +226,7 @@ function ageForeignRecipients(doc: Manifest, recipients: readonly string[]): str
   const named = doc.encryption.recipients ?? [];
   const other = named.filter((r) => !known.has(r));
   if (named.length === 0 || other.length)
-    return `it is age-encrypted to ${other.length ? other.join(", ") : "no recipient"}, not among the configured recipients of this target and its jobs`;
+    return `it is age-encrypted to ${other.length ? other.join(", ") : "no recipient"}, not among the configured recipients of this target and its jobs (encryption.recipients, or formerRecipients for older backups)`;
   return undefined;
 }
 
