@@ -27,8 +27,14 @@ import { after, before, describe, it } from "node:test";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
+import { AgeEncrypt } from "../src/pipeline/age.js";
+import { createArchive } from "../src/pipeline/archive.js";
+import { HashingCounter } from "../src/pipeline/hash.js";
+import { runStages } from "../src/pipeline/index.js";
+import { s3Sink } from "../src/pipeline/sink.js";
+import { parseRecipient } from "../src/repo/age-keys.js";
 import { manifestKey, objectKey } from "../src/repo/naming.js";
-import { openTarget } from "../src/store/s3.js";
+import { closeTarget, openTarget } from "../src/store/s3.js";
 import type { ObjectStore } from "../src/store/store.js";
 import { CLI, runCli } from "./support/cli.js";
 import { FaultProxy, isGetObject, isUploadPart } from "./support/fault-proxy.js";
@@ -68,6 +74,7 @@ interface Row {
 }
 
 const MiB = 1024 * 1024;
+const FAULTY_AGE = new URL("./age-faulty-worker.js", import.meta.url);
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 describe("encryption: age (CLI, Ceph RGW)", () => {
@@ -630,6 +637,54 @@ ${o.viaProxy ? t.replace(env.endpoint, proxy.endpoint) : t}jobs:
     assert.equal(theirs.r.code, 0, theirs.r.stdout + theirs.r.stderr);
     assert.equal(theirs.listed.length, 1);
   });
+
+  for (const mode of ["exit", "throw"] as const) {
+    it(`an age payload worker that ${mode === "exit" ? "exits" : "throws"} mid-upload fails the backup: no version and no open upload remain`, async () => {
+      const bucket = uniqueBucket(`agewk${mode}`);
+      await createLockedBucket(env, bucket, 1);
+      const dir = mkdtempSync(join(tmpdir(), "immutd-age-worker-"));
+      writeFileSync(join(dir, "noise.bin"), randomBytes(14 * MiB));
+      const target = openTarget(rgwTarget(env, bucket));
+      const key = "fault/job/archive.tar";
+      let uploadId: string | undefined;
+      // The 12th 1 MiB batch: two 5 MiB parts are on the server by then.
+      process.env.IMMUTD_TEST_AGE_FAULT = `${mode}:12`;
+      try {
+        const hash = new HashingCounter();
+        const g = spawnSync("age-keygen", [], { encoding: "utf8" });
+        const recipient = /age1[0-9a-z]+/.exec(g.stdout + g.stderr)?.[0];
+        assert.ok(recipient);
+        await assert.rejects(
+          runStages({
+            archive: createArchive({ paths: [dir] }),
+            between: [new AgeEncrypt([parseRecipient(recipient)], { worker: FAULTY_AGE })],
+            hash,
+            sink: s3Sink(target.writer, {
+              key,
+              sseKey: undefined,
+              onUploadId: (id) => {
+                uploadId = id;
+              },
+            }),
+            cancelled: () => new Error("cancelled"),
+          }),
+          /age encryption worker (exited \(code 7\)|failed \(injected crash\)).*not stored/,
+        );
+        assert.ok(uploadId, "the multipart upload had begun");
+        assert.ok(
+          hash.bytes >= 5 * MiB,
+          `parts were sent before the failure (${hash.bytes} bytes)`,
+        );
+        const admin = target.admin;
+        assert.ok(admin);
+        assert.deepEqual(await admin.listVersions("fault/"), [], "no version of the cut archive");
+        assert.deepEqual(await admin.listUploads("fault/"), [], "the upload was aborted");
+      } finally {
+        delete process.env.IMMUTD_TEST_AGE_FAULT;
+        closeTarget(target);
+      }
+    });
+  }
 
   /** The setup's config with job a alone (age to rA, rB) and no master key at all. */
   function ageOnly(s: Setup): string {

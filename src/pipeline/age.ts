@@ -318,7 +318,9 @@ export class AgeEncrypt extends Transform {
   #dead: Error | undefined;
 
   constructor(recipients: readonly AgeRecipient[], o: AgeEncryptOptions = {}) {
-    super();
+    // Room for two sealed batches downstream, so that a sealed batch is not
+    // held back (and the worker idle) while the hash stage takes the last one.
+    super({ readableHighWaterMark: 2 * (BATCH + BATCH_CHUNKS * TAG_BYTES) });
     const fileKey = randomBytes(FILE_KEY_BYTES);
     const nonce = randomBytes(NONCE_BYTES);
     this.#prefix = Buffer.concat([writeHeader(fileKey, recipients), nonce]);
