@@ -19,9 +19,10 @@ export const catalogRebuildHelp = `
 Rebuilds the catalog's backups from the manifests in the bucket: for each
 target (or --target T), every backup made under this host's name (or --host
 H: the name of the machine that made them) is read back with the reader
-credential, its SSE-C key derived from the master key. This is what a new
-machine does first: install immutd with the old config and master key, run
-immutd catalog rebuild, then list, restore and verify as usual.
+credential, its SSE-C key derived from the master key (an age-only config
+has none and needs none). This is what a new machine does first: install
+immutd with the old config and master key, run immutd catalog rebuild, then
+list, restore and verify as usual.
 
 A manifest is believed only if its archive version exists, encrypted with
 the derived key, with the size the manifest names; the SHA-256, size and file
