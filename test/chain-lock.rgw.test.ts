@@ -8,23 +8,14 @@
  * point instead. The memory-store side is in chain-lock.test.ts.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { GetObjectRetentionCommand, PutObjectRetentionCommand } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
-import { runCli } from "./support/cli.js";
+import { cliWorkspace } from "./support/cli-workspace.js";
 import { denySubusersRetention } from "./support/rgw-admin.js";
-import {
-  client,
-  createLockedBucket,
-  type S3Env,
-  s3env,
-  targetYaml,
-  uniqueBucket,
-} from "./support/s3env.js";
+import { client, type S3Env, s3env } from "./support/s3env.js";
 
 const DAY = 86_400_000;
 
@@ -46,28 +37,19 @@ describe("verify extends an older chain member to a later point's lock (CLI, Cep
 
   /** A chain of three (one full, two incrementals), the newest locked 20 days longer by the owner. */
   async function chainWithLongerPoint(label: string) {
-    const dir = mkdtempSync(join(tmpdir(), `immutd-chain-lock-${label}-`));
-    const bucket = uniqueBucket(label);
-    await createLockedBucket(env, bucket, 1);
-    writeFileSync(join(dir, "master.key"), `${randomBytes(32).toString("hex")}\n`, { mode: 0o600 });
+    const w = await cliWorkspace(env, label, { dirLabel: `chain-lock-${label}` });
+    const { dir, bucket, cli } = w;
     const data = join(dir, "data");
     mkdirSync(data);
-    const cfg = join(dir, "config.yaml");
-    writeFileSync(
-      cfg,
-      `catalog: ${dir}/catalog.db
-masterKeyFile: ${dir}/master.key
-host: chain-lock-test
-keepLatestLocked: false
-targets:
-${targetYaml(env, { bucket, days: 1 })}jobs:
-  - name: data
+    w.writeConfig({
+      host: "chain-lock-test",
+      top: "keepLatestLocked: false\n",
+      jobs: `  - name: data
     target: local
     paths: [${data}]
     incremental: { fullEvery: 10 }
 `,
-    );
-    const cli = (...args: string[]) => runCli(["--config", cfg, ...args]);
+    });
     for (const content of ["one", "two", "three"]) {
       writeFileSync(join(data, "f.txt"), content);
       const r = await cli("backup", "data");

@@ -27,7 +27,8 @@ import { KEEP_TAG } from "../src/retention/tiers.js";
 import { closeTarget, openTarget } from "../src/store/s3.js";
 import { writeConfig } from "./support/assurance.js";
 import { CLI, runCli } from "./support/cli.js";
-import { FaultProxy } from "./support/fault-proxy.js";
+import { faultProxyFor } from "./support/cli-workspace.js";
+import type { FaultProxy } from "./support/fault-proxy.js";
 import { HOLD_MARK, holdEnv } from "./support/hold-s3.js";
 import { createLockedBucket, rgwTarget, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
 import { fullConfig, jobConfig } from "./support/target.js";
@@ -45,11 +46,7 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
 
   before(async () => {
     env = s3env();
-    proxy = await FaultProxy.start(env.endpoint, {
-      caFile: env.caFile,
-      certFile: join(env.caFile, "..", "cert.pem"),
-      keyFile: join(env.caFile, "..", "key.pem"),
-    });
+    proxy = await faultProxyFor(env);
   });
   after(() => proxy.close());
 
