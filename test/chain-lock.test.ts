@@ -7,64 +7,29 @@
  * The real server's side is in chain-lock.rgw.test.ts.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { Catalog } from "../src/catalog/catalog.js";
-import { Secret } from "../src/config/secret.js";
-import { runBackup } from "../src/flows/backup.js";
 import { runVerify } from "../src/flows/verify.js";
-import { createLogger } from "../src/log.js";
 import { lockAtLeast } from "../src/retention/lock.js";
-import { MemoryBucket } from "../src/store/memory.js";
-import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
+import { memoryJob } from "./support/memory-job.js";
 
-const work = mkdtempSync(join(tmpdir(), "immutd-chain-lock-"));
-const log = createLogger({ level: "silent" });
 const DAY = 86_400_000;
 
 describe("verify extends an older chain member to a later point's lock (memory store)", () => {
   it("a point locked 30 days longer than its members: verify extends both members, reports nothing", async () => {
-    const clock = { t: Date.parse("2026-11-10T00:00:00Z") };
-    const now = () => new Date(clock.t);
-    const tree = join(work, "tree");
-    mkdirSync(tree);
-    writeFileSync(join(tree, "a"), "a1");
-    const bucket = new MemoryBucket("chain-lock", {
-      defaultRetention: { mode: "COMPLIANCE", days: 7 },
-    });
-    bucket.now = now;
-    const tc = targetConfig({
-      name: "mem",
-      bucket: bucket.name,
-      retention: { mode: "COMPLIANCE", days: 7 },
-    });
-    const job = jobConfig({
-      name: "t",
-      target: "mem",
-      paths: [tree],
-      incremental: { fullEvery: { runs: 5, text: "5" } },
-    });
-    const catalog = Catalog.open(join(work, "mem.db"));
-    const config = fullConfig({
-      catalog: catalog.path,
-      masterKey: new Secret(randomBytes(32)),
-      host: "h",
-      targets: { mem: tc },
-      jobs: [job],
+    const { tree, clock, now, bucket, target, catalog, config, log, backup } = await memoryJob({
+      label: "chain-lock",
+      start: "2026-11-10T00:00:00Z",
+      job: { incremental: { fullEvery: { runs: 5, text: "5" } } },
       // Nothing but the chain repair may extend a lock in this test.
-      keepLatestLocked: false,
+      config: { keepLatestLocked: false },
     });
-    const target = bucket.target("mem");
     const ids: number[] = [];
     for (const content of ["a1", "a2", "a3"]) {
       clock.t += 60_000;
       writeFileSync(join(tree, "a"), content);
-      const r = await runBackup(job, { config, catalog, target, targetConfig: tc, log, now });
-      assert.equal(r.status, "succeeded", r.error);
-      ids.push(r.backupId as number);
+      ids.push((await backup()).backupId as number);
     }
     const row = (id: number) => catalog.backup(id);
     assert.equal(row(ids[2] as number)?.parentId, ids[1]);

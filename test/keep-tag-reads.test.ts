@@ -7,23 +7,13 @@
  * memory store; the RGW side, counted by a proxy, is in retention.rgw.test.ts.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, it } from "node:test";
-import { Catalog } from "../src/catalog/catalog.js";
-import { Secret } from "../src/config/secret.js";
-import { runBackup } from "../src/flows/backup.js";
 import { runVerify } from "../src/flows/verify.js";
-import { createLogger } from "../src/log.js";
 import { desiredLifecycle } from "../src/retention/bucket-check.js";
 import { KEEP_TAG } from "../src/retention/tiers.js";
-import { MemoryBucket } from "../src/store/memory.js";
 import type { ObjectStore, Target } from "../src/store/store.js";
-import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
+import { memoryJob } from "./support/memory-job.js";
 
-const log = createLogger({ level: "silent" });
 const HOUR = 3_600_000;
 
 /** The target with every tag read (GetObjectTagging) of its reader and admin counted. */
@@ -50,49 +40,24 @@ function countingTagReads(t: Target): { target: Target; reads: { n: number } } {
 
 describe("verify reads keep tags back only on --deep (memory store)", () => {
   it("three backups: a plain verify reads no tag, --deep reads each and finds one removed and one changed", async () => {
-    const work = mkdtempSync(join(tmpdir(), "immutd-keep-reads-"));
-    const tree = join(work, "tree");
-    mkdirSync(tree);
-    writeFileSync(join(tree, "a.txt"), "alpha\n");
-    const clock = { t: Date.parse("2026-11-30T03:00:00Z") };
-    const now = () => new Date(clock.t);
-    const bucket = new MemoryBucket("keep-reads", {
-      defaultRetention: { mode: "COMPLIANCE", days: 7 },
-    });
-    bucket.now = now;
-    const tc = targetConfig({
-      name: "mem",
-      bucket: bucket.name,
-      retention: { mode: "COMPLIANCE", days: 7 },
-    });
     const policy = { daily: 10, monthly: 3 };
-    const job = jobConfig({
-      name: "tree",
-      target: "mem",
-      paths: [tree],
-      keep: policy,
-      timezone: "UTC",
+    const {
+      clock,
+      now,
+      tc,
+      catalog,
+      config,
+      log,
+      backup,
+      target: plain,
+    } = await memoryJob({
+      label: "keep-reads",
+      start: "2026-11-30T03:00:00Z",
+      job: { keep: policy, timezone: "UTC" },
     });
-    const catalog = Catalog.open(join(work, "c.db"));
-    const config = fullConfig({
-      catalog: catalog.path,
-      masterKey: new Secret(randomBytes(32)),
-      host: "h",
-      targets: { mem: tc },
-      jobs: [job],
-    });
-    const plain = bucket.target("mem");
     await plain.admin?.putLifecycle(desiredLifecycle(tc, [policy]));
     for (let i = 0; i < 3; i++) {
-      const r = await runBackup(job, {
-        config,
-        catalog,
-        target: plain,
-        targetConfig: tc,
-        log,
-        now,
-      });
-      assert.equal(r.status, "succeeded", r.error);
+      await backup();
       clock.t += 25 * HOUR; // one a day: each stands for a daily tier
     }
     const rows = catalog.listBackups();
