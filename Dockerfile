@@ -58,7 +58,10 @@ COPY config.example.yaml README.md /opt/immutd/
 # Config: /etc/immutd/config.yaml (mount it read-only). Secrets: files (…File
 # keys, e.g. /run/secrets/NAME) or ${ENV} references. The catalog lives on the
 # /var/lib/immutd volume; mount the data to back up read-only.
+# NODE_OPTIONS caps V8's young generation (2 x 8 MiB instead of growing to
+# 2 x 64 MiB during a backup: about 100 MiB less RSS, no slower).
 ENV NODE_ENV=production \
+    NODE_OPTIONS=--max-semi-space-size=8 \
     IMMUTD_CONFIG=/etc/immutd/config.yaml \
     IMMUTD_HEALTHCHECK_URL=http://127.0.0.1:9180/healthz
 VOLUME ["/var/lib/immutd"]

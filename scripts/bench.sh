@@ -47,10 +47,12 @@ queue=4
 immutd_install_deps
 npm run --silent build
 immutd_use_supported_node
-# immutd runs as users run it: through its shebang, with the V8 flags it
-# carries (src/cli.ts), not as `node dist/src/cli.js`.
+# immutd runs as the systemd units and the container image run it: through its
+# executable, with their NODE_OPTIONS (V8's young generation capped). The peers
+# are no Node.js programs, so the variable does not touch them.
 chmod +x dist/src/cli.js
 immutd=$PWD/dist/src/cli.js
+export NODE_OPTIONS=--max-semi-space-size=8
 work=$(mktemp -d /tmp/immutd-bench.XXXXXX)
 s3dir=${IMMUTD_BENCH_S3_DIR:-$work/s3}
 small=${IMMUTD_BENCH_SMALL_FILES:-100000}

@@ -1,11 +1,7 @@
-#!/usr/bin/env -S node --max-semi-space-size=8
+#!/usr/bin/env node
 import { nodeSupport } from "./cli/node-version.js";
 /**
- * The immutd executable. Its shebang caps V8's young generation at 2 x 8 MiB
- * (it can only be set when the process starts): left to itself on a machine
- * with much memory, V8 grows it to 2 x 64 MiB while a backup allocates a
- * buffer per file, and peak RSS rises by about 100 MiB with no gain in speed
- * (README "Where the time and memory go"). It checks the Node.js version before anything else
+ * The immutd executable. It checks the Node.js version before anything else
  * is loaded, so that an old Node.js gets one clear sentence (and exit 78,
  * which systemd's RestartPreventExitStatus= does not retry) instead of a
  * crash inside a dependency; then it runs the command line (program.ts).

@@ -27,7 +27,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Catalog } from "../src/catalog/catalog.js";
 import { parseConfig } from "../src/config/config.js";
 import { Secret } from "../src/config/secret.js";
-import { runBackup } from "../src/flows/backup.js";
+import { jobWalk, runBackup } from "../src/flows/backup.js";
 import { chainFromCatalog, restoreChain } from "../src/flows/chain-restore.js";
 import { selectFromCatalog } from "../src/flows/restore.js";
 import { runVerify } from "../src/flows/verify.js";
@@ -130,6 +130,24 @@ describe("planner: what counts as changed", () => {
 });
 
 describe("chain decisions", () => {
+  it("a job's walk fingerprint is the one earlier versions wrote: what immutd excludes itself must not change it", () => {
+    // Stored in every manifest and compared by the next run: a change here
+    // (say, a pattern for immutd's own temporary files added to the walk's
+    // excludes) would turn every incremental job's next run into a full
+    // backup after an upgrade, "paths or excludes changed" though the user
+    // changed nothing. The value is the one every chain so far was written with.
+    const job = jobConfig({
+      name: "fp",
+      target: "t",
+      paths: ["/nonexistent-immutd/data"],
+      exclude: ["*.tmp"],
+    });
+    assert.equal(
+      walkFingerprint(jobWalk(job, "/nonexistent-immutd/state/catalog.db")),
+      "sha256:c6ef3032b70cd52aff3a775e233b2f2f",
+    );
+  });
+
   const now = new Date("2026-11-20T00:00:00Z");
   const runs = { fullEvery: { runs: 3, text: "3" } };
   const byId = (...ns: ChainNode[]) => new Map(ns.map((n) => [n.id, n]));

@@ -2,24 +2,33 @@
  * The manifest's index spooled to disk (src/pipeline/index-spool.ts) and the
  * manifest encoded from the spool (src/repo/manifest-stream.ts): the same
  * document as the in-memory encoders make, for every format; the file's
- * mode, removal, and sweep of a killed run's spool; a failing disk.
+ * mode, that it has no name once open (nothing a kill could leave); a failing disk.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readlinkSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { describe, it } from "node:test";
 import { type ArchiveEntry, createArchive } from "../src/pipeline/archive.js";
-import { IndexSpool, SpoolError, sweepStaleSpools } from "../src/pipeline/index-spool.js";
+import { IndexSpool, SpoolError } from "../src/pipeline/index-spool.js";
 import { generateIdentity, parseIdentities } from "../src/repo/age-keys.js";
 import { openIndex, sealIndex } from "../src/repo/age-manifest.js";
 import {
   decodeManifest,
   encodeManifest,
+  indexFile,
   type Manifest,
   ManifestIndex,
 } from "../src/repo/manifest.js";
@@ -54,6 +63,19 @@ function head(files: Manifest["files"]): Manifest {
     schedule: null,
     files,
   };
+}
+
+/** This process's descriptor of the (unlinked) spool, as /proc/self/fd shows it; undefined if none. */
+function openSpoolFd(spool: IndexSpool): string | undefined {
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === `${spool.path} (deleted)`)
+        return `/proc/self/fd/${fd}`;
+    } catch {
+      // The directory's own descriptor, gone by now.
+    }
+  }
+  return undefined;
 }
 
 let runs = 0;
@@ -100,7 +122,7 @@ describe("manifest index spool", () => {
     const spool = spoolOf(entries);
     const { files: _f, ...rest } = m;
     const streamed = decodeManifest(
-      await encodeManifestStream(rest, spool.contents(), [recipient]),
+      await encodeManifestStream(rest, spool.contents(), [recipient], spool.files),
     );
     spool.remove();
     const reference = decodeManifest(encodeManifest(sealIndex(m, [recipient])));
@@ -113,21 +135,31 @@ describe("manifest index spool", () => {
     assert.deepEqual(openIndex(streamed, ids, "t").files, index.files);
   });
 
-  it("is created 0600 beside the catalog and removed by remove()", () => {
-    const spool = spoolOf([]);
-    assert.equal(statSync(spool.path).mode & 0o777, 0o600);
-    assert.ok(spool.path.startsWith(join(work, "catalog.db.index-")), spool.path);
+  it("is created 0600 beside the catalog, has no name once open, and is freed by remove()", async () => {
+    const dir = join(work, "unlinked");
+    mkdirSync(dir);
+    const spool = spoolOf(await entriesOf([tree]), join(dir, "catalog.db"));
+    assert.ok(spool.path.startsWith(join(dir, "catalog.db.index-")), spool.path);
+    // Nothing in the directory: a kill -9 now leaves nothing behind, and the walk meets nothing.
+    assert.deepEqual(readdirSync(dir), []);
+    const fd = openSpoolFd(spool);
+    assert.ok(fd, "the spool is held open by this process");
+    assert.equal(statSync(fd).mode & 0o777, 0o600);
+    // Still read back in full through its descriptor.
+    let n = 0;
+    for await (const c of spool.contents()) n += c.length;
+    assert.ok(n > 300 * 40, `${n} bytes read back`);
     spool.remove();
-    assert.equal(existsSync(spool.path), false);
+    assert.equal(openSpoolFd(spool), undefined, "closed, so the kernel frees it");
     spool.remove(); // twice is fine
   });
 
   it("refuses a file or symlink already at its name, naming it", () => {
     const catalogPath = join(work, "taken.db");
-    const name = `${catalogPath}.index-${process.pid}-7.spool`;
+    const name = `${catalogPath}.index-${process.pid}-7-fixed.spool`;
     symlinkSync(join(work, "elsewhere"), name);
     assert.throws(
-      () => IndexSpool.open({ catalogPath, runId: 7 }),
+      () => IndexSpool.open({ catalogPath, runId: 7, suffix: "fixed" }),
       (err: Error) => err instanceof SpoolError && err.message.includes(name),
     );
     assert.equal(existsSync(join(work, "elsewhere")), false, "the symlink was not followed");
@@ -162,7 +194,8 @@ describe("manifest index spool", () => {
     const stage = spool.endOfIndex();
     const failed = new Promise<Error>((resolve) => stage.on("error", resolve));
     const entries = await entriesOf([tree]);
-    for (let i = 0; i < 20; i++) for (const e of entries) spool.add(e);
+    // Past a batch (1 MiB of JSON), so that the spool writes to the full disk.
+    for (let i = 0; i < 100; i++) for (const e of entries) spool.add(e);
     const err = await failed;
     assert.equal(errors.length, 1);
     assert.equal(err, errors[0]);
@@ -172,53 +205,58 @@ describe("manifest index spool", () => {
       for await (const _ of spool.contents());
     }, SpoolError);
     spool.remove();
-    assert.equal(existsSync(spool.path), false);
   });
 
-  it("its stage passes the bytes through and fails when the last entries cannot be written", async () => {
-    let fail = false;
-    const spool = IndexSpool.open({
-      catalogPath: join(work, "last.db"),
-      runId: 1,
-      write: (_fd, _buf, _off, len) => {
-        if (fail) throw new Error("EIO: i/o error");
-        return len;
-      },
-    });
-    const stage = spool.endOfIndex();
-    spool.add((await entriesOf([join(tree, "link")]))[0] as ArchiveEntry);
-    fail = true;
-    const out: Buffer[] = [];
+  it("refuses to encode a manifest larger than readers open, rather than store one nobody can read", async () => {
+    const spool = spoolOf(await entriesOf([tree]));
+    const { files: _f, ...rest } = head([]);
     await assert.rejects(
-      pipeline(
-        Readable.from([Buffer.from("abc")]),
-        stage,
-        new Writable({
-          write: (c: Buffer, _e, cb) => {
-            out.push(c);
-            cb();
-          },
-        }),
-      ),
-      (err: Error) => err instanceof SpoolError && err.message.includes(spool.path),
+      encodeManifestStream(rest, spool.contents(), [], undefined, 4096),
+      /more than 4096 bytes of JSON, the most a reader opens/,
     );
     spool.remove();
   });
 
-  it("the sweep removes the spools of dead processes only", () => {
-    const dir = join(work, "sweep");
-    mkdirSync(dir);
-    const catalogPath = join(dir, "catalog.db");
-    // A pid that is certainly gone: a child that has exited.
-    const dead = spawnSync(process.execPath, ["-e", "0"]).pid;
-    const stale = `${catalogPath}.index-${dead}-3.spool`;
-    const live = `${catalogPath}.index-${process.pid}-4.spool`;
-    const other = `${join(dir, "other.db")}.index-${dead}-5.spool`;
-    const unrelated = join(dir, "catalog.db.index-notes.txt");
-    for (const f of [stale, live, other, unrelated]) writeFileSync(f, "[garbage");
-    assert.deepEqual(sweepStaleSpools(catalogPath), [stale]);
-    assert.equal(existsSync(stale), false);
-    for (const f of [live, other, unrelated]) assert.ok(existsSync(f), f);
-    assert.deepEqual(sweepStaleSpools(join(work, "missing-dir", "c.db")), []);
+  it("keeps a tail below a batch in memory: a small index never touches the disk", async () => {
+    const spool = IndexSpool.open({
+      catalogPath: join(work, "last.db"),
+      runId: 1,
+      write: () => {
+        throw new Error("EIO: i/o error");
+      },
+    });
+    const stage = spool.endOfIndex();
+    const entries = await entriesOf([tree]);
+    for (const e of entries) spool.add(e);
+    const out: Buffer[] = [];
+    await pipeline(
+      Readable.from([Buffer.from("abc")]),
+      stage,
+      new Writable({
+        write: (c: Buffer, _e, cb) => {
+          out.push(c);
+          cb();
+        },
+      }),
+    );
+    assert.equal(Buffer.concat(out).toString(), "abc", "the bytes pass through");
+    const chunks: Buffer[] = [];
+    for await (const c of spool.contents()) chunks.push(c);
+    const files = JSON.parse(`[${Buffer.concat(chunks).toString()}]`) as unknown[];
+    assert.equal(files.length, entries.length, "every entry, from memory");
+    spool.remove();
+  });
+
+  it("reads back the batches written, then the tail, in order", async () => {
+    const spool = spoolOf([]);
+    const entries = await entriesOf([tree]);
+    // Several batches and a tail.
+    for (let i = 0; i < 30; i++) for (const e of entries) spool.add(e);
+    const chunks: Buffer[] = [];
+    for await (const c of spool.contents()) chunks.push(c);
+    const files = JSON.parse(`[${Buffer.concat(chunks).toString()}]`) as { path: string }[];
+    assert.equal(files.length, 30 * entries.length);
+    assert.equal(files.at(-1)?.path, indexFile(entries.at(-1) as ArchiveEntry).path);
+    spool.remove();
   });
 });

@@ -113,7 +113,12 @@ describe("systemd/immutd.service", () => {
     for (const key of ["ReadWritePaths", "MemoryDenyWriteExecute", "PrivateUsers", "ProcSubset"]) {
       assert.equal(service.get(key), undefined, `${key} must not be set (see the unit's comments)`);
     }
-    assert.deepEqual(service.get("Environment"), ["TMPDIR=/var/tmp"]);
+    assert.deepEqual(service.get("Environment"), [
+      "TMPDIR=/var/tmp",
+      "NODE_OPTIONS=--max-semi-space-size=8",
+    ]);
+    // Node.js refuses to start at all with a flag NODE_OPTIONS does not allow.
+    assert.ok(process.allowedNodeEnvironmentFlags.has("--max-semi-space-size"));
   });
 
   it("has the exposure score README reports", () => {

@@ -33,7 +33,7 @@ import { type Cipher, catalogSseKey, cipherFor, sseKeyFor } from "../pipeline/ci
 import { encoderFor } from "../pipeline/codec.js";
 import { HashingCounter } from "../pipeline/hash.js";
 import { runStages, type Streamed } from "../pipeline/index.js";
-import { IndexSpool, spoolPattern, sweepStaleSpools } from "../pipeline/index-spool.js";
+import { IndexSpool } from "../pipeline/index-spool.js";
 import { s3Sink } from "../pipeline/sink.js";
 import { INCREMENTAL_FORMAT, MANIFEST_FORMAT } from "../repo/manifest.js";
 import { encodeManifestStream, type ManifestHead } from "../repo/manifest-stream.js";
@@ -276,8 +276,7 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
     key,
     encryptionOf(job, deps.targetConfig),
   );
-  // A spool left by a killed run is removed; this run's goes when it ends (attempt).
-  sweepStaleSpools(catalog.path);
+  // Unlinked at once: whatever ends the run, nothing is left (src/pipeline/index-spool.ts).
   const index = IndexSpool.open({ catalogPath: catalog.path, runId });
   run.spool = index;
   const chain = await chainStep(job, jobWalk(job, catalog.path), index, {
@@ -655,7 +654,7 @@ async function writeManifest(
   const recipients = archiveCipher.recipients;
   let body: Buffer;
   try {
-    body = await encodeManifestStream(manifest, index.contents(), recipients);
+    body = await encodeManifestStream(manifest, index.contents(), recipients, index.files);
   } catch (err) {
     return `${what} could not be written (${describeError(err)}); the archive is recorded and restorable (backup ${backupId}), \`immutd verify\` reports the missing manifest`;
   }
@@ -762,11 +761,12 @@ function catalogFiles(path: string, jobPaths: readonly string[]): string[] {
     if (rel !== "" && rel !== ".." && !rel.startsWith("../") && !isAbsolute(rel))
       names.add(join(resolve(p), rel));
   }
-  return [...names].flatMap((n) => [
-    ...["", "-wal", "-shm", "-journal"].map((s) => literalPattern(n + s)),
-    // The runs' index spools (src/pipeline/index-spool.ts).
-    spoolPattern(literalPattern(n)),
-  ]);
+  // Not the runs' index spools: they are unlinked as soon as they are created
+  // (src/pipeline/index-spool.ts), and a pattern here would change every
+  // incremental chain's walk fingerprint.
+  return [...names].flatMap((n) =>
+    ["", "-wal", "-shm", "-journal"].map((s) => literalPattern(n + s)),
+  );
 }
 
 /** The path with every symlink resolved; a missing last component is kept as it is. */

@@ -11,29 +11,26 @@
  * 1 MiB batches, so memory per file is O(1); the manifest is then encoded
  * from a stream of the file (src/repo/manifest-stream.ts).
  *
- * The file: `<catalog>.index-<pid>-<runId>.spool` beside the catalog (on the
- * same disk as the catalog, never a tmpfs by default), created 0600 with
- * O_EXCL (an existing file or symlink of that name is refused, never
- * followed), removed when the run ends, whether it succeeded or failed.
- * A run killed with SIGKILL leaves its file behind: the next run removes
- * every spool whose process is gone (sweepStaleSpools), and the walk
- * never archives a spool (src/flows/backup.ts excludes the pattern).
+ * The file: created beside the catalog (on the same disk as the catalog, never
+ * a tmpfs by default) as `<catalog>.index-<pid>-<runId>-<random>.spool`, 0600,
+ * with O_EXCL and O_NOFOLLOW (an existing file or symlink of that name is
+ * refused, never followed), and unlinked at once: from then on it has no name,
+ * only this process's descriptor, which it is written through and read back
+ * from. So nothing is left behind whatever ends the run (SIGKILL, OOM, power
+ * loss: the kernel frees an unlinked file with its last descriptor), no other
+ * process can open, swap or delete it (no pid checks across containers or pid
+ * reuse), and the walk never meets it (no exclude needed, nothing that would
+ * change an incremental chain's walk fingerprint). The name shows only in
+ * errors, which name the directory at fault.
  *
  * A write that fails (disk full, I/O error) fails the run at once through
  * `onError`, naming the file, so that no archive without a manifest is
  * completed; later entries are dropped.
  */
-import {
-  closeSync,
-  constants,
-  createReadStream,
-  openSync,
-  readdirSync,
-  unlinkSync,
-  writeSync,
-} from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { closeSync, constants, openSync, read, unlinkSync, writeSync } from "node:fs";
 import { Transform } from "node:stream";
+import { promisify } from "node:util";
 import { type IndexWriter, indexFile, type ManifestFile } from "../repo/manifest.js";
 import type { ArchiveEntry } from "./archive.js";
 
@@ -51,6 +48,8 @@ export interface SpoolOptions {
   runId: number;
   /** Called once, with the first write failure (after endOfIndex's stage is destroyed with it). */
   onError?: (err: SpoolError) => void;
+  /** The name's random part (tests fix it to meet a name that is taken). */
+  suffix?: string;
   /** fs.writeSync; tests inject a full disk. */
   write?: (fd: number, buf: Buffer, off: number, len: number) => number;
 }
@@ -60,7 +59,10 @@ export class IndexSpool implements IndexWriter {
   #fd: number | undefined;
   #pending: string[] = [];
   #pendingBytes = 0;
+  /** Bytes written to the file so far (what contents() reads back before the tail). */
+  #written = 0;
   #entries = 0;
+  #files = 0;
   #error: SpoolError | undefined;
   #stage: Transform | undefined;
   readonly #onError: ((err: SpoolError) => void) | undefined;
@@ -73,19 +75,28 @@ export class IndexSpool implements IndexWriter {
     this.#write = o.write ?? writeSync;
   }
 
-  /** Creates the spool (0600, O_EXCL); throws SpoolError naming it when it cannot. */
+  /** Creates the spool (0600, O_EXCL, then unlinked); throws SpoolError naming it when it cannot. */
   static open(o: SpoolOptions): IndexSpool {
-    const path = spoolPath(o.catalogPath, o.runId);
+    const path = spoolPath(o.catalogPath, o.runId, o.suffix);
     let fd: number;
     try {
       fd = openSync(
         path,
-        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+        constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
         0o600,
       );
     } catch (err) {
       throw new SpoolError(
         `the manifest's index spool ${path} could not be created (${(err as Error).message}); nothing was uploaded`,
+        { cause: err },
+      );
+    }
+    try {
+      unlinkSync(path);
+    } catch (err) {
+      closeSync(fd);
+      throw new SpoolError(
+        `the manifest's index spool ${path} could not be unlinked after creating it (${(err as Error).message}); nothing was uploaded`,
         { cause: err },
       );
     }
@@ -97,29 +108,32 @@ export class IndexSpool implements IndexWriter {
     return this.#entries;
   }
 
+  /** Regular files and hard links spooled so far: the count the catalog records (countFiles). */
+  get files(): number {
+    return this.#files;
+  }
+
   add(e: Readonly<ArchiveEntry>): void {
-    this.#push(JSON.stringify(indexFile(e)));
+    this.carry(indexFile(e));
   }
 
   carry(f: ManifestFile): void {
+    if (f.type === "file" || f.type === "link") this.#files++;
     this.#push(JSON.stringify(f));
   }
 
   /**
-   * A pass-through stage for the archive's bytes that, when they end, writes
-   * out the last entries (all are known once the tar has ended), so that a
-   * failure to write them fails the upload before it completes. A write
-   * failure during the walk destroys it with the error, which tears the
-   * pipeline down the same way.
+   * A pass-through stage for the archive's bytes. The entries go to the file
+   * in whole batches; what is left when the tar ends (less than a batch) stays
+   * in memory, so a small backup writes nothing to the spool, and a full
+   * catalog disk fails it only where the index is large. A write failure
+   * during the walk destroys this stage with the error, which tears the
+   * pipeline down before the upload completes; after the end it fails.
    */
   endOfIndex(): Transform {
     const stage = new Transform({
       transform: (chunk, _enc, cb) => cb(null, chunk),
-      flush: (cb) => {
-        this.#flush();
-        this.#close();
-        cb(this.#error ?? null);
-      },
+      flush: (cb) => cb(this.#error ?? null),
     });
     this.#stage = stage;
     if (this.#error) stage.destroy(this.#error);
@@ -128,32 +142,35 @@ export class IndexSpool implements IndexWriter {
 
   /**
    * The index as the contents of its JSON array (entries joined by commas,
-   * no brackets), streamed from the file. Ends the writing; throws the
-   * first write failure.
+   * no brackets): the file's batches, then the tail still in memory. Throws
+   * the first write failure.
    */
   async *contents(): AsyncGenerator<Buffer> {
-    this.#flush();
-    this.#close();
     if (this.#error) throw this.#error;
+    const fd = this.#fd;
+    if (fd === undefined)
+      throw new SpoolError(`the manifest's index spool ${this.path} was closed before it was read`);
+    const readAt = promisify(read);
     try {
-      for await (const chunk of createReadStream(this.path, { highWaterMark: BATCH }))
-        yield chunk as Buffer;
+      for (let position = 0; position < this.#written; ) {
+        const buf = Buffer.allocUnsafe(Math.min(BATCH, this.#written - position));
+        const { bytesRead } = await readAt(fd, buf, 0, buf.length, position);
+        if (bytesRead === 0) throw new Error(`ended at byte ${position} of ${this.#written}`);
+        position += bytesRead;
+        yield buf.subarray(0, bytesRead);
+      }
     } catch (err) {
       throw new SpoolError(
         `the manifest's index spool ${this.path} could not be read back (${(err as Error).message})`,
         { cause: err },
       );
     }
+    if (this.#pending.length) yield Buffer.from(this.#pending.join(""), "utf8");
   }
 
-  /** Closes and deletes the file; never throws (a file already gone is fine). */
+  /** Closes the file, which frees it (it has no name); never throws. */
   remove(): void {
     this.#close();
-    try {
-      unlinkSync(this.path);
-    } catch {
-      // Already gone, or the directory went away: the next run's sweep takes what is left.
-    }
   }
 
   #push(json: string): void {
@@ -170,8 +187,11 @@ export class IndexSpool implements IndexWriter {
     this.#pending = [];
     this.#pendingBytes = 0;
     try {
-      for (let off = 0; off < buf.length; )
-        off += this.#write(this.#fd, buf, off, buf.length - off);
+      for (let off = 0; off < buf.length; ) {
+        const n = this.#write(this.#fd, buf, off, buf.length - off);
+        off += n;
+        this.#written += n;
+      }
     } catch (err) {
       this.#error = new SpoolError(
         `the manifest's index could not be written to ${this.path} (${(err as Error).message}); the backup is abandoned, nothing is kept of it`,
@@ -194,51 +214,8 @@ export class IndexSpool implements IndexWriter {
   }
 }
 
-/** `<catalog>.index-<pid>-<runId>.spool`. */
-function spoolPath(catalogPath: string, runId: number): string {
-  return `${catalogPath}.index-${process.pid}-${runId}.spool`;
-}
-
-/** The glob (exclude syntax, src/pipeline/exclude.ts) every spool of a catalog at `literalCatalog` matches. */
-export function spoolPattern(literalCatalog: string): string {
-  return `${literalCatalog}.index-*.spool`;
-}
-
-/**
- * Removes the spools of runs whose process is gone (killed before it could
- * remove its own). A spool of a live process (another run, this one's
- * included) is left alone. Returns the paths removed; never throws.
- */
-export function sweepStaleSpools(catalogPath: string): string[] {
-  const dir = dirname(catalogPath);
-  const prefix = `${basename(catalogPath)}.index-`;
-  let names: string[];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return [];
-  }
-  const removed: string[] = [];
-  for (const name of names) {
-    if (!name.startsWith(prefix) || !name.endsWith(".spool")) continue;
-    const pid = Number(/^(\d+)-\d+\.spool$/.exec(name.slice(prefix.length))?.[1]);
-    if (!Number.isSafeInteger(pid) || pid <= 0 || alive(pid)) continue;
-    try {
-      unlinkSync(join(dir, name));
-      removed.push(join(dir, name));
-    } catch {
-      // Another run swept it first.
-    }
-  }
-  return removed;
-}
-
-function alive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
+/** `<catalog>.index-<pid>-<runId>-<random>.spool`: never an existing name, even across pid namespaces. */
+function spoolPath(catalogPath: string, runId: number, suffix?: string): string {
+  const random = suffix ?? randomBytes(6).toString("hex");
+  return `${catalogPath}.index-${process.pid}-${runId}-${random}.spool`;
 }

@@ -41,8 +41,12 @@ export const SEALED_MANIFEST_FORMAT = 2;
  */
 export const INCREMENTAL_FORMAT = 3;
 
-/** The largest manifest decodeManifest inflates: a hostile object must not exhaust memory. */
-const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
+/**
+ * The largest manifest decodeManifest inflates (and, sealed, the largest
+ * index): a hostile object must not exhaust memory. The writer refuses to
+ * store a bigger one (src/repo/manifest-stream.ts), which no reader could open.
+ */
+export const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
 
 export interface ManifestFile {
   /** Printable form (src/pipeline/file-names.ts displayName), as `tar -t` shows it. */
