@@ -22,12 +22,18 @@ import { Secret } from "../src/config/secret.js";
 import { StorageError } from "../src/errors.js";
 import { maxAge, runAudit } from "../src/flows/audit.js";
 import { runBackup } from "../src/flows/backup.js";
-import { archiveVersions, backupsFromBucket, manifestOf } from "../src/flows/browse.js";
+import { backupsFromBucket, listJob, manifestOf } from "../src/flows/browse.js";
 import { createLogger } from "../src/log.js";
 import { deriveSseKey } from "../src/repo/keys.js";
 import { decodeManifest, encodeManifest } from "../src/repo/manifest.js";
 import { manifestKey, objectKey } from "../src/repo/naming.js";
-import { listBucket, listManifests, placeOf, readManifest } from "../src/repo/snapshots.js";
+import {
+  archivesOf,
+  listBucket,
+  listManifests,
+  placeOf,
+  readManifest,
+} from "../src/repo/snapshots.js";
 import { MemoryBucket, type MemoryStore } from "../src/store/memory.js";
 import type { ObjectStore, Target } from "../src/store/store.js";
 import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
@@ -770,7 +776,7 @@ describe("what rebuild, ls/find and the audit believe (attacks with the writer c
     const refs = await backupsFromBucket(source(s), "h1", "etc");
     const ref = refs.find((r) => r.archiveKey === old);
     assert.ok(ref?.manifest);
-    const archives = await archiveVersions(source(s), "h1", "etc");
+    const archives = archivesOf(await listJob(source(s), "h1", "etc"));
     await assert.rejects(
       manifestOf(source(s), { ...ref, manifest: ref.manifest }, archives),
       /first version at its archive key/,

@@ -9,16 +9,17 @@ import type { JobConfig } from "../config/config.js";
 import { encryptionOf } from "../config/config.js";
 import { describeError, ImmutdError, UsageError } from "../errors.js";
 import {
-  archiveVersions,
   type BackupRef,
-  backupsFromBucket,
   backupsFromCatalog,
+  backupsOf,
+  listJob,
   type ManifestSource,
   manifestCacheDir,
   manifestOf,
 } from "../flows/browse.js";
 import { displayName, matchForm } from "../pipeline/file-names.js";
 import { fileName, linkName, type Manifest, type ManifestFile } from "../repo/manifest.js";
+import { archivesOf } from "../repo/snapshots.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import type { Cli, Context } from "./context.js";
@@ -192,8 +193,10 @@ async function withBackups(
     const known = host === undefined ? backupsFromCatalog(ctx.catalog(), job.name, tc.bucket) : [];
     if (known.length > 0) return await fn(ms, known, undefined);
     const h = host ?? ctx.config.host;
-    const refs = await backupsFromBucket(ms, h, job.name);
-    await fn(ms, refs, refs.length > 0 ? await archiveVersions(ms, h, job.name) : undefined);
+    // One listing of the job's prefix gives both the manifests and the archive versions.
+    const listing = await listJob(ms, h, job.name);
+    const refs = backupsOf(listing);
+    await fn(ms, refs, refs.length > 0 ? archivesOf(listing) : undefined);
   } finally {
     closeTarget(target);
   }

@@ -3,9 +3,9 @@ import { isAbsolute, resolve } from "node:path";
 import { encryptionOf } from "../config/config.js";
 import { CancelledError, describeError, UsageError } from "../errors.js";
 import {
-  archiveVersions,
   type BackupRef,
-  backupsFromBucket,
+  backupsOf,
+  listJob,
   type ManifestSource,
   manifestCacheDir,
   manifestOf,
@@ -31,7 +31,7 @@ import type { ExtractWarning, TarEntryInfo } from "../pipeline/extract.js";
 import { displayName } from "../pipeline/file-names.js";
 import { KEY_DERIVATION } from "../repo/keys.js";
 import type { Manifest } from "../repo/manifest.js";
-import { schemeOption } from "../repo/snapshots.js";
+import { archivesOf, type Listing, listScope, schemeOption } from "../repo/snapshots.js";
 import { closeTarget, openTarget } from "../store/s3.js";
 import type { VersionEntry } from "../store/store.js";
 import { selectJobs } from "./backup.js";
@@ -158,16 +158,19 @@ export async function restoreCommand(
   const sel = selector(o);
   const target = openTarget(tc);
   try {
+    const host = o.host ?? ctx.config.host;
+    // From the bucket, the job's prefix is listed once: the backup is picked,
+    // its chain checked and its manifest read from that one listing.
+    // (--id is refused by selectFromBucket before any listing.)
+    const listing =
+      o.fromBucket && sel.id === undefined
+        ? await listScope(target.reader, target.prefix, { host, job: job.name })
+        : undefined;
     const src: RestoreSource = o.fromBucket
-      ? await selectFromBucket(
-          target.reader,
-          ctx.config,
-          target,
-          job,
-          o.host ?? ctx.config.host,
-          sel,
-          { onWarning: (message) => ctx.log.warn({ job: job.name }, message) },
-        )
+      ? await selectFromBucket(target.reader, ctx.config, target, job, host, sel, {
+          onWarning: (message) => ctx.log.warn({ job: job.name }, message),
+          ...(listing ? { listing } : {}),
+        })
       : selectFromCatalog(ctx.catalog(), job.name, sel);
     if (src.bucket !== tc.bucket) {
       throw new UsageError(
@@ -180,10 +183,10 @@ export async function restoreCommand(
       : undefined;
     const listed: TarEntryInfo[] = [];
     const { mode, dest } = outputMode(o, listed);
-    const chain = mode.kind === "raw" ? undefined : await chainOf(ctx, target, src, o);
+    const chain = mode.kind === "raw" ? undefined : await chainOf(ctx, target, src, listing);
     const manifest =
       !chain && mode.kind === "extract" && o.include?.length && !o.wholeArchive
-        ? await rangedManifest(ctx, target, src, o.host ?? ctx.config.host)
+        ? await rangedManifest(ctx, target, src, host, listing)
         : undefined;
     await withStopSignals(ctx, async (signal) => {
       // --list's own lines are its progress (a line redrawn beside them would garble both).
@@ -308,6 +311,8 @@ async function rangedManifest(
   target: ReturnType<typeof openTarget>,
   src: RestoreSource,
   host: string,
+  /** The command's listing of the job's prefix (--from-bucket); listed here only when needed and absent. */
+  listing: Listing | undefined,
 ): Promise<Manifest | undefined> {
   const whole = (why: string) => {
     const size = src.size === undefined ? "" : ` (${formatBytes(src.size)}, ${src.size} bytes)`;
@@ -339,8 +344,9 @@ async function rangedManifest(
       manifest: src.manifest,
     };
   } else {
-    ref = (await backupsFromBucket(ms, host, src.job)).find((b) => b.archiveKey === src.key);
-    archives = await archiveVersions(ms, host, src.job);
+    const l = listing ?? (await listJob(ms, host, src.job));
+    ref = backupsOf(l).find((b) => b.archiveKey === src.key);
+    archives = archivesOf(l);
   }
   if (!ref?.manifest) return whole(`backup ${src.key} has no manifest (made by immutd 0.1.0?)`);
   try {
@@ -359,7 +365,8 @@ async function chainOf(
   ctx: Context,
   target: ReturnType<typeof openTarget>,
   src: RestoreSource,
-  o: RestoreCliOptions,
+  /** The command's listing of the job's prefix: given with --from-bucket. */
+  listing: Listing | undefined,
 ): Promise<ChainSource | undefined> {
   const ms: ManifestSource = {
     reader: target.reader,
@@ -369,8 +376,8 @@ async function chainOf(
     cacheDir: manifestCacheDir(ctx.config.catalog),
     ...schemeOption(src.keyDerivation, undefined),
   };
-  const chain = o.fromBucket
-    ? await chainFromBucket(ms, src, o.host ?? ctx.config.host)
+  const chain = listing
+    ? await chainFromBucket(ms, src, listing)
     : await chainFromCatalog(ctx.catalog(), src, ms);
   if (chain)
     ctx.log.info(

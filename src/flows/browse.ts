@@ -23,8 +23,14 @@ import { ImmutdError, UsageError } from "../errors.js";
 import type { AgeIdentity } from "../repo/age-keys.js";
 import { isSealed, openIndex } from "../repo/age-manifest.js";
 import { type Manifest, manifestMismatch } from "../repo/manifest.js";
-import { jobPrefix } from "../repo/naming.js";
-import { listManifests, placeOf, readManifest, schemeOption } from "../repo/snapshots.js";
+import {
+  type Listing,
+  listScope,
+  placeOf,
+  readListing,
+  readManifest,
+  schemeOption,
+} from "../repo/snapshots.js";
 import type { ObjectStore, VersionEntry } from "../store/store.js";
 
 /** The manifest cache directory for a catalog file. */
@@ -81,15 +87,20 @@ export function backupsFromCatalog(catalog: Catalog, job: string, bucket: string
     }));
 }
 
-/** The backups of `job` on `host` that have a manifest in the bucket, oldest first. */
-export async function backupsFromBucket(
-  src: ManifestSource,
-  host: string,
-  job: string,
-): Promise<BackupRef[]> {
-  const keys = await listManifests(src.reader, src.prefix, { host, job }, src.signal);
-  return keys
-    .map((m) => ({
+/**
+ * Lists the job's prefix once (every page, delete markers included): the one
+ * listing a command without the catalog reads its backups (backupsOf), the
+ * archive versions to check their manifests against (archivesOf) and, for a
+ * restore, the version to restore from.
+ */
+export function listJob(src: ManifestSource, host: string, job: string): Promise<Listing> {
+  return listScope(src.reader, src.prefix, { host, job }, src.signal);
+}
+
+/** The backups in a job's listing that have a manifest, oldest first. */
+export function backupsOf(l: Listing): BackupRef[] {
+  return readListing(l)
+    .manifests.map((m) => ({
       job: m.job,
       createdAt: m.createdAt,
       archiveKey: m.archiveKey,
@@ -100,10 +111,19 @@ export async function backupsFromBucket(
     .reverse();
 }
 
+/** The backups of `job` on `host` that have a manifest in the bucket, oldest first (one listing). */
+export async function backupsFromBucket(
+  src: ManifestSource,
+  host: string,
+  job: string,
+): Promise<BackupRef[]> {
+  return backupsOf(await listJob(src, host, job));
+}
+
 /**
  * The manifest of one backup, checked against what is known of its archive:
  * the catalog's row, or else `archives` (the bucket's versions under the job
- * prefix, see archiveVersions), in which the version it names must exist with
+ * prefix: archivesOf of listJob), in which the version it names must exist with
  * its size. Throws one line naming the manifest when it does not fit.
  */
 export async function manifestOf(
@@ -154,16 +174,6 @@ export async function manifestOf(
       `${where}: the file index of this age-encrypted backup is encrypted too: give --identity FILE (the age identity of one of its recipients) or set encryption.identityFile`,
     );
   return openIndex(m, src.identities, where);
-}
-
-/** The archive versions under a job's prefix by version ID, for manifestOf without a catalog. */
-export async function archiveVersions(
-  src: ManifestSource,
-  host: string,
-  job: string,
-): Promise<Map<string, VersionEntry>> {
-  const all = await src.reader.listVersions(jobPrefix(src.prefix, host, job));
-  return new Map(all.filter((v) => !v.deleteMarker).map((v) => [v.versionId, v]));
 }
 
 function keyDerivationOf(d: string | undefined): { keyDerivation?: string } {

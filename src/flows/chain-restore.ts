@@ -31,15 +31,9 @@ import { chainMismatch, namesByMember } from "../repo/chain.js";
 import { deriveSseKey } from "../repo/keys.js";
 import { fileName, INCREMENTAL_FORMAT, type Manifest } from "../repo/manifest.js";
 import { manifestKey } from "../repo/naming.js";
-import { listManifests } from "../repo/snapshots.js";
+import { archivesOf, type Listing, readListing } from "../repo/snapshots.js";
 import type { ObjectStore } from "../store/store.js";
-import {
-  archiveVersions,
-  type BackupRef,
-  backupsFromBucket,
-  type ManifestSource,
-  manifestOf,
-} from "./browse.js";
+import { type BackupRef, backupsOf, type ManifestSource, manifestOf } from "./browse.js";
 import {
   checkComplete,
   failed,
@@ -126,16 +120,17 @@ export async function chainFromCatalog(
  * The chain of a backup found in the bucket, or undefined for a full backup
  * (or one without a manifest): every member's manifest is read and the chain
  * checked (chainMismatch). `point.sha256` is taken from its manifest.
+ * `listing` is the command's one listing of the job's prefix (listJob): the
+ * manifests and archive versions are all read from it.
  */
 export async function chainFromBucket(
   ms: ManifestSource,
   point: RestoreSource,
-  host: string,
+  listing: Listing,
 ): Promise<ChainSource | undefined> {
-  const refs = await backupsFromBucket(ms, host, point.job);
-  const ref = refs.find((b) => b.archiveKey === point.key);
+  const ref = backupsOf(listing).find((b) => b.archiveKey === point.key);
   if (!ref?.manifest) return undefined;
-  const archives = await archiveVersions(ms, host, point.job);
+  const archives = archivesOf(listing);
   let m: Manifest;
   try {
     // Only its format and chain are read here: a sealed (age) manifest is never an incremental.
@@ -152,12 +147,7 @@ export async function chainFromBucket(
   }
   if (m.archive.versionId !== point.versionId || m.formatVersion !== INCREMENTAL_FORMAT)
     return undefined;
-  const listed = new Map(
-    (await listManifests(ms.reader, ms.prefix, { host, job: point.job }, ms.signal)).map((k) => [
-      k.key,
-      k,
-    ]),
-  );
+  const listed = new Map(readListing(listing).manifests.map((k) => [k.key, k]));
   const members: Manifest[] = [];
   for (const c of m.chain ?? []) {
     const key = manifestKey(c.key);

@@ -41,7 +41,13 @@ import { HashingCounter } from "../pipeline/hash.js";
 import type { AgeIdentity } from "../repo/age-keys.js";
 import { KEY_DERIVATION } from "../repo/keys.js";
 import { isDatedInFuture, jobPrefix, parseObjectKey } from "../repo/naming.js";
-import { listManifests, ManifestError, readManifest } from "../repo/snapshots.js";
+import {
+  type Listing,
+  listScope,
+  ManifestError,
+  readListing,
+  readManifest,
+} from "../repo/snapshots.js";
 import type { ObjectStore, Target } from "../store/store.js";
 
 export { DOWNLOAD_RESUMES, RESTORE_EXIT_CODE, RestoreError } from "../pipeline/download.js";
@@ -143,6 +149,11 @@ export interface FromBucketOptions {
   now?: Date;
   /** One line per version left out for looking planted (see selectFromBucket). */
   onWarning?: (message: string) => void;
+  /**
+   * The command's one listing of the job's prefix (src/flows/browse.ts
+   * listJob), also read for the chain and the manifest; listed here when absent.
+   */
+  listing?: Listing;
 }
 
 /**
@@ -166,7 +177,9 @@ export async function selectFromBucket(
   if (sel.id !== undefined)
     throw new UsageError("--id names a catalog entry; with --from-bucket use --at or --version-id");
   const prefix = jobPrefix(target.prefix, host, job.name);
-  const versions = (await reader.listVersions(prefix))
+  const listing = opts.listing ?? (await listScope(reader, target.prefix, { host, job: job.name }));
+  if (listing.under !== prefix) throw new Error(`listing of ${listing.under} given for ${prefix}`);
+  const versions = listing.versions
     .filter((v) => !v.deleteMarker)
     .map((v) => ({ v, parsed: parseObjectKey(v.key) }))
     .filter((x) => x.parsed !== undefined && x.v.key.slice(prefix.length).indexOf("/") < 0);
@@ -203,8 +216,7 @@ export async function selectFromBucket(
   const tc = config.targets?.[job.target];
   const configured = tc ? encryptionOf(job, tc).scheme : "sse-c";
   const scheme =
-    (await manifestScheme(reader, config, target, host, job.name, pick.v, configured, opts)) ??
-    configured;
+    (await manifestScheme(reader, config, target, listing, pick.v, configured, opts)) ?? configured;
   return {
     job: job.name,
     bucket: target.bucket,
@@ -227,15 +239,12 @@ async function manifestScheme(
   reader: ObjectStore,
   config: Config,
   target: Target,
-  host: string,
-  job: string,
+  listing: Listing,
   v: { key: string; versionId: string },
   configured: EncryptionScheme,
   opts: FromBucketOptions,
 ): Promise<EncryptionScheme | undefined> {
-  const m = (await listManifests(reader, target.prefix, { host, job })).find(
-    (x) => x.archiveKey === v.key,
-  );
+  const m = readListing(listing).manifests.find((x) => x.archiveKey === v.key);
   if (!m || m.tied.length) return undefined;
   const where = `manifest s3://${target.bucket}/${m.key} version ${m.version.versionId}`;
   try {

@@ -53,6 +53,7 @@ import {
 import { isRefused, withReadFallback } from "../store/fallback.js";
 import { mapLimit } from "../store/parallel.js";
 import { RetryPolicy, retry, withSignal } from "../store/retry.js";
+import { listOnce } from "../store/shared-listing.js";
 import type { BucketLockState, ObjectStore, Retention, Target } from "../store/store.js";
 import { extendMembers } from "./incremental.js";
 import { type RestoreSource, restore, selectFromCatalog } from "./restore.js";
@@ -313,8 +314,10 @@ export async function runVerify(deps: VerifyDeps): Promise<VerifyReport> {
   for (const b of elsewhere) {
     c.notes.push(`backups in bucket ${b} were not checked: the target now names another bucket`);
   }
-  await checkBackups(deps, due, started, c, holds);
-  for (const w of await hiddenBackups(due, config, deps.targets, c.notes, {
+  // Each target's prefix is listed once for the manifests' latest versions and the delete markers.
+  const listed = listedOnce(config, deps.targets);
+  await checkBackups({ ...deps, targets: listed }, due, started, c, holds);
+  for (const w of await hiddenBackups(due, config, listed, c.notes, {
     now: started,
     ...(deps.policyTime ? { time: deps.policyTime } : {}),
   }))
@@ -1220,11 +1223,29 @@ async function rawDigest(
 }
 
 /**
+ * The targets with readers whose listings under the target's prefix come from
+ * one walk (src/store/shared-listing.ts): the manifest checks and hiddenBackups
+ * read the same listing instead of one listing per manifest and another.
+ */
+function listedOnce(
+  config: Config,
+  targets: Readonly<Record<string, Target>>,
+): Record<string, Target> {
+  const out: Record<string, Target> = {};
+  for (const [name, t] of Object.entries(targets)) {
+    const tc = config.targets[name];
+    out[name] = tc ? { ...t, reader: listOnce(t.reader, tc.prefix) } : t;
+  }
+  return out;
+}
+
+/**
  * Warnings for checked backups whose key's latest version is a delete marker:
  * Object Lock does not stop anyone with write access from adding one, so it
  * hides the backup from tools that look at "latest", while the pinned version
  * stays locked and restorable. One listing per target (under its prefix), with
- * the reader; a listing that fails is a note.
+ * the reader, shared with the manifest checks (listedOnce); a listing that
+ * fails is a note.
  */
 async function hiddenBackups(
   rows: readonly BackupRow[],

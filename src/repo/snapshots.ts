@@ -105,6 +105,51 @@ export interface BareArchive {
 }
 
 /**
+ * One listing of the versions under a scope of a target's prefix, delete
+ * markers included (every page of ListObjectVersions). A command lists once
+ * and reads everything it needs from it: the manifests (readListing), the
+ * archive versions a manifest must name (archivesOf), the versions a restore
+ * picks from. Listing again would cost a walk of every page per use, and two
+ * listings of one command could disagree with each other.
+ */
+export interface Listing {
+  /** The target's prefix. */
+  prefix: string;
+  scope: ManifestScope;
+  /** What was listed: prefix, then host/ and job/ as far as scope gives them. */
+  under: string;
+  versions: readonly VersionEntry[];
+}
+
+/** Lists the versions under `scope` of `prefix` once, retried as a read (with `store`'s credential). */
+export async function listScope(
+  store: ObjectStore,
+  prefix: string,
+  scope: ManifestScope = {},
+  signal?: AbortSignal,
+): Promise<Listing> {
+  let under = prefix;
+  if (scope.host !== undefined) {
+    under += `${scope.host}/`;
+    if (scope.job !== undefined) under += `${scope.job}/`;
+  }
+  const versions = await retry(
+    () => store.listVersions(under),
+    withSignal(RetryPolicy.read, signal),
+  );
+  return { prefix, scope, under, versions };
+}
+
+/**
+ * The stored versions (delete markers left out) of a listing by version ID:
+ * what a manifest read without the catalog is checked against (its archive
+ * version must be among them, with the size it names).
+ */
+export function archivesOf(l: Listing): Map<string, VersionEntry> {
+  return new Map(l.versions.filter((v) => !v.deleteMarker).map((v) => [v.versionId, v]));
+}
+
+/**
  * listManifests, the archive versions in the same scope that have no manifest
  * key, and the keys dated in the future (left out of both). One listing.
  */
@@ -115,15 +160,15 @@ export async function listBucket(
   signal?: AbortSignal,
   now: Date = new Date(),
 ): Promise<{ manifests: ManifestKey[]; bare: BareArchive[]; planted: PlantedKey[] }> {
-  let under = prefix;
-  if (scope.host !== undefined) {
-    under += `${scope.host}/`;
-    if (scope.job !== undefined) under += `${scope.job}/`;
-  }
-  const versions = await retry(
-    () => store.listVersions(under),
-    withSignal(RetryPolicy.read, signal),
-  );
+  return readListing(await listScope(store, prefix, scope, signal), now);
+}
+
+/** listBucket's answer from a listing already made. */
+export function readListing(
+  l: Listing,
+  now: Date = new Date(),
+): { manifests: ManifestKey[]; bare: BareArchive[]; planted: PlantedKey[] } {
+  const { prefix, scope, versions } = l;
   const byKey = new Map<string, VersionEntry[]>();
   const archives: VersionEntry[] = [];
   for (const v of versions) {

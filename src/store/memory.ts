@@ -111,6 +111,8 @@ export class MemoryBucket {
   /** Refuse SSE-C writes with 403 AccessDenied, as AWS does on buckets created since April 2026. */
   blocksSseC = false;
   readonly versions: StoredVersion[] = [];
+  /** listVersions calls so far, by any role: tests count a command's listings with it. */
+  listings = 0;
   readonly uploads = new Map<string, { key: string; initiated: Date }>();
   /** The clock; tests move it to expire retention. */
   now: () => Date = () => new Date();
@@ -313,6 +315,7 @@ export class MemoryStore implements ObjectStore {
 
   async listVersions(prefix: string): Promise<VersionEntry[]> {
     this.#allow("listVersions");
+    this.#b.listings++;
     const latest = new Map<string, StoredVersion>();
     for (const v of this.#b.versions) latest.set(v.key, v);
     return this.#b.versions
