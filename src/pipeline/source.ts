@@ -23,9 +23,10 @@ import {
   fstatSync,
   lstatSync,
   openSync,
+  readdirSync,
   readSync,
 } from "node:fs";
-import { type FileHandle, lstat, open, readdir, readlink } from "node:fs/promises";
+import { type FileHandle, lstat, open, readlink } from "node:fs/promises";
 import path from "node:path";
 import { fileKind } from "./file-kind.js";
 import { byteStringFrom, byteStringOf, displayName, fsPath, matchForm } from "./file-names.js";
@@ -162,6 +163,13 @@ type Loaded =
       after: BigIntStats | null;
     };
 
+/** A directory entry that goes in, with readdir's idea of its type. */
+interface Child {
+  abs: string;
+  isDir: boolean;
+  isFile: boolean;
+}
+
 /** What is known of an entry before its turn. */
 interface Prepared {
   readonly st: BigIntStats | null;
@@ -190,6 +198,13 @@ export async function missingPaths(paths: readonly string[]): Promise<string[]> 
   );
   return results.filter((p): p is string => p !== null);
 }
+
+/**
+ * For tests only: `afterReaddir` runs once each directory has been read and
+ * before any of its entries is looked at, so a test can change the tree
+ * exactly between readdir and the walk's open or lstat.
+ */
+export const walkHooks: { afterReaddir?: (dir: Buffer) => void } = {};
 
 /** One walk of the configured paths into a writer; run() once. */
 export class SourceWalk {
@@ -300,7 +315,9 @@ export class SourceWalk {
     }
     let entries: Dirent<Buffer>[];
     try {
-      entries = await readdir(fsPath(abs), { withFileTypes: true, encoding: "buffer" });
+      // Synchronous for the reason prepare gives: 5,000 directories of 20 small
+      // files cost 0.5 s of thread-pool round trips in which the walk stood still.
+      entries = readdirSync(fsPath(abs), { withFileTypes: true, encoding: "buffer" });
     } catch (err) {
       const gone = errCode(err) === "ENOENT";
       const what = gone
@@ -309,6 +326,7 @@ export class SourceWalk {
       this.warnErr(abs, err, what);
       return;
     }
+    walkHooks.afterReaddir?.(fsPath(abs));
     const children = this.kept(abs, entries);
     // Entries are archived one after the other, but their lstat (and the
     // content of small files) is fetched up to LOOKAHEAD entries ahead: on a
@@ -322,7 +340,7 @@ export class SourceWalk {
       while (started < k + LOOKAHEAD && (started === k || !last?.isDir)) {
         const next = children[started];
         if (next === undefined) break;
-        ahead.push(this.track(this.prepare(next.abs)));
+        ahead.push(this.track(this.prepare(next.abs, next.isFile)));
         last = next;
         started++;
       }
@@ -333,11 +351,11 @@ export class SourceWalk {
   }
 
   /** A directory's entries that go in, in byte order; the others are reported through onSkip. */
-  private kept(abs: string, entries: Dirent<Buffer>[]): { abs: string; isDir: boolean }[] {
+  private kept(abs: string, entries: Dirent<Buffer>[]): Child[] {
     entries.sort((a, b) => Buffer.compare(a.name, b.name));
     const prefix = abs === "/" ? "/" : `${abs}/`;
     const marker = this.markerIn(entries);
-    const children: { abs: string; isDir: boolean }[] = [];
+    const children: Child[] = [];
     for (const entry of entries) {
       const child = prefix + byteStringFrom(entry.name);
       // Another configured path is archived in its own turn. Exclusion is
@@ -350,7 +368,7 @@ export class SourceWalk {
         this.skipped(child, rule);
         continue;
       }
-      children.push({ abs: child, isDir: entry.isDirectory() });
+      children.push({ abs: child, isDir: entry.isDirectory(), isFile: entry.isFile() });
     }
     return children;
   }
@@ -373,11 +391,16 @@ export class SourceWalk {
 
   /**
    * lstat of `abs` and, for a small regular file with a single link, its whole
-   * content. Never rejects: failures are data, reported when the entry's turn comes.
+   * content. Never rejects: failures are data, reported when the entry's turn
+   * comes. `regular`: readdir called it a regular file (see direct).
    */
-  private async prepare(abs: string): Promise<Prepared> {
+  private async prepare(abs: string, regular = false): Promise<Prepared> {
     if (this.stop.aborted)
       return { st: null, statError: this.stop.reason, loaded: null, keep: true };
+    if (regular && this.opts.plan === undefined && !this.opts.dryRun) {
+      const direct = this.direct(abs);
+      if (direct !== null) return direct;
+    }
     // lstat and small-file reads are synchronous. On a tree of small files the
     // walk is bound by per-call overhead, and a promise-based fs call costs
     // about ten times its system call (measured: 25,600 files of 4 KiB took
@@ -395,11 +418,45 @@ export class SourceWalk {
       plan === undefined ||
       abs === "/" ||
       plan.changed(abs.slice(1) + (st.isDirectory() ? "/" : ""), st);
-    // Files with more links may become link entries: read them at their turn, if at all.
-    const small =
-      keep && !this.opts.dryRun && st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE);
-    const loaded = small ? this.load(abs) : null;
+    const loaded = this.smallEnough(keep, st) ? this.load(abs) : null;
     return { st, statError: null, loaded, keep };
+  }
+
+  /**
+   * A file readdir called regular, in a full (not incremental) real run: open
+   * and fstat stand in for lstat, which saves a system call per file. What
+   * O_NOFOLLOW opened and fstat calls a regular file is what lstat would
+   * have described. Null, for prepare to take the usual way (whose lstat and
+   * open then report what went wrong), when the open fails or finds no
+   * regular file: the entry changed since readdir, or cannot be read.
+   */
+  private direct(abs: string): Prepared | null {
+    let fd: number;
+    try {
+      fd = openSync(fsPath(abs), OPEN_FLAGS);
+    } catch {
+      return null;
+    }
+    try {
+      let st: BigIntStats;
+      try {
+        st = fstatSync(fd, { bigint: true });
+      } catch {
+        return null;
+      }
+      if (!st.isFile()) return null;
+      const loaded = this.smallEnough(true, st) ? readWhole(fd, st) : null;
+      return { st, statError: null, loaded, keep: true };
+    } finally {
+      closeQuietly(fd);
+    }
+  }
+
+  /** A file read whole ahead of its turn (one with more links may become a link entry: read at its turn, if at all). */
+  private smallEnough(keep: boolean, st: BigIntStats): boolean {
+    return (
+      keep && !this.opts.dryRun && st.isFile() && st.nlink === 1n && st.size <= BigInt(SMALL_FILE)
+    );
   }
 
   private load(abs: string): Loaded {
@@ -418,36 +475,9 @@ export class SourceWalk {
         return { kind: "error", stage: "fstat", err };
       }
       if (!before.isFile()) return { kind: "not-file", before };
-      const size = Number(before.size);
-      if (size > SMALL_FILE) return { kind: "too-big" }; // grew since lstat: stream it
-      const buf = Buffer.allocUnsafe(size);
-      let got = 0;
-      let readError: unknown = null;
-      while (got < size) {
-        try {
-          const n = readSync(fd, buf, got, size - got, got);
-          if (n === 0) break;
-          got += n;
-        } catch (err) {
-          readError = err;
-          break;
-        }
-      }
-      let after: BigIntStats | null = null;
-      if (readError === null && got === size) {
-        try {
-          after = fstatSync(fd, { bigint: true });
-        } catch {
-          after = null;
-        }
-      }
-      return { kind: "read", before, data: buf.subarray(0, got), readError, after };
+      return readWhole(fd, before);
     } finally {
-      try {
-        closeSync(fd);
-      } catch {
-        // nothing to do: the fd is gone either way
-      }
+      closeQuietly(fd);
     }
   }
 
@@ -688,6 +718,45 @@ export class SourceWalk {
   private warnErr(p: string, err: unknown, what: string): void {
     const detail = err instanceof Error ? err.message : String(err);
     this.warn(p, `${what}: ${detail}`, errCode(err));
+  }
+}
+
+/**
+ * The content of an open small file whose fstat is `before`, and a second
+ * fstat after a complete read (the change check of reportRead).
+ */
+function readWhole(fd: number, before: BigIntStats): Loaded {
+  const size = Number(before.size);
+  if (size > SMALL_FILE) return { kind: "too-big" }; // grew since lstat: stream it
+  const buf = Buffer.allocUnsafe(size);
+  let got = 0;
+  let readError: unknown = null;
+  while (got < size) {
+    try {
+      const n = readSync(fd, buf, got, size - got, got);
+      if (n === 0) break;
+      got += n;
+    } catch (err) {
+      readError = err;
+      break;
+    }
+  }
+  let after: BigIntStats | null = null;
+  if (readError === null && got === size) {
+    try {
+      after = fstatSync(fd, { bigint: true });
+    } catch {
+      after = null;
+    }
+  }
+  return { kind: "read", before, data: buf.subarray(0, got), readError, after };
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // nothing to do: the fd is gone either way
   }
 }
 
