@@ -30,6 +30,7 @@
 #   IMMUTD_BENCH_COMPRESSIONS="none" runs only those (default "none gzip zstd").
 #   IMMUTD_BENCH_PEERS="" runs no peer (default: "aws rclone", those installed).
 #   IMMUTD_BENCH_SMALL_FILES=0 skips the small-file tree.
+#   IMMUTD_BENCH_AGE="zstd" (default) also backs up with `encryption: age`; target <= 1.10 x SSE-C.
 #   IMMUTD_BENCH_S3_ENV=FILE uses that running test server (an env.json as
 #   scripts/s3-test-server.sh writes it) instead of starting a bluestore one
 #   (in IMMUTD_BENCH_S3_DIR, default a temporary directory).
@@ -116,6 +117,21 @@ YAML
 }
 for comp in none gzip zstd; do write_config "$comp" "$comp" "$data"; done
 [ "$small" -gt 0 ] && write_config small none "$sdata"
+# age vs SSE-C: the same backup as the row "immutd:COMP" with `encryption:
+# scheme: age`, for each COMP in IMMUTD_BENCH_AGE (default "zstd"; "" skips;
+# only those also in IMMUTD_BENCH_COMPRESSIONS). Target: wall <= 1.10 x the
+# SSE-C row's, from the medians.
+age_comps=""
+for comp in ${IMMUTD_BENCH_AGE-zstd}; do
+  case " ${IMMUTD_BENCH_COMPRESSIONS:-none gzip zstd} " in *" $comp "*) age_comps="$age_comps $comp" ;; esac
+done
+if [ -n "$age_comps" ]; then
+  rcpt=$(node dist/src/cli.js key generate --age "$work/age.key" 2>/dev/null)
+  for comp in $age_comps; do
+    write_config "$comp-age" "$comp" "$data"
+    sed -i "/^    retention:/a\\    encryption: { scheme: age, recipients: [$rcpt] }" "$work/$comp-age.yaml"
+  done
+fi
 
 calc() { awk "BEGIN { print $1 }"; }
 # Peak RSS of a backup at the default part size and queue, in MiB (README,
@@ -215,6 +231,9 @@ for r in $(seq "$runs"); do
   echo "== run $r of $runs"
   for comp in $comps; do
     measure "immutd:$comp" node dist/src/cli.js --config "$work/$comp.yaml" --log-level warn backup
+    case " $age_comps " in *" $comp "*)
+      measure "immutd:$comp-age" node dist/src/cli.js --config "$work/$comp-age.yaml" --log-level warn backup ;;
+    esac
     for row in $(peer_rows "$comp"); do
       p=${row%%:*} c=${row#*:} c=${c%-6}
       measure "$row" bash -c "set -o pipefail; tar -cf - -C \"\$data\" . | compressor $c | upload $p peer/$row/run$r"
@@ -294,6 +313,14 @@ for comp in $comps; do
   else
     nocheck "$comp restore"
   fi
+done
+for comp in $age_comps; do
+  read -r secs _ <<<"$(median "immutd:$comp")"
+  read -r asecs _ <<<"$(median "immutd:$comp-age")"
+  printf '%-8s backup with age: immutd %.2f s, CPU %.2f s, peak RSS %d MiB; with SSE-C %.2f s, CPU %.2f s; ratio %.3f\n' \
+    "$comp" "$asecs" "$(median_cpu "immutd:$comp-age")" "$(($(maxrss "immutd:$comp-age") / 1024))" "$secs" \
+    "$(median_cpu "immutd:$comp")" "$(calc "$asecs / $secs")"
+  target "$comp: wall with age vs with SSE-C" "$(calc "$asecs / $secs")" 1.10
 done
 if [ "$small" -gt 0 ]; then
   read -r secs _ <<<"$(median immutd:small)"

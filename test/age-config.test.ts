@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Catalog } from "../src/catalog/catalog.js";
-import { encryptionOf, parseConfig } from "../src/config/config.js";
+import { acceptedRecipients, encryptionOf, parseConfig } from "../src/config/config.js";
 import { Secret } from "../src/config/secret.js";
 import { ConfigError } from "../src/errors.js";
 import { runBackup } from "../src/flows/backup.js";
@@ -24,6 +24,7 @@ import { AgeError, ageDecrypt } from "../src/pipeline/age.js";
 import { schemeOf } from "../src/pipeline/cipher.js";
 import { generateIdentity, parseIdentities } from "../src/repo/age-keys.js";
 import { isSealed, openIndex } from "../src/repo/age-manifest.js";
+import { deriveSseKey } from "../src/repo/keys.js";
 import { decodeManifest } from "../src/repo/manifest.js";
 import { MemoryBucket } from "../src/store/memory.js";
 import { fullConfig, jobConfig, targetConfig } from "./support/target.js";
@@ -122,6 +123,28 @@ describe("encryption: config", () => {
     );
   });
 
+  it("formerRecipients: taken with any scheme, checked like recipients, never encrypted to", () => {
+    const c = parse(
+      yaml([
+        `encryption: { scheme: sse-c, formerRecipients: [${ops.recipient}, ${offline.recipient}] }`,
+      ]),
+    );
+    const t = c.targets.offsite;
+    assert.ok(t && c.jobs[0]);
+    const e = encryptionOf(c.jobs[0], t);
+    assert.equal(e.scheme, "sse-c");
+    assert.deepEqual(e.recipients, []);
+    assert.deepEqual(acceptedRecipients(e), [ops.recipient, offline.recipient]);
+    assert.match(
+      problem(
+        yaml([
+          `encryption: { scheme: age, recipients: [${ops.recipient}], formerRecipients: [age1x] }`,
+        ]),
+      ),
+      /formerRecipients\[0\].*is not an age X25519 recipient/,
+    );
+  });
+
   it("plain http: age alone needs allowInsecureTransport; any SSE-C job still needs allowInsecureSseC", () => {
     const http = "http://127.0.0.1:8000";
     const age = `encryption: { scheme: age, recipients: [${ops.recipient}] }`;
@@ -133,6 +156,45 @@ describe("encryption: config", () => {
       /would send SSE-C encryption keys unencrypted/,
     );
     assert.match(problem(yaml([], [], http)), /allowInsecureSseC: true/);
+  });
+});
+
+describe("master key with age", () => {
+  const noKey = (text: string) => text.replace(/^masterKeyFile: .*\n/m, "");
+  const age = `encryption: { scheme: age, recipients: [${ops.recipient}] }`;
+
+  it("an age-only config needs no master key; an SSE-C object met anyway is a clear error", () => {
+    const c = parse(noKey(yaml([age])));
+    assert.equal(c.masterKeySource, "none");
+    assert.equal(c.masterKey.reveal().length, 0);
+    assert.throws(
+      () => deriveSseKey(c.masterKey.reveal(), "backups-web", "web-1/etc/old.tar.zst"),
+      (err: Error) =>
+        err instanceof ConfigError &&
+        /s3:\/\/backups-web\/web-1\/etc\/old\.tar\.zst is encrypted with SSE-C.*no masterKey or masterKeyFile/.test(
+          err.message,
+        ),
+    );
+    // A key given anyway is read (older SSE-C backups stay readable).
+    assert.equal(parse(yaml([age])).masterKey.reveal().length, 32);
+  });
+
+  it("a config that sends SSE-C keys and has no master key fails, naming what needs it", () => {
+    assert.match(
+      problem(noKey(yaml([]))),
+      /missing masterKey \(or masterKeyFile\): the SSE-C keys of target "offsite" \(scheme sse-c, the default\)/,
+    );
+    const both = problem(
+      noKey(yaml([age], [`encryption: { scheme: both, recipients: [${ops.recipient}] }`])),
+    );
+    assert.match(both, /missing masterKey.*job "etc" \(scheme both\)/);
+    assert.ok(!both.includes('target "offsite"'), both);
+    assert.match(
+      problem(
+        yaml([age]).replace("masterKeyFile:", `masterKey: ${"cd".repeat(32)}\nmasterKeyFile:`),
+      ),
+      /give either masterKey or masterKeyFile, not both/,
+    );
   });
 });
 

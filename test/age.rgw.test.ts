@@ -24,10 +24,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buffer } from "node:stream/consumers";
 import { after, before, describe, it } from "node:test";
-import { gunzipSync } from "node:zlib";
-import { GetObjectCommand, HeadObjectCommand } from "@aws-sdk/client-s3";
+import { gunzipSync, gzipSync } from "node:zlib";
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
 import Database from "better-sqlite3";
-import { openTarget } from "../src/store/s3.js";
+import { AgeEncrypt } from "../src/pipeline/age.js";
+import { createArchive } from "../src/pipeline/archive.js";
+import { HashingCounter } from "../src/pipeline/hash.js";
+import { runStages } from "../src/pipeline/index.js";
+import { s3Sink } from "../src/pipeline/sink.js";
+import { parseRecipient } from "../src/repo/age-keys.js";
+import { manifestKey, objectKey } from "../src/repo/naming.js";
+import { closeTarget, openTarget } from "../src/store/s3.js";
 import type { ObjectStore } from "../src/store/store.js";
 import { CLI, runCli } from "./support/cli.js";
 import { FaultProxy, isGetObject, isUploadPart } from "./support/fault-proxy.js";
@@ -67,6 +74,7 @@ interface Row {
 }
 
 const MiB = 1024 * 1024;
+const FAULTY_AGE = new URL("./age-faulty-worker.js", import.meta.url);
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 describe("encryption: age (CLI, Ceph RGW)", () => {
@@ -628,6 +636,242 @@ ${o.viaProxy ? t.replace(env.endpoint, proxy.endpoint) : t}jobs:
     const theirs = await rebuild(readFileSync(forger, "utf8"), "theirs");
     assert.equal(theirs.r.code, 0, theirs.r.stdout + theirs.r.stderr);
     assert.equal(theirs.listed.length, 1);
+  });
+
+  for (const mode of ["exit", "throw"] as const) {
+    it(`an age payload worker that ${mode === "exit" ? "exits" : "throws"} mid-upload fails the backup: no version and no open upload remain`, async () => {
+      const bucket = uniqueBucket(`agewk${mode}`);
+      await createLockedBucket(env, bucket, 1);
+      const dir = mkdtempSync(join(tmpdir(), "immutd-age-worker-"));
+      writeFileSync(join(dir, "noise.bin"), randomBytes(14 * MiB));
+      const target = openTarget(rgwTarget(env, bucket));
+      const key = "fault/job/archive.tar";
+      let uploadId: string | undefined;
+      // The 12th 1 MiB batch: two 5 MiB parts are on the server by then.
+      process.env.IMMUTD_TEST_AGE_FAULT = `${mode}:12`;
+      try {
+        const hash = new HashingCounter();
+        const g = spawnSync("age-keygen", [], { encoding: "utf8" });
+        const recipient = /age1[0-9a-z]+/.exec(g.stdout + g.stderr)?.[0];
+        assert.ok(recipient);
+        await assert.rejects(
+          runStages({
+            archive: createArchive({ paths: [dir] }),
+            between: [new AgeEncrypt([parseRecipient(recipient)], { worker: FAULTY_AGE })],
+            hash,
+            sink: s3Sink(target.writer, {
+              key,
+              sseKey: undefined,
+              onUploadId: (id) => {
+                uploadId = id;
+              },
+            }),
+            cancelled: () => new Error("cancelled"),
+          }),
+          /age encryption worker (exited \(code 7\)|failed \(injected crash\)).*not stored/,
+        );
+        assert.ok(uploadId, "the multipart upload had begun");
+        assert.ok(
+          hash.bytes >= 5 * MiB,
+          `parts were sent before the failure (${hash.bytes} bytes)`,
+        );
+        const admin = target.admin;
+        assert.ok(admin);
+        assert.deepEqual(await admin.listVersions("fault/"), [], "no version of the cut archive");
+        assert.deepEqual(await admin.listUploads("fault/"), [], "the upload was aborted");
+      } finally {
+        delete process.env.IMMUTD_TEST_AGE_FAULT;
+        closeTarget(target);
+      }
+    });
+  }
+
+  /** The setup's config with job a alone (age to rA, rB) and no master key at all. */
+  function ageOnly(s: Setup): string {
+    const text = readFileSync(s.cfg, "utf8")
+      .replace(/^masterKeyFile: .*\n/m, "")
+      .replace(/ {2}- name: both\n[\s\S]*$/, "");
+    assert.doesNotMatch(text, /masterKey|sse-c|both/);
+    return text;
+  }
+  type Listed = Row & { files: number | null };
+  const rebuildInto = async (s: Setup, text: string, db: string, ...args: string[]) => {
+    const c = join(s.dir, `${db}.yaml`);
+    writeFileSync(c, text.replace(`${s.dir}/catalog.db`, `${s.dir}/${db}.db`));
+    const r = await runCli(["--config", c, "catalog", "rebuild", "--json", ...args]);
+    const listed = JSON.parse((await runCli(["--config", c, "list", "--json"])).stdout) as Listed[];
+    return { r, listed };
+  };
+
+  it("an age-only config without any master key backs up, verifies, restores and rebuilds (with the file count in the clear)", async () => {
+    const s = await setup("nokey");
+    writeFileSync(s.cfg, ageOnly(s));
+    const b = await cli(s, "backup", "a");
+    assert.equal(b.code, 0, b.stderr);
+    const [made] = (await rows(s)) as Listed[];
+    assert.ok(made?.manifestKey && made.manifestVersionId);
+    assert.equal(made.files, 3, "log.txt, noise.bin, passwords.txt");
+    // The manifest tells the count, and still no name.
+    const doc = JSON.parse(
+      gunzipSync(await plainGet(s, made.manifestKey, made.manifestVersionId)).toString("utf8"),
+    );
+    assert.equal(doc.fileCount, 3);
+    assert.deepEqual(doc.files, []);
+    assert.ok(!JSON.stringify(doc).includes("passwords"));
+    const v = await cli(s, "verify", "--job", "a");
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+    const to = join(s.dir, "out");
+    const r = await cli(s, "restore", "a", "--identity", s.ours, "--to", to);
+    assert.equal(r.code, 0, r.stderr);
+    sameFile(s, to, "secret-dir/passwords.txt");
+    // Without the catalog: rebuild records the clear count, no identity needed.
+    const rb = await rebuildInto(s, ageOnly(s), "rebuilt");
+    assert.equal(rb.r.code, 0, rb.r.stdout + rb.r.stderr);
+    assert.deepEqual(
+      rb.listed.map((x) => [x.versionId, x.files]),
+      [[made.versionId, 3]],
+    );
+    // Adding an SSE-C job without the master key is refused, naming that job.
+    const bad = await runCli([
+      "--config",
+      (() => {
+        const c = join(s.dir, "bad.yaml");
+        writeFileSync(
+          c,
+          `${ageOnly(s)}  - name: plain\n    target: local\n    paths: [${s.data}]\n    encryption: { scheme: sse-c }\n`,
+        );
+        return c;
+      })(),
+      "backup",
+      "plain",
+    ]);
+    assert.equal(bad.code, 78, bad.stderr);
+    assert.match(
+      bad.stderr,
+      /missing masterKey \(or masterKeyFile\).*job "plain" \(scheme sse-c\)/,
+    );
+  });
+
+  it("catalog rebuild of an older age manifest (no clear count): unknown without an identity, counted with one", async () => {
+    const s = await setup("oldcount");
+    writeFileSync(s.cfg, ageOnly(s));
+    assert.equal((await cli(s, "backup", "a")).code, 0);
+    const [made] = await rows(s);
+    assert.ok(made?.manifestKey && made.manifestVersionId);
+    // A manifest as immutd wrote format 2 before the count: the same backup, an hour
+    // earlier, stored again with the writer credential (as the older immutd would have).
+    const doc = JSON.parse(
+      gunzipSync(await plainGet(s, made.manifestKey, made.manifestVersionId)).toString("utf8"),
+    );
+    delete doc.fileCount;
+    const at = new Date(Math.floor(Date.parse(made.createdAt) / 1000) * 1000 - 3600_000);
+    const key = objectKey({ prefix: "", host: "age-test", job: "a", at, compression: "zstd" });
+    const w = client(env, env.writer);
+    const put = await w.send(
+      new PutObjectCommand({
+        Bucket: s.bucket,
+        Key: key,
+        Body: await plainGet(s, made.key, made.versionId),
+      }),
+    );
+    assert.ok(put.VersionId);
+    doc.archive = { ...doc.archive, key, versionId: put.VersionId };
+    doc.createdAt = at.toISOString();
+    await w.send(
+      new PutObjectCommand({
+        Bucket: s.bucket,
+        Key: manifestKey(key),
+        Body: gzipSync(JSON.stringify(doc)),
+      }),
+    );
+    const blind = await rebuildInto(s, ageOnly(s), "blind");
+    assert.equal(blind.r.code, 0, blind.r.stdout + blind.r.stderr);
+    assert.deepEqual(
+      blind.listed.map((x) => [x.key, x.files]),
+      [
+        [key, null],
+        [made.key, 3],
+      ],
+      "unknown, not 0",
+    );
+    const seen = await rebuildInto(s, ageOnly(s), "seen", "--identity", s.theirs);
+    assert.equal(seen.r.code, 0, seen.r.stdout + seen.r.stderr);
+    assert.deepEqual(
+      seen.listed.map((x) => [x.key, x.files]),
+      [
+        [key, 3],
+        [made.key, 3],
+      ],
+    );
+    // The wrong identity leaves it unknown, and the rebuild still succeeds.
+    const wrong = await rebuildInto(s, ageOnly(s), "wrong", "--identity", s.stranger);
+    assert.equal(wrong.r.code, 0, wrong.r.stdout + wrong.r.stderr);
+    assert.equal(wrong.listed.find((x) => x.key === key)?.files, null);
+  });
+
+  it("encryption.formerRecipients: a job switched back to sse-c keeps its age backups through rebuild; a forged one to another recipient is still refused", async () => {
+    const s = await setup("former");
+    writeFileSync(s.cfg, ageOnly(s));
+    assert.equal((await cli(s, "backup", "a")).code, 0);
+    const [aged] = await rows(s);
+    assert.ok(aged);
+    const rA = recipientOf(s.ours);
+    const rB = recipientOf(s.theirs);
+    const rS = recipientOf(s.stranger);
+    // The attacker (writer credential) adds an age backup of his own to the stranger's key.
+    const forger = join(s.dir, "forger.yaml");
+    writeFileSync(
+      forger,
+      ageOnly(s).replace(/recipients: \[age1[^\]]*\] \}/, `recipients: [${rS}] }`),
+    );
+    assert.equal((await runCli(["--config", forger, "backup", "a"])).code, 0);
+    // Back to SSE-C: the target's encryption names only the former recipients.
+    const sse = (extra: string) =>
+      readFileSync(s.cfg, "utf8")
+        .replace(/encryption: \{ scheme: age, [^\n]*\n/, `encryption: { scheme: sse-c${extra} }\n`)
+        .replace(/^catalog: .*\n/m, (l) => `${l}masterKeyFile: ${s.dir}/master.key\n`);
+    const without = await rebuildInto(s, sse(""), "without");
+    assert.equal(without.r.code, 4, without.r.stdout + without.r.stderr);
+    assert.match(
+      without.r.stdout + without.r.stderr,
+      /no age recipient is configured for this target/,
+    );
+    const withFormer = await rebuildInto(s, sse(`, formerRecipients: [${rA}, ${rB}]`), "former");
+    assert.equal(withFormer.r.code, 4, "the forged one is still not believed");
+    assert.match(
+      withFormer.r.stdout + withFormer.r.stderr,
+      new RegExp(`${rS}, not among the configured recipients`),
+    );
+    assert.deepEqual(
+      withFormer.listed.map((x) => x.versionId),
+      [aged.versionId],
+    );
+    // Former recipients are never encrypted to: a new backup is SSE-C.
+    const c = join(s.dir, "former.yaml");
+    const nb = await runCli(["--config", c, "backup", "a"]);
+    assert.equal(nb.code, 0, nb.stderr);
+    const latest = (
+      JSON.parse((await runCli(["--config", c, "list", "--json"])).stdout) as Row[]
+    ).at(-1);
+    assert.ok(latest && latest.versionId !== aged.versionId);
+    const stored = await plainGet(s, latest.key, latest.versionId).catch((e: Error) => e);
+    assert.ok(stored instanceof Error, "an SSE-C object cannot be read without its key");
+    // And the restored old age backup opens with the former identity.
+    const to = join(s.dir, "old");
+    const r = await runCli([
+      "--config",
+      c,
+      "restore",
+      "a",
+      "--id",
+      String(withFormer.listed[0]?.id),
+      "--identity",
+      s.ours,
+      "--to",
+      to,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    sameFile(s, to, "log.txt");
   });
 
   it("a bucket that refuses every SSE-C request (403): rebuild, ls --host and list --from-bucket of an age-only target send none and succeed", async () => {

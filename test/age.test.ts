@@ -86,7 +86,20 @@ async function streamDecrypt(data: Buffer, idFile: string, piece = 7_777): Promi
   return Buffer.concat(out);
 }
 
-const SIZES = [0, 1, AGE_CHUNK - 1, AGE_CHUNK, AGE_CHUNK + 1, 3 * AGE_CHUNK, 200_001];
+// Around a chunk, and around the 16-chunk batches the payload worker seals (and several of them).
+const SIZES = [
+  0,
+  1,
+  AGE_CHUNK - 1,
+  AGE_CHUNK,
+  AGE_CHUNK + 1,
+  3 * AGE_CHUNK,
+  200_001,
+  16 * AGE_CHUNK,
+  16 * AGE_CHUNK + 1,
+  37 * AGE_CHUNK + 4_321,
+];
+const FAULTY = new URL("./age-faulty-worker.js", import.meta.url);
 
 describe("age v1 format", () => {
   it("keys: ours parse as age's, age-keygen's parse as ours, recipients agree", () => {
@@ -221,4 +234,38 @@ describe("age v1 format", () => {
     );
     await assert.rejects(streamDecrypt(scrypt, a.file), /passphrase/);
   });
+
+  for (const mode of ["answer", "throw", "exit"] as const) {
+    it(`a payload worker that ${mode === "answer" ? "answers with an error" : mode === "throw" ? "throws" : "exits"} fails the stream; nothing sealed after it is output`, async () => {
+      const a = ours();
+      process.env.IMMUTD_TEST_AGE_FAULT = `${mode}:3`;
+      const out: Buffer[] = [];
+      try {
+        const plain = randomBytes(10 * 16 * AGE_CHUNK);
+        await assert.rejects(
+          pipeline(
+            Readable.from([plain.subarray(0, plain.length / 2), plain.subarray(plain.length / 2)]),
+            new AgeEncrypt([parseRecipient(a.recipient)], { worker: FAULTY }),
+            async (src: AsyncIterable<Buffer>) => {
+              for await (const b of src) out.push(b);
+            },
+          ),
+          (err: Error) => {
+            assert.match(
+              err.message,
+              mode === "answer"
+                ? /^age encryption failed: injected failure/
+                : /^age encryption worker (exited \(code 7\)|failed \(injected crash\)).*the archive is incomplete and is not stored/,
+            );
+            return true;
+          },
+        );
+      } finally {
+        delete process.env.IMMUTD_TEST_AGE_FAULT;
+      }
+      // The header and at most the two batches before the failing one.
+      const sealed = Buffer.concat(out);
+      assert.ok(sealed.length < 3 * 16 * (AGE_CHUNK + 16), `${sealed.length} bytes output`);
+    });
+  }
 });

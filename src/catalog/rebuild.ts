@@ -32,7 +32,10 @@
 
 import type { Compression, EncryptionScheme, RetentionMode } from "../config/config.js";
 import { CancelledError, describeError, StorageError } from "../errors.js";
+import { AgeError } from "../pipeline/age.js";
 import { catalogSseKey, schemeOf, sseKeyFor } from "../pipeline/cipher.js";
+import type { AgeIdentity } from "../repo/age-keys.js";
+import { countFiles, isSealed, openIndex, sealedFileCount } from "../repo/age-manifest.js";
 import type { Manifest } from "../repo/manifest.js";
 import {
   type BareArchive,
@@ -68,7 +71,11 @@ export interface FoundBackup {
   retentionMode: RetentionMode | null;
   retainUntil: string | null;
   status: Extract<BackupStatus, "ok" | "expired" | "unlocked">;
-  files: number;
+  /**
+   * Regular files and hard links; null when unknown: a sealed (age) index
+   * from before manifests carried a clear count, and no identity to open it.
+   */
+  files: number | null;
   keyDerivation: string;
   manifestKey: string;
   manifestVersionId: string;
@@ -123,6 +130,8 @@ export interface ScanOptions {
    * naming any other recipient (or any, when none is configured) is not believed.
    */
   recipients?: readonly string[];
+  /** Identities that open a sealed index without a clear file count (older age manifests), to count its files. */
+  identities?: readonly AgeIdentity[];
 }
 
 /**
@@ -217,7 +226,7 @@ function ageForeignRecipients(doc: Manifest, recipients: readonly string[]): str
   const named = doc.encryption.recipients ?? [];
   const other = named.filter((r) => !known.has(r));
   if (named.length === 0 || other.length)
-    return `it is age-encrypted to ${other.length ? other.join(", ") : "no recipient"}, not among the configured recipients of this target and its jobs`;
+    return `it is age-encrypted to ${other.length ? other.join(", ") : "no recipient"}, not among the configured recipients of this target and its jobs (encryption.recipients, or formerRecipients for older backups)`;
   return undefined;
 }
 
@@ -310,14 +319,40 @@ async function check(
     retentionMode: lock?.mode ?? null,
     retainUntil: lock?.retainUntil.toISOString() ?? null,
     status: !lock ? "unlocked" : lock.retainUntil <= now ? "expired" : "ok",
-    // The catalog counts regular files and hard links, as the archive walk does.
-    files: doc.files.filter((f) => f.type === "file" || f.type === "link").length,
+    files: fileCountOf(doc, o.identities, `manifest s3://${target.bucket}/${m.key}`),
     keyDerivation: doc.encryption.keyDerivation,
     manifestKey: m.key,
     manifestVersionId: m.version.versionId,
     parent: doc.parent ? { key: doc.parent.key, versionId: doc.parent.versionId } : null,
   };
 }
+
+/**
+ * How many files the catalog records for `doc` (regular files and hard
+ * links, as the archive walk counts): its index's, a sealed index's clear
+ * count, else the count of the index opened with `identities`; null when
+ * none of these can tell (rebuild records "unknown", never a false 0).
+ */
+function fileCountOf(
+  doc: Manifest,
+  identities: readonly AgeIdentity[] | undefined,
+  what: string,
+): number | null {
+  if (!isSealed(doc)) return countFiles(doc.files);
+  const clear = sealedFileCount(doc);
+  if (clear !== undefined) return clear;
+  if (!identities?.length) return null;
+  try {
+    return countFiles(openIndex(doc, identities, what).files);
+  } catch (err) {
+    // Not the identity of this backup: the count stays unknown; the backup is imported all the same.
+    if (err instanceof AgeError) return null;
+    throw err;
+  }
+}
+
+/** The catalog's files value for "unknown" (its column holds no NULL). */
+export const UNKNOWN_FILES = -1;
 
 /** A request that kept failing, as one line naming the object; nothing is recorded. */
 function failed(what: string, err: unknown): StorageError {
@@ -359,7 +394,7 @@ export function toImported(b: FoundBackup, masterKey: Buffer): ImportedBackup {
     retentionMode: b.retentionMode,
     retainUntil: b.retainUntil === null ? null : new Date(b.retainUntil),
     status: b.status,
-    files: b.files,
+    files: b.files ?? UNKNOWN_FILES,
     manifestKey: b.manifestKey,
     manifestVersionId: b.manifestVersionId,
     parent: b.parent,

@@ -6,10 +6,11 @@
 
 import type { Command } from "commander";
 import { type FoundBackup, type ScanNote, scanTarget, toImported } from "../catalog/rebuild.js";
-import { encryptionOf } from "../config/config.js";
+import { acceptedRecipients, encryptionOf } from "../config/config.js";
 import { CatalogError, UsageError, VerifyFindingsError } from "../errors.js";
 import type { ManifestScope } from "../repo/snapshots.js";
 import type { Cli, Context } from "./context.js";
+import { identitiesFrom } from "./identity.js";
 import { plural, writeJson } from "./output.js";
 import { cancelOnStopSignals } from "./signals.js";
 import { openTargets, selectTargets } from "./targets.js";
@@ -18,9 +19,10 @@ export const catalogRebuildHelp = `
 Rebuilds the catalog's backups from the manifests in the bucket: for each
 target (or --target T), every backup made under this host's name (or --host
 H: the name of the machine that made them) is read back with the reader
-credential, its SSE-C key derived from the master key. This is what a new
-machine does first: install immutd with the old config and master key, run
-immutd catalog rebuild, then list, restore and verify as usual.
+credential, its SSE-C key derived from the master key (an age-only config
+has none and needs none). This is what a new machine does first: install
+immutd with the old config and master key, run immutd catalog rebuild, then
+list, restore and verify as usual.
 
 A manifest is believed only if its archive version exists, encrypted with
 the derived key, with the size the manifest names; the SHA-256, size and file
@@ -32,6 +34,14 @@ stored (another archive, host, job or time than its key).
 Reported, and not used: a later version at a manifest key (immutd writes one;
 the oldest is believed, later ones were written by someone else). Backups
 made before manifests (0.1.0) are counted; restore --from-bucket finds them.
+
+age backups (encryption scheme age or both): a manifest is believed only if
+it is sealed to recipients the config names (a job's or target's
+encryption.recipients or encryption.formerRecipients, for backups made
+before a rotation or a switch back to sse-c). Their file count is stored in
+the clear; a manifest from before that has only its sealed index, which
+--identity FILE (or encryption.identityFile) opens to count; without one its
+count is recorded as unknown (list --json shows files: null).
 
 Runs (attempts, failures and their warnings) exist only in the catalog and
 are not rebuilt; rebuilt backups have no run.
@@ -48,6 +58,7 @@ cannot be used.
 `;
 
 export interface RebuildOptions {
+  identity?: string;
   host?: string;
   target?: string;
   merge?: boolean;
@@ -65,7 +76,7 @@ export async function catalogRebuildCommand(ctx: Context, o: RebuildOptions): Pr
     );
   }
   const host = o.host ?? ctx.config.host;
-  const scan = await scanBucket(ctx, { host }, o.target);
+  const scan = await scanBucket(ctx, { host }, o.target, o.identity);
   const masterKey = ctx.config.masterKey.reveal();
   const added = catalog.importBackups(scan.backups.map((b) => toImported(b, masterKey)));
   const { findings, warnings } = scan;
@@ -92,6 +103,7 @@ export async function scanBucket(
   ctx: Context,
   scope: ManifestScope,
   targetName: string | undefined,
+  identityFlag?: string,
 ): Promise<{ backups: FoundBackup[]; findings: ScanNote[]; warnings: ScanNote[] }> {
   const list = selectTargets(ctx.config, targetName);
   const open = openTargets(list, 16);
@@ -114,12 +126,20 @@ export async function scanBucket(
       const target = open.targets[tc.name];
       if (!target) continue;
       const jobs = ctx.config.jobs.filter((j) => j.target === tc.name);
+      // Only to count the files of older age manifests (see catalogRebuildHelp).
+      const identities =
+        identitiesFrom(identityFlag, encryptionOf({}, tc)) ??
+        identitiesFrom(
+          undefined,
+          jobs.map((j) => j.encryption).find((e) => e?.identityFile),
+        );
       const r = await scanTarget(target, {
+        ...(identities ? { identities } : {}),
         masterKey: ctx.config.masterKey.reveal(),
         scope,
         schemeOf: (job) => encryptionOf(jobs.find((j) => j.name === job) ?? {}, tc).scheme,
         recipients: [...jobs.map((j) => encryptionOf(j, tc)), encryptionOf({}, tc)].flatMap(
-          (e) => e.recipients,
+          acceptedRecipients,
         ),
         signal: controller.signal,
         onProgress: (done, total) => {
@@ -166,6 +186,10 @@ export function registerCatalog(p: Command, cli: Cli): void {
       "the host name the backups were made under (default: this config's host)",
     )
     .option("--target <name>", "only this target (default: every target)")
+    .option(
+      "--identity <file>",
+      "age identity file, to count the files of older age backups (default: encryption.identityFile)",
+    )
     .option("--merge", "add to a catalog that is not empty; its rows stay as they are")
     .option("--json", "machine-readable report")
     .addHelpText("after", catalogRebuildHelp)

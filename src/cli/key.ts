@@ -10,7 +10,8 @@ import { generateMasterKeyFile } from "../repo/keys.js";
 
 const generateHelp = `
 Every backup's SSE-C key is derived from the master key. Keep a copy offline:
-without it (and without the catalog) backups cannot be decrypted.
+without it (and without the catalog) backups cannot be decrypted. A config
+whose every target and job has encryption scheme: age needs no master key.
 
 With --age, FILE gets a new age X25519 identity (AGE-SECRET-KEY-1…, mode
 0600, in age-keygen's format) and its recipient (age1…) is printed on stdout.

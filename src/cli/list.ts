@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import type { BackupRow } from "../catalog/catalog.js";
-import type { FoundBackup } from "../catalog/rebuild.js";
+import { type FoundBackup, UNKNOWN_FILES } from "../catalog/rebuild.js";
 import { UsageError } from "../errors.js";
 import { describeRemoval, serverRemoval } from "../retention/plan.js";
 import { printNotes, scanBucket } from "./catalog.js";
@@ -29,7 +29,8 @@ holds only what changed since the backup before it, and restoring it reads
 every earlier member of its chain; CHAIN is the id of the chain's full
 backup. Key material is never shown. --json prints an array of objects with
 the fields id, job, target, bucket, key, versionId, size, sha256,
-compression, createdAt, retainUntil, retentionMode, status, files, runId,
+compression, createdAt, retainUntil, retentionMode, status, files (null:
+unknown, for an older age backup rebuilt without an identity), runId,
 manifestKey, manifestVersionId (null for a backup without a manifest), tiers
 ("daily,weekly"; "" none; null before tiers), keepTag, expiresAfter (ISO date
 or null), parentId (null for a full backup) and chainId.
@@ -60,7 +61,14 @@ export function listCommand(ctx: Context, opts: { job?: string; json?: boolean }
   }
   const expires = expiryCells(ctx, rows);
   if (opts.json) {
-    writeJson(rows.map((r) => ({ ...r, expiresAfter: expires.get(r.id)?.date ?? null })));
+    writeJson(
+      rows.map((r) => ({
+        ...r,
+        // A rebuilt age backup whose count its sealed index kept (catalog rebuild --help).
+        files: r.files === UNKNOWN_FILES ? null : r.files,
+        expiresAfter: expires.get(r.id)?.date ?? null,
+      })),
+    );
     return;
   }
   if (rows.length === 0) {

@@ -167,6 +167,17 @@ export interface EncryptionConfig {
   recipients: string[];
   /** The age identity file restore, `verify --deep`, ls and find use when no --identity is given. */
   identityFile?: string;
+  /**
+   * Recipients of older backups (before a rotation, or before a switch back
+   * to sse-c): `catalog rebuild` and `list --from-bucket` believe age
+   * manifests sealed to them; nothing new is ever encrypted to them.
+   */
+  formerRecipients?: string[];
+}
+
+/** The recipients whose age manifests are believed: the current ones and the former. */
+export function acceptedRecipients(e: EncryptionConfig): string[] {
+  return [...e.recipients, ...(e.formerRecipients ?? [])];
 }
 
 /** The encryption a job's backups get: the job's own section, else its target's, else SSE-C. */
@@ -343,21 +354,20 @@ const credentialSchema = z.strictObject({
   ...secretPair("secretAccessKey"),
 });
 
+const ageRecipient = z.string().superRefine((r, ctx) => {
+  try {
+    parseRecipient(r);
+  } catch (err) {
+    ctx.addIssue({ code: "custom", message: (err as Error).message });
+  }
+});
 const encryptionSchema = z
   .strictObject({
     scheme: z.enum(ENCRYPTION_SCHEMES).default("sse-c"),
-    recipients: z
-      .array(
-        z.string().superRefine((r, ctx) => {
-          try {
-            parseRecipient(r);
-          } catch (err) {
-            ctx.addIssue({ code: "custom", message: (err as Error).message });
-          }
-        }),
-      )
-      .default([]),
+    recipients: z.array(ageRecipient).default([]),
     identityFile: absolutePath.optional(),
+    // Allowed with any scheme: a job switched back to sse-c keeps its old age backups.
+    formerRecipients: z.array(ageRecipient).default([]),
   })
   .superRefine((e, ctx) => {
     if (e.scheme !== "sse-c" && e.recipients.length === 0)
@@ -706,8 +716,42 @@ const configSchema = z
         if (cred) requireOneOf(ctx, cred, ["targets", name, "credentials", role]);
       }
     }
-    requireOneOf(ctx, cfg as Record<string, unknown>, [], "masterKey");
+    const needKey = sseCUsers(cfg);
+    if (cfg.masterKey !== undefined || cfg.masterKeyFile !== undefined) {
+      requireOneOf(ctx, cfg as Record<string, unknown>, [], "masterKey");
+    } else if (needKey.length) {
+      ctx.addIssue({
+        code: "custom",
+        path: [],
+        message: `missing masterKey (or masterKeyFile): the SSE-C keys of ${needKey.join(", ")} are derived from it (only a config where every target and job has scheme: age needs none)`,
+      });
+    }
   });
+
+/**
+ * What sends SSE-C keys, and so needs the master key: every target whose own
+ * scheme (sse-c unless it says otherwise) or some job's scheme is sse-c or
+ * both. A config where everything is `scheme: age` needs no master key; one
+ * given anyway is kept (to read older SSE-C backups).
+ */
+function sseCUsers(cfg: {
+  targets: Record<string, { encryption?: { scheme: EncryptionScheme } | undefined }>;
+  jobs: { name: string; target: string; encryption?: { scheme: EncryptionScheme } | undefined }[];
+}): string[] {
+  const users: string[] = [];
+  for (const [name, t] of Object.entries(cfg.targets)) {
+    const scheme = t.encryption?.scheme ?? "sse-c";
+    if (usesSseC(scheme))
+      users.push(
+        `target "${short(name)}" (scheme ${scheme}${t.encryption ? "" : ", the default"})`,
+      );
+  }
+  for (const j of cfg.jobs) {
+    if (j.encryption && usesSseC(j.encryption.scheme))
+      users.push(`job "${short(j.name)}" (scheme ${j.encryption.scheme})`);
+  }
+  return users;
+}
 
 /** Why a job's compression and level cannot run here, or undefined. */
 function compressionProblem(c: Compression, level: number | undefined): string | undefined {
@@ -1048,6 +1092,9 @@ function resolveEncryption(e: z.infer<typeof encryptionSchema>): EncryptionConfi
     scheme: e.scheme,
     recipients: e.recipients.map((r) => r.trim()),
     ...(e.identityFile !== undefined ? { identityFile: e.identityFile } : {}),
+    ...(e.formerRecipients.length
+      ? { formerRecipients: e.formerRecipients.map((r) => r.trim()) }
+      : {}),
   };
 }
 
@@ -1056,6 +1103,11 @@ function masterKeyOf(
   src: Source,
   secret: SecretReader,
 ): Pick<Config, "masterKey" | "masterKeySource"> {
+  if (cfg.masterKey === undefined && cfg.masterKeyFile === undefined) {
+    // Allowed only when nothing uses SSE-C (validate): an empty key, which
+    // deriveSseKey refuses with a clear error should an SSE-C object turn up.
+    return { masterKey: new Secret(Buffer.alloc(0)), masterKeySource: "none" };
+  }
   const mk = secret(cfg as Record<string, unknown>, "masterKey", []);
   try {
     return { masterKey: new Secret(parseMasterKey(mk.value)), masterKeySource: mk.source };
@@ -1203,7 +1255,10 @@ export function redactedView(config: Config): unknown {
     );
   return {
     catalog: config.catalog,
-    masterKey: `<redacted> (from ${config.masterKeySource})`,
+    masterKey:
+      config.masterKeySource === "none"
+        ? "none (nothing uses SSE-C)"
+        : `<redacted> (from ${config.masterKeySource})`,
     host: config.host,
     targets: Object.fromEntries(
       Object.values(config.targets).map((t) => [

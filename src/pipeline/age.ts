@@ -34,6 +34,7 @@ import {
   timingSafeEqual,
 } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
+import { Worker } from "node:worker_threads";
 import {
   AgeError,
   type AgeIdentity,
@@ -228,75 +229,228 @@ function chunkNonce(counter: number, last: boolean): Buffer {
 }
 
 /**
- * Encrypts a byte stream to `recipients`. The header goes out with the first
- * output; a full chunk is held until the next byte (or the end) says whether
- * it is the last.
+ * Seals `plain` as consecutive payload chunks numbered from `counter`; when
+ * `last`, its final chunk carries the last-chunk flag (an empty `plain` is
+ * then one empty last chunk, as age writes an empty file). The result has a
+ * buffer of its own (offset 0), so that a worker can move it.
+ */
+export function sealChunks(key: Buffer, counter: number, plain: Buffer, last: boolean): Buffer {
+  const n = Math.max(1, Math.ceil(plain.length / AGE_CHUNK));
+  const out = Buffer.allocUnsafeSlow(plain.length + n * TAG_BYTES);
+  let o = 0;
+  for (let i = 0; i < n; i++) {
+    const c = createCipheriv(
+      "chacha20-poly1305",
+      key,
+      chunkNonce(counter + i, last && i === n - 1),
+      {
+        authTagLength: TAG_BYTES,
+      },
+    );
+    o += c.update(plain.subarray(i * AGE_CHUNK, (i + 1) * AGE_CHUNK)).copy(out, o);
+    c.final();
+    o += c.getAuthTag().copy(out, o);
+  }
+  return out;
+}
+
+/** A batch of plaintext for the payload worker (age-worker.ts). */
+export interface AgeBatchRequest {
+  id: number;
+  /** The counter of the batch's first chunk. */
+  counter: number;
+  buf: ArrayBuffer;
+  length: number;
+  /** Whether the batch's final chunk is the stream's last. */
+  last: boolean;
+}
+
+export type AgeBatchAnswer =
+  | { id: number; out: ArrayBuffer; length: number; input: ArrayBuffer }
+  | { id: number; error: string; input: ArrayBuffer };
+
+/** Payload chunks per batch handed to the worker: 1 MiB of plaintext. */
+const BATCH_CHUNKS = 16;
+const BATCH = BATCH_CHUNKS * AGE_CHUNK;
+/** Batches handed over and not yet handed on, at most. */
+const IN_FLIGHT = 4;
+const WORKER = new URL("./age-worker.js", import.meta.url);
+
+export interface AgeEncryptOptions {
+  /** The payload worker script (default age-worker.js; tests pass a failing one). */
+  worker?: URL;
+}
+
+interface InFlight {
+  settled: Promise<void>;
+  out?: Buffer;
+  err?: Error;
+}
+
+/**
+ * Encrypts a byte stream to `recipients`.
+ *
+ * The payload is sealed on a worker thread of its own (age-worker.ts), so
+ * that the main thread, which also runs the tar walk, the stream plumbing and
+ * TLS, only copies: the bytes are gathered into 1 MiB batches (16 chunks),
+ * each moved to the worker with its first chunk's counter, and the sealed
+ * batches are pushed in order, at most IN_FLIGHT batches ahead, so memory
+ * stays bounded and the output is byte for byte what one thread would write.
+ * A full batch is held until a further byte (or the end) says whether its
+ * last chunk is the stream's last. A worker that fails or exits fails the
+ * stream (and so the backup: the sink aborts the upload); nothing sealed
+ * after the failure is pushed.
  */
 export class AgeEncrypt extends Transform {
   readonly #payloadKey: Buffer;
+  readonly #script: URL;
   #prefix: Buffer | undefined;
-  /** The chunk being filled; sealed only once a further byte (or the end) arrives. */
-  readonly #stage = Buffer.allocUnsafe(AGE_CHUNK);
+  #batch: Buffer | undefined;
   #fill = 0;
+  /** The counter of the next batch's first chunk. */
   #counter = 0;
+  #id = 0;
+  readonly #inFlight: InFlight[] = [];
+  /** Input batches the worker handed back, to fill again. */
+  readonly #free: ArrayBuffer[] = [];
+  #worker: Worker | undefined;
+  readonly #jobs = new Map<number, { resolve: (b: Buffer) => void; reject: (e: Error) => void }>();
+  #dead: Error | undefined;
 
-  constructor(recipients: readonly AgeRecipient[]) {
-    // Room for a few sealed chunks each way, so that the codec before and the
-    // hash after do not wait on every 64 KiB chunk.
-    super({ readableHighWaterMark: 4 * SEALED_CHUNK, writableHighWaterMark: 4 * AGE_CHUNK });
+  constructor(recipients: readonly AgeRecipient[], o: AgeEncryptOptions = {}) {
+    // Room for two sealed batches downstream, so that a sealed batch is not
+    // held back (and the worker idle) while the hash stage takes the last one.
+    super({ readableHighWaterMark: 2 * (BATCH + BATCH_CHUNKS * TAG_BYTES) });
     const fileKey = randomBytes(FILE_KEY_BYTES);
     const nonce = randomBytes(NONCE_BYTES);
     this.#prefix = Buffer.concat([writeHeader(fileKey, recipients), nonce]);
     this.#payloadKey = hkdf(fileKey, nonce, "payload");
+    this.#script = o.worker ?? WORKER;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    for (const b of this.#take(chunk)) this.push(b);
-    cb();
-  }
-
-  override _flush(cb: TransformCallback): void {
-    for (const b of this.#sealStage(true)) this.push(b);
-    cb();
-  }
-
-  /** The whole output for `plain` at once (for small buffers; not mixed with writes). */
-  *sealAll(plain: Buffer): Generator<Buffer> {
-    yield* this.#take(plain);
-    yield* this.#sealStage(true);
-  }
-
-  *#take(chunk: Buffer): Generator<Buffer> {
     let at = 0;
     while (at < chunk.length) {
-      if (this.#fill === AGE_CHUNK) yield* this.#sealStage(false);
-      // A whole chunk inside the input with more input after it: sealed in place, not copied.
-      if (this.#fill === 0 && chunk.length - at > AGE_CHUNK) {
-        yield* this.#seal(chunk.subarray(at, at + AGE_CHUNK), false);
-        at += AGE_CHUNK;
-        continue;
+      if (this.#fill === BATCH) this.#dispatch(false);
+      if (!this.#batch) {
+        const reused = this.#free.pop();
+        this.#batch = reused ? Buffer.from(reused) : Buffer.allocUnsafeSlow(BATCH);
       }
-      const n = chunk.copy(this.#stage, this.#fill, at);
+      const n = chunk.copy(this.#batch, this.#fill, at);
       this.#fill += n;
       at += n;
     }
+    this.#handOn(IN_FLIGHT).then(() => cb(), cb);
   }
 
-  *#sealStage(last: boolean): Generator<Buffer> {
-    yield* this.#seal(this.#stage.subarray(0, this.#fill), last);
-    this.#fill = 0;
+  override _flush(cb: TransformCallback): void {
+    this.#dispatch(true);
+    this.#handOn(1).then(
+      () => {
+        this.#close();
+        cb();
+      },
+      (err: Error) => cb(err),
+    );
   }
 
-  *#seal(plain: Buffer, last: boolean): Generator<Buffer> {
+  override _destroy(err: Error | null, cb: (e: Error | null) => void): void {
+    this.#close();
+    cb(err);
+  }
+
+  /** The whole output for `plain` at once, on this thread (for small buffers; not mixed with writes). */
+  *sealAll(plain: Buffer): Generator<Buffer> {
     if (this.#prefix) yield this.#prefix;
     this.#prefix = undefined;
-    const nonce = chunkNonce(this.#counter++, last);
-    const c = createCipheriv("chacha20-poly1305", this.#payloadKey, nonce, {
-      authTagLength: TAG_BYTES,
+    yield sealChunks(this.#payloadKey, 0, plain, true);
+  }
+
+  #dispatch(last: boolean): void {
+    const batch = this.#batch ?? Buffer.allocUnsafeSlow(0);
+    const length = this.#fill;
+    const counter = this.#counter;
+    this.#counter += Math.ceil(length / AGE_CHUNK);
+    this.#batch = undefined;
+    this.#fill = 0;
+    const f: InFlight = { settled: Promise.resolve() };
+    f.settled = this.#run({
+      id: this.#id++,
+      counter,
+      buf: batch.buffer as ArrayBuffer,
+      length,
+      last,
+    }).then(
+      (out) => {
+        f.out = out;
+      },
+      (err: Error) => {
+        f.err = err;
+      },
+    );
+    this.#inFlight.push(f);
+  }
+
+  /** Pushes sealed batches in order, waiting for the oldest until fewer than `below` remain. */
+  async #handOn(below: number): Promise<void> {
+    for (;;) {
+      const head = this.#inFlight[0];
+      if (!head) return;
+      if (head.out === undefined && head.err === undefined) {
+        if (this.#inFlight.length < below) return;
+        await head.settled;
+      }
+      this.#inFlight.shift();
+      if (head.err) throw head.err;
+      if (this.#prefix) this.push(this.#prefix);
+      this.#prefix = undefined;
+      this.push(head.out);
+    }
+  }
+
+  #run(req: AgeBatchRequest): Promise<Buffer> {
+    if (this.#dead) return Promise.reject(this.#dead);
+    const w = this.#worker ?? this.#start();
+    return new Promise((resolve, reject) => {
+      this.#jobs.set(req.id, { resolve, reject });
+      w.ref();
+      w.postMessage(req, [req.buf]);
     });
-    yield c.update(plain);
-    c.final();
-    yield c.getAuthTag();
+  }
+
+  #start(): Worker {
+    const w = new Worker(this.#script, { workerData: { key: new Uint8Array(this.#payloadKey) } });
+    const die = (why: string) => {
+      if (this.#dead || !this.#worker) return;
+      this.#dead = new Error(
+        `age encryption worker ${why} with ${this.#jobs.size} batch(es) unsealed; the archive is incomplete and is not stored`,
+      );
+      for (const j of this.#jobs.values()) j.reject(this.#dead);
+      this.#jobs.clear();
+    };
+    w.on("message", (a: AgeBatchAnswer) => {
+      const job = this.#jobs.get(a.id);
+      if (!job) return;
+      this.#jobs.delete(a.id);
+      if (this.#jobs.size === 0) w.unref();
+      if (a.input.byteLength === BATCH && this.#free.length < IN_FLIGHT) this.#free.push(a.input);
+      if ("error" in a) job.reject(new Error(`age encryption failed: ${a.error}`));
+      else job.resolve(Buffer.from(a.out, 0, a.length));
+    });
+    w.on("error", (err) => die(`failed (${err.message})`));
+    w.on("exit", (code) => die(`exited (code ${code})`));
+    // The worker keeps the process alive only while it holds batches.
+    w.unref();
+    this.#worker = w;
+    return w;
+  }
+
+  #close(): void {
+    const w = this.#worker;
+    this.#worker = undefined;
+    for (const j of this.#jobs.values()) j.reject(new Error("age encryption stopped"));
+    this.#jobs.clear();
+    if (w) void w.terminate();
   }
 }
 

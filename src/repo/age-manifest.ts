@@ -15,16 +15,46 @@ import { isFile, type Manifest, SEALED_MANIFEST_FORMAT } from "./manifest.js";
 /** The largest index a reader inflates: a hostile manifest must not exhaust memory. */
 const MAX_INDEX_BYTES = 256 * 1024 * 1024;
 
-/** The manifest as an age backup stores it: the index sealed to `recipients`. */
+/**
+ * A sealed manifest with its clear file count. `fileCount` is an optional
+ * field of format 2, added later: readers of format 2 take unknown fields
+ * without a word (decodeManifest checks only the fields it knows), so it needs
+ * no new format number, and a format 2 manifest without it stays readable.
+ */
+export type SealedManifest = Manifest & { fileCount?: number };
+
+/** The files the catalog counts: regular files and hard links, as the archive walk does. */
+export function countFiles(files: Manifest["files"]): number {
+  return files.filter((f) => f.type === "file" || f.type === "link").length;
+}
+
+/**
+ * The manifest as an age backup stores it: the index sealed to `recipients`,
+ * and beside it, in the clear, how many files it holds (what `catalog
+ * rebuild` records without an identity). A count is no file name and no
+ * content: the bucket already sees the archive's size, and the promise that
+ * names and contents stay sealed holds.
+ */
 export function sealIndex(m: Manifest, recipients: readonly string[]): Manifest {
   const plain = gzipSync(JSON.stringify(m.files), { level: 9 });
-  return {
+  const sealed: SealedManifest = {
     ...m,
     formatVersion: SEALED_MANIFEST_FORMAT,
     encryption: { ...m.encryption, recipients: [...recipients] },
     files: [],
     sealedFiles: ageEncrypt(plain, recipients.map(parseRecipient)).toString("base64"),
+    fileCount: countFiles(m.files),
   };
+  return sealed;
+}
+
+/**
+ * The clear file count of a sealed manifest; undefined when it has none (an
+ * older format 2 manifest) or holds no whole number (hostile: not believed).
+ */
+export function sealedFileCount(m: Manifest): number | undefined {
+  const n = (m as SealedManifest).fileCount;
+  return typeof n === "number" && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
 }
 
 /** Whether `m`'s file index needs an identity to be read. */
@@ -54,6 +84,6 @@ export function openIndex(m: Manifest, identities: readonly AgeIdentity[], what:
   }
   if (!Array.isArray(files) || !files.every(isFile))
     throw new AgeError(`${what}: its file index decrypts but is malformed`);
-  const { sealedFiles: _, ...rest } = m;
+  const { sealedFiles: _, fileCount: _n, ...rest } = m as SealedManifest;
   return { ...rest, files };
 }

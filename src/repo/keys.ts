@@ -28,6 +28,12 @@ export function parseMasterKey(contents: Buffer): Buffer {
 }
 
 export function deriveSseKey(masterKey: Buffer, bucket: string, objectKey: string): Buffer {
+  // An age-only config has no master key (an empty one): an SSE-C object met
+  // anyway (a backup from before the switch to age) cannot be read or written.
+  if (masterKey.length !== MASTER_KEY_BYTES)
+    throw new ConfigError(
+      `s3://${bucket}/${objectKey} is encrypted with SSE-C, whose key comes from the master key, but the config has no masterKey or masterKeyFile (it uses only age); add the master key the backup was made with`,
+    );
   const info = Buffer.from(`immutd/sse-c/v1:${bucket}/${objectKey}`, "utf8");
   return Buffer.from(hkdfSync("sha256", masterKey, Buffer.alloc(0), info, 32));
 }

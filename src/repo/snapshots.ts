@@ -305,7 +305,8 @@ export async function readManifest(
   const cached = o.cacheDir ? cacheFile(o.cacheDir, bucket, m.key, m.versionId) : undefined;
   let manifest = cached ? fromCache(cached) : undefined;
   if (!manifest) {
-    const sseKey = deriveSseKey(masterKey, bucket, m.key);
+    // Derived only when tried: an age-only config has no master key (deriveSseKey refuses it).
+    const sseKey = () => deriveSseKey(masterKey, bucket, m.key);
     const signal = o.signal;
     const fetch = (k: Buffer | undefined) =>
       retry(
@@ -315,16 +316,17 @@ export async function readManifest(
     // The manifest of an age-only backup is stored without SSE-C: AWS refuses
     // the key for it (400), a bucket blocking SSE-C refuses it (403), and plain
     // http refuses to send one at all; an SSE-C manifest read without its key is 400.
-    const [first, second] = o.scheme === "age" ? [undefined, sseKey] : [sseKey, undefined];
+    const age = o.scheme === "age";
     let body: Buffer;
     try {
-      body = await fetch(first);
+      body = await fetch(age ? undefined : sseKey());
     } catch (err) {
       const refused =
         err instanceof RefusedError ||
         (err instanceof StorageError && (err.status === 400 || err.status === 403));
-      if (!refused) throw err;
-      body = await fetch(second);
+      // Without a master key there is no SSE-C try: the first error is the answer.
+      if (!refused || (age && masterKey.length === 0)) throw err;
+      body = await fetch(age ? sseKey() : undefined);
     }
     try {
       manifest = decodeManifest(body);
