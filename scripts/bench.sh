@@ -16,6 +16,7 @@
 #     | zstd -d] | tar -x`;
 #   backup of a tree of IMMUTD_BENCH_SMALL_FILES (default 100,000) files of
 #     0.5-4 KiB, uncompressed: `immutd backup` and `tar | aws s3 cp -`.
+#   an incremental chain of the big-file tree, once, after them (incremental_case).
 # Targets (ratio = immutd / peer, from the medians):
 #   backup none <= 0.85 x tar | aws; gzip <= 1.0 x pigz -6 | aws;
 #   zstd <= 1.0 x zstd -3 -T0 | aws; small files: wall <= 1.0 x tar | aws
@@ -31,6 +32,7 @@
 #   IMMUTD_BENCH_PEERS="" runs no peer (default: "aws rclone", those installed).
 #   IMMUTD_BENCH_SMALL_FILES=0 skips the small-file tree.
 #   IMMUTD_BENCH_AGE="zstd" (default) also backs up with `encryption: age`; target <= 1.10 x SSE-C.
+#   IMMUTD_BENCH_INCREMENTAL=0 skips the incremental chain (see incremental_case).
 #   IMMUTD_BENCH_S3_ENV=FILE uses that running test server (an env.json as
 #   scripts/s3-test-server.sh writes it) instead of starting a bluestore one
 #   (in IMMUTD_BENCH_S3_DIR, default a temporary directory).
@@ -259,6 +261,79 @@ for r in $(seq "$runs"); do
   fi
 done
 
+# Incremental backups (README "Incremental backups"), one chain per bench run,
+# after the rows above: a copy of the big-file tree backed up with
+# `incremental: { fullEvery: 10 }`, zstd: the full; the tree unchanged; five
+# runs each after 1% of the files were rewritten (a chain of 7 members); then
+# a restore of the newest point (all 7 members) and one of the full alone,
+# twice each, alternating. Ratios against the chain's own full, in this run.
+# Uploaded bytes are the archive's (the log's "bytes"), manifests aside.
+#   IMMUTD_BENCH_INCREMENTAL=0 skips it.
+incremental_case() {
+  [ "${IMMUTD_BENCH_INCREMENTAL:-1}" = 0 ] && return 0
+  local dir="$work/incr" cfg="$work/incr.yaml" i full_id
+  echo "== incremental chain (zstd, fullEvery 10): full, unchanged, 5 x 1% changed; restores"
+  rm -rf "$dir" && cp -a "$data" "$dir"
+  write_config incr zstd "$dir"
+  sed -i 's/compression: zstd }$/compression: zstd, incremental: { fullEvery: 10 } }/' "$cfg"
+  : > "$work/res/incr-runs"
+  incr_backup() { # $1 label: measures one run, appends "secs bytes kind" to res/incr-runs
+    measure "immutd:incr-$1" node dist/src/cli.js --config "$cfg" backup bench-incr
+    tail -1 "$work/res/immutd:incr-$1" | cut -d' ' -f1 | tr '\n' ' ' >> "$work/res/incr-runs"
+    node -e 'const s=require("fs").readFileSync(process.argv[1],"utf8");
+for(const l of s.split("\n")){try{const j=JSON.parse(l);if(j.msg==="backup succeeded"){console.log(j.bytes+" "+j.kind);process.exit(0)}}catch{}}
+console.error(s);process.exit(1)' "$work/err" >> "$work/res/incr-runs"
+  }
+  # Rewrites 1% of the files (every 100th from offset $1) with new content of the same kind.
+  incr_change() {
+    node -e 'const fs=require("fs"),path=require("path"),crypto=require("crypto");
+const [dir,off]=[process.argv[1],Number(process.argv[2])];
+const all=[];const walk=(d)=>{for(const e of fs.readdirSync(d,{withFileTypes:true})){const p=path.join(d,e.name);e.isDirectory()?walk(p):all.push(p);}};walk(dir);all.sort();
+for(let i=off;i<all.length;i+=100){const p=all[i];const s=fs.statSync(p).size;
+ fs.writeFileSync(p,p.endsWith(".txt")?Buffer.from(crypto.randomBytes(s/2).toString("hex")):crypto.randomBytes(s));}' "$dir" "$1"
+  }
+  incr_backup full
+  sleep 1.1 # mtimes in whole seconds must differ from the archived ones
+  incr_backup unchanged
+  for i in 1 2 3 4 5; do
+    sleep 1.1
+    incr_change $((i * 7))
+    incr_backup "changed$i"
+  done
+  if [ "$(cut -d' ' -f3 "$work/res/incr-runs" | tr '\n' ' ')" != "full incremental incremental incremental incremental incremental incremental " ]; then
+    echo "incremental case: the runs were not one full and six incrementals:" >&2
+    cat "$work/res/incr-runs" >&2
+    exit 1
+  fi
+  full_id=$(node dist/src/cli.js --config "$cfg" list --job bench-incr --json 2>/dev/null |
+    node -e 'let s="";process.stdin.on("data",c=>s+=c).on("end",()=>{const j=JSON.parse(s);const r=Array.isArray(j)?j:j.backups;console.log(r.map(b=>b.id).sort((a,b)=>a-b)[0])})')
+  for i in 1 2; do
+    fresh "$work/out"
+    measure "immutd:incr-restore-full" node dist/src/cli.js --config "$cfg" --log-level warn \
+      restore bench-incr --id "$full_id" --to "$work/out"
+    fresh "$work/out"
+    measure "immutd:incr-restore-chain" node dist/src/cli.js --config "$cfg" --log-level warn \
+      restore bench-incr --to "$work/out"
+  done
+  rm -rf "$work/out" "$dir"
+}
+# The case's figures, printed with the other ratios.
+incremental_summary() {
+  [ "${IMMUTD_BENCH_INCREMENTAL:-1}" = 0 ] && return 0
+  local fs fb us ub cs cb _k rf rc
+  { read -r fs fb _k; read -r us ub _k; read -r cs cb _k; } < "$work/res/incr-runs"
+  rf=$(awk '{s+=$1} END {print s}' "$work/res/immutd:incr-restore-full")
+  rc=$(awk '{s+=$1} END {print s}' "$work/res/immutd:incr-restore-chain")
+  printf 'incr     full backup %.2f s, %d bytes uploaded\n' "$fs" "$fb"
+  printf '         unchanged run: uploaded %.3g%% of the full, wall ratio %.2f vs the full\n' \
+    "$(calc "$ub / $fb * 100")" "$(calc "$us / $fs")"
+  printf '         1%% changed run: uploaded %.3g%% of the full, wall ratio %.2f vs the full\n' \
+    "$(calc "$cb / $fb * 100")" "$(calc "$cs / $fs")"
+  printf '         restore of the newest of 7 members: %.2f s vs the full alone %.2f s (2 each): ratio %.2f\n' \
+    "$rc" "$rf" "$(calc "$rc / $rf")"
+}
+incremental_case
+
 # median NAME: "secs rss_kb cpu" of the median run by time; maxrss NAME: the largest peak; median_cpu NAME.
 median() { sort -n "$work/res/$1" | sed -n "$(( (runs + 1) / 2 ))p"; }
 maxrss() { awk '{print $2}' "$work/res/$1" | sort -n | tail -1; }
@@ -337,4 +412,5 @@ if [ "$small" -gt 0 ]; then
     nocheck "small files"
   fi
 fi
+incremental_summary
 exit "$fail"

@@ -14,7 +14,6 @@ import {
   linkSync,
   lstatSync,
   mkdirSync,
-  mkdtempSync,
   readdirSync,
   readFileSync,
   readlinkSync,
@@ -25,7 +24,6 @@ import {
   utimesSync,
   writeFileSync,
 } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -35,17 +33,10 @@ import { deriveSseKey } from "../src/repo/keys.js";
 import { decodeManifest, encodeManifest } from "../src/repo/manifest.js";
 import { manifestKey } from "../src/repo/naming.js";
 import { CLI, logRecords, runCli } from "./support/cli.js";
+import { cliWorkspace } from "./support/cli-workspace.js";
 import { HOLD_MARK, holdEnv } from "./support/hold-s3.js";
 import { denySubusersRetention } from "./support/rgw-admin.js";
-import {
-  adminRemoveVersion,
-  client,
-  createLockedBucket,
-  type S3Env,
-  s3env,
-  targetYaml,
-  uniqueBucket,
-} from "./support/s3env.js";
+import { adminRemoveVersion, client, type S3Env, s3env } from "./support/s3env.js";
 
 interface Setup {
   dir: string;
@@ -111,29 +102,30 @@ describe("incremental backups (CLI, Ceph RGW)", () => {
     incremental = "{ fullEvery: 10 }",
     o: { bucketDays?: number; days?: number; exclude?: string } = {},
   ): Promise<Setup> {
-    const dir = mkdtempSync(join(tmpdir(), `immutd-incr-${label}-`));
-    const bucket = uniqueBucket(label);
-    await createLockedBucket(env, bucket, o.bucketDays ?? 1);
-    const masterKey = randomBytes(32);
-    writeFileSync(join(dir, "master.key"), `${masterKey.toString("hex")}\n`, { mode: 0o600 });
-    const data = join(dir, "data");
+    const w = await cliWorkspace(env, label, {
+      dirLabel: `incr-${label}`,
+      ...(o.bucketDays !== undefined ? { bucketDays: o.bucketDays } : {}),
+    });
+    const data = join(w.dir, "data");
     mkdirSync(data);
-    const cfg = join(dir, "config.yaml");
-    writeFileSync(
-      cfg,
-      `catalog: ${dir}/catalog.db
-masterKeyFile: ${dir}/master.key
-host: incr-test
-targets:
-${targetYaml(env, { bucket, days: o.days ?? 1 })}jobs:
-  - name: data
+    w.writeConfig({
+      host: "incr-test",
+      target: { days: o.days ?? 1 },
+      jobs: `  - name: data
     target: local
     paths: [${data}]
     compression: zstd
     incremental: ${incremental}
 ${o.exclude ? `    exclude: ["${o.exclude}"]\n` : ""}`,
-    );
-    return { dir, cfg, data, bucket, masterKey, catalog: join(dir, "catalog.db") };
+    });
+    return {
+      dir: w.dir,
+      cfg: w.cfg,
+      data,
+      bucket: w.bucket,
+      masterKey: w.masterKey,
+      catalog: w.catalog,
+    };
   }
 
   const cli = (s: Setup, ...args: string[]) => runCli(["--config", s.cfg, ...args]);

@@ -24,14 +24,14 @@ import { s3Sink } from "../src/pipeline/sink.js";
 import { compressBlock } from "../src/pipeline/workers/protocol.js";
 import { deriveSseKey } from "../src/repo/keys.js";
 import { closeTarget, openTarget } from "../src/store/s3.js";
-import { CLI, runCli } from "./support/cli.js";
+import { CLI } from "./support/cli.js";
+import { cliWorkspace } from "./support/cli-workspace.js";
 import {
   client,
   createLockedBucket,
   rgwTarget,
   type S3Env,
   s3env,
-  targetYaml,
   uniqueBucket,
 } from "./support/s3env.js";
 
@@ -66,26 +66,15 @@ describe("parallel compression (CLI, Ceph RGW)", () => {
   });
 
   it("stores the blocks' frames and members in order; zstd -d, gzip -d, restore and verify --deep read them", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "immutd-parallel-"));
-    const bucket = uniqueBucket("par");
-    await createLockedBucket(env, bucket, 1);
-    writeFileSync(join(dir, "master.key"), `${randomBytes(32).toString("hex")}\n`, {
-      mode: 0o600,
-    });
+    const w = await cliWorkspace(env, "par", { dirLabel: "parallel" });
+    const { dir, cfg, cli } = w;
     const data = tree(dir, 3);
-    const cfg = join(dir, "config.yaml");
     const job = (name: string, more: string) =>
       `  - name: ${name}\n    target: local\n    paths: [${data}]\n${more}`;
-    writeFileSync(
-      cfg,
-      `catalog: ${dir}/catalog.db
-masterKeyFile: ${dir}/master.key
-host: par-test
-targets:
-${targetYaml(env, { bucket })}jobs:
-${job("z", "    compression: zstd\n    compressionThreads: 3\n")}${job("g", "    compression: gzip\n    compressionLevel: 4\n    compressionThreads: 2\n")}${job("raw", "    compression: none\n")}`,
-    );
-    const cli = (...args: string[]) => runCli(["--config", cfg, ...args]);
+    w.writeConfig({
+      host: "par-test",
+      jobs: `${job("z", "    compression: zstd\n    compressionThreads: 3\n")}${job("g", "    compression: gzip\n    compressionLevel: 4\n    compressionThreads: 2\n")}${job("raw", "    compression: none\n")}`,
+    });
     const raw = (name: string) => {
       const r = spawnSync(process.execPath, [CLI, "--config", cfg, "restore", name, "--stdout"], {
         maxBuffer: 128 * MiB,
@@ -130,30 +119,20 @@ ${job("z", "    compression: zstd\n    compressionThreads: 3\n")}${job("g", "   
   });
 
   it("a multi-frame zstd archive cut inside a later frame, with the cut's own size and SHA-256, fails restore", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "immutd-parallel-cut-"));
-    const bucket = uniqueBucket("parc");
-    await createLockedBucket(env, bucket, 1);
-    const masterKey = randomBytes(32);
-    writeFileSync(join(dir, "master.key"), `${masterKey.toString("hex")}\n`, { mode: 0o600 });
+    const w = await cliWorkspace(env, "parc", { dirLabel: "parallel-cut" });
+    const { dir, bucket, masterKey, cfg, cli } = w;
     // Random data last: its frames are raw blocks, where Node's decoder misses a cut.
     const data = tree(dir, 0);
     writeFileSync(join(data, "sub", "z-noise.bin"), randomBytes(10 * MiB));
-    const cfg = join(dir, "config.yaml");
-    writeFileSync(
-      cfg,
-      `catalog: ${dir}/catalog.db
-masterKeyFile: ${dir}/master.key
-host: par-test
-targets:
-${targetYaml(env, { bucket })}jobs:
-  - name: z
+    w.writeConfig({
+      host: "par-test",
+      jobs: `  - name: z
     target: local
     paths: [${data}]
     compression: zstd
     compressionThreads: 2
 `,
-    );
-    const cli = (...args: string[]) => runCli(["--config", cfg, ...args]);
+    });
     assert.equal((await cli("backup")).code, 0);
     const [row] = JSON.parse((await cli("list", "--json")).stdout) as Row[];
     assert.ok(row);

@@ -27,7 +27,8 @@ import { KEEP_TAG } from "../src/retention/tiers.js";
 import { closeTarget, openTarget } from "../src/store/s3.js";
 import { writeConfig } from "./support/assurance.js";
 import { CLI, runCli } from "./support/cli.js";
-import { FaultProxy } from "./support/fault-proxy.js";
+import { faultProxyFor } from "./support/cli-workspace.js";
+import type { FaultProxy } from "./support/fault-proxy.js";
 import { HOLD_MARK, holdEnv } from "./support/hold-s3.js";
 import { createLockedBucket, rgwTarget, type S3Env, s3env, uniqueBucket } from "./support/s3env.js";
 import { fullConfig, jobConfig } from "./support/target.js";
@@ -45,11 +46,7 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
 
   before(async () => {
     env = s3env();
-    proxy = await FaultProxy.start(env.endpoint, {
-      caFile: env.caFile,
-      certFile: join(env.caFile, "..", "cert.pem"),
-      keyFile: join(env.caFile, "..", "key.pem"),
-    });
+    proxy = await faultProxyFor(env);
   });
   after(() => proxy.close());
 
@@ -76,7 +73,8 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
     const init = await runInit({ target, targetConfig: tc, log, policies: [POLICY] });
     assert.deepEqual(init.problems, []);
     const backup = () => runBackup(job, { config, catalog, target, targetConfig: tc, log });
-    const verify = () => runVerify({ config, catalog, targets: { [tc.name]: target }, log });
+    const verify = (o: { deep?: true } = {}) =>
+      runVerify({ config, catalog, targets: { [tc.name]: target }, log, ...o });
     return { bucket, tc, target, job, catalog, config, backup, verify };
   }
 
@@ -145,7 +143,7 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
         ),
         /AccessDenied|locked|retention/i,
       );
-      const report = await s.verify();
+      const report = await s.verify({ deep: true });
       const f = report.findings.filter((x) => x.kind === "keep-tag");
       assert.equal(f.length, 1, JSON.stringify(report.findings));
       assert.equal(f[0]?.versionId, row.versionId);
@@ -158,6 +156,58 @@ describe("keep policy on RGW: locks, tags, attackers, faults", { timeout: 300_00
     } finally {
       s.catalog.close();
       closeTarget(s.target);
+    }
+  });
+
+  it("verify reads keep tags back only on --deep: a plain run sends no GetObjectTagging, --deep one per backup and finds a tag removed or changed", async () => {
+    const s = await setup();
+    const viaProxy = openTarget({ ...s.tc, endpoint: proxy.endpoint });
+    const tagReads = async (deep: boolean) => {
+      const from = proxy.log.length;
+      const report = await runVerify({
+        config: s.config,
+        catalog: s.catalog,
+        targets: { [s.tc.name]: viaProxy },
+        log,
+        ...(deep ? { deep: true } : {}),
+      });
+      const reads = proxy.log
+        .slice(from)
+        .filter((r) => r.method === "GET" && r.query.has("tagging")).length;
+      return { report, reads };
+    };
+    try {
+      for (let i = 0; i < 3; i++) assert.equal((await s.backup()).status, "succeeded");
+      const rows = s.catalog.listBackups();
+      assert.ok(rows.every((r) => r.keepTag !== null));
+      const plain = await tagReads(false);
+      assert.deepEqual(plain.report.findings, []);
+      assert.equal(plain.reads, 0, "a plain verify trusts the tags the catalog recorded");
+      const deep = await tagReads(true);
+      assert.deepEqual(deep.report.findings, []);
+      assert.equal(deep.reads, 3, "--deep reads each backup's tag");
+      // Attacker (the writer): the first backup's tag changed, the second's removed.
+      const [a, b] = rows as [(typeof rows)[0], (typeof rows)[0]];
+      await s.target.writer.putTags(a.key, a.versionId, { [KEEP_TAG]: "floor-1" });
+      await s.target.writer.putTags(b.key, b.versionId, {});
+      const found = await tagReads(true);
+      const f = found.report.findings.filter((x) => x.kind === "keep-tag");
+      assert.equal(f.length, 2, JSON.stringify(found.report.findings));
+      assert.match(
+        f.find((x) => x.versionId === a.versionId)?.message ?? "",
+        new RegExp(`is tagged immutd-keep=floor-1, not immutd-keep=${a.keepTag}`),
+      );
+      assert.match(
+        f.find((x) => x.versionId === b.versionId)?.message ?? "",
+        new RegExp(`has no immutd-keep tag, not immutd-keep=${b.keepTag}`),
+      );
+      assert.equal((await s.target.reader.tags(a.key, a.versionId))[KEEP_TAG], a.keepTag);
+      assert.equal((await s.target.reader.tags(b.key, b.versionId))[KEEP_TAG], b.keepTag);
+      assert.deepEqual((await tagReads(true)).report.findings, []);
+    } finally {
+      s.catalog.close();
+      closeTarget(s.target);
+      closeTarget(viaProxy);
     }
   });
 

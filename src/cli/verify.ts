@@ -68,8 +68,9 @@ extension is recorded in the catalog.
 
 With a keep policy (README, Retention that ends), each backup's lock is
 checked against its tiers (retention-short), its immutd-keep tag against its
-hold (keep-tag: missing or re-tagged shorter; verify tags it again), and the
-bucket's rules against the policy (lifecycle-tier-rule). A backup that should
+hold (keep-tag: missing or re-tagged shorter; verify tags it again; the
+bucket's tag is read back only with --deep, or where the catalog recorded
+none, since the catalog keeps the tag immutd set), and the bucket's rules against the policy (lifecycle-tier-rule). A backup that should
 stand for a tier it was not given (a missed tier, a longer policy) is
 promoted first: its lock and tag are extended (PROMOTED lines, "promoted" in
 --json); nothing is ever shortened.

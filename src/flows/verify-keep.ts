@@ -145,14 +145,29 @@ function versionsOf(row: BackupRow): [string, string][] {
  * The archive's immutd-keep tag against its hold: a missing tag, or one for a
  * shorter hold (re-tagged by someone with write access), is a finding; the tag
  * is then set again with the writer. Undefined when no credential may read tags.
+ *
+ * The catalog records the tag immutd set (keep_tag); a plain run trusts it and
+ * reads the bucket's tag back only where the catalog has none or a weaker one
+ * than the hold (tagging failed, a promotion). `deep` reads every tag back, so
+ * a tag changed behind immutd's back is found by `verify --deep`. A tag guards
+ * nothing (the lock does): a wrong one makes a rule expire a version early,
+ * which the lock refuses until its tier has passed.
  */
 export async function checkKeepTag(
   row: BackupRow,
   target: Target,
   hold: Assignment | undefined,
+  o: { deep: boolean; catalog: Catalog },
 ): Promise<string[] | undefined> {
   const expected = strongerTag(row.keepTag ?? null, hold?.tag ?? null);
   if (expected === null) return [];
+  const recorded = row.keepTag ?? null;
+  if (!o.deep && recorded !== null && (holdDays(recorded) ?? 0) >= (holdDays(expected) ?? 0))
+    return [];
+  // Only a hold can make the expected tag differ from the recorded one.
+  const record = () => {
+    if (hold && expected !== recorded) o.catalog.setBackupTiers(row.id, hold.tiers, expected);
+  };
   const what = `job ${row.job}: s3://${row.bucket}/${row.key} version ${row.versionId}`;
   let seen: { tag: string | null } | undefined;
   try {
@@ -162,8 +177,12 @@ export async function checkKeepTag(
   }
   if (seen === undefined) return undefined;
   const have = seen.tag;
-  if (have !== null && (holdDays(have) ?? 0) >= (holdDays(expected) ?? 0)) return [];
+  if (have !== null && (holdDays(have) ?? 0) >= (holdDays(expected) ?? 0)) {
+    if (have === expected) record();
+    return [];
+  }
   const fixed = await tagVersion(target, row.key, row.versionId, expected);
+  if (!fixed) record();
   const was = have === null ? "has no immutd-keep tag" : `is tagged ${KEEP_TAG}=${have}`;
   return [
     `${what} ${was}, not ${KEEP_TAG}=${expected}: the lifecycle rules would ${have === null ? "never remove it" : "expire it before its tier has passed (its lock still holds until then)"}; ${fixed ? `setting the tag again failed: ${fixed}` : "verify tagged it again"}`,

@@ -859,7 +859,10 @@ async function checkBackup(
   }
   recordObserved(row, catalog, log, status, seen.retention);
   if (!seen.error) {
-    for (const message of (await checkKeepTag(row, target, hold)) ?? [])
+    for (const message of (await checkKeepTag(row, target, hold, {
+      deep: deep === true,
+      catalog,
+    })) ?? [])
       findings.push({ kind: "keep-tag", message });
   }
   findings.push(
