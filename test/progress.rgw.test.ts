@@ -69,10 +69,14 @@ class TerminalRun {
 /**
  * The progress frames drawn, in order: each starts with "\r\x1b[2K" and ends
  * where the next begins, without a newline (what follows the last clear, a
- * summary or a log line, ends in one and is no frame).
+ * summary or a log line, ends in one and is no frame). The hold's own mark
+ * (test/support/hold-s3.ts writes it straight to stderr, where it lands after
+ * whatever frame is on the line) is taken out first: it is the test's, not
+ * immutd's, and would otherwise hide the frame it followed.
  */
 function frames(screen: string): string[] {
   return screen
+    .replace(new RegExp(`${HOLD_MARK}[^\n]*\r?\n`, "g"), "")
     .split("\r\x1b[2K")
     .slice(1)
     .filter((f) => f !== "" && !f.includes("\n"));
