@@ -42,6 +42,7 @@ import {
   publicKeyObject,
   rawPublic,
 } from "../repo/age-keys.js";
+import { OrderedWindow } from "./ordered-window.js";
 
 export { AgeError, type AgeIdentity, type AgeRecipient } from "../repo/age-keys.js";
 
@@ -281,12 +282,6 @@ export interface AgeEncryptOptions {
   worker?: URL;
 }
 
-interface InFlight {
-  settled: Promise<void>;
-  out?: Buffer;
-  err?: Error;
-}
-
 /**
  * Encrypts a byte stream to `recipients`.
  *
@@ -310,7 +305,14 @@ export class AgeEncrypt extends Transform {
   /** The counter of the next batch's first chunk. */
   #counter = 0;
   #id = 0;
-  readonly #inFlight: InFlight[] = [];
+  /** Batches handed to the worker and not yet handed on, in input order. */
+  readonly #inFlight = new OrderedWindow<Buffer>(IN_FLIGHT);
+  /** Hands a sealed batch on, the header and nonce first. */
+  readonly #push = (out: Buffer): void => {
+    if (this.#prefix) this.push(this.#prefix);
+    this.#prefix = undefined;
+    this.push(out);
+  };
   /** Input batches the worker handed back, to fill again. */
   readonly #free: ArrayBuffer[] = [];
   #worker: Worker | undefined;
@@ -340,12 +342,12 @@ export class AgeEncrypt extends Transform {
       this.#fill += n;
       at += n;
     }
-    this.#handOn(IN_FLIGHT).then(() => cb(), cb);
+    this.#inFlight.handOn(this.#push).then(() => cb(), cb);
   }
 
   override _flush(cb: TransformCallback): void {
     this.#dispatch(true);
-    this.#handOn(1).then(
+    this.#inFlight.drain(this.#push).then(
       () => {
         this.#close();
         cb();
@@ -373,39 +375,9 @@ export class AgeEncrypt extends Transform {
     this.#counter += Math.ceil(length / AGE_CHUNK);
     this.#batch = undefined;
     this.#fill = 0;
-    const f: InFlight = { settled: Promise.resolve() };
-    f.settled = this.#run({
-      id: this.#id++,
-      counter,
-      buf: batch.buffer as ArrayBuffer,
-      length,
-      last,
-    }).then(
-      (out) => {
-        f.out = out;
-      },
-      (err: Error) => {
-        f.err = err;
-      },
+    this.#inFlight.add(
+      this.#run({ id: this.#id++, counter, buf: batch.buffer as ArrayBuffer, length, last }),
     );
-    this.#inFlight.push(f);
-  }
-
-  /** Pushes sealed batches in order, waiting for the oldest until fewer than `below` remain. */
-  async #handOn(below: number): Promise<void> {
-    for (;;) {
-      const head = this.#inFlight[0];
-      if (!head) return;
-      if (head.out === undefined && head.err === undefined) {
-        if (this.#inFlight.length < below) return;
-        await head.settled;
-      }
-      this.#inFlight.shift();
-      if (head.err) throw head.err;
-      if (this.#prefix) this.push(this.#prefix);
-      this.#prefix = undefined;
-      this.push(head.out);
-    }
   }
 
   #run(req: AgeBatchRequest): Promise<Buffer> {

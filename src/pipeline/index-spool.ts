@@ -28,10 +28,11 @@
  * completed; later entries are dropped.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, openSync, read, unlinkSync, writeSync } from "node:fs";
+import { closeSync, read, unlinkSync, writeSync } from "node:fs";
 import { Transform } from "node:stream";
 import { promisify } from "node:util";
 import { type IndexWriter, indexFile, type ManifestFile } from "../repo/manifest.js";
+import { createPrivateFile } from "../repo/private-file.js";
 import type { ArchiveEntry } from "./archive.js";
 
 /** Bytes of JSON collected before they are written out. */
@@ -80,11 +81,7 @@ export class IndexSpool implements IndexWriter {
     const path = spoolPath(o.catalogPath, o.runId, o.suffix);
     let fd: number;
     try {
-      fd = openSync(
-        path,
-        constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-        0o600,
-      );
+      fd = createPrivateFile(path);
     } catch (err) {
       throw new SpoolError(
         `the manifest's index spool ${path} could not be created (${(err as Error).message}); nothing was uploaded`,

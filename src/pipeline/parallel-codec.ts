@@ -23,6 +23,7 @@
  */
 import { Transform, type TransformCallback } from "node:stream";
 import { Worker } from "node:worker_threads";
+import { OrderedWindow } from "./ordered-window.js";
 import type { BlockAnswer, BlockCodec, BlockRequest } from "./workers/protocol.js";
 
 /** Input bytes per member or frame: large enough that restarting the dictionary costs little (gzip's window is 32 KiB, zstd -3's 2 MiB), small enough to keep every core busy on a modest archive. */
@@ -107,26 +108,22 @@ class CodecPool {
   }
 }
 
-interface InFlight {
-  settled: Promise<void>;
-  out?: Buffer;
-  err?: Error;
-}
-
 export class ParallelEncoder extends Transform {
   readonly #codec: BlockCodec;
   readonly #level: number;
   readonly #blockBytes: number;
   readonly #limit: number;
   readonly #pool: CodecPool;
-  readonly #inFlight: InFlight[] = [];
+  /** Blocks sent to the workers and not yet handed on, in input order. */
+  readonly #inFlight: OrderedWindow<Buffer>;
   /** Input blocks the workers handed back, to fill again (at most one per block in flight). */
   readonly #free: ArrayBuffer[] = [];
   #block: Buffer | undefined;
   #fill = 0;
   #id = 0;
-  /** Blocks handed on, in order; for the error text. */
-  #done = 0;
+  readonly #push = (out: Buffer): void => {
+    this.push(out);
+  };
 
   constructor(o: ParallelOptions) {
     super();
@@ -135,6 +132,15 @@ export class ParallelEncoder extends Transform {
     this.#level = o.level;
     this.#blockBytes = o.blockBytes ?? BLOCK_BYTES[o.codec];
     this.#limit = 2 * o.threads;
+    const blockBytes = this.#blockBytes;
+    this.#inFlight = new OrderedWindow<Buffer>(
+      this.#limit,
+      (err, done) =>
+        new Error(
+          `${err.message} (block ${done + 1}, input bytes from ${done * blockBytes}); the archive is incomplete and is not stored`,
+          { cause: err },
+        ),
+    );
     this.#pool = new CodecPool(o.threads, o.worker ?? WORKER, `${o.codec} compression`, (b) => {
       if (b.byteLength === this.#blockBytes && this.#free.length < this.#limit) this.#free.push(b);
     });
@@ -152,13 +158,13 @@ export class ParallelEncoder extends Transform {
       off += n;
       if (this.#fill === this.#blockBytes) this.#dispatch();
     }
-    this.#handOn(this.#limit).then(() => cb(), cb);
+    this.#inFlight.handOn(this.#push).then(() => cb(), cb);
   }
 
   override _flush(cb: TransformCallback): void {
     // An empty input still gets one (empty) member or frame: a zero-byte file is no valid .gz.
     if (this.#fill > 0 || this.#id === 0) this.#dispatch();
-    this.#handOn(1).then(
+    this.#inFlight.drain(this.#push).then(
       () => {
         this.#pool.close();
         cb();
@@ -178,38 +184,14 @@ export class ParallelEncoder extends Transform {
     this.#block = undefined;
     this.#fill = 0;
     const id = this.#id++;
-    const f: InFlight = { settled: Promise.resolve() };
-    f.settled = this.#pool
-      .run({ id, codec: this.#codec, level: this.#level, buf: block.buffer as ArrayBuffer, length })
-      .then(
-        (out) => {
-          f.out = out;
-        },
-        (err: Error) => {
-          f.err = err;
-        },
-      );
-    this.#inFlight.push(f);
-  }
-
-  /** Pushes finished blocks in order, waiting for the oldest until fewer than `below` remain. */
-  async #handOn(below: number): Promise<void> {
-    for (;;) {
-      const head = this.#inFlight[0];
-      if (!head) return;
-      if (head.out === undefined && head.err === undefined) {
-        if (this.#inFlight.length < below) return;
-        await head.settled;
-      }
-      this.#inFlight.shift();
-      if (head.err) {
-        throw new Error(
-          `${head.err.message} (block ${this.#done + 1}, input bytes from ${this.#done * this.#blockBytes}); the archive is incomplete and is not stored`,
-          { cause: head.err },
-        );
-      }
-      this.#done++;
-      this.push(head.out);
-    }
+    this.#inFlight.add(
+      this.#pool.run({
+        id,
+        codec: this.#codec,
+        level: this.#level,
+        buf: block.buffer as ArrayBuffer,
+        length,
+      }),
+    );
   }
 }

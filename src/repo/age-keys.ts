@@ -12,9 +12,10 @@ import {
   generateKeyPairSync,
   type KeyObject,
 } from "node:crypto";
-import { closeSync, constants, fsyncSync, openSync, readFileSync, writeSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { bech32 } from "@scure/base";
-import { ExitCode, ImmutdError, UsageError } from "../errors.js";
+import { ExitCode, ImmutdError } from "../errors.js";
+import { writeKeyFile } from "./private-file.js";
 
 const RECIPIENT_HRP = "age";
 const IDENTITY_HRP = "age-secret-key-";
@@ -155,30 +156,11 @@ export function readIdentityFile(path: string): AgeIdentity[] {
  * Refuses to replace an existing file: it may be the only key to backups.
  */
 export function generateIdentityFile(path: string, now: Date = new Date()): string {
-  let fd: number;
-  try {
-    fd = openSync(
-      path,
-      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-      0o600,
-    );
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "EEXIST")
-      throw new UsageError(
-        `refusing to overwrite ${path}: it exists (it may be the identity to existing backups)`,
-      );
-    throw new UsageError(`cannot create ${path}: ${code ?? (err as Error).message}`);
-  }
   const { identity, recipient } = generateIdentity();
-  try {
-    writeSync(
-      fd,
-      `# created: ${now.toISOString()} by immutd\n# public key: ${recipient}\n${identity}\n`,
-    );
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  writeKeyFile(
+    path,
+    `# created: ${now.toISOString()} by immutd\n# public key: ${recipient}\n${identity}\n`,
+    "the identity",
+  );
   return recipient;
 }

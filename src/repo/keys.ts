@@ -7,8 +7,8 @@
  * This rule is part of the on-disk format: changing it orphans every backup.
  */
 import { hkdfSync, randomBytes } from "node:crypto";
-import { closeSync, constants, fsyncSync, openSync, writeSync } from "node:fs";
-import { ConfigError, UsageError } from "../errors.js";
+import { ConfigError } from "../errors.js";
+import { writeKeyFile } from "./private-file.js";
 
 export const MASTER_KEY_BYTES = 32;
 export const KEY_DERIVATION = "hkdf-sha256/immutd/sse-c/v1";
@@ -44,26 +44,5 @@ export function deriveSseKey(masterKey: Buffer, bucket: string, objectKey: strin
  * backup made with the old one unreadable once the catalog is gone.
  */
 export function generateMasterKeyFile(path: string): void {
-  let fd: number;
-  try {
-    fd = openSync(
-      path,
-      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-      0o600,
-    );
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "EEXIST") {
-      throw new UsageError(
-        `refusing to overwrite ${path}: it exists (it may be the key to existing backups)`,
-      );
-    }
-    throw new UsageError(`cannot create ${path}: ${code ?? (err as Error).message}`);
-  }
-  try {
-    writeSync(fd, `${randomBytes(MASTER_KEY_BYTES).toString("hex")}\n`);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  writeKeyFile(path, `${randomBytes(MASTER_KEY_BYTES).toString("hex")}\n`, "the key");
 }
