@@ -159,4 +159,45 @@ describe("one listing per command (CLI, Ceph RGW)", () => {
     );
     assert.equal(verify.listed, 2, "verify: one listing of two pages");
   });
+
+  // The faults below rely on the two pages the test above made.
+  /** A ListObjectVersions request for a page after the first. */
+  const secondPage = (r: { method: string; query: URLSearchParams }): boolean =>
+    r.method === "GET" && r.query.has("versions") && r.query.has("key-marker");
+
+  it("a 500 on the second page is retried and ls answers from both pages", async () => {
+    const f = proxy.fault({ match: secondPage, action: { kind: "status", status: 500 } });
+    const ls = await counted("ls", "files", "--host", "assure");
+    proxy.clear();
+    assert.equal(f.hits, 1);
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.match(ls.stdout, /changed\.txt$/m, "the backups on page two are there");
+    assert.equal(ls.listed, 3, "page one, page two refused, page two again");
+  });
+
+  it("a connection reset in the middle of the second page is retried and restore gets the point", async () => {
+    const f = proxy.fault({ match: secondPage, action: { kind: "reset", afterBytes: 2000 } });
+    const dest = mkdtempSync(join(tmpdir(), "immutd-listonce-"));
+    const r = await counted("restore", "files", "--from-bucket", "--to", dest);
+    proxy.clear();
+    assert.equal(f.hits, 1);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(readFileSync(join(dest, rel, "changed.txt"), "utf8"), "two\n");
+    assert.ok(r.listed >= 3, `the second page was asked for again (${r.listed} requests)`);
+  });
+
+  it("a second page that always fails makes ls fail naming the bucket, with no half answer", async () => {
+    const f = proxy.fault({
+      match: secondPage,
+      times: Number.POSITIVE_INFINITY,
+      action: { kind: "status", status: 500 },
+    });
+    const ls = await counted("ls", "files", "--host", "assure");
+    proxy.clear();
+    assert.ok(f.hits > 1, `retried (${f.hits})`);
+    assert.notEqual(ls.code, 0, ls.stdout);
+    assert.equal(ls.stdout, "", "nothing printed from the first page alone");
+    assert.match(ls.stderr, new RegExp(bucket));
+    assert.match(ls.stderr, /list/i);
+  });
 });

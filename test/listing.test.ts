@@ -150,4 +150,34 @@ describe("listOnce", () => {
     assert.deepEqual(await shared.listVersions("q/"), [entry]);
     assert.deepEqual(asked, ["p/", "p/", "q/"]);
   });
+
+  it("a walk that fails on its second page rejects every waiter, and the next call walks afresh", async () => {
+    const s = await setup(2);
+    const reader = s.target.reader;
+    let walks = 0;
+    // The first walk gets its first page (the store's whole answer) and then
+    // fails, as a page-2 error of ListObjectVersions would.
+    const failing = new Proxy(reader, {
+      get(target, name) {
+        if (name === "listVersions")
+          return async (prefix: string) => {
+            const page1 = await target.listVersions(prefix);
+            if (++walks === 1) throw new Error(`page 2 of ${prefix}: InternalError, HTTP 500`);
+            return page1;
+          };
+        const value: unknown = Reflect.get(target, name, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const shared = listOnce(failing, "");
+    const keys = [...new Set(s.bucket.versions.map((v) => v.key))];
+    const settled = await Promise.allSettled(keys.map((k) => shared.listVersions(k)));
+    assert.equal(walks, 1, "the waiters shared one walk");
+    for (const r of settled) {
+      assert.equal(r.status, "rejected", "no waiter gets a half listing");
+      assert.match(String(r.status === "rejected" ? r.reason : ""), /page 2/);
+    }
+    assert.deepEqual(await shared.listVersions("h/"), await reader.listVersions("h/"));
+    assert.equal(walks, 2, "the next call walked again instead of getting the old rejection");
+  });
 });
