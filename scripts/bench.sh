@@ -33,6 +33,8 @@
 #   IMMUTD_BENCH_SMALL_FILES=0 skips the small-file tree.
 #   IMMUTD_BENCH_AGE="zstd" (default) also backs up with `encryption: age`; target <= 1.10 x SSE-C.
 #   IMMUTD_BENCH_INCREMENTAL=0 skips the incremental chain (see incremental_case).
+#   IMMUTD_BENCH_PART_MIB / IMMUTD_BENCH_QUEUE set partSizeMiB / queueSize for
+#   every row (default 8 and 4, immutd's defaults; the RSS formula follows).
 #   IMMUTD_BENCH_S3_ENV=FILE uses that running test server (an env.json as
 #   scripts/s3-test-server.sh writes it) instead of starting a bluestore one
 #   (in IMMUTD_BENCH_S3_DIR, default a temporary directory).
@@ -40,8 +42,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-500}
 runs=${2:-3}
-part=16
-queue=4
+# immutd's defaults (partSizeMiB 8, queueSize 4); aws-cli and rclone get the same.
+part=${IMMUTD_BENCH_PART_MIB:-8}
+queue=${IMMUTD_BENCH_QUEUE:-4}
 
 . scripts/node.sh
 immutd_install_deps

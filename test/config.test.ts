@@ -55,7 +55,7 @@ describe("config", () => {
     assert.ok(t);
     assert.equal(t.prefix, "web-1/");
     assert.equal(t.region, "us-east-1");
-    assert.equal(t.partSizeMiB, 16);
+    assert.equal(t.partSizeMiB, 8);
     assert.equal(t.checksum, "md5");
     assert.equal(t.credentials.writer?.secretAccessKey.reveal(), "s3cr3t-from-file");
     assert.equal(t.credentials.reader.secretAccessKey.reveal(), "reader-secret-value");

@@ -11,6 +11,7 @@ import { Readable } from "node:stream";
 import { describe, it } from "node:test";
 import { type HttpRequest, HttpResponse } from "@smithy/protocol-http";
 import { RefusedError, StorageError } from "../src/errors.js";
+import { largestUpload, MAX_PARTS, MultipartUpload, partSizeOf } from "../src/store/multipart.js";
 import { S3Store } from "../src/store/s3.js";
 import { targetConfig } from "./support/target.js";
 
@@ -193,6 +194,90 @@ describe("S3 upload requests", () => {
     for (const p of parts) {
       assert.match(p.headers["x-amz-checksum-crc32"] ?? "", /^[A-Za-z0-9+/]{6}==$/);
       assert.equal(p.headers["x-amz-server-side-encryption-customer-key"], keyB64);
+    }
+  });
+
+  it("part sizes double every growEvery parts; the bytes arrive whole and in order", async () => {
+    const { seen, handler } = recorder();
+    const store = new S3Store(targetConfig(), targetConfig().credentials.reader, {
+      requestHandler: handler,
+    });
+    const sent: Buffer[] = [];
+    // Chunks of an odd size, so that part boundaries fall inside chunks.
+    const chunk = 3 * MiB + 7;
+    const total = 42 * MiB + 5;
+    const src = Readable.from(
+      (function* () {
+        for (let left = total; left > 0; left -= chunk) {
+          const c = randomBytes(Math.min(chunk, left));
+          sent.push(c);
+          yield c;
+        }
+      })(),
+    );
+    const up = new MultipartUpload({
+      client: store.client,
+      params: { Bucket: "bucket", Key: "k", ContentType: "application/x-tar" },
+      body: src,
+      partSize: 5 * MiB,
+      queueSize: 2,
+      growEvery: 2,
+    });
+    assert.equal((await up.done()).VersionId, "V123");
+    const parts = seen
+      .filter((s) => s.method === "PUT" && s.query.partNumber)
+      .sort((a, b) => Number(a.query.partNumber) - Number(b.query.partNumber));
+    assert.deepEqual(
+      parts.map((p) => (p.body?.length ?? 0) / MiB),
+      [5, 5, 10, 10, 12 + 5 / MiB],
+      "5, 5, then 10, 10, then the rest",
+    );
+    assert.ok(
+      Buffer.concat(parts.map((p) => p.body ?? Buffer.alloc(0))).equals(Buffer.concat(sent)),
+    );
+    const complete = seen.find((s) => s.method === "POST" && s.query.uploadId);
+    const listed = [...(complete?.body?.toString() ?? "").matchAll(/<PartNumber>(\d+)</g)];
+    assert.deepEqual(
+      listed.map((m) => Number(m[1])),
+      [1, 2, 3, 4, 5],
+    );
+  });
+
+  it("the default growth: 8 MiB parts to 16 GiB, 484 GiB in 10,000 parts, never above 5 GiB", () => {
+    const GiB = 1024 ** 3;
+    assert.equal(partSizeOf(8 * MiB, 1), 8 * MiB);
+    assert.equal(partSizeOf(8 * MiB, 2000), 8 * MiB);
+    assert.equal(partSizeOf(8 * MiB, 2001), 16 * MiB);
+    assert.equal(partSizeOf(8 * MiB, MAX_PARTS), 128 * MiB);
+    assert.equal(partSizeOf(5120 * MiB, 2001), 5120 * MiB, "never above S3's 5 GiB part");
+    assert.equal(largestUpload(8 * MiB), 2000 * (8 + 16 + 32 + 64 + 128) * MiB);
+    assert.ok(largestUpload(8 * MiB) > 480 * GiB, "three times the old 16 MiB x 10,000 (156 GiB)");
+    assert.ok(largestUpload(5120 * MiB) <= MAX_PARTS * 5120 * MiB);
+    for (let n = 1; n <= MAX_PARTS; n++) assert.ok(partSizeOf(5 * MiB, n) >= 5 * MiB);
+  });
+
+  it("part 10,001 is never sent: the upload fails before it, naming the limit, and is not completed", async () => {
+    const { seen, handler } = recorder();
+    const store = new S3Store(targetConfig(), targetConfig().credentials.reader, {
+      requestHandler: handler,
+    });
+    for (const total of [16 * MiB, 15 * MiB + 1]) {
+      seen.length = 0;
+      const up = new MultipartUpload({
+        client: store.client,
+        params: { Bucket: "bucket", Key: "k", ContentType: "application/x-tar" },
+        body: body(total),
+        partSize: 5 * MiB,
+        queueSize: 2,
+        maxParts: 3,
+      });
+      await assert.rejects(
+        up.done(),
+        /^Error: Exceeded 3 parts: the archive is larger than 15728640 bytes$/,
+      );
+      const parts = seen.filter((s) => s.method === "PUT" && s.query.partNumber);
+      assert.deepEqual(parts.map((p) => Number(p.query.partNumber)).sort(), [1, 2, 3]);
+      assert.ok(!seen.some((s) => s.method === "POST" && s.query.uploadId), "never completed");
     }
   });
 

@@ -58,7 +58,7 @@ export const DEFAULTS = {
   forcePathStyle: false,
   allowInsecureSseC: false,
   retention: { mode: "COMPLIANCE", days: 30 },
-  partSizeMiB: 16,
+  partSizeMiB: 8,
   queueSize: 4,
   checksum: "md5",
   connectTimeoutSeconds: 10,

@@ -48,6 +48,7 @@ import { keepNewBackup, tagVersion } from "../retention/keep.js";
 import { type LockOutcome, lockAtLeast } from "../retention/lock.js";
 import type { Assignment, PolicyTime } from "../retention/tiers.js";
 import { withReadFallback } from "../store/fallback.js";
+import { GROW_EVERY, largestUpload } from "../store/multipart.js";
 import { retry } from "../store/retry.js";
 import type { BucketLockState, Retention, Target } from "../store/store.js";
 import { type HookEnv, runHook, type Spooled, spoolCommands } from "./hooks.js";
@@ -721,8 +722,8 @@ async function storedSize(
 
 function partsHint(message: string, t: TargetConfig): string {
   if (!/Exceeded \d+ parts/.test(message)) return message;
-  const maxGiB = ((t.partSizeMiB * 10_000) / 1024).toFixed(0);
-  return `the archive is larger than ${maxGiB} GiB, the most a multipart upload of ${t.partSizeMiB} MiB parts can hold (10,000 parts); raise targets.${t.name}.partSizeMiB`;
+  const maxGiB = (largestUpload(t.partSizeMiB * 1024 * 1024) / 1024 ** 3).toFixed(0);
+  return `the archive is larger than ${maxGiB} GiB, the most a multipart upload can hold in 10,000 parts starting at ${t.partSizeMiB} MiB (they double every ${GROW_EVERY.toLocaleString("en-US")} parts, up to 5 GiB); raise targets.${t.name}.partSizeMiB`;
 }
 
 /**

@@ -18,6 +18,17 @@
  * failure (a part, or the body) stops the reading, cancels the other parts
  * in flight and rejects; the upload is never completed then, and aborting it
  * is the caller's job (uploadId names it as soon as the server has).
+ *
+ * Part sizes grow (partSizeOf): S3 allows at most 10,000 parts, each at least
+ * 5 MiB except the last and at most 5 GiB, and the parts of one upload need
+ * not be the same size. The archive's size is unknown until its stream ends,
+ * so a fixed part size either caps the archive (8 MiB x 10,000 = 78 GiB) or
+ * spends memory on every small backup. Instead the part size doubles every
+ * GROW_EVERY (2,000) parts. With the default first size of 8 MiB: memory
+ * stays at (queueSize + 1) x 8 MiB for archives up to 16 GiB, parts are at
+ * most 16 MiB (the old fixed default) up to 47 GiB, and 10,000 parts hold
+ * 484 GiB (parts of 8, 16, 32, 64 and 128 MiB); a larger first size scales
+ * all of it (partSizeMiB: 64 holds 3.8 TiB).
  */
 import type { Readable } from "node:stream";
 import {
@@ -40,12 +51,40 @@ export interface PartParams {
   ChecksumAlgorithm?: ChecksumAlgorithm;
 }
 
+/** Parts of one size before the size doubles. */
+export const GROW_EVERY = 2000;
+/** S3's largest part. */
+export const MAX_PART = 5 * 1024 ** 3;
+/** S3's most parts in one upload. */
+export const MAX_PARTS = 10_000;
+
+/** The size of part `n` (from 1) of an upload whose first part is `first` bytes. */
+export function partSizeOf(first: number, n: number, growEvery = GROW_EVERY): number {
+  const doublings = Math.floor((n - 1) / growEvery);
+  return Math.min(MAX_PART, first * 2 ** Math.min(doublings, 30));
+}
+
+/** The largest archive a multipart upload starting at `first`-byte parts can hold. */
+export function largestUpload(first: number, growEvery = GROW_EVERY, maxParts = MAX_PARTS): number {
+  let total = 0;
+  for (let block = 0; block * growEvery < maxParts; block++) {
+    const parts = Math.min(growEvery, maxParts - block * growEvery);
+    total += parts * partSizeOf(first, block * growEvery + 1, growEvery);
+  }
+  return total;
+}
+
 export interface MultipartOptions {
   client: S3Client;
   params: PartParams;
   body: Readable;
+  /** The size of the first parts; it doubles every growEvery parts (partSizeOf). */
   partSize: number;
   queueSize: number;
+  /** GROW_EVERY unless a test needs the growth sooner. */
+  growEvery?: number;
+  /** MAX_PARTS unless a test needs the limit sooner. */
+  maxParts?: number;
   /** Called once, when the server has named the upload. */
   onUploadId?: (uploadId: string) => void;
 }
@@ -65,10 +104,10 @@ export class MultipartUpload {
   }
 
   async done(): Promise<{ VersionId?: string | undefined }> {
-    const { partSize } = this.#o;
-    let part = this.#take();
-    let fill = 0;
     let number = 0;
+    let part = this.#take(this.#sizeOf(1));
+    let size = part.length;
+    let fill = 0;
     try {
       for await (const c of this.#o.body as AsyncIterable<Buffer>) {
         let off = 0;
@@ -76,12 +115,14 @@ export class MultipartUpload {
           const n = c.copy(part, fill, off);
           fill += n;
           off += n;
-          if (fill === partSize) {
+          if (fill === size) {
             if (number === 0) await this.#create();
             await this.#slot();
             if (this.#failure) break;
+            if (!this.#room(number)) break;
             this.#send(++number, part, fill);
-            part = this.#take();
+            size = this.#sizeOf(number + 1);
+            part = this.#take(size);
             fill = 0;
           }
         }
@@ -91,7 +132,7 @@ export class MultipartUpload {
       this.#fail(err);
     }
     if (!this.#failure && number === 0) return this.#putObject(part.subarray(0, fill));
-    if (!this.#failure && fill > 0) this.#send(++number, part, fill);
+    if (!this.#failure && fill > 0 && this.#room(number)) this.#send(++number, part, fill);
     while (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
     if (this.#failure) throw this.#failure.err;
     const p = this.#o.params;
@@ -165,11 +206,34 @@ export class MultipartUpload {
   }
 
   /**
-   * A part buffer to fill: a free one, else a new one. At most queueSize
-   * parts are in flight (#slot), so no more than queueSize + 1 are ever made.
+   * Whether part `sent + 1` may go: S3 refuses part 10,001 only after every
+   * earlier part went up, so the upload fails here instead, before sending it
+   * (and the caller aborts it, as after any failure).
    */
-  #take(): Buffer {
-    return this.#free.pop() ?? Buffer.from(new SharedArrayBuffer(this.#o.partSize));
+  #room(sent: number): boolean {
+    const max = this.#o.maxParts ?? MAX_PARTS;
+    if (sent < max) return true;
+    this.#fail(
+      new Error(
+        `Exceeded ${max} parts: the archive is larger than ${largestUpload(this.#o.partSize, this.#o.growEvery, max)} bytes`,
+      ),
+    );
+    return false;
+  }
+
+  #sizeOf(n: number): number {
+    return partSizeOf(this.#o.partSize, n, this.#o.growEvery);
+  }
+
+  /**
+   * A part buffer of `size` bytes to fill: a free one, else a new one. At most
+   * queueSize parts are in flight (#slot), so no more than queueSize + 1 are
+   * ever live; a free buffer smaller than the grown part size is dropped.
+   */
+  #take(size: number): Buffer {
+    let buf = this.#free.pop();
+    while (buf && buf.length !== size) buf = this.#free.pop();
+    return buf ?? Buffer.from(new SharedArrayBuffer(size));
   }
 
   /** Resolves once fewer than queueSize parts are in flight, or the upload failed. */
