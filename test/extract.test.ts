@@ -824,6 +824,35 @@ function rawPath(name: string, linkname?: string): Buffer {
   return Buffer.concat(records);
 }
 
+describe("extractTar on a full disk", () => {
+  const isRoot = process.getuid?.() === 0;
+  it("stops at the file that does not fit, naming it; keeps what fit, removes the partial file, closes every fd", {
+    skip: !isRoot && "needs root to mount a small tmpfs",
+  }, async () => {
+    const mnt = tmpDir("full");
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", mnt]);
+    try {
+      const tar = await packTar([
+        { header: { name: "small.txt" }, content: "fits\n" },
+        { header: { name: "big.bin" }, content: randomBytes(3 * 1024 * 1024) },
+        { header: { name: "after.txt" }, content: "never reached\n" },
+      ]);
+      const fds = openFds();
+      await assert.rejects(
+        extractTar(streamOf(tar, 65_536), { dest: mnt }),
+        (err: Error) =>
+          err instanceof ImmutdError && /cannot restore "big\.bin": .*ENOSPC/.test(err.message),
+      );
+      assert.equal(fs.readFileSync(path.join(mnt, "small.txt"), "utf8"), "fits\n");
+      assert.equal(exists(path.join(mnt, "big.bin")), false, "the partial file is removed");
+      assert.equal(exists(path.join(mnt, "after.txt")), false, "a full disk ends the restore");
+      assert.equal(openFds(), fds, "no fd left open");
+    } finally {
+      execFileSync("umount", [mnt]);
+    }
+  });
+});
+
 describe("extractTar: names that are not UTF-8", () => {
   /** The byte-names fixture, without its top directory's own entry (the destination keeps its attributes). */
   function fixture(): { src: string; want: Map<string, string> } {
