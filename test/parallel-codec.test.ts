@@ -16,6 +16,7 @@ import { createZstdDecompress } from "node:zlib";
 import { decoderFor, encoderFor } from "../src/pipeline/codec.js";
 import { ParallelEncoder, type ParallelOptions } from "../src/pipeline/parallel-codec.js";
 import { type BlockCodec, compressBlock } from "../src/pipeline/workers/protocol.js";
+import { ZstdFrameCheck } from "../src/pipeline/zstd-frames.js";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -197,6 +198,59 @@ describe("zstd archives of several frames, cut short", () => {
     await assert.rejects(decode("zstd", quiet), /ends inside a frame/);
     // A frame boundary is no cut the codec can see: size and SHA-256 checks catch those.
     assert.ok((await decode("zstd", out)).equals(input));
+  });
+
+  it("decode whole however the writes fall: one write of many frames, frame ends mid-write, tiny writes", async () => {
+    // Frames whose output ends short of the decoder's buffer: Node's zstd
+    // stream alone stops after the first frame of a write (24.20), without an error.
+    const blocks = Array.from({ length: 21 }, (_, i) =>
+      Buffer.concat([randomBytes(1000), Buffer.alloc(255 * KiB, `text ${i} `)]),
+    );
+    const input = Buffer.concat(blocks);
+    const archive = Buffer.concat(blocks.map((b) => compressBlock("zstd", 3, b)));
+    const alone: Buffer[] = [];
+    await pipeline([
+      Readable.from([archive]),
+      createZstdDecompress({ chunkSize: MiB }),
+      keep(alone),
+    ]).catch(() => undefined);
+    assert.ok(Buffer.concat(alone).length < input.length, "Node's decoder alone gives back less");
+    for (const size of [archive.length, 1053, 16 * KiB, 7]) {
+      const chunks: Buffer[] = [];
+      for (let off = 0; off < archive.length; off += size)
+        chunks.push(archive.subarray(off, off + size));
+      const out: Buffer[] = [];
+      await pipeline([Readable.from(chunks), ...decoderFor("zstd"), keep(out)]);
+      assert.ok(
+        Buffer.concat(out).equals(input),
+        `every byte back, written ${size} bytes at a time`,
+      );
+    }
+    // What the frame check passes on: no write spans a frame's end, small ones are joined.
+    const check = new ZstdFrameCheck(4 * KiB);
+    const writes: Buffer[] = [];
+    await pipeline([
+      Readable.from([archive.subarray(0, 100), archive.subarray(100)]),
+      check,
+      keep(writes),
+    ]);
+    const ends = new Set<number>();
+    for (let off = 0, k = 0; k < blocks.length; k++) {
+      off += compressBlock("zstd", 3, blocks[k] as Buffer).length;
+      ends.add(off);
+    }
+    let at = 0;
+    for (const w of writes) {
+      for (const e of ends)
+        assert.ok(!(e > at && e < at + w.length), `a write spans the frame end at ${e}`);
+      at += w.length;
+    }
+    assert.equal(at, archive.length);
+    assert.equal(
+      writes.length,
+      blocks.length,
+      "one write per frame here (each frame is below the batch)",
+    );
   });
 
   it("are read as before when written by the single-stream encoder or by zstd itself", async () => {

@@ -10,7 +10,7 @@ import { after, describe, it } from "node:test";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { type ArchiveOptions, createArchive } from "../src/pipeline/archive.js";
 import { cipherFor } from "../src/pipeline/cipher.js";
-import { decoderFor, encoderFor } from "../src/pipeline/codec.js";
+import { Coalesce, DECODE_CHUNK, decoderFor, encoderFor } from "../src/pipeline/codec.js";
 import { HashingCounter } from "../src/pipeline/hash.js";
 import { runStages, type Stages } from "../src/pipeline/index.js";
 import { type Sink, s3Sink } from "../src/pipeline/sink.js";
@@ -115,8 +115,42 @@ describe("codec stage", () => {
         }),
       ]);
       assert.ok(Buffer.concat(chunks).equals(data));
+      if (c !== "none") {
+        // The decoders hand on up to 1 MiB at a time (zlib's default is 16 KiB,
+        // four times the CPU per byte downstream: one pool round trip and one
+        // file write per chunk).
+        const largest = Math.max(...chunks.map((b) => b.length));
+        assert.ok(largest > 16384 && largest <= DECODE_CHUNK, `largest decoded chunk ${largest}`);
+      }
     });
   }
+
+  it("Coalesce joins small chunks into writes of at least its minimum, in order, the rest at the end", async () => {
+    const out: Buffer[] = [];
+    const pieces = Array.from({ length: 40 }, (_, i) => data.subarray(i * 1000, (i + 1) * 1000));
+    await pipeline([
+      Readable.from([...pieces, data.subarray(40_000)]),
+      new Coalesce(4096),
+      collectInto(out),
+    ]);
+    assert.ok(Buffer.concat(out).equals(data), "every byte, in order");
+    assert.deepEqual(
+      out.map((b) => b.length),
+      [...Array(8).fill(5000), data.length - 40_000],
+      "five 1000-byte chunks per write, then the large chunk as it came (nothing was held before it)",
+    );
+    const tail: Buffer[] = [];
+    await pipeline([
+      Readable.from([data.subarray(0, 10), data.subarray(10, 30)]),
+      new Coalesce(4096),
+      collectInto(tail),
+    ]);
+    assert.deepEqual(
+      tail.map((b) => b.length),
+      [30],
+      "what is held when the input ends comes out whole",
+    );
+  });
 
   it("gzip writes the bytes immutd 0.1 wrote (zlib level 6), so old and new archives compare", async () => {
     const out = await collect(Readable.from([data]).pipe(encoderFor("gzip")[0] as Transform));

@@ -21,7 +21,7 @@
  * is never set: with workers on, Node's stream emits 'end' before end() is
  * called and the archive comes out truncated (seen on Node 22, 24 and 26).
  */
-import type { Transform } from "node:stream";
+import { Transform, type TransformCallback } from "node:stream";
 import * as zlib from "node:zlib";
 import type { Compression } from "../config/config.js";
 import { ParallelEncoder } from "./parallel-codec.js";
@@ -85,16 +85,72 @@ export function encoderFor(compression: Compression, level?: number, threads = 1
   }
 }
 
+/**
+ * Output chunk of the decoders: 1 MiB, not zlib's default 16 KiB. Each output
+ * chunk is one round trip to the libuv pool and one write by the tar
+ * extractor downstream; decoding 310 MB (250 MB random, 60 MB text) from a
+ * file took 1.6 s (zstd) and 2.0 s (gzip) with 16 KiB and 0.40 s and 0.48 s
+ * with 1 MiB on this 2-core machine (GNU gzip -d: 1.6 s). Memory: one chunk
+ * per decoder in flight.
+ */
+export const DECODE_CHUNK = 1 << 20;
+
+/**
+ * Joins the download's chunks (one TLS record, at most 16 KiB, each) into
+ * writes of at least DECODE_CHUNK for the gzip decoder: each write is one
+ * serial round trip to the libuv pool (decoding 310 MB fed in 16 KiB chunks:
+ * 1.94 s, joined: 1.54 s, of which reading the file took 1.2 s). Costs one
+ * copy of the compressed bytes and at most DECODE_CHUNK held. Node's gunzip
+ * reads on across members within a write; its zstd decoder does not, so
+ * zstd batches in ZstdFrameCheck, which knows where frames end.
+ */
+export class Coalesce extends Transform {
+  #parts: Buffer[] = [];
+  #length = 0;
+
+  constructor(readonly min = DECODE_CHUNK) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.#length === 0 && chunk.length >= this.min) return cb(null, chunk);
+    this.#parts.push(chunk);
+    this.#length += chunk.length;
+    if (this.#length < this.min) return cb();
+    cb(null, this.#take());
+  }
+
+  override _flush(cb: TransformCallback): void {
+    cb(null, this.#length > 0 ? this.#take() : undefined);
+  }
+
+  #take(): Buffer {
+    const out =
+      this.#parts.length === 1
+        ? (this.#parts[0] as Buffer)
+        : Buffer.concat(this.#parts, this.#length);
+    this.#parts = [];
+    this.#length = 0;
+    return out;
+  }
+}
+
 /** The decoding Transforms, in pipeline order: the last one's output is the tar. */
 export function decoderFor(compression: Compression): Transform[] {
   switch (compression) {
     case "gzip":
-      return [zlib.createGunzip()];
+      return [new Coalesce(), zlib.createGunzip({ chunkSize: DECODE_CHUNK })];
     case "zstd":
       needZstd();
-      // The frame check first: Node's decoder misses a cut inside any frame but the first.
-      return [new ZstdFrameCheck(), zlib.createZstdDecompress()];
+      // The frame check first: Node's decoder misses a cut inside any frame but the
+      // first, and ends early on a write that spans a frame's end (zstd-frames.ts).
+      return [
+        new ZstdFrameCheck(DECODE_CHUNK),
+        zlib.createZstdDecompress({ chunkSize: DECODE_CHUNK }),
+      ];
     case "none":
+      // Coalescing here bought nothing: the tar reader takes 16 KiB chunks as
+      // fast (restore of 300 MB to tmpfs 4.2-4.8 s either way).
       return [];
   }
 }

@@ -11,6 +11,18 @@
  * frame header, block headers, content checksum, skippable frames) and skips
  * over block contents, so it costs next to nothing; the decoder still checks
  * each frame's contents and checksum.
+ *
+ * It also cuts the writes the decoder gets at frame ends. Node's zstd stream
+ * (node:zlib processCallback, 24.20) takes input left over in a write, with
+ * room left in its output buffer, as the end of the stream: a write that
+ * holds the end of one frame and the start of the next ends the output after
+ * the first frame, without an error. Its 16 KiB default output buffer was
+ * usually full at that point, which hid it; with larger buffers it truncates
+ * every time. So no write passed on here spans a frame's end, and within a
+ * frame the download's small chunks (one TLS record each) are joined into
+ * writes of at least `batch` bytes: each write is one round trip to the libuv
+ * pool, and with 16 KiB ones a restore's main thread waited on them for most
+ * of its run.
  */
 import { Transform, type TransformCallback } from "node:stream";
 
@@ -25,16 +37,29 @@ export class ZstdFrameCheck extends Transform {
   #got: number[] = [];
   #inFrame = false;
   #checksum = false;
+  /** Set when a frame (or a skippable frame) has just ended. */
+  #frameEnded = false;
+  /** Bytes of the current frame not yet passed on, and their total. */
+  #held: Buffer[] = [];
+  #heldBytes = 0;
 
-  constructor() {
+  /** @param batch the least bytes per write passed on, but at a frame's end. */
+  constructor(readonly batch = 1 << 20) {
     super();
     this.#step = this.#magic();
+    this.#frameEnded = false;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     try {
       let i = 0;
+      let from = 0;
       while (i < chunk.length) {
+        if (this.#frameEnded) {
+          this.#frameEnded = false;
+          this.#pass(chunk.subarray(from, i));
+          from = i;
+        }
         const s = this.#step;
         if ("skip" in s) {
           const n = Math.min(s.skip, chunk.length - i);
@@ -53,13 +78,38 @@ export class ZstdFrameCheck extends Transform {
           s.next(b);
         }
       }
-      cb(null, chunk);
+      this.#hold(chunk.subarray(from));
+      if (this.#frameEnded || this.#heldBytes >= this.batch) {
+        this.#frameEnded = false;
+        this.#pass(Buffer.alloc(0));
+      }
+      cb();
     } catch (err) {
       cb(err as Error);
     }
   }
 
+  #hold(b: Buffer): void {
+    if (b.length === 0) return;
+    this.#held.push(b);
+    this.#heldBytes += b.length;
+  }
+
+  /** Passes on what is held and then `tail`, as one write. */
+  #pass(tail: Buffer): void {
+    this.#hold(tail);
+    if (this.#heldBytes === 0) return;
+    const out =
+      this.#held.length === 1
+        ? (this.#held[0] as Buffer)
+        : Buffer.concat(this.#held, this.#heldBytes);
+    this.#held = [];
+    this.#heldBytes = 0;
+    this.push(out);
+  }
+
   override _flush(cb: TransformCallback): void {
+    this.#pass(Buffer.alloc(0));
     if (this.#inFrame || this.#got.length > 0) {
       cb(
         new Error(
@@ -76,6 +126,7 @@ export class ZstdFrameCheck extends Transform {
 
   #magic(): Step {
     this.#inFrame = false;
+    this.#frameEnded = true;
     return {
       want: 4,
       next: (b) => {
