@@ -113,11 +113,13 @@ export class Coalesce extends Transform {
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    if (this.#length === 0 && chunk.length >= this.min) return cb(null, chunk);
+    if (this.#length === 0 && chunk.length >= this.min) {
+      cb(null, chunk);
+      return;
+    }
     this.#parts.push(chunk);
     this.#length += chunk.length;
-    if (this.#length < this.min) return cb();
-    cb(null, this.#take());
+    cb(null, this.#length < this.min ? undefined : this.#take());
   }
 
   override _flush(cb: TransformCallback): void {
