@@ -35,6 +35,8 @@
 #   IMMUTD_BENCH_INCREMENTAL=0 skips the incremental chain (see incremental_case).
 #   IMMUTD_BENCH_PART_MIB / IMMUTD_BENCH_QUEUE set partSizeMiB / queueSize for
 #   every row (default 8 and 4, immutd's defaults; the RSS formula follows).
+#   IMMUTD_BENCH_OUT=DIR: restores write below DIR (default the work directory;
+#   a tmpfs such as /dev/shm takes the disk's noise out of the restore ratios).
 #   IMMUTD_BENCH_S3_ENV=FILE uses that running test server (an env.json as
 #   scripts/s3-test-server.sh writes it) instead of starting a bluestore one
 #   (in IMMUTD_BENCH_S3_DIR, default a temporary directory).
@@ -59,12 +61,19 @@ export NODE_OPTIONS=--max-semi-space-size=8
 work=$(mktemp -d /tmp/immutd-bench.XXXXXX)
 s3dir=${IMMUTD_BENCH_S3_DIR:-$work/s3}
 small=${IMMUTD_BENCH_SMALL_FILES:-100000}
+# Where the restore rows write (emptied before every run). On a disk the
+# kernel's share (allocation, and for ext4 mounted with discard, the TRIM of
+# the last run's files) can dwarf both immutd's and tar's own work and vary
+# run to run by seconds; a tmpfs (IMMUTD_BENCH_OUT=/dev/shm) leaves what the
+# programs themselves cost. A new directory below it, removed at the end.
+out=$(mktemp -d "${IMMUTD_BENCH_OUT:-$work}/immutd-bench-restore.XXXXXX")
+export out
 if [ -n "${IMMUTD_BENCH_S3_ENV:-}" ]; then
-  cleanup() { rm -rf "$work"; }
+  cleanup() { rm -rf "$work" "$out"; }
   export IMMUTD_TEST_S3_ENV="$IMMUTD_BENCH_S3_ENV"
   bucket=immutd-bench-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 else
-  cleanup() { bash scripts/s3-test-server.sh stop "$s3dir" >/dev/null 2>&1 || true; rm -rf "$work"; }
+  cleanup() { bash scripts/s3-test-server.sh stop "$s3dir" >/dev/null 2>&1 || true; rm -rf "$work" "$out"; }
   IMMUTD_S3_STORE=bluestore bash scripts/s3-test-server.sh start "$s3dir" >/dev/null
   export IMMUTD_TEST_S3_ENV="$s3dir/env.json"
   bucket=immutd-bench
@@ -146,18 +155,20 @@ fi
 
 calc() { awk "BEGIN { print $1 }"; }
 # Peak RSS of a backup at the default part size and queue, in MiB (README,
-# Benchmark): the process with the SDK and the hashing worker, V8's young
-# generation (capped by the shebang) and the file and TLS buffers that wait
-# for V8's next GC: base 150 (the index is spooled to disk, not held);
-# the part buffers (queueSize + 1, reused); per compressing thread its worker
-# (about 13) and two blocks in flight, each held as input and output
-# (4 x block: zstd 4 MiB, gzip 1 MiB). Independent of the data size.
+# "Where the time and memory go"): base 220, the process after loading (about
+# 95: Node.js, the SDK, the modules) with its hashing worker, V8's young
+# generation (capped by NODE_OPTIONS) and the file and TLS buffers that wait
+# for V8's next collection (most with 100,000 small files: 244-255 measured
+# with 8 MiB parts); the part buffers (queueSize + 1, reused); per
+# compressing thread its worker with the codec's state and two blocks in
+# flight, held as input and output: 20 for gzip (1 MiB blocks), 45 for zstd
+# (4 MiB blocks, level 3). Independent of the data size (the file index is
+# spooled to disk, not held).
 threads=$(nproc)
-base_mib=150
+base_mib=220
 rss_formula() { # $1 compression
-  local block=0 per_thread=0
-  case $1 in gzip) block=1 ;; zstd) block=4 ;; esac
-  [ "$block" -gt 0 ] && per_thread=$((16 + 4 * block))
+  local per_thread=0
+  case $1 in gzip) per_thread=20 ;; zstd) per_thread=45 ;; esac
   echo $((base_mib + part * (queue + 1) + threads * per_thread))
 }
 comps=${IMMUTD_BENCH_COMPRESSIONS:-none gzip zstd}
@@ -252,17 +263,17 @@ for r in $(seq "$runs"); do
     done
   done
   for comp in $comps; do
-    fresh "$work/out"
+    fresh "$out"
     measure "immutd:restore-$comp" "$immutd" --config "$work/$comp.yaml" --log-level warn \
-      restore "bench-$comp" --to "$work/out"
+      restore "bench-$comp" --to "$out"
     if [ "$have_aws" = 1 ]; then
       obj=aws:$comp
       [ "$comp" = gzip ] && obj=aws:gzip-6
-      fresh "$work/out"
-      measure "aws:restore-$comp" bash -c "set -o pipefail; download peer/$obj/run$r | decompressor $comp | tar -xf - -C \"\$work/out\""
+      fresh "$out"
+      measure "aws:restore-$comp" bash -c "set -o pipefail; download peer/$obj/run$r | decompressor $comp | tar -xf - -C \"\$out\""
     fi
   done
-  rm -rf "$work/out"
+  rm -rf "$out"
   if [ "$small" -gt 0 ]; then
     measure "immutd:small" "$immutd" --config "$work/small.yaml" --log-level warn backup
     if [ "$have_aws" = 1 ]; then
@@ -318,14 +329,14 @@ for(let i=off;i<all.length;i+=100){const p=all[i];const s=fs.statSync(p).size;
   full_id=$(node dist/src/cli.js --config "$cfg" list --job bench-incr --json 2>/dev/null |
     node -e 'let s="";process.stdin.on("data",c=>s+=c).on("end",()=>{const j=JSON.parse(s);const r=Array.isArray(j)?j:j.backups;console.log(r.map(b=>b.id).sort((a,b)=>a-b)[0])})')
   for i in 1 2; do
-    fresh "$work/out"
+    fresh "$out"
     measure "immutd:incr-restore-full" "$immutd" --config "$cfg" --log-level warn \
-      restore bench-incr --id "$full_id" --to "$work/out"
-    fresh "$work/out"
+      restore bench-incr --id "$full_id" --to "$out"
+    fresh "$out"
     measure "immutd:incr-restore-chain" "$immutd" --config "$cfg" --log-level warn \
-      restore bench-incr --to "$work/out"
+      restore bench-incr --to "$out"
   done
-  rm -rf "$work/out" "$dir"
+  rm -rf "$out" "$dir"
 }
 # The case's figures, printed with the other ratios.
 incremental_summary() {
