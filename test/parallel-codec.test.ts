@@ -202,7 +202,7 @@ describe("zstd archives of several frames, cut short", () => {
 
   it("decode whole however the writes fall: one write of many frames, frame ends mid-write, tiny writes", async () => {
     // Frames whose output ends short of the decoder's buffer: Node's zstd
-    // stream alone stops after the first frame of a write (24.20), without an error.
+    // stream alone stops after the first frame of a write (24.20, not 26.10), without an error.
     const blocks = Array.from({ length: 21 }, (_, i) =>
       Buffer.concat([randomBytes(1000), Buffer.alloc(255 * KiB, `text ${i} `)]),
     );
@@ -214,7 +214,11 @@ describe("zstd archives of several frames, cut short", () => {
       createZstdDecompress({ chunkSize: MiB }),
       keep(alone),
     ]).catch(() => undefined);
-    assert.ok(Buffer.concat(alone).length < input.length, "Node's decoder alone gives back less");
+    // The premise, where it holds: Node 24.20 stops short; 26.10 decodes this
+    // whole by itself. The frame cut below is checked on every version.
+    if (Number(process.versions.node.split(".")[0]) < 26) {
+      assert.ok(Buffer.concat(alone).length < input.length, "Node's decoder alone gives back less");
+    }
     for (const size of [archive.length, 1053, 16 * KiB, 7]) {
       const chunks: Buffer[] = [];
       for (let off = 0; off < archive.length; off += size)

@@ -16,7 +16,7 @@
  * (node:zlib processCallback, 24.20) takes input left over in a write, with
  * room left in its output buffer, as the end of the stream: a write that
  * holds the end of one frame and the start of the next ends the output after
- * the first frame, without an error. Its 16 KiB default output buffer was
+ * the first frame, without an error (26.10 decodes such a write whole). Its 16 KiB default output buffer was
  * usually full at that point, which hid it; with larger buffers it truncates
  * every time. So no write passed on here spans a frame's end, and within a
  * frame the download's small chunks (one TLS record each) are joined into
