@@ -24,6 +24,7 @@
 import { Transform, type TransformCallback } from "node:stream";
 import * as zlib from "node:zlib";
 import type { Compression } from "../config/config.js";
+import { ChunkBatch } from "./chunk-batch.js";
 import { ParallelEncoder } from "./parallel-codec.js";
 import { ZstdFrameCheck } from "./zstd-frames.js";
 
@@ -105,35 +106,23 @@ export const DECODE_CHUNK = 1 << 20;
  * zstd batches in ZstdFrameCheck, which knows where frames end.
  */
 export class Coalesce extends Transform {
-  #parts: Buffer[] = [];
-  #length = 0;
+  readonly #batch = new ChunkBatch();
 
   constructor(readonly min = DECODE_CHUNK) {
     super();
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    if (this.#length === 0 && chunk.length >= this.min) {
+    if (this.#batch.length === 0 && chunk.length >= this.min) {
       cb(null, chunk);
       return;
     }
-    this.#parts.push(chunk);
-    this.#length += chunk.length;
-    cb(null, this.#length < this.min ? undefined : this.#take());
+    this.#batch.add(chunk);
+    cb(null, this.#batch.length < this.min ? undefined : this.#batch.take());
   }
 
   override _flush(cb: TransformCallback): void {
-    cb(null, this.#length > 0 ? this.#take() : undefined);
-  }
-
-  #take(): Buffer {
-    const out =
-      this.#parts.length === 1
-        ? (this.#parts[0] as Buffer)
-        : Buffer.concat(this.#parts, this.#length);
-    this.#parts = [];
-    this.#length = 0;
-    return out;
+    cb(null, this.#batch.length > 0 ? this.#batch.take() : undefined);
   }
 }
 

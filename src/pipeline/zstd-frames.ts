@@ -25,6 +25,7 @@
  * of its run.
  */
 import { Transform, type TransformCallback } from "node:stream";
+import { ChunkBatch } from "./chunk-batch.js";
 
 const FRAME_MAGIC = 0xfd2fb528;
 
@@ -40,8 +41,7 @@ export class ZstdFrameCheck extends Transform {
   /** Set when a frame (or a skippable frame) has just ended. */
   #frameEnded = false;
   /** Bytes of the current frame not yet passed on, and their total. */
-  #held: Buffer[] = [];
-  #heldBytes = 0;
+  readonly #held = new ChunkBatch();
 
   /** @param batch the least bytes per write passed on, but at a frame's end. */
   constructor(readonly batch = 1 << 20) {
@@ -78,8 +78,8 @@ export class ZstdFrameCheck extends Transform {
           s.next(b);
         }
       }
-      this.#hold(chunk.subarray(from));
-      if (this.#frameEnded || this.#heldBytes >= this.batch) {
+      this.#held.add(chunk.subarray(from));
+      if (this.#frameEnded || this.#held.length >= this.batch) {
         this.#frameEnded = false;
         this.#pass(Buffer.alloc(0));
       }
@@ -89,22 +89,11 @@ export class ZstdFrameCheck extends Transform {
     }
   }
 
-  #hold(b: Buffer): void {
-    if (b.length === 0) return;
-    this.#held.push(b);
-    this.#heldBytes += b.length;
-  }
-
   /** Passes on what is held and then `tail`, as one write. */
   #pass(tail: Buffer): void {
-    this.#hold(tail);
-    if (this.#heldBytes === 0) return;
-    const out =
-      this.#held.length === 1
-        ? (this.#held[0] as Buffer)
-        : Buffer.concat(this.#held, this.#heldBytes);
-    this.#held = [];
-    this.#heldBytes = 0;
+    this.#held.add(tail);
+    if (this.#held.length === 0) return;
+    const out = this.#held.take();
     this.push(out);
   }
 
