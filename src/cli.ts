@@ -5,12 +5,9 @@
  * which systemd's RestartPreventExitStatus= does not retry) instead of a
  * crash inside a dependency; then it runs the command line (program.ts).
  */
-import { setFlagsFromString } from "node:v8";
+import { growHeapSlowly } from "./cli/heap.js";
 import { nodeSupport } from "./cli/node-version.js";
 import { ExitCode } from "./errors.js";
-
-/** The old generation grows by 1 + this / 100 between full collections (see below). */
-const HEAP_GROWING_PERCENT = 20;
 
 const node = nodeSupport(process.versions.node);
 if (node.verdict === "too-old") {
@@ -29,19 +26,8 @@ if (node.verdict === "untested") {
   );
 }
 
-// V8 grows its old generation by a factor it picks itself (up to 4x the live
-// heap between full collections). A backup's live heap is small (about 28
-// MiB: the SDK, the modules, the entries in flight), but it creates garbage
-// per file and per chunk, and each collection it skips keeps more of it and
-// of the buffers it owns. A fixed factor of 1.2 lowered the peak RSS of a
-// backup of 100,000 small files from 334 to 252 MiB and of 300 MB of large
-// files from 257 to 220 MiB, for about 15% more CPU time and 5% more wall
-// time (README: "Where the time and memory go"). This flag, unlike the
-// young generation's size, still takes effect after V8 has started, and an
-// explicit `node --heap-growing-percent=N` wins (NODE_OPTIONS refuses the flag).
-if (!process.execArgv.some((a) => a.startsWith("--heap-growing-percent"))) {
-  setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
-}
+// V8's old generation grows by 1.2x between full collections (heap.ts).
+growHeapSlowly();
 
 const { main } = await import("./cli/program.js");
 process.exitCode = await main(process.argv);

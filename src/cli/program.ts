@@ -16,6 +16,7 @@ import { registerCompletion } from "./completion.js";
 import { registerConfig } from "./config.js";
 import { type Cli, type GlobalOptions, openContext } from "./context.js";
 import { registerDoctor } from "./doctor.js";
+import { leaveHeapToV8 } from "./heap.js";
 import { registerInit } from "./init.js";
 import { registerKey } from "./key.js";
 import { registerList } from "./list.js";
@@ -171,7 +172,10 @@ function registerRestore(p: Command, cli: Cli): void {
     .option("--identity <file>", "age identity file for an age-encrypted backup")
     .addHelpText("after", restoreHelp)
     .action((job: string, opts: RestoreCliOptions) =>
-      cli.withContext((ctx) => restoreCommand(ctx, job, opts)),
+      cli.withContext((ctx) => {
+        leaveHeapToV8();
+        return restoreCommand(ctx, job, opts);
+      }),
     );
 }
 

@@ -12,6 +12,7 @@ import { readIdentityFile } from "../repo/age-keys.js";
 import type { Target } from "../store/store.js";
 import { selectJobs } from "./backup.js";
 import type { Cli, Context } from "./context.js";
+import { leaveHeapToV8 } from "./heap.js";
 import { plural, writeJson, writeResult } from "./output.js";
 import { formatDuration, ProgressLine } from "./progress.js";
 import { cancelOnStopSignals } from "./signals.js";
@@ -236,6 +237,9 @@ export function registerVerify(p: Command, cli: Cli): void {
     .option("--identity <file>", "with --deep: age identity file to read age-encrypted archives")
     .addHelpText("after", verifyHelp)
     .action((opts: { job?: string; deep?: boolean; json?: boolean; identity?: string }) =>
-      cli.withContext((ctx) => verifyCommand(ctx, opts)),
+      cli.withContext((ctx) => {
+        if (opts.deep) leaveHeapToV8();
+        return verifyCommand(ctx, opts);
+      }),
     );
 }
