@@ -17,6 +17,7 @@ describe("heap growth", () => {
     assert.equal(leaveHeapToV8(["--max-semi-space-size=8"]), true);
     assert.equal(growHeapSlowly(["--heap-growing-percent=0"]), false);
     assert.equal(leaveHeapToV8(["--heap-growing-percent=50"]), false);
+    assert.equal(growHeapSlowly(["--heap_growing_percent=0"]), false, "V8's underscore spelling");
   });
 
   it("the executable runs with a factor given on node's command line", () => {

@@ -27,9 +27,9 @@ import { setFlagsFromString } from "node:v8";
 /** The old generation grows by 1 + this / 100 between full collections. */
 export const HEAP_GROWING_PERCENT = 20;
 
-/** Whether the user chose the factor on node's command line. */
+/** Whether the user chose the factor on node's command line (V8 takes - or _ in a flag's name). */
 function chosen(execArgv: readonly string[]): boolean {
-  return execArgv.some((a) => a.startsWith("--heap-growing-percent"));
+  return execArgv.some((a) => a.replaceAll("_", "-").startsWith("--heap-growing-percent"));
 }
 
 /** The backup's factor; false (and nothing set) when node was given one. */

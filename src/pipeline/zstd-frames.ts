@@ -16,9 +16,9 @@
  * (node:zlib processCallback, 24.20) takes input left over in a write, with
  * room left in its output buffer, as the end of the stream: a write that
  * holds the end of one frame and the start of the next ends the output after
- * the first frame, without an error (26.10 decodes such a write whole). Its 16 KiB default output buffer was
- * usually full at that point, which hid it; with larger buffers it truncates
- * every time. So no write passed on here spans a frame's end, and within a
+ * the first frame, without an error (26.10 decodes such a write whole). Its
+ * 16 KiB default output buffer was usually full at that point, which hid it;
+ * with larger buffers it truncates every time. So no write passed on here spans a frame's end, and within a
  * frame the download's small chunks (one TLS record each) are joined into
  * writes of at least `batch` bytes: each write is one round trip to the libuv
  * pool, and with 16 KiB ones a restore's main thread waited on them for most
@@ -40,7 +40,7 @@ export class ZstdFrameCheck extends Transform {
   #checksum = false;
   /** Set when a frame (or a skippable frame) has just ended. */
   #frameEnded = false;
-  /** Bytes of the current frame not yet passed on, and their total. */
+  /** Bytes of the current frame not yet passed on. */
   readonly #held = new ChunkBatch();
 
   /** @param batch the least bytes per write passed on, but at a frame's end. */
@@ -92,9 +92,7 @@ export class ZstdFrameCheck extends Transform {
   /** Passes on what is held and then `tail`, as one write. */
   #pass(tail: Buffer): void {
     this.#held.add(tail);
-    if (this.#held.length === 0) return;
-    const out = this.#held.take();
-    this.push(out);
+    if (this.#held.length > 0) this.push(this.#held.take());
   }
 
   override _flush(cb: TransformCallback): void {
