@@ -227,17 +227,38 @@ download() { # $1 key: with the reader's credential, as immutd restores
 }
 export -f compressor decompressor upload download
 export bucket endpoint ca work data sdata part queue
-# measure NAME CMD...: runs CMD under GNU time, appends "secs rss_kb cpu_secs" to $work/res/NAME.
+# The S3 server's CPU time so far, in seconds (user + system of its Ceph
+# processes: monitor, manager, OSD, RGW, found by their config file). The
+# server runs on the same cores as the programs measured, so what it spends
+# during a run is CPU time the client could not have: the bench prints it for
+# every run and uses it for the budget lines of the summary.
+ceph_conf=$(val "e.cephConf ?? ''")
+clk_tck=$(getconf CLK_TCK)
+server_cpu() {
+  local pid ticks=0 stat
+  [ -n "$ceph_conf" ] || { echo 0; return; }
+  for pid in $(pgrep -f -- "-c $ceph_conf" || true); do
+    # Fields after the command name, which is in parentheses: utime is the 12th, stime the 13th.
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    set -- ${stat##*) }
+    ticks=$((ticks + ${12} + ${13}))
+  done
+  calc "$ticks / $clk_tck"
+}
+# measure NAME CMD...: runs CMD under GNU time, appends "secs rss_kb cpu_secs
+# server_cpu_secs" to $work/res/NAME.
 mkdir -p "$work/res"
 measure() {
-  local name=$1 n=$bytes
+  local name=$1 n=$bytes s0 s1
   shift
   case $name in *small*) n=${sbytes:-1} ;; esac
+  s0=$(server_cpu)
   /usr/bin/time -f "%e %M %U %S" -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  s1=$(server_cpu)
   read -r secs rss_kb usr sys < "$work/time"
-  echo "$secs $rss_kb $(calc "$usr + $sys")" >> "$work/res/$name"
-  printf '   %-22s %6.2f s  %6.1f MB/s  CPU %6.2f s  peak RSS %4d MiB\n' "$name" "$secs" \
-    "$(calc "$n / $secs / 1000000")" "$(calc "$usr + $sys")" "$((rss_kb / 1024))"
+  echo "$secs $rss_kb $(calc "$usr + $sys") $(calc "$s1 - $s0")" >> "$work/res/$name"
+  printf '   %-22s %6.2f s  %6.1f MB/s  CPU %6.2f s  peak RSS %4d MiB  server CPU %5.2f s\n' "$name" "$secs" \
+    "$(calc "$n / $secs / 1000000")" "$(calc "$usr + $sys")" "$((rss_kb / 1024))" "$(calc "$s1 - $s0")"
 }
 peer_rows() { # the peer pipelines of one compression
   local c=$1 p
@@ -250,6 +271,26 @@ peer_rows() { # the peer pipelines of one compression
 }
 fresh() { rm -rf "$1" && mkdir -p "$1"; }
 decoder_label() { case $1 in none) echo "tar -x" ;; gzip) echo "gzip -d" ;; zstd) echo "zstd -d" ;; esac; }
+# The hashing floor: CPU seconds per GB (10^9 bytes) that MD5 (each part's
+# Content-MD5) and SHA-256 (the archive's, for the catalog) take together in
+# one thread of the Node.js that runs immutd, and SHA-256 alone (a restore's
+# check). Every byte an immutd backup uploads passes through both, on top of
+# whatever else it does; the peers hash nothing.
+read -r hash_both hash_sha <<<"$(node -e '
+const crypto = require("crypto");
+const buf = crypto.randomBytes(1 << 20), mib = 512;
+const cpu = (f) => { const t = process.cpuUsage(); f(); const d = process.cpuUsage(t); return (d.user + d.system) / 1e6; };
+const md5 = cpu(() => { const h = crypto.createHash("md5"); for (let i = 0; i < mib; i++) h.update(buf); h.digest(); });
+const sha = cpu(() => { const h = crypto.createHash("sha256"); for (let i = 0; i < mib; i++) h.update(buf); h.digest(); });
+const gb = (mib * 1048576) / 1e9;
+console.log(((md5 + sha) / gb).toFixed(3), (sha / gb).toFixed(3));')"
+# Start-up: the CPU time of `immutd --version` (Node.js and the modules every
+# command loads), which every row pays before its first byte.
+/usr/bin/time -f "%U %S" -o "$work/time" "$immutd" --version >/dev/null
+read -r usr sys < "$work/time"
+startup=$(calc "$usr + $sys")
+echo "== hashing, CPU s per GB on one core: MD5 + SHA-256 $hash_both, SHA-256 $hash_sha; start-up CPU $startup s"
+cores=$(nproc)
 for r in $(seq "$runs"); do
   echo "== run $r of $runs"
   for comp in $comps; do
@@ -370,6 +411,23 @@ target() {
   fi
 }
 nocheck() { printf '   target %-40s not checked (no aws-cli peer)\n' "$1"; }
+# budget ROW PEER_SECS LIMIT HASHED_BYTES PER_GB: what the target leaves immutd
+# of this machine. At the target's wall time (LIMIT x the peer's) the cores
+# give cores x that many CPU seconds; the S3 server, on the same cores, took
+# what it took in ROW's median run; the rest is the most CPU immutd could have
+# used and still met the target. Printed beside what it used and what hashing
+# HASHED_BYTES alone costs (PER_GB s/GB) and start-up: a target is out of
+# reach on this machine when the budget is below what immutd cannot do without.
+budget() {
+  local row=$1 psecs=$2 limit=$3 hashed=$4 per_gb=$5 rsecs _rss rcpu rserver left
+  read -r rsecs _rss rcpu rserver <<<"$(median "$row")"
+  [ -n "$ceph_conf" ] || return 0
+  left=$(calc "$cores * $limit * $psecs - $rserver")
+  printf '         budget at the target: %d cores x %.2f s - server CPU %.2f s = %.2f s of CPU; immutd used %.2f s (start-up %.2f s, hashing alone %.2f s)\n' \
+    "$cores" "$(calc "$limit * $psecs")" "$rserver" "$left" "$rcpu" "$startup" "$(calc "$hashed / 1e9 * $per_gb")"
+}
+# server NAME: the S3 server's CPU in the median run of NAME.
+server() { median "$1" | awk '{print $4}'; }
 aws_rss=0
 [ "$have_aws" = 1 ] && [ -f "$work/res/aws:none" ] && aws_rss=$(($(maxrss aws:none) / 1024))
 echo "== medians of $runs run(s), interleaved on a shared machine; ratio = immutd / peer; RSS in MiB"
@@ -379,16 +437,20 @@ for comp in $comps; do
   limit=$(rss_formula "$comp")
   printf '%-8s backup: immutd %.2f s, %.1f MB/s, CPU %.2f s, peak RSS %d MiB (formula %d MiB)\n' "$comp" "$secs" \
     "$(calc "$bytes / $secs / 1000000")" "$(median_cpu "immutd:$comp")" "$rss" "$limit"
+  [ -n "$ceph_conf" ] && printf '         server CPU in that run %.2f s\n' "$(server "immutd:$comp")"
   for row in $(peer_rows "$comp"); do
     read -r psecs _ <<<"$(median "$row")"
-    printf '         vs %-16s %6.2f s  ratio %.2f  CPU %.2f s  peer peak RSS %d MiB\n' "$row" "$psecs" \
-      "$(calc "$secs / $psecs")" "$(median_cpu "$row")" "$(($(maxrss "$row") / 1024))"
+    printf '         vs %-16s %6.2f s  ratio %.2f  CPU %.2f s  peer peak RSS %d MiB  server CPU %.2f s\n' "$row" "$psecs" \
+      "$(calc "$secs / $psecs")" "$(median_cpu "$row")" "$(($(maxrss "$row") / 1024))" "$(server "$row")"
   done
   target "$comp: peak RSS <= formula" "$rss" "$limit"
   peer=aws:$comp limit_ratio=1.0
   case $comp in none) limit_ratio=0.85 ;; gzip) peer=aws:pigz-6 ;; esac
   if [ "$have_aws" = 1 ]; then
     read -r psecs _ <<<"$(median "$peer")"
+    # Hashed: the archive as uploaded; for none the tree's bytes (a little under
+    # the tar's), compressed rows are not given a floor (their size varies).
+    [ "$comp" = none ] && budget "immutd:$comp" "$psecs" "$limit_ratio" "$bytes" "$hash_both"
     target "$comp: wall vs $peer" "$(calc "$secs / $psecs")" "$limit_ratio"
     target "$comp: peak RSS vs aws:none ($aws_rss MiB)" "$rss" "$aws_rss"
   else
@@ -404,6 +466,7 @@ for comp in $comps; do
     printf '         vs aws s3 cp | %-8s %6.2f s  ratio %.2f  CPU %.2f s (ratio %.2f)  peer peak RSS %d MiB\n' \
       "$(decoder_label "$comp")" \
       "$asecs" "$(calc "$rsecs / $asecs")" "$acpu" "$(calc "$rcpu / $acpu")" "$(($(maxrss "aws:restore-$comp") / 1024))"
+    [ "$comp" = none ] && budget "immutd:restore-$comp" "$asecs" 1.0 "$bytes" "$hash_sha"
     target "$comp restore: wall vs aws s3 cp | tar -x" "$(calc "$rsecs / $asecs")" 1.0
     target "$comp restore: CPU vs aws s3 cp | tar -x" "$(calc "$rcpu / $acpu")" 1.5
   else
@@ -428,6 +491,7 @@ if [ "$small" -gt 0 ]; then
     read -r psecs _ <<<"$(median aws:small)"
     printf '         vs tar | aws s3 cp -  %6.2f s  %.0f files/s  ratio (files/s) %.2f  peer peak RSS %d MiB\n' "$psecs" \
       "$(calc "$small / $psecs")" "$(calc "$psecs / $secs")" "$(($(maxrss aws:small) / 1024))"
+    budget immutd:small "$psecs" 1.0 "$sbytes" "$hash_both"
     target "small files: wall vs tar | aws" "$(calc "$secs / $psecs")" 1.0
     target "small files: peak RSS vs aws:small ($(($(maxrss aws:small) / 1024)) MiB)" "$rss" "$(($(maxrss aws:small) / 1024))"
   else
