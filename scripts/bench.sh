@@ -232,7 +232,13 @@ export bucket endpoint ca work data sdata part queue
 # server runs on the same cores as the programs measured, so what it spends
 # during a run is CPU time the client could not have: the bench prints it for
 # every run and uses it for the budget lines of the summary.
+# Not measured (and no budget printed) for a server whose processes are not
+# on this machine: an IMMUTD_BENCH_S3_ENV without cephConf, or another host's.
 ceph_conf=$(val "e.cephConf ?? ''")
+if [ -n "$ceph_conf" ] && ! pgrep -f -- "-c $ceph_conf" >/dev/null; then
+  echo "== no process of the S3 server ($ceph_conf) on this machine: its CPU is not measured"
+  ceph_conf=""
+fi
 clk_tck=$(getconf CLK_TCK)
 server_cpu() {
   local pid ticks=0 stat
@@ -249,16 +255,18 @@ server_cpu() {
 # server_cpu_secs" to $work/res/NAME.
 mkdir -p "$work/res"
 measure() {
-  local name=$1 n=$bytes s0 s1
+  local name=$1 n=$bytes s0 s1 cpu srv
   shift
   case $name in *small*) n=${sbytes:-1} ;; esac
   s0=$(server_cpu)
   /usr/bin/time -f "%e %M %U %S" -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
   s1=$(server_cpu)
   read -r secs rss_kb usr sys < "$work/time"
-  echo "$secs $rss_kb $(calc "$usr + $sys") $(calc "$s1 - $s0")" >> "$work/res/$name"
-  printf '   %-22s %6.2f s  %6.1f MB/s  CPU %6.2f s  peak RSS %4d MiB  server CPU %5.2f s\n' "$name" "$secs" \
-    "$(calc "$n / $secs / 1000000")" "$(calc "$usr + $sys")" "$((rss_kb / 1024))" "$(calc "$s1 - $s0")"
+  cpu=$(calc "$usr + $sys") srv=$(calc "$s1 - $s0")
+  echo "$secs $rss_kb $cpu $srv" >> "$work/res/$name"
+  printf '   %-22s %6.2f s  %6.1f MB/s  CPU %6.2f s  peak RSS %4d MiB' "$name" "$secs" \
+    "$(calc "$n / $secs / 1000000")" "$cpu" "$((rss_kb / 1024))"
+  if [ -n "$ceph_conf" ]; then printf '  server CPU %5.2f s\n' "$srv"; else echo; fi
 }
 peer_rows() { # the peer pipelines of one compression
   local c=$1 p
@@ -448,8 +456,9 @@ for comp in $comps; do
   [ -n "$ceph_conf" ] && printf '         server CPU in that run %.2f s\n' "$(server "immutd:$comp")"
   for row in $(peer_rows "$comp"); do
     read -r psecs _ <<<"$(median "$row")"
-    printf '         vs %-16s %6.2f s  ratio %.2f  CPU %.2f s  peer peak RSS %d MiB  server CPU %.2f s\n' "$row" "$psecs" \
-      "$(calc "$secs / $psecs")" "$(median_cpu "$row")" "$(($(maxrss "$row") / 1024))" "$(server "$row")"
+    printf '         vs %-16s %6.2f s  ratio %.2f  CPU %.2f s  peer peak RSS %d MiB' "$row" "$psecs" \
+      "$(calc "$secs / $psecs")" "$(median_cpu "$row")" "$(($(maxrss "$row") / 1024))"
+    if [ -n "$ceph_conf" ]; then printf '  server CPU %.2f s\n' "$(server "$row")"; else echo; fi
   done
   target "$comp: peak RSS <= formula" "$rss" "$limit"
   peer=aws:$comp limit_ratio=1.0
