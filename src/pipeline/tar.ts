@@ -19,6 +19,7 @@
 import type { BigIntStats } from "node:fs";
 import { Readable } from "node:stream";
 import { type Header, type Pack, pack as tarPack } from "tar-stream";
+import { ChunkBatch } from "./chunk-batch.js";
 import { fsPath, textOf } from "./file-names.js";
 import { paxHeader, paxRecord } from "./pax.js";
 
@@ -84,6 +85,8 @@ export interface EntryWriter {
 
 /** Size of the padding writes, and half of `out`'s buffer. */
 const CHUNK = 1024 * 1024;
+/** The pack's chunks are passed on in writes of about this size (see TarWriter.pass). */
+const OUT_BATCH = 256 * 1024;
 /** A shared, never-mutated block of zeros for padding files that came up short. */
 const ZEROS = Buffer.alloc(CHUNK);
 /** Largest value of the 6-digit octal uid/gid fields of a ustar header. */
@@ -107,6 +110,13 @@ export class TarWriter implements EntryWriter {
   private wakeRoom: (() => void) | null = null;
   /** Bytes the pack has produced so far: every byte passes through its push(). */
   private written = 0;
+  /** The pack's chunks not yet passed to `out` (see pass). */
+  private readonly held = new ChunkBatch();
+  private passQueued = false;
+  private readonly passSoon = (): void => {
+    this.passQueued = false;
+    this.pass();
+  };
 
   constructor(
     /** Aborted by anything that ends the archive early; every wait listens to it. */
@@ -142,16 +152,35 @@ export class TarWriter implements EntryWriter {
       return push(data);
     };
     this.pack.on("data", (chunk) => {
-      if (!this.out.push(chunk as Buffer)) {
-        this.paused = true;
-        this.pack.pause();
+      this.held.add(chunk as Buffer);
+      if (this.held.length >= OUT_BATCH) this.pass();
+      else if (!this.passQueued) {
+        this.passQueued = true;
+        setImmediate(this.passSoon);
       }
     });
     this.pack.on("end", () => {
+      this.pass();
       this.ended = true;
       this.out.push(null);
     });
     this.pack.on("error", (err: Error) => onDestroyed(err));
+  }
+
+  /**
+   * Passes the held chunks to `out` as one. The pack emits three chunks per
+   * small file (header, content, padding), and every chunk costs each later
+   * stage a call of its own: 100,000 files of 0.5-4 KiB made 305,000 of them.
+   * Chunks are held until OUT_BATCH bytes are, or until the walk yields to the
+   * event loop (setImmediate runs only once it waits for I/O or for room), so
+   * nothing sits here while the walk waits.
+   */
+  private pass(): void {
+    if (this.held.length === 0 || this.out.destroyed) return;
+    if (!this.out.push(this.held.take())) {
+      this.paused = true;
+      this.pack.pause();
+    }
   }
 
   /** Tears the tar down: the stream errors with the reason itself. */
