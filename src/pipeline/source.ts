@@ -560,13 +560,16 @@ export class SourceWalk {
         this.reportOpenFailure(abs, loaded);
         return;
       }
+      // Read whole only with a single link (smallEnough): never a link entry's target.
       const { before, data, readError, after } = loaded;
       this.checkStop();
-      const entry = await this.beginFile(name, before, linkKey);
-      if (data.length > 0) await this.tar.write(entry, data);
+      const size = Number(before.size);
+      await this.tar.addFile(headerFor(name, "file", before, size), data);
       this.progress.bytes += data.length;
-      await this.endFile(entry, data.length, name);
-      this.reportRead(abs, entry.size, data.length, readError, before, after);
+      this.progress.files++;
+      this.listed(abs, "file", size);
+      this.reportProgress();
+      this.reportRead(abs, size, data.length, readError, before, after);
       return;
     }
 

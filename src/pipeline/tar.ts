@@ -3,11 +3,13 @@
  *
  * In: one entry at a time from the source (src/pipeline/source.ts) through the
  * EntryWriter calls: header-only entries (directory, symlink, hard link) with
- * addVoid; a file with beginFile, then write() of its content, then endFile,
- * which pads it with zeros to the size its header declared (a tar header
- * cannot be taken back). The caller starts an entry only once the one before
+ * addVoid; a file read whole with addFile; any other file with beginFile,
+ * then write() of its content, then endFile, which pads it with zeros to the
+ * size its header declared (a tar header cannot be taken back). The caller starts an entry only once the one before
  * has finished; every call waits while the consumer of `out` is behind.
- * Out: `out`, a plain Node Readable of the tar bytes (tar-stream underneath),
+ * Out: `out`, a plain Node Readable of the tar bytes (tar-stream's pack
+ * underneath; the plain ustar headers of most entries are written by
+ * src/pipeline/ustar.ts, byte for byte as tar-stream writes them),
  * and for every entry, as it starts, its index entry with the offset of its
  * first header block in the uncompressed tar (onEntry, for the manifest).
  * Names are byte strings (src/pipeline/file-names.ts); one that is not UTF-8 gets a
@@ -22,6 +24,7 @@ import { type Header, type Pack, pack as tarPack } from "tar-stream";
 import { ChunkBatch } from "./chunk-batch.js";
 import { fsPath, textOf } from "./file-names.js";
 import { paxHeader, paxRecord } from "./pax.js";
+import { BLOCK, padding, writePlainHeader } from "./ustar.js";
 
 /** One entry as it goes into the tar, for an index of the archive (src/repo/manifest.ts). */
 export interface ArchiveEntry {
@@ -78,6 +81,8 @@ export interface OpenEntry {
 /** What the source writes entries into (see the contract above). */
 export interface EntryWriter {
   addVoid(header: EntryHeader): Promise<void>;
+  /** A file whose content was read whole; `data` shorter than header.size is padded with zeros. */
+  addFile(header: EntryHeader, data: Buffer): Promise<void>;
   beginFile(header: EntryHeader): Promise<OpenEntry>;
   write(entry: OpenEntry, buf: Buffer): Promise<void>;
   endFile(entry: OpenEntry, written: number): Promise<void>;
@@ -87,6 +92,7 @@ export interface EntryWriter {
 const CHUNK = 1024 * 1024;
 /** The pack's chunks are passed on in writes of about this size (see TarWriter.pass). */
 const OUT_BATCH = 256 * 1024;
+const EMPTY = Buffer.alloc(0);
 /** A shared, never-mutated block of zeros for padding files that came up short. */
 const ZEROS = Buffer.alloc(CHUNK);
 /** Largest value of the 6-digit octal uid/gid fields of a ustar header. */
@@ -203,9 +209,42 @@ export class TarWriter implements EntryWriter {
   /** Adds an entry without content (directory, symlink, hard link). */
   async addVoid(header: EntryHeader): Promise<void> {
     await this.room();
+    if (this.addPlain(header, EMPTY)) return;
     const finished = entryFinished();
     this.entry(header, finished.callback).on("error", ignore);
     await this.stoppable(finished.promise);
+  }
+
+  /** Adds a file whose whole content is `data`, zero-padded to header.size if it came up short. */
+  async addFile(header: EntryHeader, data: Buffer): Promise<void> {
+    const size = header.size ?? 0;
+    if (data.length > size)
+      throw new Error(`${data.length} bytes of content for a tar entry of ${size}`);
+    await this.room();
+    if (this.addPlain(header, data)) return;
+    const entry = await this.beginFile(header);
+    if (data.length > 0) await this.write(entry, data);
+    await this.endFile(entry, data.length);
+  }
+
+  /**
+   * An entry whose header is plain ustar (src/pipeline/ustar.ts), pushed into
+   * the pack as one buffer with its content and padding, without a tar-stream
+   * entry stream; false when the header is not plain (nothing pushed). In
+   * order for the reason `entry` gives.
+   */
+  private addPlain(header: EntryHeader, data: Buffer): boolean {
+    if (this.stop.aborted) throw this.stop.reason;
+    // tar-stream writes a symlink with size 0, and pads other header-only entries to their size.
+    const size = header.type === "symlink" ? 0 : (header.size ?? 0);
+    if (size > CHUNK || data.length > size || (header.type !== "file" && size !== 0)) return false;
+    const buf = Buffer.allocUnsafe(BLOCK + size + padding(size));
+    if (!writePlainHeader(header, buf, 0)) return false;
+    data.copy(buf, BLOCK);
+    buf.fill(0, BLOCK + data.length);
+    this.onEntry?.(indexEntry(header, this.written));
+    this.pack.push(buf);
+    return true;
   }
 
   /** Writes the header of a file entry; exactly header.size bytes must follow. */
