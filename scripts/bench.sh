@@ -37,6 +37,9 @@
 #   every row (default 8 and 4, immutd's defaults; the RSS formula follows).
 #   IMMUTD_BENCH_OUT=DIR: restores write below DIR (default the work directory;
 #   a tmpfs such as /dev/shm takes the disk's noise out of the restore ratios).
+#   IMMUTD_BENCH_TIMEOUT=SECONDS: a run that takes longer fails the bench,
+#   naming its row (default 600). A Ceph whose OSD is full blocks writes, and
+#   aws-cli then waits without end (seen: over 10 minutes).
 #   IMMUTD_BENCH_S3_ENV=FILE uses that running test server (an env.json as
 #   scripts/s3-test-server.sh writes it) instead of starting a bluestore one
 #   (in IMMUTD_BENCH_S3_DIR, default a temporary directory).
@@ -47,6 +50,7 @@ runs=${2:-3}
 # immutd's defaults (partSizeMiB 8, queueSize 4); aws-cli and rclone get the same.
 part=${IMMUTD_BENCH_PART_MIB:-8}
 queue=${IMMUTD_BENCH_QUEUE:-4}
+run_limit=${IMMUTD_BENCH_TIMEOUT:-600}
 
 . scripts/node.sh
 immutd_install_deps
@@ -259,7 +263,16 @@ measure() {
   shift
   case $name in *small*) n=${sbytes:-1} ;; esac
   s0=$(server_cpu)
-  /usr/bin/time -f "%e %M %U %S" -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  # timeout signals the run's whole process group (a pipeline's every process);
+  # GNU time then reports a status of 124 (or 137 after the KILL).
+  /usr/bin/time -f "%e %M %U %S" -o "$work/time" timeout -k 10 "$run_limit" "$@" >/dev/null 2>"$work/err" || {
+    local rc=$?
+    cat "$work/err" >&2
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      echo "bench: $name did not finish in ${run_limit} s (IMMUTD_BENCH_TIMEOUT): is the S3 server still accepting writes? (a full OSD blocks them; \`ceph -c CONF health detail\` says)" >&2
+    fi
+    exit 1
+  }
   s1=$(server_cpu)
   read -r secs rss_kb usr sys < "$work/time"
   cpu=$(calc "$usr + $sys") srv=$(calc "$s1 - $s0")
