@@ -735,10 +735,10 @@ describe("createArchive: stopping early", () => {
     await assert.rejects(a.done);
   });
 
-  it("closes the files read ahead before done rejects", async () => {
-    // The FIFO's warning aborts the walk halfway, while the small files after
-    // it are being read ahead. Whether a read is in flight at that instant is
-    // up to the scheduler, hence several rounds.
+  it("closes every file it opened before done rejects", async () => {
+    // The FIFO's warning aborts the walk halfway through a directory of small
+    // files. Where the walk stands at that instant is up to the scheduler,
+    // hence several rounds.
     const dir = path.join(tmpDir("abort-small"), "t");
     fs.mkdirSync(dir);
     execFileSync("mkfifo", [path.join(dir, "s31-fifo")]);

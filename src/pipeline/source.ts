@@ -8,8 +8,8 @@
  * contents), and what it saw through the callbacks (onListed, onSkip,
  * onWarning, onProgress); run() resolves with the counts. It decides which
  * entries go in and reads their content; it knows nothing of the tar format
- * beyond the headers it asks headerFor to build. It reads ahead at most
- * LOOKAHEAD small files and otherwise only as fast as the writer accepts.
+ * beyond the headers it asks headerFor to build. It reads an entry only at
+ * its turn, and only as fast as the writer accepts.
  * The walk's rules (names as bytes, what a live filesystem may do, what is
  * skipped and why) are those of src/pipeline/archive.ts, which composes this stage
  * with the writer.
@@ -135,9 +135,7 @@ export interface ArchiveResult extends ArchiveProgress {
 
 /** Read size: large enough that per-chunk overhead vanishes at disk speed. */
 const CHUNK = 1024 * 1024;
-/** Entries whose lstat is fetched ahead of their turn (see SourceWalk.directory). */
-const LOOKAHEAD = 16;
-/** Files up to this size are read whole ahead of their turn: LOOKAHEAD × this bounds that memory. */
+/** Files up to this size are read whole in one go, at their turn (see SourceWalk.prepare). */
 const SMALL_FILE = 256 * 1024;
 /**
  * O_NOFOLLOW: a file swapped for a symlink after lstat is not followed.
@@ -150,7 +148,7 @@ type OpenFailure =
   | { kind: "error"; stage: "open" | "fstat"; err: unknown }
   | { kind: "not-file"; before: BigIntStats };
 
-/** A small file read ahead of its turn. */
+/** A small file read whole. */
 type Loaded =
   | OpenFailure
   | { kind: "too-big" }
@@ -214,8 +212,6 @@ export class SourceWalk {
   private readonly links = new Map<string, string>();
   /** Configured paths; when met inside another one they are left for their own turn. */
   private readonly tops: ReadonlySet<string>;
-  /** Look-ahead work still running, awaited before run() settles. */
-  private readonly inflight = new Set<Promise<unknown>>();
 
   constructor(
     private readonly opts: ArchiveOptions,
@@ -248,7 +244,7 @@ export class SourceWalk {
       }
       const tops = [...this.tops].sort(byteOrder);
       for (const top of tops) {
-        const prepared = await this.track(this.prepare(top));
+        const prepared = this.prepare(top);
         await this.visit(top, true, prepared, prepared.st?.dev ?? null);
       }
       this.checkStop();
@@ -258,9 +254,6 @@ export class SourceWalk {
       if (this.stop.aborted) throw this.stop.reason;
       this.fail(err);
       throw err;
-    } finally {
-      // Look-ahead reads close their own files; run() settles only after they have.
-      await Promise.allSettled(this.inflight);
     }
   }
 
@@ -328,26 +321,8 @@ export class SourceWalk {
     }
     walkHooks.afterReaddir?.(fsPath(abs));
     const children = this.kept(abs, entries);
-    // Entries are archived one after the other, but their lstat (and the
-    // content of small files) is fetched up to LOOKAHEAD entries ahead: on a
-    // tree of small files the walk is bound by system-call latency, not bytes.
-    // The look-ahead stops at a directory, whose subtree is walked before the
-    // next sibling, so at most LOOKAHEAD prepared entries exist in the whole walk.
-    const ahead: Promise<Prepared>[] = [];
-    let started = 0;
-    for (const [k, child] of children.entries()) {
-      let last = children[started - 1];
-      while (started < k + LOOKAHEAD && (started === k || !last?.isDir)) {
-        const next = children[started];
-        if (next === undefined) break;
-        ahead.push(this.track(this.prepare(next.abs, next.isFile)));
-        last = next;
-        started++;
-      }
-      const prepared = ahead.shift();
-      if (prepared === undefined) throw new Error(`look-ahead lost track at ${child.abs}`);
-      await this.visit(child.abs, false, await prepared, topDev);
-    }
+    for (const child of children)
+      await this.visit(child.abs, false, this.prepare(child.abs, child.isFile), topDev);
   }
 
   /** A directory's entries that go in, in byte order; the others are reported through onSkip. */
@@ -391,10 +366,11 @@ export class SourceWalk {
 
   /**
    * lstat of `abs` and, for a small regular file with a single link, its whole
-   * content. Never rejects: failures are data, reported when the entry's turn
-   * comes. `regular`: readdir called it a regular file (see direct).
+   * content, fetched as the entry's turn comes. Never throws: failures are
+   * data, which visit reports. `regular`: readdir called it a regular file
+   * (see direct).
    */
-  private async prepare(abs: string, regular = false): Promise<Prepared> {
+  private prepare(abs: string, regular = false): Prepared {
     if (this.stop.aborted)
       return { st: null, statError: this.stop.reason, loaded: null, keep: true };
     if (regular && this.opts.plan === undefined && !this.opts.dryRun) {
@@ -479,15 +455,6 @@ export class SourceWalk {
     } finally {
       closeQuietly(fd);
     }
-  }
-
-  private track<T>(promise: Promise<T>): Promise<T> {
-    this.inflight.add(promise);
-    promise.then(
-      () => this.inflight.delete(promise),
-      () => this.inflight.delete(promise),
-    );
-    return promise;
   }
 
   /**
@@ -585,7 +552,7 @@ export class SourceWalk {
     }
   }
 
-  /** A file too large to read ahead: read in chunks as the consumer takes them. */
+  /** A file too large to read whole: read in chunks as the consumer takes them. */
   private async streamFile(
     abs: string,
     name: string,
