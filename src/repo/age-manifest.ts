@@ -10,7 +10,7 @@ import { gunzipSync, gzipSync } from "node:zlib";
 import { AgeError, ageDecrypt, ageEncrypt } from "../pipeline/age.js";
 import type { AgeIdentity } from "./age-keys.js";
 import { parseRecipient } from "./age-keys.js";
-import { isFile, type Manifest, SEALED_MANIFEST_FORMAT } from "./manifest.js";
+import { isFile, MANIFEST_GZIP_LEVEL, type Manifest, SEALED_MANIFEST_FORMAT } from "./manifest.js";
 
 /** The largest index a reader inflates: a hostile manifest must not exhaust memory. */
 const MAX_INDEX_BYTES = 256 * 1024 * 1024;
@@ -36,7 +36,7 @@ export function countFiles(files: Manifest["files"]): number {
  * names and contents stay sealed holds.
  */
 export function sealIndex(m: Manifest, recipients: readonly string[]): Manifest {
-  const plain = gzipSync(JSON.stringify(m.files), { level: 9 });
+  const plain = gzipSync(JSON.stringify(m.files), { level: MANIFEST_GZIP_LEVEL });
   const sealed: SealedManifest = {
     ...m,
     formatVersion: SEALED_MANIFEST_FORMAT,

@@ -2,20 +2,25 @@
  * Encodes a manifest whose file index comes as a stream (the spool of
  * src/pipeline/index-spool.ts) rather than an array in memory, to the same
  * document encodeManifest and sealIndex make (src/repo/manifest.ts,
- * src/repo/age-manifest.ts): gzip (level 9) of the manifest's JSON, with
+ * src/repo/age-manifest.ts): gzip (MANIFEST_GZIP_LEVEL) of the manifest's JSON, with
  * `files` its last key; for an age backup (format 2) `files` is empty,
  * `sealedFiles` holds the age-encrypted gzip of the index's JSON array and
  * `fileCount` the clear count of files and hard links.
  * Readers see no difference, so every format stays as it was.
  *
  * Memory: only the compressed output is held (about 25 bytes per entry at
- * level 9 for a typical tree, 2.5 MB for 100,000 files), never the index's
+ * level 6 for a typical tree, 2.5 MB for 100,000 files), never the index's
  * JSON text or its objects.
  */
 import { createGzip } from "node:zlib";
 import { ageEncrypt } from "../pipeline/age.js";
 import { parseRecipient } from "./age-keys.js";
-import { MAX_MANIFEST_BYTES, type Manifest, SEALED_MANIFEST_FORMAT } from "./manifest.js";
+import {
+  MANIFEST_GZIP_LEVEL,
+  MAX_MANIFEST_BYTES,
+  type Manifest,
+  SEALED_MANIFEST_FORMAT,
+} from "./manifest.js";
 
 /** The manifest without its index; `files` and `sealedFiles` are ignored. */
 export type ManifestHead = Omit<Manifest, "files" | "sealedFiles"> &
@@ -59,7 +64,7 @@ export async function encodeManifestStream(
 }
 
 /**
- * gzip level 9 of the parts in order, as gzipSync of their concatenation.
+ * gzip (MANIFEST_GZIP_LEVEL) of the parts in order, as gzipSync of their concatenation.
  * More than maxBytes (MAX_MANIFEST_BYTES) of JSON is refused: readers would not inflate
  * it, so a locked manifest nobody can open would be stored (about 1.3
  * million files at 200 bytes per entry).
@@ -69,7 +74,7 @@ async function gzipParts(
   maxBytes: number,
 ): Promise<Buffer> {
   let total = 0;
-  const gz = createGzip({ level: 9 });
+  const gz = createGzip({ level: MANIFEST_GZIP_LEVEL });
   const out: Buffer[] = [];
   gz.on("data", (c: Buffer) => out.push(c));
   const ended = new Promise<void>((resolve, reject) => {
