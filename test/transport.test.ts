@@ -203,7 +203,12 @@ describe("S3Store timeouts", () => {
         /bucket bucket at https:\/\/127\.0\.0\.1:\d+ \(target test\): no byte sent or received for 1 s \(targets\.test\.idleTimeoutSeconds\)/,
       );
       assert.equal(err.transient, true);
-      assert.equal(sockets.size, 4, "the SDK tried 4 times, each ended by the timeout");
+      // lockState asks for versioning and the Object Lock configuration at once.
+      assert.equal(
+        sockets.size,
+        8,
+        "the SDK tried each of the 2 requests 4 times, each ended by the timeout",
+      );
       store.client.destroy();
     } finally {
       for (const c of sockets) c.destroy();

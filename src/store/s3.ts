@@ -130,16 +130,20 @@ export class S3Store implements ObjectStore {
   }
 
   async lockState(): Promise<BucketLockState> {
-    const versioning = await this.#call("read versioning of", undefined, () =>
-      this.client.send(new GetBucketVersioningCommand({ Bucket: this.bucket })),
-    );
+    // Both asked at once (one round trip, not two, before every backup);
+    // versioning's failure is reported first, as when they were asked in turn.
+    const [versioned, locked] = await Promise.allSettled([
+      this.#call("read versioning of", undefined, () =>
+        this.client.send(new GetBucketVersioningCommand({ Bucket: this.bucket })),
+      ),
+      this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket })),
+    ]);
+    if (versioned.status === "rejected") throw versioned.reason;
+    const versioning = versioned.value;
     let objectLock = false;
     let defaultRetention: BucketLockState["defaultRetention"];
-    try {
-      const res = await this.client.send(
-        new GetObjectLockConfigurationCommand({ Bucket: this.bucket }),
-      );
-      const cfg = res.ObjectLockConfiguration;
+    if (locked.status === "fulfilled") {
+      const cfg = locked.value.ObjectLockConfiguration;
       objectLock = cfg?.ObjectLockEnabled === "Enabled";
       const d = cfg?.Rule?.DefaultRetention;
       if (d?.Mode && (d.Days || d.Years)) {
@@ -149,10 +153,8 @@ export class S3Store implements ObjectStore {
           ...(d.Days ? {} : { years: d.Years as number }),
         };
       }
-    } catch (err) {
-      if (errorName(err) !== "ObjectLockConfigurationNotFoundError") {
-        throw this.#wrap(err, "read the Object Lock configuration of", undefined);
-      }
+    } else if (errorName(locked.reason) !== "ObjectLockConfigurationNotFoundError") {
+      throw this.#wrap(locked.reason, "read the Object Lock configuration of", undefined);
     }
     const status = versioning.Status;
     return {
