@@ -5,8 +5,9 @@
  * EntryWriter calls: header-only entries (directory, symlink, hard link) with
  * addVoid; a file read whole with addFile; any other file with beginFile,
  * then write() of its content, then endFile, which pads it with zeros to the
- * size its header declared (a tar header cannot be taken back). The caller starts an entry only once the one before
- * has finished; every call waits while the consumer of `out` is behind.
+ * size its header declared (a tar header cannot be taken back). The caller
+ * starts an entry only once the one before has finished; every call waits
+ * while the consumer of `out` is behind.
  * Out: `out`, a plain Node Readable of the tar bytes (tar-stream's pack
  * underneath; the plain ustar headers of most entries are written by
  * src/pipeline/ustar.ts, byte for byte as tar-stream writes them),
