@@ -164,7 +164,6 @@ type Loaded =
 /** A directory entry that goes in, with readdir's idea of its type. */
 interface Child {
   abs: string;
-  isDir: boolean;
   isFile: boolean;
 }
 
@@ -343,7 +342,7 @@ export class SourceWalk {
         this.skipped(child, rule);
         continue;
       }
-      children.push({ abs: child, isDir: entry.isDirectory(), isFile: entry.isFile() });
+      children.push({ abs: child, isFile: entry.isFile() });
     }
     return children;
   }
@@ -533,9 +532,7 @@ export class SourceWalk {
       const size = Number(before.size);
       await this.tar.addFile(headerFor(name, "file", before, size), data);
       this.progress.bytes += data.length;
-      this.progress.files++;
-      this.listed(abs, "file", size);
-      this.reportProgress();
+      this.fileDone(abs, size);
       this.reportRead(abs, size, data.length, readError, before, after);
       return;
     }
@@ -607,8 +604,13 @@ export class SourceWalk {
   /** Pads and closes the entry; `name` is its archive name (an extra file's is not its path). */
   private async endFile(entry: OpenEntry, written: number, name: string): Promise<void> {
     await this.tar.endFile(entry, written);
+    this.fileDone(`/${name}`, entry.size);
+  }
+
+  /** Counts, lists and reports a file entry once all its bytes are in the archive. */
+  private fileDone(abs: string, size: number): void {
     this.progress.files++;
-    this.listed(`/${name}`, "file", entry.size);
+    this.listed(abs, "file", size);
     this.reportProgress();
   }
 

@@ -238,7 +238,8 @@ export class TarWriter implements EntryWriter {
     if (this.stop.aborted) throw this.stop.reason;
     // tar-stream writes a symlink with size 0, and pads other header-only entries to their size.
     const size = header.type === "symlink" ? 0 : (header.size ?? 0);
-    if (size > CHUNK || data.length > size || (header.type !== "file" && size !== 0)) return false;
+    // addFile has checked that data fits in size; addVoid passes none.
+    if (size > CHUNK || (header.type !== "file" && size !== 0)) return false;
     const buf = Buffer.allocUnsafe(BLOCK + size + padding(size));
     if (!writePlainHeader(header, buf, 0)) return false;
     data.copy(buf, BLOCK);
