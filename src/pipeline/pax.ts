@@ -14,8 +14,7 @@
  * tar-stream writes them exactly as before.
  */
 
-const BLOCK = 512;
-const USTAR_MAGIC = Buffer.from("ustar\u000000", "latin1");
+import { BLOCK, octal, padding, USTAR_MAGIC, writeChecksum } from "./ustar.js";
 
 /** One pax record, "<length> <key>=<value>\n", the length counting itself. */
 export function paxRecord(key: string, value: Buffer): Buffer {
@@ -50,11 +49,8 @@ export function paxHeader(records: Buffer, fields: PaxHeaderFields): Buffer {
   USTAR_MAGIC.copy(block, 257);
   block.write(octal(0, 6), 329, "latin1");
   block.write(octal(0, 6), 337, "latin1");
-  let sum = 8 * 0x20; // the checksum field counts as spaces
-  for (let i = 0; i < BLOCK; i++) if (i < 148 || i >= 156) sum += block[i] as number;
-  block.write(octal(sum, 6), 148, "latin1");
-  const pad = (BLOCK - (records.length % BLOCK)) % BLOCK;
-  return Buffer.concat([block, records, Buffer.alloc(pad)]);
+  writeChecksum(block, 0);
+  return Buffer.concat([block, records, Buffer.alloc(padding(records.length))]);
 }
 
 /**
@@ -86,8 +82,4 @@ export function paxPathsAsByteStrings(buf: Buffer): Buffer {
   }
   out.push(rest);
   return Buffer.concat(out);
-}
-
-function octal(value: number, digits: number): string {
-  return `${Math.trunc(value).toString(8).padStart(digits, "0").slice(-digits)} `;
 }

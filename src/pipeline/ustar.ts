@@ -23,7 +23,8 @@ export const BLOCK = 512;
 
 const NAME = 100;
 const PREFIX = 155;
-const USTAR_MAGIC = Buffer.from("ustar\u000000", "latin1");
+/** "ustar\0" and version "00", at offset 257 of every header block. */
+export const USTAR_MAGIC = Buffer.from("ustar\u000000", "latin1");
 const TYPEFLAG: Readonly<Record<string, number>> = { file: 0, link: 1, symlink: 2, directory: 5 };
 /** Any character outside ASCII: tar-stream writes such a name in a pax header. */
 const NOT_ASCII = /[\u0080-\uffff]/;
@@ -70,11 +71,16 @@ export function writePlainHeader(header: EntryHeader, buf: Buffer, off: number):
   buf.write(octal(0, 6), off + 329, "latin1");
   buf.write(octal(0, 6), off + 337, "latin1");
   if (prefix) buf.write(prefix, off + 345, "latin1");
+  writeChecksum(buf, off);
+  return true;
+}
+
+/** Fills in the checksum field of the header block at `buf[off..off+512)`, all its other fields written. */
+export function writeChecksum(buf: Buffer, off: number): void {
   let sum = 8 * 0x20; // the checksum field counts as spaces
   for (let i = off; i < off + 148; i++) sum += buf[i] as number;
   for (let i = off + 156; i < off + BLOCK; i++) sum += buf[i] as number;
   buf.write(octal(sum, 6), off + 148, "latin1");
-  return true;
 }
 
 /** Bytes of zeros after `size` bytes of content, up to the next block. */
@@ -83,7 +89,7 @@ export function padding(size: number): number {
 }
 
 /** `digits` octal digits and a space; all sevens when the value does not fit (as tar-stream). */
-function octal(value: number, digits: number): string {
+export function octal(value: number, digits: number): string {
   const s = value.toString(8);
   if (s.length > digits) return `${"7".repeat(digits)} `;
   return `${s.padStart(digits, "0")} `;
