@@ -339,3 +339,98 @@ describe("S3 upload requests", () => {
     assert.equal(seen.at(-1)?.protocol, "http:");
   });
 });
+
+type Answer = { status: number; xml: string };
+
+/**
+ * A fake endpoint for the two bucket GETs lockState sends; each answers once
+ * both have arrived, so lockState hangs (and the test times out) if it asks
+ * in turn rather than at once.
+ */
+function lockEndpoint(versioning: Answer, objectLock: Answer, versioningLate = false) {
+  const asked: string[] = [];
+  let bothAsked: () => void = () => {};
+  const both = new Promise<void>((resolve) => {
+    bothAsked = resolve;
+  });
+  const handler = {
+    async handle(req: HttpRequest) {
+      const q = req.query as Record<string, unknown>;
+      const which = "versioning" in q ? "versioning" : "object-lock" in q ? "object-lock" : "?";
+      asked.push(which);
+      if (asked.includes("versioning") && asked.includes("object-lock")) bothAsked();
+      await both;
+      // Late: versioning's answer comes after the other one has been read.
+      if (versioningLate && which === "versioning") await new Promise((r) => setTimeout(r, 50));
+      const a = which === "versioning" ? versioning : objectLock;
+      return {
+        response: new HttpResponse({
+          statusCode: a.status,
+          headers: { "content-type": "application/xml" },
+          body: Readable.from([Buffer.from(`<?xml version="1.0" encoding="UTF-8"?>${a.xml}`)]),
+        }),
+      };
+    },
+  };
+  return { asked, handler };
+}
+
+const err = (status: number, code: string): Answer => ({
+  status,
+  xml: `<Error><Code>${code}</Code><Message>${code}</Message></Error>`,
+});
+const ENABLED: Answer = {
+  status: 200,
+  xml: "<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>",
+};
+const LOCKED: Answer = {
+  status: 200,
+  xml: "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>COMPLIANCE</Mode><Days>30</Days></DefaultRetention></Rule></ObjectLockConfiguration>",
+};
+
+describe("S3Store lockState", () => {
+  const store = (handler: { handle(req: HttpRequest): Promise<{ response: HttpResponse }> }) =>
+    new S3Store(targetConfig(), targetConfig().credentials.reader, { requestHandler: handler });
+
+  it("asks for versioning and the Object Lock configuration at once and reads both", {
+    timeout: 10_000,
+  }, async () => {
+    const { asked, handler } = lockEndpoint(ENABLED, LOCKED);
+    assert.deepEqual(await store(handler).lockState(), {
+      versioning: "Enabled",
+      objectLock: true,
+      defaultRetention: { mode: "COMPLIANCE", days: 30 },
+    });
+    assert.deepEqual([...asked].sort(), ["object-lock", "versioning"]);
+  });
+
+  it("reports versioning's failure when both fail, whichever answers first", async () => {
+    for (const late of [false, true]) {
+      const { handler } = lockEndpoint(err(403, "AccessDenied"), err(404, "NoSuchBucket"), late);
+      await assert.rejects(store(handler).lockState(), (e: unknown) => {
+        assert.ok(e instanceof StorageError);
+        assert.match(e.message, /read versioning of/);
+        assert.match(e.message, /AccessDenied/);
+        assert.doesNotMatch(e.message, /NoSuchBucket/);
+        return true;
+      });
+    }
+  });
+
+  it("reports the Object Lock configuration's failure when only it fails", async () => {
+    const { handler } = lockEndpoint(ENABLED, err(403, "AccessDenied"));
+    await assert.rejects(store(handler).lockState(), (e: unknown) => {
+      assert.ok(e instanceof StorageError);
+      assert.match(e.message, /read the Object Lock configuration of/);
+      return true;
+    });
+  });
+
+  it("reads a bucket without an Object Lock configuration as unlocked, not as a failure", async () => {
+    const { handler } = lockEndpoint(ENABLED, err(404, "ObjectLockConfigurationNotFoundError"));
+    assert.deepEqual(await store(handler).lockState(), {
+      versioning: "Enabled",
+      objectLock: false,
+    });
+  });
+});
