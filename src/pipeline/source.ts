@@ -564,7 +564,15 @@ export class SourceWalk {
     let readError: unknown = null;
     while (got < size) {
       const len = Math.min(CHUNK, size - got);
-      // A fresh buffer per read: tar-stream and the stream consumers keep references.
+      // A fresh buffer per read: tar-stream and the stream consumers keep
+      // references, and no stage says when it has let go of a chunk. Reuse
+      // would save GC work (measured on Node 24: uploading 477 fresh 1 MiB
+      // chunks ran 26-33 full GCs and 0.5 s more CPU than one reused chunk,
+      // 1 GC), but a buffer refilled before the hash stage has copied it
+      // changes the archive's bytes and their SHA-256 alike: corruption that
+      // nothing downstream could see. SharedArrayBuffer-backed chunks, which
+      // V8 leaves out of its GC triggers, were tried too: no full GC, but RSS
+      // grew by 110 MiB as they piled up between scavenges.
       const buf = Buffer.allocUnsafe(len);
       let n: number;
       try {
