@@ -59,7 +59,8 @@ COPY config.example.yaml README.md /opt/immutd/
 # keys, e.g. /run/secrets/NAME) or ${ENV} references. The catalog lives on the
 # /var/lib/immutd volume; mount the data to back up read-only.
 # NODE_OPTIONS caps V8's young generation (2 x 8 MiB instead of growing to
-# 2 x 64 MiB during a backup: about 100 MiB less RSS, no slower).
+# 2 x 64 MiB during a backup: about 100 MiB less RSS, no slower); `restore` and
+# `verify --deep` start a child with 1 MiB semi-spaces instead.
 ENV NODE_ENV=production \
     NODE_OPTIONS=--max-semi-space-size=8 \
     IMMUTD_CONFIG=/etc/immutd/config.yaml \
