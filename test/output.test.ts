@@ -2,12 +2,17 @@
  * The output helpers every command shares (src/cli/output.ts) and the
  * progress line's text (src/cli/progress.ts progressText), without I/O:
  * plurals, the --json error document, where a failure is reported, and what
- * a progress frame says with and without a total.
+ * a progress frame says with and without a total; and, through the CLI, what
+ * a stdout closed by its reader or on a full disk does.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { EventEmitter } from "node:events";
+import { openSync } from "node:fs";
 import { afterEach, describe, it } from "node:test";
 import {
   errorDocument,
+  handleStdoutErrors,
   markShown,
   plural,
   reportFailure,
@@ -17,6 +22,7 @@ import {
 } from "../src/cli/output.js";
 import { ProgressLine, progressText } from "../src/cli/progress.js";
 import { ConfigError, JobsFailedError, UsageError } from "../src/errors.js";
+import { CLI } from "./support/cli.js";
 
 function capture() {
   const out = { stdout: "", stderr: "" };
@@ -170,5 +176,57 @@ describe("progressText", () => {
     p.update({ bytes: 60 }); // within 250 ms: not drawn
     p.clear();
     assert.equal(written, "\r\x1b[2Kx: 50% 50 B of 100 B  25 B/s  ETA 2s\r\x1b[2K");
+  });
+});
+
+describe("write errors on stdout", () => {
+  /** A stdout stand-in: an emitter with the given number of other 'error' listeners. */
+  function stdoutWith(others: number) {
+    const out = new EventEmitter();
+    for (let i = 0; i < others; i++) out.on("error", () => {});
+    const exits: number[] = [];
+    const said: string[] = [];
+    handleStdoutErrors(
+      out,
+      (c) => exits.push(c),
+      (l) => said.push(l),
+    );
+    const fail = (code: string) =>
+      out.emit("error", Object.assign(new Error(`${code}: failed, write`), { code }));
+    return { fail, exits, said };
+  }
+
+  it("takes EPIPE quietly, and any other error as one line and exit 1", () => {
+    const closed = stdoutWith(0);
+    closed.fail("EPIPE");
+    assert.deepEqual([closed.exits, closed.said], [[], []]);
+    const full = stdoutWith(0);
+    full.fail("ENOSPC");
+    assert.deepEqual(full.exits, [1]);
+    assert.deepEqual(full.said, ["immutd: cannot write to stdout: ENOSPC: failed, write\n"]);
+  });
+
+  it("stays out when a stage writing to stdout handles its own errors", () => {
+    const restore = stdoutWith(1);
+    restore.fail("ENOSPC");
+    restore.fail("EPIPE");
+    assert.deepEqual([restore.exits, restore.said], [[], []]);
+  });
+
+  it("the CLI: --help into a pipe already closed exits 0 without a stack trace; man into a full disk exits 1", () => {
+    // `true` exits at once, closing the pipe before immutd (300 ms to start) writes to it.
+    const closed = spawnSync(
+      "bash",
+      ["-c", `"$0" "$1" --help | true; echo "\${PIPESTATUS[0]}"`, process.execPath, CLI],
+      { encoding: "utf8" },
+    );
+    assert.equal(closed.stdout.trim(), "0", closed.stderr);
+    assert.equal(closed.stderr, "");
+    const full = spawnSync(process.execPath, [CLI, "man"], {
+      encoding: "utf8",
+      stdio: ["ignore", openSync("/dev/full", "w"), "pipe"],
+    });
+    assert.equal(full.status, 1, full.stderr);
+    assert.match(full.stderr, /^immutd: cannot write to stdout: ENOSPC/m);
   });
 });

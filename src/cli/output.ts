@@ -120,3 +120,25 @@ export function resetOutput(): void {
   state.written = false;
   state.shown = new WeakSet();
 }
+
+/**
+ * Write errors on stdout that no one else handles. A reader that stopped
+ * early (`immutd --help | head`, `immutd ls web | head`) closes the pipe,
+ * and Node.js reports the next write as an 'error' event (EPIPE): unhandled,
+ * that ended the process with a stack trace. EPIPE is taken as the reader's
+ * choice, quietly, and the command goes on to its own exit code; any other
+ * error (a full disk under `> file`) is one line on stderr and exit 1. A
+ * stage that writes to stdout itself (`restore --stdout`) listens for its
+ * own errors and reports them: then this one stays out.
+ */
+export function handleStdoutErrors(
+  out: Pick<NodeJS.EventEmitter, "on" | "listenerCount"> = process.stdout,
+  exit: (code: number) => void = (code) => process.exit(code),
+  say: (line: string) => void = (line) => process.stderr.write(line),
+): void {
+  out.on("error", (err: NodeJS.ErrnoException) => {
+    if (out.listenerCount("error") > 1 || err.code === "EPIPE") return;
+    say(`immutd: cannot write to stdout: ${err.message}\n`);
+    exit(ExitCode.unexpected);
+  });
+}

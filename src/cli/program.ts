@@ -21,7 +21,13 @@ import { registerInit } from "./init.js";
 import { registerKey } from "./key.js";
 import { registerList } from "./list.js";
 import { registerMan } from "./manpage.js";
-import { jsonMode, reportFailure, reportUsageError, setJsonMode } from "./output.js";
+import {
+  handleStdoutErrors,
+  jsonMode,
+  reportFailure,
+  reportUsageError,
+  setJsonMode,
+} from "./output.js";
 import { registerPlan } from "./plan.js";
 import { type RestoreCliOptions, restoreCommand, restoreHelp } from "./restore.js";
 import { registerRun } from "./run.js";
@@ -181,6 +187,7 @@ function registerRestore(p: Command, cli: Cli): void {
 
 export async function main(argv: string[]): Promise<number> {
   process.umask(0o077); // everything immutd creates (catalog, keys) is private to its user
+  handleStdoutErrors();
   try {
     await program().parseAsync(argv);
     return ExitCode.ok;
