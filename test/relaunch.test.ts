@@ -23,7 +23,9 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   commandOf,
+  FORWARDED_SIGNALS,
   RELAUNCHED_ENV,
+  relaunch,
   SEMI_SPACE_FLAG,
   wantsSmallYoungGeneration,
   watchParent,
@@ -71,6 +73,19 @@ describe("which command lines are relaunched", () => {
     );
     assert.equal(wantsSmallYoungGeneration(["restore", "web"], ["--max_semi_space_size=4"]), false);
     assert.equal(wantsSmallYoungGeneration(["restore", "web"], ["--heap-growing-percent=0"]), true);
+  });
+});
+
+describe("relaunch when the child cannot start", () => {
+  it("resolves to null, for the parent to run the command itself, and leaves no signal handler", {
+    timeout: 10_000,
+  }, async () => {
+    const before = FORWARDED_SIGNALS.map((sig) => process.listenerCount(sig));
+    assert.equal(await relaunch(CLI, ["restore", "web"], "/nonexistent/node"), null);
+    assert.deepEqual(
+      FORWARDED_SIGNALS.map((sig) => process.listenerCount(sig)),
+      before,
+    );
   });
 });
 

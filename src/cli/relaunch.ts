@@ -51,7 +51,8 @@ export const RELAUNCHED_ENV = "IMMUTD_RELAUNCHED_FROM";
 /** The root command's options that take a separate value (src/cli/program.ts rootCommand). */
 const VALUED = new Set(["-c", "--config", "--log-level", "--log-format"]);
 
-const FORWARDED: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+/** What the parent passes on to the child. */
+export const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
 /** The command a command line runs and the arguments after it, past the root's options. */
 export function commandOf(
@@ -92,20 +93,27 @@ export function wantsSmallYoungGeneration(
  * caller then runs the command itself). When the child dies of a signal, the
  * parent re-raises it on itself and does not resolve.
  */
-export function relaunch(script: string, args: readonly string[]): Promise<number | null> {
+export function relaunch(
+  script: string,
+  args: readonly string[],
+  node: string = process.execPath,
+): Promise<number | null> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [...process.execArgv, SEMI_SPACE_FLAG, script, ...args], {
+    const child = spawn(node, [...process.execArgv, SEMI_SPACE_FLAG, script, ...args], {
       stdio: "inherit",
       env: { ...process.env, [RELAUNCHED_ENV]: String(process.pid) },
     });
     const pass = (sig: NodeJS.Signals) => {
       child.kill(sig);
     };
-    for (const sig of FORWARDED) process.on(sig, pass);
+    for (const sig of FORWARDED_SIGNALS) process.on(sig, pass);
     const done = () => {
-      for (const sig of FORWARDED) process.off(sig, pass);
+      for (const sig of FORWARDED_SIGNALS) process.off(sig, pass);
     };
-    child.once("error", () => {
+    child.on("error", () => {
+      // Only a child that never started (no pid) leaves the command to the
+      // parent; any later error (a signal not delivered) changes nothing.
+      if (child.pid !== undefined) return;
       done();
       resolve(null);
     });
