@@ -28,6 +28,7 @@ import { openIndex, sealIndex } from "../src/repo/age-manifest.js";
 import {
   decodeManifest,
   encodeManifest,
+  IndexTextBatch,
   indexFile,
   type Manifest,
   ManifestIndex,
@@ -103,6 +104,37 @@ describe("manifest index spool", () => {
     assert.deepEqual(decodeManifest(streamed), decodeManifest(inMemory));
     assert.ok(streamed.equals(inMemory), "the same gzip bytes as gzipSync of the whole document");
     assert.equal(decodeManifest(streamed).files.length, entries.length + 1);
+  });
+
+  it("takes records as text batches (addText) exactly as entries added one by one", async () => {
+    const entries = await entriesOf([tree]);
+    const one = spoolOf(entries);
+    const batched = IndexSpool.open({ catalogPath: join(work, "catalog.db"), runId: ++runs });
+    const inMemory = new ManifestIndex();
+    // Uneven batches, an empty one among them, around a carried entry.
+    const sizes = [1, 0, 7, 50, 1000];
+    let at = 0;
+    for (const size of sizes) {
+      const batch = new IndexTextBatch();
+      for (const e of entries.slice(at, at + size)) batch.add(e);
+      at += size;
+      const t = batch.take() ?? { json: "", count: 0, files: 0 };
+      batched.addText(t);
+      inMemory.addText(t);
+    }
+    assert.ok(at >= entries.length, "every entry went into a batch");
+    const files = entries.filter((e) => e.type === "file" || e.type === "link").length;
+    assert.equal(batched.entries, entries.length);
+    assert.equal(batched.files, files);
+    assert.equal(one.files, files);
+    const bytes = async (spool: IndexSpool) => {
+      const parts: Buffer[] = [];
+      for await (const p of spool.contents()) parts.push(p);
+      spool.remove();
+      return Buffer.concat(parts).toString("utf8");
+    };
+    assert.equal(await bytes(batched), await bytes(one));
+    assert.deepEqual(inMemory.files, entries.map(indexFile));
   });
 
   it("encodes an empty index as files: []", async () => {

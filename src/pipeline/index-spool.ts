@@ -31,7 +31,12 @@ import { randomBytes } from "node:crypto";
 import { closeSync, read, unlinkSync, writeSync } from "node:fs";
 import { Transform } from "node:stream";
 import { promisify } from "node:util";
-import { type IndexWriter, indexFile, type ManifestFile } from "../repo/manifest.js";
+import {
+  type IndexText,
+  type IndexWriter,
+  indexFile,
+  type ManifestFile,
+} from "../repo/manifest.js";
 import { createPrivateFile } from "../repo/private-file.js";
 import type { ArchiveEntry } from "./archive.js";
 
@@ -114,6 +119,12 @@ export class IndexSpool implements IndexWriter {
     this.carry(indexFile(e));
   }
 
+  addText(t: IndexText): void {
+    if (t.count === 0) return;
+    this.#files += t.files;
+    this.#push(t.json, t.count);
+  }
+
   carry(f: ManifestFile): void {
     if (f.type === "file" || f.type === "link") this.#files++;
     this.#push(JSON.stringify(f));
@@ -170,9 +181,11 @@ export class IndexSpool implements IndexWriter {
     this.#close();
   }
 
-  #push(json: string): void {
+  /** `json`: `count` records joined by commas. */
+  #push(json: string, count = 1): void {
     if (this.#error) return;
-    const text = this.#entries++ === 0 ? json : `,${json}`;
+    const text = this.#entries === 0 ? json : `,${json}`;
+    this.#entries += count;
     this.#pending.push(text);
     this.#pendingBytes += text.length;
     if (this.#pendingBytes >= BATCH) this.#flush();

@@ -141,7 +141,44 @@ export interface Manifest {
  */
 export interface IndexWriter {
   add(e: Readonly<ArchiveEntry>): void;
+  /** Records already encoded (ArchiveOptions.onIndex), in order after those before. */
+  addText(t: IndexText): void;
   carry(f: ManifestFile): void;
+}
+
+/**
+ * Index records as the JSON text the manifest holds: `json` is `count`
+ * records (indexFile's, as JSON.stringify writes them) joined by commas, no
+ * brackets; `files` of them are regular files or hard links.
+ */
+export interface IndexText {
+  json: string;
+  count: number;
+  files: number;
+}
+
+/** Collects the index records of entries into IndexText batches. */
+export class IndexTextBatch {
+  #parts: string[] = [];
+  #files = 0;
+
+  get count(): number {
+    return this.#parts.length;
+  }
+
+  add(e: Readonly<ArchiveEntry>): void {
+    if (e.type === "file" || e.type === "link") this.#files++;
+    this.#parts.push(JSON.stringify(indexFile(e)));
+  }
+
+  /** The records added since the last take, or undefined when there are none. */
+  take(): IndexText | undefined {
+    if (this.#parts.length === 0) return undefined;
+    const t = { json: this.#parts.join(","), count: this.#parts.length, files: this.#files };
+    this.#parts = [];
+    this.#files = 0;
+    return t;
+  }
 }
 
 /** Collects the index in memory while the archive is written (ArchiveOptions.onEntry). */
@@ -150,6 +187,10 @@ export class ManifestIndex implements IndexWriter {
 
   add(e: Readonly<ArchiveEntry>): void {
     this.files.push(indexFile(e));
+  }
+
+  addText(t: IndexText): void {
+    for (const f of JSON.parse(`[${t.json}]`) as ManifestFile[]) this.files.push(f);
   }
 
   /** An entry the incremental left out: its record as the parent's index has it, member resolved (src/pipeline/changes.ts). */
