@@ -712,143 +712,154 @@ describe("createArchive: how its bytes are passed on", () => {
   });
 });
 
-describe("createArchive: stopping early", () => {
-  let top = "";
-  before(() => {
-    top = path.join(tmpDir("abort"), "t");
-    for (let i = 0; i < 4; i++) write(path.join(top, `f${i}`), randomBytes(16 * MiB));
-  });
+for (const thread of ["worker", "main"] as const)
+  describe(`createArchive: stopping early (walk on the ${thread} thread)`, () => {
+    let top = "";
+    before(() => {
+      top = path.join(tmpDir("abort"), "t");
+      for (let i = 0; i < 4; i++) write(path.join(top, `f${i}`), randomBytes(16 * MiB));
+    });
 
-  it("rejects done with the abort reason, errors the stream with it and leaks no fd", async () => {
-    const fdsBefore = openFds();
-    const controller = new AbortController();
-    const reason = new Error("operator cancelled");
-    const a = createArchive({ paths: [top], signal: controller.signal });
-    let streamError: unknown;
-    let received = 0;
-    try {
-      for await (const chunk of a.stream) {
-        received += (chunk as Buffer).length;
-        if (received >= MiB) controller.abort(reason);
-      }
-    } catch (err) {
-      streamError = err;
-    }
-    assert.equal(streamError, reason);
-    await assert.rejects(a.done, (err) => err === reason);
-    assert.ok(received < 16 * MiB, `read ${received} bytes after abort`);
-    assert.equal(openFds(), fdsBefore);
-  });
-
-  it("reads only a few MiB ahead of a consumer that stalls", async () => {
-    const a = createArchive({ paths: [top] });
-    const first = await new Promise<Buffer>((resolve) => a.stream.once("data", resolve));
-    a.stream.pause();
-    const buffersBefore = process.memoryUsage().arrayBuffers;
-    await new Promise((resolve) => setTimeout(resolve, 300)); // reading 64 MiB takes far less
-    const growth = process.memoryUsage().arrayBuffers - buffersBefore;
-    assert.ok(first.length > 0);
-    assert.ok(growth < 8 * MiB, `buffered ${growth} bytes while the consumer stalled`);
-    a.stream.destroy();
-    await assert.rejects(a.done);
-  });
-
-  it("reads only a few MiB of small files ahead of a consumer that stalls", async () => {
-    // Files of 256 KiB are read whole ahead of their turn (the small-file
-    // path), each into its own buffer: nothing but the writer's room check
-    // keeps 50 MiB of them from piling up in memory while nobody reads.
-    const small = path.join(tmpDir("stall-small"), "t");
-    const data = randomBytes(256 * 1024);
-    for (let i = 0; i < 200; i++) write(path.join(small, `f${i}`), data);
-    // Measured before the archive exists, so whatever it reads counts; after a
-    // full GC each time, so that only buffers still held do (the chunks
-    // already passed on and each file's read buffer, copied into its tar
-    // block, are garbage).
-    const buffersBefore = await liveArrayBuffers();
-    const a = createArchive({ paths: [small] });
-    const first = await new Promise<Buffer>((resolve) => a.stream.once("data", resolve));
-    a.stream.pause();
-    await new Promise((resolve) => setTimeout(resolve, 300)); // reading 50 MiB takes far less
-    const growth = (await liveArrayBuffers()) - buffersBefore;
-    assert.ok(first.length > 0);
-    assert.ok(growth < 8 * MiB, `buffered ${growth} bytes while the consumer stalled`);
-    a.stream.destroy();
-    await assert.rejects(a.done);
-  });
-
-  it("closes every file it opened before done rejects", async () => {
-    // The FIFO's warning aborts the walk halfway through a directory of small
-    // files. Where the walk stands at that instant is up to the scheduler,
-    // hence several rounds.
-    const dir = path.join(tmpDir("abort-small"), "t");
-    fs.mkdirSync(dir);
-    execFileSync("mkfifo", [path.join(dir, "s31-fifo")]);
-    for (let i = 0; i < 64; i++) {
-      write(path.join(dir, `s${String(i).padStart(2, "0")}`), randomBytes(256 * 1024));
-    }
-    const fdsBefore = openFds();
-    for (let round = 0; round < 16; round++) {
+    it("rejects done with the abort reason, errors the stream with it and leaks no fd", async () => {
+      const fdsBefore = openFds();
       const controller = new AbortController();
-      const a = createArchive({
-        paths: [dir],
-        signal: controller.signal,
-        onWarning: () => controller.abort(new Error("stop")),
-      });
-      a.stream.resume();
-      a.stream.on("error", () => {});
-      await assert.rejects(a.done, /stop/);
-      assert.equal(openFds(), fdsBefore, `round ${round}`);
-    }
-  });
-
-  it("fails the archive when a callback throws: done rejects, the stream errors", async () => {
-    const bug = new Error("bug in onProgress");
-    const a = createArchive({
-      paths: [top],
-      onProgress: () => {
-        throw bug;
-      },
-    });
-    await assert.rejects(collect(a.stream), (err) => err === bug);
-    await assert.rejects(a.done, (err) => err === bug);
-  });
-
-  it("rejects done when the signal is already aborted", async () => {
-    const controller = new AbortController();
-    controller.abort(new Error("too late"));
-    const a = createArchive({ paths: [top], signal: controller.signal });
-    a.stream.on("error", () => {});
-    await assert.rejects(a.done, /too late/);
-  });
-
-  it("stops the walk when the consumer destroys the stream, leaking no fd", async () => {
-    const fdsBefore = openFds();
-    const a = createArchive({ paths: [top] });
-    await new Promise<void>((resolve) => {
-      a.stream.once("data", () => {
-        a.stream.destroy();
-        resolve();
-      });
-    });
-    await assert.rejects(a.done, /destroyed before the archive was complete/);
-    assert.equal(openFds(), fdsBefore);
-  });
-
-  it("stops the walk when a pipeline stage fails", async () => {
-    const fdsBefore = openFds();
-    const a = createArchive({ paths: [top] });
-    const failure = new Error("upload failed");
-    let seen = 0;
-    await assert.rejects(
-      pipeline(a.stream, async (source: AsyncIterable<Buffer>) => {
-        for await (const chunk of source) {
-          seen += chunk.length;
-          if (seen > 2 * MiB) throw failure;
+      const reason = new Error("operator cancelled");
+      const a = createArchive({ paths: [top], thread, signal: controller.signal });
+      let streamError: unknown;
+      let received = 0;
+      try {
+        for await (const chunk of a.stream) {
+          received += (chunk as Buffer).length;
+          if (received >= MiB) controller.abort(reason);
         }
-      }),
-      (err) => err === failure,
-    );
-    await assert.rejects(a.done);
-    assert.equal(openFds(), fdsBefore);
+      } catch (err) {
+        streamError = err;
+      }
+      assert.equal(streamError, reason);
+      await assert.rejects(a.done, (err) => err === reason);
+      assert.ok(received < 16 * MiB, `read ${received} bytes after abort`);
+      assert.equal(openFds(), fdsBefore);
+    });
+
+    // This thread's ArrayBuffers measure a walk on this thread only (the
+    // worker's are its own, and transferred ones are not counted); the
+    // worker's read-ahead is measured in test/archive-thread.test.ts.
+    if (thread === "main")
+      it("reads only a few MiB ahead of a consumer that stalls", async () => {
+        const a = createArchive({ paths: [top], thread });
+        const first = await new Promise<Buffer>((resolve) => a.stream.once("data", resolve));
+        a.stream.pause();
+        const buffersBefore = process.memoryUsage().arrayBuffers;
+        await new Promise((resolve) => setTimeout(resolve, 300)); // reading 64 MiB takes far less
+        const growth = process.memoryUsage().arrayBuffers - buffersBefore;
+        assert.ok(first.length > 0);
+        assert.ok(growth < 8 * MiB, `buffered ${growth} bytes while the consumer stalled`);
+        a.stream.destroy();
+        await assert.rejects(a.done);
+      });
+
+    // This thread's ArrayBuffers measure a walk on this thread only (the
+    // worker's are its own, and transferred ones are not counted); the
+    // worker's read-ahead is measured in test/archive-thread.test.ts.
+    if (thread === "main")
+      it("reads only a few MiB of small files ahead of a consumer that stalls", async () => {
+        // Files of 256 KiB are read whole ahead of their turn (the small-file
+        // path), each into its own buffer: nothing but the writer's room check
+        // keeps 50 MiB of them from piling up in memory while nobody reads.
+        const small = path.join(tmpDir("stall-small"), "t");
+        const data = randomBytes(256 * 1024);
+        for (let i = 0; i < 200; i++) write(path.join(small, `f${i}`), data);
+        // Measured before the archive exists, so whatever it reads counts; after a
+        // full GC each time, so that only buffers still held do (the chunks
+        // already passed on and each file's read buffer, copied into its tar
+        // block, are garbage).
+        const buffersBefore = await liveArrayBuffers();
+        const a = createArchive({ paths: [small], thread });
+        const first = await new Promise<Buffer>((resolve) => a.stream.once("data", resolve));
+        a.stream.pause();
+        await new Promise((resolve) => setTimeout(resolve, 300)); // reading 50 MiB takes far less
+        const growth = (await liveArrayBuffers()) - buffersBefore;
+        assert.ok(first.length > 0);
+        assert.ok(growth < 8 * MiB, `buffered ${growth} bytes while the consumer stalled`);
+        a.stream.destroy();
+        await assert.rejects(a.done);
+      });
+
+    it("closes every file it opened before done rejects", async () => {
+      // The FIFO's warning aborts the walk halfway through a directory of small
+      // files. Where the walk stands at that instant is up to the scheduler,
+      // hence several rounds.
+      const dir = path.join(tmpDir("abort-small"), "t");
+      fs.mkdirSync(dir);
+      execFileSync("mkfifo", [path.join(dir, "s31-fifo")]);
+      for (let i = 0; i < 64; i++) {
+        write(path.join(dir, `s${String(i).padStart(2, "0")}`), randomBytes(256 * 1024));
+      }
+      const fdsBefore = openFds();
+      for (let round = 0; round < 16; round++) {
+        const controller = new AbortController();
+        const a = createArchive({
+          paths: [dir],
+          thread,
+          signal: controller.signal,
+          onWarning: () => controller.abort(new Error("stop")),
+        });
+        a.stream.resume();
+        a.stream.on("error", () => {});
+        await assert.rejects(a.done, /stop/);
+        assert.equal(openFds(), fdsBefore, `round ${round}`);
+      }
+    });
+
+    it("fails the archive when a callback throws: done rejects, the stream errors", async () => {
+      const bug = new Error("bug in onProgress");
+      const a = createArchive({
+        paths: [top],
+        thread,
+        onProgress: () => {
+          throw bug;
+        },
+      });
+      await assert.rejects(collect(a.stream), (err) => err === bug);
+      await assert.rejects(a.done, (err) => err === bug);
+    });
+
+    it("rejects done when the signal is already aborted", async () => {
+      const controller = new AbortController();
+      controller.abort(new Error("too late"));
+      const a = createArchive({ paths: [top], thread, signal: controller.signal });
+      a.stream.on("error", () => {});
+      await assert.rejects(a.done, /too late/);
+    });
+
+    it("stops the walk when the consumer destroys the stream, leaking no fd", async () => {
+      const fdsBefore = openFds();
+      const a = createArchive({ paths: [top], thread });
+      await new Promise<void>((resolve) => {
+        a.stream.once("data", () => {
+          a.stream.destroy();
+          resolve();
+        });
+      });
+      await assert.rejects(a.done, /destroyed before the archive was complete/);
+      assert.equal(openFds(), fdsBefore);
+    });
+
+    it("stops the walk when a pipeline stage fails", async () => {
+      const fdsBefore = openFds();
+      const a = createArchive({ paths: [top], thread });
+      const failure = new Error("upload failed");
+      let seen = 0;
+      await assert.rejects(
+        pipeline(a.stream, async (source: AsyncIterable<Buffer>) => {
+          for await (const chunk of source) {
+            seen += chunk.length;
+            if (seen > 2 * MiB) throw failure;
+          }
+        }),
+        (err) => err === failure,
+      );
+      await assert.rejects(a.done);
+      assert.equal(openFds(), fdsBefore);
+    });
   });
-});

@@ -11,6 +11,7 @@ import { Readable } from "node:stream";
 import { describe, it } from "node:test";
 import { type HttpRequest, HttpResponse } from "@smithy/protocol-http";
 import { RefusedError, StorageError } from "../src/errors.js";
+import { lend } from "../src/pipeline/workers/lent.js";
 import { largestUpload, MAX_PARTS, MultipartUpload, partSizeOf } from "../src/store/multipart.js";
 import { S3Store } from "../src/store/s3.js";
 import { targetConfig } from "./support/target.js";
@@ -240,6 +241,46 @@ describe("S3 upload requests", () => {
     assert.deepEqual(
       listed.map((m) => Number(m[1])),
       [1, 2, 3, 4, 5],
+    );
+  });
+
+  it("gives each lent chunk back once it is copied into a part, and the parts hold its bytes", async () => {
+    const { seen, handler } = recorder();
+    const store = new S3Store(targetConfig(), targetConfig().credentials.reader, {
+      requestHandler: handler,
+    });
+    const sent: Buffer[] = [];
+    const lent: Buffer[] = [];
+    const back: ArrayBuffer[] = [];
+    const src = Readable.from(
+      (function* () {
+        for (let i = 0; i < 12; i++) {
+          const c = randomBytes(MiB + 3); // parts of 5 MiB end inside chunks
+          sent.push(Buffer.from(c));
+          // Every other chunk lent, as the archive worker's are.
+          if (i % 2 === 0) lent.push(lend(c, (buf) => back.push(buf)));
+          yield c;
+        }
+      })(),
+    );
+    const up = new MultipartUpload({
+      client: store.client,
+      params: { Bucket: "bucket", Key: "k", ContentType: "application/x-tar" },
+      body: src,
+      partSize: 5 * MiB,
+      queueSize: 2,
+    });
+    await up.done();
+    const parts = seen
+      .filter((s) => s.method === "PUT" && s.query.partNumber)
+      .sort((a, b) => Number(a.query.partNumber) - Number(b.query.partNumber));
+    assert.ok(
+      Buffer.concat(parts.map((p) => p.body ?? Buffer.alloc(0))).equals(Buffer.concat(sent)),
+    );
+    assert.equal(back.length, lent.length, "every lent chunk came back, the others did not");
+    assert.deepEqual(
+      back.map((b) => b.byteLength),
+      lent.map(() => MiB + 3),
     );
   });
 

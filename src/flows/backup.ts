@@ -320,9 +320,9 @@ async function upload(run: Run, spooled: Spooled | undefined): Promise<Uploaded>
       progress.read = p.bytes;
       deps.onProgress?.(progress);
     },
-    onEntry: (e) => {
-      index.add(e);
-      progress.current = e.name;
+    onIndex: (batch) => {
+      index.addText(batch);
+      progress.current = batch.last;
     },
     ...(chain.plan ? { plan: chain.plan } : {}),
   });

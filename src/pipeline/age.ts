@@ -23,6 +23,7 @@
  * ChaCha runs at tens); only bech32 for `age1…` / `AGE-SECRET-KEY-1…` comes
  * from @scure/base (src/repo/age-keys.ts).
  */
+
 import {
   createCipheriv,
   createDecipheriv,
@@ -43,6 +44,7 @@ import {
   rawPublic,
 } from "../repo/age-keys.js";
 import { OrderedWindow } from "./ordered-window.js";
+import { copied } from "./workers/lent.js";
 
 export { AgeError, type AgeIdentity, type AgeRecipient } from "../repo/age-keys.js";
 
@@ -342,6 +344,7 @@ export class AgeEncrypt extends Transform {
       this.#fill += n;
       at += n;
     }
+    copied(chunk); // all of it is in batches now (workers/lent.ts)
     this.#inFlight.handOn(this.#push).then(() => cb(), cb);
   }
 

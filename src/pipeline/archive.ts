@@ -34,9 +34,11 @@
  */
 
 import type { Readable } from "node:stream";
+import { IndexTextBatch } from "../repo/manifest.js";
 import { compileExcludeIndex } from "./exclude.js";
-import { type ArchiveOptions, type ArchiveResult, SourceWalk } from "./source.js";
-import { TarWriter } from "./tar.js";
+import { type ArchiveOptions, type ArchiveResult, SourceWalk, walkHooks } from "./source.js";
+import { type ArchiveEntry, TarWriter } from "./tar.js";
+import { archiveInWorker, canRunInWorker } from "./workers/archive-thread.js";
 
 export {
   type ArchiveOptions,
@@ -47,7 +49,7 @@ export {
   missingPaths,
   type SkipReport,
 } from "./source.js";
-export type { ArchiveEntry } from "./tar.js";
+export type { ArchiveEntry };
 
 export interface Archive {
   /** The tar bytes. Destroying it stops the walk (and rejects `done`). */
@@ -61,8 +63,22 @@ export interface Archive {
   done: Promise<ArchiveResult>;
 }
 
+/**
+ * The archive of opts.paths. The walk and the tar writer run on a worker
+ * thread of their own (src/pipeline/workers/archive-thread.ts) unless
+ * opts.thread says "main", or the run is a dry one or has a planner (whose
+ * callbacks answer synchronously from this thread's data), or a test hook
+ * of the walk is set (it runs where the walk does).
+ */
 export function createArchive(opts: ArchiveOptions): Archive {
   // Compiled before any stream exists, so a bad pattern throws here synchronously.
+  compileExcludeIndex(opts.exclude ?? []);
+  if (canRunInWorker(opts) && walkHooks.afterReaddir === undefined) return archiveInWorker(opts);
+  return archiveHere(opts);
+}
+
+/** The archive with the walk and the tar writer on this thread (see createArchive). */
+export function archiveHere(opts: ArchiveOptions): Archive {
   const exclude = opts.exclude ?? [];
   const which = compileExcludeIndex(exclude);
   const excluded = (p: string, isDir: boolean): string | null => {
@@ -78,7 +94,7 @@ export function createArchive(opts: ArchiveOptions): Archive {
     // The stream errors with the reason itself (signal.reason on abort), as promised.
     tar.destroy(reason);
   };
-  const tar = new TarWriter(stop.signal, fail, opts.onEntry);
+  const tar = new TarWriter(stop.signal, fail, entryCallback(opts), opts.buffers);
   const walk = new SourceWalk(opts, excluded, tar, stop.signal, fail);
 
   const signal = opts.signal;
@@ -88,4 +104,17 @@ export function createArchive(opts: ArchiveOptions): Archive {
   done.catch(() => {});
   if (signal?.aborted) onAbort();
   return { stream: tar.out, done };
+}
+
+/** onEntry and onIndex (in batches of one) as the one callback the tar writer makes. */
+function entryCallback(opts: ArchiveOptions): ((e: Readonly<ArchiveEntry>) => void) | undefined {
+  const { onEntry, onIndex } = opts;
+  if (onIndex === undefined) return onEntry;
+  const batch = new IndexTextBatch();
+  return (e) => {
+    onEntry?.(e);
+    batch.add(e);
+    const t = batch.take();
+    if (t !== undefined) onIndex({ ...t, last: e.name });
+  };
 }

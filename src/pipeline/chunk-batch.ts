@@ -18,12 +18,23 @@ export class ChunkBatch {
     this.#length += chunk.length;
   }
 
-  /** What is held, as one Buffer (the chunk itself when there is one), and empties the batch. */
-  take(): Buffer {
-    const out =
-      this.#parts.length === 1
-        ? (this.#parts[0] as Buffer)
-        : Buffer.concat(this.#parts, this.#length);
+  /**
+   * What is held, as one Buffer (the chunk itself when there is one), and
+   * empties the batch. `into` may give the memory to join them in: a Buffer
+   * of exactly that many bytes, or undefined for a new one.
+   */
+  take(into?: (size: number) => Buffer | undefined): Buffer {
+    let out: Buffer;
+    if (this.#parts.length === 1) out = this.#parts[0] as Buffer;
+    else {
+      const target = into?.(this.#length);
+      if (target === undefined) out = Buffer.concat(this.#parts, this.#length);
+      else {
+        let at = 0;
+        for (const part of this.#parts) at += part.copy(target, at);
+        out = target;
+      }
+    }
     this.#parts = [];
     this.#length = 0;
     return out;

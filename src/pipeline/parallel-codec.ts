@@ -21,9 +21,11 @@
  * that names the codec and the block, which fails the backup (the sink
  * aborts the upload): an archive with a block missing is never stored as ok.
  */
+
 import { Transform, type TransformCallback } from "node:stream";
 import { Worker } from "node:worker_threads";
 import { OrderedWindow } from "./ordered-window.js";
+import { copied } from "./workers/lent.js";
 import type { BlockAnswer, BlockCodec, BlockRequest } from "./workers/protocol.js";
 
 /** Input bytes per member or frame: large enough that restarting the dictionary costs little (gzip's window is 32 KiB, zstd -3's 2 MiB), small enough to keep every core busy on a modest archive. */
@@ -158,6 +160,7 @@ export class ParallelEncoder extends Transform {
       off += n;
       if (this.#fill === this.#blockBytes) this.#dispatch();
     }
+    copied(chunk); // all of it is in blocks now (workers/lent.ts)
     this.#inFlight.handOn(this.#push).then(() => cb(), cb);
   }
 

@@ -28,6 +28,7 @@ import {
 } from "node:fs";
 import { type FileHandle, lstat, open, readlink } from "node:fs/promises";
 import path from "node:path";
+import type { IndexText } from "../repo/manifest.js";
 import { fileKind } from "./file-kind.js";
 import { byteStringFrom, byteStringOf, displayName, fsPath, matchForm } from "./file-names.js";
 import {
@@ -95,12 +96,36 @@ export interface ArchiveOptions {
   /** Called synchronously as each entry is started; must not throw. */
   onEntry?: (e: Readonly<ArchiveEntry>) => void;
   /**
+   * The entries' index records (src/repo/manifest.ts), encoded, in archive
+   * order and before the tar bytes of the entries they describe; `last` is the
+   * byte-string name of the batch's last entry. Batches of one on the main
+   * thread; on the worker thread one batch per chunk of tar bytes, which is
+   * what makes it cheaper than onEntry there (one string crosses, not an
+   * object per entry). Must not throw.
+   */
+  onIndex?: (batch: IndexText & { last: string }) => void;
+  /**
    * An incremental run's planner (src/pipeline/changes.ts): decides, from the
    * lstat, which entries go into the tar. One left out is neither opened nor
    * read; it is reported through `unchanged` in walk order, and a directory
    * left out is still descended into. Extra files always go in.
    */
   plan?: EntryPlan;
+  /**
+   * Where the walk and the tar writer run (src/pipeline/archive.ts): "worker"
+   * (a thread of their own) or "main" (this one). Default: "worker" where it
+   * may run, which is a real (not dry) run without a planner.
+   */
+  thread?: "worker" | "main";
+  /**
+   * Memory for the archive's bytes: a Buffer of exactly `size` bytes that
+   * nothing else holds or will touch until the chunk made of it has left the
+   * archive's stream, or undefined for a new one. Large files are read into
+   * it and held chunks joined in it. The archive worker
+   * (src/pipeline/workers/archive-worker.ts) gives the buffers that the
+   * main thread gave back; on one thread, reuse is unsafe (see streamFile).
+   */
+  buffers?: (size: number) => Buffer | undefined;
 }
 
 /** See ArchiveOptions.plan. Names are archive names (byte strings, directories end with "/"). */
@@ -564,7 +589,8 @@ export class SourceWalk {
     let readError: unknown = null;
     while (got < size) {
       const len = Math.min(CHUNK, size - got);
-      // A fresh buffer per read: tar-stream and the stream consumers keep
+      // A fresh buffer per read (unless opts.buffers gives one that has come
+      // back from another thread, which no one here can still see): tar-stream and the stream consumers keep
       // references, and no stage says when it has let go of a chunk. Reuse
       // would save GC work (measured on Node 24: uploading 477 fresh 1 MiB
       // chunks ran 26-33 full GCs and 0.5 s more CPU than one reused chunk,
@@ -573,7 +599,7 @@ export class SourceWalk {
       // nothing downstream could see. SharedArrayBuffer-backed chunks, which
       // V8 leaves out of its GC triggers, were tried too: no full GC, but RSS
       // grew by 110 MiB as they piled up between scavenges.
-      const buf = Buffer.allocUnsafe(len);
+      const buf = this.opts.buffers?.(len) ?? Buffer.allocUnsafe(len);
       let n: number;
       try {
         n = (await fh.read(buf, 0, len, got)).bytesRead;

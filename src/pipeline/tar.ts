@@ -96,6 +96,22 @@ const OUT_BATCH = 256 * 1024;
 const EMPTY = Buffer.alloc(0);
 /** A shared, never-mutated block of zeros for padding files that came up short. */
 const ZEROS = Buffer.alloc(CHUNK);
+/**
+ * True when `chunk`, as `out` gave it, may be handed to another thread
+ * (transferred): it is the whole of an ArrayBuffer that nothing here uses
+ * again. The shared zero padding and Node's pool slabs, which hold other
+ * buffers, never are; a batch of joined chunks or a large file's read
+ * buffer passed on whole is.
+ */
+export function ownsWhole(chunk: Buffer): boolean {
+  return (
+    chunk.byteOffset === 0 &&
+    chunk.byteLength === chunk.buffer.byteLength &&
+    chunk.byteLength > Buffer.poolSize &&
+    chunk.buffer !== ZEROS.buffer
+  );
+}
+
 /** Largest value of the 6-digit octal uid/gid fields of a ustar header. */
 const USTAR_MAX_ID = 0o777777;
 /** Sizes from 8 GiB do not fit the 11-digit octal size field. */
@@ -131,6 +147,8 @@ export class TarWriter implements EntryWriter {
     /** Called when `out` is destroyed before the archive is complete, or the pack fails. */
     onDestroyed: (reason: unknown) => void,
     private readonly onEntry?: (e: Readonly<ArchiveEntry>) => void,
+    /** Memory to join held chunks in (ArchiveOptions.buffers). */
+    private readonly buffers?: (size: number) => Buffer | undefined,
   ) {
     // tar-stream's pack is a streamx stream; callers get a plain Node Readable
     // so pipeline(), finished() and destroy semantics are the ones they know.
@@ -184,7 +202,7 @@ export class TarWriter implements EntryWriter {
    */
   private pass(): void {
     if (this.held.length === 0 || this.out.destroyed) return;
-    if (!this.out.push(this.held.take())) {
+    if (!this.out.push(this.held.take(this.buffers))) {
       this.paused = true;
       this.pack.pause();
     }

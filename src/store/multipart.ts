@@ -40,6 +40,7 @@ import {
   type S3Client,
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
+import { copied } from "../pipeline/workers/lent.js";
 
 export interface PartParams {
   Bucket: string;
@@ -127,6 +128,8 @@ export class MultipartUpload {
           }
         }
         if (this.#failure) break;
+        // Every byte of it is in a part buffer now (src/pipeline/workers/lent.ts).
+        copied(c);
       }
     } catch (err) {
       this.#fail(err);
