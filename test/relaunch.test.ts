@@ -21,18 +21,29 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { rootCommand } from "../src/cli/program.js";
 import {
   commandOf,
   FORWARDED_SIGNALS,
   RELAUNCHED_ENV,
   relaunch,
   SEMI_SPACE_FLAG,
+  VALUED,
   wantsSmallYoungGeneration,
   watchParent,
 } from "../src/cli/relaunch.js";
 import { CLI } from "./support/cli.js";
 
 describe("which command lines are relaunched", () => {
+  it("knows every root option that takes a value, as the command line defines them", () => {
+    // A root option with a value missing here would make its value (say
+    // "restore") read as the command.
+    const valued = rootCommand()
+      .options.filter((o) => o.required || o.optional)
+      .flatMap((o) => [o.short, o.long].filter((f): f is string => f !== undefined));
+    assert.deepEqual([...VALUED].sort(), valued.sort());
+  });
+
   it("finds the command past the root's options and their values", () => {
     assert.deepEqual(commandOf(["restore", "web"]), { name: "restore", rest: ["web"] });
     assert.equal(

@@ -113,7 +113,7 @@ function program(): Command {
  * --help. Before each action, --json decides where a failure is reported
  * (src/cli/output.ts).
  */
-function rootCommand(): Command {
+export function rootCommand(): Command {
   return new Command("immutd")
     .description(
       "Immutable backups to S3: tar streams, SSE-C encryption and COMPLIANCE Object Lock, recorded in a local catalog.",

@@ -48,8 +48,17 @@ export const SEMI_SPACE_FLAG = `--max-semi-space-size=${DOWNLOAD_SEMI_SPACE_MIB}
 /** Set in the child's environment to the parent's pid (watchParent). */
 export const RELAUNCHED_ENV = "IMMUTD_RELAUNCHED_FROM";
 
-/** The root command's options that take a separate value (src/cli/program.ts rootCommand). */
-const VALUED = new Set(["-c", "--config", "--log-level", "--log-format"]);
+/**
+ * The root command's options that take a separate value (src/cli/program.ts
+ * rootCommand; test/relaunch.test.ts checks the two agree). Kept here so that
+ * the parent of a relaunch does not load the command line to find them.
+ */
+export const VALUED: ReadonlySet<string> = new Set([
+  "-c",
+  "--config",
+  "--log-level",
+  "--log-format",
+]);
 
 /** What the parent passes on to the child. */
 export const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
