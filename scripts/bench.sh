@@ -159,8 +159,9 @@ fi
 
 calc() { awk "BEGIN { print $1 }"; }
 # Peak RSS of a backup at the default part size and queue, in MiB (README,
-# "Where the time and memory go"): base 220, the process after loading (about
-# 95: Node.js, the SDK, the modules) with its hashing worker, V8's young
+# "Where the time and memory go"): base 250, the process after loading (about
+# 95: Node.js, the SDK, the modules) with its hashing worker and the walk's
+# worker (about 25: its V8 heap), V8's young
 # generation (capped by NODE_OPTIONS) and the file and TLS buffers that wait
 # for V8's next collection (most with 100,000 small files: 244-255 measured
 # with 8 MiB parts); the part buffers (queueSize + 1, reused); per
@@ -169,7 +170,7 @@ calc() { awk "BEGIN { print $1 }"; }
 # (4 MiB blocks, level 3). Independent of the data size (the file index is
 # spooled to disk, not held).
 threads=$(nproc)
-base_mib=220
+base_mib=250
 rss_formula() { # $1 compression
   local per_thread=0
   case $1 in gzip) per_thread=20 ;; zstd) per_thread=45 ;; esac
