@@ -71,14 +71,16 @@ export interface Archive {
  * of the walk is set (it runs where the walk does).
  */
 export function createArchive(opts: ArchiveOptions): Archive {
-  // Compiled before any stream exists, so a bad pattern throws here synchronously.
+  if (!canRunInWorker(opts) || walkHooks.afterReaddir !== undefined) return archiveHere(opts);
+  // Compiled here too (the worker compiles its own), so that a bad pattern
+  // throws synchronously, as archiveHere's does, before any thread starts.
   compileExcludeIndex(opts.exclude ?? []);
-  if (canRunInWorker(opts) && walkHooks.afterReaddir === undefined) return archiveInWorker(opts);
-  return archiveHere(opts);
+  return archiveInWorker(opts);
 }
 
 /** The archive with the walk and the tar writer on this thread (see createArchive). */
 export function archiveHere(opts: ArchiveOptions): Archive {
+  // Compiled before any stream exists, so a bad pattern throws here synchronously.
   const exclude = opts.exclude ?? [];
   const which = compileExcludeIndex(exclude);
   const excluded = (p: string, isDir: boolean): string | null => {

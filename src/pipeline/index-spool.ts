@@ -32,6 +32,7 @@ import { closeSync, read, unlinkSync, writeSync } from "node:fs";
 import { Transform } from "node:stream";
 import { promisify } from "node:util";
 import {
+  countsAsFile,
   type IndexText,
   type IndexWriter,
   indexFile,
@@ -126,7 +127,7 @@ export class IndexSpool implements IndexWriter {
   }
 
   carry(f: ManifestFile): void {
-    if (f.type === "file" || f.type === "link") this.#files++;
+    if (countsAsFile(f)) this.#files++;
     this.#push(JSON.stringify(f));
   }
 

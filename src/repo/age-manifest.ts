@@ -10,7 +10,13 @@ import { gunzipSync, gzipSync } from "node:zlib";
 import { AgeError, ageDecrypt, ageEncrypt } from "../pipeline/age.js";
 import type { AgeIdentity } from "./age-keys.js";
 import { parseRecipient } from "./age-keys.js";
-import { isFile, MANIFEST_GZIP_LEVEL, type Manifest, SEALED_MANIFEST_FORMAT } from "./manifest.js";
+import {
+  countsAsFile,
+  isFile,
+  MANIFEST_GZIP_LEVEL,
+  type Manifest,
+  SEALED_MANIFEST_FORMAT,
+} from "./manifest.js";
 
 /** The largest index a reader inflates: a hostile manifest must not exhaust memory. */
 const MAX_INDEX_BYTES = 256 * 1024 * 1024;
@@ -25,7 +31,7 @@ export type SealedManifest = Manifest & { fileCount?: number };
 
 /** The files the catalog counts: regular files and hard links, as the archive walk does. */
 export function countFiles(files: Manifest["files"]): number {
-  return files.filter((f) => f.type === "file" || f.type === "link").length;
+  return files.filter(countsAsFile).length;
 }
 
 /**

@@ -157,6 +157,11 @@ export interface IndexText {
   files: number;
 }
 
+/** True for the records the catalog counts as files: regular files and hard links. */
+export function countsAsFile(f: { type: ManifestFile["type"] }): boolean {
+  return f.type === "file" || f.type === "link";
+}
+
 /** Collects the index records of entries into IndexText batches. */
 export class IndexTextBatch {
   #parts: string[] = [];
@@ -167,7 +172,7 @@ export class IndexTextBatch {
   }
 
   add(e: Readonly<ArchiveEntry>): void {
-    if (e.type === "file" || e.type === "link") this.#files++;
+    if (countsAsFile(e)) this.#files++;
     this.#parts.push(JSON.stringify(indexFile(e)));
   }
 

@@ -1,7 +1,9 @@
 /**
  * The archive worker thread (archive-thread.ts starts it, with the options in
  * workerData): the walk and tar writer as they run on the main thread, their
- * bytes sent over as transferred copies, their callbacks as batches of events.
+ * bytes transferred (in buffers the main thread gave back where it has, else
+ * as they are when nothing here holds them, else copied), their callbacks as
+ * batches of events.
  * It sends at most WINDOW bytes ahead of what the main thread's consumer has
  * taken, and on "stop" ends the walk, closes its files and says "stopped".
  */
