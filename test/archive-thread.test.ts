@@ -4,7 +4,7 @@
  * window against a stalled consumer, and the worker failing.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
@@ -160,6 +160,48 @@ describe("createArchive: the walk on a worker thread", () => {
     await a.done;
     assert.ok(Buffer.concat(parts).equals(here.tar), "the same tar bytes");
     assert.ok(detached > 5, `${detached} of ${parts.length} chunks went back`);
+  });
+
+  it("never follows a file swapped for a symlink while the worker walks", async () => {
+    // An attacker with write access to the tree swaps a file for a symlink to
+    // a secret, over and over, in a process of its own, while backups run.
+    // The walk's tests that time the swap exactly (test/source-direct.test.ts)
+    // need a hook that keeps the walk on the main thread; this one races the
+    // worker's walk as it runs. O_NOFOLLOW on every open keeps the secret out.
+    const root = tmpDir("swap");
+    const secret = path.join(root, "secret");
+    const secretBytes = `secret-${randomBytes(16).toString("hex")}`;
+    write(secret, secretBytes);
+    const tree = path.join(root, "t");
+    for (let i = 0; i < 200; i++) write(path.join(tree, `f${i}`), `plain ${i}\n`);
+    const swapper = spawn(
+      process.execPath,
+      [
+        "-e",
+        `const fs = require("fs"), p = require("path");
+         const [tree, secret] = process.argv.slice(1);
+         for (;;) for (let i = 0; i < 200; i += 7) {
+           const f = p.join(tree, "f" + i), tmp = f + ".tmp";
+           try { fs.symlinkSync(secret, tmp); fs.renameSync(tmp, f); } catch {}
+           try { fs.writeFileSync(tmp, "plain " + i + "\\n"); fs.renameSync(tmp, f); } catch {}
+         }`,
+        tree,
+        secret,
+      ],
+      { stdio: "ignore" },
+    );
+    try {
+      let symlinks = 0;
+      for (let round = 0; round < 20; round++) {
+        const got = await record({ paths: [tree], exclude: ["*.tmp"] });
+        assert.ok(!got.tar.includes(secretBytes), `round ${round}: the secret is in the archive`);
+        symlinks += got.result.symlinks;
+      }
+      // The race was real: the walk met the swapped-in symlinks, and archived them as such.
+      assert.ok(symlinks > 0, "no swap was ever seen");
+    } finally {
+      swapper.kill("SIGKILL");
+    }
   });
 
   it("keeps a dry run and a run with a planner on this thread", async () => {
