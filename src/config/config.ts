@@ -33,6 +33,12 @@ import { parseRecipient } from "../repo/age-keys.js";
 import { parseMasterKey } from "../repo/keys.js";
 import { NAME } from "../repo/naming.js";
 import {
+  COMPRESSIONS,
+  type Compression,
+  ENCRYPTION_SCHEMES,
+  type EncryptionScheme,
+} from "./names.js";
+import {
   checkAliases,
   checkKeys,
   describePath,
@@ -47,6 +53,9 @@ import {
   yamlMessage,
 } from "./problems.js";
 import { redactUserinfo, Secret, urlOrigin } from "./secret.js";
+
+// Defined apart (names.ts) so that a worker reading a manifest needs no schema.
+export { COMPRESSIONS, type Compression, ENCRYPTION_SCHEMES, type EncryptionScheme };
 
 export const DEFAULT_CONFIG_PATH = "/etc/immutd/config.yaml";
 
@@ -105,9 +114,6 @@ export interface KeepPolicy {
  * SDK's flexible checksums (x-amz-checksum-*), which some servers ignore.
  */
 export type ChecksumMode = "md5" | "crc32" | "crc32c" | "sha1" | "sha256";
-/** How a job's archive is compressed; the name also picks the key's extension (src/repo/naming.ts). */
-export type Compression = "none" | "gzip" | "zstd";
-export const COMPRESSIONS = ["none", "gzip", "zstd"] as const satisfies readonly Compression[];
 
 export interface Credential {
   accessKeyId: string;
@@ -147,19 +153,6 @@ export interface TargetConfig {
   /** The keep policy of jobs on this target that set none (src/retention/tiers.ts). */
   keep?: KeepPolicy;
 }
-
-/**
- * sse-c: the server encrypts with a per-backup key derived from the master key
- * (the host can read its backups). age: the host encrypts to age recipients
- * and sends no SSE-C key (only an identity holder can read them). both: age
- * inside SSE-C.
- */
-export type EncryptionScheme = "sse-c" | "age" | "both";
-export const ENCRYPTION_SCHEMES = [
-  "sse-c",
-  "age",
-  "both",
-] as const satisfies readonly EncryptionScheme[];
 
 export interface EncryptionConfig {
   scheme: EncryptionScheme;

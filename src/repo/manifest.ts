@@ -16,7 +16,7 @@ import {
   type Compression,
   ENCRYPTION_SCHEMES,
   type EncryptionScheme,
-} from "../config/config.js";
+} from "../config/names.js";
 import type { ArchiveEntry } from "../pipeline/archive.js";
 import {
   byteStringFrom,
