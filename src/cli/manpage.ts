@@ -8,6 +8,7 @@
 import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { DEFAULT_CONFIG_PATH, DEFAULTS } from "../config/config.js";
+import { PACKAGE_JSON } from "../paths.js";
 import { allCommands, type CommandSpec, commandTree } from "./command-tree.js";
 
 export function registerMan(p: Command): void {
@@ -19,7 +20,7 @@ export function registerMan(p: Command): void {
     });
 }
 
-const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as {
+const pkg = JSON.parse(readFileSync(PACKAGE_JSON, "utf8")) as {
   version: string;
 };
 

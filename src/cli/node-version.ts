@@ -8,6 +8,7 @@
  */
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { PACKAGE_JSON } from "../paths.js";
 
 export type Version = readonly [major: number, minor: number, patch: number];
 
@@ -51,9 +52,7 @@ export function nodeSupport(version: string, engines: string = packageEngines())
 }
 
 export function packageEngines(): string {
-  const pkg = JSON.parse(
-    readFileSync(new URL("../../../package.json", import.meta.url), "utf8"),
-  ) as {
+  const pkg = JSON.parse(readFileSync(PACKAGE_JSON, "utf8")) as {
     engines?: { node?: string };
   };
   if (!pkg.engines?.node) throw new Error("package.json has no engines.node");
@@ -61,7 +60,10 @@ export function packageEngines(): string {
 }
 
 // `node dist/src/cli/node-version.js`: exit 0 if this Node.js is supported, else 1 with the reason.
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+// The name check matters in the bundle (dist/src/immutd.js), where import.meta.url
+// is the bundle's own and this module is only a part of it.
+const script = process.argv[1];
+if (script?.endsWith("node-version.js") && fileURLToPath(import.meta.url) === script) {
   const s = nodeSupport(process.versions.node);
   if (s.verdict !== "supported") {
     const why = s.verdict === "too-old" ? "too old" : "not a version CI tests";

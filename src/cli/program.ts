@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { ExitCode, ImmutdError } from "../errors.js";
 import { serializeError } from "../log.js";
+import { PACKAGE_JSON } from "../paths.js";
 import { registerAudit } from "./audit.js";
 import { registerBackup } from "./backup.js";
 import { registerFind, registerLs } from "./browse.js";
@@ -34,7 +35,7 @@ import { registerRun } from "./run.js";
 import { registerStatus } from "./status.js";
 import { registerVerify } from "./verify.js";
 
-const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as {
+const pkg = JSON.parse(readFileSync(PACKAGE_JSON, "utf8")) as {
   version: string;
 };
 

@@ -36,6 +36,7 @@ import {
 } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
 import { Worker } from "node:worker_threads";
+import { moduleUrl } from "../paths.js";
 import {
   AgeError,
   type AgeIdentity,
@@ -277,7 +278,7 @@ const BATCH_CHUNKS = 16;
 const BATCH = BATCH_CHUNKS * AGE_CHUNK;
 /** Batches handed over and not yet handed on, at most. */
 const IN_FLIGHT = 4;
-const WORKER = new URL("./age-worker.js", import.meta.url);
+const WORKER = moduleUrl("pipeline/age-worker.js");
 
 export interface AgeEncryptOptions {
   /** The payload worker script (default age-worker.js; tests pass a failing one). */

@@ -24,6 +24,7 @@
 
 import { Transform, type TransformCallback } from "node:stream";
 import { Worker } from "node:worker_threads";
+import { moduleUrl } from "../paths.js";
 import { OrderedWindow } from "./ordered-window.js";
 import { copied } from "./workers/lent.js";
 import type { BlockAnswer, BlockCodec, BlockRequest } from "./workers/protocol.js";
@@ -34,7 +35,7 @@ export const BLOCK_BYTES: Record<BlockCodec, number> = {
   zstd: 4 * 1024 * 1024,
 };
 
-const WORKER = new URL("./workers/codec-worker.js", import.meta.url);
+const WORKER = moduleUrl("pipeline/workers/codec-worker.js");
 
 export interface ParallelOptions {
   codec: BlockCodec;

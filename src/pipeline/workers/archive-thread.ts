@@ -31,6 +31,7 @@
  */
 import { Readable } from "node:stream";
 import { Worker } from "node:worker_threads";
+import { moduleUrl } from "../../paths.js";
 import type { IndexText } from "../../repo/manifest.js";
 import type { Archive } from "../archive.js";
 import type {
@@ -44,7 +45,7 @@ import type {
 import type { ArchiveEntry } from "../tar.js";
 import { lend } from "./lent.js";
 
-const SCRIPT = new URL("./archive-worker.js", import.meta.url);
+const SCRIPT = moduleUrl("pipeline/workers/archive-worker.js");
 
 /** Bytes the worker may have sent that this stream's consumer has not taken. */
 export const WINDOW = 4 * 1024 * 1024;

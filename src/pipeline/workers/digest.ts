@@ -10,6 +10,7 @@
  * and the next request starts a new one.
  */
 import { Worker } from "node:worker_threads";
+import { moduleUrl } from "../../paths.js";
 
 export type DigestRequest =
   | { op: "update"; id: number; stream: number; buf: ArrayBuffer; length: number }
@@ -19,7 +20,7 @@ export type DigestRequest =
 
 type Answer = { id: number; digest?: string; error?: string; input?: ArrayBuffer };
 
-const SCRIPT = new URL("./digest-worker.js", import.meta.url);
+const SCRIPT = moduleUrl("pipeline/workers/digest-worker.js");
 
 let worker: Worker | undefined;
 /** Counts the workers started: a stream hashed by one must never continue on the next. */
