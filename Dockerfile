@@ -20,6 +20,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY tsconfig.json ./
 COPY src ./src
+# The build bundles the command line into one file (dist/src/immutd.js).
+COPY scripts/bundle.mjs ./scripts/bundle.mjs
 # Compile, drop the dev dependencies, keep only this platform's SQLite binary
 # (no sources, no other platforms' binaries), and prove that it loads: a
 # platform without a prebuilt binary fails here, not at the first backup.

@@ -103,7 +103,9 @@ describe("npm package", () => {
     ]) {
       assert.ok(paths.includes(p ?? ""), `the package contains ${p}`);
     }
-    assert.ok(info.size < 1024 * 1024, "the package stays small");
+    // 1.2 MiB packed: the command-line bundle (dist/src/immutd.js, 3.6 MB of the
+    // SDK and the rest, 0.5 MiB packed) beside the tree of modules the workers load.
+    assert.ok(info.size < 1.5 * 1024 * 1024, "the package stays small");
   });
 
   it("installs into an empty prefix with README's command and gives a working immutd", (t) => {

@@ -11,8 +11,15 @@
  * Each hold applies once. On holding it writes `immutd-test-hold: <command> <when>`
  * to stderr; a gate that never appears releases after 5 minutes (no hang).
  * Production code knows nothing of this.
+ *
+ * The installed CLI runs from one bundle (dist/src/immutd.js), with its own copy
+ * of the AWS SDK that no patch from outside reaches. A held process therefore
+ * loads the command line from tsc's separate modules instead (the same code,
+ * before bundling), whose SDK is the one patched here: a resolve hook swaps the
+ * bundle for dist/src/cli/program.js, its entry point.
  */
 import { existsSync } from "node:fs";
+import { registerHooks } from "node:module";
 import { setTimeout as sleep } from "node:timers/promises";
 import { S3Client } from "@aws-sdk/client-s3";
 
@@ -42,6 +49,14 @@ async function wait(h: Hold): Promise<void> {
 
 const holds = JSON.parse(process.env.IMMUTD_TEST_HOLD ?? "[]") as Hold[];
 if (holds.length) {
+  const bundle = new URL("../../src/immutd.js", import.meta.url).href;
+  const entry = new URL("../../src/cli/program.js", import.meta.url).href;
+  registerHooks({
+    resolve(specifier, context, next) {
+      const r = next(specifier, context);
+      return r.url === bundle ? { ...r, url: entry } : r;
+    },
+  });
   const send = S3Client.prototype.send;
   const find = (name: string, when: Hold["when"]) =>
     holds.find((h) => !h.used && h.command === name && h.when === when);
