@@ -191,8 +191,22 @@ describe("createArchive: the walk on a worker thread", () => {
       { stdio: "ignore" },
     );
     try {
+      // The swapper must be running before the first walk, or a fast worker walks
+      // all rounds before its first swap (it once did, and the test failed).
+      const swapped = () =>
+        Array.from({ length: 200 }, (_, i) => path.join(tree, `f${i}`)).some((f) =>
+          fs.lstatSync(f, { throwIfNoEntry: false })?.isSymbolicLink(),
+        );
+      // (Each look is remembered: the swapper swaps the file back at once.)
+      let seen = swapped();
+      for (let i = 0; i < 3000 && !seen; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+        seen = swapped();
+      }
+      assert.ok(seen, "the swapper never swapped a file");
       let symlinks = 0;
-      for (let round = 0; round < 20; round++) {
+      // At least 20 rounds; more, up to 200, until a walk has met a symlink.
+      for (let round = 0; round < 20 || (symlinks === 0 && round < 200); round++) {
         const got = await record({ paths: [tree], exclude: ["*.tmp"] });
         assert.ok(!got.tar.includes(secretBytes), `round ${round}: the secret is in the archive`);
         symlinks += got.result.symlinks;
