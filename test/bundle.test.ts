@@ -12,8 +12,9 @@
  * All of it is read off the built files, so it checks what ships.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -117,6 +118,26 @@ describe("the command-line bundle", () => {
     const pkg = JSON.parse(readFileSync(join(REPO, "package.json"), "utf8")) as { version: string };
     const out = execFileSync(process.execPath, [CLI, "--version"], { encoding: "utf8" });
     assert.equal(out.trim(), pkg.version);
+  });
+
+  it("starts without loading undici, Node.js's fetch (an ES import of node:http would load it: src/node-http.ts)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "immutd-bundle-"));
+    try {
+      const probe = join(dir, "probe.cjs");
+      writeFileSync(
+        probe,
+        `process.on("exit", () => process.stderr.write("undici loaded: " + process.moduleLoadList.some((m) => m.includes("undici")) + "\\n"));`,
+      );
+      for (const args of [["--version"], ["--help"]]) {
+        const r = spawnSync(process.execPath, ["--require", probe, CLI, ...args], {
+          encoding: "utf8",
+        });
+        assert.equal(r.status, 0, r.stderr);
+        assert.match(r.stderr, /undici loaded: false/, `immutd ${args.join(" ")}`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("finds every file src/paths.ts is asked for, and no module builds a path from its own import.meta.url", () => {

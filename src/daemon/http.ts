@@ -3,8 +3,9 @@
  * alive and the catalog writable, 503 otherwise) and /metrics (Prometheus).
  * Bind it to loopback or a private interface: it has no authentication.
  */
-import { createServer, type Server } from "node:http";
+import type { Server } from "node:http";
 import { ConfigError } from "../errors.js";
+import { http } from "../node-http.js";
 import type { Metrics } from "./metrics.js";
 
 export interface Health {
@@ -20,7 +21,7 @@ export async function startHttp(
   const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(listen);
   if (!m) throw new ConfigError(`http.listen ${listen}: must be HOST:PORT`);
   const [, host, port] = m;
-  const server = createServer((req, res) => {
+  const server = http.createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405, { allow: "GET, HEAD" }).end();

@@ -8,8 +8,6 @@
  */
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { Agent as HttpAgent, request as httpRequest } from "node:http";
-import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { PassThrough, Readable } from "node:stream";
 import { rootCertificates, type TLSSocket } from "node:tls";
 import {
@@ -39,6 +37,7 @@ import {
 import { NodeHttpHandler } from "@smithy/node-http-handler";
 import type { ChecksumMode, Credential, RetentionMode, TargetConfig } from "../config/config.js";
 import { ConfigError, RefusedError, StorageError, UsageError } from "../errors.js";
+import { http as nodeHttp, https as nodeHttps } from "../node-http.js";
 import { md5Base64 } from "../pipeline/workers/digest.js";
 import { assertManifestKey } from "../repo/naming.js";
 import { MultipartUpload } from "./multipart.js";
@@ -56,6 +55,9 @@ import {
   type UploadRequest,
   type VersionEntry,
 } from "./store.js";
+
+const { Agent: HttpAgent, request: httpRequest } = nodeHttp;
+const { Agent: HttpsAgent, request: httpsRequest } = nodeHttps;
 
 const SSE_KEY_HEADER = "x-amz-server-side-encryption-customer-key";
 /**
