@@ -2,7 +2,7 @@
  * Node.js's http and https modules, taken with require() rather than an ES
  * import. An ES import of node:http makes Node.js build the module's ES
  * wrapper, which reads every export, the lazy ones too: `WebSocket`,
- * `EventSource` and the like load undici, Node's fetch, on the spot. That
+ * `CloseEvent` and `MessageEvent` load undici, Node's fetch, on the spot. That
  * was 40 ms of every command's start-up (a third of compiling the whole
  * command line), for a fetch only a notification may need; require() hands
  * over the module object without touching them. test/bundle.test.ts checks
